@@ -1,0 +1,163 @@
+"""One error tree for all of Confide, sorted by whose fault an error is.
+
+::
+
+    ConfideError                 base; carries a ``Reason`` (audit reason, gRPC detail)
+    ├── ConfigError              an operator's config is wrong; names the key; exit code 2
+    ├── PeerError                the other side sent something we refuse
+    │   ├── MalformedMessage     cannot be decoded, wrong shape or dtype
+    │   ├── OversizedMessage     over a declared limit
+    │   ├── ReplayedMessage      seen before, or bound to another job/round/stage
+    │   ├── BadSignature         signature or binding does not verify
+    │   ├── NonFiniteValue       NaN or infinity in a tensor
+    │   └── Unauthorized         identity or role not allowed to do this
+    ├── PolicyRefusal            a site's policy says no (budget, dataset, signer, ...)
+    └── InternalError            our own bug or environment failure
+
+Tests assert ``err.reason``, never the message text. The gRPC boundary maps this tree to
+status codes in exactly one table (``confide.wire.status``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "BadSignature",
+    "ConfideError",
+    "ConfigError",
+    "InternalError",
+    "MalformedMessage",
+    "NonFiniteValue",
+    "OversizedMessage",
+    "PeerError",
+    "PolicyRefusal",
+    "Reason",
+    "ReplayedMessage",
+    "Unauthorized",
+]
+
+
+class Reason(enum.Enum):
+    """Stable machine-readable reason; becomes the audit reason and the gRPC detail."""
+
+    # config
+    MISSING_KEY = "missing_key"
+    INVALID_VALUE = "invalid_value"
+    UNKNOWN_KEY = "unknown_key"
+    # peer
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    REPLAYED = "replayed"
+    BAD_SIGNATURE = "bad_signature"
+    NON_FINITE = "non_finite"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_SITE = "unknown_site"
+    NOT_SELECTED = "not_selected"
+    WRONG_STAGE = "wrong_stage"
+    BAD_CERTIFICATE = "bad_certificate"
+    UNKNOWN_JOB = "unknown_job"
+    # policy
+    BUDGET_EXCEEDED = "budget_exceeded"
+    UNKNOWN_DATASET = "unknown_dataset"
+    SCHEMA_MISMATCH = "schema_mismatch"
+    SIGNER_UNTRUSTED = "signer_untrusted"
+    CODE_NOT_ALLOWED = "code_not_allowed"
+    DENIED = "denied"
+    INVALID_JOB = "invalid_job"
+    UNSAFE_REQUEST = "unsafe_request"
+    # internal
+    INTERNAL = "internal"
+    WORKER_FAILED = "worker_failed"
+    TRAINING_FAILED = "training_failed"
+    ROUND_ABORTED = "round_aborted"
+    UNAVAILABLE = "unavailable"
+
+
+class ConfideError(Exception):
+    """Base of every error Confide raises on purpose.
+
+    Args:
+        reason: the stable reason recorded in audit logs and sent as gRPC detail.
+        message: a sentence a site IT person or operator can act on.
+    """
+
+    default_reason: Reason = Reason.INTERNAL
+
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason if reason is not None else self.default_reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ConfideError):
+    """A configuration value is missing or invalid; the CLI prints one line and exits 2.
+
+    Args:
+        key: the dotted config key at fault, e.g. ``tls.cert``.
+        problem: what is wrong with it.
+    """
+
+    default_reason = Reason.INVALID_VALUE
+
+    def __init__(self, key: str, problem: str, *, reason: Reason | None = None) -> None:
+        super().__init__(f"config key '{key}': {problem}", reason=reason)
+        self.key = key
+        self.problem = problem
+
+
+class PeerError(ConfideError):
+    """The peer sent something we refuse; the round goes on without it."""
+
+    default_reason = Reason.MALFORMED
+
+
+class MalformedMessage(PeerError):
+    """A message cannot be decoded or has the wrong shape, dtype or fields."""
+
+    default_reason = Reason.MALFORMED
+
+
+class OversizedMessage(PeerError):
+    """A message or stream exceeds a declared size limit."""
+
+    default_reason = Reason.OVERSIZED
+
+
+class ReplayedMessage(PeerError):
+    """A message was seen before or is bound to another job, round or stage."""
+
+    default_reason = Reason.REPLAYED
+
+
+class BadSignature(PeerError):
+    """A signature does not verify over the canonical bytes."""
+
+    default_reason = Reason.BAD_SIGNATURE
+
+
+class NonFiniteValue(PeerError):
+    """A tensor holds NaN or infinity."""
+
+    default_reason = Reason.NON_FINITE
+
+
+class Unauthorized(PeerError):
+    """The caller's certificate identity or role may not do this."""
+
+    default_reason = Reason.UNAUTHORIZED
+
+
+class PolicyRefusal(ConfideError):
+    """A site's policy refuses a task (budget, dataset, signer, code, approval)."""
+
+    default_reason = Reason.DENIED
+
+
+class InternalError(ConfideError):
+    """Our own failure: a bug, a crashed worker, a full disk."""
+
+    default_reason = Reason.INTERNAL
