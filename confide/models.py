@@ -1,0 +1,108 @@
+"""Built-in model architectures as named parameter shapes, and their initial weights.
+
+The aggregator never imports torch, yet it must create a job's first global model. So the
+architecture of each built-in model is fixed here as an ordered list of (name, shape) that
+the worker's torch modules reproduce exactly (their ``state_dict`` keys and shapes), and the
+initial weights are drawn here in NumPy from the job's seed.
+
+Architectures (C = classes, F = features, input_shape = [c, h, w] for the CNN):
+- logreg: ``net.0`` Linear(F, C).
+- mlp: ``net.0`` Linear(F, h1), ReLU, ``net.2`` Linear(h1, h2), ReLU, ..., Linear(h_last, C).
+- cnn: ``features.0`` Conv2d(c, 16, 3, padding=1), ReLU, MaxPool2d(2),
+  ``features.3`` Conv2d(16, 32, 3, padding=1), ReLU, AdaptiveAvgPool2d(1), Flatten,
+  ``head`` Linear(32, C).
+- fixed_delta (benchmarks): one float32 vector ``delta`` of ``fixed_delta_params`` zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from confide.errors import ConfigError
+from confide.v1 import common_pb2
+
+__all__ = ["CNN_CHANNELS", "DEFAULT_MLP_HIDDEN", "initial_weights", "parameter_shapes"]
+
+DEFAULT_MLP_HIDDEN = (32,)
+CNN_CHANNELS = (16, 32)
+
+Shape = tuple[int, ...]
+
+
+def _linear(name: str, fan_in: int, fan_out: int) -> list[tuple[str, Shape]]:
+    return [(f"{name}.weight", (fan_out, fan_in)), (f"{name}.bias", (fan_out,))]
+
+
+def parameter_shapes(
+    model: common_pb2.ModelSpec, dataset: common_pb2.DatasetSpec
+) -> list[tuple[str, Shape]]:
+    """The ordered (name, shape) list of a built-in model's parameters.
+
+    Raises:
+        ConfigError: the model kind is unknown or does not fit the dataset spec.
+    """
+    classes = int(dataset.num_classes)
+    features = len(dataset.features)
+    kind = model.kind
+    if kind == common_pb2.MODEL_KIND_FIXED_DELTA:
+        if model.fixed_delta_params < 1:
+            raise ConfigError("model.fixed_delta_params", "must be >= 1")
+        return [("delta", (int(model.fixed_delta_params),))]
+    if classes < 2:
+        raise ConfigError("dataset.num_classes", "must be >= 2")
+    if kind == common_pb2.MODEL_KIND_LOGREG:
+        _need_features(features)
+        return _linear("net.0", features, classes)
+    if kind == common_pb2.MODEL_KIND_MLP:
+        _need_features(features)
+        hidden = [int(h) for h in model.hidden] or list(DEFAULT_MLP_HIDDEN)
+        shapes: list[tuple[str, Shape]] = []
+        fan_in = features
+        for i, h in enumerate(hidden):
+            shapes += _linear(f"net.{2 * i}", fan_in, h)
+            fan_in = h
+        return shapes + _linear(f"net.{2 * len(hidden)}", fan_in, classes)
+    if kind == common_pb2.MODEL_KIND_CNN:
+        if len(dataset.input_shape) != 3:
+            raise ConfigError("dataset.input_shape", "the cnn needs [channels, height, width]")
+        c = int(dataset.input_shape[0])
+        c1, c2 = CNN_CHANNELS
+        return [
+            ("features.0.weight", (c1, c, 3, 3)),
+            ("features.0.bias", (c1,)),
+            ("features.3.weight", (c2, c1, 3, 3)),
+            ("features.3.bias", (c2,)),
+            *_linear("head", c2, classes),
+        ]
+    raise ConfigError("model.kind", f"unknown built-in model {kind}")
+
+
+def _need_features(n: int) -> None:
+    if n < 1:
+        raise ConfigError("dataset.features", "must list at least one feature column")
+
+
+def initial_weights(
+    model: common_pb2.ModelSpec, dataset: common_pb2.DatasetSpec, *, seed: int
+) -> list[tuple[str, npt.NDArray[np.float32]]]:
+    """Initial float32 weights: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torch's default.
+
+    Args:
+        seed: the job's seed, so a job's first model is reproducible.
+    """
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, npt.NDArray[np.float32]]] = []
+    weight_fan_in: dict[str, int] = {}
+    for name, shape in parameter_shapes(model, dataset):
+        if name == "delta":
+            out.append((name, np.zeros(shape, dtype=np.float32)))
+            continue
+        prefix = name.rsplit(".", 1)[0]
+        if name.endswith(".weight"):
+            weight_fan_in[prefix] = int(np.prod(shape[1:]))
+        bound = 1.0 / math.sqrt(max(1, weight_fan_in.get(prefix, 1)))
+        out.append((name, rng.uniform(-bound, bound, size=shape).astype(np.float32)))
+    return out

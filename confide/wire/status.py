@@ -1,0 +1,75 @@
+"""The one table that maps Confide's error tree to gRPC status codes and back.
+
+Servicers raise ``ConfideError``s; ``abort_with`` turns one into a gRPC status whose details
+string is the ``Reason`` value, so peers learn little (the local log says everything).
+Clients call ``error_from_rpc`` to rebuild the matching error from a ``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+from confide import errors
+from confide.errors import ConfideError, Reason
+
+__all__ = ["STATUS_FOR", "abort_with", "error_from_rpc", "status_for"]
+
+STATUS_FOR: dict[type[ConfideError], grpc.StatusCode] = {
+    errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MalformedMessage: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.OversizedMessage: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ReplayedMessage: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.BadSignature: grpc.StatusCode.UNAUTHENTICATED,
+    errors.NonFiniteValue: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthorized: grpc.StatusCode.PERMISSION_DENIED,
+    errors.PeerError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.PolicyRefusal: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
+    ConfideError: grpc.StatusCode.INTERNAL,
+}
+
+_REASON_STATUS: dict[Reason, grpc.StatusCode] = {
+    Reason.UNKNOWN_JOB: grpc.StatusCode.NOT_FOUND,
+    Reason.UNKNOWN_SITE: grpc.StatusCode.NOT_FOUND,
+    Reason.BAD_CERTIFICATE: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+}
+
+_CLASS_FOR_STATUS: dict[grpc.StatusCode, type[ConfideError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.MalformedMessage,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.OversizedMessage,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.PolicyRefusal,
+    grpc.StatusCode.UNAUTHENTICATED: errors.BadSignature,
+    grpc.StatusCode.PERMISSION_DENIED: errors.Unauthorized,
+    grpc.StatusCode.NOT_FOUND: errors.PeerError,
+}
+
+
+def status_for(exc: ConfideError) -> grpc.StatusCode:
+    """The gRPC status code for an error: by reason first, then by the nearest class."""
+    if exc.reason in _REASON_STATUS:
+        return _REASON_STATUS[exc.reason]
+    for cls in type(exc).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def abort_with(context: grpc.ServicerContext, exc: ConfideError) -> NoReturn:
+    """Abort the current RPC with the status for ``exc``; details is the reason value."""
+    context.abort(status_for(exc), exc.reason.value)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def error_from_rpc(err: grpc.RpcError) -> ConfideError:
+    """Rebuild a ConfideError from a failed RPC, keeping the peer's reason when known."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else ""
+    try:
+        reason: Reason | None = Reason(details)
+    except ValueError:
+        reason = Reason.UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else None
+    cls = _CLASS_FOR_STATUS.get(code, errors.InternalError)
+    return cls(f"aggregator answered {code.name}: {details}", reason=reason)
