@@ -74,6 +74,10 @@ class Section:
             raise ConfigError(self.key(name), "is required but missing", reason=Reason.MISSING_KEY)
         return default
 
+    def value(self, name: str, default: Any = _MISSING) -> Any:
+        """The raw value of ``name`` (for keys that accept more than one type)."""
+        return self._get(name, default)
+
     def str(self, name: str, default: Any = _MISSING, *, nonempty: bool = True) -> Any:
         """A string value."""
         v = self._get(name, default)

@@ -1,0 +1,244 @@
+"""Jobs as operators write them (TOML) and as the wire carries them (``JobSpec``).
+
+``job_from_toml`` reads a job file with keys named as below; ``validate_job`` checks a
+``JobSpec`` (the aggregator calls it at submit, so a bad job is refused before any site sees
+it). Every error is a ``ConfigError`` naming the TOML key, e.g. ``privacy.sample.delta``.
+
+::
+
+    name = "breast-cancer"        rounds = 5        min_sites = 3      round_timeout_s = 120
+    target_accuracy = 0.9                         # acceptance criterion (optional)
+    [model]       kind = "logreg|mlp|cnn|fixed_delta"   hidden = [32]   fixed_delta_params = N
+    [dataset]     name = "breast_cancer"  features = [...]  label = "target"  num_classes = 2
+                  input_shape = [1, 8, 8]         # cnn only
+    [training]    local_epochs = 1  batch_size = 32  learning_rate = 0.1  seed = 0
+                  server_optimizer = "fedavg|fedadam"  server_learning_rate = 1.0  device = "auto"
+    [privacy.sample]   # record-level DP-SGD in the worker (absent: none)
+                  noise_multiplier = 1.1 | target_epsilon = 3.0   max_grad_norm = 1.0
+                  delta = 1e-5   accountant = "rdp|prv"
+    [privacy.update]   # update-level clip + noise by the daemon
+                  clip_norm = 1.0   noise_multiplier = 0.5   delta = 1e-5
+    [secure_aggregation]  enabled = true  threshold = 0.66  neighbours = "auto" | k
+                  clip_range = 1.0  bits = 16  stage_timeout_s = 30
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+from confide.config import Section
+from confide.errors import ConfigError
+from confide.models import parameter_shapes
+from confide.v1 import common_pb2
+
+__all__ = ["MAX_ROUNDS", "ModelName", "job_from_toml", "validate_job"]
+
+MAX_ROUNDS = 100_000
+
+
+class ModelName(enum.Enum):
+    """Built-in models by the name a job file uses."""
+
+    LOGREG = "logreg"
+    MLP = "mlp"
+    CNN = "cnn"
+    FIXED_DELTA = "fixed_delta"
+
+
+_MODEL_KIND = {
+    ModelName.LOGREG: common_pb2.MODEL_KIND_LOGREG,
+    ModelName.MLP: common_pb2.MODEL_KIND_MLP,
+    ModelName.CNN: common_pb2.MODEL_KIND_CNN,
+    ModelName.FIXED_DELTA: common_pb2.MODEL_KIND_FIXED_DELTA,
+}
+
+
+class _ServerOpt(enum.Enum):
+    FEDAVG = "fedavg"
+    FEDADAM = "fedadam"
+
+
+class _Accountant(enum.Enum):
+    RDP = "rdp"
+    PRV = "prv"
+
+
+def job_from_toml(root: Section) -> common_pb2.JobSpec:
+    """Build a ``JobSpec`` from a parsed job file and validate it.
+
+    Raises:
+        ConfigError: a key is missing, unknown or invalid; names the key.
+    """
+    spec = common_pb2.JobSpec(
+        name=root.str("name"),
+        rounds=root.int("rounds", min=1, max=MAX_ROUNDS),
+        min_sites=root.int("min_sites", 1, min=1),
+        round_timeout_s=root.float("round_timeout_s", 300.0, min=0.0, min_exclusive=True),
+        target_accuracy=root.float("target_accuracy", 0.0, min=0.0, max=1.0),
+    )
+    m = root.section("model", required=True)
+    spec.model.kind = _MODEL_KIND[m.choice("kind", ModelName)]
+    spec.model.hidden.extend(_uint_list(m, "hidden"))
+    spec.model.fixed_delta_params = m.int("fixed_delta_params", 0, min=0)
+    m.done()
+
+    d = root.section("dataset", required=True)
+    spec.dataset.name = d.str("name")
+    spec.dataset.features.extend(d.str_list("features", []))
+    spec.dataset.label = d.str("label", "")
+    spec.dataset.num_classes = d.int("num_classes", 2, min=0)
+    spec.dataset.input_shape.extend(_uint_list(d, "input_shape"))
+    d.done()
+
+    t = root.section("training")
+    spec.training.local_epochs = t.int("local_epochs", 1, min=1, max=1000)
+    spec.training.batch_size = t.int("batch_size", 32, min=1)
+    spec.training.learning_rate = t.float("learning_rate", 0.1, min=0.0, min_exclusive=True)
+    spec.training.server_optimizer = (
+        common_pb2.SERVER_OPTIMIZER_FEDADAM
+        if t.choice("server_optimizer", _ServerOpt, _ServerOpt.FEDAVG) is _ServerOpt.FEDADAM
+        else common_pb2.SERVER_OPTIMIZER_FEDAVG
+    )
+    spec.training.server_learning_rate = t.float(
+        "server_learning_rate", 1.0, min=0.0, min_exclusive=True
+    )
+    spec.training.device = t.str("device", "auto")
+    spec.training.seed = t.int("seed", 0, min=0)
+    t.done()
+
+    p = root.section("privacy")
+    s = p.section("sample")
+    if s.raw():
+        rp = spec.record_privacy
+        rp.enabled = s.bool("enabled", True)
+        rp.noise_multiplier = s.float("noise_multiplier", 0.0)
+        rp.target_epsilon = s.float("target_epsilon", 0.0)
+        rp.max_grad_norm = s.float("max_grad_norm", 1.0)
+        rp.delta = s.float("delta", 1e-5)
+        rp.accountant = (
+            common_pb2.ACCOUNTANT_PRV
+            if s.choice("accountant", _Accountant, _Accountant.RDP) is _Accountant.PRV
+            else common_pb2.ACCOUNTANT_RDP
+        )
+    u = p.section("update")
+    if u.raw():
+        spec.update_privacy.clip_norm = u.float("clip_norm")
+        spec.update_privacy.noise_multiplier = u.float("noise_multiplier", 0.0)
+        spec.update_privacy.delta = u.float("delta", 1e-5)
+    p.done()
+
+    sa = root.section("secure_aggregation")
+    if sa.raw():
+        g = spec.secure_aggregation
+        g.enabled = sa.bool("enabled", True)
+        g.threshold = sa.float("threshold", 0.66, min=0.0, min_exclusive=True)
+        neighbours = sa.value("neighbours", "auto")
+        if neighbours == "auto":
+            g.neighbours = 0
+        elif isinstance(neighbours, int) and not isinstance(neighbours, bool) and neighbours >= 1:
+            g.neighbours = neighbours
+        else:
+            raise ConfigError(
+                sa.key("neighbours"), f'must be "auto" or a count >= 1, got {neighbours!r}'
+            )
+        g.clip_range = sa.float("clip_range", 1.0)
+        g.bits = sa.int("bits", 16, min=1, max=32)
+        g.stage_timeout_s = sa.float("stage_timeout_s", 60.0, min=0.0, min_exclusive=True)
+    root.done()
+    validate_job(spec)
+    return spec
+
+
+def _uint_list(s: Section, key: str) -> list[int]:
+    v = s.value(key, [])
+    if not isinstance(v, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v
+    ):
+        raise ConfigError(s.key(key), "must be a list of positive integers")
+    return list(v)
+
+
+def validate_job(spec: common_pb2.JobSpec) -> None:
+    """Check a job as the aggregator receives it; every error names the job-file key.
+
+    Raises:
+        ConfigError: the first invalid field, named as in the job file.
+    """
+    if not spec.name.strip():
+        raise ConfigError("name", "must not be empty")
+    if not 1 <= spec.rounds <= MAX_ROUNDS:
+        raise ConfigError("rounds", f"must be between 1 and {MAX_ROUNDS}")
+    if spec.min_sites < 1:
+        raise ConfigError("min_sites", "must be >= 1")
+    if not spec.dataset.name.strip():
+        raise ConfigError("dataset.name", "must not be empty")
+    _finite_positive("round_timeout_s", spec.round_timeout_s)
+    parameter_shapes(spec.model, spec.dataset)
+    if spec.model.kind != common_pb2.MODEL_KIND_FIXED_DELTA and not spec.dataset.label:
+        raise ConfigError("dataset.label", "must name the label column")
+    tr = spec.training
+    if tr.batch_size < 1:
+        raise ConfigError("training.batch_size", "must be >= 1")
+    if tr.local_epochs < 1:
+        raise ConfigError("training.local_epochs", "must be >= 1")
+    _finite_positive("training.learning_rate", tr.learning_rate)
+    _finite_positive("training.server_learning_rate", tr.server_learning_rate)
+    if tr.device not in ("", "auto", "cpu", "cuda") and not (
+        tr.device.startswith("cuda:") and tr.device[5:].isdigit()
+    ):
+        raise ConfigError("training.device", "must be auto, cpu, cuda or cuda:N")
+    _validate_privacy(spec)
+    _validate_secagg(spec)
+
+
+def _finite_positive(key: str, v: float) -> None:
+    if not math.isfinite(v) or v <= 0:
+        raise ConfigError(key, f"must be a finite number > 0, got {v}")
+
+
+def _validate_privacy(spec: common_pb2.JobSpec) -> None:
+    rp = spec.record_privacy
+    if rp.enabled:
+        k = "privacy.sample."
+        has_z, has_eps = rp.noise_multiplier != 0, rp.target_epsilon != 0
+        if has_z == has_eps:
+            raise ConfigError(
+                k + "noise_multiplier", "give exactly one of noise_multiplier and target_epsilon"
+            )
+        if has_z and (not math.isfinite(rp.noise_multiplier) or rp.noise_multiplier < 0):
+            raise ConfigError(k + "noise_multiplier", "must be a finite number >= 0")
+        if has_eps:
+            _finite_positive(k + "target_epsilon", rp.target_epsilon)
+        _finite_positive(k + "max_grad_norm", rp.max_grad_norm)
+        if not 0 < rp.delta < 1:
+            raise ConfigError(k + "delta", f"must be in (0, 1), got {rp.delta}")
+    up = spec.update_privacy
+    if up.ByteSize():
+        k = "privacy.update."
+        _finite_positive(k + "clip_norm", up.clip_norm)
+        if not math.isfinite(up.noise_multiplier) or up.noise_multiplier < 0:
+            raise ConfigError(k + "noise_multiplier", "must be a finite number >= 0")
+        if not 0 < up.delta < 1:
+            raise ConfigError(k + "delta", f"must be in (0, 1), got {up.delta}")
+
+
+def _validate_secagg(spec: common_pb2.JobSpec) -> None:
+    sa = spec.secure_aggregation
+    if not sa.enabled:
+        return
+    k = "secure_aggregation."
+    if not math.isfinite(sa.threshold) or sa.threshold <= 0:
+        raise ConfigError(k + "threshold", "must be a fraction in (0, 1] or a count >= 2")
+    if sa.threshold > 1 and sa.threshold != int(sa.threshold):
+        raise ConfigError(k + "threshold", "a count must be a whole number")
+    if sa.threshold > 1 and sa.threshold > spec.min_sites:
+        raise ConfigError(
+            k + "threshold", f"count {int(sa.threshold)} exceeds min_sites {spec.min_sites}"
+        )
+    if spec.min_sites < 2:
+        raise ConfigError("min_sites", "secure aggregation needs at least 2 sites")
+    _finite_positive(k + "clip_range", sa.clip_range)
+    if not 1 <= sa.bits <= 32:
+        raise ConfigError(k + "bits", "must be between 1 and 32")
+    _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)
