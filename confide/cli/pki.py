@@ -1,0 +1,162 @@
+"""``confide pki``: run the federation CA from the command line.
+
+Subcommands: ``init``, ``issue``, ``sign``, ``revoke``, ``show``. Each handler is stored as
+``func`` on the parsed namespace and returns an exit code: 0 on success, 2 for a
+``ConfigError`` (one line on stderr naming the key or file), 1 for any other ``ConfideError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confide.errors import ConfideError, ConfigError
+from confide.pki import Role, init_ca, issue, revoke, sign_csr, verify_certificate
+from confide.pki import files as pki_files
+from confide.pki.certinfo import CertInfo, cert_info, load_pem_certificate
+
+__all__ = ["register"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn a ``ConfideError`` into one line on stderr and exit code 2 (config) or 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ConfigError as exc:
+            print(f"confide pki: {exc}", file=sys.stderr)
+            return 2
+        except ConfideError as exc:
+            print(f"confide pki: {exc} [{exc.reason.value}]", file=sys.stderr)
+            return 1
+
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _role(value: str) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(r.value for r in Role)}"
+        ) from None
+
+
+def _init(args: argparse.Namespace) -> int:
+    """Create the federation CA."""
+    init_ca(args.dir, federation=args.federation)
+    print(f"created CA for federation {args.federation!r} in {args.dir}")
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    """Make keys and a certificate for an aggregator or operator inside the CA folder."""
+    path = issue(args.dir, args.name, role=args.role, dns=args.dns, ips=args.ip, days=args.days)
+    print(f"issued {args.role.value} certificate {path}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    """Sign a site's CSR for the given role."""
+    csr_path: Path = args.csr
+    out: Path = args.out if args.out is not None else csr_path.with_suffix(".crt")
+    pki_files.refuse_existing(out)
+    pem = sign_csr(
+        args.dir,
+        pki_files.read_bytes(csr_path),
+        role=args.role,
+        days=args.days,
+        dns=args.dns,
+        ips=args.ip,
+    )
+    pki_files.write_new(out, pem, mode=0o644)
+    print(f"signed {args.role.value} certificate {out}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    """Revoke every certificate issued to a name."""
+    revoke(args.dir, args.name)
+    print(f"revoked {args.name!r}; distribute {args.dir / pki_files.CRL}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Print what a certificate binds; with --ca, verify it too."""
+    pem = pki_files.read_bytes(args.cert)
+    info: CertInfo
+    if args.ca is not None:
+        crl = pki_files.read_bytes(args.crl) if args.crl is not None else None
+        info = verify_certificate(
+            pem, ca_pem=pki_files.read_bytes(args.ca), crl_pem=crl, now=datetime.now(UTC)
+        )
+        status = "verified"
+    else:
+        info = cert_info(load_pem_certificate(pem))
+        status = "not verified (pass --ca)"
+    print(f"name:        {info.name}")
+    print(f"role:        {info.role.value}")
+    print(f"federation:  {info.federation}")
+    print(f"serial:      {info.serial:x}")
+    print(f"not after:   {info.not_after.isoformat()}")
+    print(f"signing key: {info.signing_public_key.hex()}")
+    print(f"status:      {status}")
+    return 0
+
+
+def _add_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir", type=Path, default=Path("."), help="CA folder (default: current folder)"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``pki`` command and its subcommands to the ``confide`` parser.
+
+    Args:
+        subparsers: the top-level parser's subparsers; each leaf sets ``func`` to a handler
+            taking the namespace and returning an exit code.
+    """
+    pki = subparsers.add_parser("pki", help="federation certificate authority")
+    sub = pki.add_subparsers(dest="pki_command", required=True, metavar="SUBCOMMAND")
+    p = sub.add_parser("init", help="create the federation CA")
+    _add_dir(p)
+    p.add_argument("--federation", required=True, help="federation name")
+    p.set_defaults(func=_guarded(_init))
+
+    p = sub.add_parser("issue", help="make keys and a certificate (aggregator, operator)")
+    p.add_argument("name")
+    p.add_argument("--role", type=_role, required=True, help="aggregator|operator|site")
+    _add_dir(p)
+    p.add_argument("--dns", action="append", default=[], help="extra DNS name (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    p.set_defaults(func=_guarded(_issue))
+
+    p = sub.add_parser("sign", help="sign a CSR made by `confide-agent enroll`")
+    p.add_argument("csr", type=Path)
+    p.add_argument("--role", type=_role, required=True, help="role to grant (normally site)")
+    _add_dir(p)
+    p.add_argument("--out", type=Path, default=None, help="certificate file (default: CSR.crt)")
+    p.add_argument("--dns", action="append", default=[], help="extra DNS name (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    p.set_defaults(func=_guarded(_sign))
+
+    p = sub.add_parser("revoke", help="revoke every certificate issued to NAME")
+    p.add_argument("name")
+    _add_dir(p)
+    p.set_defaults(func=_guarded(_revoke))
+
+    p = sub.add_parser("show", help="print what a certificate binds")
+    p.add_argument("cert", type=Path)
+    p.add_argument("--ca", type=Path, default=None, help="verify against this CA certificate")
+    p.add_argument("--crl", type=Path, default=None, help="and this revocation list")
+    p.set_defaults(func=_guarded(_show))
