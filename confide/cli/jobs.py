@@ -1,0 +1,156 @@
+"""``confide job submit|status|list|cancel`` and ``confide sites``: the operator's view."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from confide.config import load_toml
+from confide.jobspec import job_from_toml
+from confide.v1 import admin_pb2, common_pb2
+from confide.wire.envelope import seal
+
+from .operator import connect, load_operator_config
+
+__all__ = ["format_job", "job_summary", "register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``job`` and ``sites`` commands."""
+    job = subparsers.add_parser("job", help="submit and watch jobs")
+    jsub = job.add_subparsers(dest="job_command", required=True)
+    p = jsub.add_parser("submit", help="sign and submit a job file")
+    p.add_argument("job_file", type=Path)
+    p.set_defaults(handler=_submit)
+    p = jsub.add_parser("status", help="rounds so far with metrics and epsilon")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(handler=_status)
+    p = jsub.add_parser("list", help="all jobs")
+    p.set_defaults(handler=_list)
+    p = jsub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(handler=_cancel)
+    s = subparsers.add_parser("sites", help="sites, connection and last heartbeat")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_sites)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    cfg = load_operator_config(args.config)
+    spec = job_from_toml(load_toml(args.job_file))
+    env = seal(
+        signing_key=cfg.identity.signing_key,
+        federation=cfg.federation,
+        sender=cfg.identity.info.name,
+        stage=common_pb2.STAGE_JOB,
+        payload=spec.SerializeToString(),
+        now=time.time(),
+    )
+    channel, stub = connect(cfg)
+    with channel:
+        reply = stub.SubmitJob(env, timeout=30)
+    print(reply.job_id)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = load_operator_config(args.config)
+    channel, stub = connect(cfg)
+    with channel:
+        status = stub.GetJob(admin_pb2.JobRef(job_id=args.job_id), timeout=30)
+    if args.json:
+        print(json.dumps(job_summary(status)))
+    else:
+        print(format_job(status))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    cfg = load_operator_config(args.config)
+    channel, stub = connect(cfg)
+    with channel:
+        jobs = stub.ListJobs(admin_pb2.ListJobsRequest(), timeout=30)
+    for j in jobs.jobs:
+        state = admin_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()
+        print(f"{j.job_id}  {state:<9}  {len(j.rounds):>3}/{j.spec.rounds} rounds  {j.spec.name}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    cfg = load_operator_config(args.config)
+    channel, stub = connect(cfg)
+    with channel:
+        status = stub.CancelJob(admin_pb2.JobRef(job_id=args.job_id), timeout=30)
+    print(format_job(status))
+    return 0
+
+
+def _sites(args: argparse.Namespace) -> int:
+    cfg = load_operator_config(args.config)
+    channel, stub = connect(cfg)
+    with channel:
+        sites = stub.ListSites(admin_pb2.ListSitesRequest(), timeout=30)
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(s) for s in sites.sites]))
+        return 0
+    now = time.time()
+    print(f"{'site':<16} {'connected':<9} {'last heartbeat':>14}  datasets")
+    for s in sites.sites:
+        ago = f"{now - s.last_heartbeat:.0f}s ago" if s.last_heartbeat else "never"
+        print(
+            f"{s.site_id:<16} {'yes' if s.connected else 'no':<9} {ago:>14}  {','.join(s.datasets)}"
+        )
+    return 0
+
+
+def job_summary(status: admin_pb2.JobStatus) -> dict[str, Any]:
+    """A JSON-ready summary of a job: state, per-round metrics, epsilon per site."""
+    return {
+        "job_id": status.job_id,
+        "state": admin_pb2.JobState.Name(status.state).removeprefix("JOB_STATE_").lower(),
+        "error": status.error,
+        "rounds": [
+            {
+                "round": r.round,
+                "state": r.state,
+                "aggregated": r.aggregated,
+                "accuracy": r.accuracy,
+                "loss": r.loss,
+                "seconds": r.seconds,
+                "epsilon": {s.site_id: s.epsilon for s in r.sites},
+            }
+            for r in status.rounds
+        ],
+        "final_accuracy": status.final_accuracy,
+        "final_loss": status.final_loss,
+        "epsilon_by_site": dict(status.epsilon_by_site),
+        "model_version": status.model_version,
+    }
+
+
+def format_job(status: admin_pb2.JobStatus) -> str:
+    """A human table of a job's rounds."""
+    s = job_summary(status)
+    lines = [
+        f"job {s['job_id']} ({status.spec.name}): {s['state']}"
+        + (f" - {s['error']}" if s["error"] else ""),
+        f"{'round':>5} {'state':<10} {'sites':>5} {'accuracy':>8} {'loss':>8} {'seconds':>7}"
+        f"  epsilon (max over sites)",
+    ]
+    for r in s["rounds"]:
+        eps = max(r["epsilon"].values(), default=0.0)
+        lines.append(
+            f"{r['round']:>5} {r['state']:<10} {r['aggregated']:>5} {r['accuracy']:>8.4f}"
+            f" {r['loss']:>8.4f} {r['seconds']:>7.2f}  {eps:.3f}"
+        )
+    if status.state == admin_pb2.JOB_STATE_DONE:
+        lines.append(f"final accuracy {status.final_accuracy:.4f}, loss {status.final_loss:.4f}")
+    for site, eps in sorted(s["epsilon_by_site"].items()):
+        lines.append(f"  {site}: epsilon spent {eps:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""``confide``: the operator's command line (PKI, jobs, sites, privacy planning, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from confide.errors import ConfideError, ConfigError
+from confide.wire.status import error_from_rpc
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``confide`` argument parser."""
+    from confide.cli import demo, jobs, pki, privacy
+
+    parser = argparse.ArgumentParser(
+        prog="confide", description="Federated learning for organizations that must not move data."
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("operator.toml"),
+        help="operator config: aggregator address and TLS identity (default: operator.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    pki.register(sub)
+    jobs.register(sub)
+    privacy.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``confide`` command; config errors exit 2, other refusals exit 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as exc:
+        print(f"confide: {exc}", file=sys.stderr)
+        return 2
+    except ConfideError as exc:
+        print(f"confide: {exc} ({exc.reason.value})", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"confide: {error_from_rpc(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Start and drive a real federation of OS processes on 127.0.0.1 over mutual TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from confide import pki
+from confide.cli.operator import OperatorConfig, connect, load_operator_config
+from confide.errors import InternalError
+from confide.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from confide.wire.envelope import seal
+
+__all__ = ["LocalFederation", "SiteSetup", "toml_text"]
+
+_AGGREGATOR = "import sys; from aggregator.main import main; sys.exit(main(sys.argv[1:]))"
+_AGENT = "import sys; from agent.main import main; sys.exit(main(sys.argv[1:]))"
+_TERMINAL = (admin_pb2.JOB_STATE_DONE, admin_pb2.JOB_STATE_FAILED, admin_pb2.JOB_STATE_CANCELLED)
+
+
+@dataclass
+class SiteSetup:
+    """One site: its name, the dataset tables of its agent.toml, and its policy."""
+
+    name: str
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    worker: dict[str, Any] = field(default_factory=lambda: {"device": "cpu"})
+
+
+def toml_text(data: Mapping[str, Any]) -> str:
+    """Render nested dicts of str/int/float/bool/list as TOML (enough for our configs)."""
+    lines: list[str] = []
+    _emit(data, [], lines)
+    return "\n".join(lines) + "\n"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (str, Path)):
+        s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{s}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    raise TypeError(f"cannot render {type(v).__name__} as TOML")
+
+
+def _emit(data: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
+    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
+    for k, v in data.items():
+        if not isinstance(v, Mapping):
+            lines.append(f"{k} = {_value(v)}")
+    for k, v in tables.items():
+        lines.append("")
+        lines.append(f"[{'.'.join([*path, k])}]")
+        _emit(v, [*path, k], lines)
+
+
+class LocalFederation:
+    """A CA, one aggregator and N agents as processes under ``root``; stop() ends them all.
+
+    Args:
+        root: a scratch folder (the caller removes it).
+        federation: the federation's name.
+        env: extra environment for the daemons.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        federation: str = "demo",
+        log_level: str = "info",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.federation = federation
+        self.log_level = log_level
+        self.ca_dir = root / "ca"
+        self.aggregator_dir = root / "aggregator"
+        self.address = ""
+        self.aggregator: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.site_dirs: dict[str, Path] = {}
+        self._env = {**os.environ, **(env or {})}
+        self._operator: OperatorConfig | None = None
+        self._channel: grpc.Channel | None = None
+        self._stub: admin_pb2_grpc.AdminStub | None = None
+
+    # ----- PKI -----
+
+    def make_pki(self, sites: list[str]) -> None:
+        """Make the CA, the aggregator and operator identities, and each site's via its CSR."""
+        pki.init_ca(self.ca_dir, federation=self.federation)
+        pki.issue(
+            self.ca_dir,
+            "aggregator",
+            role=pki.Role.AGGREGATOR,
+            dns=["localhost"],
+            ips=["127.0.0.1"],
+        )
+        pki.issue(self.ca_dir, "operator", role=pki.Role.OPERATOR)
+        for name in sites:
+            d = self.root / name
+            d.mkdir(parents=True, exist_ok=True)
+            csr = pki.make_key_and_csr(d, name, role=pki.Role.SITE)
+            cert = pki.sign_csr(self.ca_dir, csr.read_bytes(), role=pki.Role.SITE)
+            (d / f"{name}.crt").write_bytes(cert)
+            self.site_dirs[name] = d
+        self._write_operator_config()
+
+    def _tls(self, d: Path, name: str) -> dict[str, str]:
+        return {
+            "ca": str(self.ca_dir / "ca.crt"),
+            "cert": str(d / f"{name}.crt"),
+            "key": str(d / f"{name}.key"),
+            "signing_key": str(d / f"{name}.sign.key"),
+        }
+
+    def _write_operator_config(self) -> None:
+        cfg = {
+            "federation": self.federation,
+            "aggregator": {"address": self.address or "127.0.0.1:0", "server_name": "aggregator"},
+            "tls": self._tls(self.ca_dir, "operator"),
+        }
+        self.operator_config = self.root / "operator.toml"
+        self.operator_config.write_text(toml_text(cfg))
+
+    # ----- processes -----
+
+    def _spawn(self, code: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-c", code, "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                cwd=self.root,
+            )
+
+    def start_aggregator(
+        self, *, timeout: float = 60.0, extra: Mapping[str, Any] | None = None
+    ) -> str:
+        """Start the aggregator on a free loopback port and return its address."""
+        d = self.aggregator_dir
+        d.mkdir(parents=True, exist_ok=True)
+        state = d / "state"
+        cfg: dict[str, Any] = {
+            "federation": self.federation,
+            "server": {"listen": "127.0.0.1:0"},
+            "tls": self._tls(self.ca_dir, "aggregator"),
+            "state": {"dir": str(state)},
+            "log": {"level": self.log_level, "json": True},
+        }
+        for k, v in (extra or {}).items():
+            cfg[k] = {**cfg.get(k, {}), **v}
+        (d / "aggregator.toml").write_text(toml_text(cfg))
+        addr_file = state / "address"
+        addr_file.unlink(missing_ok=True)
+        self.aggregator = self._spawn(_AGGREGATOR, d / "aggregator.toml", d / "aggregator.log")
+        self._wait(
+            lambda: addr_file.exists() and addr_file.read_text().strip() != "",
+            timeout,
+            "the aggregator to listen",
+            self.aggregator,
+            d / "aggregator.log",
+        )
+        self.address = addr_file.read_text().strip()
+        self._write_operator_config()
+        return self.address
+
+    def start_agent(self, site: SiteSetup) -> subprocess.Popen[bytes]:
+        """Start one site's agent with its datasets and policy."""
+        d = self.site_dirs[site.name]
+        cfg: dict[str, Any] = {
+            "federation": self.federation,
+            "aggregator": {"address": self.address, "server_name": "aggregator"},
+            "tls": self._tls(d, site.name),
+            "state": {"dir": str(d / "state")},
+            "api": {"socket": str(d / "agent.sock")},
+            "worker": site.worker,
+            "datasets": site.datasets,
+            "policy": site.policy,
+            "log": {"level": self.log_level, "json": True},
+        }
+        (d / "agent.toml").write_text(toml_text(cfg))
+        proc = self._spawn(_AGENT, d / "agent.toml", d / "agent.log")
+        self.agents[site.name] = proc
+        return proc
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        """The last lines of a process's log ("aggregator" or a site name)."""
+        path = (
+            (self.aggregator_dir / "aggregator.log")
+            if name == "aggregator"
+            else (self.site_dirs[name] / "agent.log")
+        )
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _wait(
+        cond: Callable[[], bool],
+        timeout: float,
+        what: str,
+        proc: subprocess.Popen[bytes] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if proc is not None and proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:] if log else ""
+                raise InternalError(
+                    f"process exited with {proc.returncode} while waiting for {what}:\n{tail}"
+                )
+            if time.monotonic() > deadline:
+                raise InternalError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.05)
+
+    # ----- operator -----
+
+    def admin(self) -> admin_pb2_grpc.AdminStub:
+        """An Admin stub authenticated as the federation's operator."""
+        if self._stub is None:
+            self._operator = load_operator_config(self.operator_config)
+            self._channel, self._stub = connect(self._operator)
+        return self._stub
+
+    def wait_for_sites(self, n: int, *, timeout: float = 120.0) -> None:
+        """Wait until at least ``n`` sites are connected."""
+        stub = self.admin()
+
+        def connected() -> bool:
+            sites = stub.ListSites(admin_pb2.ListSitesRequest(), timeout=10)
+            return sum(1 for s in sites.sites if s.connected) >= n
+
+        self._wait(
+            connected,
+            timeout,
+            f"{n} connected sites",
+            self.aggregator,
+            self.aggregator_dir / "aggregator.log",
+        )
+
+    def submit(self, spec: common_pb2.JobSpec) -> str:
+        """Sign a job as the operator and submit it; returns the job id."""
+        stub = self.admin()
+        assert self._operator is not None
+        env = seal(
+            signing_key=self._operator.identity.signing_key,
+            federation=self.federation,
+            sender=self._operator.identity.info.name,
+            stage=common_pb2.STAGE_JOB,
+            payload=spec.SerializeToString(),
+            now=time.time(),
+        )
+        return str(stub.SubmitJob(env, timeout=30).job_id)
+
+    def job(self, job_id: str) -> admin_pb2.JobStatus:
+        """The job's current status."""
+        return self.admin().GetJob(admin_pb2.JobRef(job_id=job_id), timeout=30)
+
+    def wait_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 600.0,
+        on_status: Callable[[admin_pb2.JobStatus], None] | None = None,
+        poll_s: float = 0.1,
+    ) -> admin_pb2.JobStatus:
+        """Wait until the job is done, failed or cancelled, reporting each status seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.job(job_id)
+            if on_status is not None:
+                on_status(status)
+            if status.state in _TERMINAL:
+                return status
+            if self.aggregator is not None and self.aggregator.poll() is not None:
+                raise InternalError(
+                    "the aggregator exited during the job:\n" + self.log_tail("aggregator")
+                )
+            if time.monotonic() > deadline:
+                raise InternalError(f"job {job_id} did not finish within {timeout:.0f}s")
+            time.sleep(poll_s)
+
+    # ----- teardown -----
+
+    def signal_agent(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Send a signal to one agent (SIGKILL to simulate a crash)."""
+        self.agents[name].send_signal(sig)
+
+    def stop(self, *, timeout: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM every process, wait for it, and return the exit codes by name."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._stub = None
+        procs: dict[str, subprocess.Popen[bytes]] = dict(self.agents)
+        if self.aggregator is not None:
+            procs["aggregator"] = self.aggregator
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + timeout
+        for name, p in procs.items():
+            try:
+                codes[name] = p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                codes[name] = None
+        return codes
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
