@@ -81,14 +81,14 @@ def encode_tensors(arrays: NamedArrays) -> tuple[common_pb2.BlobHeader, list[mem
     digest = hashlib.sha256()
     total = 0
     for name, arr in arrays:
-        a = np.ascontiguousarray(arr)
+        a = arr if arr.flags.c_contiguous else np.array(arr, order="C")
         if a.dtype.byteorder == ">":
             a = a.byteswap().view(a.dtype.newbyteorder("<"))
         dtype = _FROM_NP.get(a.dtype.name)
         if dtype is None:
             raise MalformedMessage(f"tensor {name!r} has unsupported dtype {a.dtype}")
         header.tensors.add(name=name, dtype=dtype, shape=list(a.shape))
-        mv = memoryview(a).cast("B")
+        mv = memoryview(a.reshape(-1).view(np.uint8))
         digest.update(mv)
         buffers.append(mv)
         total += mv.nbytes

@@ -1,0 +1,83 @@
+"""Job files: valid jobs parse; every invalid field is refused with its job-file key."""
+
+from __future__ import annotations
+
+import pytest
+
+from confide.config import parse_toml
+from confide.errors import ConfigError
+from confide.jobspec import job_from_toml, validate_job
+from confide.v1 import common_pb2
+
+BASE = """
+name = "bc"
+rounds = 3
+min_sites = 3
+[model]
+kind = "mlp"
+hidden = [16]
+[dataset]
+name = "breast_cancer"
+features = ["a", "b"]
+label = "target"
+[privacy.sample]
+target_epsilon = 3.0
+delta = 1e-5
+[privacy.update]
+clip_norm = 1.0
+noise_multiplier = 0.5
+[secure_aggregation]
+enabled = true
+threshold = 0.66
+"""
+
+
+def _job(text=BASE):
+    return job_from_toml(parse_toml(text))
+
+
+def test_full_job_parses():
+    """A complete job file becomes the JobSpec the aggregator receives."""
+    spec = _job()
+    assert spec.model.kind == common_pb2.MODEL_KIND_MLP and list(spec.model.hidden) == [16]
+    assert spec.record_privacy.enabled and spec.record_privacy.target_epsilon == 3.0
+    assert spec.secure_aggregation.enabled and spec.secure_aggregation.neighbours == 0
+    validate_job(spec)
+
+
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ('kind = "mlp"', 'kind = "gpt"', "model.kind"),
+        ("rounds = 3", "rounds = 0", "rounds"),
+        ("target_epsilon = 3.0", "target_epsilon = 3.0\nnoise_multiplier = 1.0", "privacy.sample.noise_multiplier"),
+        ("delta = 1e-5\n[privacy.update]", "delta = 1.0\n[privacy.update]", "privacy.sample.delta"),
+        ("clip_norm = 1.0", "clip_norm = 0.0", "privacy.update.clip_norm"),
+        ("clip_norm = 1.0", "clip_norm = -1.0", "privacy.update.clip_norm"),
+        ("noise_multiplier = 0.5", "noise_multiplier = -0.5", "privacy.update.noise_multiplier"),
+        ('label = "target"', 'label = "target"\nlabl = "x"', "dataset.labl"),
+        ("hidden = [16]", "hidden = [0]", "model.hidden"),
+        ("threshold = 0.66", "threshold = 4", "secure_aggregation.threshold"),
+        ("min_sites = 3", "min_sites = 1", "min_sites"),
+    ],
+)
+def test_invalid_field_is_named(old, new, key):
+    """Each invalid value is refused with a ConfigError naming its key."""
+    assert old in BASE
+    with pytest.raises(ConfigError) as ei:
+        _job(BASE.replace(old, new, 1))
+    assert ei.value.key == key
+
+
+def test_validate_job_refuses_what_the_wire_can_carry():
+    """validate_job catches invalid values that bypass the TOML reader (e.g. a crafted JobSpec)."""
+    spec = _job()
+    spec.record_privacy.delta = 2.0
+    with pytest.raises(ConfigError) as ei:
+        validate_job(spec)
+    assert ei.value.key == "privacy.sample.delta"
+    spec = _job()
+    spec.training.learning_rate = float("nan")
+    with pytest.raises(ConfigError) as ei:
+        validate_job(spec)
+    assert ei.value.key == "training.learning_rate"
