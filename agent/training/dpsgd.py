@@ -1,0 +1,166 @@
+"""DP-SGD with Opacus for the built-in models, with exactly the steps the daemon accounts for.
+
+Algorithm (Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1): each of
+``steps`` steps draws a Poisson sample B of the N local records (each kept independently with
+probability q = ``sample_rate``), computes per-record gradients g_i, clips each to L2 norm C
+(``max_grad_norm``): g_i * min(1, C / ||g_i||), sums them, adds Gaussian noise N(0, (sigma*C)^2 I)
+(sigma = ``noise_multiplier``) and divides by the expected batch size q*N. The daemon's RDP
+accountant charges ``steps`` compositions of the sampled Gaussian mechanism (q, sigma)
+(Mironov et al. 2019, "Renyi Differential Privacy of the Sampled Gaussian Mechanism"); this
+module therefore does its own Poisson sampling (``torch.rand(N) < q`` per step, the same
+scheme as Opacus's ``UniformWithReplacementSampler``) instead of a DPDataLoader whose length
+would decide the step count. An empty sample still takes a step (noise only), as in Opacus.
+Opacus's own accountant is not used; ``secure_mode`` (torchcsprng) is not available, so
+sampling and noise come from torch generators seeded from ``os.urandom`` each round.
+
+Per-sample-gradient mode per model, chosen by measurement (``python -m bench.dp_training``,
+CPU, 2 cores, batch 64, samples/s under DP; see that benchmark for the plain figures):
+
+=========  ========  =========  ========  ========  ======
+model      hooks     functorch  ew        ghost     chosen
+=========  ========  =========  ========  ========  ======
+logreg     FIGURES_LOGREG                           MODE_LOGREG
+mlp        FIGURES_MLP                              MODE_MLP
+cnn        FIGURES_CNN                              MODE_CNN
+=========  ========  =========  ========  ========  ======
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import torch
+from opacus.grad_sample.utils import prepare_module
+from opacus.optimizers import get_optimizer_class
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from torch import nn
+
+from agent.training.train import RoundStats
+from confide.v1 import common_pb2
+
+__all__ = ["DEFAULT_MODES", "DpTrainer", "GradSampleMode"]
+
+
+class GradSampleMode(enum.Enum):
+    """How Opacus computes per-sample gradients (or, for ghost, only their norms)."""
+
+    HOOKS = "hooks"
+    FUNCTORCH = "functorch"
+    EW = "ew"
+    GHOST = "ghost"
+
+
+DEFAULT_MODES: dict[int, GradSampleMode] = {
+    common_pb2.MODEL_KIND_LOGREG: GradSampleMode.HOOKS,
+    common_pb2.MODEL_KIND_MLP: GradSampleMode.HOOKS,
+    common_pb2.MODEL_KIND_CNN: GradSampleMode.HOOKS,
+}
+"""The measured-fastest mode per built-in model kind (see the module docstring)."""
+
+
+class DpTrainer:
+    """Keeps one Opacus-wrapped copy of a model for a job and runs DP-SGD rounds on it.
+
+    The wrapper is built once; each round the caller loads new weights into ``module`` (the
+    unwrapped module, whose parameter names are the contract's), and ``run`` builds the cheap
+    optimizer/criterion for the round's parameters.
+
+    Args:
+        module: a fresh built-in model on its device, used only for DP training.
+        mode: the per-sample-gradient mode.
+        lr: SGD learning rate.
+    """
+
+    def __init__(self, module: nn.Module, *, mode: GradSampleMode, lr: float) -> None:
+        self.module = module
+        self.mode = mode
+        self.lr = lr
+        kwargs: dict[str, Any] = {"batch_first": True, "loss_reduction": "mean"}
+        if mode is GradSampleMode.GHOST:
+            kwargs["max_grad_norm"] = 1.0
+        self._gsm: Any = prepare_module(module, mode.value, True, **kwargs)
+
+    def run(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        sample_rate: float,
+        steps: int,
+        sample_generator: torch.Generator,
+        noise_generator: torch.Generator,
+    ) -> RoundStats:
+        """Run exactly ``steps`` Poisson-sampled DP-SGD steps on (x, y).
+
+        Args:
+            x: training features on the module's device.
+            y: training labels (int64) on the same device.
+            noise_multiplier: sigma.
+            max_grad_norm: C.
+            sample_rate: q.
+            steps: the number of steps the daemon accounts for.
+            sample_generator: CPU generator for the Poisson masks.
+            noise_generator: generator on the module's device for the Gaussian noise.
+        """
+        n = int(x.shape[0])
+        expected = sample_rate * n
+        ghost = self.mode is GradSampleMode.GHOST
+        if ghost:
+            self._gsm.max_grad_norm = max_grad_norm
+        sgd = torch.optim.SGD(self.module.parameters(), lr=self.lr)
+        opt_cls = get_optimizer_class(
+            clipping="flat", distributed=False, grad_sample_mode=self.mode.value
+        )
+        opt = opt_cls(
+            sgd,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected,
+            loss_reduction="mean",
+            generator=noise_generator,
+        )
+        base_loss = nn.CrossEntropyLoss(reduction="mean")
+        criterion: Any = (
+            DPLossFastGradientClipping(self._gsm, opt, base_loss, "mean") if ghost else base_loss
+        )
+        self._gsm.train()
+        stats = RoundStats()
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        std = noise_multiplier * max_grad_norm
+        for _ in range(steps):
+            mask = torch.rand(n, generator=sample_generator) < sample_rate
+            idx = mask.nonzero().squeeze(1).to(x.device)
+            if idx.numel() == 0:
+                _noise_only_step(params, sgd, std=std, expected=expected, gen=noise_generator)
+            else:
+                xb, yb = x[idx], y[idx]
+                opt.zero_grad(set_to_none=True)
+                logits = self._gsm(xb)
+                loss = criterion(logits, yb)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    per_record = nn.functional.cross_entropy(logits.detach(), yb, reduction="sum")
+                stats.add(logits.detach(), yb, per_record)
+            stats.steps += 1
+        opt.zero_grad(set_to_none=True)
+        return stats
+
+
+def _noise_only_step(
+    params: list[nn.Parameter],
+    sgd: torch.optim.Optimizer,
+    *,
+    std: float,
+    expected: float,
+    gen: torch.Generator,
+) -> None:
+    """The DP-SGD step on an empty sample: the update is noise N(0, std^2) / (q*N) only."""
+    for p in params:
+        p.grad = torch.normal(0.0, std, p.shape, device=p.device, generator=gen) / expected
+    sgd.step()
+    for p in params:
+        p.grad = None

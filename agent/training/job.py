@@ -1,0 +1,110 @@
+"""One torch-backed job inside the worker: its model, data on the device, and its rounds."""
+
+from __future__ import annotations
+
+import os
+import torch
+
+from agent.datasets import DatasetConfig, load_arrays
+from agent.training.device import resolve_device
+from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
+from agent.training.models import build_model, load_weights, weights_delta
+from agent.training.train import evaluate, train_plain
+from agent.worker.protocol import DpSgdParams
+from confide.v1 import common_pb2
+from confide.wire.blob import NamedArrays
+
+__all__ = ["TorchJob"]
+
+DEFAULT_LR = 0.05
+DEFAULT_BATCH = 64
+
+
+class TorchJob:
+    """A built-in model and its site data, kept for the job's rounds (built once per job).
+
+    Args:
+        job: the job spec.
+        dataset: the site's dataset config (already checked against the job's schema).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: the model spec or device is invalid.
+        PolicyRefusal: the data does not match its declared schema.
+        InternalError: the dataset file is unreadable.
+    """
+
+    def __init__(self, job: common_pb2.JobSpec, dataset: DatasetConfig, device: str) -> None:
+        self.job = job
+        self.device = resolve_device(device)
+        data = load_arrays(dataset)
+        self.num_train = int(data.x_train.shape[0])
+        self.num_holdout = int(data.x_holdout.shape[0])
+        self.num_features = int(data.x_train[0].size) if self.num_train else 0
+        dev = self.device
+        self.x_train = torch.from_numpy(data.x_train).to(dev)
+        self.y_train = torch.from_numpy(data.y_train).to(dev)
+        self.x_holdout = torch.from_numpy(data.x_holdout).to(dev)
+        self.y_holdout = torch.from_numpy(data.y_holdout).to(dev)
+        self.model = build_model(job.model, job.dataset).to(dev)
+        self._dp: DpTrainer | None = None
+        t = job.training
+        self.lr = float(t.learning_rate) if t.learning_rate > 0 else DEFAULT_LR
+        self.batch_size = int(t.batch_size) or DEFAULT_BATCH
+        self.epochs = int(t.local_epochs) or 1
+        self.seed = int(t.seed)
+
+    def evaluate(self, weights: NamedArrays) -> tuple[float, float, int]:
+        """Accuracy, loss and count on the hold-out set for these weights."""
+        load_weights(self.model, weights)
+        return evaluate(self.model, self.x_holdout, self.y_holdout)
+
+    def train(
+        self,
+        weights: NamedArrays,
+        *,
+        dp: DpSgdParams | None,
+        round_no: int,
+        mode: GradSampleMode | None = None,
+    ) -> tuple[NamedArrays, int, dict[str, float]]:
+        """One round from ``weights``: (delta, steps, metrics).
+
+        Args:
+            weights: the global model, in ``parameter_shapes`` order.
+            dp: DP-SGD parameters, or None for plain SGD.
+            round_no: the round, which seeds plain SGD's shuffles with the job seed.
+            mode: override the per-sample-gradient mode (benchmarks).
+        """
+        if dp is None:
+            load_weights(self.model, weights)
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + round_no) % 2**63)
+            stats = train_plain(
+                self.model,
+                self.x_train,
+                self.y_train,
+                lr=self.lr,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                generator=gen,
+            )
+            return weights_delta(self.model, weights), stats.steps, stats.metrics()
+        chosen = mode or DEFAULT_MODES.get(self.job.model.kind, GradSampleMode.HOOKS)
+        if self._dp is None or self._dp.mode is not chosen:
+            module = build_model(self.job.model, self.job.dataset).to(self.device)
+            self._dp = DpTrainer(module, mode=chosen, lr=self.lr)
+        load_weights(self._dp.module, weights)
+        sample_gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        noise_gen = torch.Generator(device=self.device).manual_seed(
+            int.from_bytes(os.urandom(8), "little") >> 1
+        )
+        stats = self._dp.run(
+            self.x_train,
+            self.y_train,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            sample_rate=dp.sample_rate,
+            steps=dp.steps,
+            sample_generator=sample_gen,
+            noise_generator=noise_gen,
+        )
+        return weights_delta(self._dp.module, weights), stats.steps, stats.metrics()

@@ -1,0 +1,144 @@
+"""Operations between the daemon and the worker: their parameters and results (no torch).
+
+Ops (header ``"op"``) and their frames, each answered by one reply frame whose header has
+``"ok": true`` or ``"ok": false, "reason": <confide.errors.Reason value>, "message": ...``:
+
+- ``init``: header ``job_id``, ``dataset`` (``agent.datasets.config_to_json``), ``device``;
+  body = serialized ``JobSpec``. Reply: ``pid``, ``num_train``, ``num_holdout``,
+  ``num_features``, ``device``, ``torch_loaded``.
+- ``evaluate``: header ``tensors``; body = weights. Reply: ``accuracy``, ``loss``,
+  ``num_samples`` (hold-out records).
+- ``train``: header ``tensors``, ``round``, ``dp`` (``DpSgdParams`` as an object, or null);
+  body = weights. Reply: ``tensors``, ``num_samples``, ``steps``, ``metrics``; body = delta.
+- ``ping``: reply ``pid`` and ``torch_loaded`` (``"torch" in sys.modules``).
+- ``shutdown``: reply, then the worker exits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from confide.errors import InternalError, MalformedMessage, Reason
+from confide.v1 import common_pb2
+from confide.wire.blob import NamedArrays
+
+__all__ = ["DpSgdParams", "EvalResult", "TrainResult", "WorkerFailed", "WorkerInfo"]
+
+
+class WorkerFailed(InternalError):
+    """The worker process died, timed out, broke the protocol or failed an op.
+
+    The message carries the tail of the worker's stderr when the process died.
+    """
+
+    default_reason = Reason.WORKER_FAILED
+
+
+@dataclass(frozen=True)
+class DpSgdParams:
+    """DP-SGD parameters the daemon decides for one round (its accountant charges for them).
+
+    The worker runs exactly ``steps`` steps, each on a Poisson sample of the local training
+    set where every record is included independently with probability ``sample_rate`` (q);
+    each per-record gradient is clipped to L2 norm ``max_grad_norm`` (C) and Gaussian noise
+    N(0, (noise_multiplier * C)^2) is added to their sum (Abadi et al. 2016, "Deep Learning with
+    Differential Privacy", Alg. 1). The daemon's RDP accountant charges the round as ``steps``
+    compositions of the subsampled Gaussian mechanism with (q, noise_multiplier).
+
+    Args:
+        noise_multiplier: sigma, the noise std in units of C (>= 0).
+        max_grad_norm: C, the per-record gradient clipping bound (> 0).
+        sample_rate: q in (0, 1], normally batch_size / num_train.
+        steps: optimizer steps this round, normally local_epochs * round(1 / q).
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0.0 and self.max_grad_norm > 0.0):
+            raise MalformedMessage("dp: noise_multiplier must be >= 0 and max_grad_norm > 0")
+        if not (0.0 < self.sample_rate <= 1.0) or self.steps < 1:
+            raise MalformedMessage("dp: sample_rate must be in (0, 1] and steps >= 1")
+
+    @classmethod
+    def for_job(
+        cls, job: common_pb2.JobSpec, *, num_train: int, noise_multiplier: float
+    ) -> DpSgdParams:
+        """The standard schedule for a job: q = batch_size / num_train, local_epochs * round(1/q).
+
+        Args:
+            job: the job; its ``record_privacy.max_grad_norm`` and ``training`` are used.
+            num_train: local training records (``Worker.info.num_train``).
+            noise_multiplier: sigma as the daemon's accountant resolved it.
+        """
+        batch = max(1, int(job.training.batch_size) or 64)
+        q = min(1.0, batch / max(1, num_train))
+        epochs = max(1, int(job.training.local_epochs))
+        return cls(
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=float(job.record_privacy.max_grad_norm) or 1.0,
+            sample_rate=q,
+            steps=epochs * max(1, round(1.0 / q)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form carried in a ``train`` frame."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> DpSgdParams:
+        """Parse the JSON form.
+
+        Raises:
+            MalformedMessage: a field is missing or of the wrong type.
+        """
+        try:
+            return cls(
+                noise_multiplier=float(data["noise_multiplier"]),
+                max_grad_norm=float(data["max_grad_norm"]),
+                sample_rate=float(data["sample_rate"]),
+                steps=int(data["steps"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedMessage(f"dp parameters are malformed: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What the worker reported after ``init``."""
+
+    pid: int
+    num_train: int
+    num_holdout: int
+    num_features: int
+    device: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Hold-out evaluation of one set of weights."""
+
+    accuracy: float
+    loss: float
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """One round of local training.
+
+    Args:
+        delta: new - old weights, float32, names/shapes/order of ``parameter_shapes``.
+        num_samples: local training records (the FedAvg weight); 1 for fixed_delta jobs.
+        steps: optimizer steps run (equals ``DpSgdParams.steps`` under DP-SGD).
+        metrics: ``train_loss`` and ``train_accuracy`` over the records seen this round.
+    """
+
+    delta: NamedArrays
+    num_samples: int
+    steps: int
+    metrics: dict[str, float]
