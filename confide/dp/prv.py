@@ -1,3 +1,5 @@
+# Math notation (σ, α, ρ, δ, ε) in docstrings cites the papers' formulas as written.
+# ruff: noqa: RUF002, RUF003
 """PRV accountant: numerical composition of the Poisson-subsampled Gaussian (NumPy/SciPy).
 
 Gopi, Lee, Wutschitz 2021, "Numerical Composition of Differential Privacy" (NeurIPS), Sections
@@ -40,9 +42,9 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-from scipy import fft, integrate, signal
-from scipy.optimize import brentq
-from scipy.special import log_ndtr, ndtr
+from scipy import fft, integrate, signal  # type: ignore[import-untyped]
+from scipy.optimize import brentq  # type: ignore[import-untyped]
+from scipy.special import log_ndtr, ndtr  # type: ignore[import-untyped]
 
 from confide.dp.rdp import DEFAULT_ORDERS, rdp
 
@@ -219,9 +221,9 @@ def _sf(t: FloatArray, q: float, sigma: float) -> FloatArray:
     return np.asarray(np.where(inside, val, 1.0), dtype=np.float64)
 
 
-def _truncated_mean(q: float, sigma: float, t_lo: float, t_hi: float, p_in: float) -> tuple[
-    float, float
-]:
+def _truncated_mean(
+    q: float, sigma: float, t_lo: float, t_hi: float, p_in: float
+) -> tuple[float, float]:
     """E[Y | t_lo <= Y <= t_hi] by quadrature over ω, and a bound on its absolute error."""
     log_q, log_1mq = math.log(q), math.log1p(-q)
 
@@ -249,7 +251,7 @@ def _self_compose(mass: FloatArray, steps: int, k_min: int) -> FloatArray:
     n = mass.size
     spectrum = fft.rfft(np.roll(mass, k_min))
     out = fft.irfft(np.power(spectrum, steps), n=n)
-    return np.clip(np.roll(out, -k_min), 0.0, None)
+    return np.asarray(np.clip(np.roll(out, -k_min), 0.0, None), dtype=np.float64)
 
 
 def _epsilon_for_delta(values: FloatArray, pmf: FloatArray, h: float, delta: float) -> float:

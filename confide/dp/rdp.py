@@ -1,3 +1,5 @@
+# Math notation (σ, α, ρ, δ, ε) in docstrings cites the papers' formulas as written.
+# ruff: noqa: RUF002, RUF003
 """Rényi-DP accountant for the Poisson-sampled Gaussian mechanism (pure NumPy/SciPy).
 
 Symbols used throughout:
@@ -31,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import gammaln, log_ndtr, logsumexp
+from scipy.special import gammaln, log_ndtr, logsumexp  # type: ignore[import-untyped]
 
 __all__ = ["DEFAULT_ORDERS", "epsilon_from_rdp", "rdp"]
 
@@ -133,10 +135,7 @@ def _log_a_int(q: float, sigma: float, alpha: int) -> float:
     k = np.arange(alpha + 1, dtype=np.float64)
     log_binom = gammaln(alpha + 1.0) - gammaln(k + 1.0) - gammaln(alpha - k + 1.0)
     terms = (
-        log_binom
-        + (alpha - k) * math.log1p(-q)
-        + k * math.log(q)
-        + (k * k - k) / (2.0 * sigma**2)
+        log_binom + (alpha - k) * math.log1p(-q) + k * math.log(q) + (k * k - k) / (2.0 * sigma**2)
     )
     return float(logsumexp(terms))
 
