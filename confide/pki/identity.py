@@ -64,6 +64,20 @@ def _read_private(path: Path) -> bytes:
     return files.read_bytes(path)
 
 
+def _check_crl_file(path: Path, crl_pem: bytes, ca_cert: x509.Certificate) -> None:
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError:
+        raise ConfigError(str(path), "not a PEM certificate revocation list") from None
+    ca_key = ca_cert.public_key()
+    if (
+        crl.issuer != ca_cert.subject
+        or not isinstance(ca_key, ec.EllipticCurvePublicKey)
+        or not crl.is_signature_valid(ca_key)
+    ):
+        raise ConfigError(str(path), "revocation list is not signed by the configured CA")
+
+
 def load_identity(
     *,
     cert: Path,
@@ -91,15 +105,12 @@ def load_identity(
     """
     ca_pem = files.read_bytes(ca)
     try:
-        x509.load_pem_x509_certificate(ca_pem)
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
     except ValueError:
         raise ConfigError(str(ca), "not a PEM certificate") from None
     crl_pem = files.read_bytes(crl) if crl is not None else None
     if crl is not None and crl_pem is not None:
-        try:
-            x509.load_pem_x509_crl(crl_pem)
-        except ValueError:
-            raise ConfigError(str(crl), "not a PEM certificate revocation list") from None
+        _check_crl_file(crl, crl_pem, ca_cert)
     cert_pem = files.read_bytes(cert)
     try:
         info = verify_certificate(

@@ -31,7 +31,9 @@ def _load(fed: Federation, d: Path, **override: Path) -> pki.Identity:
         "crl": fed.ca_dir / "crl.pem",
     }
     kw.update(override)
-    return pki.load_identity(**kw)
+    return pki.load_identity(
+        cert=kw["cert"], key=kw["key"], signing_key=kw["signing_key"], ca=kw["ca"], crl=kw["crl"]
+    )
 
 
 def test_loads_good_identity(fed: Federation, site: Path) -> None:
@@ -128,3 +130,12 @@ def test_copy_preserving_mode_still_loads(fed: Federation, site: Path, tmp_path:
     dest = tmp_path / "copy"
     shutil.copytree(site, dest)
     _load(fed, dest)
+
+
+def test_crl_from_another_ca_names_crl_file(
+    fed: Federation, foreign: Federation, site: Path
+) -> None:
+    """A revocation list signed by another CA is refused, naming the CRL file."""
+    with pytest.raises(ConfigError) as err:
+        _load(fed, site, crl=foreign.ca_dir / "crl.pem")
+    assert err.value.key == str(foreign.ca_dir / "crl.pem")
