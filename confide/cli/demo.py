@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-secure-aggregation", action="store_true", help="plaintext sums")
     p.add_argument("--no-privacy", action="store_true", help="no DP-SGD, no update noise")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_handle)
+    p.set_defaults(func=_handle)
 
 
 def demo_job(

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``confide`` command; config errors exit 2, other refusals exit 1."""
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.handler(args)
+        code: int = args.func(args)
         return code
     except ConfigError as exc:
         print(f"confide: {exc}", file=sys.stderr)

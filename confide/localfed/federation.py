@@ -213,6 +213,10 @@ class LocalFederation:
         except OSError:
             return ""
 
+    def wait_for(self, cond: Callable[[], bool], *, timeout: float, what: str) -> None:
+        """Wait until ``cond()`` holds, failing early if the aggregator exits."""
+        self._wait(cond, timeout, what, self.aggregator, self.aggregator_dir / "aggregator.log")
+
     @staticmethod
     def _wait(
         cond: Callable[[], bool],
