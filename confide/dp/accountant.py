@@ -142,6 +142,8 @@ def rdp_curve(
     q, sigma, steps = mechanism
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if steps == 0:
+        return np.zeros(len(orders), dtype=np.float64)
     per_step = _per_step_curve(float(q), float(sigma), tuple(float(a) for a in orders))
     return np.asarray(per_step, dtype=np.float64) * float(steps)
 
