@@ -263,7 +263,7 @@ def load_arrays(cfg: DatasetConfig) -> LoadedData:
         x = x.reshape((x.shape[0], *cfg.input_shape))
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     n = x32.shape[0]
-    n_hold = int(round(n * cfg.holdout_fraction))
+    n_hold = round(n * cfg.holdout_fraction)
     seed = int.from_bytes(hashlib.sha256(cfg.name.encode()).digest()[:8], "big")
     perm = np.random.default_rng(seed).permutation(n)
     hold = np.sort(perm[:n_hold])

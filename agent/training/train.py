@@ -70,7 +70,7 @@ def train_plain(
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             stats.add(logits.detach(), yb, loss.detach() * yb.shape[0])
             stats.steps += 1

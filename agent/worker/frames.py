@@ -72,7 +72,7 @@ def pack_arrays(arrays: NamedArrays) -> tuple[list[list[Any]], list[memoryview]]
         if a.dtype.name not in _DTYPES:
             raise MalformedMessage(f"tensor {name!r} has unsupported dtype {a.dtype}")
         specs.append([name, a.dtype.name, list(a.shape)])
-        buffers.append(memoryview(a).cast("B") if a.size else memoryview(b""))
+        buffers.append(a.data.cast("B") if a.size else memoryview(b""))
     return specs, buffers
 
 
@@ -161,7 +161,7 @@ def read_frame(stream: IO[bytes], *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
     if not isinstance(header, dict):
         raise MalformedMessage("frame header must be a JSON object")
     body = np.empty(blen, dtype=np.uint8)
-    view = memoryview(body)
+    view = body.data
     got = 0
     while got < blen:
         n = stream.readinto(view[got:])  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ the child (death, timeout, broken protocol, an op that failed inside it) surface
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import subprocess
 import sys
@@ -233,10 +234,8 @@ class Worker:
             finally:
                 if acquired:
                     self._lock.release()
-        try:
+        with contextlib.suppress(OSError):
             self._in.close()
-        except OSError:
-            pass
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -265,10 +264,8 @@ class Worker:
         self._broken = self._broken or what
         if self._proc.poll() is None:
             self._proc.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            pass
         self._drain.join(timeout=1.0)
         tail = self.stderr_tail().strip()
         code = self._proc.returncode

@@ -1,0 +1,170 @@
+"""The worker process end to end, driven from the daemon side through ``Worker``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agent.worker.handle import Worker, WorkerFailed
+from agent.worker.protocol import DpSgdParams
+from confide.errors import PolicyRefusal, Reason
+from confide.models import initial_weights, parameter_shapes
+from confide.v1 import common_pb2
+from tests.agent.worker.conftest import add, make_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mlp_worker(bc_dataset):
+    """One MLP worker on breast_cancer, shared by the tests that only send ops."""
+    job = make_job()
+    worker = Worker.start(job=job, job_id="job-mlp", dataset=bc_dataset, device="cpu")
+    yield job, worker
+    worker.stop()
+
+
+def test_trains_two_rounds_in_one_process_and_reduces_loss(mlp_worker):
+    """Two rounds reuse the same process, deltas follow parameter_shapes, and loss falls."""
+    job, worker = mlp_worker
+    assert worker.info is not None
+    assert (worker.info.num_train, worker.info.num_holdout) == (455, 114)
+    assert worker.info.num_features == 30 and worker.info.device == "cpu"
+    weights = initial_weights(job.model, job.dataset, seed=1)
+    before = worker.evaluate(weights)
+    assert before.num_samples == 114
+    pid = worker.ping()["pid"]
+    for rnd in (1, 2):
+        result = worker.train(weights, dp=None, round=rnd)
+        want = parameter_shapes(job.model, job.dataset)
+        assert [(n, a.shape) for n, a in result.delta] == want
+        assert all(a.dtype == np.float32 for _, a in result.delta)
+        assert result.num_samples == 455 and result.steps == 2 * 15
+        weights = add(weights, result.delta)
+        assert worker.ping()["pid"] == pid == worker.info.pid
+    after = worker.evaluate(weights)
+    assert after.loss < before.loss
+    assert after.accuracy > 0.9
+
+
+def test_dp_sgd_runs_exact_steps_and_differs_from_plain(mlp_worker):
+    """DP-SGD runs exactly the daemon's step count and gives another delta than plain SGD."""
+    job, worker = mlp_worker
+    weights = initial_weights(job.model, job.dataset, seed=2)
+    plain = worker.train(weights, dp=None, round=3)
+    dp = DpSgdParams.for_job(job, num_train=455, noise_multiplier=1.1)
+    assert dp.steps == 2 * round(455 / 32)
+    private = worker.train(weights, dp=dp, round=3)
+    assert private.steps == dp.steps
+    assert [n for n, _ in private.delta] == [n for n, _ in plain.delta]
+    assert not np.allclose(private.delta[0][1], plain.delta[0][1])
+    assert set(private.metrics) == {"train_loss", "train_accuracy"}
+
+
+def test_failed_op_answers_an_error_and_keeps_serving(mlp_worker):
+    """Weights of the wrong shape fail that op with a reason; the next op still works."""
+    job, worker = mlp_worker
+    weights = initial_weights(job.model, job.dataset, seed=3)
+    bad = [(n, np.zeros((3,), np.float32)) for n, _ in weights]
+    with pytest.raises(WorkerFailed) as info:
+        worker.train(bad, dp=None, round=1)
+    assert info.value.reason is Reason.MALFORMED
+    assert worker.alive
+    assert worker.evaluate(weights).num_samples == 114
+
+
+def test_missing_dataset_file_is_a_reasoned_failure(bc_dataset, tmp_path):
+    """A dataset file that is gone makes start raise WorkerFailed(unavailable), no traceback."""
+    cfg = dataclasses.replace(bc_dataset, path=tmp_path / "gone.csv")
+    with pytest.raises(WorkerFailed) as info:
+        Worker.start(job=make_job(), job_id="job-gone", dataset=cfg, device="cpu")
+    assert info.value.reason is Reason.UNAVAILABLE
+    assert "Traceback" not in str(info.value)
+
+
+def test_schema_mismatch_in_the_file_is_a_policy_refusal(bc_dataset, tmp_path):
+    """A declared column that the file lacks refuses the job with schema_mismatch."""
+    path = tmp_path / "short.csv"
+    lines = bc_dataset.path.read_text().splitlines()
+    path.write_text("\n".join(",".join(ln.split(",")[1:]) for ln in lines) + "\n")
+    cfg = dataclasses.replace(bc_dataset, path=path)
+    with pytest.raises(PolicyRefusal) as info:
+        Worker.start(job=make_job(), job_id="job-short", dataset=cfg, device="cpu")
+    assert info.value.reason is Reason.SCHEMA_MISMATCH
+    assert "f0" in str(info.value)
+
+
+def test_killed_worker_makes_the_next_op_fail(bc_dataset):
+    """After the worker process is killed, the next op raises WorkerFailed(worker_failed)."""
+    job = make_job(common_pb2.MODEL_KIND_LOGREG)
+    worker = Worker.start(job=job, job_id="job-kill", dataset=bc_dataset, device="cpu")
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker._proc.wait(timeout=10)
+        with pytest.raises(WorkerFailed) as info:
+            worker.evaluate(initial_weights(job.model, job.dataset, seed=1))
+        assert info.value.reason is Reason.WORKER_FAILED
+        assert not worker.alive
+    finally:
+        worker.stop()
+
+
+def test_fixed_delta_job_never_imports_torch(bc_dataset):
+    """A fixed_delta job answers 1e-3 everywhere without torch in the worker."""
+    job = make_job(common_pb2.MODEL_KIND_FIXED_DELTA)
+    worker = Worker.start(job=job, job_id="job-fixed", dataset=bc_dataset, device="cpu")
+    try:
+        weights = initial_weights(job.model, job.dataset, seed=1)
+        result = worker.train(weights, dp=None, round=1)
+        ((name, delta),) = result.delta
+        assert name == "delta" and delta.shape == (1000,) and delta.dtype == np.float32
+        assert np.all(delta == np.float32(1e-3))
+        assert worker.ping()["torch_loaded"] is False
+    finally:
+        worker.stop()
+    assert not worker.alive
+
+
+def _fake_python(tmp_path, body):
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def test_worker_that_dies_at_start_reports_its_stderr(bc_dataset, tmp_path):
+    """A worker that exits at once raises WorkerFailed with the tail of its stderr."""
+    python = _fake_python(tmp_path, "echo 'boom: no torch here' >&2; exit 3")
+    with pytest.raises(WorkerFailed) as info:
+        Worker.start(job=make_job(), job_id="job-dead", dataset=bc_dataset, python=python)
+    assert info.value.reason is Reason.WORKER_FAILED
+    assert "boom: no torch here" in str(info.value)
+
+
+def test_hung_worker_times_out(bc_dataset, tmp_path):
+    """A worker that never answers init is killed after init_timeout."""
+    python = _fake_python(tmp_path, "exec sleep 60")
+    with pytest.raises(WorkerFailed, match="timed out") as info:
+        Worker.start(
+            job=make_job(), job_id="job-hung", dataset=bc_dataset, python=python, init_timeout=1
+        )
+    assert info.value.reason is Reason.WORKER_FAILED
+
+
+def test_daemon_side_imports_leave_torch_unloaded():
+    """Importing the worker handle and the dataset module in a fresh process loads no torch."""
+    code = (
+        "import sys, agent.worker.handle, agent.worker.frames, agent.worker.protocol, "
+        "agent.datasets; print('torch' in sys.modules, 'opacus' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["False", "False"]
