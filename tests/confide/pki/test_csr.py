@@ -37,11 +37,7 @@ def test_csr_records_issued_copy_for_revocation(fed: Federation, site_dir: Path)
 
 @pytest.mark.parametrize(
     ("asked", "granted"),
-    [
-        (pki.Role.AGGREGATOR, pki.Role.SITE),
-        (pki.Role.OPERATOR, pki.Role.SITE),
-        (pki.Role.SITE, pki.Role.AGGREGATOR),
-    ],
+    [(a, g) for a in pki.Role for g in pki.Role if a is not g],
 )
 def test_role_cannot_differ_from_request(
     fed: Federation, site_dir: Path, asked: pki.Role, granted: pki.Role
@@ -51,6 +47,16 @@ def test_role_cannot_differ_from_request(
     with pytest.raises(Unauthorized) as err:
         pki.sign_csr(fed.ca_dir, csr.read_bytes(), role=granted)
     assert err.value.reason is Reason.UNAUTHORIZED
+
+
+@pytest.mark.parametrize("role", list(pki.Role))
+def test_role_granted_when_it_matches_request(
+    fed: Federation, site_dir: Path, now: datetime, role: pki.Role
+) -> None:
+    """sign_csr grants exactly the requested role when the operator agrees."""
+    csr = pki.make_key_and_csr(site_dir, f"who-{role.value}", role=role)
+    pem = pki.sign_csr(fed.ca_dir, csr.read_bytes(), role=role)
+    assert pki.verify_certificate(pem, ca_pem=fed.ca_pem, now=now).role is role
 
 
 def _handmade_csr(*, role_ext: bytes | None, ou: str, sign_ext: bool = True) -> bytes:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from confide import pki
 from confide.errors import Reason
 from confide.pki import files
+from confide.pki.ca import build_leaf
 from confide.pki.certinfo import OID_ROLE, OID_SIGNING_KEY, encode_signing_key
 
 from .conftest import Federation
@@ -201,3 +204,48 @@ def test_require_role(fed: Federation, op_pem: bytes, now: datetime) -> None:
     pki.require_role(info, pki.Role.OPERATOR, pki.Role.AGGREGATOR)
     with pytest.raises(Unauthorized):
         pki.require_role(info, pki.Role.SITE)
+
+
+@settings(max_examples=60, deadline=None)
+@given(offset=st.integers(min_value=-3 * 86400, max_value=3 * 86400))
+@example(offset=-300).via("notBefore: issue time minus the 5-minute backdate")
+@example(offset=-301)
+@example(offset=86400).via("notAfter")
+@example(offset=86401)
+def test_validity_window_property(fed: Federation, offset: int) -> None:
+    """A 1-day certificate verifies exactly when now lies in [notBefore, notAfter]."""
+    issued_at = datetime(2030, 1, 1, tzinfo=UTC)
+    pem = _one_day_cert(fed, issued_at)
+    cert = x509.load_pem_x509_certificate(pem)
+    at = issued_at + timedelta(seconds=offset)
+    inside = cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
+    try:
+        pki.verify_certificate(pem, ca_pem=fed.ca_pem, now=at)
+    except pki.BadCertificate:
+        assert not inside
+    else:
+        assert inside
+
+
+_ONE_DAY: dict[datetime, bytes] = {}
+
+
+def _one_day_cert(fed: Federation, issued_at: datetime) -> bytes:
+    """One cached 1-day certificate issued at ``issued_at`` (inside the CA's 10 years)."""
+    if issued_at not in _ONE_DAY:
+        ca_cert, ca_key = files.load_ca(fed.ca_dir)
+        key = files.new_tls_key()
+        cert = build_leaf(
+            ca_cert,
+            ca_key,
+            name="op-window",
+            role=pki.Role.OPERATOR,
+            tls_public_key=key.public_key(),
+            signing_public_key=bytes(32),
+            dns=(),
+            ips=(),
+            days=1,
+            now=issued_at,
+        )
+        _ONE_DAY[issued_at] = cert.public_bytes(serialization.Encoding.PEM)
+    return _ONE_DAY[issued_at]
