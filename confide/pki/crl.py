@@ -42,6 +42,18 @@ def write_crl(
     revoked: Sequence[x509.RevokedCertificate],
     now: datetime,
 ) -> None:
+    """Sign a CRL listing ``revoked`` and atomically replace ``directory/crl.pem`` with it.
+
+    Args:
+        directory: the CA directory.
+        ca_cert: the CA certificate (issuer name).
+        ca_key: the CA private key.
+        revoked: every entry the new CRL must list (earlier ones included).
+        now: lastUpdate (minus a 5-minute backdate); nextUpdate is ``CRL_DAYS`` later.
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)

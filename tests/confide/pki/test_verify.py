@@ -249,3 +249,14 @@ def _one_day_cert(fed: Federation, issued_at: datetime) -> bytes:
         )
         _ONE_DAY[issued_at] = cert.public_bytes(serialization.Encoding.PEM)
     return _ONE_DAY[issued_at]
+
+
+def test_revoke_refuses_foreign_certificate(fed: Federation, foreign: Federation) -> None:
+    """The CA refuses to list a certificate it did not issue, and its CRL is unchanged."""
+    from confide.errors import ConfigError
+
+    pem = pki.issue(foreign.ca_dir, "op-alien", role=pki.Role.OPERATOR).read_bytes()
+    before = fed.crl_pem
+    with pytest.raises(ConfigError):
+        pki.revoke(fed.ca_dir, pem)
+    assert fed.crl_pem == before
