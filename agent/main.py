@@ -1,0 +1,208 @@
+"""``confide-agent``: the site daemon and its small local commands.
+
+::
+
+    confide-agent --config agent.toml               run the daemon (SIGTERM/SIGINT: clean stop, 0)
+    confide-agent enroll --dir pki --name site-1    make keys + CSR for the operator to sign
+    confide-agent status --config agent.toml        ask the running daemon (exit 1: not running)
+    confide-agent budget --config agent.toml        per-dataset privacy budget lines
+
+A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2.
+This is the only module of the agent that configures structlog (STYLE rule 9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import grpc
+import structlog
+
+from agent.api import AgentApi, connect_api
+from agent.config import AgentConfig, load_config
+from agent.resources import ResourceProbe
+from agent.session import Session
+from agent.tasks import SiteContext, TaskRunner
+from agent.transport import GrpcTransport
+from confide.errors import ConfigError
+from confide.logs import configure_kwargs
+from confide.pki import enroll, load_identity
+from confide.v1 import agent_pb2, agent_pb2_grpc
+
+__all__ = ["main"]
+
+_PROG = "confide-agent"
+_API_TIMEOUT_S = 5.0
+_STOP_JOIN_S = 60.0
+
+log = structlog.get_logger("confide.agent")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``confide-agent`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.command == "enroll":
+            return _enroll(args.dir, args.name)
+        if args.config is None:
+            print(f"{_PROG}: --config FILE is required", file=sys.stderr)
+            return 2
+        cfg = load_config(args.config)
+        if args.command == "status":
+            return _status(cfg)
+        if args.command == "budget":
+            return _budget(cfg)
+        return _run_daemon(cfg)  # no command or "run"
+    except ConfigError as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=_PROG, description="Confide site agent")
+    p.add_argument("--config", type=Path, help="agent.toml")
+    sub = p.add_subparsers(dest="command")
+    e = sub.add_parser("enroll", help="make this site's keys and a CSR for the operator")
+    e.add_argument("--dir", type=Path, required=True, help="folder for the keys and the CSR")
+    e.add_argument("--name", required=True, help="the site's identity name, e.g. site-1")
+    for name, text in (("status", "show the running daemon's status"),
+                       ("budget", "show the privacy budget per dataset"),
+                       ("run", "run the daemon (the default)")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    return p
+
+
+# ----- commands -----
+
+
+def _enroll(directory: Path, name: str) -> int:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    csr = enroll(directory, name)
+    print(f"wrote keys and {csr}")
+    print(f"next: send it to the operator: confide pki sign {csr} --role site")
+    return 0
+
+
+def _status(cfg: AgentConfig) -> int:
+    try:
+        with connect_api(cfg.api_socket) as channel:
+            st = agent_pb2_grpc.AgentControlStub(channel).Status(
+                agent_pb2.StatusRequest(), timeout=_API_TIMEOUT_S
+            )
+    except grpc.RpcError as exc:
+        print(f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
+              f"({exc.code().name}); is the daemon running?", file=sys.stderr)
+        return 1
+    r = st.resources
+    print(f"site:        {st.site_id or '(not registered yet)'}")
+    print(f"aggregator:  {st.aggregator} ({'connected' if st.connected else 'disconnected'})")
+    print(f"task:        {st.current_task or 'idle'}")
+    print(f"datasets:    {', '.join(st.datasets) or '(none)'}")
+    print(f"device:      {st.device}   gpus: {', '.join(r.gpus) or 'none'}")
+    print(f"tasks:       {st.tasks_done} done, {st.tasks_failed} failed or refused")
+    print(f"resources:   cpu {r.cpu_percent:.1f}%  rss {r.rss_bytes / 2**20:.1f} MiB  "
+          f"mem {r.memory_percent:.1f}%")
+    print(f"uptime:      {st.uptime_s:.0f} s")
+    return 0
+
+
+def _budget(cfg: AgentConfig) -> int:
+    try:
+        with connect_api(cfg.api_socket) as channel:
+            reply = agent_pb2_grpc.AgentControlStub(channel).Budget(
+                agent_pb2.BudgetRequest(), timeout=_API_TIMEOUT_S
+            )
+    except grpc.RpcError as exc:
+        print(f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
+              f"({exc.code().name}); is the daemon running?", file=sys.stderr)
+        return 1
+    if not reply.datasets:
+        print("no privacy budget recorded yet")
+    for d in reply.datasets:
+        print(f"{d.dataset}: spent {d.spent_epsilon:.4g} of {d.max_epsilon:.4g} "
+              f"(remaining {d.remaining_epsilon:.4g}, delta {d.delta:.2g}), "
+              f"update epsilon {d.spent_update_epsilon:.4g}, {d.rounds} rounds")
+    return 0
+
+
+# ----- the daemon -----
+
+
+def resolve_device(device: str, gpus: Sequence[str]) -> str:
+    """The device to announce for ``auto`` without importing torch (GPU seen: cuda:0)."""
+    if device != "auto":
+        return device
+    return "cuda:0" if gpus else "cpu"
+
+
+def _run_daemon(cfg: AgentConfig) -> int:
+    structlog.configure(**configure_kwargs(json=cfg.log_json, level=cfg.log_level.value))
+    identity = load_identity(
+        cert=cfg.tls.cert, key=cfg.tls.key, signing_key=cfg.tls.signing_key,
+        ca=cfg.tls.ca, crl=cfg.tls.crl,
+    )
+    try:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError("state.dir", f"cannot create {cfg.state_dir}: {exc.strerror}") from exc
+    probe = ResourceProbe()
+    device = resolve_device(cfg.device, probe.gpus)
+    runner = TaskRunner(SiteContext(
+        federation=cfg.federation, site=identity.info.name, signing_key=identity.signing_key,
+        ca_pem=identity.ca_pem, crl_pem=identity.crl_pem, trusted_signers=cfg.trusted_signers,
+        datasets=cfg.datasets, device=cfg.device, task_timeout_s=cfg.task_timeout_s,
+    ))
+    started = time.time()
+    session: Session | None = None
+
+    def status() -> agent_pb2.AgentStatus:
+        assert session is not None
+        s = session.status()
+        return agent_pb2.AgentStatus(
+            site_id=s.site_id or identity.info.name, connected=s.connected,
+            aggregator=cfg.aggregator_address, current_task=s.current_task,
+            resources=probe.sample(), uptime_s=time.time() - started,
+            datasets=sorted(cfg.datasets), device=device,
+            tasks_done=s.tasks_done, tasks_failed=s.tasks_failed,
+        )
+
+    api = AgentApi(cfg.api_socket, status=status)
+    session = Session(
+        runner=runner,
+        connect=lambda: GrpcTransport.from_identity(
+            identity, address=cfg.aggregator_address, server_name=cfg.server_name
+        ),
+        datasets=sorted(cfg.datasets), device=device, resources=probe.sample,
+        on_connection=api.set_connected,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    api.start()
+    thread = threading.Thread(target=session.run, name="confide-session", daemon=True)
+    thread.start()
+    log.info("agent_started", site=identity.info.name, aggregator=cfg.aggregator_address,
+             socket=str(cfg.api_socket), datasets=sorted(cfg.datasets), device=device)
+    try:
+        while not stop.wait(0.5) and thread.is_alive():
+            pass
+    finally:
+        log.info("agent_stopping")
+        session.stop()
+        thread.join(timeout=_STOP_JOIN_S)
+        api.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    log.info("agent_stopped")
+    return 0

@@ -1,0 +1,63 @@
+"""The site's policy checks: pure functions over a job and the site's configuration.
+
+Each check returns nothing or raises ``PolicyRefusal`` with the reason the site reports
+(STYLE rule 4). The task handlers run them before any data is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from agent.datasets import DatasetConfig, check_schema
+from confide.errors import PolicyRefusal, Reason
+from confide.pki import CertInfo, Role
+from confide.v1 import common_pb2
+
+__all__ = ["check_signer", "exposed_dataset"]
+
+
+def check_signer(signer: CertInfo, *, trusted_signers: Collection[str]) -> None:
+    """Accept a job signer only if it is an operator the site trusts.
+
+    Args:
+        signer: the verified certificate facts of the job's signer.
+        trusted_signers: operator names allowed to sign jobs; empty allows every operator
+            certified by the federation CA.
+
+    Raises:
+        PolicyRefusal: ``SIGNER_UNTRUSTED`` when the role is not operator or the name is not
+            in ``trusted_signers``.
+    """
+    if signer.role is not Role.OPERATOR:
+        raise PolicyRefusal(
+            f"job signed by {signer.name!r} with role {signer.role.value!r}, not an operator",
+            reason=Reason.SIGNER_UNTRUSTED,
+        )
+    if trusted_signers and signer.name not in trusted_signers:
+        raise PolicyRefusal(
+            f"job signer {signer.name!r} is not in policy.trusted_signers",
+            reason=Reason.SIGNER_UNTRUSTED,
+        )
+
+
+def exposed_dataset(
+    spec: common_pb2.DatasetSpec, *, datasets: Mapping[str, DatasetConfig]
+) -> DatasetConfig:
+    """The site dataset a job asks for, after checking it is exposed with that schema.
+
+    Args:
+        spec: the dataset the job expects (name and schema).
+        datasets: the datasets this site exposes, by name.
+
+    Raises:
+        PolicyRefusal: ``UNKNOWN_DATASET`` when the site does not expose ``spec.name``;
+            ``SCHEMA_MISMATCH`` when the schema differs.
+    """
+    cfg = datasets.get(spec.name)
+    if cfg is None:
+        raise PolicyRefusal(
+            f"this site does not expose a dataset named {spec.name!r}",
+            reason=Reason.UNKNOWN_DATASET,
+        )
+    check_schema(cfg, spec)
+    return cfg

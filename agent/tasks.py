@@ -1,0 +1,469 @@
+"""Executing the aggregator's tasks: one handler per ``TaskKind``, one outcome report each.
+
+``TaskRunner.run`` looks the task's kind up in ``TaskRunner.handlers`` (a plain dict, so the
+SecAgg+ stages SHARE_KEYS, MASKED_INPUT and UNMASK are added with ``register``), runs the
+handler under ``bound_contextvars(job, round, site)`` and turns any failure into a signed
+``Report(TaskReport{outcome=FAILED|REFUSED, reason})``: a failing job never takes the daemon
+down. Policy refusals (untrusted signer, bad job signature, unknown dataset, schema) are
+``REFUSED``; everything else (worker crash, download failure) is ``FAILED``.
+
+The worker process is started on a job's first task and reused for every later round; it is
+stopped on JOB_DONE, on shutdown, or after it failed (the next task starts a fresh one).
+
+Privacy: the daemon's update protection has exactly one call site, ``_protect`` in
+``_train``, which today returns the delta unchanged; ``dp=None`` goes to the worker.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import nacl.signing
+import structlog
+from google.protobuf.message import Message
+from structlog.contextvars import bound_contextvars
+
+from agent.datasets import DatasetConfig
+from agent.jobs import VerifiedJob, verify_job
+from agent.policy import exposed_dataset
+from agent.transport import Transport
+from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerFailed, WorkerInfo
+from confide.errors import (
+    ConfideError,
+    InternalError,
+    PeerError,
+    PolicyRefusal,
+    Reason,
+)
+from confide.v1 import common_pb2, federation_pb2
+from confide.wire import encode_tensors, seal
+from confide.wire.blob import NamedArrays, check_finite
+
+__all__ = [
+    "Handler",
+    "SiteContext",
+    "TaskOutcome",
+    "TaskRunner",
+    "WorkerFactory",
+    "WorkerHandle",
+    "start_worker",
+]
+
+log = structlog.get_logger("confide.agent")
+
+T = TypeVar("T")
+
+
+class WorkerHandle(Protocol):
+    """What the daemon needs from a job's worker process (``agent.worker.handle.Worker``)."""
+
+    @property
+    def info(self) -> WorkerInfo | None:
+        """What the worker reported after start-up (train/hold-out sizes, device)."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker process is still running."""
+        ...
+
+    def evaluate(self, weights: NamedArrays) -> EvalResult:
+        """Evaluate weights on the hold-out split. Raises ``WorkerFailed``."""
+        ...
+
+    def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
+        """Train one round from ``weights`` and return the delta. Raises ``WorkerFailed``."""
+        ...
+
+    def stop(self) -> None:
+        """End the worker process."""
+        ...
+
+
+class WorkerFactory(Protocol):
+    """Starts a job's worker (``agent.worker.handle.Worker.start`` in the daemon)."""
+
+    def __call__(
+        self,
+        *,
+        job: common_pb2.JobSpec,
+        job_id: str,
+        dataset: DatasetConfig,
+        device: str,
+        timeout: float,
+    ) -> WorkerHandle:
+        """Start a worker for ``job`` on ``dataset``. Raises ``WorkerFailed``."""
+        ...
+
+
+def start_worker(
+    *,
+    job: common_pb2.JobSpec,
+    job_id: str,
+    dataset: DatasetConfig,
+    device: str,
+    timeout: float,
+) -> WorkerHandle:
+    """Start the real sandboxed worker process for a job.
+
+    Raises:
+        WorkerFailed: the worker could not start.
+    """
+    # Imported here so that tests with a fake worker never need the worker package; the
+    # handle itself imports no torch (the fresh-subprocess import test checks it).
+    from agent.worker.handle import Worker
+
+    return Worker.start(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
+
+
+class TaskOutcome(enum.Enum):
+    """How a task ended, as counted by the session and the local API."""
+
+    OK = "ok"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """Who this site is and what it exposes; everything a handler needs besides the task.
+
+    Args:
+        federation: the federation name every envelope is bound to.
+        site: this site's identity name (its certificate CN), the envelopes' sender.
+        signing_key: the site's Ed25519 identity key.
+        ca_pem: the federation CA certificate (verifies job signers).
+        crl_pem: the CA's revocation list, or None.
+        trusted_signers: operator names trusted to sign jobs; empty = any operator.
+        datasets: the datasets this site exposes, by name.
+        device: where workers train (auto, cpu, cuda, cuda:N).
+        task_timeout_s: the longest one worker call may take before the worker is killed.
+    """
+
+    federation: str
+    site: str
+    signing_key: nacl.signing.SigningKey
+    ca_pem: bytes
+    crl_pem: bytes | None
+    trusted_signers: tuple[str, ...]
+    datasets: Mapping[str, DatasetConfig]
+    device: str = "auto"
+    task_timeout_s: float = 3600.0
+
+
+Handler = Callable[[federation_pb2.Task, Transport], None]
+"""Runs one task; returns when it is done (and answered), raises ``ConfideError`` if not."""
+
+
+def _protect(delta: NamedArrays, job: common_pb2.JobSpec) -> NamedArrays:
+    """Protect a worker's delta before it leaves the site (clip + noise + ledger charge).
+
+    THE one call site of update-level privacy in the daemon. Today it returns the delta
+    unchanged; the privacy integration replaces it with clipping to ``C``, Gaussian noise
+    ``z * C`` and a durable ledger reservation, all before ``_train`` uploads anything.
+
+    Args:
+        delta: the worker's update (checked: finite float32, the model's names and shapes).
+        job: the verified job (``update_privacy`` holds ``C`` and ``z``).
+    """
+    return delta
+
+
+class TaskRunner:
+    """Runs tasks by kind and answers each one; holds the running workers, one per job.
+
+    Args:
+        site: this site's identity and exposure.
+        start_worker: starts a job's worker (a fake in unit tests).
+        clock: unix seconds (signing time and job-signature checks).
+    """
+
+    def __init__(
+        self,
+        site: SiteContext,
+        *,
+        start_worker: WorkerFactory = start_worker,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.site = site
+        self._start_worker = start_worker
+        self._clock = clock
+        self._workers: dict[str, WorkerHandle] = {}
+        self._lock = threading.Lock()
+        self._abandon = threading.Event()
+        self.handlers: dict[int, Handler] = {
+            federation_pb2.TASK_KIND_TRAIN: self._train,
+            federation_pb2.TASK_KIND_EVALUATE: self._evaluate,
+            federation_pb2.TASK_KIND_JOB_DONE: self._job_done,
+        }
+
+    def register(self, kind: int, handler: Handler) -> None:
+        """Add or replace the handler of a task kind (e.g. a SecAgg+ stage)."""
+        self.handlers[kind] = handler
+
+    # ----- running -----
+
+    def run(self, task: federation_pb2.Task, transport: Transport) -> TaskOutcome:
+        """Run one task and answer it; never raises for a task's own failure.
+
+        Raises:
+            ConfideError: only when the failure report itself cannot be sent (the connection
+                is gone); the session then reconnects.
+        """
+        kind = federation_pb2.TaskKind.Name(task.kind)
+        with bound_contextvars(
+            job=task.job_id, round=task.round, site=self.site.site, task=task.task_id, kind=kind
+        ):
+            log.info("task_received")
+            try:
+                handler = self.handlers.get(task.kind)
+                if handler is None:
+                    raise PolicyRefusal(f"this agent does not handle {kind} tasks")
+                self._check_abandon()
+                handler(task, transport)
+            except Exception as exc:
+                err = self._as_confide_error(exc)
+                outcome = (
+                    TaskOutcome.REFUSED if isinstance(err, PolicyRefusal) else TaskOutcome.FAILED
+                )
+                log.warning(
+                    "task_failed",
+                    outcome=outcome.value,
+                    reason=err.reason.value,
+                    error=err.message,
+                    exc_info=not isinstance(exc, ConfideError),
+                )
+                self._report_failure(task, transport, outcome, err)
+                return outcome
+            log.info("task_done")
+            return TaskOutcome.OK
+
+    def abandon(self) -> None:
+        """Shut down: the current task stops at its next step and every worker is stopped."""
+        self._abandon.set()
+        self.stop_workers()
+
+    def stop_workers(self) -> None:
+        """Stop every running worker (idempotent)."""
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for w in workers:
+            _stop_quietly(w)
+
+    @property
+    def running_jobs(self) -> list[str]:
+        """Job ids whose worker is running."""
+        with self._lock:
+            return sorted(self._workers)
+
+    # ----- building blocks (shared with the SecAgg+ handlers) -----
+
+    def admit(self, task: federation_pb2.Task) -> tuple[VerifiedJob, DatasetConfig]:
+        """Verify the task's signed job and the site policy for it.
+
+        Raises:
+            PolicyRefusal: signer untrusted, signature or binding bad (the peer's reason is
+                kept), dataset not exposed, or schema mismatch.
+        """
+        try:
+            job = verify_job(
+                task,
+                federation=self.site.federation,
+                ca_pem=self.site.ca_pem,
+                crl_pem=self.site.crl_pem,
+                trusted_signers=self.site.trusted_signers,
+                now=self._clock(),
+            )
+        except PeerError as exc:
+            # A forged or altered job is the site refusing it, not the site failing.
+            raise PolicyRefusal(f"signed job refused: {exc}", reason=exc.reason) from exc
+        dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
+        return job, dataset
+
+    def worker_for(self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig
+                   ) -> WorkerHandle:
+        """The job's running worker, started (or restarted after a crash) when needed.
+
+        Raises:
+            WorkerFailed: the worker could not start.
+        """
+        with self._lock:
+            worker = self._workers.get(task.job_id)
+        if worker is not None and worker.alive:
+            return worker
+        if worker is not None:
+            log.warning("worker_restart", reason="worker_not_alive")
+            self._drop_worker(task.job_id)
+        worker = self._start_worker(
+            job=job.spec,
+            job_id=task.job_id,
+            dataset=dataset,
+            device=self.site.device,
+            timeout=self.site.task_timeout_s,
+        )
+        with self._lock:
+            self._workers[task.job_id] = worker
+        info = worker.info
+        if info is not None:
+            log.info("worker_started", num_train=info.num_train, num_holdout=info.num_holdout,
+                     device=info.device)
+        return worker
+
+    def seal(self, task: federation_pb2.Task, stage: int,
+             payload: Message) -> common_pb2.Envelope:
+        """Sign ``payload`` as this site, bound to the task's job, round and ``stage``."""
+        return seal(
+            signing_key=self.site.signing_key,
+            federation=self.site.federation,
+            sender=self.site.site,
+            stage=stage,
+            payload=payload.SerializeToString(),
+            now=self._clock(),
+            job_id=task.job_id,
+            round=task.round,
+        )
+
+    def report(self, task: federation_pb2.Task, transport: Transport,
+               report: federation_pb2.TaskReport) -> None:
+        """Send a signed ``TaskReport`` for ``task``."""
+        report.task_id = task.task_id
+        report.kind = task.kind
+        ack = transport.report(self.seal(task, common_pb2.STAGE_TASK_REPORT, report))
+        _check_ack(ack, "report")
+
+    # ----- handlers -----
+
+    def _train(self, task: federation_pb2.Task, transport: Transport) -> None:
+        job, dataset = self.admit(task)
+        if job.spec.secure_aggregation.enabled:
+            raise PolicyRefusal(
+                "secure aggregation is not available in this agent yet",
+                reason=Reason.UNSAFE_REQUEST,
+            )
+        weights = transport.download(task.job_id, task.model_version)
+        self._check_abandon()
+        worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
+        ev = self._guarded(task, lambda: worker.evaluate(weights))
+        self._check_abandon()
+        tr = self._guarded(task, lambda: worker.train(weights, dp=None, round=task.round))
+        self._check_abandon()
+        _check_delta(tr.delta, weights)
+        delta = _protect(tr.delta, job.spec)
+        blob, buffers = encode_tensors(delta)
+        metrics = {
+            "eval_accuracy": ev.accuracy,
+            "eval_loss": ev.loss,
+            "eval_samples": float(ev.num_samples),
+        }
+        metrics.update({k if k.startswith("train_") else f"train_{k}": float(v)
+                        for k, v in tr.metrics.items()})
+        header = federation_pb2.UpdateHeader(
+            task_id=task.task_id, blob=blob, num_samples=tr.num_samples, metrics=metrics
+        )
+        ack = transport.upload(self.seal(task, common_pb2.STAGE_UPDATE, header), buffers)
+        _check_ack(ack, "upload")
+        log.info("update_sent", num_samples=tr.num_samples, bytes=blob.total_bytes,
+                 eval_accuracy=ev.accuracy)
+
+    def _evaluate(self, task: federation_pb2.Task, transport: Transport) -> None:
+        job, dataset = self.admit(task)
+        weights = transport.download(task.job_id, task.model_version)
+        self._check_abandon()
+        worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
+        ev = self._guarded(task, lambda: worker.evaluate(weights))
+        self.report(task, transport, federation_pb2.TaskReport(
+            outcome=common_pb2.OUTCOME_OK,
+            metrics={"accuracy": ev.accuracy, "loss": ev.loss},
+            num_samples=ev.num_samples,
+        ))
+
+    def _job_done(self, task: federation_pb2.Task, transport: Transport) -> None:
+        self._drop_worker(task.job_id)
+        log.info("job_done")
+
+    # ----- helpers -----
+
+    def _guarded(self, task: federation_pb2.Task, call: Callable[[], T]) -> T:
+        """Run a worker call; a failed worker is dropped so the next task restarts it."""
+        try:
+            return call()
+        except WorkerFailed:
+            self._drop_worker(task.job_id)
+            raise
+
+    def _drop_worker(self, job_id: str) -> None:
+        with self._lock:
+            worker = self._workers.pop(job_id, None)
+        if worker is not None:
+            _stop_quietly(worker)
+
+    def _check_abandon(self) -> None:
+        if self._abandon.is_set():
+            raise InternalError("the agent is shutting down", reason=Reason.ROUND_ABORTED)
+
+    def _as_confide_error(self, exc: Exception) -> ConfideError:
+        if self._abandon.is_set() and not isinstance(exc, PolicyRefusal):
+            return InternalError("the agent is shutting down", reason=Reason.ROUND_ABORTED)
+        if isinstance(exc, ConfideError):
+            return exc
+        return InternalError(f"unexpected {type(exc).__name__}: {exc}")
+
+    def _report_failure(self, task: federation_pb2.Task, transport: Transport,
+                        outcome: TaskOutcome, err: ConfideError) -> None:
+        if task.kind == federation_pb2.TASK_KIND_JOB_DONE:
+            return  # nobody waits for an answer to JOB_DONE
+        self.report(task, transport, federation_pb2.TaskReport(
+            outcome=(common_pb2.OUTCOME_REFUSED if outcome is TaskOutcome.REFUSED
+                     else common_pb2.OUTCOME_FAILED),
+            reason=err.reason.value,
+            message=err.message[:500],
+        ))
+
+
+def _check_ack(ack: federation_pb2.Ack, what: str) -> None:
+    if not ack.accepted:
+        reason = _reason_or(ack.reason, Reason.INTERNAL)
+        raise InternalError(f"aggregator did not accept the {what}: {ack.reason}", reason=reason)
+
+
+def _reason_or(value: str, default: Reason) -> Reason:
+    try:
+        return Reason(value)
+    except ValueError:
+        return default
+
+
+def _check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
+    """Refuse a worker's delta unless it matches the model: names, shapes, float32, finite.
+
+    The worker runs untrusted job code, so the daemon checks what it hands back before it
+    protects, signs and sends it.
+
+    Raises:
+        InternalError: ``TRAINING_FAILED`` naming the first difference.
+    """
+    expected = [(n, tuple(a.shape)) for n, a in weights]
+    got = [(n, tuple(a.shape)) for n, a in delta]
+    if got != expected:
+        raise InternalError("the worker's delta does not match the model's tensors",
+                            reason=Reason.TRAINING_FAILED)
+    for name, arr in delta:
+        if arr.dtype.name != "float32":
+            raise InternalError(f"delta tensor {name!r} is {arr.dtype}, not float32",
+                                reason=Reason.TRAINING_FAILED)
+    try:
+        check_finite(delta)
+    except PeerError as exc:
+        raise InternalError(str(exc), reason=Reason.TRAINING_FAILED) from exc
+
+
+def _stop_quietly(worker: WorkerHandle) -> None:
+    try:
+        worker.stop()
+    except Exception:  # a dying worker must not take the daemon's shutdown down with it
+        log.warning("worker_stop_failed", exc_info=True)

@@ -1,0 +1,229 @@
+"""The agent's one network seam: a small ``Transport`` interface and its gRPC + mTLS form.
+
+The session and the task handlers talk to the aggregator only through ``Transport`` (STYLE
+rule 2). ``GrpcTransport`` implements it once over a mutual-TLS channel; unit tests drive the
+session with an in-memory transport (``tests/agent/fakes.py``) instead. Every failed RPC is
+turned into a ``ConfideError`` by ``confide.wire.status.error_from_rpc`` here, so callers
+never see ``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import grpc
+
+from confide.errors import MalformedMessage
+from confide.pki import Identity, channel_credentials
+from confide.pki.tls import TARGET_NAME_OVERRIDE
+from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
+from confide.wire.blob import MAX_MESSAGE_BYTES, BlobAssembler, NamedArrays, iter_chunks
+from confide.wire.status import error_from_rpc
+
+__all__ = [
+    "MAX_MODEL_BYTES",
+    "GrpcTransport",
+    "TaskStream",
+    "Transport",
+    "channel_options",
+]
+
+MAX_MODEL_BYTES = 2 * 1024 * 1024 * 1024
+"""The largest global model the agent downloads (2 GiB); larger blobs are refused."""
+
+_UNARY_TIMEOUT_S = 60.0
+_KEEPALIVE_MS = 30_000
+
+
+class TaskStream(Protocol):
+    """The aggregator's stream of tasks for this site; ends when the connection does."""
+
+    def __iter__(self) -> Iterator[federation_pb2.Task]:
+        """Yield tasks as they arrive.
+
+        Raises:
+            ConfideError: the stream broke (reason ``unavailable`` when the network did).
+        """
+        ...
+
+    def cancel(self) -> None:
+        """End the stream from this side; a blocked iteration then stops."""
+        ...
+
+
+class Transport(Protocol):
+    """What the agent says to the aggregator. Every method raises ``ConfideError`` on failure."""
+
+    def register(self, envelope: common_pb2.Envelope) -> federation_pb2.RegisterReply:
+        """Send ``Envelope[REGISTER, RegisterRequest]``."""
+        ...
+
+    def heartbeat(self, envelope: common_pb2.Envelope) -> None:
+        """Send ``Envelope[HEARTBEAT, Heartbeat]``."""
+        ...
+
+    def open_tasks(self, envelope: common_pb2.Envelope) -> TaskStream:
+        """Open the task stream with ``Envelope[OPEN_TASKS, OpenTasksRequest]``."""
+        ...
+
+    def download(self, job_id: str, model_version: str) -> NamedArrays:
+        """Fetch a global model version, checked against its header's length and digest."""
+        ...
+
+    def upload(
+        self, header: common_pb2.Envelope, buffers: Sequence[memoryview]
+    ) -> federation_pb2.Ack:
+        """Stream a signed ``UpdateHeader`` envelope, then the blob's bytes in chunks."""
+        ...
+
+    def report(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
+        """Send ``Envelope[TASK_REPORT, TaskReport]``."""
+        ...
+
+    def secagg(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
+        """Send a secure-aggregation stage message (AdvertiseKeys, ShareKeys, UnmaskShares)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; the transport is not used afterwards."""
+        ...
+
+
+def channel_options(server_name: str | None) -> list[tuple[str, int | str]]:
+    """gRPC channel options: chunk-sized message limits, keepalive, the certificate name.
+
+    Args:
+        server_name: the aggregator's certificate name to check instead of the dialled host
+            (see ``confide.pki.tls``); None checks the host itself.
+    """
+    opts: list[tuple[str, int | str]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if server_name:
+        opts.append((TARGET_NAME_OVERRIDE, server_name))
+    return opts
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    """Translate a failed RPC into the matching ``ConfideError`` (the one boundary table)."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc) from exc
+
+
+class _GrpcTaskStream:
+    """A server stream of ``Task`` whose errors come out as ``ConfideError``."""
+
+    def __init__(self, call: grpc.Call) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[federation_pb2.Task]:
+        with _mapped():
+            yield from self._call
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcTransport:
+    """``Transport`` over one gRPC channel with mutual TLS to the aggregator.
+
+    Args:
+        address: the aggregator's ``host:port``.
+        credentials: mTLS channel credentials (``confide.pki.channel_credentials``).
+        server_name: the aggregator certificate's name (``aggregator.server_name``).
+        max_model_bytes: the largest model blob ``download`` accepts.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        credentials: grpc.ChannelCredentials,
+        server_name: str | None,
+        max_model_bytes: int = MAX_MODEL_BYTES,
+    ) -> None:
+        self._channel = grpc.secure_channel(
+            address, credentials, options=channel_options(server_name)
+        )
+        self._stub = federation_pb2_grpc.FederationStub(self._channel)
+        self._max_model_bytes = max_model_bytes
+
+    @classmethod
+    def from_identity(
+        cls, identity: Identity, *, address: str, server_name: str | None
+    ) -> GrpcTransport:
+        """A transport that presents ``identity`` and trusts only its federation CA."""
+        return cls(
+            address=address, credentials=channel_credentials(identity), server_name=server_name
+        )
+
+    def register(self, envelope: common_pb2.Envelope) -> federation_pb2.RegisterReply:
+        with _mapped():
+            reply: federation_pb2.RegisterReply = self._stub.Register(
+                envelope, timeout=_UNARY_TIMEOUT_S, wait_for_ready=False
+            )
+        return reply
+
+    def heartbeat(self, envelope: common_pb2.Envelope) -> None:
+        with _mapped():
+            self._stub.Heartbeat(envelope, timeout=_UNARY_TIMEOUT_S)
+
+    def open_tasks(self, envelope: common_pb2.Envelope) -> TaskStream:
+        with _mapped():
+            call = self._stub.OpenTasks(envelope)
+        return _GrpcTaskStream(call)
+
+    def download(self, job_id: str, model_version: str) -> NamedArrays:
+        req = federation_pb2.DownloadRequest(job_id=job_id, model_version=model_version)
+        assembler: BlobAssembler | None = None
+        with _mapped():
+            for part in self._stub.Download(req):
+                which = part.WhichOneof("part")
+                if which == "header":
+                    if assembler is not None:
+                        raise MalformedMessage("download sent a second blob header")
+                    assembler = BlobAssembler(part.header, max_bytes=self._max_model_bytes)
+                elif which == "chunk":
+                    if assembler is None:
+                        raise MalformedMessage("download sent a chunk before the header")
+                    assembler.add(part.chunk)
+                else:
+                    raise MalformedMessage("download sent an empty part")
+        if assembler is None:
+            raise MalformedMessage("download ended without a blob header")
+        return assembler.finish()
+
+    def upload(
+        self, header: common_pb2.Envelope, buffers: Sequence[memoryview]
+    ) -> federation_pb2.Ack:
+        def parts() -> Iterator[federation_pb2.UploadPart]:
+            yield federation_pb2.UploadPart(header=header)
+            for chunk in iter_chunks(buffers):
+                yield federation_pb2.UploadPart(chunk=chunk)
+
+        with _mapped():
+            ack: federation_pb2.Ack = self._stub.Upload(parts(), timeout=_UNARY_TIMEOUT_S * 10)
+        return ack
+
+    def report(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
+        with _mapped():
+            ack: federation_pb2.Ack = self._stub.Report(envelope, timeout=_UNARY_TIMEOUT_S)
+        return ack
+
+    def secagg(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
+        with _mapped():
+            ack: federation_pb2.Ack = self._stub.SecAgg(envelope, timeout=_UNARY_TIMEOUT_S)
+        return ack
+
+    def close(self) -> None:
+        self._channel.close()
