@@ -18,8 +18,10 @@ so AES-256-CTR is the default (about 1.6x faster). On hosts without AES instruct
 wins; pick it with ``cipher=PrgCipher.CHACHA20``. Both sides of a round must use the same one.
 
 The fast path streams the keystream in cache-sized chunks into a caller's buffer and adds or
-subtracts it in place (``accumulate``), never allocating a full-size temporary per seed;
-``cryptography`` and NumPy release the GIL, so coordinate slices run on a thread pool.
+subtracts it in place (``accumulate``), never allocating a full-size temporary per seed.
+``accumulate`` can split coordinates over a thread pool, but ``cryptography`` 48 holds the GIL
+in ``update_into`` (two processes run in parallel, two threads do not), so callers default to
+one worker; the option stays for a release that drops the GIL.
 """
 
 from __future__ import annotations
@@ -100,24 +102,34 @@ def _accumulate_slice(
     terms: Sequence[tuple[bytes, int]],
     cipher: PrgCipher,
 ) -> None:
-    """Add ``sign * PRG(seed)[start:stop]`` into ``acc[start:stop]`` for every term."""
+    """Add ``sign * PRG(seed)[start:stop]`` into ``acc[start:stop]`` for every term.
+
+    The loop is coordinate-outer: one keystream context per seed stays open while a 256 KiB
+    chunk of ``acc`` stays in cache and every stream's next chunk is added into it. Measured
+    with 378 streams of 1e6 words: 0.227 s against 0.244 s seed-outer and 0.184 s for the bare
+    keystream, so the adds cost about 23% on top of the cipher.
+    """
     buf = bytearray(4 * _CHUNK_WORDS + 64)
     words = np.frombuffer(buf, dtype="<u4")
     zeros = memoryview(_ZEROS)
+    plus: list[CipherContext] = []
+    minus: list[CipherContext] = []
     for seed, sign in terms:
         ctx, skip = _encryptor(seed, cipher, start)
         if skip:
             ctx.update(bytes(skip))
-        pos = start
-        while pos < stop:
-            m = min(_CHUNK_WORDS, stop - pos)
-            ctx.update_into(zeros[: 4 * m], buf)
-            target = acc[pos : pos + m]
-            if sign > 0:
-                np.add(target, words[:m], out=target)
-            else:
-                np.subtract(target, words[:m], out=target)
-            pos += m
+        (plus if sign > 0 else minus).append(ctx)
+    for pos in range(start, stop, _CHUNK_WORDS):
+        m = min(_CHUNK_WORDS, stop - pos)
+        target = acc[pos : pos + m]
+        plain = zeros[: 4 * m]
+        stream = words[:m]
+        for ctx in plus:
+            ctx.update_into(plain, buf)
+            np.add(target, stream, out=target)
+        for ctx in minus:
+            ctx.update_into(plain, buf)
+            np.subtract(target, stream, out=target)
 
 
 def accumulate(

@@ -7,8 +7,10 @@ s < 2^256) is the constant term of a random polynomial f of degree t - 1 over GF
 interpolation; any t - 1 are uniformly distributed and independent of s.
 
 Field: p = 2^521 - 1, the Mersenne prime M521. It exceeds 2^256, so every 32-byte secret is a
-field element, and a reconstruction from inconsistent shares lands in [2^256, p) with
-probability 1 - 2^-265, which ``reconstruct`` reports as a bad share instead of returning junk.
+field element, and if a share is replaced by a random field element the reconstruction lands
+in [2^256, p) with probability 1 - 2^-265, which ``reconstruct`` reports as a bad share
+instead of returning junk. (This is a sanity check, not integrity: a chosen offset on y
+shifts the result by a chosen amount; the server checks a rebuilt s^SK against s^PK.)
 
 Serialized share: x as 8 bytes big-endian, then y as 66 bytes big-endian: ``SHARE_BYTES`` = 74.
 """
