@@ -1,0 +1,441 @@
+"""The site's privacy ledger: one SQLite file that makes sure no dataset is overspent.
+
+Each round a site takes part in is an entry for its dataset, holding the parameters of both
+privacy layers (``confide.dp.budget.RoundCost``), so the cumulative ε is recomputed by exact
+RDP composition over every entry, never by adding per-round epsilons.
+
+An entry's life::
+
+    reserve ──> reserved ──mark_sent──> sent          (counted)
+                   │
+                   └──release_unsent──> released      (not counted; only before 'sent')
+
+``reserve`` checks the cap and commits durably (WAL, ``synchronous=FULL``: the commit is
+fsynced) before it returns, and the caller sends nothing before it returns. A 'reserved'
+entry whose process died stays counted: the update may have left, so the ledger never
+undercounts. ``release_unsent`` is for the one case the site can prove nothing left (the
+worker failed before producing an update). One (dataset, job, round) can be reserved once,
+unless released: a second release of the same round would be a second mechanism.
+
+The math lives in ``confide.dp``; this module only stores parameters and calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NewType, Protocol
+
+from confide.dp.budget import RecordCost, RoundCost, UpdateCost, cumulative_epsilon
+from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
+
+__all__ = [
+    "DEFAULT_DELTA",
+    "DEFAULT_MAX_EPSILON",
+    "Budget",
+    "Entry",
+    "EntryState",
+    "Ledger",
+    "ReservationId",
+    "Spent",
+]
+
+DEFAULT_DELTA = 1e-5
+"""δ at which a dataset's cumulative ε is computed and capped, unless the ledger is told."""
+
+DEFAULT_MAX_EPSILON = 10.0
+"""Record-level ε cap for a dataset whose policy sets none."""
+
+ReservationId = NewType("ReservationId", int)
+"""The ledger's id for one reserved round."""
+
+
+class EntryState:
+    """The states of an entry (stored as text)."""
+
+    RESERVED = "reserved"
+    SENT = "sent"
+    RELEASED = "released"
+
+
+class _PolicyLike(Protocol):
+    @property
+    def max_epsilon(self) -> float | None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Spent:
+    """What a dataset has spent: record-level ε, site-level ε (both at the ledger's δ), rounds."""
+
+    epsilon: float
+    update_epsilon: float
+    rounds: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Budget:
+    """One dataset's line in ``confide-agent budget``."""
+
+    dataset: str
+    max_epsilon: float
+    spent_epsilon: float
+    remaining_epsilon: float
+    update_epsilon: float
+    rounds: int
+    in_flight: int
+    delta: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored round."""
+
+    id: ReservationId
+    dataset: str
+    job_id: str
+    round: int
+    state: str
+    cost: RoundCost
+    created_at: float
+    updated_at: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('reserved', 'sent', 'released')),
+    rec_sample_rate REAL,
+    rec_noise_multiplier REAL,
+    rec_steps INTEGER,
+    rec_delta REAL,
+    upd_noise_multiplier REAL,
+    upd_sensitivity_factor REAL,
+    epsilon REAL NOT NULL,
+    update_epsilon REAL NOT NULL,
+    cost_delta REAL NOT NULL,
+    release_proof TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_live_round
+    ON entries (dataset, job_id, round) WHERE state != 'released';
+CREATE INDEX IF NOT EXISTS entries_dataset ON entries (dataset, state);
+"""
+
+_COLUMNS = (
+    "id, dataset, job_id, round, state, rec_sample_rate, rec_noise_multiplier, rec_steps, "
+    "rec_delta, upd_noise_multiplier, upd_sensitivity_factor, epsilon, update_epsilon, "
+    "cost_delta, created_at, updated_at"
+)
+
+
+class Ledger:
+    """The privacy ledger over one SQLite file; safe for threads of one process.
+
+    Use ``Ledger.open(path)``; every method is serialized by one lock, and every write is a
+    ``BEGIN IMMEDIATE`` transaction, so another process on the same file cannot interleave
+    a check and an insert either.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, *, delta: float, default_max_epsilon: float
+    ) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.delta = delta
+        self.default_max_epsilon = default_max_epsilon
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        delta: float = DEFAULT_DELTA,
+        default_max_epsilon: float = DEFAULT_MAX_EPSILON,
+    ) -> Ledger:
+        """Open (creating if needed) the ledger file at ``path``.
+
+        Args:
+            path: the SQLite file, in the daemon's private state folder.
+            delta: δ at which cumulative ε is computed and capped.
+            default_max_epsilon: the cap for datasets whose policy sets none.
+
+        Raises:
+            ConfigError: δ or the default cap is out of range (keys ``ledger.*``).
+            InternalError: the file cannot be opened or is not a ledger.
+        """
+        if not 0.0 < delta < 1.0:
+            raise ConfigError("ledger.delta", f"must be in (0, 1), got {delta}")
+        if not default_max_epsilon >= 0.0:
+            raise ConfigError("ledger.max_epsilon", f"must be >= 0, got {default_max_epsilon}")
+        try:
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise InternalError(f"cannot open privacy ledger {path}: {exc}") from exc
+        return cls(conn, delta=delta, default_max_epsilon=default_max_epsilon)
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reserve(
+        self,
+        *,
+        dataset: str,
+        job_id: str,
+        round: int,
+        layer_costs: RoundCost,
+        max_epsilon: float | None = None,
+        max_update_epsilon: float | None = None,
+    ) -> ReservationId:
+        """Durably reserve one round's cost, or refuse if it would cross a cap.
+
+        The cumulative record-level ε after adding this round (RDP composition of every
+        reserved and sent entry of ``dataset`` at the ledger's δ) must stay <= the cap; so
+        must the site-level ε when ``max_update_epsilon`` is given.
+
+        Args:
+            dataset: the site's dataset name.
+            job_id: the job.
+            round: the round number.
+            layer_costs: the round's parameters on both layers.
+            max_epsilon: the policy's record-level cap; None: the ledger's default.
+            max_update_epsilon: an optional site-level cap.
+
+        Raises:
+            PolicyRefusal: BUDGET_EXCEEDED when a cap would be crossed; DENIED when this
+                round of this job is already reserved or sent for the dataset.
+        """
+        cap = self.default_max_epsilon if max_epsilon is None else float(max_epsilon)
+        now = time.time()
+        rec, upd = layer_costs.record, layer_costs.update
+        with self._write() as conn:
+            live = conn.execute(
+                "SELECT state FROM entries WHERE dataset=? AND job_id=? AND round=? "
+                "AND state != 'released'",
+                (dataset, job_id, round),
+            ).fetchone()
+            if live is not None:
+                raise PolicyRefusal(
+                    f"dataset '{dataset}': round {round} of job {job_id} is already {live[0]}",
+                    reason=Reason.DENIED,
+                )
+            costs = [e.cost for e in self._entries(conn, dataset)]
+            eps, upd_eps = cumulative_epsilon([*costs, layer_costs], delta=self.delta)
+            if not eps <= cap:
+                spent, _ = cumulative_epsilon(costs, delta=self.delta)
+                raise PolicyRefusal(
+                    f"dataset '{dataset}': privacy budget exceeded: spent ε={spent:.4g}, this "
+                    f"round would make it {_fmt(eps)}, cap {cap:.4g} (δ={self.delta:g})",
+                    reason=Reason.BUDGET_EXCEEDED,
+                )
+            if max_update_epsilon is not None and not upd_eps <= max_update_epsilon:
+                raise PolicyRefusal(
+                    f"dataset '{dataset}': update-level budget exceeded: this round would make "
+                    f"ε={_fmt(upd_eps)}, cap {max_update_epsilon:.4g} (δ={self.delta:g})",
+                    reason=Reason.BUDGET_EXCEEDED,
+                )
+            cur = conn.execute(
+                f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}) "
+                "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    dataset,
+                    job_id,
+                    int(round),
+                    None if rec is None else rec.sample_rate,
+                    None if rec is None else rec.noise_multiplier,
+                    None if rec is None else rec.steps,
+                    None if rec is None else rec.delta,
+                    None if upd is None else upd.noise_multiplier,
+                    None if upd is None else upd.sensitivity_factor,
+                    _finite_or_big(layer_costs.epsilon),
+                    _finite_or_big(layer_costs.update_epsilon),
+                    layer_costs.delta,
+                    now,
+                    now,
+                ),
+            )
+            rid = cur.lastrowid
+        if rid is None:  # pragma: no cover - sqlite always sets it after an INSERT
+            raise InternalError("ledger insert returned no id")
+        return ReservationId(rid)
+
+    def mark_sent(self, reservation: ReservationId) -> None:
+        """Record that the round's update left the site (idempotent).
+
+        Raises:
+            PolicyRefusal: DENIED if the reservation was released.
+            InternalError: no such reservation.
+        """
+        with self._write() as conn:
+            state = self._state(conn, reservation)
+            if state == EntryState.RELEASED:
+                raise PolicyRefusal(
+                    f"reservation {reservation} was released; it cannot be sent",
+                    reason=Reason.DENIED,
+                )
+            if state == EntryState.RESERVED:
+                conn.execute(
+                    "UPDATE entries SET state='sent', updated_at=? WHERE id=?",
+                    (time.time(), reservation),
+                )
+
+    def release_unsent(self, reservation: ReservationId, *, proof: str) -> None:
+        """Give back a reservation whose update provably never existed.
+
+        Allowed only while the entry is 'reserved'; after 'sent' it is refused.
+
+        Args:
+            reservation: the reservation.
+            proof: why nothing can have left, e.g. "worker exited 1 before an update".
+
+        Raises:
+            PolicyRefusal: DENIED if the entry was sent or already released.
+            InternalError: no such reservation.
+            ValueError: ``proof`` is empty.
+        """
+        if not proof.strip():
+            raise ValueError("release_unsent needs a proof that nothing left the site")
+        with self._write() as conn:
+            state = self._state(conn, reservation)
+            if state != EntryState.RESERVED:
+                raise PolicyRefusal(
+                    f"reservation {reservation} is {state}; only an unsent reservation "
+                    "can be released",
+                    reason=Reason.DENIED,
+                )
+            conn.execute(
+                "UPDATE entries SET state='released', release_proof=?, updated_at=? WHERE id=?",
+                (proof, time.time(), reservation),
+            )
+
+    def spent(self, dataset: str) -> Spent:
+        """Cumulative spend of ``dataset`` over reserved and sent entries."""
+        with self._lock:
+            costs = [e.cost for e in self._entries(self._conn, dataset)]
+        eps, upd = cumulative_epsilon(costs, delta=self.delta)
+        return Spent(epsilon=eps, update_epsilon=upd, rounds=len(costs))
+
+    def entries(self, dataset: str, *, include_released: bool = False) -> list[Entry]:
+        """The stored entries of ``dataset``, oldest first."""
+        with self._lock:
+            return self._entries(self._conn, dataset, include_released=include_released)
+
+    def budgets(self, policy: Mapping[str, _PolicyLike]) -> list[Budget]:
+        """One line per dataset in the policy or in the ledger, sorted by name."""
+        with self._lock:
+            rows = self._conn.execute("SELECT DISTINCT dataset FROM entries").fetchall()
+        names = sorted({*policy, *(r[0] for r in rows)})
+        out: list[Budget] = []
+        for name in names:
+            p = policy.get(name)
+            cap = self.default_max_epsilon
+            if p is not None and p.max_epsilon is not None:
+                cap = float(p.max_epsilon)
+            entries = self.entries(name)
+            eps, upd = cumulative_epsilon([e.cost for e in entries], delta=self.delta)
+            out.append(
+                Budget(
+                    dataset=name,
+                    max_epsilon=cap,
+                    spent_epsilon=eps,
+                    remaining_epsilon=max(cap - eps, 0.0),
+                    update_epsilon=upd,
+                    rounds=len(entries),
+                    in_flight=sum(e.state == EntryState.RESERVED for e in entries),
+                    delta=self.delta,
+                )
+            )
+        return out
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _state(conn: sqlite3.Connection, reservation: ReservationId) -> str:
+        row = conn.execute("SELECT state FROM entries WHERE id=?", (reservation,)).fetchone()
+        if row is None:
+            raise InternalError(f"no ledger reservation {reservation}")
+        return str(row[0])
+
+    @staticmethod
+    def _entries(
+        conn: sqlite3.Connection, dataset: str, *, include_released: bool = False
+    ) -> list[Entry]:
+        where = "" if include_released else " AND state != 'released'"
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE dataset=?{where} ORDER BY id", (dataset,)
+        ).fetchall()
+        return [_entry(r) for r in rows]
+
+
+def _entry(r: Any) -> Entry:
+    (rid, ds, job, rnd, state, q, z, steps, rdelta, uz, uk, eps, ueps, cdelta, ca, ua) = r
+    record = None
+    if q is not None:
+        record = RecordCost(
+            sample_rate=float(q),
+            noise_multiplier=float(z),
+            steps=int(steps),
+            delta=float(rdelta),
+        )
+    update = None
+    if uz is not None:
+        update = UpdateCost(noise_multiplier=float(uz), sensitivity_factor=float(uk))
+    cost = RoundCost(
+        record=record,
+        update=update,
+        epsilon=float(eps),
+        update_epsilon=float(ueps),
+        delta=float(cdelta),
+    )
+    return Entry(
+        id=ReservationId(int(rid)),
+        dataset=str(ds),
+        job_id=str(job),
+        round=int(rnd),
+        state=str(state),
+        cost=cost,
+        created_at=float(ca),
+        updated_at=float(ua),
+    )
+
+
+def _finite_or_big(x: float) -> float:
+    # SQLite REAL stores inf fine, but keep the display columns plain numbers.
+    return x if math.isfinite(x) else 1e308
+
+
+def _fmt(x: float) -> str:
+    return "∞" if math.isinf(x) else f"{x:.4g}"
