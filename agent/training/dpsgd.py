@@ -28,6 +28,7 @@ cnn        FIGURES_CNN                              MODE_CNN
 from __future__ import annotations
 
 import enum
+import warnings
 from typing import Any
 
 import torch
@@ -128,8 +129,44 @@ class DpTrainer:
         )
         self._gsm.train()
         stats = RoundStats()
+        with warnings.catch_warnings():
+            # Opacus's hooks fire on the first layer, whose input needs no gradient; torch
+            # warns about exactly that on every step. Harmless, and noisy in the worker's log.
+            warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+            self._steps(
+                x,
+                y,
+                criterion,
+                opt,
+                sgd,
+                steps,
+                sample_rate,
+                expected,
+                stats,
+                sample_generator,
+                noise_generator,
+                noise_multiplier * max_grad_norm,
+            )
+        opt.zero_grad(set_to_none=True)
+        return stats
+
+    def _steps(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        criterion: Any,
+        opt: Any,
+        sgd: torch.optim.Optimizer,
+        steps: int,
+        sample_rate: float,
+        expected: float,
+        stats: RoundStats,
+        sample_generator: torch.Generator,
+        noise_generator: torch.Generator,
+        std: float,
+    ) -> None:
+        n = int(x.shape[0])
         params = [p for p in self.module.parameters() if p.requires_grad]
-        std = noise_multiplier * max_grad_norm
         for _ in range(steps):
             mask = torch.rand(n, generator=sample_generator) < sample_rate
             idx = mask.nonzero().squeeze(1).to(x.device)
@@ -146,8 +183,6 @@ class DpTrainer:
                     per_record = nn.functional.cross_entropy(logits.detach(), yb, reduction="sum")
                 stats.add(logits.detach(), yb, per_record)
             stats.steps += 1
-        opt.zero_grad(set_to_none=True)
-        return stats
 
 
 def _noise_only_step(

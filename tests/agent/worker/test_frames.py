@@ -76,7 +76,7 @@ def test_header_limit_both_sides():
 
 def test_body_limit_both_sides():
     """A body of exactly max_body_bytes is accepted; one byte more is refused."""
-    (header, body), _ = _roundtrip({"op": "x"}, [b"a" * 100], max_body_bytes=100)
+    (_header, body), _ = _roundtrip({"op": "x"}, [b"a" * 100], max_body_bytes=100)
     assert body.nbytes == 100
     with pytest.raises(OversizedMessage):
         _roundtrip({"op": "x"}, [b"a" * 101], max_body_bytes=100)

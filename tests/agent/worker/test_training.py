@@ -1,0 +1,90 @@
+"""Torch modules match the model contract; DP-SGD modes run and clip as promised."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agent.training.dpsgd import DpTrainer, GradSampleMode
+from agent.training.models import build_model, load_weights, weights_delta
+from confide.models import initial_weights, parameter_shapes
+from confide.v1 import common_pb2
+
+
+
+def _specs(kind):
+    model = common_pb2.ModelSpec(kind=kind)
+    dataset = common_pb2.DatasetSpec(name="d", features=[f"f{i}" for i in range(5)], num_classes=3)
+    if kind == common_pb2.MODEL_KIND_MLP:
+        model.hidden.extend([8, 4])
+    if kind == common_pb2.MODEL_KIND_CNN:
+        dataset.input_shape.extend([1, 8, 8])
+    return model, dataset
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [common_pb2.MODEL_KIND_LOGREG, common_pb2.MODEL_KIND_MLP, common_pb2.MODEL_KIND_CNN],
+)
+def test_state_dict_matches_parameter_shapes(kind):
+    """Each built-in module's state_dict keys, shapes and order equal parameter_shapes."""
+    model, dataset = _specs(kind)
+    module = build_model(model, dataset)
+    got = [(k, tuple(v.shape)) for k, v in module.state_dict().items()]
+    assert got == parameter_shapes(model, dataset)
+
+
+def test_load_weights_then_delta_is_zero():
+    """Weights loaded into a module give a zero delta against themselves."""
+    model, dataset = _specs(common_pb2.MODEL_KIND_CNN)
+    module = build_model(model, dataset)
+    weights = initial_weights(model, dataset, seed=5)
+    load_weights(module, weights)
+    assert all(float(abs(d).max()) == 0.0 for _, d in weights_delta(module, weights))
+
+
+@pytest.mark.parametrize("mode", list(GradSampleMode))
+def test_every_mode_clips_to_c_without_noise(mode):
+    """With sigma = 0 and q = 1, one step moves weights by at most lr * C (clipped mean)."""
+    model, dataset = _specs(common_pb2.MODEL_KIND_MLP)
+    torch.manual_seed(0)
+    module = build_model(model, dataset)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = DpTrainer(module, mode=mode, lr=1.0)
+    x = torch.randn(16, 5) * 100.0
+    y = torch.randint(0, 3, (16,))
+    stats = trainer.run(
+        x,
+        y,
+        noise_multiplier=0.0,
+        max_grad_norm=0.01,
+        sample_rate=1.0,
+        steps=1,
+        sample_generator=torch.Generator().manual_seed(1),
+        noise_generator=torch.Generator().manual_seed(2),
+    )
+    assert stats.steps == 1 and stats.seen == 16
+    moved = torch.sqrt(
+        sum(((p.detach() - b) ** 2).sum() for p, b in zip(module.parameters(), before, strict=True))
+    )
+    assert 0.0 < float(moved) <= 0.01 + 1e-6
+
+
+def test_empty_poisson_sample_still_takes_a_noise_step():
+    """A step whose Poisson sample is empty still counts and adds noise only."""
+    model, dataset = _specs(common_pb2.MODEL_KIND_LOGREG)
+    module = build_model(model, dataset)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = DpTrainer(module, mode=GradSampleMode.HOOKS, lr=0.1)
+    stats = trainer.run(
+        torch.randn(4, 5),
+        torch.zeros(4, dtype=torch.int64),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        sample_rate=1e-9,
+        steps=3,
+        sample_generator=torch.Generator().manual_seed(1),
+        noise_generator=torch.Generator().manual_seed(2),
+    )
+    assert stats.steps == 3 and stats.seen == 0
+    assert any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
