@@ -11,7 +11,6 @@ from confide.models import initial_weights, parameter_shapes
 from confide.v1 import common_pb2
 
 
-
 def _specs(kind):
     model = common_pb2.ModelSpec(kind=kind)
     dataset = common_pb2.DatasetSpec(name="d", features=[f"f{i}" for i in range(5)], num_classes=3)
