@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     eps = sub.add_parser("epsilon", help="epsilon spent by DP-SGD with a given noise multiplier")
     _common(eps)
     eps.add_argument("--noise-multiplier", type=float, required=True, help="z >= 0")
-    eps.set_defaults(handler=_epsilon)
+    eps.set_defaults(func=_epsilon, handler=_epsilon)
 
     noise = sub.add_parser("noise", help="smallest noise multiplier within a target epsilon")
     _common(noise)
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
     noise.add_argument(
         "--tolerance", type=float, default=0.01, help="stop within this of the target (0.01)"
     )
-    noise.set_defaults(handler=_noise)
+    noise.set_defaults(func=_noise, handler=_noise)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
