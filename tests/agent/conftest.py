@@ -1,0 +1,113 @@
+"""Shared agent test fixtures: a throwaway federation CA with a site and two operators."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.datasets import DataFormat, DatasetConfig
+from agent.tasks import SiteContext, TaskRunner
+from confide.pki import Identity, Role, init_ca, issue, load_identity
+from confide.v1 import common_pb2, federation_pb2
+from confide.wire import seal
+from tests.agent.fakes import FakeAggregator, FakeWorkerFactory
+
+FEDERATION = "testfed"
+DATASET = "tabular"
+
+
+@dataclass
+class Pki:
+    dir: Path
+    site: Identity
+    alice: Identity      # trusted operator
+    mallory: Identity    # an operator the site does not trust
+    other_site: Identity  # a site, not an operator
+
+
+def _load(d: Path, name: str) -> Identity:
+    return load_identity(
+        cert=d / f"{name}.crt", key=d / f"{name}.key", signing_key=d / f"{name}.sign.key",
+        ca=d / "ca.crt",
+    )
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    init_ca(d, federation=FEDERATION)
+    issue(d, "site-1", role=Role.SITE)
+    issue(d, "site-2", role=Role.SITE)
+    issue(d, "alice", role=Role.OPERATOR)
+    issue(d, "mallory", role=Role.OPERATOR)
+    issue(d, "aggregator", role=Role.AGGREGATOR, dns=["localhost"], ips=["127.0.0.1"])
+    return Pki(d, _load(d, "site-1"), _load(d, "alice"), _load(d, "mallory"), _load(d, "site-2"))
+
+
+def job_spec(dataset: str = DATASET) -> common_pb2.JobSpec:
+    return common_pb2.JobSpec(
+        name="test-job",
+        model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_LOGREG),
+        dataset=common_pb2.DatasetSpec(name=dataset, features=["a", "b"], label="y",
+                                       num_classes=2),
+        rounds=3,
+        min_sites=1,
+    )
+
+
+def signed_task(
+    signer: Identity,
+    *,
+    kind: int = federation_pb2.TASK_KIND_TRAIN,
+    spec: common_pb2.JobSpec | None = None,
+    task_id: str = "t1",
+    job_id: str = "job-1",
+    round: int = 1,
+    model_version: str = "v1",
+) -> federation_pb2.Task:
+    env = seal(
+        signing_key=signer.signing_key, federation=FEDERATION, sender=signer.info.name,
+        stage=common_pb2.STAGE_JOB, payload=(spec or job_spec()).SerializeToString(),
+        now=time.time(),
+    )
+    return federation_pb2.Task(
+        task_id=task_id, job_id=job_id, round=round, kind=kind, signed_job=env,
+        signer_certificate=signer.cert_pem, model_version=model_version, deadline_s=60,
+    )
+
+
+def model_weights() -> list[tuple[str, np.ndarray]]:
+    return [("net.0.weight", np.arange(4, dtype=np.float32).reshape(2, 2)),
+            ("net.0.bias", np.zeros(2, dtype=np.float32))]
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> DatasetConfig:
+    return DatasetConfig(name=DATASET, path=tmp_path / "data.csv", format=DataFormat.CSV,
+                         features=("a", "b"), label="y")
+
+
+@pytest.fixture
+def workers() -> FakeWorkerFactory:
+    return FakeWorkerFactory()
+
+
+@pytest.fixture
+def aggregator() -> FakeAggregator:
+    agg = FakeAggregator()
+    agg.models[("job-1", "v1")] = model_weights()
+    return agg
+
+
+@pytest.fixture
+def runner(pki: Pki, dataset: DatasetConfig, workers: FakeWorkerFactory) -> TaskRunner:
+    site = SiteContext(
+        federation=FEDERATION, site=pki.site.info.name, signing_key=pki.site.signing_key,
+        ca_pem=pki.site.ca_pem, crl_pem=None, trusted_signers=("alice",),
+        datasets={DATASET: dataset}, device="cpu",
+    )
+    return TaskRunner(site, start_worker=workers)
