@@ -21,9 +21,7 @@ VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 def _aes_ctr_reference(key: bytes, nbytes: int, first_block: int) -> bytes:
     """AES-256-CTR keystream by encrypting big-endian counter blocks with AES-ECB."""
     ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    blocks = b"".join(
-        (first_block + i).to_bytes(16, "big") for i in range(-(-nbytes // 16))
-    )
+    blocks = b"".join((first_block + i).to_bytes(16, "big") for i in range(-(-nbytes // 16)))
     return ecb.update(blocks)[:nbytes]
 
 
@@ -52,7 +50,9 @@ def chacha_block(key: bytes, counter: int, nonce: bytes) -> bytes:
     for _ in range(10):
         qr(0, 4, 8, 12), qr(1, 5, 9, 13), qr(2, 6, 10, 14), qr(3, 7, 11, 15)
         qr(0, 5, 10, 15), qr(1, 6, 11, 12), qr(2, 7, 8, 13), qr(3, 4, 9, 14)
-    return b"".join(((a + b) & 0xFFFFFFFF).to_bytes(4, "little") for a, b in zip(x, words))
+    return b"".join(
+        ((a + b) & 0xFFFFFFFF).to_bytes(4, "little") for a, b in zip(x, words, strict=True)
+    )
 
 
 def _chacha_reference(key: bytes, nbytes: int, first_block: int) -> bytes:
@@ -65,8 +65,14 @@ def prg_vectors() -> dict[str, object]:
     """Known-answer PRG streams: seed, cipher, word offset, words (little-endian uint32)."""
     cases = []
     for i, (cipher, start, n) in enumerate(
-        [("aes-256-ctr", 0, 16), ("aes-256-ctr", 8, 12), ("aes-256-ctr", 70000, 8),
-         ("chacha20", 0, 16), ("chacha20", 16, 12), ("chacha20", 70001, 8)]
+        [
+            ("aes-256-ctr", 0, 16),
+            ("aes-256-ctr", 8, 12),
+            ("aes-256-ctr", 70000, 8),
+            ("chacha20", 0, 16),
+            ("chacha20", 16, 12),
+            ("chacha20", 70001, 8),
+        ]
     ):
         seed = hashlib.sha256(b"confide secagg prg vector %d" % i).digest()
         block_bytes = 16 if cipher == "aes-256-ctr" else 64
@@ -106,13 +112,20 @@ def shamir_vectors() -> dict[str, object]:
         {"share": "00" * 8 + "01" * 66, "why": "x = 0"},
         {"share": "00" * 7 + "01" + "ff" * 66, "why": "y >= p"},
     ]
-    return {"prime": "2^521 - 1", "share_bytes": shamir.SHARE_BYTES, "shamir": cases,
-            "invalid": invalid}
+    return {
+        "prime": "2^521 - 1",
+        "share_bytes": shamir.SHARE_BYTES,
+        "shamir": cases,
+        "invalid": invalid,
+    }
 
 
 def main() -> None:
     """Write both vector files."""
-    for name, data in (("secagg_prg.json", prg_vectors()), ("secagg_shamir.json", shamir_vectors())):
+    for name, data in (
+        ("secagg_prg.json", prg_vectors()),
+        ("secagg_shamir.json", shamir_vectors()),
+    ):
         (VECTORS / name).write_text(json.dumps(data, indent=1) + "\n")
 
 

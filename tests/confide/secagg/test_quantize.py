@@ -43,8 +43,9 @@ def test_values_in_range_and_unbiased() -> None:
     x = np.full(200_000, 0.123456)
     enc = _quantize_from_parts(x, clip_range=1.0, bits=4, rng=rng).values
     assert enc.dtype == np.uint32 and enc.max() <= 15
-    mean = dequantize(np.array([enc.astype(np.uint64).sum()], dtype=np.uint32), n=1,
-                        clip_range=1.0, bits=4)
+    mean = dequantize(
+        np.array([enc.astype(np.uint64).sum()], dtype=np.uint32), n=1, clip_range=1.0, bits=4
+    )
     assert mean.shape == (1,)
     step = quantization_step(clip_range=1.0, bits=4)
     assert abs(enc.mean() * step - 1.0 - 0.123456) < 1e-3
