@@ -49,7 +49,9 @@ def _expand_only(count: int, d: int, cipher: PrgCipher) -> float:
     return time.perf_counter() - start
 
 
-def run(*, sites: int, dim: int, dropout: float, cipher: PrgCipher, seed: int = 0) -> dict:
+def run(
+    *, sites: int, dim: int, dropout: float, cipher: PrgCipher, seed: int = 0
+) -> dict[str, object]:
     """Run one round and return the figures."""
     rnd = random.Random(seed)
     random.seed(seed)
@@ -95,15 +97,17 @@ def run(*, sites: int, dim: int, dropout: float, cipher: PrgCipher, seed: int = 
     sa.close_masked_input(server)
     replies = {}
     for name in sorted(server.masked):
-        req = sa.unmask_request(server, name)
+        ureq = sa.unmask_request(server, name)
         clients[name], replies[name] = sa.unmask(
-            clients[name], survivors=req.survivors, dropped=req.dropped
+            clients[name], survivors=ureq.survivors, dropped=ureq.dropped
         )
         reply = replies[name]
         sent[name] += sum(
             len(s) + len(b) for m in (reply.seed_shares, reply.key_shares) for s, b in m.items()
         )
-    pairs = sum(len(server.graph.neighbours[u] & server.masked) for u in dropped)
+    assert server.graph is not None
+    graph = server.graph
+    pairs = sum(len(graph.neighbours[u] & server.masked) for u in dropped)
     t0 = time.perf_counter()
     total = sa.finish(server, replies)
     server_seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ class Outcome:
     server: sa.ServerRound
     clients: dict[str, sa.ClientState]
     inputs: dict[str, np.ndarray]
-    result: np.ndarray | None = None
+    result: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     snapshots: list[dict[str, object]] = field(default_factory=list)
 
 
@@ -69,9 +69,9 @@ def run_round(
     for name in sorted(server.masked):
         if name in no_unmask:
             continue
-        req = sa.unmask_request(server, name)
+        ureq = sa.unmask_request(server, name)
         clients[name], replies[name] = sa.unmask(
-            clients[name], survivors=req.survivors, dropped=req.dropped
+            clients[name], survivors=ureq.survivors, dropped=ureq.dropped
         )
     out.result = sa.finish(server, replies)
     return out

@@ -25,6 +25,18 @@ def _aes_ctr_reference(key: bytes, nbytes: int, first_block: int) -> bytes:
     return ecb.update(blocks)[:nbytes]
 
 
+_ROUNDS = [
+    (0, 4, 8, 12),
+    (1, 5, 9, 13),
+    (2, 6, 10, 14),
+    (3, 7, 11, 15),
+    (0, 5, 10, 15),
+    (1, 6, 11, 12),
+    (2, 7, 8, 13),
+    (3, 4, 9, 14),
+]
+
+
 def _rotl(v: int, c: int) -> int:
     """32-bit left rotation."""
     return ((v << c) | (v >> (32 - c))) & 0xFFFFFFFF
@@ -48,8 +60,8 @@ def chacha_block(key: bytes, counter: int, nonce: bytes) -> bytes:
         x[b] = _rotl(x[b] ^ x[c], 7)
 
     for _ in range(10):
-        qr(0, 4, 8, 12), qr(1, 5, 9, 13), qr(2, 6, 10, 14), qr(3, 7, 11, 15)
-        qr(0, 5, 10, 15), qr(1, 6, 11, 12), qr(2, 7, 8, 13), qr(3, 4, 9, 14)
+        for a, b, c, d in _ROUNDS:
+            qr(a, b, c, d)
     return b"".join(
         ((a + b) & 0xFFFFFFFF).to_bytes(4, "little") for a, b in zip(x, words, strict=True)
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,7 +69,7 @@ def test_choose_params_defaults() -> None:
         ({"n": 10, "dropout_rate": 1.0}, "secure_aggregation.dropout_rate"),
     ],
 )
-def test_choose_params_errors_name_the_key(kwargs: dict, key: str) -> None:
+def test_choose_params_errors_name_the_key(kwargs: dict[str, Any], key: str) -> None:
     """Each invalid parameter raises ConfigError naming its secure_aggregation key."""
     with pytest.raises(ConfigError) as exc:
         choose_params(**kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def test_chacha_reference_matches_rfc7539() -> None:
 
 
 @pytest.mark.parametrize("case", VECTORS["prg"], ids=lambda c: f"{c['cipher']}@{c['start']}")
-def test_stream_matches_vector(case: dict) -> None:
+def test_stream_matches_vector(case: dict[str, Any]) -> None:
     """Expanding and accumulating from an offset both reproduce the known-answer words."""
     cipher = PrgCipher(case["cipher"])
     seed = bytes.fromhex(case["seed"])

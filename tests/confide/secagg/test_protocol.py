@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from confide import secagg as sa
-from confide.errors import Reason
+from confide.errors import Reason, ReplayedMessage
 from tests.confide.secagg._round import plain_sum, run_round
 
 
@@ -40,7 +41,8 @@ def test_sparse_graph_round() -> None:
 @pytest.mark.parametrize("stage", ["no_advertise", "no_shares", "no_input", "no_unmask"])
 def test_dropout_at_each_stage(stage: str) -> None:
     """A site lost at any one stage leaves an exact sum of the sites that sent inputs."""
-    out = run_round(n=7, d=500, **{stage: {"s02"}})
+    drops: dict[str, Any] = {stage: {"s02"}}
+    out = run_round(n=7, d=500, **drops)
     if stage != "no_unmask":
         assert "s02" not in out.inputs
     else:
@@ -54,7 +56,7 @@ def test_random_drop_patterns(data: st.DataObject, n: int) -> None:
     """Any drop pattern that leaves t sites per stage yields the exact sum; else it aborts."""
     names = [f"s{i:02d}" for i in range(n)]
     stages = ["no_advertise", "no_shares", "no_input", "no_unmask"]
-    drops = {s: set() for s in stages}
+    drops: dict[str, Any] = {s: set() for s in stages}
     for name in names:
         stage = data.draw(st.sampled_from([None, None, None, *stages]))
         if stage is not None:
@@ -127,11 +129,11 @@ def test_server_refuses_wrong_stage_and_replays() -> None:
     """Masked inputs before stage 2, twice, or of the wrong shape are refused."""
     params = sa.choose_params(n=3, neighbours=2, threshold=2)
     server = sa.new_round(round_id="r", params=params, dim=4)
-    with pytest.raises(Exception) as exc:
+    with pytest.raises(ReplayedMessage) as exc:
         sa.add_masked_input(server, "a", np.zeros(4, np.uint32))
     assert exc.value.reason is Reason.WRONG_STAGE
     _, keys = sa.advertise(site_id="a", round_id="r")
     sa.add_advertised(server, "a", keys)
-    with pytest.raises(Exception) as exc:
+    with pytest.raises(ReplayedMessage) as exc:
         sa.add_advertised(server, "a", keys)
     assert exc.value.reason is Reason.REPLAYED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +24,7 @@ def test_prime_is_m521() -> None:
 
 
 @pytest.mark.parametrize("case", VECTORS["shamir"], ids=lambda c: f"t{c['threshold']}")
-def test_vectors_reconstruct(case: dict) -> None:
+def test_vectors_reconstruct(case: dict[str, Any]) -> None:
     """Every threshold-sized window of the vector shares rebuilds the vector secret."""
     shares = [shamir.Share.from_bytes(bytes.fromhex(h)) for h in case["shares"]]
     t = case["threshold"]
@@ -33,7 +34,7 @@ def test_vectors_reconstruct(case: dict) -> None:
 
 
 @pytest.mark.parametrize("case", VECTORS["invalid"], ids=lambda c: c["why"])
-def test_invalid_share_bytes(case: dict) -> None:
+def test_invalid_share_bytes(case: dict[str, Any]) -> None:
     """Wrong lengths, x = 0 and y outside the field are malformed."""
     with pytest.raises(MalformedMessage):
         shamir.Share.from_bytes(bytes.fromhex(case["share"]))
