@@ -1,0 +1,115 @@
+"""Content-addressed model blobs on disk: ``blobs/ab/abcdef...`` plus its header next to it.
+
+A blob file holds the raw concatenated little-endian tensor bytes (what travels in chunks);
+``<sha>.header`` holds the serialized ``BlobHeader``. Files are written to a temporary name,
+fsynced, then renamed (and the folder fsynced), so a blob that exists is complete: the store
+marks a round done only after its model blob is durable.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from confide.errors import InternalError, Reason
+from confide.v1 import common_pb2
+from confide.wire.blob import CHUNK_BYTES, NamedArrays, decode_tensors, encode_tensors
+
+__all__ = ["BlobStore"]
+
+
+class BlobStore:
+    """Model versions on disk, named by the hex SHA-256 of their bytes.
+
+    Args:
+        root: the ``blobs`` folder (created when missing).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sha_hex: str) -> Path:
+        if len(sha_hex) != 64 or any(c not in "0123456789abcdef" for c in sha_hex):
+            raise InternalError(f"not a blob name: {sha_hex!r}", reason=Reason.UNKNOWN_JOB)
+        return self.root / sha_hex[:2] / sha_hex
+
+    def has(self, sha_hex: str) -> bool:
+        """Whether the blob and its header are on disk."""
+        try:
+            p = self._path(sha_hex)
+        except InternalError:
+            return False
+        return p.exists() and p.with_suffix(".header").exists()
+
+    def put(self, arrays: NamedArrays) -> tuple[str, common_pb2.BlobHeader]:
+        """Write tensors durably; returns the blob's hex SHA-256 and header.
+
+        Raises:
+            OSError: the disk refused the write.
+        """
+        header, buffers = encode_tensors(arrays)
+        sha_hex = header.sha256.hex()
+        path = self._path(sha_hex)
+        if self.has(sha_hex):
+            return sha_hex, header
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, buffers)
+        _atomic_write(path.with_suffix(".header"), [memoryview(header.SerializeToString())])
+        return sha_hex, header
+
+    def header(self, sha_hex: str) -> common_pb2.BlobHeader:
+        """The stored header of a blob.
+
+        Raises:
+            FileNotFoundError: no such blob.
+        """
+        h = common_pb2.BlobHeader()
+        h.ParseFromString(self._path(sha_hex).with_suffix(".header").read_bytes())
+        return h
+
+    def load(self, sha_hex: str) -> NamedArrays:
+        """The blob's tensors as read-only views over a private memory map.
+
+        Raises:
+            FileNotFoundError: no such blob.
+        """
+        header = self.header(sha_hex)
+        if header.total_bytes == 0:
+            return decode_tensors(header, b"")
+        with open(self._path(sha_hex), "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return decode_tensors(header, mm)  # type: ignore[arg-type]  # mmap is a buffer
+
+    def chunks(self, sha_hex: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The blob's bytes in chunks of ``chunk_bytes`` for streaming.
+
+        Raises:
+            FileNotFoundError: no such blob.
+        """
+        with open(self._path(sha_hex), "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                yield chunk
+
+
+def _atomic_write(path: Path, buffers: list[memoryview]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for b in buffers:
+                f.write(b)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+

@@ -1,0 +1,137 @@
+"""What every RPC handler does first and on refusal: authenticate, verify, decode, refuse.
+
+``Guard.handling`` wraps a handler body: it binds ``site``/``job``/``round`` log context for
+the RPC only (``bound_contextvars``), and turns any ``ConfideError`` into one structured log
+event, one audit entry and a gRPC status from ``confide.wire.status`` (details = the reason).
+Unexpected exceptions become INTERNAL with a log line, never a traceback to the peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError, Message
+
+from aggregator.store import AuditNote, Store
+from confide.errors import ConfideError, InternalError, MalformedMessage
+from confide.pki import CertInfo, Role, peer_info, require_role
+from confide.v1 import common_pb2
+from confide.wire import Binding, open_envelope
+from confide.wire.status import abort_with
+
+__all__ = ["Call", "Guard", "decode"]
+
+log = structlog.get_logger("aggregator.rpc")
+M = TypeVar("M", bound=Message)
+
+
+@dataclass
+class Call:
+    """What a handler learned about its caller so far (for logs and audit)."""
+
+    site: str = ""
+    job: str = ""
+    round: int = 0
+
+    def bind(self, *, site: str | None = None, job: str | None = None,
+             round: int | None = None) -> None:
+        """Record and bind to the log context whatever is known."""
+        if site is not None:
+            self.site = site
+        if job is not None:
+            self.job = job
+        if round is not None:
+            self.round = round
+        structlog.contextvars.bind_contextvars(site=self.site, job=self.job, round=self.round)
+
+
+class Guard:
+    """Authentication, envelope opening and refusal handling shared by both services.
+
+    Args:
+        store: where refusals are audited.
+        federation: the federation every envelope must be bound to.
+        ca_pem, crl_pem: to re-verify each peer certificate (gRPC does not read the CRL).
+        clock: unix-seconds clock.
+    """
+
+    def __init__(self, store: Store, *, federation: str, ca_pem: bytes, crl_pem: bytes | None,
+                 clock: Callable[[], float]) -> None:
+        self.store, self.federation = store, federation
+        self.ca_pem, self.crl_pem, self.clock = ca_pem, crl_pem, clock
+
+    def peer(self, context: grpc.ServicerContext, call: Call, *roles: Role) -> CertInfo:
+        """The caller's verified certificate, which must have one of ``roles``.
+
+        Raises:
+            BadCertificate: the certificate is not valid now (expired, revoked, foreign).
+            Unauthorized: no certificate, or a role not in ``roles``.
+        """
+        info = peer_info(context, ca_pem=self.ca_pem, crl_pem=self.crl_pem,
+                         now=datetime.fromtimestamp(self.clock(), UTC))
+        call.bind(site=info.name)
+        require_role(info, *roles)
+        return info
+
+    def open(self, env: common_pb2.Envelope, info: CertInfo, *,
+             stage: int, job_id: str | None = None,
+             round: int | None = None) -> bytes:
+        """Verify an envelope from the caller (signature first) and return its payload.
+
+        Raises:
+            BadSignature, ReplayedMessage, MalformedMessage: see ``open_envelope``.
+        """
+        expect = Binding(federation=self.federation, sender=info.name, stage=stage,
+                         job_id=job_id, round=round)
+        return open_envelope(env, verify_key=info.signing_public_key, expect=expect,
+                             now=self.clock())
+
+    @contextmanager
+    def handling(self, context: grpc.ServicerContext, event: str) -> Iterator[Call]:
+        """Run a handler body; refuse any error with log, audit and a gRPC status.
+
+        Args:
+            event: the stable log/audit event name for a refusal, e.g. ``update_refused``.
+        """
+        call = Call()
+        with structlog.contextvars.bound_contextvars(site="", job="", round=0):
+            try:
+                yield call
+            except ConfideError as exc:
+                self._refuse(context, event, call, exc)
+            except Exception as exc:
+                if isinstance(exc, grpc.RpcError):  # the peer went away mid-stream
+                    log.info("rpc_cancelled", rpc_event=event)
+                    raise
+                log.error("internal_error", rpc_event=event, error=repr(exc))
+                self._refuse(context, event, call, InternalError("internal error"))
+
+    def _refuse(self, context: grpc.ServicerContext, event: str, call: Call,
+                exc: ConfideError) -> None:
+        log.warning(event, reason=exc.reason.value, error=str(exc))
+        try:
+            self.store.audit(AuditNote(event, call.site or "unknown", self.clock(), call.job,
+                                       call.round, exc.reason.value, str(exc)))
+        except Exception as audit_exc:  # the refusal must still reach the peer
+            log.error("audit_failed", error=repr(audit_exc))
+        abort_with(context, exc)
+
+
+def decode(cls: type[M], payload: bytes) -> M:
+    """Parse a verified payload into ``cls``.
+
+    Raises:
+        MalformedMessage: the bytes are not a valid ``cls``.
+    """
+    msg = cls()
+    try:
+        msg.ParseFromString(payload)
+    except DecodeError as exc:
+        raise MalformedMessage(f"payload is not a valid {cls.__name__}") from exc
+    return msg

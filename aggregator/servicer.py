@@ -1,0 +1,171 @@
+"""The Federation service: thin handlers that authenticate, verify, decode and delegate.
+
+Every handler requires a ``site`` certificate, opens the signed envelope against the binding
+the coordinator expects (signature before decoding), then calls the coordinator. Refusals go
+through ``Guard.handling`` (log event + audit entry + gRPC status), never a traceback.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from aggregator.blobs import BlobStore
+from aggregator.coordinator import Coordinator
+from aggregator.guard import Guard, decode
+from aggregator.store import Store
+from confide.errors import MalformedMessage, PeerError, Reason, ReplayedMessage
+from confide.pki import Role
+from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
+from confide.wire.blob import BlobAssembler, check_finite
+
+__all__ = ["FederationServicer", "model_parts"]
+
+_UPLOAD_WAIT_S = 120.0
+
+
+class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignore[misc]
+    """Agent-facing RPCs.
+
+    Args:
+        guard: authentication and refusal handling.
+        coordinator: jobs, rounds and site queues.
+        max_update_bytes: the largest update blob accepted.
+        max_concurrent_uploads: uploads received at once (others wait up to 120 s).
+    """
+
+    def __init__(self, guard: Guard, coordinator: Coordinator, *, max_update_bytes: int,
+                 max_concurrent_uploads: int) -> None:
+        self.guard, self.coord = guard, coordinator
+        self.max_update_bytes = max_update_bytes
+        self._uploads = threading.BoundedSemaphore(max_concurrent_uploads)
+
+    def Register(self, request: common_pb2.Envelope,
+                 context: grpc.ServicerContext) -> federation_pb2.RegisterReply:
+        """Record the site's datasets; tell it its name and heartbeat interval."""
+        with self.guard.handling(context, "register_refused") as call:
+            info = self.guard.peer(context, call, Role.SITE)
+            req = decode(federation_pb2.RegisterRequest,
+                         self.guard.open(request, info, stage=common_pb2.STAGE_REGISTER))
+            self.coord.register(info.name, req)
+            return federation_pb2.RegisterReply(
+                site_id=info.name, heartbeat_interval_s=self.coord.heartbeat_interval_s)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def Heartbeat(self, request: common_pb2.Envelope,
+                  context: grpc.ServicerContext) -> federation_pb2.HeartbeatReply:
+        """Note the site is alive."""
+        with self.guard.handling(context, "heartbeat_refused") as call:
+            info = self.guard.peer(context, call, Role.SITE)
+            hb = decode(federation_pb2.Heartbeat,
+                        self.guard.open(request, info, stage=common_pb2.STAGE_HEARTBEAT))
+            self.coord.heartbeat(info.name, hb)
+            return federation_pb2.HeartbeatReply()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def OpenTasks(self, request: common_pb2.Envelope,
+                  context: grpc.ServicerContext) -> Iterator[federation_pb2.Task]:
+        """Stream the site's tasks until it disconnects or a newer stream replaces this one."""
+        with self.guard.handling(context, "open_tasks_refused") as call:
+            info = self.guard.peer(context, call, Role.SITE)
+            self.guard.open(request, info, stage=common_pb2.STAGE_OPEN_TASKS)
+            conn = self.coord.open_stream(info.name)
+        context.add_callback(lambda: self.coord.close_stream(conn))
+        try:
+            while (task := conn.queue.get()) is not None:
+                yield task
+        finally:
+            self.coord.close_stream(conn)
+
+    def Download(self, request: federation_pb2.DownloadRequest,
+                 context: grpc.ServicerContext) -> Iterator[federation_pb2.BlobPart]:
+        """Stream a global model version: header, then chunks."""
+        with self.guard.handling(context, "download_refused") as call:
+            self.guard.peer(context, call, Role.SITE)
+            call.bind(job=request.job_id)
+            parts = model_parts(self.guard.store, self.coord.blobs, request)
+            first = next(parts)
+        yield first
+        yield from parts
+
+    def Upload(self, request_iterator: Iterator[federation_pb2.UploadPart],
+               context: grpc.ServicerContext) -> federation_pb2.Ack:
+        """Receive one update: signed header first, then its chunks; check, then sum it."""
+        with self.guard.handling(context, "update_refused") as call:
+            info = self.guard.peer(context, call, Role.SITE)
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise MalformedMessage("an upload must start with its signed header")
+            env = first.header
+            call.bind(job=env.job_id, round=env.round)
+            target = self.coord.upload_target(env.job_id)
+            header = decode(federation_pb2.UpdateHeader, self.guard.open(
+                env, info, stage=target.stage, job_id=env.job_id, round=target.round))
+            if header.num_samples < 1:
+                raise MalformedMessage("num_samples must be >= 1")
+            self.coord.check_update(info.name, env.job_id, target.round, header.task_id)
+            asm = BlobAssembler(header.blob, max_bytes=min(target.nbytes, self.max_update_bytes))
+            _check_specs(header.blob, target.shapes)
+            if not self._uploads.acquire(timeout=_UPLOAD_WAIT_S):
+                raise PeerError("too many uploads at once", reason=Reason.UNAVAILABLE)
+            try:
+                for part in request_iterator:
+                    if part.WhichOneof("part") != "chunk":
+                        raise MalformedMessage("only chunks may follow the upload header")
+                    asm.add(part.chunk)
+                arrays = asm.finish()
+                check_finite(arrays)
+                self.coord.accept_update(info.name, env.job_id, target.round, header, arrays)
+            finally:
+                self._uploads.release()
+            return federation_pb2.Ack(accepted=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def Report(self, request: common_pb2.Envelope,
+               context: grpc.ServicerContext) -> federation_pb2.Ack:
+        """Record a task's outcome (a refusal, a failure, or evaluation metrics)."""
+        with self.guard.handling(context, "report_refused") as call:
+            info = self.guard.peer(context, call, Role.SITE)
+            call.bind(job=request.job_id, round=request.round)
+            rnd = self.coord.upload_target(request.job_id).round
+            rep = decode(federation_pb2.TaskReport, self.guard.open(
+                request, info, stage=common_pb2.STAGE_TASK_REPORT, job_id=request.job_id,
+                round=rnd))
+            self.coord.report(info.name, request.job_id, rnd, rep)
+            return federation_pb2.Ack(accepted=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def SecAgg(self, request: common_pb2.Envelope,
+               context: grpc.ServicerContext) -> federation_pb2.Ack:
+        """Secure-aggregation stages are not served yet: refused as WRONG_STAGE."""
+        with self.guard.handling(context, "secagg_refused") as call:
+            self.guard.peer(context, call, Role.SITE)
+            call.bind(job=request.job_id, round=request.round)
+            raise ReplayedMessage("no secure-aggregation stage is open",
+                                  reason=Reason.WRONG_STAGE)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_specs(blob: common_pb2.BlobHeader,
+                 shapes: list[tuple[str, tuple[int, ...]]]) -> None:
+    got = [(t.name, t.dtype, tuple(t.shape)) for t in blob.tensors]
+    want = [(n, common_pb2.DTYPE_FLOAT32, s) for n, s in shapes]
+    if got != want:
+        raise MalformedMessage("update tensors differ from the model's names, dtypes or shapes")
+
+
+def model_parts(store: Store, blobs: BlobStore,
+                request: federation_pb2.DownloadRequest) -> Iterator[federation_pb2.BlobPart]:
+    """A model version of a job as BlobParts (header first); checks it exists before yielding.
+
+    Raises:
+        PeerError: no such job or version (reason UNKNOWN_JOB), raised on the first ``next``.
+    """
+    if not any(m.sha256 == request.model_version for m in store.models(request.job_id)):
+        raise PeerError(f"job {request.job_id!r} has no model {request.model_version!r}",
+                        reason=Reason.UNKNOWN_JOB)
+    yield federation_pb2.BlobPart(header=blobs.header(request.model_version))
+    for chunk in blobs.chunks(request.model_version):
+        yield federation_pb2.BlobPart(chunk=chunk)

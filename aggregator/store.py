@@ -1,0 +1,394 @@
+"""The aggregator's one persistence interface: SQLite in WAL mode, one file, one lock.
+
+Every state transition commits with ``synchronous=FULL`` before the aggregator acts on it, so
+a killed aggregator restarts with every completed round and model version (an in-progress
+round restarts from its input model). Model bytes live in ``BlobStore``; rows hold their hex
+SHA-256. The audit log is a hash chain (``aggregator.audit``) appended in the same transaction
+as the change it records. ``PRAGMA user_version`` versions the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aggregator.audit import GENESIS, AuditEntry, entry_hash, verify_chain
+from confide.errors import InternalError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuditNote",
+    "JobRow",
+    "ModelRow",
+    "RoundRow",
+    "SiteRoundRow",
+    "SiteRow",
+    "Store",
+]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+  id TEXT PRIMARY KEY, datasets TEXT NOT NULL, device TEXT NOT NULL,
+  agent_version TEXT NOT NULL, last_heartbeat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, spec BLOB NOT NULL, signed_job BLOB NOT NULL, signer_cert BLOB NOT NULL,
+  state TEXT NOT NULL, error TEXT NOT NULL, submitted_by TEXT NOT NULL, created REAL NOT NULL,
+  final_metrics TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS rounds (
+  job TEXT NOT NULL, round INTEGER NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL,
+  model_version_in TEXT NOT NULL, model_version_out TEXT NOT NULL DEFAULT '',
+  metrics TEXT NOT NULL DEFAULT '{}', started REAL NOT NULL, finished REAL NOT NULL DEFAULT 0,
+  PRIMARY KEY (job, round));
+CREATE TABLE IF NOT EXISTS round_sites (
+  job TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, outcome TEXT NOT NULL,
+  reason TEXT NOT NULL, num_samples INTEGER NOT NULL, epsilon REAL NOT NULL,
+  update_epsilon REAL NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (job, round, site));
+CREATE TABLE IF NOT EXISTS model_versions (
+  job TEXT NOT NULL, version_no INTEGER NOT NULL, sha256 TEXT NOT NULL,
+  optimizer_state TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
+  PRIMARY KEY (job, version_no));
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY, at REAL NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
+  job TEXT NOT NULL, round INTEGER NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+  prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class AuditNote:
+    """An audit entry to append together with a change (seq and hashes are assigned)."""
+
+    event: str
+    actor: str
+    at: float
+    job: str = ""
+    round: int = 0
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SiteRow:
+    """A registered site (connection state is in memory only)."""
+
+    id: str
+    datasets: list[str]
+    device: str
+    agent_version: str
+    last_heartbeat: float
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A submitted job: its spec, the operator's signed envelope and certificate."""
+
+    id: str
+    spec: bytes
+    signed_job: bytes
+    signer_cert: bytes
+    state: str
+    error: str
+    submitted_by: str
+    created: float
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One round of a job (the latest attempt)."""
+
+    job: str
+    round: int
+    state: str
+    attempt: int
+    model_version_in: str
+    model_version_out: str
+    metrics: dict[str, float]
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True)
+class SiteRoundRow:
+    """What one site did in one round."""
+
+    job: str
+    round: int
+    site: str
+    outcome: str
+    reason: str
+    num_samples: int
+    epsilon: float
+    update_epsilon: float
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A global model version: its blob and the server optimizer's state blob ("" if none)."""
+
+    job: str
+    version_no: int
+    sha256: str
+    optimizer_state: str
+    created: float
+
+
+class Store:
+    """SQLite-backed state of the aggregator; every method is thread-safe.
+
+    Args:
+        path: the database file (created with its schema when missing).
+
+    Raises:
+        InternalError: the file has a newer schema than this code knows.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise InternalError(
+                f"{path} has schema {version}; this aggregator knows {SCHEMA_VERSION}"
+            )
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # ----- audit -----
+
+    def _append(self, cur: sqlite3.Cursor, note: AuditNote) -> AuditEntry:
+        row = cur.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (int(row[0]) + 1, bytes(row[1])) if row else (1, GENESIS)
+        e = AuditEntry(seq, note.at, note.event, note.actor, note.job, note.round, note.reason,
+                       note.detail, prev)
+        h = entry_hash(prev, e)
+        cur.execute(
+            "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (seq, e.at, e.event, e.actor, e.job, e.round, e.reason, e.detail, prev, h),
+        )
+        return AuditEntry(**{**e.__dict__, "hash": h})
+
+    def audit(self, note: AuditNote) -> AuditEntry:
+        """Append one audit entry on its own."""
+        with self._tx() as cur:
+            return self._append(cur, note)
+
+    def audit_entries(self, *, after_seq: int = 0, limit: int = 0) -> list[AuditEntry]:
+        """Audit entries with ``seq > after_seq``, oldest first (``limit`` 0: all)."""
+        rows = self._query(
+            "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit if limit > 0 else -1),
+        )
+        return [
+            AuditEntry(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]),
+                       str(r[6]), str(r[7]), bytes(r[8]), bytes(r[9]))
+            for r in rows
+        ]
+
+    def verify_audit_chain(self) -> int:
+        """Check the whole audit chain; returns the number of entries.
+
+        Raises:
+            AuditTampered: an entry was altered, removed or reordered.
+        """
+        return verify_chain(self.audit_entries())
+
+    # ----- sites -----
+
+    def upsert_site(self, row: SiteRow, *, audit: AuditNote | None = None) -> None:
+        """Record a site's registration."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO sites VALUES (?,?,?,?,?)",
+                (row.id, json.dumps(row.datasets), row.device, row.agent_version,
+                 row.last_heartbeat),
+            )
+            if audit:
+                self._append(cur, audit)
+
+    def set_heartbeat(self, site: str, at: float) -> None:
+        """Record when a site was last heard from."""
+        with self._tx() as cur:
+            cur.execute("UPDATE sites SET last_heartbeat = ? WHERE id = ?", (at, site))
+
+    def sites(self) -> list[SiteRow]:
+        """Every registered site."""
+        return [
+            SiteRow(str(r[0]), json.loads(str(r[1])), str(r[2]), str(r[3]), float(r[4]))
+            for r in self._query("SELECT * FROM sites ORDER BY id")
+        ]
+
+    def site(self, site: str) -> SiteRow | None:
+        """One registered site, or None."""
+        return next((s for s in self.sites() if s.id == site), None)
+
+    # ----- jobs -----
+
+    def add_job(self, row: JobRow, model: ModelRow, *, audit: AuditNote) -> None:
+        """Record a submitted job with its version-0 model, atomically."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?)",
+                (row.id, row.spec, row.signed_job, row.signer_cert, row.state, row.error,
+                 row.submitted_by, row.created, json.dumps(row.final_metrics)),
+            )
+            self._add_model(cur, model)
+            self._append(cur, audit)
+
+    def set_job_state(
+        self,
+        job: str,
+        state: str,
+        *,
+        error: str = "",
+        final_metrics: dict[str, float] | None = None,
+        audit: AuditNote | None = None,
+    ) -> None:
+        """Move a job to ``state`` (with its error or final metrics)."""
+        with self._tx() as cur:
+            cur.execute("UPDATE jobs SET state = ?, error = ? WHERE id = ?", (state, error, job))
+            if final_metrics is not None:
+                cur.execute(
+                    "UPDATE jobs SET final_metrics = ? WHERE id = ?",
+                    (json.dumps(final_metrics), job),
+                )
+            if audit:
+                self._append(cur, audit)
+
+    def jobs(self, job: str | None = None) -> list[JobRow]:
+        """Every job (or just ``job``), oldest first."""
+        sql, args = "SELECT * FROM jobs", ()
+        if job is not None:
+            sql, args = sql + " WHERE id = ?", (job,)  # type: ignore[assignment]
+        return [
+            JobRow(str(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), str(r[4]), str(r[5]),
+                   str(r[6]), float(r[7]), json.loads(str(r[8])))
+            for r in self._query(sql + " ORDER BY created, id", args)
+        ]
+
+    def job(self, job: str) -> JobRow | None:
+        """One job, or None."""
+        rows = self.jobs(job)
+        return rows[0] if rows else None
+
+    # ----- models -----
+
+    def _add_model(self, cur: sqlite3.Cursor, m: ModelRow) -> None:
+        cur.execute(
+            "INSERT INTO model_versions VALUES (?,?,?,?,?)",
+            (m.job, m.version_no, m.sha256, m.optimizer_state, m.created),
+        )
+
+    def models(self, job: str) -> list[ModelRow]:
+        """A job's model versions, oldest first."""
+        return [
+            ModelRow(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]))
+            for r in self._query(
+                "SELECT * FROM model_versions WHERE job = ? ORDER BY version_no", (job,)
+            )
+        ]
+
+    # ----- rounds -----
+
+    def start_round(
+        self, job: str, round: int, *, attempt: int, model_in: str, at: float, audit: AuditNote
+    ) -> None:
+        """Record that an attempt of a round started (forgetting an earlier attempt's sites)."""
+        with self._tx() as cur:
+            cur.execute("DELETE FROM round_sites WHERE job = ? AND round = ?", (job, round))
+            cur.execute(
+                "INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?,?,?,?)",
+                (job, round, "collecting", attempt, model_in, "", "{}", at, 0.0),
+            )
+            self._append(cur, audit)
+
+    def set_round_state(
+        self, job: str, round: int, state: str, *, at: float, audit: AuditNote | None = None
+    ) -> None:
+        """Move a round to ``state`` (failed, aggregating, ...)."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE rounds SET state = ?, finished = ? WHERE job = ? AND round = ?",
+                (state, at, job, round),
+            )
+            if audit:
+                self._append(cur, audit)
+
+    def complete_round(
+        self, job: str, round: int, *, model: ModelRow, metrics: dict[str, float],
+        audit: AuditNote,
+    ) -> None:
+        """Record a round's new model version and mark the round done, atomically.
+
+        The model blob must already be durable on disk.
+        """
+        with self._tx() as cur:
+            self._add_model(cur, model)
+            cur.execute(
+                "UPDATE rounds SET state = 'done', model_version_out = ?, metrics = ?, "
+                "finished = ? WHERE job = ? AND round = ?",
+                (model.sha256, json.dumps(metrics), model.created, job, round),
+            )
+            self._append(cur, audit)
+
+    def record_site(self, row: SiteRoundRow, *, audit: AuditNote | None = None) -> None:
+        """Record one site's answer in a round (round 0: the final evaluation)."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO round_sites VALUES (?,?,?,?,?,?,?,?,?)",
+                (row.job, row.round, row.site, row.outcome, row.reason, row.num_samples,
+                 row.epsilon, row.update_epsilon, json.dumps(row.metrics)),
+            )
+            if audit:
+                self._append(cur, audit)
+
+    def rounds(self, job: str) -> list[RoundRow]:
+        """A job's rounds, in order."""
+        return [
+            RoundRow(str(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5]),
+                     json.loads(str(r[6])), float(r[7]), float(r[8]))
+            for r in self._query("SELECT * FROM rounds WHERE job = ? ORDER BY round", (job,))
+        ]
+
+    def round_sites(self, job: str) -> list[SiteRoundRow]:
+        """Every site answer of a job, by round then site."""
+        return [
+            SiteRoundRow(str(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]),
+                         float(r[6]), float(r[7]), json.loads(str(r[8])))
+            for r in self._query(
+                "SELECT * FROM round_sites WHERE job = ? ORDER BY round, site", (job,)
+            )
+        ]
