@@ -1,0 +1,92 @@
+"""The real daemon process: starts, serves its API while the aggregator is unreachable,
+stays small, and stops cleanly with exit 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from agent.main import main
+from tests.agent.conftest import FEDERATION
+
+
+def _wait(cond, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _config(tmp_path: Path, pki_dir: Path) -> Path:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"""
+federation = "{FEDERATION}"
+[aggregator]
+address = "127.0.0.1:9"
+[tls]
+ca = "{pki_dir}/ca.crt"
+cert = "{pki_dir}/site-1.crt"
+key = "{pki_dir}/site-1.key"
+signing_key = "{pki_dir}/site-1.sign.key"
+[state]
+dir = "{tmp_path}/state"
+[worker]
+device = "cpu"
+[datasets.tabular]
+path = "{tmp_path}/data.csv"
+features = ["a", "b"]
+label = "y"
+[log]
+json = true
+""")
+    return cfg
+
+
+def test_daemon_serves_api_and_exits_0_on_sigterm(tmp_path, pki, capsys):
+    """With no aggregator the daemon keeps retrying, answers status, and SIGTERM exits 0."""
+    cfg = _config(tmp_path, pki.dir)
+    sock = tmp_path / "state" / "agent.sock"
+    log = tmp_path / "agent.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(cfg)],
+                                stderr=err, cwd=Path(__file__).parents[2])
+    try:
+        _wait(sock.exists, 60, proc, log)
+        assert main(["status", "--config", str(cfg)]) == 0
+        out = capsys.readouterr().out
+        assert "disconnected" in out and "tabular" in out
+        assert oct(os.stat(sock).st_mode & 0o777) == oct(0o660)
+        rss = psutil.Process(proc.pid).memory_info().rss
+        assert rss < 100 * 2**20, f"idle RSS {rss / 2**20:.1f} MiB"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs = log.read_text()
+    assert '"event": "disconnected"' in logs and '"event": "agent_stopped"' in logs
+    assert not sock.exists()
+
+
+def test_enroll_writes_keys_and_csr(tmp_path, capsys):
+    """`confide-agent enroll` makes the keys and a CSR and names the next step."""
+    assert main(["enroll", "--dir", str(tmp_path / "pki"), "--name", "site-9"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "pki" / "site-9.csr").exists()
+    assert "confide pki sign" in out and "--role site" in out
+
+
+def test_bad_identity_file_exits_2(tmp_path, pki, capsys):
+    """A missing certificate file is a one-line config error, exit 2."""
+    cfg = _config(tmp_path, pki.dir)
+    cfg.write_text(cfg.read_text().replace("site-1.crt", "nobody.crt"))
+    assert main(["--config", str(cfg)]) == 2
+    assert capsys.readouterr().err.startswith("confide-agent: config key")

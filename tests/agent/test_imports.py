@@ -1,0 +1,23 @@
+"""Import rules: the agent daemon never imports torch (STYLE rule 7)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+DAEMON_MODULES = [
+    "agent.main", "agent.session", "agent.tasks", "agent.api", "agent.transport",
+    "agent.config", "agent.jobs", "agent.policy", "agent.resources", "agent.worker.handle",
+]
+
+
+def test_daemon_imports_no_torch():
+    """Importing every daemon module in a fresh interpreter leaves torch out of sys.modules."""
+    code = (
+        "import importlib, sys\n"
+        f"for m in {DAEMON_MODULES!r}: importlib.import_module(m)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
