@@ -168,7 +168,7 @@ class FedAdam:
             self._m[name] = m.astype(np.float32)
             self._v[name] = v.astype(np.float32)
             step = self.lr * m / (np.sqrt(v) + self.tau)
-            step += w
+            step += np.asarray(w, dtype=np.float64)
             out.append((name, step.astype(np.float32)))
         return out
 
