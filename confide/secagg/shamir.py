@@ -18,6 +18,7 @@ Serialized share: x as 8 bytes big-endian, then y as 66 bytes big-endian: ``SHAR
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -117,16 +118,23 @@ def share(secret: bytes, *, threshold: int, xs: Sequence[int]) -> list[Share]:
 
 @functools.lru_cache(maxsize=1024)
 def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """Lagrange basis values l_i(0) = prod_{j != i} x_j / (x_j - x_i) mod PRIME."""
-    coeffs = []
-    for i, xi in enumerate(xs):
-        num = 1
-        den = 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                num = num * xj % PRIME
-                den = den * (xj - xi) % PRIME
-        coeffs.append(num * pow(den, -1, PRIME) % PRIME)
+    """Lagrange basis values l_i(0) = prod_{j != i} x_j / (x_j - x_i) mod PRIME.
+
+    With P = prod_j x_j and D_i = x_i * prod_{j != i} (x_j - x_i), l_i(0) = P / D_i. The D_i
+    are exact products of small integers (no modular work); the t inverses come from one
+    modular inversion by Montgomery's batch trick, so the cost is t^2 small multiplications
+    plus O(t) field operations instead of t^2 field operations and t inversions.
+    """
+    dens = [xi * math.prod(xj - xi for xj in xs if xj != xi) % PRIME for xi in xs]
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    numerator = math.prod(xs) % PRIME
+    coeffs = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        coeffs[i] = numerator * inv * prefix[i] % PRIME
+        inv = inv * dens[i] % PRIME
     return tuple(coeffs)
 
 
