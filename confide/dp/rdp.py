@@ -170,7 +170,7 @@ def _log_a_frac(q: float, sigma: float, alpha: float) -> float:
         start += _FRAC_CHUNK
         head = float(logsumexp(np.concatenate(log_mags)))
         tail = max(float(t1[-1]), float(t2[-1]))
-        if tail < head - 40.0 or start >= _FRAC_MAX_TERMS:
+        if tail < head - 32.0 or start >= _FRAC_MAX_TERMS:
             break
     total, sgn = logsumexp(np.concatenate(log_mags), b=np.concatenate(signs), return_sign=True)
     if sgn <= 0:  # pragma: no cover - A_α >= 1 mathematically; guard against rounding
