@@ -174,9 +174,9 @@ class FedAdam:
 
     def state(self) -> NamedArrays:
         """``m/<name>`` and ``v/<name>`` for every tensor."""
-        return [  # type: ignore[return-value]  # float32 arrays are NamedArrays(f"m/{k}", a) for k, a in self._m.items()] + [
-            (f"v/{k}", a) for k, a in self._v.items()
-        ]
+        out: NamedArrays = [(f"m/{k}", a) for k, a in self._m.items()]
+        out += [(f"v/{k}", a) for k, a in self._v.items()]
+        return out
 
     def load_state(self, arrays: NamedArrays) -> None:
         """Restore the moments from ``state()`` arrays."""
