@@ -42,13 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     structlog.configure(**configure_kwargs(json=True if args.log_json else config.log_json,
                                            level=config.log_level))
     log = structlog.get_logger("aggregator")
-    try:
-        agg, port = build(config)
-    except ConfigError as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 2
-    host = config.listen.rpartition(":")[0]
-    log.info("aggregator_listening", address=f"{host}:{port}", federation=config.federation)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -56,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    try:
+        agg, port = build(config)
+    except ConfigError as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 2
+    host = config.listen.rpartition(":")[0]
+    log.info("aggregator_listening", address=f"{host}:{port}", federation=config.federation)
     stop.wait()
     log.info("aggregator_stopping")
     agg.stop(grace=5.0)

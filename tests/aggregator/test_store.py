@@ -1,0 +1,66 @@
+"""The store: audit hash chain, tamper detection, and what survives a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from aggregator.audit import AuditTampered
+from aggregator.blobs import BlobStore
+from aggregator.store import AuditNote, JobRow, ModelRow, SiteRoundRow, Store
+
+
+def _note(i: int) -> AuditNote:
+    return AuditNote(f"event_{i}", "site-1", 1000.0 + i, "job", i, "", f"détail {i}")
+
+
+def test_audit_chain_verifies(tmp_path):
+    """A chain of appended entries verifies, and each links to its predecessor."""
+    st = Store(tmp_path / "a.db")
+    entries = [st.audit(_note(i)) for i in range(5)]
+    assert st.verify_audit_chain() == 5
+    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert [e.seq for e in st.audit_entries(after_seq=2, limit=2)] == [3, 4]
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE audit SET detail = 'forged' WHERE seq = 3",
+    "DELETE FROM audit WHERE seq = 2",
+    "UPDATE audit SET at = at + 1 WHERE seq = 5",
+])
+def test_audit_chain_detects_tampering(tmp_path, sql):
+    """Changing or removing any stored audit row makes verification raise."""
+    st = Store(tmp_path / "a.db")
+    for i in range(5):
+        st.audit(_note(i))
+    st.close()
+    db = sqlite3.connect(tmp_path / "a.db")
+    db.execute(sql)
+    db.commit()
+    db.close()
+    with pytest.raises(AuditTampered):
+        Store(tmp_path / "a.db").verify_audit_chain()
+
+
+def test_reopened_store_keeps_completed_round_and_model(tmp_path):
+    """A store reopened after a completed round has that round, its model blob and its sites."""
+    blobs = BlobStore(tmp_path / "blobs")
+    st = Store(tmp_path / "a.db")
+    v0, _ = blobs.put([("x", np.zeros(4, dtype=np.float32))])
+    v1, _ = blobs.put([("x", np.ones(4, dtype=np.float32))])
+    st.add_job(JobRow("j", b"spec", b"env", b"pem", "running", "", "alice", 1.0),
+               ModelRow("j", 0, v0, "", 1.0), audit=_note(0))
+    st.start_round("j", 1, attempt=1, model_in=v0, at=2.0, audit=_note(1))
+    st.record_site(SiteRoundRow("j", 1, "site-1", "ok", "", 10, 0.5, 0.1, {"eval_loss": 1.0}))
+    st.complete_round("j", 1, model=ModelRow("j", 1, v1, "", 3.0), metrics={"aggregated": 1.0},
+                      audit=_note(2))
+    st.close()
+    st = Store(tmp_path / "a.db")
+    (rnd,) = st.rounds("j")
+    assert (rnd.state, rnd.model_version_out) == ("done", v1)
+    assert [m.sha256 for m in st.models("j")] == [v0, v1]
+    assert st.round_sites("j")[0].metrics == {"eval_loss": 1.0}
+    np.testing.assert_array_equal(BlobStore(tmp_path / "blobs").load(v1)[0][1], np.ones(4))
+    assert st.verify_audit_chain() == 3
