@@ -11,14 +11,19 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
 
 from confide.errors import InternalError, Reason
 from confide.v1 import common_pb2
 from confide.wire.blob import CHUNK_BYTES, NamedArrays, decode_tensors, encode_tensors
 
 __all__ = ["BlobStore"]
+
+Arrays = Sequence[tuple[str, npt.NDArray[Any]]]
 
 
 class BlobStore:
@@ -45,13 +50,13 @@ class BlobStore:
             return False
         return p.exists() and p.with_suffix(".header").exists()
 
-    def put(self, arrays: NamedArrays) -> tuple[str, common_pb2.BlobHeader]:
+    def put(self, arrays: Arrays) -> tuple[str, common_pb2.BlobHeader]:
         """Write tensors durably; returns the blob's hex SHA-256 and header.
 
         Raises:
             OSError: the disk refused the write.
         """
-        header, buffers = encode_tensors(arrays)
+        header, buffers = encode_tensors(list(arrays))
         sha_hex = header.sha256.hex()
         path = self._path(sha_hex)
         if self.has(sha_hex):
@@ -112,4 +117,3 @@ def _atomic_write(path: Path, buffers: list[memoryview]) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-

@@ -40,8 +40,11 @@ _KIND = {
     r.TaskKind.EVALUATE: federation_pb2.TASK_KIND_EVALUATE,
     r.TaskKind.JOB_DONE: federation_pb2.TASK_KIND_JOB_DONE,
 }
-_JOB_STATE = {r.RoundPhase.DONE: "done", r.RoundPhase.FAILED: "failed",
-              r.RoundPhase.CANCELLED: "cancelled"}
+_JOB_STATE = {
+    r.RoundPhase.DONE: "done",
+    r.RoundPhase.FAILED: "failed",
+    r.RoundPhase.CANCELLED: "cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,16 @@ class Coordinator:
         clock: unix-seconds clock (a parameter for tests).
     """
 
-    def __init__(self, store: Store, blobs: BlobStore, *, heartbeat_interval_s: float,
-                 site_timeout_s: float, max_retries: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        heartbeat_interval_s: float,
+        site_timeout_s: float,
+        max_retries: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store, self.blobs = store, blobs
         self.heartbeat_interval_s = heartbeat_interval_s
         self.site_timeout_s = site_timeout_s
@@ -115,34 +125,66 @@ class Coordinator:
         spec = common_pb2.JobSpec.FromString(spec_bytes)
         models = self.store.models(job_id)
         last = models[-1]
-        job = self._new_job(job_id, spec, common_pb2.Envelope.FromString(signed), cert,
-                            model_version=last.sha256, version_no=last.version_no)
+        job = self._new_job(
+            job_id,
+            spec,
+            common_pb2.Envelope.FromString(signed),
+            cert,
+            model_version=last.sha256,
+            version_no=last.version_no,
+        )
         if last.optimizer_state:
             job.optimizer.load_state(self.blobs.load(last.optimizer_state))
         done = last.version_no
         if done >= spec.rounds:
-            job.state = r.RoundState(job.state.params, phase=r.RoundPhase.AGGREGATING,
-                                     round=done, model_version=last.sha256)
+            job.state = r.RoundState(
+                job.state.params,
+                phase=r.RoundPhase.AGGREGATING,
+                round=done,
+                model_version=last.sha256,
+            )
             event: r.Event = r.ModelStored(done, last.sha256)
         else:
             attempt = next((x.attempt for x in self.store.rounds(job_id) if x.round == done + 1), 1)
-            job.state = r.RoundState(job.state.params, round=done + 1, attempt=attempt,
-                                     model_version=last.sha256)
+            job.state = r.RoundState(
+                job.state.params, round=done + 1, attempt=attempt, model_version=last.sha256
+            )
             event = r.Resume()
         with self._cond:
             self._jobs[job_id] = job
             log.info("job_resumed", job=job_id, round=job.state.round)
             self._feed(job_id, event)
 
-    def _new_job(self, job_id: str, spec: common_pb2.JobSpec, signed: common_pb2.Envelope,
-                 cert: bytes, *, model_version: str, version_no: int) -> _Job:
+    def _new_job(
+        self,
+        job_id: str,
+        spec: common_pb2.JobSpec,
+        signed: common_pb2.Envelope,
+        cert: bytes,
+        *,
+        model_version: str,
+        version_no: int,
+    ) -> _Job:
         shapes = parameter_shapes(spec.model, spec.dataset)
-        params = r.JobParams(job_id, int(spec.rounds), int(spec.min_sites),
-                             float(spec.round_timeout_s), self.max_retries)
+        params = r.JobParams(
+            job_id,
+            int(spec.rounds),
+            int(spec.min_sites),
+            float(spec.round_timeout_s),
+            self.max_retries,
+        )
         eligible = frozenset(c.site for c in self.sites.all() if spec.dataset.name in c.datasets)
         state = r.RoundState(params, model_version=model_version, eligible=eligible)
-        return _Job(spec, signed, cert, shapes, state, make_optimizer(spec.training),
-                    version_no, RunningSum(shapes))
+        return _Job(
+            spec,
+            signed,
+            cert,
+            shapes,
+            state,
+            make_optimizer(spec.training),
+            version_no,
+            RunningSum(shapes),
+        )
 
     # ----- sites -----
 
@@ -196,12 +238,20 @@ class Coordinator:
 
     # ----- jobs -----
 
-    def add_job(self, job_id: str, spec: common_pb2.JobSpec, signed: common_pb2.Envelope,
-                cert: bytes, *, model_version: str) -> None:
+    def add_job(
+        self,
+        job_id: str,
+        spec: common_pb2.JobSpec,
+        signed: common_pb2.Envelope,
+        cert: bytes,
+        *,
+        model_version: str,
+    ) -> None:
         """Start running a job that the store already holds (with its version 0)."""
         with self._cond:
-            job = self._new_job(job_id, spec, signed, cert, model_version=model_version,
-                                version_no=0)
+            job = self._new_job(
+                job_id, spec, signed, cert, model_version=model_version, version_no=0
+            )
             self._jobs[job_id] = job
             self._feed(job_id, r.Resume())
 
@@ -250,8 +300,14 @@ class Coordinator:
             if task != expected:
                 raise ReplayedMessage(f"task {task!r} is not the current task {expected!r}")
 
-    def accept_update(self, site: str, job_id: str, rnd: int,
-                      header: federation_pb2.UpdateHeader, arrays: NamedArrays) -> None:
+    def accept_update(
+        self,
+        site: str,
+        job_id: str,
+        rnd: int,
+        header: federation_pb2.UpdateHeader,
+        arrays: NamedArrays,
+    ) -> None:
         """Add a verified update into the round's running sum and advance the round.
 
         Raises:
@@ -263,14 +319,26 @@ class Coordinator:
             job.running.add(arrays, num_samples=int(header.num_samples))
             m = header.metrics
             es = float(m.get("eval_samples", 0.0))
-            for key, val in (("acc", m.get("eval_accuracy", 0.0) * es),
-                             ("loss", m.get("eval_loss", 0.0) * es), ("es", es),
-                             ("train", m.get("train_loss", 0.0) * header.num_samples)):
+            for key, val in (
+                ("acc", m.get("eval_accuracy", 0.0) * es),
+                ("loss", m.get("eval_loss", 0.0) * es),
+                ("es", es),
+                ("train", m.get("train_loss", 0.0) * header.num_samples),
+            ):
                 job.sums[key] = job.sums.get(key, 0.0) + val
             now = self.clock()
             self.store.record_site(
-                SiteRoundRow(job_id, rnd, site, "ok", "", int(header.num_samples),
-                             header.epsilon, header.update_epsilon, dict(m)),
+                SiteRoundRow(
+                    job_id,
+                    rnd,
+                    site,
+                    "ok",
+                    "",
+                    int(header.num_samples),
+                    header.epsilon,
+                    header.update_epsilon,
+                    dict(m),
+                ),
                 audit=AuditNote("update_accepted", site, now, job_id, rnd),
             )
             self._feed(job_id, r.UpdateReceived(site, rnd))
@@ -284,8 +352,11 @@ class Coordinator:
         """
         with self._cond:
             job = self._job(job_id)
-            kind = r.TaskKind.EVALUATE if rep.kind == federation_pb2.TASK_KIND_EVALUATE \
+            kind = (
+                r.TaskKind.EVALUATE
+                if rep.kind == federation_pb2.TASK_KIND_EVALUATE
                 else r.TaskKind.TRAIN
+            )
             expected = r.task_id(job_id, rnd, job.state.attempt, kind)
             if rep.task_id != expected or rnd != job.state.round:
                 raise ReplayedMessage(f"report for {rep.task_id!r}; current is {expected!r}")
@@ -294,14 +365,26 @@ class Coordinator:
             now = self.clock()
             final = kind is r.TaskKind.EVALUATE
             self.store.record_site(
-                SiteRoundRow(job_id, 0 if final else rnd, site, outcome, rep.reason,
-                             int(rep.num_samples), 0.0, 0.0, dict(rep.metrics)),
+                SiteRoundRow(
+                    job_id,
+                    0 if final else rnd,
+                    site,
+                    outcome,
+                    rep.reason,
+                    int(rep.num_samples),
+                    0.0,
+                    0.0,
+                    dict(rep.metrics),
+                ),
                 audit=AuditNote("task_report", site, now, job_id, rnd, rep.reason, outcome),
             )
             if final and ok:
                 n = float(rep.num_samples)
-                for key, val in (("f_acc", rep.metrics.get("accuracy", 0.0) * n),
-                                 ("f_loss", rep.metrics.get("loss", 0.0) * n), ("f_n", n)):
+                for key, val in (
+                    ("f_acc", rep.metrics.get("accuracy", 0.0) * n),
+                    ("f_loss", rep.metrics.get("loss", 0.0) * n),
+                    ("f_n", n),
+                ):
                     job.sums[key] = job.sums.get(key, 0.0) + val
             self._feed(job_id, r.ReportReceived(site, rnd, kind, ok))
 
@@ -328,41 +411,80 @@ class Coordinator:
         elif isinstance(a, r.RoundStarted):
             job.running.reset()
             job.sums = {k: v for k, v in job.sums.items() if k.startswith("f_")}
-            self.store.start_round(job_id, a.round, attempt=a.attempt, model_in=a.model_version,
-                                   at=now, audit=AuditNote("round_started", "aggregator", now,
-                                                           job_id, a.round, "",
-                                                           ",".join(a.sites)))
-            log.info("round_started", job=job_id, round=a.round, attempt=a.attempt,
-                     sites=len(a.sites))
+            self.store.start_round(
+                job_id,
+                a.round,
+                attempt=a.attempt,
+                model_in=a.model_version,
+                at=now,
+                audit=AuditNote(
+                    "round_started", "aggregator", now, job_id, a.round, "", ",".join(a.sites)
+                ),
+            )
+            log.info(
+                "round_started", job=job_id, round=a.round, attempt=a.attempt, sites=len(a.sites)
+            )
         elif isinstance(a, r.Aggregate):
             try:
                 self._aggregate(job_id, job, a)
             except (OSError, ValueError, ArithmeticError) as exc:
                 # Our failure, not the last uploader's: fail the job, keep the server up.
                 log.error("aggregation_failed", job=job_id, round=a.round, error=repr(exc))
-                job.state = r.RoundState(job.state.params, phase=r.RoundPhase.FAILED,
-                                         round=a.round, eligible=job.state.eligible)
-                self._execute(job_id, job, r.SendTask(r.TaskKind.JOB_DONE,
-                                                      tuple(sorted(job.state.eligible)), a.round,
-                                                      1, "", 0.0))
-                self._execute(job_id, job, r.FinishJob(r.RoundPhase.FAILED,
-                                                       f"aggregation failed: {exc}"))
+                job.state = r.RoundState(
+                    job.state.params,
+                    phase=r.RoundPhase.FAILED,
+                    round=a.round,
+                    eligible=job.state.eligible,
+                )
+                self._execute(
+                    job_id,
+                    job,
+                    r.SendTask(
+                        r.TaskKind.JOB_DONE, tuple(sorted(job.state.eligible)), a.round, 1, "", 0.0
+                    ),
+                )
+                self._execute(
+                    job_id, job, r.FinishJob(r.RoundPhase.FAILED, f"aggregation failed: {exc}")
+                )
         elif isinstance(a, r.RoundFailed):
             job.running.reset()
-            self.store.set_round_state(job_id, a.round, "failed", at=now, audit=AuditNote(
-                "round_failed", "aggregator", now, job_id, a.round, a.reason.value,
-                f"attempt {a.attempt}; retry={a.retry}"))
-            log.warning("round_failed", job=job_id, round=a.round, attempt=a.attempt,
-                        retry=a.retry)
+            self.store.set_round_state(
+                job_id,
+                a.round,
+                "failed",
+                at=now,
+                audit=AuditNote(
+                    "round_failed",
+                    "aggregator",
+                    now,
+                    job_id,
+                    a.round,
+                    a.reason.value,
+                    f"attempt {a.attempt}; retry={a.retry}",
+                ),
+            )
+            log.warning("round_failed", job=job_id, round=a.round, attempt=a.attempt, retry=a.retry)
         elif isinstance(a, r.FinishJob):
             s = job.sums
-            final = {"accuracy": s.get("f_acc", 0.0) / s["f_n"],
-                     "loss": s.get("f_loss", 0.0) / s["f_n"],
-                     "eval_samples": s["f_n"]} if s.get("f_n") else {}
+            final = (
+                {
+                    "accuracy": s.get("f_acc", 0.0) / s["f_n"],
+                    "loss": s.get("f_loss", 0.0) / s["f_n"],
+                    "eval_samples": s["f_n"],
+                }
+                if s.get("f_n")
+                else {}
+            )
             state = _JOB_STATE[a.phase]
-            self.store.set_job_state(job_id, state, error=a.error, final_metrics=final,
-                                     audit=AuditNote(f"job_{state}", "aggregator", now, job_id,
-                                                     job.state.round, "", a.error))
+            self.store.set_job_state(
+                job_id,
+                state,
+                error=a.error,
+                final_metrics=final,
+                audit=AuditNote(
+                    f"job_{state}", "aggregator", now, job_id, job.state.round, "", a.error
+                ),
+            )
             log.info("job_finished", job=job_id, state=state, error=a.error)
             del self._jobs[job_id]
 
@@ -378,23 +500,41 @@ class Coordinator:
         now = self.clock()
         s = job.sums
         es = s.get("es", 0.0)
-        metrics = {"aggregated": float(len(a.sites)), "seconds": now - started,
-                   "accuracy": s.get("acc", 0.0) / es if es else 0.0,
-                   "loss": s.get("loss", 0.0) / es if es else 0.0, "eval_samples": es}
+        metrics = {
+            "aggregated": float(len(a.sites)),
+            "seconds": now - started,
+            "accuracy": s.get("acc", 0.0) / es if es else 0.0,
+            "loss": s.get("loss", 0.0) / es if es else 0.0,
+            "eval_samples": es,
+        }
         self.store.complete_round(
-            job_id, a.round, model=ModelRow(job_id, job.version_no, sha, opt_sha, now),
-            metrics=metrics, audit=AuditNote("round_completed", "aggregator", now, job_id,
-                                             a.round, "", sha))
-        log.info("round_completed", job=job_id, round=a.round, model_version=sha,
-                 updates=len(a.sites), aggregate_ms=round(1000 * (time.perf_counter() - t0), 1))
+            job_id,
+            a.round,
+            model=ModelRow(job_id, job.version_no, sha, opt_sha, now),
+            metrics=metrics,
+            audit=AuditNote("round_completed", "aggregator", now, job_id, a.round, "", sha),
+        )
+        log.info(
+            "round_completed",
+            job=job_id,
+            round=a.round,
+            model_version=sha,
+            updates=len(a.sites),
+            aggregate_ms=round(1000 * (time.perf_counter() - t0), 1),
+        )
         self._feed(job_id, r.ModelStored(a.round, sha))
 
     def _task(self, job_id: str, job: _Job, a: r.SendTask) -> federation_pb2.Task:
         return federation_pb2.Task(
-            task_id=r.task_id(job_id, a.round, a.attempt, a.kind), job_id=job_id,
-            round=a.round, kind=_KIND[a.kind], signed_job=job.signed_job,
-            signer_certificate=job.signer_cert, model_version=a.model_version,
-            deadline_s=a.deadline_s)
+            task_id=r.task_id(job_id, a.round, a.attempt, a.kind),
+            job_id=job_id,
+            round=a.round,
+            kind=_KIND[a.kind],
+            signed_job=job.signed_job,
+            signer_certificate=job.signer_cert,
+            model_version=a.model_version,
+            deadline_s=a.deadline_s,
+        )
 
     # ----- timer -----
 
@@ -402,14 +542,18 @@ class Coordinator:
         with self._cond:
             while not self._stopping:
                 now = self.clock()
-                for job_id in [j for j, job in self._jobs.items()
-                               if job.state.deadline is not None and job.state.deadline <= now]:
+                for job_id in [
+                    j
+                    for j, job in self._jobs.items()
+                    if job.state.deadline is not None and job.state.deadline <= now
+                ]:
                     self._feed(job_id, r.DeadlinePassed())
                 for conn in self.sites.expired(now=now, timeout_s=self.site_timeout_s):
                     log.warning("site_timed_out", site=conn.site)
                     self.close_stream(conn)
-                wake = [j.state.deadline for j in self._jobs.values()
-                        if j.state.deadline is not None]
+                wake = [
+                    j.state.deadline for j in self._jobs.values() if j.state.deadline is not None
+                ]
                 nxt = self.sites.next_expiry(timeout_s=self.site_timeout_s)
                 if nxt is not None:
                     wake.append(nxt)
@@ -421,4 +565,3 @@ def _size(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
-

@@ -39,8 +39,9 @@ class Call:
     job: str = ""
     round: int = 0
 
-    def bind(self, *, site: str | None = None, job: str | None = None,
-             round: int | None = None) -> None:
+    def bind(
+        self, *, site: str | None = None, job: str | None = None, round: int | None = None
+    ) -> None:
         """Record and bind to the log context whatever is known."""
         if site is not None:
             self.site = site
@@ -61,8 +62,15 @@ class Guard:
         clock: unix-seconds clock.
     """
 
-    def __init__(self, store: Store, *, federation: str, ca_pem: bytes, crl_pem: bytes | None,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        federation: str,
+        ca_pem: bytes,
+        crl_pem: bytes | None,
+        clock: Callable[[], float],
+    ) -> None:
         self.store, self.federation = store, federation
         self.ca_pem, self.crl_pem, self.clock = ca_pem, crl_pem, clock
 
@@ -73,24 +81,36 @@ class Guard:
             BadCertificate: the certificate is not valid now (expired, revoked, foreign).
             Unauthorized: no certificate, or a role not in ``roles``.
         """
-        info = peer_info(context, ca_pem=self.ca_pem, crl_pem=self.crl_pem,
-                         now=datetime.fromtimestamp(self.clock(), UTC))
+        info = peer_info(
+            context,
+            ca_pem=self.ca_pem,
+            crl_pem=self.crl_pem,
+            now=datetime.fromtimestamp(self.clock(), UTC),
+        )
         call.bind(site=info.name)
         require_role(info, *roles)
         return info
 
-    def open(self, env: common_pb2.Envelope, info: CertInfo, *,
-             stage: int, job_id: str | None = None,
-             round: int | None = None) -> bytes:
+    def open(
+        self,
+        env: common_pb2.Envelope,
+        info: CertInfo,
+        *,
+        stage: int,
+        job_id: str | None = None,
+        round: int | None = None,
+    ) -> bytes:
         """Verify an envelope from the caller (signature first) and return its payload.
 
         Raises:
             BadSignature, ReplayedMessage, MalformedMessage: see ``open_envelope``.
         """
-        expect = Binding(federation=self.federation, sender=info.name, stage=stage,
-                         job_id=job_id, round=round)
-        return open_envelope(env, verify_key=info.signing_public_key, expect=expect,
-                             now=self.clock())
+        expect = Binding(
+            federation=self.federation, sender=info.name, stage=stage, job_id=job_id, round=round
+        )
+        return open_envelope(
+            env, verify_key=info.signing_public_key, expect=expect, now=self.clock()
+        )
 
     @contextmanager
     def handling(self, context: grpc.ServicerContext, event: str) -> Iterator[Call]:
@@ -112,12 +132,22 @@ class Guard:
                 log.error("internal_error", rpc_event=event, error=repr(exc))
                 self._refuse(context, event, call, InternalError("internal error"))
 
-    def _refuse(self, context: grpc.ServicerContext, event: str, call: Call,
-                exc: ConfideError) -> None:
+    def _refuse(
+        self, context: grpc.ServicerContext, event: str, call: Call, exc: ConfideError
+    ) -> None:
         log.warning(event, reason=exc.reason.value, error=str(exc))
         try:
-            self.store.audit(AuditNote(event, call.site or "unknown", self.clock(), call.job,
-                                       call.round, exc.reason.value, str(exc)))
+            self.store.audit(
+                AuditNote(
+                    event,
+                    call.site or "unknown",
+                    self.clock(),
+                    call.job,
+                    call.round,
+                    exc.reason.value,
+                    str(exc),
+                )
+            )
         except Exception as audit_exc:  # the refusal must still reach the peer
             log.error("audit_failed", error=repr(audit_exc))
         abort_with(context, exc)

@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
         return 2
-    structlog.configure(**configure_kwargs(json=True if args.log_json else config.log_json,
-                                           level=config.log_level))
+    structlog.configure(
+        **configure_kwargs(json=True if args.log_json else config.log_json, level=config.log_level)
+    )
     log = structlog.get_logger("aggregator")
     stop = threading.Event()
 

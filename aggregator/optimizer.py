@@ -18,7 +18,8 @@ Server optimizers map ``(w, Δ̄)`` to new float32 weights:
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,8 @@ __all__ = ["FedAdam", "FedAvg", "RunningSum", "ServerOptimizer", "make_optimizer
 
 _BLOCK = 1 << 16
 F64 = npt.NDArray[np.float64]
+Arrays = Sequence[tuple[str, npt.NDArray[Any]]]
+"""Named arrays of any dtype, as inputs (read-only, so covariant)."""
 Shape = tuple[int, ...]
 
 
@@ -56,7 +59,7 @@ class RunningSum:
         self.total_samples = 0
         self.count = 0
 
-    def add(self, arrays: NamedArrays, *, num_samples: int) -> None:
+    def add(self, arrays: Arrays, *, num_samples: int) -> None:
         """Add ``num_samples * delta`` into the sum; the update can be dropped afterwards.
 
         Raises:
@@ -103,13 +106,13 @@ class RunningSum:
 class ServerOptimizer(Protocol):
     """Turns the global weights and the round's mean delta into new weights."""
 
-    def apply(self, global_weights: NamedArrays, mean_delta: NamedArrays) -> NamedArrays:
+    def apply(self, global_weights: Arrays, mean_delta: Arrays) -> NamedArrays:
         """New float32 weights."""
 
     def state(self) -> NamedArrays:
         """Arrays to persist with the model version (empty when stateless)."""
 
-    def load_state(self, arrays: NamedArrays) -> None:
+    def load_state(self, arrays: Arrays) -> None:
         """Restore what ``state`` returned."""
 
 
@@ -123,7 +126,7 @@ class FedAvg:
     def __init__(self, *, lr: float = 1.0) -> None:
         self.lr = lr
 
-    def apply(self, global_weights: NamedArrays, mean_delta: NamedArrays) -> NamedArrays:
+    def apply(self, global_weights: Arrays, mean_delta: Arrays) -> NamedArrays:
         """New float32 weights."""
         out: NamedArrays = []
         for (name, w), (_, d) in zip(global_weights, mean_delta, strict=True):
@@ -136,7 +139,7 @@ class FedAvg:
         """FedAvg keeps no state."""
         return []
 
-    def load_state(self, arrays: NamedArrays) -> None:
+    def load_state(self, arrays: Arrays) -> None:
         """Nothing to restore."""
 
 
@@ -156,7 +159,7 @@ class FedAdam:
         self._m: dict[str, npt.NDArray[np.float32]] = {}
         self._v: dict[str, npt.NDArray[np.float32]] = {}
 
-    def apply(self, global_weights: NamedArrays, mean_delta: NamedArrays) -> NamedArrays:
+    def apply(self, global_weights: Arrays, mean_delta: Arrays) -> NamedArrays:
         """New float32 weights; updates the moments."""
         out: NamedArrays = []
         for (name, w), (_, d64) in zip(global_weights, mean_delta, strict=True):
@@ -178,7 +181,7 @@ class FedAdam:
         out += [(f"v/{k}", a) for k, a in self._v.items()]
         return out
 
-    def load_state(self, arrays: NamedArrays) -> None:
+    def load_state(self, arrays: Arrays) -> None:
         """Restore the moments from ``state()`` arrays."""
         for key, a in arrays:
             kind, _, name = key.partition("/")

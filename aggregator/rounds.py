@@ -172,8 +172,14 @@ class Resume:
 
 
 Event = (
-    SiteConnected | SiteDisconnected | UpdateReceived | ReportReceived | DeadlinePassed
-    | ModelStored | Cancel | Resume
+    SiteConnected
+    | SiteDisconnected
+    | UpdateReceived
+    | ReportReceived
+    | DeadlinePassed
+    | ModelStored
+    | Cancel
+    | Resume
 )
 
 # ----- actions -----
@@ -246,18 +252,19 @@ def check_update(state: RoundState, *, site: str, round: int) -> None:
     if round != state.round:
         raise ReplayedMessage(f"update for round {round}; the current round is {state.round}")
     if site not in state.selected:
-        raise Unauthorized(f"{site!r} was not selected for round {round}",
-                           reason=Reason.NOT_SELECTED)
+        raise Unauthorized(
+            f"{site!r} was not selected for round {round}", reason=Reason.NOT_SELECTED
+        )
     if state.phase is not RoundPhase.COLLECTING:
-        raise ReplayedMessage(f"round {round} is {state.phase.value}, not collecting updates",
-                              reason=Reason.WRONG_STAGE)
+        raise ReplayedMessage(
+            f"round {round} is {state.phase.value}, not collecting updates",
+            reason=Reason.WRONG_STAGE,
+        )
     if site in state.answered:
         raise ReplayedMessage(f"{site!r} already answered round {round}")
 
 
-def advance(
-    state: RoundState, event: Event, *, now: float
-) -> tuple[RoundState, list[Action]]:
+def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState, list[Action]]:
     """The next state and the actions to carry out, for one event.
 
     Args:
@@ -279,16 +286,22 @@ def advance(
     if isinstance(event, SiteDisconnected):
         return _replace(state, eligible=state.eligible - {event.site}), []
     if isinstance(event, UpdateReceived):
-        state = _replace(state, updated=state.updated | {event.site},
-                         answered=state.answered | {event.site})
+        state = _replace(
+            state, updated=state.updated | {event.site}, answered=state.answered | {event.site}
+        )
         return _maybe_close(state, now=now, timed_out=False)
     if isinstance(event, ReportReceived):
         expect = TaskKind.EVALUATE if state.phase is RoundPhase.EVALUATING else TaskKind.TRAIN
-        if (event.kind is not expect or event.round != state.round
-                or event.site not in state.selected or event.site in state.answered):
+        if (
+            event.kind is not expect
+            or event.round != state.round
+            or event.site not in state.selected
+            or event.site in state.answered
+        ):
             return state, []
-        return _maybe_close(_replace(state, answered=state.answered | {event.site}),
-                            now=now, timed_out=False)
+        return _maybe_close(
+            _replace(state, answered=state.answered | {event.site}), now=now, timed_out=False
+        )
     if isinstance(event, DeadlinePassed):
         if state.deadline is None or now < state.deadline:
             return state, []
@@ -298,8 +311,13 @@ def advance(
             return state, []
         if state.round >= state.params.rounds:
             return _start_evaluation(_replace(state, model_version=event.model_version), now=now)
-        nxt = _replace(state, phase=RoundPhase.WAITING, round=state.round + 1, attempt=1,
-                       model_version=event.model_version)
+        nxt = _replace(
+            state,
+            phase=RoundPhase.WAITING,
+            round=state.round + 1,
+            attempt=1,
+            model_version=event.model_version,
+        )
         return _maybe_start(nxt, [], now=now)
     if isinstance(event, Cancel):
         return _finish(state, RoundPhase.CANCELLED, "cancelled by an operator", [])
@@ -320,8 +338,16 @@ def _resend(state: RoundState, site: str) -> list[Action]:
         kind = TaskKind.EVALUATE
     else:
         return []
-    return [SendTask(kind, (site,), state.round, state.attempt, state.model_version,
-                     state.params.round_timeout_s)]
+    return [
+        SendTask(
+            kind,
+            (site,),
+            state.round,
+            state.attempt,
+            state.model_version,
+            state.params.round_timeout_s,
+        )
+    ]
 
 
 def _maybe_start(
@@ -331,9 +357,15 @@ def _maybe_start(
         return state, actions
     sites = tuple(sorted(state.eligible))
     timeout = state.params.round_timeout_s
-    state = _replace(state, phase=RoundPhase.COLLECTING, selected=frozenset(sites),
-                     updated=frozenset(), answered=frozenset(), deadline=now + timeout,
-                     started_at=now)
+    state = _replace(
+        state,
+        phase=RoundPhase.COLLECTING,
+        selected=frozenset(sites),
+        updated=frozenset(),
+        answered=frozenset(),
+        deadline=now + timeout,
+        started_at=now,
+    )
     return state, [
         *actions,
         RoundStarted(state.round, state.attempt, sites, state.model_version),
@@ -356,11 +388,20 @@ def _maybe_close(
     retry = state.attempt <= state.params.max_retries
     failed = RoundFailed(state.round, state.attempt, Reason.ROUND_ABORTED, retry)
     if not retry:
-        error = (f"round {state.round} got fewer than {state.params.min_sites} updates "
-                 f"in {state.attempt} attempts")
+        error = (
+            f"round {state.round} got fewer than {state.params.min_sites} updates "
+            f"in {state.attempt} attempts"
+        )
         return _finish(state, RoundPhase.FAILED, error, [failed])
-    nxt = _replace(state, phase=RoundPhase.WAITING, attempt=state.attempt + 1, deadline=None,
-                   selected=frozenset(), updated=frozenset(), answered=frozenset())
+    nxt = _replace(
+        state,
+        phase=RoundPhase.WAITING,
+        attempt=state.attempt + 1,
+        deadline=None,
+        selected=frozenset(),
+        updated=frozenset(),
+        answered=frozenset(),
+    )
     return _maybe_start(nxt, [failed], now=now)
 
 
@@ -369,16 +410,29 @@ def _start_evaluation(state: RoundState, *, now: float) -> tuple[RoundState, lis
     if not sites:
         return _finish(state, RoundPhase.DONE, "", [])
     timeout = state.params.round_timeout_s
-    state = _replace(state, phase=RoundPhase.EVALUATING, selected=frozenset(sites),
-                     updated=frozenset(), answered=frozenset(), deadline=now + timeout)
-    return state, [SendTask(TaskKind.EVALUATE, sites, state.round, state.attempt,
-                            state.model_version, timeout)]
+    state = _replace(
+        state,
+        phase=RoundPhase.EVALUATING,
+        selected=frozenset(sites),
+        updated=frozenset(),
+        answered=frozenset(),
+        deadline=now + timeout,
+    )
+    return state, [
+        SendTask(TaskKind.EVALUATE, sites, state.round, state.attempt, state.model_version, timeout)
+    ]
 
 
 def _finish(
     state: RoundState, phase: RoundPhase, error: str, actions: list[Action]
 ) -> tuple[RoundState, list[Action]]:
     state = _replace(state, phase=phase, deadline=None, error=error)
-    done = SendTask(TaskKind.JOB_DONE, tuple(sorted(state.eligible)), state.round,
-                    state.attempt, state.model_version, 0.0)
+    done = SendTask(
+        TaskKind.JOB_DONE,
+        tuple(sorted(state.eligible)),
+        state.round,
+        state.attempt,
+        state.model_version,
+        0.0,
+    )
     return state, [*actions, done, FinishJob(phase, error)]

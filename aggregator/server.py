@@ -84,15 +84,30 @@ def build(
             bound.
     """
     if identity is None:
-        identity = load_identity(cert=config.cert, key=config.key,
-                                 signing_key=config.signing_key, ca=config.ca, crl=config.crl)
+        identity = load_identity(
+            cert=config.cert,
+            key=config.key,
+            signing_key=config.signing_key,
+            ca=config.ca,
+            crl=config.crl,
+        )
     store = Store(config.state_dir / "aggregator.db")
     blobs = BlobStore(config.state_dir / "blobs")
-    coord = Coordinator(store, blobs, heartbeat_interval_s=config.heartbeat_interval_s,
-                        site_timeout_s=config.site_timeout_s,
-                        max_retries=config.max_round_retries, clock=clock)
-    guard = Guard(store, federation=config.federation, ca_pem=identity.ca_pem,
-                  crl_pem=identity.crl_pem, clock=clock)
+    coord = Coordinator(
+        store,
+        blobs,
+        heartbeat_interval_s=config.heartbeat_interval_s,
+        site_timeout_s=config.site_timeout_s,
+        max_retries=config.max_round_retries,
+        clock=clock,
+    )
+    guard = Guard(
+        store,
+        federation=config.federation,
+        ca_pem=identity.ca_pem,
+        crl_pem=identity.crl_pem,
+        clock=clock,
+    )
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -101,11 +116,18 @@ def build(
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    server = grpc.server(ThreadPoolExecutor(max_workers=MAX_WORKERS,
-                                            thread_name_prefix="rpc"), options=options)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"), options=options
+    )
     federation_pb2_grpc.add_FederationServicer_to_server(
-        FederationServicer(guard, coord, max_update_bytes=config.max_update_bytes,
-                           max_concurrent_uploads=config.max_concurrent_uploads), server)
+        FederationServicer(
+            guard,
+            coord,
+            max_update_bytes=config.max_update_bytes,
+            max_concurrent_uploads=config.max_concurrent_uploads,
+        ),
+        server,
+    )
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(guard, coord), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

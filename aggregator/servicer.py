@@ -36,37 +36,51 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         max_concurrent_uploads: uploads received at once (others wait up to 120 s).
     """
 
-    def __init__(self, guard: Guard, coordinator: Coordinator, *, max_update_bytes: int,
-                 max_concurrent_uploads: int) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        coordinator: Coordinator,
+        *,
+        max_update_bytes: int,
+        max_concurrent_uploads: int,
+    ) -> None:
         self.guard, self.coord = guard, coordinator
         self.max_update_bytes = max_update_bytes
         self._uploads = threading.BoundedSemaphore(max_concurrent_uploads)
 
-    def Register(self, request: common_pb2.Envelope,
-                 context: grpc.ServicerContext) -> federation_pb2.RegisterReply:
+    def Register(
+        self, request: common_pb2.Envelope, context: grpc.ServicerContext
+    ) -> federation_pb2.RegisterReply:
         """Record the site's datasets; tell it its name and heartbeat interval."""
         with self.guard.handling(context, "register_refused") as call:
             info = self.guard.peer(context, call, Role.SITE)
-            req = decode(federation_pb2.RegisterRequest,
-                         self.guard.open(request, info, stage=common_pb2.STAGE_REGISTER))
+            req = decode(
+                federation_pb2.RegisterRequest,
+                self.guard.open(request, info, stage=common_pb2.STAGE_REGISTER),
+            )
             self.coord.register(info.name, req)
             return federation_pb2.RegisterReply(
-                site_id=info.name, heartbeat_interval_s=self.coord.heartbeat_interval_s)
+                site_id=info.name, heartbeat_interval_s=self.coord.heartbeat_interval_s
+            )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def Heartbeat(self, request: common_pb2.Envelope,
-                  context: grpc.ServicerContext) -> federation_pb2.HeartbeatReply:
+    def Heartbeat(
+        self, request: common_pb2.Envelope, context: grpc.ServicerContext
+    ) -> federation_pb2.HeartbeatReply:
         """Note the site is alive."""
         with self.guard.handling(context, "heartbeat_refused") as call:
             info = self.guard.peer(context, call, Role.SITE)
-            hb = decode(federation_pb2.Heartbeat,
-                        self.guard.open(request, info, stage=common_pb2.STAGE_HEARTBEAT))
+            hb = decode(
+                federation_pb2.Heartbeat,
+                self.guard.open(request, info, stage=common_pb2.STAGE_HEARTBEAT),
+            )
             self.coord.heartbeat(info.name, hb)
             return federation_pb2.HeartbeatReply()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def OpenTasks(self, request: common_pb2.Envelope,
-                  context: grpc.ServicerContext) -> Iterator[federation_pb2.Task]:
+    def OpenTasks(
+        self, request: common_pb2.Envelope, context: grpc.ServicerContext
+    ) -> Iterator[federation_pb2.Task]:
         """Stream the site's tasks until it disconnects or a newer stream replaces this one."""
         with self.guard.handling(context, "open_tasks_refused") as call:
             info = self.guard.peer(context, call, Role.SITE)
@@ -79,8 +93,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         finally:
             self.coord.close_stream(conn)
 
-    def Download(self, request: federation_pb2.DownloadRequest,
-                 context: grpc.ServicerContext) -> Iterator[federation_pb2.BlobPart]:
+    def Download(
+        self, request: federation_pb2.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[federation_pb2.BlobPart]:
         """Stream a global model version: header, then chunks."""
         with self.guard.handling(context, "download_refused") as call:
             self.guard.peer(context, call, Role.SITE)
@@ -90,8 +105,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         yield first
         yield from parts
 
-    def Upload(self, request_iterator: Iterator[federation_pb2.UploadPart],
-               context: grpc.ServicerContext) -> federation_pb2.Ack:
+    def Upload(
+        self, request_iterator: Iterator[federation_pb2.UploadPart], context: grpc.ServicerContext
+    ) -> federation_pb2.Ack:
         """Receive one update: signed header first, then its chunks; check, then sum it."""
         with self.guard.handling(context, "update_refused") as call:
             info = self.guard.peer(context, call, Role.SITE)
@@ -101,8 +117,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             env = first.header
             call.bind(job=env.job_id, round=env.round)
             target = self.coord.upload_target(env.job_id)
-            header = decode(federation_pb2.UpdateHeader, self.guard.open(
-                env, info, stage=target.stage, job_id=env.job_id, round=target.round))
+            header = decode(
+                federation_pb2.UpdateHeader,
+                self.guard.open(
+                    env, info, stage=target.stage, job_id=env.job_id, round=target.round
+                ),
+            )
             if header.num_samples < 1:
                 raise MalformedMessage("num_samples must be >= 1")
             self.coord.check_update(info.name, env.job_id, target.round, header.task_id)
@@ -123,49 +143,59 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             return federation_pb2.Ack(accepted=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def Report(self, request: common_pb2.Envelope,
-               context: grpc.ServicerContext) -> federation_pb2.Ack:
+    def Report(
+        self, request: common_pb2.Envelope, context: grpc.ServicerContext
+    ) -> federation_pb2.Ack:
         """Record a task's outcome (a refusal, a failure, or evaluation metrics)."""
         with self.guard.handling(context, "report_refused") as call:
             info = self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id, round=request.round)
             rnd = self.coord.upload_target(request.job_id).round
-            rep = decode(federation_pb2.TaskReport, self.guard.open(
-                request, info, stage=common_pb2.STAGE_TASK_REPORT, job_id=request.job_id,
-                round=rnd))
+            rep = decode(
+                federation_pb2.TaskReport,
+                self.guard.open(
+                    request,
+                    info,
+                    stage=common_pb2.STAGE_TASK_REPORT,
+                    job_id=request.job_id,
+                    round=rnd,
+                ),
+            )
             self.coord.report(info.name, request.job_id, rnd, rep)
             return federation_pb2.Ack(accepted=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def SecAgg(self, request: common_pb2.Envelope,
-               context: grpc.ServicerContext) -> federation_pb2.Ack:
+    def SecAgg(
+        self, request: common_pb2.Envelope, context: grpc.ServicerContext
+    ) -> federation_pb2.Ack:
         """Secure-aggregation stages are not served yet: refused as WRONG_STAGE."""
         with self.guard.handling(context, "secagg_refused") as call:
             self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id, round=request.round)
-            raise ReplayedMessage("no secure-aggregation stage is open",
-                                  reason=Reason.WRONG_STAGE)
+            raise ReplayedMessage("no secure-aggregation stage is open", reason=Reason.WRONG_STAGE)
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _check_specs(blob: common_pb2.BlobHeader,
-                 shapes: list[tuple[str, tuple[int, ...]]]) -> None:
+def _check_specs(blob: common_pb2.BlobHeader, shapes: list[tuple[str, tuple[int, ...]]]) -> None:
     got = [(t.name, t.dtype, tuple(t.shape)) for t in blob.tensors]
     want = [(n, common_pb2.DTYPE_FLOAT32, s) for n, s in shapes]
     if got != want:
         raise MalformedMessage("update tensors differ from the model's names, dtypes or shapes")
 
 
-def model_parts(store: Store, blobs: BlobStore,
-                request: federation_pb2.DownloadRequest) -> Iterator[federation_pb2.BlobPart]:
+def model_parts(
+    store: Store, blobs: BlobStore, request: federation_pb2.DownloadRequest
+) -> Iterator[federation_pb2.BlobPart]:
     """A model version of a job as BlobParts (header first); checks it exists before yielding.
 
     Raises:
         PeerError: no such job or version (reason UNKNOWN_JOB), raised on the first ``next``.
     """
     if not any(m.sha256 == request.model_version for m in store.models(request.job_id)):
-        raise PeerError(f"job {request.job_id!r} has no model {request.model_version!r}",
-                        reason=Reason.UNKNOWN_JOB)
+        raise PeerError(
+            f"job {request.job_id!r} has no model {request.model_version!r}",
+            reason=Reason.UNKNOWN_JOB,
+        )
     yield federation_pb2.BlobPart(header=blobs.header(request.model_version))
     for chunk in blobs.chunks(request.model_version):
         yield federation_pb2.BlobPart(chunk=chunk)

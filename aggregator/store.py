@@ -192,8 +192,17 @@ class Store:
     def _append(self, cur: sqlite3.Cursor, note: AuditNote) -> AuditEntry:
         row = cur.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (int(row[0]) + 1, bytes(row[1])) if row else (1, GENESIS)
-        e = AuditEntry(seq, note.at, note.event, note.actor, note.job, note.round, note.reason,
-                       note.detail, prev)
+        e = AuditEntry(
+            seq,
+            note.at,
+            note.event,
+            note.actor,
+            note.job,
+            note.round,
+            note.reason,
+            note.detail,
+            prev,
+        )
         h = entry_hash(prev, e)
         cur.execute(
             "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -213,8 +222,18 @@ class Store:
             (after_seq, limit if limit > 0 else -1),
         )
         return [
-            AuditEntry(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]),
-                       str(r[6]), str(r[7]), bytes(r[8]), bytes(r[9]))
+            AuditEntry(
+                int(r[0]),
+                float(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                int(r[5]),
+                str(r[6]),
+                str(r[7]),
+                bytes(r[8]),
+                bytes(r[9]),
+            )
             for r in rows
         ]
 
@@ -233,8 +252,13 @@ class Store:
         with self._tx() as cur:
             cur.execute(
                 "INSERT OR REPLACE INTO sites VALUES (?,?,?,?,?)",
-                (row.id, json.dumps(row.datasets), row.device, row.agent_version,
-                 row.last_heartbeat),
+                (
+                    row.id,
+                    json.dumps(row.datasets),
+                    row.device,
+                    row.agent_version,
+                    row.last_heartbeat,
+                ),
             )
             if audit:
                 self._append(cur, audit)
@@ -262,8 +286,17 @@ class Store:
         with self._tx() as cur:
             cur.execute(
                 "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?)",
-                (row.id, row.spec, row.signed_job, row.signer_cert, row.state, row.error,
-                 row.submitted_by, row.created, json.dumps(row.final_metrics)),
+                (
+                    row.id,
+                    row.spec,
+                    row.signed_job,
+                    row.signer_cert,
+                    row.state,
+                    row.error,
+                    row.submitted_by,
+                    row.created,
+                    json.dumps(row.final_metrics),
+                ),
             )
             self._add_model(cur, model)
             self._append(cur, audit)
@@ -294,8 +327,17 @@ class Store:
         if job is not None:
             sql, args = sql + " WHERE id = ?", (job,)  # type: ignore[assignment]
         return [
-            JobRow(str(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), str(r[4]), str(r[5]),
-                   str(r[6]), float(r[7]), json.loads(str(r[8])))
+            JobRow(
+                str(r[0]),
+                bytes(r[1]),
+                bytes(r[2]),
+                bytes(r[3]),
+                str(r[4]),
+                str(r[5]),
+                str(r[6]),
+                float(r[7]),
+                json.loads(str(r[8])),
+            )
             for r in self._query(sql + " ORDER BY created, id", args)
         ]
 
@@ -348,7 +390,12 @@ class Store:
                 self._append(cur, audit)
 
     def complete_round(
-        self, job: str, round: int, *, model: ModelRow, metrics: dict[str, float],
+        self,
+        job: str,
+        round: int,
+        *,
+        model: ModelRow,
+        metrics: dict[str, float],
         audit: AuditNote,
     ) -> None:
         """Record a round's new model version and mark the round done, atomically.
@@ -369,8 +416,17 @@ class Store:
         with self._tx() as cur:
             cur.execute(
                 "INSERT OR REPLACE INTO round_sites VALUES (?,?,?,?,?,?,?,?,?)",
-                (row.job, row.round, row.site, row.outcome, row.reason, row.num_samples,
-                 row.epsilon, row.update_epsilon, json.dumps(row.metrics)),
+                (
+                    row.job,
+                    row.round,
+                    row.site,
+                    row.outcome,
+                    row.reason,
+                    row.num_samples,
+                    row.epsilon,
+                    row.update_epsilon,
+                    json.dumps(row.metrics),
+                ),
             )
             if audit:
                 self._append(cur, audit)
@@ -378,16 +434,34 @@ class Store:
     def rounds(self, job: str) -> list[RoundRow]:
         """A job's rounds, in order."""
         return [
-            RoundRow(str(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5]),
-                     json.loads(str(r[6])), float(r[7]), float(r[8]))
+            RoundRow(
+                str(r[0]),
+                int(r[1]),
+                str(r[2]),
+                int(r[3]),
+                str(r[4]),
+                str(r[5]),
+                json.loads(str(r[6])),
+                float(r[7]),
+                float(r[8]),
+            )
             for r in self._query("SELECT * FROM rounds WHERE job = ? ORDER BY round", (job,))
         ]
 
     def round_sites(self, job: str) -> list[SiteRoundRow]:
         """Every site answer of a job, by round then site."""
         return [
-            SiteRoundRow(str(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]),
-                         float(r[6]), float(r[7]), json.loads(str(r[8])))
+            SiteRoundRow(
+                str(r[0]),
+                int(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                int(r[5]),
+                float(r[6]),
+                float(r[7]),
+                json.loads(str(r[8])),
+            )
             for r in self._query(
                 "SELECT * FROM round_sites WHERE job = ? ORDER BY round, site", (job,)
             )

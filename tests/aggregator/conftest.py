@@ -25,9 +25,15 @@ def pki(tmp_path_factory) -> Path:
 
 def make_config(pki: Path, state: Path, **kw) -> AggregatorConfig:
     return AggregatorConfig(
-        federation=FEDERATION, listen="127.0.0.1:0", state_dir=state, ca=pki / "ca.crt",
-        cert=pki / "aggregator.crt", key=pki / "aggregator.key",
-        signing_key=pki / "aggregator.sign.key", **kw)
+        federation=FEDERATION,
+        listen="127.0.0.1:0",
+        state_dir=state,
+        ca=pki / "ca.crt",
+        cert=pki / "aggregator.crt",
+        key=pki / "aggregator.key",
+        signing_key=pki / "aggregator.sign.key",
+        **kw,
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,25 +20,40 @@ FEDERATION = "testfed"
 
 
 def load(pki: Path, name: str):
-    return load_identity(cert=pki / f"{name}.crt", key=pki / f"{name}.key",
-                         signing_key=pki / f"{name}.sign.key", ca=pki / "ca.crt")
+    return load_identity(
+        cert=pki / f"{name}.crt",
+        key=pki / f"{name}.key",
+        signing_key=pki / f"{name}.sign.key",
+        ca=pki / "ca.crt",
+    )
 
 
 def channel(pki: Path, name: str, port: int) -> grpc.Channel:
-    opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    opts = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
     return grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(load(pki, name)), opts)
 
 
 def tiny_spec(**overrides) -> common_pb2.JobSpec:
     spec = common_pb2.JobSpec(
-        name="tiny", rounds=2, min_sites=2, round_timeout_s=10.0,
+        name="tiny",
+        rounds=2,
+        min_sites=2,
+        round_timeout_s=10.0,
         model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_LOGREG),
-        dataset=common_pb2.DatasetSpec(name="tab", features=["a", "b", "c"], label="y",
-                                       num_classes=2),
-        training=common_pb2.TrainingSpec(local_epochs=1, batch_size=8, learning_rate=0.1,
-                                         server_optimizer=common_pb2.SERVER_OPTIMIZER_FEDAVG,
-                                         server_learning_rate=1.0, seed=7),
+        dataset=common_pb2.DatasetSpec(
+            name="tab", features=["a", "b", "c"], label="y", num_classes=2
+        ),
+        training=common_pb2.TrainingSpec(
+            local_epochs=1,
+            batch_size=8,
+            learning_rate=0.1,
+            server_optimizer=common_pb2.SERVER_OPTIMIZER_FEDAVG,
+            server_learning_rate=1.0,
+            seed=7,
+        ),
     )
     for k, v in overrides.items():
         setattr(spec, k, v)
@@ -52,11 +68,26 @@ class Party:
         self.identity = load(pki, name)
         self.channel = channel(pki, name, port)
 
-    def seal(self, stage, payload: bytes, *, job_id: str = "", round: int = 0,
-             signer=None, now: float | None = None) -> common_pb2.Envelope:
-        return seal(signing_key=signer or self.identity.signing_key, federation=FEDERATION,
-                    sender=self.name, stage=stage, payload=payload,
-                    now=time.time() if now is None else now, job_id=job_id, round=round)
+    def seal(
+        self,
+        stage,
+        payload: bytes,
+        *,
+        job_id: str = "",
+        round: int = 0,
+        signer=None,
+        now: float | None = None,
+    ) -> common_pb2.Envelope:
+        return seal(
+            signing_key=signer or self.identity.signing_key,
+            federation=FEDERATION,
+            sender=self.name,
+            stage=stage,
+            payload=payload,
+            now=time.time() if now is None else now,
+            job_id=job_id,
+            round=round,
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -69,7 +100,7 @@ class Operator(Party):
 
     def submit(self, spec: common_pb2.JobSpec) -> str:
         env = self.seal(common_pb2.STAGE_JOB, spec.SerializeToString())
-        return self.admin.SubmitJob(env, timeout=10).job_id
+        return str(self.admin.SubmitJob(env, timeout=10).job_id)
 
 
 class FakeSite(Party):
@@ -79,13 +110,15 @@ class FakeSite(Party):
         super().__init__(pki, name, port)
         self.fed = federation_pb2_grpc.FederationStub(self.channel)
         self.tasks: queue.Queue[federation_pb2.Task] = queue.Queue()
-        self._stream = None
+        self._stream: Any = None
 
-    def register(self, datasets=("tab",)) -> federation_pb2.RegisterReply:
-        req = federation_pb2.RegisterRequest(agent_version="test", datasets=list(datasets),
-                                             device="cpu")
-        return self.fed.Register(self.seal(common_pb2.STAGE_REGISTER, req.SerializeToString()),
-                                 timeout=10)
+    def register(self, datasets: Any = ("tab",)) -> Any:
+        req = federation_pb2.RegisterRequest(
+            agent_version="test", datasets=list(datasets), device="cpu"
+        )
+        return self.fed.Register(
+            self.seal(common_pb2.STAGE_REGISTER, req.SerializeToString()), timeout=10
+        )
 
     def connect(self, datasets=("tab",)) -> None:
         self.register(datasets)
@@ -111,37 +144,65 @@ class FakeSite(Party):
             self._stream.cancel()
 
     def download(self, job_id: str, version: str):
-        parts = self.fed.Download(federation_pb2.DownloadRequest(job_id=job_id,
-                                                                 model_version=version))
+        parts = self.fed.Download(
+            federation_pb2.DownloadRequest(job_id=job_id, model_version=version)
+        )
         first = next(parts)
         asm = BlobAssembler(first.header, max_bytes=1 << 30)
         for p in parts:
             asm.add(p.chunk)
         return asm.finish()
 
-    def upload_parts(self, task: federation_pb2.Task, arrays, *, num_samples: int = 10,
-                     stage=common_pb2.STAGE_UPDATE, round: int | None = None,
-                     header_blob: common_pb2.BlobHeader | None = None, signer=None,
-                     metrics=None):
+    def upload_parts(
+        self,
+        task: federation_pb2.Task,
+        arrays,
+        *,
+        num_samples: int = 10,
+        stage=common_pb2.STAGE_UPDATE,
+        round: int | None = None,
+        header_blob: common_pb2.BlobHeader | None = None,
+        signer=None,
+        metrics=None,
+    ):
         blob, buffers = encode_tensors(arrays)
         if header_blob is not None:
             blob = header_blob
-        hdr = federation_pb2.UpdateHeader(task_id=task.task_id, blob=blob,
-                                          num_samples=num_samples, metrics=metrics or {},
-                                          epsilon=0.5)
-        env = self.seal(stage, hdr.SerializeToString(), job_id=task.job_id,
-                        round=task.round if round is None else round, signer=signer)
+        hdr = federation_pb2.UpdateHeader(
+            task_id=task.task_id,
+            blob=blob,
+            num_samples=num_samples,
+            metrics=metrics or {},
+            epsilon=0.5,
+        )
+        env = self.seal(
+            stage,
+            hdr.SerializeToString(),
+            job_id=task.job_id,
+            round=task.round if round is None else round,
+            signer=signer,
+        )
         return [federation_pb2.UploadPart(header=env)] + [
-            federation_pb2.UploadPart(chunk=c) for c in iter_chunks(buffers)]
+            federation_pb2.UploadPart(chunk=c) for c in iter_chunks(buffers)
+        ]
 
-    def upload(self, task, arrays, **kw) -> federation_pb2.Ack:
+    def upload(self, task, arrays, **kw):
         return self.fed.Upload(iter(self.upload_parts(task, arrays, **kw)), timeout=20)
 
     def report(self, task, *, outcome=common_pb2.OUTCOME_OK, metrics=None, num_samples=0):
-        rep = federation_pb2.TaskReport(task_id=task.task_id, kind=task.kind, outcome=outcome,
-                                        metrics=metrics or {}, num_samples=num_samples)
-        env = self.seal(common_pb2.STAGE_TASK_REPORT, rep.SerializeToString(),
-                        job_id=task.job_id, round=task.round)
+        rep = federation_pb2.TaskReport(
+            task_id=task.task_id,
+            kind=task.kind,
+            outcome=outcome,
+            metrics=metrics or {},
+            num_samples=num_samples,
+        )
+        env = self.seal(
+            common_pb2.STAGE_TASK_REPORT,
+            rep.SerializeToString(),
+            job_id=task.job_id,
+            round=task.round,
+        )
         return self.fed.Report(env, timeout=10)
 
 

@@ -40,12 +40,15 @@ def test_config_defaults(pki, tmp_path):
     assert (cfg.heartbeat_interval_s, cfg.site_timeout_s, cfg.max_round_retries) == (5, 30, 3)
 
 
-@pytest.mark.parametrize(("extra", "key"), [
-    ("[rounds]\nheartbeat_intervl_s = 5", "rounds.heartbeat_intervl_s"),
-    ("[rounds]\nsite_timeout_s = 1", "rounds.site_timeout_s"),
-    ("[log]\nlevel = 'loud'", "log.level"),
-    ("bogus = 1", "state.bogus"),
-])
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("[rounds]\nheartbeat_intervl_s = 5", "rounds.heartbeat_intervl_s"),
+        ("[rounds]\nsite_timeout_s = 1", "rounds.site_timeout_s"),
+        ("[log]\nlevel = 'loud'", "log.level"),
+        ("bogus = 1", "state.bogus"),
+    ],
+)
 def test_config_errors_name_the_key(pki, tmp_path, extra, key):
     """An unknown or invalid key raises ConfigError naming it."""
     with pytest.raises(ConfigError) as err:
@@ -78,9 +81,20 @@ def test_import_does_not_pull_torch():
 def test_process_listens_and_stops_on_sigterm(pki, tmp_path):
     """The process writes its address, logs aggregator_listening, and exits 0 on SIGTERM."""
     (tmp_path / "a.toml").write_text(_toml(pki, tmp_path / "state"))
-    proc = subprocess.Popen([sys.executable, "-m", "aggregator.main", "--config",
-                             str(tmp_path / "a.toml"), "--log-json"], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aggregator.main",
+            "--config",
+            str(tmp_path / "a.toml"),
+            "--log-json",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     try:
         line = proc.stderr.readline()
         assert '"aggregator_listening"' in line

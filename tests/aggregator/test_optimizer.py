@@ -12,8 +12,7 @@ SHAPES = [("w", (3, 70_000)), ("b", (3,))]
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 10_000), st.integers(0, 2**31)), min_size=1,
-                max_size=6))
+@given(st.lists(st.tuples(st.integers(1, 10_000), st.integers(0, 2**31)), min_size=1, max_size=6))
 def test_streaming_sum_equals_weighted_mean(updates):
     """Adding updates one at a time gives the exact sample-weighted mean (blocks cross tensors)."""
     rs = RunningSum(SHAPES)
@@ -28,7 +27,9 @@ def test_streaming_sum_equals_weighted_mean(updates):
     for i, (name, _) in enumerate(SHAPES):
         exact = sum(n * d[i][1].astype(np.float64) for n, d in deltas) / total
         assert mean[i][0] == name
-        np.testing.assert_allclose(mean[i][1], exact, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(mean[i][1], dtype=np.float64), exact, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_fedavg_applies_server_lr():
@@ -46,7 +47,9 @@ def test_fedadam_first_step_and_state_round_trip():
     d = np.array([1.0, -2.0, 0.0])
     out = opt.apply(w, [("x", d)])
     m, v = 0.1 * d, 0.01 * d**2
-    np.testing.assert_allclose(out[0][1], 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out[0][1], dtype=np.float64), 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-6
+    )
     again = FedAdam(lr=0.1)
     again.load_state(opt.state())
     a = opt.apply(out, [("x", d)])

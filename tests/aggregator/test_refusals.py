@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import nacl.signing
 import numpy as np
@@ -27,7 +29,7 @@ def round1(clients):
     return op, s1, s2, t1, t2, model, site
 
 
-def _refused(op, call, code, reason, event):
+def _refused(op: Any, call: Any, code: grpc.StatusCode, reason: str, event: str) -> None:
     with capture_logs() as logs, pytest.raises(grpc.RpcError) as err:
         call()
     assert err.value.code() == code
@@ -37,7 +39,7 @@ def _refused(op, call, code, reason, event):
     assert (last.event, last.reason) == (event, reason)
 
 
-def _still_serving(op, s1, s2, t1, t2, model):
+def _still_serving(op: Any, s1: Any, s2: Any, t1: Any, t2: Any, model: Any) -> None:
     assert s1.upload(t1, delta_like(model, 0.1)).accepted
     assert s2.upload(t2, delta_like(model, 0.1)).accepted
     s1.next_task(federation_pb2.TASK_KIND_TRAIN)
@@ -47,8 +49,13 @@ def test_mis_signed_update(round1):
     """An update signed with a key other than the certificate's is UNAUTHENTICATED."""
     op, s1, s2, t1, t2, model = round1[:6]
     bad = nacl.signing.SigningKey.generate()
-    _refused(op, lambda: s1.upload(t1, delta_like(model, 0.1), signer=bad),
-             grpc.StatusCode.UNAUTHENTICATED, "bad_signature", "update_refused")
+    _refused(
+        op,
+        lambda: s1.upload(t1, delta_like(model, 0.1), signer=bad),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "bad_signature",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
@@ -56,25 +63,39 @@ def test_replayed_update(round1):
     """A second update from the same site in the same round is refused as replayed."""
     op, s1, s2, t1, t2, model = round1[:6]
     assert s1.upload(t1, delta_like(model, 0.1)).accepted
-    _refused(op, lambda: s1.upload(t1, delta_like(model, 0.1)),
-             grpc.StatusCode.FAILED_PRECONDITION, "replayed", "update_refused")
+    _refused(
+        op,
+        lambda: s1.upload(t1, delta_like(model, 0.1)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "replayed",
+        "update_refused",
+    )
     assert s2.upload(t2, delta_like(model, 0.1)).accepted
 
 
 def test_envelope_for_another_round(round1):
     """An update bound to another round is refused as replayed."""
     op, s1, s2, t1, t2, model = round1[:6]
-    _refused(op, lambda: s1.upload(t1, delta_like(model, 0.1), round=5),
-             grpc.StatusCode.FAILED_PRECONDITION, "replayed", "update_refused")
+    _refused(
+        op,
+        lambda: s1.upload(t1, delta_like(model, 0.1), round=5),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "replayed",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
 def test_envelope_for_another_stage(round1):
     """An upload header signed for the MASKED_INPUT stage is refused in a plaintext round."""
     op, s1, s2, t1, t2, model = round1[:6]
-    _refused(op, lambda: s1.upload(t1, delta_like(model, 0.1),
-                                   stage=common_pb2.STAGE_MASKED_INPUT),
-             grpc.StatusCode.FAILED_PRECONDITION, "replayed", "update_refused")
+    _refused(
+        op,
+        lambda: s1.upload(t1, delta_like(model, 0.1), stage=common_pb2.STAGE_MASKED_INPUT),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "replayed",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
@@ -82,8 +103,13 @@ def test_wrong_tensor_shape(round1):
     """An update whose tensors differ in shape from the model's is INVALID_ARGUMENT."""
     op, s1, s2, t1, t2, model = round1[:6]
     wrong = [(n, np.zeros(a.size, dtype=np.float32)) for n, a in model]
-    _refused(op, lambda: s1.upload(t1, wrong), grpc.StatusCode.INVALID_ARGUMENT, "malformed",
-             "update_refused")
+    _refused(
+        op,
+        lambda: s1.upload(t1, wrong),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "malformed",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
@@ -92,8 +118,13 @@ def test_nan_values(round1):
     op, s1, s2, t1, t2, model = round1[:6]
     bad = delta_like(model, 0.1)
     bad[0][1][0, 0] = np.nan
-    _refused(op, lambda: s1.upload(t1, bad), grpc.StatusCode.INVALID_ARGUMENT, "non_finite",
-             "update_refused")
+    _refused(
+        op,
+        lambda: s1.upload(t1, bad),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "non_finite",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
@@ -101,8 +132,13 @@ def test_oversized_blob(round1):
     """A blob declaring one byte more than the model is RESOURCE_EXHAUSTED before data flows."""
     op, s1, s2, t1, t2, model = round1[:6]
     bigger = [*model[:-1], (model[-1][0], np.zeros(model[-1][1].size + 1, dtype=np.float32))]
-    _refused(op, lambda: s1.upload(t1, bigger), grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized",
-             "update_refused")
+    _refused(
+        op,
+        lambda: s1.upload(t1, bigger),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "oversized",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
@@ -110,8 +146,13 @@ def test_chunk_before_header(round1):
     """An upload that starts with a chunk instead of its signed header is malformed."""
     op, s1, s2, t1, t2, model = round1[:6]
     parts = s1.upload_parts(t1, delta_like(model, 0.1))
-    _refused(op, lambda: s1.fed.Upload(iter(parts[1:] + parts[:1]), timeout=10),
-             grpc.StatusCode.INVALID_ARGUMENT, "malformed", "update_refused")
+    _refused(
+        op,
+        lambda: s1.fed.Upload(iter(parts[1:] + parts[:1]), timeout=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "malformed",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
@@ -120,8 +161,13 @@ def test_site_not_selected(round1):
     op, s1, s2, t1, t2, model, site = round1
     s3 = site("site-3")
     s3.connect()
-    _refused(op, lambda: s3.upload(t1, delta_like(model, 0.1)),
-             grpc.StatusCode.PERMISSION_DENIED, "not_selected", "update_refused")
+    _refused(
+        op,
+        lambda: s3.upload(t1, delta_like(model, 0.1)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "not_selected",
+        "update_refused",
+    )
     _still_serving(op, s1, s2, t1, t2, model)
 
 
@@ -131,20 +177,35 @@ def test_site_calling_admin(round1):
     from confide.v1 import admin_pb2_grpc
 
     stub = admin_pb2_grpc.AdminStub(s1.channel)
-    _refused(op, lambda: stub.ListJobs(admin_pb2.ListJobsRequest(), timeout=10),
-             grpc.StatusCode.PERMISSION_DENIED, "unauthorized", "admin_refused")
+    _refused(
+        op,
+        lambda: stub.ListJobs(admin_pb2.ListJobsRequest(), timeout=10),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "unauthorized",
+        "admin_refused",
+    )
 
 
 def test_unknown_job_download(round1):
     """Downloading a model of an unknown job is NOT_FOUND."""
     op, s1 = round1[0], round1[1]
-    _refused(op, lambda: s1.download("nope", "00" * 32), grpc.StatusCode.NOT_FOUND,
-             "unknown_job", "download_refused")
+    _refused(
+        op,
+        lambda: s1.download("nope", "00" * 32),
+        grpc.StatusCode.NOT_FOUND,
+        "unknown_job",
+        "download_refused",
+    )
 
 
 def test_invalid_job_refused(clients):
     """A job spec that fails validation is INVALID_ARGUMENT and audited."""
     _, operator = clients
     op = operator()
-    _refused(op, lambda: op.submit(tiny_spec(rounds=0)), grpc.StatusCode.INVALID_ARGUMENT,
-             "invalid_value", "job_refused")
+    _refused(
+        op,
+        lambda: op.submit(tiny_spec(rounds=0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid_value",
+        "job_refused",
+    )

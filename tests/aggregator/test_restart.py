@@ -12,8 +12,11 @@ def test_restart_resumes_after_completed_round(pki, tmp_path):
     """Round 1 completes, the aggregator stops; after restart round 2 starts from version 1."""
     cfg = make_config(pki, tmp_path / "state")
     agg, port = build(cfg)
-    op, s1, s2 = Operator(pki, "alice", port), FakeSite(pki, "site-1", port), \
-        FakeSite(pki, "site-2", port)
+    op, s1, s2 = (
+        Operator(pki, "alice", port),
+        FakeSite(pki, "site-1", port),
+        FakeSite(pki, "site-2", port),
+    )
     s1.connect()
     s2.connect()
     job = op.submit(tiny_spec(rounds=3))
@@ -28,15 +31,18 @@ def test_restart_resumes_after_completed_round(pki, tmp_path):
 
     agg, port = build(cfg)
     try:
-        op, s1, s2 = Operator(pki, "alice", port), FakeSite(pki, "site-1", port), \
-            FakeSite(pki, "site-2", port)
+        op, s1, s2 = (
+            Operator(pki, "alice", port),
+            FakeSite(pki, "site-1", port),
+            FakeSite(pki, "site-2", port),
+        )
         s1.connect()
         s2.connect()
         t = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
         assert (t.round, t.model_version) == (2, v1)
         st = op.admin.GetJob(admin_pb2.JobRef(job_id=job))
         assert st.state == admin_pb2.JOB_STATE_RUNNING
-        assert [r.state for r in st.rounds][0] == "done"
+        assert next(r.state for r in st.rounds) == "done"
         assert agg.store.verify_audit_chain() > 0
         for c in (s1, s2):
             c.disconnect()

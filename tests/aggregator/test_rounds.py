@@ -13,13 +13,13 @@ P = r.JobParams("job", rounds=2, min_sites=2, round_timeout_s=10.0, max_retries=
 def _collecting(now: float = 0.0) -> r.RoundState:
     s = r.RoundState(P, model_version="v0")
     s, _ = r.advance(s, r.SiteConnected("a"), now=now)
-    s, actions = r.advance(s, r.SiteConnected("b"), now=now)
+    s, _actions = r.advance(s, r.SiteConnected("b"), now=now)
     assert s.phase is r.RoundPhase.COLLECTING
     return s
 
 
 def test_waits_for_min_sites_then_sends_train():
-    """A round starts only once min_sites eligible sites are connected, sending each a TRAIN task."""
+    """A round starts once min_sites eligible sites are connected; each gets a TRAIN task."""
     s = r.RoundState(P, model_version="v0")
     s, actions = r.advance(s, r.SiteConnected("a"), now=0)
     assert s.phase is r.RoundPhase.WAITING and actions == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 
 import numpy as np
@@ -21,15 +22,18 @@ def test_audit_chain_verifies(tmp_path):
     st = Store(tmp_path / "a.db")
     entries = [st.audit(_note(i)) for i in range(5)]
     assert st.verify_audit_chain() == 5
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert [e.seq for e in st.audit_entries(after_seq=2, limit=2)] == [3, 4]
 
 
-@pytest.mark.parametrize("sql", [
-    "UPDATE audit SET detail = 'forged' WHERE seq = 3",
-    "DELETE FROM audit WHERE seq = 2",
-    "UPDATE audit SET at = at + 1 WHERE seq = 5",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit SET detail = 'forged' WHERE seq = 3",
+        "DELETE FROM audit WHERE seq = 2",
+        "UPDATE audit SET at = at + 1 WHERE seq = 5",
+    ],
+)
 def test_audit_chain_detects_tampering(tmp_path, sql):
     """Changing or removing any stored audit row makes verification raise."""
     st = Store(tmp_path / "a.db")
@@ -50,12 +54,16 @@ def test_reopened_store_keeps_completed_round_and_model(tmp_path):
     st = Store(tmp_path / "a.db")
     v0, _ = blobs.put([("x", np.zeros(4, dtype=np.float32))])
     v1, _ = blobs.put([("x", np.ones(4, dtype=np.float32))])
-    st.add_job(JobRow("j", b"spec", b"env", b"pem", "running", "", "alice", 1.0),
-               ModelRow("j", 0, v0, "", 1.0), audit=_note(0))
+    st.add_job(
+        JobRow("j", b"spec", b"env", b"pem", "running", "", "alice", 1.0),
+        ModelRow("j", 0, v0, "", 1.0),
+        audit=_note(0),
+    )
     st.start_round("j", 1, attempt=1, model_in=v0, at=2.0, audit=_note(1))
     st.record_site(SiteRoundRow("j", 1, "site-1", "ok", "", 10, 0.5, 0.1, {"eval_loss": 1.0}))
-    st.complete_round("j", 1, model=ModelRow("j", 1, v1, "", 3.0), metrics={"aggregated": 1.0},
-                      audit=_note(2))
+    st.complete_round(
+        "j", 1, model=ModelRow("j", 1, v1, "", 3.0), metrics={"aggregated": 1.0}, audit=_note(2)
+    )
     st.close()
     st = Store(tmp_path / "a.db")
     (rnd,) = st.rounds("j")
