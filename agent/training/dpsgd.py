@@ -37,6 +37,7 @@ from opacus.optimizers import get_optimizer_class
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
+from agent.training.fused import FusedDpSgd
 from agent.training.train import RoundStats
 from confide.v1 import common_pb2
 
@@ -50,6 +51,8 @@ class GradSampleMode(enum.Enum):
     FUNCTORCH = "functorch"
     EW = "ew"
     GHOST = "ghost"
+    FUSED = "fused"
+    """Not Opacus: ``agent.training.fused`` (ghost norms, one backward), checked against hooks."""
 
 
 DEFAULT_MODES: dict[int, GradSampleMode] = {
@@ -77,6 +80,10 @@ class DpTrainer:
         self.module = module
         self.mode = mode
         self.lr = lr
+        self._fused: FusedDpSgd | None = None
+        if mode is GradSampleMode.FUSED:
+            self._fused = FusedDpSgd(module, lr=lr)
+            return
         kwargs: dict[str, Any] = {"batch_first": True, "loss_reduction": "mean"}
         if mode is GradSampleMode.GHOST:
             kwargs["max_grad_norm"] = 1.0
@@ -108,6 +115,17 @@ class DpTrainer:
         """
         n = int(x.shape[0])
         expected = sample_rate * n
+        if self._fused is not None:
+            return self._run_fused(
+                x,
+                y,
+                max_grad_norm,
+                noise_multiplier,
+                sample_rate,
+                steps,
+                sample_generator,
+                noise_generator,
+            )
         ghost = self.mode is GradSampleMode.GHOST
         if ghost:
             self._gsm.max_grad_norm = max_grad_norm
@@ -148,6 +166,46 @@ class DpTrainer:
                 noise_multiplier * max_grad_norm,
             )
         opt.zero_grad(set_to_none=True)
+        return stats
+
+    def _run_fused(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        max_grad_norm: float,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        sample_generator: torch.Generator,
+        noise_generator: torch.Generator,
+    ) -> RoundStats:
+        assert self._fused is not None
+        n = int(x.shape[0])
+        expected = sample_rate * n
+        std = noise_multiplier * max_grad_norm
+        params = list(self.module.parameters())
+        sgd = torch.optim.SGD(params, lr=self.lr)
+        stats = RoundStats()
+        self.module.train()
+        for _ in range(steps):
+            mask = torch.rand(n, generator=sample_generator) < sample_rate
+            idx = mask.nonzero().squeeze(1).to(x.device)
+            if idx.numel() == 0:
+                _noise_only_step(params, sgd, std=std, expected=expected, gen=noise_generator)
+            else:
+                xb, yb = x[idx], y[idx]
+                logits = self._fused.step(
+                    xb,
+                    yb,
+                    max_grad_norm=max_grad_norm,
+                    noise_std=std,
+                    expected_batch=expected,
+                    generator=noise_generator,
+                )
+                with torch.no_grad():
+                    loss_sum = nn.functional.cross_entropy(logits, yb, reduction="sum")
+                stats.add(logits, yb, loss_sum)
+            stats.steps += 1
         return stats
 
     def _steps(
