@@ -144,11 +144,12 @@ def resolve_device(device: str, gpus: Sequence[str]) -> str:
 
 
 def _run_daemon(cfg: AgentConfig) -> int:
-    structlog.configure(**configure_kwargs(json=cfg.log_json, level=cfg.log_level.value))
     identity = load_identity(
         cert=cfg.tls.cert, key=cfg.tls.key, signing_key=cfg.tls.signing_key,
         ca=cfg.tls.ca, crl=cfg.tls.crl,
     )
+    # Configured once the files are known good: a bad file is the one-line error of main().
+    structlog.configure(**configure_kwargs(json=cfg.log_json, level=cfg.log_level.value))
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

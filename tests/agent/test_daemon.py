@@ -85,7 +85,7 @@ def test_enroll_writes_keys_and_csr(tmp_path, capsys):
 
 
 def test_bad_identity_file_exits_2(tmp_path, pki, capsys):
-    """A missing certificate file is a one-line config error, exit 2."""
+    """A missing certificate file is a one-line config error, exit 2, before logging is set up."""
     cfg = _config(tmp_path, pki.dir)
     cfg.write_text(cfg.read_text().replace("site-1.crt", "nobody.crt"))
     assert main(["--config", str(cfg)]) == 2

@@ -125,7 +125,9 @@ def test_worker_failure_is_reported_and_next_task_restarts_worker(pki, runner, a
     workers.fail_next = True
     assert runner.run(signed_task(pki.alice, task_id="a"), t) is TaskOutcome.FAILED
     rep = _report(pki, aggregator.reports[0])
-    assert (rep.outcome, rep.reason, rep.task_id) == (common_pb2.OUTCOME_FAILED, "worker_failed", "a")
+    assert (rep.outcome, rep.reason, rep.task_id) == (
+        common_pb2.OUTCOME_FAILED, "worker_failed", "a"
+    )
     assert runner.run(signed_task(pki.alice, task_id="b", round=2), t) is TaskOutcome.OK
     assert len(workers.started) == 2 and len(aggregator.uploads) == 1
 
