@@ -109,6 +109,8 @@ def epsilon_from_rdp(
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     with np.errstate(invalid="ignore", over="ignore"):
         eps = r + np.log((a - 1.0) / a) - (math.log(delta) + np.log(a)) / (a - 1.0)
+    if np.all(r == 0.0):
+        return 0.0, float(a[-1])  # a mechanism with zero Rényi divergence is (0, 0)-DP
     eps = np.where(np.isnan(eps), np.inf, eps)
     idx = int(np.argmin(eps))
     return max(float(eps[idx]), 0.0), float(a[idx])

@@ -61,8 +61,8 @@ def clip(delta: npt.NDArray[Any], *, clip_norm: float) -> tuple[npt.NDArray[Any]
     """Scale Δ so that ‖Δ‖₂ <= C, and return it with the original norm.
 
     Δ is scaled by min(1, C/(‖Δ‖ + tiny)) in float64; if rounding to Δ's dtype leaves the
-    norm above C, the factor shrinks by one part in 10⁶ until it does not, so the
-    returned update never exceeds C.
+    norm above C(1 - 10⁻¹²), the factor shrinks by one part in 10⁶ until it does not, so
+    the returned update never exceeds C.
 
     Args:
         delta: the update, any shape, a floating dtype.
@@ -85,7 +85,10 @@ def clip(delta: npt.NDArray[Any], *, clip_norm: float) -> tuple[npt.NDArray[Any]
         raise NonFiniteValue("the update's L2 norm overflows")
     factor = min(1.0, clip_norm / (norm + _TINY))
     out = (wide * factor).astype(arr.dtype)
-    while _l2(out) > clip_norm:
+    # Leave a margin of 1e-12 relative so that any other way of summing the squares (a
+    # different order, BLAS) still finds a norm <= C.
+    bound = clip_norm * (1.0 - 1e-12)
+    while max(_l2(out), float(np.linalg.norm(out.astype(np.float64).ravel()))) > bound:
         factor *= 1.0 - 1e-6
         out = (wide * factor).astype(arr.dtype)
     return out, norm

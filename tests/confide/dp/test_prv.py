@@ -1,3 +1,5 @@
+# Math notation in docstrings follows the papers.
+# ruff: noqa: RUF002
 """PRV accountant: agreement with Opacus's PRVAccountant, its own bounds, and special cases."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Math notation in docstrings follows the papers.
+# ruff: noqa: RUF002
 """RDP accountant: agreement with Opacus, a slow numerical reference, and invariants."""
 
 from __future__ import annotations
