@@ -17,17 +17,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import structlog
 
 from aggregator import rounds as r
 from aggregator.blobs import BlobStore
-from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
+from aggregator.jobs import Job, UploadTarget, new_job
 from aggregator.sites import SiteConn, SiteRegistry
-from aggregator.store import AuditNote, ModelRow, SiteRoundRow, SiteRow, Store
+from aggregator.store import AuditNote, ModelRow, SiteRow, Store
 from confide.errors import PeerError, Reason, ReplayedMessage
-from confide.models import parameter_shapes
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
 
@@ -35,39 +34,11 @@ __all__ = ["Coordinator", "UploadTarget"]
 
 log = structlog.get_logger("aggregator.coordinator")
 
-_KIND = {
-    r.TaskKind.TRAIN: federation_pb2.TASK_KIND_TRAIN,
-    r.TaskKind.EVALUATE: federation_pb2.TASK_KIND_EVALUATE,
-    r.TaskKind.JOB_DONE: federation_pb2.TASK_KIND_JOB_DONE,
-}
 _JOB_STATE = {
     r.RoundPhase.DONE: "done",
     r.RoundPhase.FAILED: "failed",
     r.RoundPhase.CANCELLED: "cancelled",
 }
-
-
-@dataclass(frozen=True)
-class UploadTarget:
-    """What an upload for a job must be bound to and contain right now."""
-
-    round: int
-    stage: int
-    shapes: list[tuple[str, tuple[int, ...]]]
-    nbytes: int
-
-
-@dataclass
-class _Job:
-    spec: common_pb2.JobSpec
-    signed_job: common_pb2.Envelope
-    signer_cert: bytes
-    shapes: list[tuple[str, tuple[int, ...]]]
-    state: r.RoundState
-    optimizer: ServerOptimizer
-    version_no: int
-    running: RunningSum
-    sums: dict[str, float] = field(default_factory=dict)
 
 
 class Coordinator:
@@ -98,7 +69,7 @@ class Coordinator:
         self.clock = clock
         self.sites = SiteRegistry()
         self._cond = threading.Condition(threading.RLock())
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._stopping = False
         self._timer = threading.Thread(target=self._run_timer, name="round-timer", daemon=True)
 
@@ -164,26 +135,17 @@ class Coordinator:
         *,
         model_version: str,
         version_no: int,
-    ) -> _Job:
-        shapes = parameter_shapes(spec.model, spec.dataset)
-        params = r.JobParams(
-            job_id,
-            int(spec.rounds),
-            int(spec.min_sites),
-            float(spec.round_timeout_s),
-            self.max_retries,
-        )
+    ) -> Job:
         eligible = frozenset(c.site for c in self.sites.all() if spec.dataset.name in c.datasets)
-        state = r.RoundState(params, model_version=model_version, eligible=eligible)
-        return _Job(
+        return new_job(
+            job_id,
             spec,
             signed,
             cert,
-            shapes,
-            state,
-            make_optimizer(spec.training),
-            version_no,
-            RunningSum(shapes),
+            model_version=model_version,
+            version_no=version_no,
+            max_retries=self.max_retries,
+            eligible=eligible,
         )
 
     # ----- sites -----
@@ -284,8 +246,7 @@ class Coordinator:
         """
         with self._cond:
             job = self._job(job_id)
-            nbytes = sum(4 * _size(s) for _, s in job.shapes)
-            return UploadTarget(job.state.round, common_pb2.STAGE_UPDATE, job.shapes, nbytes)
+            return job.upload_target()
 
     def check_update(self, site: str, job_id: str, rnd: int, task: str) -> None:
         """Refuse early an update the round would refuse (before its bytes arrive).
@@ -317,28 +278,10 @@ class Coordinator:
             self.check_update(site, job_id, rnd, header.task_id)
             job = self._jobs[job_id]
             job.running.add(arrays, num_samples=int(header.num_samples))
-            m = header.metrics
-            es = float(m.get("eval_samples", 0.0))
-            for key, val in (
-                ("acc", m.get("eval_accuracy", 0.0) * es),
-                ("loss", m.get("eval_loss", 0.0) * es),
-                ("es", es),
-                ("train", m.get("train_loss", 0.0) * header.num_samples),
-            ):
-                job.sums[key] = job.sums.get(key, 0.0) + val
+            job.add_update_metrics(header)
             now = self.clock()
             self.store.record_site(
-                SiteRoundRow(
-                    job_id,
-                    rnd,
-                    site,
-                    "ok",
-                    "",
-                    int(header.num_samples),
-                    header.epsilon,
-                    header.update_epsilon,
-                    dict(m),
-                ),
+                job.update_row(site, rnd, header),
                 audit=AuditNote("update_accepted", site, now, job_id, rnd),
             )
             self._feed(job_id, r.UpdateReceived(site, rnd))
@@ -365,30 +308,14 @@ class Coordinator:
             now = self.clock()
             final = kind is r.TaskKind.EVALUATE
             self.store.record_site(
-                SiteRoundRow(
-                    job_id,
-                    0 if final else rnd,
-                    site,
-                    outcome,
-                    rep.reason,
-                    int(rep.num_samples),
-                    0.0,
-                    0.0,
-                    dict(rep.metrics),
-                ),
+                job.report_row(site, 0 if final else rnd, rep),
                 audit=AuditNote("task_report", site, now, job_id, rnd, rep.reason, outcome),
             )
             if final and ok:
-                n = float(rep.num_samples)
-                for key, val in (
-                    ("f_acc", rep.metrics.get("accuracy", 0.0) * n),
-                    ("f_loss", rep.metrics.get("loss", 0.0) * n),
-                    ("f_n", n),
-                ):
-                    job.sums[key] = job.sums.get(key, 0.0) + val
+                job.add_final_metrics(rep)
             self._feed(job_id, r.ReportReceived(site, rnd, kind, ok))
 
-    def _job(self, job_id: str) -> _Job:
+    def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
             raise PeerError(f"no active job {job_id!r}", reason=Reason.UNKNOWN_JOB)
@@ -403,14 +330,13 @@ class Coordinator:
             self._execute(job_id, job, action)
         self._cond.notify_all()
 
-    def _execute(self, job_id: str, job: _Job, a: r.Action) -> None:
+    def _execute(self, job_id: str, job: Job, a: r.Action) -> None:
         now = self.clock()
         if isinstance(a, r.SendTask):
             for site in a.sites:
-                self.sites.send(site, self._task(job_id, job, a))
+                self.sites.send(site, job.task(a))
         elif isinstance(a, r.RoundStarted):
-            job.running.reset()
-            job.sums = {k: v for k, v in job.sums.items() if k.startswith("f_")}
+            job.reset_round()
             self.store.start_round(
                 job_id,
                 a.round,
@@ -465,16 +391,7 @@ class Coordinator:
             )
             log.warning("round_failed", job=job_id, round=a.round, attempt=a.attempt, retry=a.retry)
         elif isinstance(a, r.FinishJob):
-            s = job.sums
-            final = (
-                {
-                    "accuracy": s.get("f_acc", 0.0) / s["f_n"],
-                    "loss": s.get("f_loss", 0.0) / s["f_n"],
-                    "eval_samples": s["f_n"],
-                }
-                if s.get("f_n")
-                else {}
-            )
+            final = job.final_metrics()
             state = _JOB_STATE[a.phase]
             self.store.set_job_state(
                 job_id,
@@ -488,30 +405,15 @@ class Coordinator:
             log.info("job_finished", job=job_id, state=state, error=a.error)
             del self._jobs[job_id]
 
-    def _aggregate(self, job_id: str, job: _Job, a: r.Aggregate) -> None:
+    def _aggregate(self, job_id: str, job: Job, a: r.Aggregate) -> None:
         t0 = time.perf_counter()
-        started = job.state.started_at
-        new = job.optimizer.apply(self.blobs.load(job.state.model_version), job.running.mean())
-        sha, _ = self.blobs.put(new)
-        opt = job.optimizer.state()
-        opt_sha = self.blobs.put(opt)[0] if opt else ""
-        job.running.reset()
-        job.version_no += 1
+        sha, opt_sha = job.aggregate(self.blobs)
         now = self.clock()
-        s = job.sums
-        es = s.get("es", 0.0)
-        metrics = {
-            "aggregated": float(len(a.sites)),
-            "seconds": now - started,
-            "accuracy": s.get("acc", 0.0) / es if es else 0.0,
-            "loss": s.get("loss", 0.0) / es if es else 0.0,
-            "eval_samples": es,
-        }
         self.store.complete_round(
             job_id,
             a.round,
             model=ModelRow(job_id, job.version_no, sha, opt_sha, now),
-            metrics=metrics,
+            metrics=job.round_metrics(updates=len(a.sites), now=now),
             audit=AuditNote("round_completed", "aggregator", now, job_id, a.round, "", sha),
         )
         log.info(
@@ -523,18 +425,6 @@ class Coordinator:
             aggregate_ms=round(1000 * (time.perf_counter() - t0), 1),
         )
         self._feed(job_id, r.ModelStored(a.round, sha))
-
-    def _task(self, job_id: str, job: _Job, a: r.SendTask) -> federation_pb2.Task:
-        return federation_pb2.Task(
-            task_id=r.task_id(job_id, a.round, a.attempt, a.kind),
-            job_id=job_id,
-            round=a.round,
-            kind=_KIND[a.kind],
-            signed_job=job.signed_job,
-            signer_certificate=job.signer_cert,
-            model_version=a.model_version,
-            deadline_s=a.deadline_s,
-        )
 
     # ----- timer -----
 
@@ -558,10 +448,3 @@ class Coordinator:
                 if nxt is not None:
                     wake.append(nxt)
                 self._cond.wait(max(0.0, min(wake) - self.clock()) if wake else None)
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

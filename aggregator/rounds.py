@@ -21,12 +21,33 @@ dispatch on ``phase`` below is where they slot in, and ``_start_round`` picks th
 from __future__ import annotations
 
 import dataclasses
-import enum
-from dataclasses import dataclass
 
+from aggregator.round_types import (
+    TERMINAL,
+    Action,
+    Aggregate,
+    Cancel,
+    DeadlinePassed,
+    Event,
+    FinishJob,
+    JobParams,
+    ModelStored,
+    ReportReceived,
+    Resume,
+    RoundFailed,
+    RoundPhase,
+    RoundStarted,
+    RoundState,
+    SendTask,
+    SiteConnected,
+    SiteDisconnected,
+    TaskKind,
+    UpdateReceived,
+)
 from confide.errors import Reason, ReplayedMessage, Unauthorized
 
 __all__ = [
+    "TERMINAL",
     "Action",
     "Aggregate",
     "Cancel",
@@ -50,190 +71,6 @@ __all__ = [
     "check_update",
     "task_id",
 ]
-
-
-class RoundPhase(enum.Enum):
-    """Where a job's current round stands."""
-
-    WAITING = "waiting"  # running, waiting for min_sites eligible sites
-    COLLECTING = "collecting"  # TRAIN tasks out; plaintext updates arriving
-    # SecAgg+ phases to come: ADVERTISE, SHARE_KEYS, MASKED_INPUT, UNMASK
-    AGGREGATING = "aggregating"  # enough answers; the coordinator applies the optimizer
-    EVALUATING = "evaluating"  # last round done; EVALUATE tasks out
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({RoundPhase.DONE, RoundPhase.FAILED, RoundPhase.CANCELLED})
-
-
-class TaskKind(enum.Enum):
-    """The tasks a plaintext job sends (``federation.proto`` TaskKind)."""
-
-    TRAIN = "train"
-    EVALUATE = "evaluate"
-    JOB_DONE = "job_done"
-
-
-@dataclass(frozen=True)
-class JobParams:
-    """The parts of a JobSpec the state machine needs."""
-
-    job_id: str
-    rounds: int
-    min_sites: int
-    round_timeout_s: float
-    max_retries: int
-
-
-@dataclass(frozen=True)
-class RoundState:
-    """A job's round state; ``round`` counts from 1, ``attempt`` from 1.
-
-    Args:
-        eligible: connected sites that expose the job's dataset.
-        selected: sites sent this round's task.
-        updated: selected sites whose update is in the running sum.
-        answered: selected sites that answered (update or report).
-        deadline: unix seconds when the current phase times out, or None.
-    """
-
-    params: JobParams
-    phase: RoundPhase = RoundPhase.WAITING
-    round: int = 1
-    attempt: int = 1
-    model_version: str = ""
-    eligible: frozenset[str] = frozenset()
-    selected: frozenset[str] = frozenset()
-    updated: frozenset[str] = frozenset()
-    answered: frozenset[str] = frozenset()
-    deadline: float | None = None
-    started_at: float = 0.0
-    error: str = ""
-
-
-# ----- events -----
-
-
-@dataclass(frozen=True)
-class SiteConnected:
-    """An eligible site opened its task stream."""
-
-    site: str
-
-
-@dataclass(frozen=True)
-class SiteDisconnected:
-    """An eligible site's task stream ended or it timed out."""
-
-    site: str
-
-
-@dataclass(frozen=True)
-class UpdateReceived:
-    """A site's update was verified and added to the running sum."""
-
-    site: str
-    round: int
-
-
-@dataclass(frozen=True)
-class ReportReceived:
-    """A site reported on a task; ``ok`` False means failed or refused."""
-
-    site: str
-    round: int
-    kind: TaskKind
-    ok: bool
-
-
-@dataclass(frozen=True)
-class DeadlinePassed:
-    """The timer fired (a no-op unless ``now`` is past the state's deadline)."""
-
-
-@dataclass(frozen=True)
-class ModelStored:
-    """The aggregated model of ``round`` is durable as ``model_version``."""
-
-    round: int
-    model_version: str
-
-
-@dataclass(frozen=True)
-class Cancel:
-    """An operator cancelled the job."""
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Start a round if enough sites are there (after submit or restart)."""
-
-
-Event = (
-    SiteConnected
-    | SiteDisconnected
-    | UpdateReceived
-    | ReportReceived
-    | DeadlinePassed
-    | ModelStored
-    | Cancel
-    | Resume
-)
-
-# ----- actions -----
-
-
-@dataclass(frozen=True)
-class SendTask:
-    """Queue a task of ``kind`` for each of ``sites``."""
-
-    kind: TaskKind
-    sites: tuple[str, ...]
-    round: int
-    attempt: int
-    model_version: str
-    deadline_s: float
-
-
-@dataclass(frozen=True)
-class RoundStarted:
-    """A round attempt began: reset the running sum, persist and audit."""
-
-    round: int
-    attempt: int
-    sites: tuple[str, ...]
-    model_version: str
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """Apply the server optimizer to the running sum and store the new model."""
-
-    round: int
-    sites: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RoundFailed:
-    """A round attempt got too few updates; ``retry`` says whether another attempt follows."""
-
-    round: int
-    attempt: int
-    reason: Reason
-    retry: bool
-
-
-@dataclass(frozen=True)
-class FinishJob:
-    """The job ended in ``phase`` (DONE, FAILED or CANCELLED)."""
-
-    phase: RoundPhase
-    error: str = ""
-
-
-Action = SendTask | RoundStarted | Aggregate | RoundFailed | FinishJob
 
 
 def task_id(job_id: str, round: int, attempt: int, kind: TaskKind) -> str:

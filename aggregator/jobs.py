@@ -1,0 +1,195 @@
+"""One active job in memory: its spec, round state, running sum, optimizer and metric sums.
+
+The coordinator owns the ``Job`` objects and calls these methods under its lock; they do the
+per-job arithmetic and message building so the coordinator stays glue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aggregator import rounds as r
+from aggregator.blobs import BlobStore
+from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
+from aggregator.rows import SiteRoundRow
+from confide.models import parameter_shapes
+from confide.v1 import common_pb2, federation_pb2
+
+__all__ = ["Job", "UploadTarget", "new_job"]
+
+_KIND = {
+    r.TaskKind.TRAIN: federation_pb2.TASK_KIND_TRAIN,
+    r.TaskKind.EVALUATE: federation_pb2.TASK_KIND_EVALUATE,
+    r.TaskKind.JOB_DONE: federation_pb2.TASK_KIND_JOB_DONE,
+}
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """What an upload for a job must be bound to and contain right now."""
+
+    round: int
+    stage: int
+    shapes: list[tuple[str, tuple[int, ...]]]
+    nbytes: int
+
+
+@dataclass
+class Job:
+    """An active job.
+
+    Args:
+        sums: sample-weighted metric sums of the current round (``acc``, ``loss``, ``es``)
+            and of the final evaluation (``f_acc``, ``f_loss``, ``f_n``).
+    """
+
+    job_id: str
+    spec: common_pb2.JobSpec
+    signed_job: common_pb2.Envelope
+    signer_cert: bytes
+    shapes: list[tuple[str, tuple[int, ...]]]
+    state: r.RoundState
+    optimizer: ServerOptimizer
+    version_no: int
+    running: RunningSum
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def upload_target(self) -> UploadTarget:
+        """The binding and size an update must have now (plaintext: float32, stage UPDATE)."""
+        nbytes = 0
+        for _, shape in self.shapes:
+            n = 4
+            for d in shape:
+                n *= d
+            nbytes += n
+        return UploadTarget(self.state.round, common_pb2.STAGE_UPDATE, self.shapes, nbytes)
+
+    def task(self, a: r.SendTask) -> federation_pb2.Task:
+        """The Task message for one ``SendTask`` action (the same for every site)."""
+        return federation_pb2.Task(
+            task_id=r.task_id(self.job_id, a.round, a.attempt, a.kind),
+            job_id=self.job_id,
+            round=a.round,
+            kind=_KIND[a.kind],
+            signed_job=self.signed_job,
+            signer_certificate=self.signer_cert,
+            model_version=a.model_version,
+            deadline_s=a.deadline_s,
+        )
+
+    def update_row(self, site: str, rnd: int, header: federation_pb2.UpdateHeader) -> SiteRoundRow:
+        """The store row for an accepted update."""
+        return SiteRoundRow(
+            self.job_id,
+            rnd,
+            site,
+            "ok",
+            "",
+            int(header.num_samples),
+            header.epsilon,
+            header.update_epsilon,
+            dict(header.metrics),
+        )
+
+    def report_row(self, site: str, rnd: int, rep: federation_pb2.TaskReport) -> SiteRoundRow:
+        """The store row for a task report (``rnd`` 0: the final evaluation)."""
+        outcome = common_pb2.Outcome.Name(rep.outcome).removeprefix("OUTCOME_").lower()
+        return SiteRoundRow(
+            self.job_id,
+            rnd,
+            site,
+            outcome,
+            rep.reason,
+            int(rep.num_samples),
+            0.0,
+            0.0,
+            dict(rep.metrics),
+        )
+
+    def reset_round(self) -> None:
+        """Forget the running sum and the round's metric sums."""
+        self.running.reset()
+        self.sums = {k: v for k, v in self.sums.items() if k.startswith("f_")}
+
+    def add_update_metrics(self, header: federation_pb2.UpdateHeader) -> None:
+        """Add an update's hold-out metrics of the round's input model, weighted by eval_samples."""
+        m = header.metrics
+        es = float(m.get("eval_samples", 0.0))
+        self._add(acc=m.get("eval_accuracy", 0.0) * es, loss=m.get("eval_loss", 0.0) * es, es=es)
+
+    def add_final_metrics(self, rep: federation_pb2.TaskReport) -> None:
+        """Add one site's evaluation of the final model, weighted by its num_samples."""
+        n = float(rep.num_samples)
+        self._add(
+            f_acc=rep.metrics.get("accuracy", 0.0) * n,
+            f_loss=rep.metrics.get("loss", 0.0) * n,
+            f_n=n,
+        )
+
+    def _add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def round_metrics(self, *, updates: int, now: float) -> dict[str, float]:
+        """The round's recorded metrics: sample-weighted accuracy and loss, count, duration."""
+        s, es = self.sums, self.sums.get("es", 0.0)
+        return {
+            "aggregated": float(updates),
+            "seconds": now - self.state.started_at,
+            "accuracy": s.get("acc", 0.0) / es if es else 0.0,
+            "loss": s.get("loss", 0.0) / es if es else 0.0,
+            "eval_samples": es,
+        }
+
+    def final_metrics(self) -> dict[str, float]:
+        """The final evaluation's sample-weighted accuracy and loss (empty if none reported)."""
+        s, n = self.sums, self.sums.get("f_n", 0.0)
+        if not n:
+            return {}
+        return {
+            "accuracy": s.get("f_acc", 0.0) / n,
+            "loss": s.get("f_loss", 0.0) / n,
+            "eval_samples": n,
+        }
+
+    def aggregate(self, blobs: BlobStore) -> tuple[str, str]:
+        """Apply the optimizer to the running sum; store model and optimizer state durably.
+
+        Returns:
+            the new model's hex SHA-256 and its optimizer-state blob's ("" when stateless).
+
+        Raises:
+            OSError: the blob could not be written.
+        """
+        new = self.optimizer.apply(blobs.load(self.state.model_version), self.running.mean())
+        sha, _ = blobs.put(new)
+        opt = self.optimizer.state()
+        opt_sha = blobs.put(opt)[0] if opt else ""
+        self.running.reset()
+        self.version_no += 1
+        return sha, opt_sha
+
+
+def new_job(
+    job_id: str,
+    spec: common_pb2.JobSpec,
+    signed: common_pb2.Envelope,
+    cert: bytes,
+    *,
+    model_version: str,
+    version_no: int,
+    max_retries: int,
+    eligible: frozenset[str],
+) -> Job:
+    """An active job waiting for its next round, from a validated spec.
+
+    Raises:
+        ConfigError: the spec's model does not fit its dataset, or its optimizer is unknown.
+    """
+    shapes = parameter_shapes(spec.model, spec.dataset)
+    params = r.JobParams(
+        job_id, int(spec.rounds), int(spec.min_sites), float(spec.round_timeout_s), max_retries
+    )
+    state = r.RoundState(params, model_version=model_version, eligible=eligible)
+    optimizer = make_optimizer(spec.training)
+    return Job(job_id, spec, signed, cert, shapes, state, optimizer, version_no, RunningSum(shapes))
