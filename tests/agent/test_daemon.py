@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agent.api import connect_api
 from agent.main import main
 from tests.agent.conftest import FEDERATION
 
@@ -59,6 +61,10 @@ def test_daemon_serves_api_and_exits_0_on_sigterm(tmp_path, pki, capsys):
                                 stderr=err, cwd=Path(__file__).parents[2])
     try:
         _wait(sock.exists, 60, proc, log)
+        with connect_api(sock) as ch:  # the socket exists from bind; wait until it serves
+            health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True
+            )
         assert main(["status", "--config", str(cfg)]) == 0
         out = capsys.readouterr().out
         assert "disconnected" in out and "tabular" in out
