@@ -113,22 +113,15 @@ CREATE TABLE IF NOT EXISTS entries (
     job_id TEXT NOT NULL,
     round INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('reserved', 'sent', 'released')),
-    rec_sample_rate REAL,
-    rec_noise_multiplier REAL,
-    rec_steps INTEGER,
-    rec_delta REAL,
-    upd_noise_multiplier REAL,
-    upd_sensitivity_factor REAL,
-    epsilon REAL NOT NULL,
-    update_epsilon REAL NOT NULL,
-    cost_delta REAL NOT NULL,
+    rec_sample_rate REAL, rec_noise_multiplier REAL, rec_steps INTEGER, rec_delta REAL,
+    upd_noise_multiplier REAL, upd_sensitivity_factor REAL,
+    epsilon REAL NOT NULL, update_epsilon REAL NOT NULL, cost_delta REAL NOT NULL,
     release_proof TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entries_live_round
     ON entries (dataset, job_id, round) WHERE state != 'released';
-CREATE INDEX IF NOT EXISTS entries_dataset ON entries (dataset, state);
 """
 
 _COLUMNS = (
@@ -257,25 +250,13 @@ class Ledger:
                     f"ε={_fmt(upd_eps)}, cap {max_update_epsilon:.4g} (δ={self.delta:g})",
                     reason=Reason.BUDGET_EXCEEDED,
                 )
+            rec_cols = (None,) * 4 if rec is None else dataclasses.astuple(rec)
+            upd_cols = (None,) * 2 if upd is None else dataclasses.astuple(upd)
+            eps_cols = (layer_costs.epsilon, layer_costs.update_epsilon, layer_costs.delta)
             cur = conn.execute(
                 f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}) "
                 "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    dataset,
-                    job_id,
-                    int(round),
-                    None if rec is None else rec.sample_rate,
-                    None if rec is None else rec.noise_multiplier,
-                    None if rec is None else rec.steps,
-                    None if rec is None else rec.delta,
-                    None if upd is None else upd.noise_multiplier,
-                    None if upd is None else upd.sensitivity_factor,
-                    _finite_or_big(layer_costs.epsilon),
-                    _finite_or_big(layer_costs.update_epsilon),
-                    layer_costs.delta,
-                    now,
-                    now,
-                ),
+                (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now),
             )
             rid = cur.lastrowid
         if rid is None:  # pragma: no cover - sqlite always sets it after an INSERT
@@ -374,13 +355,16 @@ class Ledger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")  # fsynced (synchronous=FULL) before this returns
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise InternalError(f"privacy ledger write failed: {exc}") from exc
                 raise
-            conn.execute("COMMIT")
 
     @staticmethod
     def _state(conn: sqlite3.Connection, reservation: ReservationId) -> str:
@@ -401,40 +385,11 @@ class Ledger:
 
 
 def _entry(r: Any) -> Entry:
-    (rid, ds, job, rnd, state, q, z, steps, rdelta, uz, uk, eps, ueps, cdelta, ca, ua) = r
-    record = None
-    if q is not None:
-        record = RecordCost(
-            sample_rate=float(q),
-            noise_multiplier=float(z),
-            steps=int(steps),
-            delta=float(rdelta),
-        )
-    update = None
-    if uz is not None:
-        update = UpdateCost(noise_multiplier=float(uz), sensitivity_factor=float(uk))
-    cost = RoundCost(
-        record=record,
-        update=update,
-        epsilon=float(eps),
-        update_epsilon=float(ueps),
-        delta=float(cdelta),
-    )
-    return Entry(
-        id=ReservationId(int(rid)),
-        dataset=str(ds),
-        job_id=str(job),
-        round=int(rnd),
-        state=str(state),
-        cost=cost,
-        created_at=float(ca),
-        updated_at=float(ua),
-    )
-
-
-def _finite_or_big(x: float) -> float:
-    # SQLite REAL stores inf fine, but keep the display columns plain numbers.
-    return x if math.isfinite(x) else 1e308
+    rid, ds, job, rnd, state, q, z, steps, rdelta, uz, uk, eps, ueps, cdelta, ca, ua = r
+    record = None if q is None else RecordCost(float(q), float(z), int(steps), float(rdelta))
+    update = None if uz is None else UpdateCost(float(uz), float(uk))
+    cost = RoundCost(record, update, float(eps), float(ueps), float(cdelta))
+    return Entry(ReservationId(rid), ds, job, int(rnd), state, cost, float(ca), float(ua))
 
 
 def _fmt(x: float) -> str:
