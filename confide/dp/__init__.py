@@ -3,3 +3,5 @@
 This package never imports torch or opacus, so the agent daemon can account privacy without
 a deep-learning framework; Opacus is only the reference its tests compare against.
 """
+
+__all__: list[str] = []  # import the modules (confide.dp.rdp, .prv, .accountant, ...) directly
