@@ -32,7 +32,8 @@ from agent.datasets import DatasetConfig
 from agent.jobs import VerifiedJob, verify_job
 from agent.policy import exposed_dataset
 from agent.transport import Transport
-from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerFailed, WorkerInfo
+from agent.worker.protocol import WorkerFailed
+from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
 from confide.errors import (
     ConfideError,
     InternalError,
@@ -46,79 +47,15 @@ from confide.wire.blob import NamedArrays, check_finite
 
 __all__ = [
     "Handler",
+    "SecureUpdate",
     "SiteContext",
     "TaskOutcome",
     "TaskRunner",
-    "WorkerFactory",
-    "WorkerHandle",
-    "start_worker",
 ]
 
 log = structlog.get_logger("confide.agent")
 
 T = TypeVar("T")
-
-
-class WorkerHandle(Protocol):
-    """What the daemon needs from a job's worker process (``agent.worker.handle.Worker``)."""
-
-    @property
-    def info(self) -> WorkerInfo | None:
-        """What the worker reported after start-up (train/hold-out sizes, device)."""
-        ...
-
-    @property
-    def alive(self) -> bool:
-        """Whether the worker process is still running."""
-        ...
-
-    def evaluate(self, weights: NamedArrays) -> EvalResult:
-        """Evaluate weights on the hold-out split. Raises ``WorkerFailed``."""
-        ...
-
-    def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
-        """Train one round from ``weights`` and return the delta. Raises ``WorkerFailed``."""
-        ...
-
-    def stop(self) -> None:
-        """End the worker process."""
-        ...
-
-
-class WorkerFactory(Protocol):
-    """Starts a job's worker (``agent.worker.handle.Worker.start`` in the daemon)."""
-
-    def __call__(
-        self,
-        *,
-        job: common_pb2.JobSpec,
-        job_id: str,
-        dataset: DatasetConfig,
-        device: str,
-        timeout: float,
-    ) -> WorkerHandle:
-        """Start a worker for ``job`` on ``dataset``. Raises ``WorkerFailed``."""
-        ...
-
-
-def start_worker(
-    *,
-    job: common_pb2.JobSpec,
-    job_id: str,
-    dataset: DatasetConfig,
-    device: str,
-    timeout: float,
-) -> WorkerHandle:
-    """Start the real sandboxed worker process for a job.
-
-    Raises:
-        WorkerFailed: the worker could not start.
-    """
-    # Imported here so that tests with a fake worker never need the worker package; the
-    # handle itself imports no torch (the fresh-subprocess import test checks it).
-    from agent.worker.handle import Worker
-
-    return Worker.start(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
 
 
 class TaskOutcome(enum.Enum):
@@ -160,6 +97,27 @@ Handler = Callable[[federation_pb2.Task, Transport], None]
 """Runs one task; returns when it is done (and answered), raises ``ConfideError`` if not."""
 
 
+class SecureUpdate(Protocol):
+    """Sends a protected update through SecAgg+ instead of a plain ``Upload`` (stage 0 on).
+
+    Set ``TaskRunner.secure_update`` to one to enable secure-aggregation jobs; until then
+    TRAIN tasks of such jobs are refused ``unsafe_request`` before any data is touched.
+    """
+
+    def __call__(
+        self,
+        task: federation_pb2.Task,
+        transport: Transport,
+        *,
+        job: VerifiedJob,
+        delta: NamedArrays,
+        num_samples: int,
+        metrics: dict[str, float],
+    ) -> None:
+        """Quantize/mask-to-be ``delta`` and send ``AdvertiseKeys`` for ``task``'s round."""
+        ...
+
+
 def _protect(delta: NamedArrays, job: common_pb2.JobSpec) -> NamedArrays:
     """Protect a worker's delta before it leaves the site (clip + noise + ledger charge).
 
@@ -191,16 +149,15 @@ class TaskRunner:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.site = site
-        self._start_worker = start_worker
         self._clock = clock
-        self._workers: dict[str, WorkerHandle] = {}
-        self._lock = threading.Lock()
+        self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()
         self.handlers: dict[int, Handler] = {
             federation_pb2.TASK_KIND_TRAIN: self._train,
             federation_pb2.TASK_KIND_EVALUATE: self._evaluate,
             federation_pb2.TASK_KIND_JOB_DONE: self._job_done,
         }
+        self.secure_update: SecureUpdate | None = None
 
     def register(self, kind: int, handler: Handler) -> None:
         """Add or replace the handler of a task kind (e.g. a SecAgg+ stage)."""
@@ -250,16 +207,7 @@ class TaskRunner:
 
     def stop_workers(self) -> None:
         """Stop every running worker (idempotent)."""
-        with self._lock:
-            workers, self._workers = list(self._workers.values()), {}
-        for w in workers:
-            _stop_quietly(w)
-
-    @property
-    def running_jobs(self) -> list[str]:
-        """Job ids whose worker is running."""
-        with self._lock:
-            return sorted(self._workers)
+        self.workers.stop_all()
 
     # ----- building blocks (shared with the SecAgg+ handlers) -----
 
@@ -285,34 +233,15 @@ class TaskRunner:
         dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
         return job, dataset
 
-    def worker_for(self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig
-                   ) -> WorkerHandle:
+    def worker_for(
+        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig
+    ) -> WorkerHandle:
         """The job's running worker, started (or restarted after a crash) when needed.
 
         Raises:
             WorkerFailed: the worker could not start.
         """
-        with self._lock:
-            worker = self._workers.get(task.job_id)
-        if worker is not None and worker.alive:
-            return worker
-        if worker is not None:
-            log.warning("worker_restart", reason="worker_not_alive")
-            self._drop_worker(task.job_id)
-        worker = self._start_worker(
-            job=job.spec,
-            job_id=task.job_id,
-            dataset=dataset,
-            device=self.site.device,
-            timeout=self.site.task_timeout_s,
-        )
-        with self._lock:
-            self._workers[task.job_id] = worker
-        info = worker.info
-        if info is not None:
-            log.info("worker_started", num_train=info.num_train, num_holdout=info.num_holdout,
-                     device=info.device)
-        return worker
+        return self.workers.get(task.job_id, job.spec, dataset)
 
     def seal(self, task: federation_pb2.Task, stage: int,
              payload: Message) -> common_pb2.Envelope:
@@ -340,7 +269,8 @@ class TaskRunner:
 
     def _train(self, task: federation_pb2.Task, transport: Transport) -> None:
         job, dataset = self.admit(task)
-        if job.spec.secure_aggregation.enabled:
+        secure = job.spec.secure_aggregation.enabled
+        if secure and self.secure_update is None:
             raise PolicyRefusal(
                 "secure aggregation is not available in this agent yet",
                 reason=Reason.UNSAFE_REQUEST,
@@ -354,7 +284,6 @@ class TaskRunner:
         self._check_abandon()
         _check_delta(tr.delta, weights)
         delta = _protect(tr.delta, job.spec)
-        blob, buffers = encode_tensors(delta)
         metrics = {
             "eval_accuracy": ev.accuracy,
             "eval_loss": ev.loss,
@@ -362,6 +291,11 @@ class TaskRunner:
         }
         metrics.update({k if k.startswith("train_") else f"train_{k}": float(v)
                         for k, v in tr.metrics.items()})
+        if secure and self.secure_update is not None:
+            self.secure_update(task, transport, job=job, delta=delta,
+                               num_samples=tr.num_samples, metrics=metrics)
+            return
+        blob, buffers = encode_tensors(delta)
         header = federation_pb2.UpdateHeader(
             task_id=task.task_id, blob=blob, num_samples=tr.num_samples, metrics=metrics
         )
@@ -383,7 +317,7 @@ class TaskRunner:
         ))
 
     def _job_done(self, task: federation_pb2.Task, transport: Transport) -> None:
-        self._drop_worker(task.job_id)
+        self.workers.drop(task.job_id)
         log.info("job_done")
 
     # ----- helpers -----
@@ -393,14 +327,8 @@ class TaskRunner:
         try:
             return call()
         except WorkerFailed:
-            self._drop_worker(task.job_id)
+            self.workers.drop(task.job_id)
             raise
-
-    def _drop_worker(self, job_id: str) -> None:
-        with self._lock:
-            worker = self._workers.pop(job_id, None)
-        if worker is not None:
-            _stop_quietly(worker)
 
     def _check_abandon(self) -> None:
         if self._abandon.is_set():
@@ -460,10 +388,3 @@ def _check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
         check_finite(delta)
     except PeerError as exc:
         raise InternalError(str(exc), reason=Reason.TRAINING_FAILED) from exc
-
-
-def _stop_quietly(worker: WorkerHandle) -> None:
-    try:
-        worker.stop()
-    except Exception:  # a dying worker must not take the daemon's shutdown down with it
-        log.warning("worker_stop_failed", exc_info=True)

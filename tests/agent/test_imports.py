@@ -7,7 +7,8 @@ import sys
 
 DAEMON_MODULES = [
     "agent.main", "agent.session", "agent.tasks", "agent.api", "agent.transport",
-    "agent.config", "agent.jobs", "agent.policy", "agent.resources", "agent.worker.handle",
+    "agent.config", "agent.jobs", "agent.policy", "agent.resources", "agent.workers",
+    "agent.worker.handle",
 ]
 
 

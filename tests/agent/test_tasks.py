@@ -58,7 +58,7 @@ def test_worker_is_reused_across_rounds_and_stopped_on_job_done(pki, runner, agg
     done = runner.run(signed_task(pki.alice, kind=federation_pb2.TASK_KIND_JOB_DONE), t)
     assert done is TaskOutcome.OK
     assert not workers.started[0].alive
-    assert runner.running_jobs == []
+    assert runner.workers.jobs == []
 
 
 def test_evaluate_reports_metrics(pki, runner, aggregator):
@@ -141,7 +141,7 @@ def test_non_finite_delta_is_never_sent(pki, runner, aggregator, workers):
         w.delta_value = float("nan")
         return w
 
-    runner._start_worker = nan_worker
+    runner.workers._start = nan_worker
     assert runner.run(signed_task(pki.alice), FakeTransport(aggregator)) is TaskOutcome.FAILED
     assert _report(pki, aggregator.reports[0]).reason == "training_failed"
     assert not aggregator.uploads
@@ -173,3 +173,17 @@ def test_verify_job_raises_bad_signature_directly(pki):
     with pytest.raises(BadSignature):
         verify_job(task, federation=FEDERATION, ca_pem=pki.site.ca_pem, crl_pem=None,
                    trusted_signers=(), now=time.time())
+
+
+def test_secure_aggregation_job_is_refused_until_secagg_is_plugged_in(pki, runner, aggregator):
+    """A SecAgg job is refused unsafe_request without a secure_update; with one it is used."""
+    spec = job_spec()
+    spec.secure_aggregation.enabled = True
+    t = FakeTransport(aggregator)
+    assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.REFUSED
+    assert _report(pki, aggregator.reports[0]).reason == "unsafe_request"
+    sent = []
+    runner.secure_update = lambda task, tr, **kw: sent.append(kw)
+    assert runner.run(signed_task(pki.alice, spec=spec, task_id="t2"), t) is TaskOutcome.OK
+    assert not aggregator.uploads
+    assert sent[0]["num_samples"] == 10 and "eval_accuracy" in sent[0]["metrics"]

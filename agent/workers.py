@@ -1,0 +1,156 @@
+"""The daemon's worker processes: what it needs from one, and one per running job.
+
+A job's worker (``agent.worker.handle.Worker``) is started on the job's first task and reused
+for all its rounds (starting one imports torch and loads the data: seconds). It is stopped on
+JOB_DONE, on shutdown, or after it failed; the next task then starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import structlog
+
+from agent.datasets import DatasetConfig
+from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerInfo
+from confide.v1 import common_pb2
+from confide.wire.blob import NamedArrays
+
+__all__ = ["WorkerFactory", "WorkerHandle", "WorkerPool", "start_worker"]
+
+log = structlog.get_logger("confide.agent")
+
+
+class WorkerHandle(Protocol):
+    """What the daemon needs from a job's worker process (``agent.worker.handle.Worker``)."""
+
+    @property
+    def info(self) -> WorkerInfo | None:
+        """What the worker reported after start-up (train/hold-out sizes, device)."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker process is still running."""
+        ...
+
+    def evaluate(self, weights: NamedArrays) -> EvalResult:
+        """Evaluate weights on the hold-out split. Raises ``WorkerFailed``."""
+        ...
+
+    def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
+        """Train one round from ``weights`` and return the delta. Raises ``WorkerFailed``."""
+        ...
+
+    def stop(self) -> None:
+        """End the worker process."""
+        ...
+
+
+class WorkerFactory(Protocol):
+    """Starts a job's worker (``start_worker`` in the daemon, a fake in unit tests)."""
+
+    def __call__(
+        self,
+        *,
+        job: common_pb2.JobSpec,
+        job_id: str,
+        dataset: DatasetConfig,
+        device: str,
+        timeout: float,
+    ) -> WorkerHandle:
+        """Start a worker for ``job`` on ``dataset``. Raises ``WorkerFailed``."""
+        ...
+
+
+def start_worker(
+    *,
+    job: common_pb2.JobSpec,
+    job_id: str,
+    dataset: DatasetConfig,
+    device: str,
+    timeout: float,
+) -> WorkerHandle:
+    """Start the real sandboxed worker process for a job.
+
+    Args:
+        timeout: seconds one worker operation may take before the worker is killed.
+
+    Raises:
+        WorkerFailed: the worker could not start.
+        PolicyRefusal: the data does not match the declared schema.
+    """
+    # Imported here so tests with a fake worker never load the worker package; the handle
+    # itself imports no torch (tests/agent/test_imports.py checks it in a fresh process).
+    from agent.worker.handle import Worker
+
+    return Worker.start(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
+
+
+class WorkerPool:
+    """At most one running worker per job id; thread-safe.
+
+    Args:
+        start: starts a worker.
+        device: where workers train (auto, cpu, cuda, cuda:N).
+        timeout: seconds one worker operation may take.
+    """
+
+    def __init__(self, start: WorkerFactory, *, device: str, timeout: float) -> None:
+        self._start = start
+        self._device = device
+        self._timeout = timeout
+        self._workers: dict[str, WorkerHandle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, job: common_pb2.JobSpec, dataset: DatasetConfig) -> WorkerHandle:
+        """The job's running worker, started (or restarted after it died) when needed.
+
+        Raises:
+            WorkerFailed: the worker could not start.
+        """
+        with self._lock:
+            worker = self._workers.get(job_id)
+        if worker is not None and worker.alive:
+            return worker
+        if worker is not None:
+            log.warning("worker_restart", reason="worker_not_alive")
+            self.drop(job_id)
+        worker = self._start(
+            job=job, job_id=job_id, dataset=dataset, device=self._device, timeout=self._timeout
+        )
+        with self._lock:
+            self._workers[job_id] = worker
+        info = worker.info
+        if info is not None:
+            log.info("worker_started", num_train=info.num_train, num_holdout=info.num_holdout,
+                     device=info.device)
+        return worker
+
+    def drop(self, job_id: str) -> None:
+        """Stop and forget the job's worker, if any."""
+        with self._lock:
+            worker = self._workers.pop(job_id, None)
+        if worker is not None:
+            _stop_quietly(worker)
+
+    def stop_all(self) -> None:
+        """Stop every worker (idempotent)."""
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for w in workers:
+            _stop_quietly(w)
+
+    @property
+    def jobs(self) -> list[str]:
+        """Job ids with a worker."""
+        with self._lock:
+            return sorted(self._workers)
+
+
+def _stop_quietly(worker: WorkerHandle) -> None:
+    try:
+        worker.stop()
+    except Exception:  # a dying worker must not take the daemon's shutdown down with it
+        log.warning("worker_stop_failed", exc_info=True)
