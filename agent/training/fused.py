@@ -20,7 +20,7 @@ the step costs about what a plain SGD step costs. Tests compare it with Opacus's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -45,6 +45,8 @@ class FusedDpSgd:
         self.lr = lr
         self.layers: list[nn.Linear | nn.Conv2d] = []
         for sub in module.modules():
+            if isinstance(sub, nn.Conv2d) and (isinstance(sub.padding, str) or sub.groups != 1):
+                raise ValueError("fused DP-SGD needs Conv2d with numeric padding and groups=1")
             if isinstance(sub, (nn.Linear, nn.Conv2d)):
                 self.layers.append(sub)
             elif any(True for _ in sub.parameters(recurse=False)):
@@ -67,8 +69,8 @@ class FusedDpSgd:
         noise_std: float,
         expected_batch: float,
         generator: torch.Generator,
-    ) -> torch.Tensor:
-        """One DP-SGD step on the batch (x, y); returns the detached logits.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DP-SGD step on the batch (x, y); returns the detached logits and summed loss.
 
         Args:
             x: the Poisson-sampled batch (non-empty).
@@ -95,7 +97,8 @@ class FusedDpSgd:
                     sq += a2.pow(2).sum(1) * bn + bn
                     parts.append((a2, b2, None))
                 else:
-                    u = F.unfold(a, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+                    pad = cast(tuple[int, ...], layer.padding)  # __init__ refused string padding
+                    u = F.unfold(a, layer.kernel_size, layer.dilation, pad, layer.stride)
                     bm = b.reshape(n, b.shape[1], -1)
                     g = torch.einsum("bot,bdt->bod", bm, u)
                     gb = bm.sum(2)
@@ -116,7 +119,7 @@ class FusedDpSgd:
                     _noisy_update(layer.bias, gbias, noise_std, scale, generator)
         self._inputs.clear()
         self._outputs.clear()
-        return logits.detach()
+        return logits.detach(), loss.detach()
 
 
 def _noisy_update(
