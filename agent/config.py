@@ -25,6 +25,7 @@ file at fault).
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,8 +81,9 @@ class DatasetPolicy:
     """A data owner's limits for one dataset; the privacy ledger enforces them.
 
     Args:
-        max_epsilon: total record-level epsilon the dataset may ever spend (None: no limit
-            set here, the ledger's default applies).
+        max_epsilon: total record-level epsilon the dataset may ever spend (None: not set
+            here, the ledger's default cap of 10 applies; ``inf``: no cap, which is the only
+            way a site accepts jobs without any privacy protection on this dataset).
         min_update_noise: the floor on the update-level noise multiplier z a job may ask for.
     """
 
@@ -226,7 +228,11 @@ def config_from_section(root: Section) -> AgentConfig:
 
 
 def _dataset_policy(table: Section) -> DatasetPolicy:
-    max_eps: float | None = table.float("max_epsilon", None, min=0.0, min_exclusive=True)
+    max_eps: float | None
+    if table.value("max_epsilon", None) == math.inf:
+        max_eps = math.inf  # the site explicitly accepts jobs without privacy on this dataset
+    else:
+        max_eps = table.float("max_epsilon", None, min=0.0, min_exclusive=True)
     min_noise: float = table.float("min_update_noise", 0.0, min=0.0)
     table.done()
     return DatasetPolicy(max_epsilon=max_eps, min_update_noise=min_noise)

@@ -26,7 +26,9 @@ import grpc
 import structlog
 
 from agent.api import AgentApi, connect_api
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, DatasetPolicy, load_config
+from agent.ledger import Ledger
+from agent.privacy import PrivacyPlan
 from agent.resources import ResourceProbe
 from agent.session import Session
 from agent.tasks import SiteContext, TaskRunner
@@ -156,11 +158,13 @@ def _run_daemon(cfg: AgentConfig) -> int:
         raise ConfigError("state.dir", f"cannot create {cfg.state_dir}: {exc.strerror}") from exc
     probe = ResourceProbe()
     device = resolve_device(cfg.device, probe.gpus)
+    ledger = Ledger.open(cfg.state_dir / "ledger.db")
     runner = TaskRunner(SiteContext(
         federation=cfg.federation, site=identity.info.name, signing_key=identity.signing_key,
         ca_pem=identity.ca_pem, crl_pem=identity.crl_pem, trusted_signers=cfg.trusted_signers,
         datasets=cfg.datasets, device=cfg.device, task_timeout_s=cfg.task_timeout_s,
-    ))
+        policies=cfg.dataset_policies,
+    ), privacy=PrivacyPlan(ledger))
     started = time.time()
     session: Session | None = None
 
@@ -175,7 +179,18 @@ def _run_daemon(cfg: AgentConfig) -> int:
             tasks_done=s.tasks_done, tasks_failed=s.tasks_failed,
         )
 
-    api = AgentApi(cfg.api_socket, status=status)
+    def budget() -> agent_pb2.BudgetReply:
+        policies = {name: cfg.dataset_policies.get(name, DatasetPolicy()) for name in cfg.datasets}
+        return agent_pb2.BudgetReply(datasets=[
+            agent_pb2.DatasetBudget(
+                dataset=b.dataset, max_epsilon=b.max_epsilon, spent_epsilon=b.spent_epsilon,
+                remaining_epsilon=b.remaining_epsilon, delta=b.delta,
+                spent_update_epsilon=b.update_epsilon, rounds=b.rounds,
+            )
+            for b in ledger.budgets(policies)
+        ])
+
+    api = AgentApi(cfg.api_socket, status=status, budget=budget)
     session = Session(
         runner=runner,
         connect=lambda: GrpcTransport.from_identity(
@@ -203,6 +218,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         session.stop()
         thread.join(timeout=_STOP_JOIN_S)
         api.stop()
+        ledger.close()
         for s, h in previous.items():
             signal.signal(s, h)
     log.info("agent_stopped")

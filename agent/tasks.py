@@ -10,8 +10,10 @@ down. Policy refusals (untrusted signer, bad job signature, unknown dataset, sch
 The worker process is started on a job's first task and reused for every later round; it is
 stopped on JOB_DONE, on shutdown, or after it failed (the next task starts a fresh one).
 
-Privacy: the daemon's update protection has exactly one call site, ``_protect`` in
-``_train``, which today returns the delta unchanged; ``dp=None`` goes to the worker.
+Privacy (``agent.privacy``): before the worker trains, the daemon plans the round (DP-SGD
+parameters for the worker, update clip and noise) and reserves its cost in the ledger,
+durably; after training it clips and noises the delta itself and marks the reservation sent
+just before the update leaves. A worker failure before any update exists releases it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import nacl.signing
@@ -28,9 +30,11 @@ import structlog
 from google.protobuf.message import Message
 from structlog.contextvars import bound_contextvars
 
+from agent.config import DatasetPolicy
 from agent.datasets import DatasetConfig
 from agent.jobs import VerifiedJob, verify_job
 from agent.policy import exposed_dataset
+from agent.privacy import PrivacyPlan, RoundPrivacy, protect_update
 from agent.transport import Transport
 from agent.worker.protocol import WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
@@ -80,6 +84,7 @@ class SiteContext:
         datasets: the datasets this site exposes, by name.
         device: where workers train (auto, cpu, cuda, cuda:N).
         task_timeout_s: the longest one worker call may take before the worker is killed.
+        policies: the site's privacy policy per dataset (cap, noise floor).
     """
 
     federation: str
@@ -91,6 +96,7 @@ class SiteContext:
     datasets: Mapping[str, DatasetConfig]
     device: str = "auto"
     task_timeout_s: float = 3600.0
+    policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
 
 
 Handler = Callable[[federation_pb2.Task, Transport], None]
@@ -118,20 +124,6 @@ class SecureUpdate(Protocol):
         ...
 
 
-def _protect(delta: NamedArrays, job: common_pb2.JobSpec) -> NamedArrays:
-    """Protect a worker's delta before it leaves the site (clip + noise + ledger charge).
-
-    THE one call site of update-level privacy in the daemon. Today it returns the delta
-    unchanged; the privacy integration replaces it with clipping to ``C``, Gaussian noise
-    ``z * C`` and a durable ledger reservation, all before ``_train`` uploads anything.
-
-    Args:
-        delta: the worker's update (checked: finite float32, the model's names and shapes).
-        job: the verified job (``update_privacy`` holds ``C`` and ``z``).
-    """
-    return delta
-
-
 class TaskRunner:
     """Runs tasks by kind and answers each one; holds the running workers, one per job.
 
@@ -139,6 +131,8 @@ class TaskRunner:
         site: this site's identity and exposure.
         start_worker: starts a job's worker (a fake in unit tests).
         clock: unix seconds (signing time and job-signature checks).
+        privacy: the site's privacy planner and ledger; without one, jobs that ask for
+            privacy are refused (unit tests of non-private jobs run without it).
     """
 
     def __init__(
@@ -147,8 +141,10 @@ class TaskRunner:
         *,
         start_worker: WorkerFactory = start_worker,
         clock: Callable[[], float] = time.time,
+        privacy: PrivacyPlan | None = None,
     ) -> None:
         self.site = site
+        self.privacy = privacy
         self._clock = clock
         self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()
@@ -278,12 +274,36 @@ class TaskRunner:
         weights = transport.download(task.job_id, task.model_version)
         self._check_abandon()
         worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
-        ev = self._guarded(task, lambda: worker.evaluate(weights))
-        self._check_abandon()
-        tr = self._guarded(task, lambda: worker.train(weights, dp=None, round=task.round))
-        self._check_abandon()
-        _check_delta(tr.delta, weights)
-        delta = _protect(tr.delta, job.spec)
+        plan = self._plan(task, job, dataset, worker)
+        rid = None
+        if plan is not None and self.privacy is not None:
+            rid = self.privacy.reserve(
+                dataset=dataset.name,
+                ledger_key=task.task_id,
+                round=task.round,
+                plan=plan,
+                max_epsilon=self._policy(dataset).max_epsilon,
+            )
+        try:
+            ev = self._guarded(task, lambda: worker.evaluate(weights))
+            self._check_abandon()
+            dp = plan.dp if plan is not None else None
+            tr = self._guarded(task, lambda: worker.train(weights, dp=dp, round=task.round))
+            self._check_abandon()
+            _check_delta(tr.delta, weights)
+        except Exception:
+            if rid is not None and self.privacy is not None:
+                # Nothing left the site: the worker produced no update we will send.
+                self.privacy.ledger.release_unsent(rid, proof="no update was produced")
+            raise
+        delta = protect_update(tr.delta, plan) if plan is not None else tr.delta
+        epsilon = update_epsilon = 0.0
+        if rid is not None and self.privacy is not None:
+            epsilon, update_epsilon = self.privacy.job_epsilon(
+                dataset=dataset.name, job_id=task.job_id
+            )
+            # Counted before anything leaves: after this line the cost can never be released.
+            self.privacy.ledger.mark_sent(rid)
         metrics = {
             "eval_accuracy": ev.accuracy,
             "eval_loss": ev.loss,
@@ -292,17 +312,50 @@ class TaskRunner:
         metrics.update({k if k.startswith("train_") else f"train_{k}": float(v)
                         for k, v in tr.metrics.items()})
         if secure and self.secure_update is not None:
+            metrics["epsilon"] = epsilon
+            metrics["update_epsilon"] = update_epsilon
             self.secure_update(task, transport, job=job, delta=delta,
                                num_samples=tr.num_samples, metrics=metrics)
             return
         blob, buffers = encode_tensors(delta)
         header = federation_pb2.UpdateHeader(
-            task_id=task.task_id, blob=blob, num_samples=tr.num_samples, metrics=metrics
+            task_id=task.task_id,
+            blob=blob,
+            num_samples=tr.num_samples,
+            metrics=metrics,
+            epsilon=epsilon,
+            update_epsilon=update_epsilon,
         )
         ack = transport.upload(self.seal(task, common_pb2.STAGE_UPDATE, header), buffers)
         _check_ack(ack, "upload")
         log.info("update_sent", num_samples=tr.num_samples, bytes=blob.total_bytes,
                  eval_accuracy=ev.accuracy)
+
+    def _policy(self, dataset: DatasetConfig) -> DatasetPolicy:
+        return self.site.policies.get(dataset.name, DatasetPolicy())
+
+    def _plan(
+        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig,
+        worker: WorkerHandle,
+    ) -> RoundPrivacy | None:
+        """The round's privacy plan; None only for a non-private job without a ledger.
+
+        Raises:
+            PolicyRefusal: the job asks for privacy but this runner has no ledger.
+        """
+        spec = job.spec
+        if self.privacy is None:
+            if spec.record_privacy.enabled or spec.update_privacy.clip_norm > 0:
+                raise PolicyRefusal("this agent has no privacy ledger",
+                                    reason=Reason.UNSAFE_REQUEST)
+            return None
+        info = worker.info
+        return self.privacy.plan(
+            spec,
+            job_id=task.job_id,
+            num_train=info.num_train if info is not None else 1,
+            min_update_noise=self._policy(dataset).min_update_noise,
+        )
 
     def _evaluate(self, task: federation_pb2.Task, transport: Transport) -> None:
         job, dataset = self.admit(task)
@@ -318,6 +371,8 @@ class TaskRunner:
 
     def _job_done(self, task: federation_pb2.Task, transport: Transport) -> None:
         self.workers.drop(task.job_id)
+        if self.privacy is not None:
+            self.privacy.forget(task.job_id)
         log.info("job_done")
 
     # ----- helpers -----

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -45,7 +46,12 @@ def run(sites: int, params: int, rounds: int) -> dict[str, float]:
             fed.start_aggregator()
             for n in names:
                 fed.start_agent(
-                    SiteSetup(n, datasets={"bench": {"path": str(data), "features": ["x"], "label": "y"}})
+                    SiteSetup(
+                        n,
+                        datasets={"bench": {"path": str(data), "features": ["x"], "label": "y"}},
+                        # The benchmark job has no privacy: the sites accept that explicitly.
+                        policy={"datasets": {"bench": {"max_epsilon": math.inf}}},
+                    )
                 )
             fed.wait_for_sites(sites, timeout=60.0 + 2.0 * sites)
             time.sleep(1.0)  # let the agents settle into idle before reading their RSS
@@ -58,9 +64,14 @@ def run(sites: int, params: int, rounds: int) -> dict[str, float]:
                 model=common_pb2.ModelSpec(
                     kind=common_pb2.MODEL_KIND_FIXED_DELTA, fixed_delta_params=params
                 ),
-                dataset=common_pb2.DatasetSpec(name="bench", features=["x"], label="y", num_classes=2),
+                dataset=common_pb2.DatasetSpec(
+                    name="bench", features=["x"], label="y", num_classes=2
+                ),
                 training=common_pb2.TrainingSpec(
-                    local_epochs=1, batch_size=8, learning_rate=0.1, server_learning_rate=1.0,
+                    local_epochs=1,
+                    batch_size=8,
+                    learning_rate=0.1,
+                    server_learning_rate=1.0,
                     device="cpu",
                 ),
             )
@@ -71,7 +82,9 @@ def run(sites: int, params: int, rounds: int) -> dict[str, float]:
             agg_peak = _proc_mb(fed.aggregator.pid, "VmHWM")
             secs = [r.seconds for r in status.rounds if r.state == "done"]
             if len(secs) != rounds:
-                raise SystemExit(f"job ended {status.state} after {len(secs)} rounds: {status.error}")
+                raise SystemExit(
+                    f"job ended {status.state} after {len(secs)} rounds: {status.error}"
+                )
         return {
             "sites": sites,
             "params": params,

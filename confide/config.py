@@ -8,6 +8,7 @@ and exit 2. ``Section.done()`` refuses keys nobody read, which catches typos suc
 
 from __future__ import annotations
 
+import builtins
 import enum
 import math
 import tomllib
@@ -50,23 +51,23 @@ class Section:
     """One TOML table with typed, key-naming accessors."""
 
     def __init__(
-        self, data: Mapping[str, Any], prefix: str = "", *, base_dir: Path | None = None
+        self, data: Mapping[str, Any], prefix: builtins.str = "", *, base_dir: Path | None = None
     ) -> None:
         self._data = data
         self._prefix = prefix
         self._read: set[str] = set()
         self.base_dir = base_dir
 
-    def key(self, name: str) -> str:
+    def key(self, name: builtins.str) -> builtins.str:
         """The full dotted key for ``name`` in this section."""
         return f"{self._prefix}{name}"
 
-    def has(self, name: str) -> bool:
+    def has(self, name: builtins.str) -> builtins.bool:
         """Whether ``name`` is present (marks it as read)."""
         self._read.add(name)
         return name in self._data
 
-    def _get(self, name: str, default: Any) -> Any:
+    def _get(self, name: builtins.str, default: Any) -> Any:
         self._read.add(name)
         if name in self._data:
             return self._data[name]
@@ -74,11 +75,13 @@ class Section:
             raise ConfigError(self.key(name), "is required but missing", reason=Reason.MISSING_KEY)
         return default
 
-    def value(self, name: str, default: Any = _MISSING) -> Any:
+    def value(self, name: builtins.str, default: Any = _MISSING) -> Any:
         """The raw value of ``name`` (for keys that accept more than one type)."""
         return self._get(name, default)
 
-    def str(self, name: str, default: Any = _MISSING, *, nonempty: bool = True) -> Any:
+    def str(
+        self, name: builtins.str, default: Any = _MISSING, *, nonempty: builtins.bool = True
+    ) -> Any:
         """A string value."""
         v = self._get(name, default)
         if v is default and default is not _MISSING:
@@ -91,11 +94,11 @@ class Section:
 
     def int(
         self,
-        name: str,
+        name: builtins.str,
         default: Any = _MISSING,
         *,
-        min: int | None = None,
-        max: int | None = None,
+        min: builtins.int | None = None,
+        max: builtins.int | None = None,
     ) -> Any:
         """An integer value within ``[min, max]``."""
         v = self._get(name, default)
@@ -108,13 +111,13 @@ class Section:
 
     def float(
         self,
-        name: str,
+        name: builtins.str,
         default: Any = _MISSING,
         *,
-        min: float | None = None,
-        max: float | None = None,
-        min_exclusive: bool = False,
-        max_exclusive: bool = False,
+        min: builtins.float | None = None,
+        max: builtins.float | None = None,
+        min_exclusive: builtins.bool = False,
+        max_exclusive: builtins.bool = False,
     ) -> Any:
         """A finite number within the given bounds (integers are accepted)."""
         v = self._get(name, default)
@@ -132,7 +135,7 @@ class Section:
             raise ConfigError(key, f"must be {'<' if max_exclusive else '<='} {max}, got {fv}")
         return fv
 
-    def bool(self, name: str, default: Any = _MISSING) -> Any:
+    def bool(self, name: builtins.str, default: Any = _MISSING) -> Any:
         """A boolean value."""
         v = self._get(name, default)
         if v is default and default is not _MISSING:
@@ -141,7 +144,9 @@ class Section:
             raise ConfigError(self.key(name), f"must be true or false, got {v!r}")
         return v
 
-    def path(self, name: str, default: Any = _MISSING, *, must_exist: bool = False) -> Any:
+    def path(
+        self, name: builtins.str, default: Any = _MISSING, *, must_exist: builtins.bool = False
+    ) -> Any:
         """A filesystem path; relative paths resolve against the config file's folder."""
         v = self._get(name, default)
         if v is default and default is not _MISSING:
@@ -155,7 +160,7 @@ class Section:
             raise ConfigError(self.key(name), f"file does not exist: {p}")
         return p
 
-    def choice(self, name: str, enum_type: type[E], default: Any = _MISSING) -> Any:
+    def choice(self, name: builtins.str, enum_type: type[E], default: Any = _MISSING) -> Any:
         """A value of ``enum_type`` given by its string value."""
         v = self._get(name, default)
         if isinstance(v, enum_type):
@@ -166,7 +171,7 @@ class Section:
             allowed = ", ".join(str(m.value) for m in enum_type)
             raise ConfigError(self.key(name), f"must be one of {allowed}; got {v!r}") from None
 
-    def str_list(self, name: str, default: Any = _MISSING) -> Any:
+    def str_list(self, name: builtins.str, default: Any = _MISSING) -> Any:
         """A list of strings."""
         v = self._get(name, default)
         if v is default and default is not _MISSING:
@@ -175,14 +180,14 @@ class Section:
             raise ConfigError(self.key(name), "must be a list of strings")
         return list(v)
 
-    def section(self, name: str, *, required: bool = False) -> Section:
+    def section(self, name: builtins.str, *, required: builtins.bool = False) -> Section:
         """A nested table; an empty one when absent and not required."""
         v = self._get(name, _MISSING if required else {})
         if not isinstance(v, Mapping):
             raise ConfigError(self.key(name), "must be a table")
         return Section(v, f"{self.key(name)}.", base_dir=self.base_dir)
 
-    def sections(self, name: str) -> list[Section]:
+    def sections(self, name: builtins.str) -> list[Section]:
         """An array of tables (``[[name]]``), possibly empty."""
         v = self._get(name, [])
         if not isinstance(v, list) or not all(isinstance(x, Mapping) for x in v):
@@ -191,9 +196,9 @@ class Section:
             Section(x, f"{self.key(name)}[{i}].", base_dir=self.base_dir) for i, x in enumerate(v)
         ]
 
-    def tables(self) -> dict[builtins_str, Section]:
+    def tables(self) -> dict[builtins.str, Section]:
         """Every sub-table of this section by name (e.g. ``[datasets.NAME]``)."""
-        out: dict[builtins_str, Section] = {}
+        out: dict[builtins.str, Section] = {}
         for k, v in self._data.items():
             self._read.add(k)
             if not isinstance(v, Mapping):
@@ -201,7 +206,7 @@ class Section:
             out[k] = Section(v, f"{self.key(k)}.", base_dir=self.base_dir)
         return out
 
-    def raw(self) -> Mapping[builtins_str, Any]:
+    def raw(self) -> Mapping[builtins.str, Any]:
         """The underlying mapping, every key marked as read."""
         self._read.update(self._data)
         return self._data
@@ -211,9 +216,6 @@ class Section:
         for k in self._data:
             if k not in self._read:
                 raise ConfigError(self.key(k), "unknown key", reason=Reason.UNKNOWN_KEY)
-
-
-builtins_str = str
 
 
 def _check_range(key: str, v: int, lo: int | None, hi: int | None) -> None:

@@ -16,7 +16,9 @@ import confide
 def _modules_loaded_by(stmt: str) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", f"{stmt}\nimport sys\nprint('\\n'.join(sys.modules))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return set(out.stdout.split())
 
@@ -50,14 +52,14 @@ def test_agent_and_aggregator_do_not_import_each_other():
     assert not any(m.startswith("agent") for m in _modules_loaded_by("import aggregator.main"))
 
 
-@pytest.mark.parametrize("pkg", ["confide.wire", "confide.pki", "confide.dp", "confide.secagg", "confide.localfed"])
+@pytest.mark.parametrize(
+    "pkg", ["confide.wire", "confide.pki", "confide.dp", "confide.secagg", "confide.localfed"]
+)
 def test_subpackage_all_is_exact(pkg):
     """Each confide subpackage's __all__ lists exactly its public names, each one defined."""
     mod = importlib.import_module(pkg)
     declared = set(mod.__all__)
-    public = {
-        n for n, v in vars(mod).items() if not n.startswith("_") and not inspect.ismodule(v)
-    }
+    public = {n for n, v in vars(mod).items() if not n.startswith("_") and not inspect.ismodule(v)}
     assert declared == public - {"annotations"}
     for name in declared:
         assert getattr(mod, name) is not None

@@ -23,7 +23,6 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from confide.dp.prv import prv_epsilon
 from confide.dp.rdp import DEFAULT_ORDERS, epsilon_from_rdp, rdp
 
 __all__ = [
@@ -73,6 +72,10 @@ def epsilon(
         ValueError: a parameter is out of range.
     """
     if kind is AccountantKind.PRV:
+        # Imported here: PRV needs scipy.integrate/signal/optimize (~50 MB of RSS) that the
+        # agent daemon should not hold while idle; the RDP path needs only scipy.special.
+        from confide.dp.prv import prv_epsilon
+
         return prv_epsilon(
             sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps, delta=delta
         )

@@ -277,7 +277,10 @@ class LocalFederation:
 
     def job(self, job_id: str) -> admin_pb2.JobStatus:
         """The job's current status."""
-        return self.admin().GetJob(admin_pb2.JobRef(job_id=job_id), timeout=30)
+        status: admin_pb2.JobStatus = self.admin().GetJob(
+            admin_pb2.JobRef(job_id=job_id), timeout=30
+        )
+        return status
 
     def wait_job(
         self,

@@ -44,7 +44,7 @@ _TO_NP: dict[int, np.dtype[np.generic]] = {
     common_pb2.DTYPE_UINT32: np.dtype("<u4"),
     common_pb2.DTYPE_UINT64: np.dtype("<u8"),
 }
-_FROM_NP: dict[str, common_pb2.DType.ValueType] = {
+_FROM_NP: dict[str, common_pb2.DType] = {
     "float32": common_pb2.DTYPE_FLOAT32,
     "float64": common_pb2.DTYPE_FLOAT64,
     "int32": common_pb2.DTYPE_INT32,
@@ -88,7 +88,7 @@ def encode_tensors(arrays: NamedArrays) -> tuple[common_pb2.BlobHeader, list[mem
         if dtype is None:
             raise MalformedMessage(f"tensor {name!r} has unsupported dtype {a.dtype}")
         header.tensors.add(name=name, dtype=dtype, shape=list(a.shape))
-        mv = memoryview(a.reshape(-1).view(np.uint8))
+        mv = a.reshape(-1).view(np.uint8).data
         digest.update(mv)
         buffers.append(mv)
         total += mv.nbytes
@@ -186,8 +186,9 @@ def decode_tensors(header: common_pb2.BlobHeader, data: bytes | bytearray) -> Na
         n = spec_nbytes(spec)
         if off + n > len(data):
             raise MalformedMessage("blob is shorter than its tensor specs")
-        arr = np.frombuffer(data, dtype=_TO_NP[spec.dtype], count=n // _TO_NP[spec.dtype].itemsize,
-                            offset=off).reshape(tuple(spec.shape))
+        arr = np.frombuffer(
+            data, dtype=_TO_NP[spec.dtype], count=n // _TO_NP[spec.dtype].itemsize, offset=off
+        ).reshape(tuple(spec.shape))
         out.append((spec.name, arr))
         off += n
     if off != len(data):

@@ -35,7 +35,7 @@ class Binding:
 
     federation: str
     sender: str
-    stage: common_pb2.Stage.ValueType
+    stage: int
     job_id: str | None = None
     round: int | None = None
 
@@ -63,7 +63,7 @@ def seal(
     signing_key: nacl.signing.SigningKey,
     federation: str,
     sender: str,
-    stage: common_pb2.Stage.ValueType,
+    stage: int,
     payload: bytes,
     now: float,
     job_id: str = "",
@@ -80,7 +80,7 @@ def seal(
         sender=sender,
         job_id=job_id,
         round=round,
-        stage=stage,
+        stage=stage,  # type: ignore[arg-type]  # Stage is an int subclass at runtime
         issued_at_ms=int(now * 1000),
         payload=payload,
     )

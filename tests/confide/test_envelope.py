@@ -30,7 +30,9 @@ def _env(**kw):
 
 
 def _expect(**kw):
-    args = dict(federation="fed", sender="site-1", stage=common_pb2.STAGE_UPDATE, job_id="job-1", round=3)
+    args = dict(
+        federation="fed", sender="site-1", stage=common_pb2.STAGE_UPDATE, job_id="job-1", round=3
+    )
     args.update(kw)
     return Binding(**args)
 
@@ -48,15 +50,24 @@ def test_canonical_bytes_known_answer():
         "00000003666564"
         "00000006736974652d31"
         "000000056a6f622d31"
-        "00000003" "00000005" "000001a3185c5000"
+        "00000003"
+        "00000005"
+        "000001a3185c5000"
         "239f59ed55e737c77147cf55ad0c1b030b6d7ee748a7426952f9b852d5a935e5"
     )
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("payload", b"payloae"), ("round", 4), ("job_id", "job-2"), ("sender", "site-2"),
-     ("federation", "other"), ("issued_at_ms", 1), ("stage", common_pb2.STAGE_UNMASK)],
+    [
+        ("payload", b"payloae"),
+        ("round", 4),
+        ("job_id", "job-2"),
+        ("sender", "site-2"),
+        ("federation", "other"),
+        ("issued_at_ms", 1),
+        ("stage", common_pb2.STAGE_UNMASK),
+    ],
 )
 def test_any_tampered_field_breaks_the_signature(field, value):
     """Changing any signed field after sealing makes verification fail."""
@@ -85,8 +96,13 @@ def test_signature_length_on_both_sides_of_64(n):
 
 @pytest.mark.parametrize(
     "expect",
-    [_expect(round=4), _expect(job_id="job-2"), _expect(stage=common_pb2.STAGE_MASKED_INPUT),
-     _expect(sender="site-2"), _expect(federation="x")],
+    [
+        _expect(round=4),
+        _expect(job_id="job-2"),
+        _expect(stage=common_pb2.STAGE_MASKED_INPUT),
+        _expect(sender="site-2"),
+        _expect(federation="x"),
+    ],
 )
 def test_replay_into_another_context_is_refused(expect):
     """A validly signed message is refused in any other round, job, stage, sender or federation."""

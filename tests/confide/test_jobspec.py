@@ -50,7 +50,11 @@ def test_full_job_parses():
     [
         ('kind = "mlp"', 'kind = "gpt"', "model.kind"),
         ("rounds = 3", "rounds = 0", "rounds"),
-        ("target_epsilon = 3.0", "target_epsilon = 3.0\nnoise_multiplier = 1.0", "privacy.sample.noise_multiplier"),
+        (
+            "target_epsilon = 3.0",
+            "target_epsilon = 3.0\nnoise_multiplier = 1.0",
+            "privacy.sample.noise_multiplier",
+        ),
         ("delta = 1e-5\n[privacy.update]", "delta = 1.0\n[privacy.update]", "privacy.sample.delta"),
         ("clip_norm = 1.0", "clip_norm = 0.0", "privacy.update.clip_norm"),
         ("clip_norm = 1.0", "clip_norm = -1.0", "privacy.update.clip_norm"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +11,14 @@ import pytest
 from confide.localfed import DatasetFiles, LocalFederation, SiteSetup, partition_breast_cancer
 
 
-def site_setup(name: str, data: DatasetFiles, index: int, **policy: object) -> SiteSetup:
-    """A site exposing its breast_cancer partition under the job's schema."""
+def site_setup(
+    name: str, data: DatasetFiles, index: int, *, max_epsilon: float = math.inf
+) -> SiteSetup:
+    """A site exposing its breast_cancer partition under the job's schema.
+
+    ``max_epsilon`` defaults to ``inf``: the site explicitly accepts non-private jobs, which
+    most of these tests run (a finite cap refuses any job whose ε is unbounded).
+    """
     return SiteSetup(
         name=name,
         datasets={
@@ -22,7 +29,10 @@ def site_setup(name: str, data: DatasetFiles, index: int, **policy: object) -> S
                 "holdout_fraction": 0.25,
             }
         },
-        policy={"trusted_signers": ["operator"], **policy},
+        policy={
+            "trusted_signers": ["operator"],
+            "datasets": {data.name: {"max_epsilon": max_epsilon}},
+        },
     )
 
 
