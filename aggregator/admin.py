@@ -17,6 +17,7 @@ import grpc
 
 from aggregator.coordinator import Coordinator
 from aggregator.guard import Guard, decode
+from aggregator.secure import params_for
 from aggregator.servicer import model_parts
 from aggregator.store import AuditNote, JobRow, ModelRow
 from confide.errors import ConfigError, PeerError, Reason
@@ -60,11 +61,10 @@ def validate(spec: common_pb2.JobSpec) -> None:
         raise ConfigError("round_timeout_s", "must be > 0")
     if not spec.dataset.name:
         raise ConfigError("dataset.name", "is required")
-    if spec.secure_aggregation.enabled:
-        raise ConfigError(
-            "secure_aggregation.enabled", "secure aggregation is not served by this aggregator yet"
-        )
     parameter_shapes(spec.model, spec.dataset)
+    if spec.secure_aggregation.enabled:
+        # Checked again at each round for the sites actually selected.
+        params_for(spec, n=int(spec.min_sites))
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]

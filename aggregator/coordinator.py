@@ -6,10 +6,12 @@ reset or apply the running sum, persist, audit). One timer thread waits on a con
 variable until the earliest round deadline or site timeout (no polling) and feeds
 ``DeadlinePassed`` / disconnects.
 
-Extension point for SecAgg+: new ``rounds`` phases and events are fed the same way through
-``_feed``; new actions get a branch in ``_execute`` (e.g. ``SendTask`` with SHARE_KEYS carrying
-the forwarded keys, an ``Unmask`` action reconstructing masks). Masked inputs arrive through
-``accept_update`` with ``stage=MASKED_INPUT``; only ``UploadTarget`` and the sum type change.
+Actions are carried out by ``aggregator.execute.Executor``. SecAgg+ stage messages arrive
+through ``secagg`` (AdvertiseKeys, ShareKeys, UnmaskShares) and masked inputs through
+``accept_update`` (stage MASKED_INPUT, added into the ``ServerRound``'s modular sum and
+dropped); each accepted message is fed as ``SecAggReceived``. A site whose task stream ends
+during a SecAgg+ stage is dropped from that stage at once (``SiteDisconnected``), so the
+stage does not wait for its deadline: its secrets live only in its memory anyway.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import structlog
 
 from aggregator import rounds as r
 from aggregator.blobs import BlobStore
-from aggregator.jobs import Job, UploadTarget, new_job
+from aggregator.execute import Executor
+from aggregator.jobs import KIND_OF, Job, UploadTarget, new_job, resume_point
 from aggregator.sites import SiteConn, SiteRegistry
-from aggregator.store import AuditNote, ModelRow, SiteRow, Store
+from aggregator.store import AuditNote, SiteRow, Store
 from confide.errors import PeerError, Reason, ReplayedMessage
+from confide.pki import CertInfo
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
 
@@ -34,10 +38,10 @@ __all__ = ["Coordinator", "UploadTarget"]
 
 log = structlog.get_logger("aggregator.coordinator")
 
-_JOB_STATE = {
-    r.RoundPhase.DONE: "done",
-    r.RoundPhase.FAILED: "failed",
-    r.RoundPhase.CANCELLED: "cancelled",
+_SECAGG_PHASE = {
+    common_pb2.STAGE_ADVERTISE_KEYS: r.RoundPhase.ADVERTISE,
+    common_pb2.STAGE_SHARE_KEYS: r.RoundPhase.SHARE_KEYS,
+    common_pb2.STAGE_UNMASK: r.RoundPhase.UNMASK,
 }
 
 
@@ -49,6 +53,7 @@ class Coordinator:
         heartbeat_interval_s: told to sites at register.
         site_timeout_s: a site silent this long is disconnected.
         max_retries: failed attempts of a round before its job fails.
+        federation: the federation name (part of every SecAgg+ round id).
         clock: unix-seconds clock (a parameter for tests).
     """
 
@@ -60,6 +65,7 @@ class Coordinator:
         heartbeat_interval_s: float,
         site_timeout_s: float,
         max_retries: int,
+        federation: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.blobs = store, blobs
@@ -70,6 +76,15 @@ class Coordinator:
         self.sites = SiteRegistry()
         self._cond = threading.Condition(threading.RLock())
         self._jobs: dict[str, Job] = {}
+        self._exec = Executor(
+            store,
+            blobs,
+            self.sites,
+            self._jobs,
+            federation=federation,
+            feed=self._feed,
+            clock=clock,
+        )
         self._stopping = False
         self._timer = threading.Thread(target=self._run_timer, name="round-timer", daemon=True)
 
@@ -106,21 +121,8 @@ class Coordinator:
         )
         if last.optimizer_state:
             job.optimizer.load_state(self.blobs.load(last.optimizer_state))
-        done = last.version_no
-        if done >= spec.rounds:
-            job.state = r.RoundState(
-                job.state.params,
-                phase=r.RoundPhase.AGGREGATING,
-                round=done,
-                model_version=last.sha256,
-            )
-            event: r.Event = r.ModelStored(done, last.sha256)
-        else:
-            attempt = next((x.attempt for x in self.store.rounds(job_id) if x.round == done + 1), 1)
-            job.state = r.RoundState(
-                job.state.params, round=done + 1, attempt=attempt, model_version=last.sha256
-            )
-            event = r.Resume()
+        attempts = {x.round: x.attempt for x in self.store.rounds(job_id)}
+        job.state, event = resume_point(job, done=last.version_no, attempts=attempts)
         with self._cond:
             self._jobs[job_id] = job
             log.info("job_resumed", job=job_id, round=job.state.round)
@@ -256,8 +258,13 @@ class Coordinator:
         """
         with self._cond:
             job = self._job(job_id)
-            r.check_update(job.state, site=site, round=rnd)
-            expected = r.task_id(job_id, rnd, job.state.attempt, r.TaskKind.TRAIN)
+            if job.spec.secure_aggregation.enabled:
+                r.check_secagg(job.state, site=site, round=rnd, phase=r.RoundPhase.MASKED_INPUT)
+                kind = r.TaskKind.MASKED_INPUT
+            else:
+                r.check_update(job.state, site=site, round=rnd)
+                kind = r.TaskKind.TRAIN
+            expected = r.task_id(job_id, rnd, job.state.attempt, kind)
             if task != expected:
                 raise ReplayedMessage(f"task {task!r} is not the current task {expected!r}")
 
@@ -269,7 +276,7 @@ class Coordinator:
         header: federation_pb2.UpdateHeader,
         arrays: NamedArrays,
     ) -> None:
-        """Add a verified update into the round's running sum and advance the round.
+        """Add a verified update (or masked input) into the round's sum and advance the round.
 
         Raises:
             ReplayedMessage, Unauthorized, MalformedMessage: the round refuses it.
@@ -277,6 +284,15 @@ class Coordinator:
         with self._cond:
             self.check_update(site, job_id, rnd, header.task_id)
             job = self._jobs[job_id]
+            if job.secure is not None:
+                job.secure.masked(site, arrays)  # into the modular sum; not kept
+                now = self.clock()
+                self.store.record_site(
+                    job.secure_row(site, rnd, header),
+                    audit=AuditNote("masked_input_accepted", site, now, job_id, rnd),
+                )
+                self._feed(job_id, r.SecAggReceived(site, rnd, r.RoundPhase.MASKED_INPUT))
+                return
             job.running.add(arrays, num_samples=int(header.num_samples))
             job.add_update_metrics(header)
             now = self.clock()
@@ -295,11 +311,7 @@ class Coordinator:
         """
         with self._cond:
             job = self._job(job_id)
-            kind = (
-                r.TaskKind.EVALUATE
-                if rep.kind == federation_pb2.TASK_KIND_EVALUATE
-                else r.TaskKind.TRAIN
-            )
+            kind = KIND_OF.get(rep.kind, r.TaskKind.TRAIN)
             expected = r.task_id(job_id, rnd, job.state.attempt, kind)
             if rep.task_id != expected or rnd != job.state.round:
                 raise ReplayedMessage(f"report for {rep.task_id!r}; current is {expected!r}")
@@ -315,6 +327,36 @@ class Coordinator:
                 job.add_final_metrics(rep)
             self._feed(job_id, r.ReportReceived(site, rnd, kind, ok))
 
+    def secagg(self, info: CertInfo, env: common_pb2.Envelope, payload: bytes) -> None:
+        """Take one verified SecAgg+ stage message (stage 0, 1 or 3) into its round.
+
+        Args:
+            info: the sender's verified certificate (its PEM is forwarded with its keys).
+            env: the envelope as received (verified and bound by the servicer).
+            payload: its verified payload bytes, decoded here after the stage checks.
+
+        Raises:
+            PeerError: the job is not active (UNKNOWN_JOB).
+            ReplayedMessage: another round, another stage (WRONG_STAGE), or a repeat.
+            Unauthorized: the sender is not selected for this stage (NOT_SELECTED).
+            MalformedMessage: the payload does not decode or the SecAgg+ round refuses it.
+        """
+        with self._cond:
+            job = self._job(env.job_id)
+            phase = _SECAGG_PHASE.get(env.stage)
+            if phase is None or not job.spec.secure_aggregation.enabled:
+                raise ReplayedMessage("no such secure-aggregation stage", reason=Reason.WRONG_STAGE)
+            r.check_secagg(job.state, site=info.name, round=env.round, phase=phase)
+            sec = job.secure
+            if sec is None:
+                raise ReplayedMessage("no secure round is open", reason=Reason.WRONG_STAGE)
+            sec.take(env.stage, info.name, env, info.pem, payload)
+            now = self.clock()
+            self.store.audit(
+                AuditNote(f"secagg_{phase.value}", info.name, now, env.job_id, env.round)
+            )
+            self._feed(env.job_id, r.SecAggReceived(info.name, env.round, phase))
+
     def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
@@ -326,105 +368,12 @@ class Coordinator:
     def _feed(self, job_id: str, event: r.Event) -> None:
         job = self._jobs[job_id]
         job.state, actions = r.advance(job.state, event, now=self.clock())
+        state = job.state
         for action in actions:
-            self._execute(job_id, job, action)
+            if job.state is not state:
+                break  # an action fed an event (e.g. SecAggAborted) that moved the round on
+            self._exec.execute(job_id, job, action)
         self._cond.notify_all()
-
-    def _execute(self, job_id: str, job: Job, a: r.Action) -> None:
-        now = self.clock()
-        if isinstance(a, r.SendTask):
-            for site in a.sites:
-                self.sites.send(site, job.task(a))
-        elif isinstance(a, r.RoundStarted):
-            job.reset_round()
-            self.store.start_round(
-                job_id,
-                a.round,
-                attempt=a.attempt,
-                model_in=a.model_version,
-                at=now,
-                audit=AuditNote(
-                    "round_started", "aggregator", now, job_id, a.round, "", ",".join(a.sites)
-                ),
-            )
-            log.info(
-                "round_started", job=job_id, round=a.round, attempt=a.attempt, sites=len(a.sites)
-            )
-        elif isinstance(a, r.Aggregate):
-            try:
-                self._aggregate(job_id, job, a)
-            except (OSError, ValueError, ArithmeticError) as exc:
-                # Our failure, not the last uploader's: fail the job, keep the server up.
-                log.error("aggregation_failed", job=job_id, round=a.round, error=repr(exc))
-                job.state = r.RoundState(
-                    job.state.params,
-                    phase=r.RoundPhase.FAILED,
-                    round=a.round,
-                    eligible=job.state.eligible,
-                )
-                self._execute(
-                    job_id,
-                    job,
-                    r.SendTask(
-                        r.TaskKind.JOB_DONE, tuple(sorted(job.state.eligible)), a.round, 1, "", 0.0
-                    ),
-                )
-                self._execute(
-                    job_id, job, r.FinishJob(r.RoundPhase.FAILED, f"aggregation failed: {exc}")
-                )
-        elif isinstance(a, r.RoundFailed):
-            job.running.reset()
-            self.store.set_round_state(
-                job_id,
-                a.round,
-                "failed",
-                at=now,
-                audit=AuditNote(
-                    "round_failed",
-                    "aggregator",
-                    now,
-                    job_id,
-                    a.round,
-                    a.reason.value,
-                    f"attempt {a.attempt}; retry={a.retry}",
-                ),
-            )
-            log.warning("round_failed", job=job_id, round=a.round, attempt=a.attempt, retry=a.retry)
-        elif isinstance(a, r.FinishJob):
-            final = job.final_metrics()
-            state = _JOB_STATE[a.phase]
-            self.store.set_job_state(
-                job_id,
-                state,
-                error=a.error,
-                final_metrics=final,
-                audit=AuditNote(
-                    f"job_{state}", "aggregator", now, job_id, job.state.round, "", a.error
-                ),
-            )
-            log.info("job_finished", job=job_id, state=state, error=a.error)
-            del self._jobs[job_id]
-
-    def _aggregate(self, job_id: str, job: Job, a: r.Aggregate) -> None:
-        t0 = time.perf_counter()
-        sha, opt_sha = job.aggregate(self.blobs)
-        now = self.clock()
-        self.store.complete_round(
-            job_id,
-            a.round,
-            model=ModelRow(job_id, job.version_no, sha, opt_sha, now),
-            metrics=job.round_metrics(updates=len(a.sites), now=now),
-            audit=AuditNote("round_completed", "aggregator", now, job_id, a.round, "", sha),
-        )
-        log.info(
-            "round_completed",
-            job=job_id,
-            round=a.round,
-            model_version=sha,
-            updates=len(a.sites),
-            aggregate_ms=round(1000 * (time.perf_counter() - t0), 1),
-        )
-        self._feed(job_id, r.ModelStored(a.round, sha))
 
     # ----- timer -----
 

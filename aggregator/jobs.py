@@ -12,16 +12,22 @@ from aggregator import rounds as r
 from aggregator.blobs import BlobStore
 from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
 from aggregator.rows import SiteRoundRow
+from aggregator.secure import SecureRound, stage_timeout
 from confide.models import parameter_shapes
 from confide.v1 import common_pb2, federation_pb2
 
-__all__ = ["Job", "UploadTarget", "new_job"]
+__all__ = ["KIND_OF", "Job", "UploadTarget", "new_job", "resume_point"]
 
 _KIND = {
     r.TaskKind.TRAIN: federation_pb2.TASK_KIND_TRAIN,
     r.TaskKind.EVALUATE: federation_pb2.TASK_KIND_EVALUATE,
     r.TaskKind.JOB_DONE: federation_pb2.TASK_KIND_JOB_DONE,
+    r.TaskKind.SHARE_KEYS: federation_pb2.TASK_KIND_SHARE_KEYS,
+    r.TaskKind.MASKED_INPUT: federation_pb2.TASK_KIND_MASKED_INPUT,
+    r.TaskKind.UNMASK: federation_pb2.TASK_KIND_UNMASK,
 }
+KIND_OF = {v: k for k, v in _KIND.items()}
+"""``federation.proto`` TaskKind -> ``rounds.TaskKind``."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class UploadTarget:
     stage: int
     shapes: list[tuple[str, tuple[int, ...]]]
     nbytes: int
+    dtype: int = common_pb2.DTYPE_FLOAT32
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Job:
     Args:
         sums: sample-weighted metric sums of the current round (``acc``, ``loss``, ``es``)
             and of the final evaluation (``f_acc``, ``f_loss``, ``f_n``).
+        secure: the current SecAgg+ round attempt (memory only), None for plaintext jobs.
     """
 
     job_id: str
@@ -53,9 +61,23 @@ class Job:
     version_no: int
     running: RunningSum
     sums: dict[str, float] = field(default_factory=dict)
+    secure: SecureRound | None = None
 
     def upload_target(self) -> UploadTarget:
-        """The binding and size an update must have now (plaintext: float32, stage UPDATE)."""
+        """The binding and size an update must have now.
+
+        Plaintext: the model's float32 tensors, stage UPDATE. Secure: one uint32 tensor
+        ``masked`` of shape [d], stage MASKED_INPUT.
+        """
+        if self.spec.secure_aggregation.enabled:
+            d = sum(_count(s) for _, s in self.shapes)
+            return UploadTarget(
+                self.state.round,
+                common_pb2.STAGE_MASKED_INPUT,
+                [("masked", (d,))],
+                4 * d,
+                common_pb2.DTYPE_UINT32,
+            )
         nbytes = 0
         for _, shape in self.shapes:
             n = 4
@@ -77,6 +99,15 @@ class Job:
             deadline_s=a.deadline_s,
         )
 
+    def stage_task(self, a: r.CloseStage, payload: federation_pb2.Task) -> federation_pb2.Task:
+        """One site's next-stage task: ``payload`` (kind and stage oneof) plus the job fields."""
+        kind = KIND_OF[payload.kind]
+        task = self.task(
+            r.SendTask(kind, (), a.round, a.attempt, self.state.model_version, a.deadline_s)
+        )
+        task.MergeFrom(payload)
+        return task
+
     def update_row(self, site: str, rnd: int, header: federation_pb2.UpdateHeader) -> SiteRoundRow:
         """The store row for an accepted update."""
         return SiteRoundRow(
@@ -89,6 +120,22 @@ class Job:
             header.epsilon,
             header.update_epsilon,
             dict(header.metrics),
+        )
+
+    def secure_row(self, site: str, rnd: int, header: federation_pb2.UpdateHeader) -> SiteRoundRow:
+        """The store row for an accepted masked input: its AdvertiseKeys metadata only."""
+        assert self.secure is not None
+        keys = self.secure.info[site]
+        return SiteRoundRow(
+            self.job_id,
+            rnd,
+            site,
+            "ok",
+            "",
+            int(keys.num_samples),
+            keys.epsilon,
+            keys.update_epsilon,
+            dict(keys.metrics),
         )
 
     def report_row(self, site: str, rnd: int, rep: federation_pb2.TaskReport) -> SiteRoundRow:
@@ -107,8 +154,9 @@ class Job:
         )
 
     def reset_round(self) -> None:
-        """Forget the running sum and the round's metric sums."""
+        """Forget the running sum, the SecAgg+ round and the round's metric sums."""
         self.running.reset()
+        self.secure = None
         self.sums = {k: v for k, v in self.sums.items() if k.startswith("f_")}
 
     def add_update_metrics(self, header: federation_pb2.UpdateHeader) -> None:
@@ -160,12 +208,19 @@ class Job:
 
         Raises:
             OSError: the blob could not be written.
+            RoundAborted: a secure round could not be unmasked.
         """
-        new = self.optimizer.apply(blobs.load(self.state.model_version), self.running.mean())
+        if self.secure is not None:
+            mean = self.secure.mean_delta()  # RoundAborted: nothing revealed, nothing stored
+            self._add(**self.secure.metrics_sums())
+        else:
+            mean = self.running.mean()
+        new = self.optimizer.apply(blobs.load(self.state.model_version), mean)
         sha, _ = blobs.put(new)
         opt = self.optimizer.state()
         opt_sha = blobs.put(opt)[0] if opt else ""
         self.running.reset()
+        self.secure = None
         self.version_no += 1
         return sha, opt_sha
 
@@ -187,9 +242,45 @@ def new_job(
         ConfigError: the spec's model does not fit its dataset, or its optimizer is unknown.
     """
     shapes = parameter_shapes(spec.model, spec.dataset)
+    secure = spec.secure_aggregation.enabled
     params = r.JobParams(
-        job_id, int(spec.rounds), int(spec.min_sites), float(spec.round_timeout_s), max_retries
+        job_id,
+        int(spec.rounds),
+        int(spec.min_sites),
+        float(spec.round_timeout_s),
+        max_retries,
+        secure=secure,
+        stage_timeout_s=stage_timeout(spec) if secure else 0.0,
     )
     state = r.RoundState(params, model_version=model_version, eligible=eligible)
     optimizer = make_optimizer(spec.training)
     return Job(job_id, spec, signed, cert, shapes, state, optimizer, version_no, RunningSum(shapes))
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    """Number of elements of ``shape``."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def resume_point(job: Job, *, done: int, attempts: dict[int, int]) -> tuple[r.RoundState, r.Event]:
+    """Where a restored job resumes: after its last stored model (version ``done``).
+
+    An in-progress round (plaintext or secure: a ``SecureRound`` lives in memory only)
+    restarts from its input model, at the attempt the store recorded for it.
+
+    Args:
+        job: the restored job (its state's params are used).
+        done: the last stored model version number (= rounds completed).
+        attempts: round -> last recorded attempt.
+    """
+    params, sha = job.state.params, job.state.model_version
+    if done >= job.spec.rounds:
+        state = r.RoundState(params, phase=r.RoundPhase.AGGREGATING, round=done, model_version=sha)
+        return state, r.ModelStored(done, sha)
+    state = r.RoundState(
+        params, round=done + 1, attempt=attempts.get(done + 1, 1), model_version=sha
+    )
+    return state, r.Resume()

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from confide.errors import Reason
 
 __all__ = [
+    "SECURE_PHASES",
     "TERMINAL",
     "Action",
     "Aggregate",
     "Cancel",
+    "CloseStage",
     "DeadlinePassed",
     "Event",
     "FinishJob",
@@ -27,6 +29,8 @@ __all__ = [
     "RoundPhase",
     "RoundStarted",
     "RoundState",
+    "SecAggAborted",
+    "SecAggReceived",
     "SendTask",
     "SiteConnected",
     "SiteDisconnected",
@@ -40,7 +44,10 @@ class RoundPhase(enum.Enum):
 
     WAITING = "waiting"  # running, waiting for min_sites eligible sites
     COLLECTING = "collecting"  # TRAIN tasks out; plaintext updates arriving
-    # SecAgg+ phases to come: ADVERTISE, SHARE_KEYS, MASKED_INPUT, UNMASK
+    ADVERTISE = "advertise"  # SecAgg+ stage 0: TRAIN tasks out; AdvertiseKeys arriving
+    SHARE_KEYS = "share_keys"  # SecAgg+ stage 1: ShareKeys arriving
+    MASKED_INPUT = "masked_input"  # SecAgg+ stage 2: masked inputs (uploads) arriving
+    UNMASK = "unmask"  # SecAgg+ stage 3: UnmaskShares arriving
     AGGREGATING = "aggregating"  # enough answers; the coordinator applies the optimizer
     EVALUATING = "evaluating"  # last round done; EVALUATE tasks out
     DONE = "done"
@@ -49,14 +56,24 @@ class RoundPhase(enum.Enum):
 
 
 TERMINAL = frozenset({RoundPhase.DONE, RoundPhase.FAILED, RoundPhase.CANCELLED})
+SECURE_PHASES = (
+    RoundPhase.ADVERTISE,
+    RoundPhase.SHARE_KEYS,
+    RoundPhase.MASKED_INPUT,
+    RoundPhase.UNMASK,
+)
+"""The SecAgg+ phases in order; each one's answering sites are the next one's expected sites."""
 
 
 class TaskKind(enum.Enum):
-    """The tasks a plaintext job sends (``federation.proto`` TaskKind)."""
+    """The tasks a job sends (``federation.proto`` TaskKind)."""
 
     TRAIN = "train"
     EVALUATE = "evaluate"
     JOB_DONE = "job_done"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASK = "unmask"
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class JobParams:
     min_sites: int
     round_timeout_s: float
     max_retries: int
+    secure: bool = False
+    stage_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,8 +96,12 @@ class RoundState:
     Args:
         eligible: connected sites that expose the job's dataset.
         selected: sites sent this round's task.
-        updated: selected sites whose update is in the running sum.
-        answered: selected sites that answered (update or report).
+        updated: selected sites whose update is in the running sum; in a SecAgg+ phase,
+            the sites whose message of the current stage was accepted.
+        answered: selected sites that answered (update or report); in a SecAgg+ phase, the
+            current stage's sites that answered, failed, or disconnected (dropped).
+        stage_sites: in a SecAgg+ phase, the sites expected to answer the current stage
+            (all selected at ADVERTISE, then those accepted at the previous stage).
         deadline: unix seconds when the current phase times out, or None.
     """
 
@@ -91,6 +114,7 @@ class RoundState:
     selected: frozenset[str] = frozenset()
     updated: frozenset[str] = frozenset()
     answered: frozenset[str] = frozenset()
+    stage_sites: frozenset[str] = frozenset()
     deadline: float | None = None
     started_at: float = 0.0
     error: str = ""
@@ -132,6 +156,24 @@ class ReportReceived:
 
 
 @dataclass(frozen=True)
+class SecAggReceived:
+    """A site's SecAgg+ message of ``phase``'s stage was verified and taken into the round."""
+
+    site: str
+    round: int
+    phase: RoundPhase
+
+
+@dataclass(frozen=True)
+class SecAggAborted:
+    """Closing a SecAgg+ stage (or unmasking) found fewer than t sites: nothing revealed."""
+
+    round: int
+    attempt: int
+    why: str
+
+
+@dataclass(frozen=True)
 class DeadlinePassed:
     """The timer fired (a no-op unless ``now`` is past the state's deadline)."""
 
@@ -159,6 +201,8 @@ Event = (
     | SiteDisconnected
     | UpdateReceived
     | ReportReceived
+    | SecAggReceived
+    | SecAggAborted
     | DeadlinePassed
     | ModelStored
     | Cancel
@@ -199,6 +243,21 @@ class Aggregate:
 
 
 @dataclass(frozen=True)
+class CloseStage:
+    """End SecAgg+ stage ``closing`` and send the next stage's task to each of ``sites``.
+
+    ``sites`` are the sites accepted at ``closing`` (U1, U2 or U3). The coordinator closes
+    the stage in the ``ServerRound``; a ``RoundAborted`` comes back as ``SecAggAborted``.
+    """
+
+    round: int
+    attempt: int
+    closing: RoundPhase
+    sites: tuple[str, ...]
+    deadline_s: float
+
+
+@dataclass(frozen=True)
 class RoundFailed:
     """A round attempt got too few updates; ``retry`` says whether another attempt follows."""
 
@@ -216,4 +275,4 @@ class FinishJob:
     error: str = ""
 
 
-Action = SendTask | RoundStarted | Aggregate | RoundFailed | FinishJob
+Action = SendTask | RoundStarted | CloseStage | Aggregate | RoundFailed | FinishJob

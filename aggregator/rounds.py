@@ -12,10 +12,15 @@ Plaintext flow (docs/protocol.md)::
     updates)--> AGGREGATING --(ModelStored)--> WAITING (next round) ... --> EVALUATING --> DONE
     COLLECTING --(too few updates)--> WAITING (attempt + 1) ... --> FAILED (retries spent)
 
-SecAgg+ (Bell et al. 2020) will add phases between WAITING and AGGREGATING: ADVERTISE
-(stage 0), SHARE_KEYS (1), MASKED_INPUT (2) and UNMASK (3). Each is a new ``RoundPhase``,
-new events (``KeysAdvertised``, ``SharesReceived``, ...) and a branch in ``advance``; the
-dispatch on ``phase`` below is where they slot in, and ``_start_round`` picks the first phase.
+SecAgg+ flow (Bell et al. 2020; docs/protocol.md "A secure round"): WAITING -> ADVERTISE
+(stage 0, TRAIN tasks out) -> SHARE_KEYS (1) -> MASKED_INPUT (2) -> UNMASK (3) -> AGGREGATING.
+Each stage waits for its ``stage_sites`` (all selected sites at ADVERTISE, then the sites
+accepted at the stage before) until all answered (a message, a failure report, or a dropped
+task stream) or its own deadline passes (``round_timeout_s`` for ADVERTISE, which includes
+training; ``stage_timeout_s`` after). Closing a stage emits ``CloseStage``; the coordinator
+runs the ``confide.secagg`` close, which raises ``RoundAborted`` below t sites and comes back
+as ``SecAggAborted``: the round then fails and is retried exactly like a plaintext round with
+too few updates. The threshold itself lives in the coordinator's ``ServerRound``, not here.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 
 from aggregator.round_types import (
+    SECURE_PHASES,
     TERMINAL,
     Action,
     Aggregate,
     Cancel,
+    CloseStage,
     DeadlinePassed,
     Event,
     FinishJob,
@@ -38,6 +45,8 @@ from aggregator.round_types import (
     RoundPhase,
     RoundStarted,
     RoundState,
+    SecAggAborted,
+    SecAggReceived,
     SendTask,
     SiteConnected,
     SiteDisconnected,
@@ -47,10 +56,13 @@ from aggregator.round_types import (
 from confide.errors import Reason, ReplayedMessage, Unauthorized
 
 __all__ = [
+    "SECURE_PHASES",
+    "STAGE_TASK",
     "TERMINAL",
     "Action",
     "Aggregate",
     "Cancel",
+    "CloseStage",
     "DeadlinePassed",
     "Event",
     "FinishJob",
@@ -62,15 +74,29 @@ __all__ = [
     "RoundPhase",
     "RoundStarted",
     "RoundState",
+    "SecAggAborted",
+    "SecAggReceived",
     "SendTask",
     "SiteConnected",
     "SiteDisconnected",
     "TaskKind",
     "UpdateReceived",
     "advance",
+    "check_secagg",
     "check_update",
     "task_id",
 ]
+
+
+STAGE_TASK = {
+    RoundPhase.COLLECTING: TaskKind.TRAIN,
+    RoundPhase.ADVERTISE: TaskKind.TRAIN,
+    RoundPhase.SHARE_KEYS: TaskKind.SHARE_KEYS,
+    RoundPhase.MASKED_INPUT: TaskKind.MASKED_INPUT,
+    RoundPhase.UNMASK: TaskKind.UNMASK,
+    RoundPhase.EVALUATING: TaskKind.EVALUATE,
+}
+"""The task kind whose reports each phase accepts."""
 
 
 def task_id(job_id: str, round: int, attempt: int, kind: TaskKind) -> str:
@@ -101,6 +127,33 @@ def check_update(state: RoundState, *, site: str, round: int) -> None:
         raise ReplayedMessage(f"{site!r} already answered round {round}")
 
 
+def check_secagg(state: RoundState, *, site: str, round: int, phase: RoundPhase) -> None:
+    """Whether ``site`` may send its message of SecAgg+ stage ``phase`` for ``round`` now.
+
+    Raises:
+        ReplayedMessage: another round (REPLAYED), another stage than the open one
+            (WRONG_STAGE), or a second message of this stage (REPLAYED).
+        Unauthorized: not selected for the round, or not in this stage's set of sites
+            (reason NOT_SELECTED).
+    """
+    if round != state.round:
+        raise ReplayedMessage(f"message for round {round}; the current round is {state.round}")
+    if site not in state.selected:
+        raise Unauthorized(
+            f"{site!r} was not selected for round {round}", reason=Reason.NOT_SELECTED
+        )
+    if state.phase is not phase:
+        raise ReplayedMessage(
+            f"round {round} is {state.phase.value}, not {phase.value}", reason=Reason.WRONG_STAGE
+        )
+    if site not in state.stage_sites:
+        raise Unauthorized(
+            f"{site!r} is not in stage {phase.value} of round {round}", reason=Reason.NOT_SELECTED
+        )
+    if site in state.answered:
+        raise ReplayedMessage(f"{site!r} already answered stage {phase.value} (or dropped)")
+
+
 def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState, list[Action]]:
     """The next state and the actions to carry out, for one event.
 
@@ -114,6 +167,8 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
     """
     if isinstance(event, UpdateReceived):
         check_update(state, site=event.site, round=event.round)
+    if isinstance(event, SecAggReceived):
+        check_secagg(state, site=event.site, round=event.round, phase=event.phase)
     if state.phase in TERMINAL:
         return state, []
     if isinstance(event, SiteConnected):
@@ -121,18 +176,25 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
         actions = _resend(state, event.site)
         return _maybe_start(state, actions, now=now)
     if isinstance(event, SiteDisconnected):
-        return _replace(state, eligible=state.eligible - {event.site}), []
-    if isinstance(event, UpdateReceived):
+        state = _replace(state, eligible=state.eligible - {event.site})
+        if state.phase in SECURE_PHASES and event.site in state.stage_sites:
+            # A dropped stream drops the site from this stage (its state at the site is in
+            # memory only), so the stage need not wait for its deadline.
+            state = _replace(state, answered=state.answered | {event.site})
+            return _maybe_close(state, now=now, timed_out=False)
+        return state, []
+    if isinstance(event, (UpdateReceived, SecAggReceived)):
         state = _replace(
             state, updated=state.updated | {event.site}, answered=state.answered | {event.site}
         )
         return _maybe_close(state, now=now, timed_out=False)
     if isinstance(event, ReportReceived):
-        expect = TaskKind.EVALUATE if state.phase is RoundPhase.EVALUATING else TaskKind.TRAIN
+        expect = STAGE_TASK.get(state.phase)
+        waiting = state.stage_sites if state.phase in SECURE_PHASES else state.selected
         if (
             event.kind is not expect
             or event.round != state.round
-            or event.site not in state.selected
+            or event.site not in waiting
             or event.site in state.answered
         ):
             return state, []
@@ -156,6 +218,11 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
             model_version=event.model_version,
         )
         return _maybe_start(nxt, [], now=now)
+    if isinstance(event, SecAggAborted):
+        live = (*SECURE_PHASES, RoundPhase.AGGREGATING)
+        if state.phase not in live or (event.round, event.attempt) != (state.round, state.attempt):
+            return state, []
+        return _fail_round(state, now=now)
     if isinstance(event, Cancel):
         return _finish(state, RoundPhase.CANCELLED, "cancelled by an operator", [])
     return _maybe_start(state, [], now=now)  # Resume
@@ -196,10 +263,11 @@ def _maybe_start(
     timeout = state.params.round_timeout_s
     state = _replace(
         state,
-        phase=RoundPhase.COLLECTING,
+        phase=RoundPhase.ADVERTISE if state.params.secure else RoundPhase.COLLECTING,
         selected=frozenset(sites),
         updated=frozenset(),
         answered=frozenset(),
+        stage_sites=frozenset(sites),
         deadline=now + timeout,
         started_at=now,
     )
@@ -213,6 +281,8 @@ def _maybe_start(
 def _maybe_close(
     state: RoundState, *, now: float, timed_out: bool
 ) -> tuple[RoundState, list[Action]]:
+    if state.phase in SECURE_PHASES:
+        return _close_stage(state, now=now, timed_out=timed_out)
     if not timed_out and not state.selected <= state.answered:
         return state, []
     if state.phase is RoundPhase.EVALUATING:
@@ -222,6 +292,37 @@ def _maybe_close(
     if len(state.updated) >= state.params.min_sites:
         state = _replace(state, phase=RoundPhase.AGGREGATING, deadline=None)
         return state, [Aggregate(state.round, tuple(sorted(state.updated)))]
+    return _fail_round(state, now=now)
+
+
+def _close_stage(
+    state: RoundState, *, now: float, timed_out: bool
+) -> tuple[RoundState, list[Action]]:
+    """End the current SecAgg+ stage when all its sites answered or its deadline passed."""
+    if not timed_out and not state.stage_sites <= state.answered:
+        return state, []
+    accepted = tuple(sorted(state.updated))
+    if state.phase is RoundPhase.UNMASK:
+        # U3 (this stage's sites) is the sum; the replies (U5) are checked by ``finish``.
+        state = _replace(state, phase=RoundPhase.AGGREGATING, deadline=None)
+        return state, [Aggregate(state.round, tuple(sorted(state.stage_sites)))]
+    closing = state.phase
+    timeout = state.params.stage_timeout_s
+    nxt = SECURE_PHASES[SECURE_PHASES.index(closing) + 1]
+    state = _replace(
+        state,
+        phase=nxt,
+        stage_sites=frozenset(accepted),
+        updated=frozenset(),
+        # Sites already gone are dropped from the new stage at once.
+        answered=frozenset(accepted) - state.eligible,
+        deadline=now + timeout,
+    )
+    return state, [CloseStage(state.round, state.attempt, closing, accepted, timeout)]
+
+
+def _fail_round(state: RoundState, *, now: float) -> tuple[RoundState, list[Action]]:
+    """Record a failed attempt of the round; retry it or fail the job."""
     retry = state.attempt <= state.params.max_retries
     failed = RoundFailed(state.round, state.attempt, Reason.ROUND_ABORTED, retry)
     if not retry:
@@ -238,6 +339,7 @@ def _maybe_close(
         selected=frozenset(),
         updated=frozenset(),
         answered=frozenset(),
+        stage_sites=frozenset(),
     )
     return _maybe_start(nxt, [failed], now=now)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 
 from aggregator.blobs import BlobStore
-from aggregator.coordinator import Coordinator
+from aggregator.coordinator import Coordinator, UploadTarget
 from aggregator.guard import Guard, decode
 from aggregator.store import Store
 from confide.errors import MalformedMessage, PeerError, Reason, ReplayedMessage
@@ -24,6 +24,9 @@ from confide.wire.blob import BlobAssembler, check_finite
 __all__ = ["FederationServicer", "model_parts"]
 
 _UPLOAD_WAIT_S = 120.0
+_SECAGG_STAGES = frozenset(
+    {common_pb2.STAGE_ADVERTISE_KEYS, common_pb2.STAGE_SHARE_KEYS, common_pb2.STAGE_UNMASK}
+)
 
 
 class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignore[misc]
@@ -127,7 +130,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 raise MalformedMessage("num_samples must be >= 1")
             self.coord.check_update(info.name, env.job_id, target.round, header.task_id)
             asm = BlobAssembler(header.blob, max_bytes=min(target.nbytes, self.max_update_bytes))
-            _check_specs(header.blob, target.shapes)
+            _check_specs(header.blob, target)
             if not self._uploads.acquire(timeout=_UPLOAD_WAIT_S):
                 raise PeerError("too many uploads at once", reason=Reason.UNAVAILABLE)
             try:
@@ -168,17 +171,32 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
     def SecAgg(
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
     ) -> federation_pb2.Ack:
-        """Secure-aggregation stages are not served yet: refused as WRONG_STAGE."""
+        """Take a SecAgg+ stage message (AdvertiseKeys, ShareKeys, UnmaskShares) into its round.
+
+        The envelope is verified (signature first) against the caller's certificate and bound
+        to the stage it claims, its job and the job's current round; the coordinator then
+        requires that stage to be the round's open one (WRONG_STAGE), the sender selected
+        for it (NOT_SELECTED) and this to be its first message of the stage (REPLAYED).
+        """
         with self.guard.handling(context, "secagg_refused") as call:
-            self.guard.peer(context, call, Role.SITE)
+            info = self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id, round=request.round)
-            raise ReplayedMessage("no secure-aggregation stage is open", reason=Reason.WRONG_STAGE)
+            if request.stage not in _SECAGG_STAGES:
+                raise ReplayedMessage(
+                    "not a secure-aggregation stage message", reason=Reason.WRONG_STAGE
+                )
+            rnd = self.coord.upload_target(request.job_id).round
+            payload = self.guard.open(
+                request, info, stage=request.stage, job_id=request.job_id, round=rnd
+            )
+            self.coord.secagg(info, request, payload)
+            return federation_pb2.Ack(accepted=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _check_specs(blob: common_pb2.BlobHeader, shapes: list[tuple[str, tuple[int, ...]]]) -> None:
+def _check_specs(blob: common_pb2.BlobHeader, target: UploadTarget) -> None:
     got = [(t.name, t.dtype, tuple(t.shape)) for t in blob.tensors]
-    want = [(n, common_pb2.DTYPE_FLOAT32, s) for n, s in shapes]
+    want = [(n, target.dtype, s) for n, s in target.shapes]
     if got != want:
         raise MalformedMessage("update tensors differ from the model's names, dtypes or shapes")
 
