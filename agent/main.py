@@ -30,6 +30,7 @@ from agent.config import AgentConfig, DatasetPolicy, load_config
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan
 from agent.resources import ResourceProbe
+from agent.secure import install as install_secure_aggregation
 from agent.session import Session
 from agent.tasks import SiteContext, TaskRunner
 from agent.transport import GrpcTransport
@@ -165,6 +166,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         datasets=cfg.datasets, device=cfg.device, task_timeout_s=cfg.task_timeout_s,
         policies=cfg.dataset_policies,
     ), privacy=PrivacyPlan(ledger))
+    install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
     started = time.time()
     session: Session | None = None
 
