@@ -1,0 +1,303 @@
+"""SecAgg+ rounds at the aggregator with fake sites over real mTLS (confide.secagg client math)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from aggregator.server import build
+from confide import secagg
+from confide.pki import Role, init_ca, issue
+from confide.v1 import admin_pb2, common_pb2, federation_pb2
+from tests.aggregator.conftest import make_config
+from tests.aggregator.fakes import FEDERATION, FakeSite, Operator
+
+SITES = [f"site-{i}" for i in range(1, 6)]
+D = 256
+R, B = 1.0, 16
+K = federation_pb2
+
+
+@pytest.fixture(scope="module")
+def pki5(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pki5")
+    init_ca(d, federation=FEDERATION)
+    issue(d, "aggregator", role=Role.AGGREGATOR, dns=["localhost"], ips=["127.0.0.1"])
+    for s in [*SITES, "site-x"]:
+        issue(d, s, role=Role.SITE)
+    issue(d, "alice", role=Role.OPERATOR)
+    return d
+
+
+@pytest.fixture
+def fed(pki5, tmp_path):
+    state = tmp_path / "state"
+    agg, port = build(make_config(pki5, state))
+    made: list = []
+
+    def site(name: str) -> SecSite:
+        made.append(SecSite(pki5, name, port))
+        return made[-1]
+
+    op = Operator(pki5, "alice", port)
+    yield site, op, state
+    for c in made:
+        c.disconnect()
+        c.close()
+    op.close()
+    agg.stop(grace=0)
+
+
+def secure_spec(*, min_sites: int = 5, threshold: float = 3, neighbours: int = 4, **kw):
+    spec = common_pb2.JobSpec(
+        name="sec",
+        rounds=1,
+        min_sites=min_sites,
+        round_timeout_s=20.0,
+        model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_FIXED_DELTA, fixed_delta_params=D),
+        dataset=common_pb2.DatasetSpec(name="tab", features=["a"], label="y", num_classes=2),
+        training=common_pb2.TrainingSpec(
+            local_epochs=1, batch_size=8, learning_rate=0.1, server_learning_rate=1.0, seed=3
+        ),
+        secure_aggregation=common_pb2.SecureAggregation(
+            enabled=True,
+            threshold=threshold,
+            neighbours=neighbours,
+            clip_range=R,
+            bits=B,
+            stage_timeout_s=kw.pop("stage_timeout_s", 1.5),
+        ),
+    )
+    for k, v in kw.items():
+        setattr(spec, k, v)
+    return spec
+
+
+class SecSite(FakeSite):
+    """A fake site running the client side of SecAgg+ with a known quantized input."""
+
+    def __init__(self, pki: Path, name: str, port: int) -> None:
+        super().__init__(pki, name, port)
+        rng = np.random.default_rng(abs(hash(name)) % 2**32)
+        self.x = rng.integers(0, 2**B, size=D, dtype=np.uint32)
+        self.state: secagg.ClientState | None = None
+        self.sent: dict[str, common_pb2.Envelope] = {}
+
+    def secagg_send(self, task, stage, msg) -> federation_pb2.Ack:
+        env = self.seal(stage, msg.SerializeToString(), job_id=task.job_id, round=task.round)
+        self.sent[common_pb2.Stage.Name(stage)] = env
+        return self.fed.SecAgg(env, timeout=10)
+
+    def advertise(self, task) -> federation_pb2.Ack:
+        rid = f"{FEDERATION}/{task.job_id}/{task.round}"
+        self.state, keys = secagg.advertise(site_id=self.name, round_id=rid)
+        msg = K.AdvertiseKeys(
+            cipher_public_key=keys.cipher_public_key,
+            mask_public_key=keys.mask_public_key,
+            num_samples=10,
+            metrics={"eval_accuracy": 0.5, "eval_loss": 1.0, "eval_samples": 4.0},
+            epsilon=0.25,
+        )
+        return self.secagg_send(task, common_pb2.STAGE_ADVERTISE_KEYS, msg)
+
+    def share(self, task) -> federation_pb2.Ack:
+        assert self.state is not None
+        nbs = []
+        for nb in task.share_keys.neighbours:
+            keys = K.AdvertiseKeys.FromString(nb.advertised.payload)
+            nbs.append(
+                secagg.NeighbourKeys(nb.site_id, keys.cipher_public_key, keys.mask_public_key)
+            )
+        self.state, shares = secagg.share_keys(self.state, nbs, threshold=task.share_keys.threshold)
+        msg = K.ShareKeys(
+            shares=[K.EncryptedShare(to_site=s, ciphertext=c) for s, c in shares.items()]
+        )
+        return self.secagg_send(task, common_pb2.STAGE_SHARE_KEYS, msg)
+
+    def mask(self, task) -> federation_pb2.Ack:
+        assert self.state is not None
+        got = {s.from_site: s.ciphertext for s in task.masked_input.shares}
+        self.state, y = secagg.masked_input(self.state, self.x, got)
+        self.y = y
+        return self.upload(task, [("masked", y)], stage=common_pb2.STAGE_MASKED_INPUT)
+
+    def unmask(self, task) -> federation_pb2.Ack:
+        assert self.state is not None
+        self.state, rep = secagg.unmask(
+            self.state, survivors=task.unmask.survivors, dropped=task.unmask.dropped
+        )
+        msg = K.UnmaskShares(
+            seed_shares=[K.RevealedShare(site_id=s, share=b) for s, b in rep.seed_shares.items()],
+            key_shares=[K.RevealedShare(site_id=s, share=b) for s, b in rep.key_shares.items()],
+        )
+        return self.secagg_send(task, common_pb2.STAGE_UNMASK, msg)
+
+
+STAGES = [
+    (K.TASK_KIND_TRAIN, "advertise"),
+    (K.TASK_KIND_SHARE_KEYS, "share"),
+    (K.TASK_KIND_MASKED_INPUT, "mask"),
+    (K.TASK_KIND_UNMASK, "unmask"),
+]
+
+
+def run_round(sites, *, drop: dict[str, str] | None = None):
+    """Drive every stage; ``drop`` maps site -> the stage it never answers (and after)."""
+    drop = drop or {}
+    alive = list(sites)
+    for kind, step in STAGES:
+        nxt = []
+        for s in alive:
+            if drop.get(s.name) == step:
+                continue
+            task = s.next_task(kind)
+            assert getattr(s, step)(task).accepted
+            nxt.append(s)
+        alive = nxt
+
+
+def expected_model(model0, in_sum):
+    total = np.zeros(D, dtype=np.uint32)
+    for s in in_sum:
+        total += s.x
+    mean = secagg.dequantize(total, n=len(in_sum), clip_range=R, bits=B) / len(in_sum)
+    return (model0.astype(np.float64) + mean).astype(np.float32)
+
+
+def wait_job(op, job_id, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = op.admin.GetJob(admin_pb2.JobRef(job_id=job_id))
+        if st.state in (admin_pb2.JOB_STATE_DONE, admin_pb2.JOB_STATE_FAILED):
+            return st
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def start(fed, n=5, **kw):
+    site, op, state = fed
+    sites = [site(n_) for n_ in SITES[:n]]
+    for s in sites:
+        s.connect()
+    job_id = op.submit(secure_spec(**kw))
+    first = sites[0].next_task(K.TASK_KIND_TRAIN)
+    sites[0].tasks.queue.appendleft(first)
+    model0 = sites[0].download(job_id, first.model_version)[0][1]
+    return sites, op, job_id, model0, state
+
+
+def finish(sites, op, job_id):
+    for s in sites:
+        t = s.next_task(K.TASK_KIND_EVALUATE)
+        s.report(t, metrics={"accuracy": 1.0, "loss": 0.0}, num_samples=1)
+    st = wait_job(op, job_id)
+    assert st.state == admin_pb2.JOB_STATE_DONE, st.error
+    return st, sites[0].download(job_id, st.model_version)[0][1]
+
+
+def test_secure_round_equals_the_plaintext_modular_sum(fed):
+    """A secure round's new model is init + dequantize(sum of quantized inputs) / n exactly."""
+    sites, op, job_id, model0, _ = start(fed)
+    run_round(sites)
+    st, model1 = finish(sites, op, job_id)
+    np.testing.assert_array_equal(model1, expected_model(model0, sites))
+    rnd = st.rounds[0]
+    assert rnd.state == "done" and rnd.aggregated == 5
+    assert rnd.accuracy == pytest.approx(0.5) and rnd.eval_samples == 20
+    assert st.epsilon_by_site["site-1"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("stage", ["advertise", "share", "mask", "unmask"])
+def test_a_dropout_at_each_stage_still_completes_with_the_survivors_sum(fed, stage):
+    """One site never answering a stage is dropped at its deadline; the sum is the survivors'."""
+    sites, op, job_id, model0, _ = start(fed, round_timeout_s=3.0)
+    run_round(sites, drop={"site-5": stage})
+    st, model1 = finish(sites, op, job_id)
+    in_sum = sites if stage == "unmask" else sites[:4]  # an unmask dropout's input is in the sum
+    np.testing.assert_array_equal(model1, expected_model(model0, in_sum))
+    assert st.rounds[0].aggregated == len(in_sum)
+
+
+def test_a_dropped_task_stream_counts_as_a_dropout_without_waiting(fed):
+    """A site whose stream ends during a stage is dropped at once, not at the stage deadline."""
+    sites, op, job_id, model0, _ = start(fed, stage_timeout_s=30.0)
+    for s in sites[:4]:
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+    sites[4].next_task(K.TASK_KIND_TRAIN)
+    sites[4].disconnect()
+    t0 = time.monotonic()
+    for kind, step in STAGES[1:]:
+        for s in sites[:4]:
+            assert getattr(s, step)(s.next_task(kind)).accepted
+    assert time.monotonic() - t0 < 10
+    _, model1 = finish(sites[:4], op, job_id)
+    np.testing.assert_array_equal(model1, expected_model(model0, sites[:4]))
+
+
+def test_fewer_than_t_aborts_the_attempt_and_the_round_is_retried(fed):
+    """Only 2 of 5 sites advertise (t=3): the attempt fails cleanly, the retry completes."""
+    sites, op, job_id, model0, _ = start(fed, round_timeout_s=3.0)
+    for s in sites[:2]:
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+    for s in sites[2:]:
+        s.next_task(K.TASK_KIND_TRAIN)  # never answered
+    retry = [s.next_task(K.TASK_KIND_TRAIN, timeout=30) for s in sites]
+    assert {t.task_id.split("/")[2] for t in retry} == {"2"}
+    for s, t in zip(sites, retry, strict=True):
+        s.tasks.queue.appendleft(t)
+    run_round(sites)
+    _st, model1 = finish(sites, op, job_id)
+    np.testing.assert_array_equal(model1, expected_model(model0, sites))
+    events = [e for e in op.admin.ListAudit(admin_pb2.AuditRequest()).entries]
+    assert any(e.event == "round_failed" and e.reason == "round_aborted" for e in events)
+
+
+def _refused(call, reason: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.details() == reason
+
+
+def test_replayed_wrong_stage_and_unselected_messages_are_refused(fed):
+    """A repeated advertise, a stage-1 message in stage 0, and a non-selected site are refused."""
+    site, op, _ = fed
+    sites, op, job_id, _, _ = start(fed)
+    t = sites[0].next_task(K.TASK_KIND_TRAIN)
+    assert sites[0].advertise(t).accepted
+    env = sites[0].sent["STAGE_ADVERTISE_KEYS"]
+    _refused(lambda: sites[0].fed.SecAgg(env, timeout=10), "replayed")
+    early = sites[1].seal(
+        common_pb2.STAGE_SHARE_KEYS, K.ShareKeys().SerializeToString(), job_id=job_id, round=1
+    )
+    _refused(lambda: sites[1].fed.SecAgg(early, timeout=10), "wrong_stage")
+    x = site("site-x")
+    x.connect()
+    _refused(lambda: x.advertise(t), "not_selected")
+    junk = sites[2].seal(common_pb2.STAGE_ADVERTISE_KEYS, b"\xff\xff", job_id=job_id, round=1)
+    _refused(lambda: sites[2].fed.SecAgg(junk, timeout=10), "malformed")
+    events = {e.event for e in op.admin.ListAudit(admin_pb2.AuditRequest()).entries}
+    assert "secagg_refused" in events
+
+
+def test_no_site_input_or_masked_input_reaches_the_store_blobs_or_logs(fed):
+    """After a secure round, no 64-byte window of any x_u or y_u is in SQLite, blobs or logs."""
+    with capture_logs() as logs:
+        sites, op, job_id, _, state = start(fed)
+        run_round(sites)
+        finish(sites, op, job_id)
+    haystack = [str(logs).encode()]
+    for p in state.rglob("*"):
+        if p.is_file():
+            haystack.append(p.read_bytes())
+    data = b"".join(haystack)
+    assert data  # the scan saw the database and the blobs
+    for s in sites:
+        for vec in (s.x, s.y):
+            raw = vec.astype("<u4").tobytes()
+            for off in range(0, len(raw) - 64, 64):
+                assert raw[off : off + 64] not in data, f"{s.name} vector found"
