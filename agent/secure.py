@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import structlog
+from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 
 from agent.jobs import VerifiedJob
@@ -178,11 +179,11 @@ class SecureSite:
                 max_skew_s=_NEIGHBOUR_SKEW_S,
             )
             keys = federation_pb2.AdvertiseKeys.FromString(payload)
-        except PeerError as exc:
+        except (PeerError, PolicyRefusal) as exc:
             raise PolicyRefusal(
                 f"neighbour {nb.site_id!r} keys refused: {exc}", reason=exc.reason
             ) from exc
-        except Exception as exc:  # a payload that does not parse
+        except DecodeError as exc:
             raise PolicyRefusal(
                 f"neighbour {nb.site_id!r} keys do not decode", reason=Reason.MALFORMED
             ) from exc
