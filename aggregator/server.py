@@ -1,8 +1,8 @@
 """Build the aggregator's gRPC server: mTLS, both services, health, bound port.
 
-``create_server(config) -> (server, port)`` so tests bind port 0 (STYLE rule 2). With port 0
-the bound ``host:port`` is also written atomically to ``<state.dir>/address`` so tests and
-``confide demo`` can find it.
+``create_server(config) -> (server, port)`` so tests bind port 0 (STYLE rule 2). Once it
+serves, the bound ``host:port`` is written atomically to ``<state.dir>/address`` so tests and
+``confide demo`` can find it (and know it is up, also after a restart on a fixed port).
 """
 
 from __future__ import annotations
@@ -145,8 +145,7 @@ def build(
     for service in ("", "confide.v1.Federation", "confide.v1.Admin"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     host = config.listen.rpartition(":")[0]
-    if config.listen.endswith(":0"):
-        _write_atomic(config.state_dir / "address", f"{host}:{port}\n")
+    _write_atomic(config.state_dir / "address", f"{host}:{port}\n")
     return Aggregator(server, coord, store), port
 
 

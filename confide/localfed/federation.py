@@ -152,15 +152,24 @@ class LocalFederation:
             )
 
     def start_aggregator(
-        self, *, timeout: float = 60.0, extra: Mapping[str, Any] | None = None
+        self,
+        *,
+        timeout: float = 60.0,
+        extra: Mapping[str, Any] | None = None,
+        listen: str = "127.0.0.1:0",
     ) -> str:
-        """Start the aggregator on a free loopback port and return its address."""
+        """Start the aggregator and return its address.
+
+        Args:
+            listen: where to listen; the default picks a free loopback port. A restart passes
+                the previous address so running agents find it again.
+        """
         d = self.aggregator_dir
         d.mkdir(parents=True, exist_ok=True)
         state = d / "state"
         cfg: dict[str, Any] = {
             "federation": self.federation,
-            "server": {"listen": "127.0.0.1:0"},
+            "server": {"listen": listen},
             "tls": self._tls(self.ca_dir, "aggregator"),
             "state": {"dir": str(state)},
             "log": {"level": self.log_level, "json": True},
@@ -245,6 +254,12 @@ class LocalFederation:
             self._channel, self._stub = connect(self._operator)
         return self._stub
 
+    def close_admin(self) -> None:
+        """Close the operator's channel (e.g. before restarting the aggregator)."""
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self._stub = None
+
     def wait_for_sites(self, n: int, *, timeout: float = 120.0) -> None:
         """Wait until at least ``n`` sites are connected."""
         stub = self.admin()
@@ -314,9 +329,7 @@ class LocalFederation:
 
     def stop(self, *, timeout: float = 30.0) -> dict[str, int | None]:
         """SIGTERM every process, wait for it, and return the exit codes by name."""
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = self._stub = None
+        self.close_admin()
         procs: dict[str, subprocess.Popen[bytes]] = dict(self.agents)
         if self.aggregator is not None:
             procs["aggregator"] = self.aggregator

@@ -109,8 +109,8 @@ def test_agents_reconnect_after_the_aggregator_restarts_and_no_round_is_lost(fed
     assert federation.aggregator is not None
     federation.aggregator.send_signal(signal.SIGKILL)
     federation.aggregator.wait()
-    federation._channel = federation._stub = None
-    federation.start_aggregator()
+    federation.close_admin()
+    federation.start_aggregator(listen=federation.address)
     federation.wait_for_sites(2, timeout=90)
     after = federation.job(job_id)
     assert [(r.round, r.model_version) for r in after.rounds if r.state == "done"] == before
