@@ -244,7 +244,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 )
             )
             if s.round > 0 and s.outcome == "ok":
-                eps[s.site] += s.epsilon
+                # Sites report the job's cumulative ε (their ledger composes the rounds by
+                # RDP), so the job's figure per site is the latest, i.e. the largest.
+                eps[s.site] = max(eps[s.site], s.epsilon)
         live = self.coord.live_state(job_id)
         for rr in self.store.rounds(job_id):
             state = rr.state

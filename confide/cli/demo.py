@@ -41,20 +41,27 @@ def register(subparsers: Any) -> None:
 def demo_job(
     *, sites: int, rounds: int, features: list[str], secure: bool, private: bool, seed: int
 ) -> common_pb2.JobSpec:
-    """The demo's job: an MLP on breast_cancer, with privacy and SecAgg+ unless disabled."""
+    """The demo's job: logistic regression on breast_cancer, with privacy and SecAgg+ on.
+
+    Privacy defaults: DP-SGD for a record-level ε of 3 per site over the whole job at
+    δ = 1e-5 (σ chosen by the site's accountant), and update clipping to C = 1 with update
+    noise z = 0.1 (distributed over the sites when secure aggregation is on). Logistic
+    regression keeps the update small (62 parameters), so the update noise costs little
+    accuracy; the MLP under the same noise ends near 0.87 on this data.
+    """
     spec = common_pb2.JobSpec(
         name="demo-breast-cancer",
         rounds=rounds,
         min_sites=sites,
         round_timeout_s=120.0,
-        model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_MLP, hidden=[16]),
+        model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_LOGREG),
         dataset=common_pb2.DatasetSpec(
             name="breast_cancer", features=features, label="target", num_classes=2
         ),
         training=common_pb2.TrainingSpec(
             local_epochs=2,
             batch_size=32,
-            learning_rate=0.1,
+            learning_rate=0.2,
             server_optimizer=common_pb2.SERVER_OPTIMIZER_FEDAVG,
             server_learning_rate=1.0,
             device="cpu",
@@ -72,7 +79,7 @@ def demo_job(
             )
         )
         spec.update_privacy.CopyFrom(
-            common_pb2.UpdatePrivacy(clip_norm=2.0, noise_multiplier=0.3, delta=1e-5)
+            common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=0.1, delta=1e-5)
         )
     if secure:
         spec.secure_aggregation.CopyFrom(
@@ -174,7 +181,7 @@ def run_demo(
             )
             job_id = fed.submit(spec)
             print(
-                f"  job {job_id}: MLP, {rounds} rounds, secure aggregation "
+                f"  job {job_id}: logistic regression, {rounds} rounds, secure aggregation "
                 f"{'on' if secure else 'off'}, privacy {'on' if private else 'off'}",
                 file=out,
             )
