@@ -191,13 +191,20 @@ class LocalFederation:
         self._write_operator_config()
         return self.address
 
-    def start_agent(self, site: SiteSetup) -> subprocess.Popen[bytes]:
-        """Start one site's agent with its datasets and policy."""
+    def start_agent(self, site: SiteSetup, *, ca: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start one site's agent with its datasets and policy.
+
+        Args:
+            ca: the CA certificate the site trusts (default: the federation's).
+        """
         d = self.site_dirs[site.name]
+        tls = self._tls(d, site.name)
+        if ca is not None:
+            tls["ca"] = str(ca)
         cfg: dict[str, Any] = {
             "federation": self.federation,
             "aggregator": {"address": self.address, "server_name": "aggregator"},
-            "tls": self._tls(d, site.name),
+            "tls": tls,
             "state": {"dir": str(d / "state")},
             "api": {"socket": str(d / "agent.sock")},
             "worker": site.worker,
