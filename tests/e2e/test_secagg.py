@@ -8,7 +8,7 @@ import pytest
 
 from confide.cli.demo import demo_job
 from confide.localfed import partition_breast_cancer
-from confide.v1 import admin_pb2
+from confide.v1 import admin_pb2, common_pb2
 
 from .conftest import site_setup
 
@@ -51,6 +51,8 @@ def test_ten_sites_survive_a_sigkill_at_each_secagg_stage(federation, tmp_path):
     federation.wait_for_sites(10, timeout=180)
     spec = demo_job(sites=6, rounds=4, features=data.features, secure=True, private=False, seed=0)
     spec.round_timeout_s = 90.0
+    # The MLP on per-site partitions: every site's delta differs, so the sum means something.
+    spec.model.CopyFrom(common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_MLP, hidden=[16]))
     job_id = federation.submit(spec)
     killed: dict[int, str] = {}  # round -> phase it was in when its victim was killed
 
