@@ -97,7 +97,8 @@ def _handle(args: argparse.Namespace) -> int:
     summary = run_demo(
         sites=args.sites,
         rounds=args.rounds,
-        secure=not args.no_secure_aggregation and args.sites >= 2,
+        # SecAgg+ needs at least 3 sites (a sum of 2 would reveal each to the other).
+        secure=not args.no_secure_aggregation and args.sites >= 3,
         private=not args.no_privacy,
         keep=args.keep,
         seed=args.seed,

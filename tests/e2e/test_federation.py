@@ -158,19 +158,9 @@ def test_a_200mb_model_passes_through_chunked_streams(federation, bc3):
 
 
 def test_confide_demo_json_summary():
-    """`confide demo --sites 2 --rounds 2 --json` runs a real federation and ends with a summary."""
+    """`confide demo --rounds 2 --json` (SecAgg+ and privacy on) ends with its JSON summary."""
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "confide.cli.main",
-            "demo",
-            "--sites",
-            "2",
-            "--rounds",
-            "2",
-            "--json",
-        ],
+        [sys.executable, "-m", "confide.cli.main", "demo", "--rounds", "2", "--json"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -178,6 +168,8 @@ def test_confide_demo_json_summary():
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["rounds"] == 2 and summary["sites"] == 2
+    assert summary["rounds"] == 2 and summary["sites"] == 3
+    assert summary["secure_aggregation"] is True
     assert {"final_accuracy", "final_loss", "wall_seconds", "epsilon"} <= summary.keys()
+    assert 0 < summary["epsilon"] <= 3.0
     assert summary["final_accuracy"] >= 0.85
