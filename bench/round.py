@@ -7,7 +7,8 @@ federation's own cost: serialization, transfer, worker hand-off, aggregation and
     python -m bench.round --sites 10 --params 1000000 --rounds 10 [--json]
 
 Prints the median and max round seconds (as the aggregator measures a round: dispatch to
-stored model), the aggregator's peak RSS (VmHWM) and one agent daemon's idle RSS. With
+stored model), the aggregator's idle RSS (sites connected, no job) and peak RSS (VmHWM), and
+one agent daemon's idle RSS. With
 ``--json`` the last line is a JSON object with ``median_round_seconds``,
 ``max_round_seconds``, ``aggregator_peak_rss_mb``, ``agent_idle_rss_mb``.
 """
@@ -56,6 +57,8 @@ def run(sites: int, params: int, rounds: int) -> dict[str, float]:
             fed.wait_for_sites(sites, timeout=60.0 + 2.0 * sites)
             time.sleep(1.0)  # let the agents settle into idle before reading their RSS
             agent_idle = _proc_mb(fed.agents[names[0]].pid, "VmRSS")
+            assert fed.aggregator is not None
+            agg_idle = _proc_mb(fed.aggregator.pid, "VmRSS")
             spec = common_pb2.JobSpec(
                 name="bench-round",
                 rounds=rounds,
@@ -78,7 +81,6 @@ def run(sites: int, params: int, rounds: int) -> dict[str, float]:
             t0 = time.monotonic()
             status = fed.wait_job(fed.submit(spec), timeout=600.0)
             wall = time.monotonic() - t0
-            assert fed.aggregator is not None
             agg_peak = _proc_mb(fed.aggregator.pid, "VmHWM")
             secs = [r.seconds for r in status.rounds if r.state == "done"]
             if len(secs) != rounds:
@@ -93,6 +95,7 @@ def run(sites: int, params: int, rounds: int) -> dict[str, float]:
             "max_round_seconds": round(max(secs), 4),
             "job_wall_seconds": round(wall, 3),
             "aggregator_peak_rss_mb": round(agg_peak, 1),
+            "aggregator_idle_rss_mb": round(agg_idle, 1),
             "agent_idle_rss_mb": round(agent_idle, 1),
         }
     finally:
@@ -111,6 +114,7 @@ def main() -> None:
     print(f"sites={r['sites']} params={r['params']} rounds={r['rounds']}")
     print(f"median round  {r['median_round_seconds']:.3f} s   max {r['max_round_seconds']:.3f} s")
     print(f"job wall      {r['job_wall_seconds']:.2f} s")
+    print(f"aggregator idle RSS {r['aggregator_idle_rss_mb']:.1f} MB (sites connected, no job)")
     print(f"aggregator peak RSS {r['aggregator_peak_rss_mb']:.1f} MB")
     print(f"agent idle RSS      {r['agent_idle_rss_mb']:.1f} MB")
     if a.json:
