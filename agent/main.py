@@ -75,9 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("enroll", help="make this site's keys and a CSR for the operator")
     e.add_argument("--dir", type=Path, required=True, help="folder for the keys and the CSR")
     e.add_argument("--name", required=True, help="the site's identity name, e.g. site-1")
-    for name, text in (("status", "show the running daemon's status"),
-                       ("budget", "show the privacy budget per dataset"),
-                       ("run", "run the daemon (the default)")):
+    for name, text in (
+        ("status", "show the running daemon's status"),
+        ("budget", "show the privacy budget per dataset"),
+        ("run", "run the daemon (the default)"),
+    ):
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
     return p
@@ -101,8 +103,11 @@ def _status(cfg: AgentConfig) -> int:
                 agent_pb2.StatusRequest(), timeout=_API_TIMEOUT_S
             )
     except grpc.RpcError as exc:
-        print(f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
-              f"({exc.code().name}); is the daemon running?", file=sys.stderr)
+        print(
+            f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
+            f"({exc.code().name}); is the daemon running?",
+            file=sys.stderr,
+        )
         return 1
     r = st.resources
     print(f"site:        {st.site_id or '(not registered yet)'}")
@@ -111,8 +116,10 @@ def _status(cfg: AgentConfig) -> int:
     print(f"datasets:    {', '.join(st.datasets) or '(none)'}")
     print(f"device:      {st.device}   gpus: {', '.join(r.gpus) or 'none'}")
     print(f"tasks:       {st.tasks_done} done, {st.tasks_failed} failed or refused")
-    print(f"resources:   cpu {r.cpu_percent:.1f}%  rss {r.rss_bytes / 2**20:.1f} MiB  "
-          f"mem {r.memory_percent:.1f}%")
+    print(
+        f"resources:   cpu {r.cpu_percent:.1f}%  rss {r.rss_bytes / 2**20:.1f} MiB  "
+        f"mem {r.memory_percent:.1f}%"
+    )
     print(f"uptime:      {st.uptime_s:.0f} s")
     return 0
 
@@ -124,15 +131,20 @@ def _budget(cfg: AgentConfig) -> int:
                 agent_pb2.BudgetRequest(), timeout=_API_TIMEOUT_S
             )
     except grpc.RpcError as exc:
-        print(f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
-              f"({exc.code().name}); is the daemon running?", file=sys.stderr)
+        print(
+            f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
+            f"({exc.code().name}); is the daemon running?",
+            file=sys.stderr,
+        )
         return 1
     if not reply.datasets:
         print("no privacy budget recorded yet")
     for d in reply.datasets:
-        print(f"{d.dataset}: spent {d.spent_epsilon:.4g} of {d.max_epsilon:.4g} "
-              f"(remaining {d.remaining_epsilon:.4g}, delta {d.delta:.2g}), "
-              f"update epsilon {d.spent_update_epsilon:.4g}, {d.rounds} rounds")
+        print(
+            f"{d.dataset}: spent {d.spent_epsilon:.4g} of {d.max_epsilon:.4g} "
+            f"(remaining {d.remaining_epsilon:.4g}, delta {d.delta:.2g}), "
+            f"update epsilon {d.spent_update_epsilon:.4g}, {d.rounds} rounds"
+        )
     return 0
 
 
@@ -148,8 +160,11 @@ def resolve_device(device: str, gpus: Sequence[str]) -> str:
 
 def _run_daemon(cfg: AgentConfig) -> int:
     identity = load_identity(
-        cert=cfg.tls.cert, key=cfg.tls.key, signing_key=cfg.tls.signing_key,
-        ca=cfg.tls.ca, crl=cfg.tls.crl,
+        cert=cfg.tls.cert,
+        key=cfg.tls.key,
+        signing_key=cfg.tls.signing_key,
+        ca=cfg.tls.ca,
+        crl=cfg.tls.crl,
     )
     # Configured once the files are known good: a bad file is the one-line error of main().
     structlog.configure(**configure_kwargs(json=cfg.log_json, level=cfg.log_level.value))
@@ -160,12 +175,21 @@ def _run_daemon(cfg: AgentConfig) -> int:
     probe = ResourceProbe()
     device = resolve_device(cfg.device, probe.gpus)
     ledger = Ledger.open(cfg.state_dir / "ledger.db")
-    runner = TaskRunner(SiteContext(
-        federation=cfg.federation, site=identity.info.name, signing_key=identity.signing_key,
-        ca_pem=identity.ca_pem, crl_pem=identity.crl_pem, trusted_signers=cfg.trusted_signers,
-        datasets=cfg.datasets, device=cfg.device, task_timeout_s=cfg.task_timeout_s,
-        policies=cfg.dataset_policies,
-    ), privacy=PrivacyPlan(ledger))
+    runner = TaskRunner(
+        SiteContext(
+            federation=cfg.federation,
+            site=identity.info.name,
+            signing_key=identity.signing_key,
+            ca_pem=identity.ca_pem,
+            crl_pem=identity.crl_pem,
+            trusted_signers=cfg.trusted_signers,
+            datasets=cfg.datasets,
+            device=cfg.device,
+            task_timeout_s=cfg.task_timeout_s,
+            policies=cfg.dataset_policies,
+        ),
+        privacy=PrivacyPlan(ledger),
+    )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
     started = time.time()
     session: Session | None = None
@@ -174,23 +198,34 @@ def _run_daemon(cfg: AgentConfig) -> int:
         assert session is not None
         s = session.status()
         return agent_pb2.AgentStatus(
-            site_id=s.site_id or identity.info.name, connected=s.connected,
-            aggregator=cfg.aggregator_address, current_task=s.current_task,
-            resources=probe.sample(), uptime_s=time.time() - started,
-            datasets=sorted(cfg.datasets), device=device,
-            tasks_done=s.tasks_done, tasks_failed=s.tasks_failed,
+            site_id=s.site_id or identity.info.name,
+            connected=s.connected,
+            aggregator=cfg.aggregator_address,
+            current_task=s.current_task,
+            resources=probe.sample(),
+            uptime_s=time.time() - started,
+            datasets=sorted(cfg.datasets),
+            device=device,
+            tasks_done=s.tasks_done,
+            tasks_failed=s.tasks_failed,
         )
 
     def budget() -> agent_pb2.BudgetReply:
         policies = {name: cfg.dataset_policies.get(name, DatasetPolicy()) for name in cfg.datasets}
-        return agent_pb2.BudgetReply(datasets=[
-            agent_pb2.DatasetBudget(
-                dataset=b.dataset, max_epsilon=b.max_epsilon, spent_epsilon=b.spent_epsilon,
-                remaining_epsilon=b.remaining_epsilon, delta=b.delta,
-                spent_update_epsilon=b.update_epsilon, rounds=b.rounds,
-            )
-            for b in ledger.budgets(policies)
-        ])
+        return agent_pb2.BudgetReply(
+            datasets=[
+                agent_pb2.DatasetBudget(
+                    dataset=b.dataset,
+                    max_epsilon=b.max_epsilon,
+                    spent_epsilon=b.spent_epsilon,
+                    remaining_epsilon=b.remaining_epsilon,
+                    delta=b.delta,
+                    spent_update_epsilon=b.update_epsilon,
+                    rounds=b.rounds,
+                )
+                for b in ledger.budgets(policies)
+            ]
+        )
 
     api = AgentApi(cfg.api_socket, status=status, budget=budget)
     session = Session(
@@ -198,7 +233,9 @@ def _run_daemon(cfg: AgentConfig) -> int:
         connect=lambda: GrpcTransport.from_identity(
             identity, address=cfg.aggregator_address, server_name=cfg.server_name
         ),
-        datasets=sorted(cfg.datasets), device=device, resources=probe.sample,
+        datasets=sorted(cfg.datasets),
+        device=device,
+        resources=probe.sample,
         on_connection=api.set_connected,
     )
     stop = threading.Event()
@@ -210,8 +247,14 @@ def _run_daemon(cfg: AgentConfig) -> int:
     api.start()
     thread = threading.Thread(target=session.run, name="confide-session", daemon=True)
     thread.start()
-    log.info("agent_started", site=identity.info.name, aggregator=cfg.aggregator_address,
-             socket=str(cfg.api_socket), datasets=sorted(cfg.datasets), device=device)
+    log.info(
+        "agent_started",
+        site=identity.info.name,
+        aggregator=cfg.aggregator_address,
+        socket=str(cfg.api_socket),
+        datasets=sorted(cfg.datasets),
+        device=device,
+    )
     try:
         while not stop.wait(0.5) and thread.is_alive():
             pass

@@ -201,12 +201,14 @@ class Session:
         heartbeat_stop = threading.Event()
         beat: threading.Thread | None = None
         try:
-            reply = transport.register(self._signed(
-                common_pb2.STAGE_REGISTER,
-                federation_pb2.RegisterRequest(
-                    agent_version=AGENT_VERSION, datasets=self._datasets, device=self._device
-                ),
-            ))
+            reply = transport.register(
+                self._signed(
+                    common_pb2.STAGE_REGISTER,
+                    federation_pb2.RegisterRequest(
+                        agent_version=AGENT_VERSION, datasets=self._datasets, device=self._device
+                    ),
+                )
+            )
             self.backoff.reset()
             stream = transport.open_tasks(
                 self._signed(common_pb2.STAGE_OPEN_TASKS, federation_pb2.OpenTasksRequest())
@@ -217,12 +219,15 @@ class Session:
             if self._stopping.is_set():
                 return
             self._set_connected(True)
-            log.info("connected", site=reply.site_id,
-                     heartbeat_interval_s=reply.heartbeat_interval_s)
+            log.info(
+                "connected", site=reply.site_id, heartbeat_interval_s=reply.heartbeat_interval_s
+            )
             interval = max(reply.heartbeat_interval_s or DEFAULT_HEARTBEAT_S, _MIN_HEARTBEAT_S)
             beat = threading.Thread(
-                target=self._heartbeats, args=(transport, stream, interval, heartbeat_stop),
-                name="confide-heartbeat", daemon=True,
+                target=self._heartbeats,
+                args=(transport, stream, interval, heartbeat_stop),
+                name="confide-heartbeat",
+                daemon=True,
             )
             beat.start()
             for task in stream:
@@ -260,10 +265,12 @@ class Session:
             with self._lock:
                 current = self._current
             try:
-                transport.heartbeat(self._signed(
-                    common_pb2.STAGE_HEARTBEAT,
-                    federation_pb2.Heartbeat(current_task=current, resources=self._resources()),
-                ))
+                transport.heartbeat(
+                    self._signed(
+                        common_pb2.STAGE_HEARTBEAT,
+                        federation_pb2.Heartbeat(current_task=current, resources=self._resources()),
+                    )
+                )
             except ConfideError as exc:
                 log.warning("heartbeat_failed", reason=exc.reason.value, error=exc.message)
                 stream.cancel()  # the task loop sees the stream end and reconnects

@@ -239,8 +239,7 @@ class TaskRunner:
         """
         return self.workers.get(task.job_id, job.spec, dataset)
 
-    def seal(self, task: federation_pb2.Task, stage: int,
-             payload: Message) -> common_pb2.Envelope:
+    def seal(self, task: federation_pb2.Task, stage: int, payload: Message) -> common_pb2.Envelope:
         """Sign ``payload`` as this site, bound to the task's job, round and ``stage``."""
         return seal(
             signing_key=self.site.signing_key,
@@ -253,8 +252,9 @@ class TaskRunner:
             round=task.round,
         )
 
-    def report(self, task: federation_pb2.Task, transport: Transport,
-               report: federation_pb2.TaskReport) -> None:
+    def report(
+        self, task: federation_pb2.Task, transport: Transport, report: federation_pb2.TaskReport
+    ) -> None:
         """Send a signed ``TaskReport`` for ``task``."""
         report.task_id = task.task_id
         report.kind = task.kind
@@ -309,13 +309,15 @@ class TaskRunner:
             "eval_loss": ev.loss,
             "eval_samples": float(ev.num_samples),
         }
-        metrics.update({k if k.startswith("train_") else f"train_{k}": float(v)
-                        for k, v in tr.metrics.items()})
+        metrics.update(
+            {k if k.startswith("train_") else f"train_{k}": float(v) for k, v in tr.metrics.items()}
+        )
         if secure and self.secure_update is not None:
             metrics["epsilon"] = epsilon
             metrics["update_epsilon"] = update_epsilon
-            self.secure_update(task, transport, job=job, delta=delta,
-                               num_samples=tr.num_samples, metrics=metrics)
+            self.secure_update(
+                task, transport, job=job, delta=delta, num_samples=tr.num_samples, metrics=metrics
+            )
             return
         blob, buffers = encode_tensors(delta)
         header = federation_pb2.UpdateHeader(
@@ -328,14 +330,21 @@ class TaskRunner:
         )
         ack = transport.upload(self.seal(task, common_pb2.STAGE_UPDATE, header), buffers)
         _check_ack(ack, "upload")
-        log.info("update_sent", num_samples=tr.num_samples, bytes=blob.total_bytes,
-                 eval_accuracy=ev.accuracy)
+        log.info(
+            "update_sent",
+            num_samples=tr.num_samples,
+            bytes=blob.total_bytes,
+            eval_accuracy=ev.accuracy,
+        )
 
     def _policy(self, dataset: DatasetConfig) -> DatasetPolicy:
         return self.site.policies.get(dataset.name, DatasetPolicy())
 
     def _plan(
-        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig,
+        self,
+        task: federation_pb2.Task,
+        job: VerifiedJob,
+        dataset: DatasetConfig,
         worker: WorkerHandle,
     ) -> RoundPrivacy | None:
         """The round's privacy plan; None only for a non-private job without a ledger.
@@ -346,8 +355,9 @@ class TaskRunner:
         spec = job.spec
         if self.privacy is None:
             if spec.record_privacy.enabled or spec.update_privacy.clip_norm > 0:
-                raise PolicyRefusal("this agent has no privacy ledger",
-                                    reason=Reason.UNSAFE_REQUEST)
+                raise PolicyRefusal(
+                    "this agent has no privacy ledger", reason=Reason.UNSAFE_REQUEST
+                )
             return None
         info = worker.info
         return self.privacy.plan(
@@ -363,11 +373,15 @@ class TaskRunner:
         self._check_abandon()
         worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
         ev = self._guarded(task, lambda: worker.evaluate(weights))
-        self.report(task, transport, federation_pb2.TaskReport(
-            outcome=common_pb2.OUTCOME_OK,
-            metrics={"accuracy": ev.accuracy, "loss": ev.loss},
-            num_samples=ev.num_samples,
-        ))
+        self.report(
+            task,
+            transport,
+            federation_pb2.TaskReport(
+                outcome=common_pb2.OUTCOME_OK,
+                metrics={"accuracy": ev.accuracy, "loss": ev.loss},
+                num_samples=ev.num_samples,
+            ),
+        )
 
     def _job_done(self, task: federation_pb2.Task, transport: Transport) -> None:
         self.workers.drop(task.job_id)
@@ -396,16 +410,28 @@ class TaskRunner:
             return exc
         return InternalError(f"unexpected {type(exc).__name__}: {exc}")
 
-    def _report_failure(self, task: federation_pb2.Task, transport: Transport,
-                        outcome: TaskOutcome, err: ConfideError) -> None:
+    def _report_failure(
+        self,
+        task: federation_pb2.Task,
+        transport: Transport,
+        outcome: TaskOutcome,
+        err: ConfideError,
+    ) -> None:
         if task.kind == federation_pb2.TASK_KIND_JOB_DONE:
             return  # nobody waits for an answer to JOB_DONE
-        self.report(task, transport, federation_pb2.TaskReport(
-            outcome=(common_pb2.OUTCOME_REFUSED if outcome is TaskOutcome.REFUSED
-                     else common_pb2.OUTCOME_FAILED),
-            reason=err.reason.value,
-            message=err.message[:500],
-        ))
+        self.report(
+            task,
+            transport,
+            federation_pb2.TaskReport(
+                outcome=(
+                    common_pb2.OUTCOME_REFUSED
+                    if outcome is TaskOutcome.REFUSED
+                    else common_pb2.OUTCOME_FAILED
+                ),
+                reason=err.reason.value,
+                message=err.message[:500],
+            ),
+        )
 
 
 def _check_ack(ack: federation_pb2.Ack, what: str) -> None:
@@ -433,12 +459,14 @@ def _check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
     expected = [(n, tuple(a.shape)) for n, a in weights]
     got = [(n, tuple(a.shape)) for n, a in delta]
     if got != expected:
-        raise InternalError("the worker's delta does not match the model's tensors",
-                            reason=Reason.TRAINING_FAILED)
+        raise InternalError(
+            "the worker's delta does not match the model's tensors", reason=Reason.TRAINING_FAILED
+        )
     for name, arr in delta:
         if arr.dtype.name != "float32":
-            raise InternalError(f"delta tensor {name!r} is {arr.dtype}, not float32",
-                                reason=Reason.TRAINING_FAILED)
+            raise InternalError(
+                f"delta tensor {name!r} is {arr.dtype}, not float32", reason=Reason.TRAINING_FAILED
+            )
     try:
         check_finite(delta)
     except PeerError as exc:

@@ -124,8 +124,12 @@ class WorkerPool:
             self._workers[job_id] = worker
         info = worker.info
         if info is not None:
-            log.info("worker_started", num_train=info.num_train, num_holdout=info.num_holdout,
-                     device=info.device)
+            log.info(
+                "worker_started",
+                num_train=info.num_train,
+                num_holdout=info.num_holdout,
+                device=info.device,
+            )
         return worker
 
     def drop(self, job_id: str) -> None:

@@ -42,9 +42,7 @@ def configure_kwargs(*, json: bool | None = None, level: str = "info") -> dict[s
     use_json = not sys.stderr.isatty() if json is None else json
     return {
         "processors": processors(json=use_json),
-        "wrapper_class": structlog.make_filtering_bound_logger(
-            logging.getLevelName(level.upper())
-        ),
+        "wrapper_class": structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         "logger_factory": structlog.PrintLoggerFactory(file=sys.stderr),
         "cache_logger_on_first_use": True,
     }

@@ -44,8 +44,8 @@ def demo_job(
     """The demo's job: logistic regression on breast_cancer, with privacy and SecAgg+ on.
 
     Privacy defaults: DP-SGD for a record-level ε of 3 per site over the whole job at
-    δ = 1e-5 (σ chosen by the site's accountant), and update clipping to C = 1 with update
-    noise z = 0.1 (distributed over the sites when secure aggregation is on). Logistic
+    δ = 1e-5 (the site's accountant picks the noise multiplier), update clipping to C = 1
+    and update noise z = 0.1 (distributed over the sites when secure aggregation is on). Logistic
     regression keeps the update small (62 parameters), so the update noise costs little
     accuracy; the MLP under the same noise ends near 0.87 on this data.
     """

@@ -24,14 +24,16 @@ DATASET = "tabular"
 class Pki:
     dir: Path
     site: Identity
-    alice: Identity      # trusted operator
-    mallory: Identity    # an operator the site does not trust
+    alice: Identity  # trusted operator
+    mallory: Identity  # an operator the site does not trust
     other_site: Identity  # a site, not an operator
 
 
 def _load(d: Path, name: str) -> Identity:
     return load_identity(
-        cert=d / f"{name}.crt", key=d / f"{name}.key", signing_key=d / f"{name}.sign.key",
+        cert=d / f"{name}.crt",
+        key=d / f"{name}.key",
+        signing_key=d / f"{name}.sign.key",
         ca=d / "ca.crt",
     )
 
@@ -52,8 +54,7 @@ def job_spec(dataset: str = DATASET) -> common_pb2.JobSpec:
     return common_pb2.JobSpec(
         name="test-job",
         model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_LOGREG),
-        dataset=common_pb2.DatasetSpec(name=dataset, features=["a", "b"], label="y",
-                                       num_classes=2),
+        dataset=common_pb2.DatasetSpec(name=dataset, features=["a", "b"], label="y", num_classes=2),
         rounds=3,
         min_sites=1,
     )
@@ -70,25 +71,41 @@ def signed_task(
     model_version: str = "v1",
 ) -> federation_pb2.Task:
     env = seal(
-        signing_key=signer.signing_key, federation=FEDERATION, sender=signer.info.name,
-        stage=common_pb2.STAGE_JOB, payload=(spec or job_spec()).SerializeToString(),
+        signing_key=signer.signing_key,
+        federation=FEDERATION,
+        sender=signer.info.name,
+        stage=common_pb2.STAGE_JOB,
+        payload=(spec or job_spec()).SerializeToString(),
         now=time.time(),
     )
     return federation_pb2.Task(
-        task_id=task_id, job_id=job_id, round=round, kind=kind, signed_job=env,
-        signer_certificate=signer.cert_pem, model_version=model_version, deadline_s=60,
+        task_id=task_id,
+        job_id=job_id,
+        round=round,
+        kind=kind,
+        signed_job=env,
+        signer_certificate=signer.cert_pem,
+        model_version=model_version,
+        deadline_s=60,
     )
 
 
 def model_weights() -> list[tuple[str, np.ndarray]]:
-    return [("net.0.weight", np.arange(4, dtype=np.float32).reshape(2, 2)),
-            ("net.0.bias", np.zeros(2, dtype=np.float32))]
+    return [
+        ("net.0.weight", np.arange(4, dtype=np.float32).reshape(2, 2)),
+        ("net.0.bias", np.zeros(2, dtype=np.float32)),
+    ]
 
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> DatasetConfig:
-    return DatasetConfig(name=DATASET, path=tmp_path / "data.csv", format=DataFormat.CSV,
-                         features=("a", "b"), label="y")
+    return DatasetConfig(
+        name=DATASET,
+        path=tmp_path / "data.csv",
+        format=DataFormat.CSV,
+        features=("a", "b"),
+        label="y",
+    )
 
 
 @pytest.fixture
@@ -106,8 +123,13 @@ def aggregator() -> FakeAggregator:
 @pytest.fixture
 def runner(pki: Pki, dataset: DatasetConfig, workers: FakeWorkerFactory) -> TaskRunner:
     site = SiteContext(
-        federation=FEDERATION, site=pki.site.info.name, signing_key=pki.site.signing_key,
-        ca_pem=pki.site.ca_pem, crl_pem=None, trusted_signers=("alice",),
-        datasets={DATASET: dataset}, device="cpu",
+        federation=FEDERATION,
+        site=pki.site.info.name,
+        signing_key=pki.site.signing_key,
+        ca_pem=pki.site.ca_pem,
+        crl_pem=None,
+        trusted_signers=("alice",),
+        datasets={DATASET: dataset},
+        device="cpu",
     )
     return TaskRunner(site, start_worker=workers)

@@ -18,8 +18,14 @@ from tests.agent.test_config import BASE
 
 def _status() -> agent_pb2.AgentStatus:
     return agent_pb2.AgentStatus(
-        site_id="site-1", connected=True, aggregator="127.0.0.1:7443", uptime_s=12.0,
-        datasets=["tabular"], device="cpu", tasks_done=3, tasks_failed=1,
+        site_id="site-1",
+        connected=True,
+        aggregator="127.0.0.1:7443",
+        uptime_s=12.0,
+        datasets=["tabular"],
+        device="cpu",
+        tasks_done=3,
+        tasks_failed=1,
         resources=federation_pb2.Resources(cpu_percent=2.5, rss_bytes=50 << 20),
     )
 

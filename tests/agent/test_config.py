@@ -49,7 +49,9 @@ def test_minimal_config_has_documented_defaults(tmp_path):
 
 def test_full_config(tmp_path):
     """Policy, per-dataset limits, worker and log settings are read."""
-    text = BASE + """
+    text = (
+        BASE
+        + """
 [api]
 socket = "/tmp/x.sock"
 [worker]
@@ -64,6 +66,7 @@ min_update_noise = 0.5
 level = "debug"
 json = true
 """
+    )
     cfg = load_config(_write(tmp_path, text))
     assert cfg.api_socket == Path("/tmp/x.sock")
     assert (cfg.device, cfg.task_timeout_s) == ("cuda:1", 120.0)
@@ -77,18 +80,33 @@ json = true
     ("edit", "key", "reason"),
     [
         (lambda t: t.replace('federation = "testfed"\n', ""), "federation", Reason.MISSING_KEY),
-        (lambda t: t.replace('signing_key = "pki/site-1.sign.key"\n', ""), "tls.signing_key",
-         Reason.MISSING_KEY),
-        (lambda t: t.replace('address = "127.0.0.1:7443"', "adress = 'x:1'"), "aggregator.adress",
-         Reason.UNKNOWN_KEY),
-        (lambda t: t + "[worker]\ntask_timeout_s = \"long\"\n", "worker.task_timeout_s",
-         Reason.INVALID_VALUE),
-        (lambda t: t + "[worker]\ndevice = \"tpu\"\n", "worker.device", Reason.INVALID_VALUE),
-        (lambda t: t + "[policy]\ntrusted_signers = \"alice\"\n", "policy.trusted_signers",
-         Reason.INVALID_VALUE),
-        (lambda t: t + "[policy.datasets.other]\nmax_epsilon = 1.0\n", "policy.datasets.other",
-         Reason.INVALID_VALUE),
-        (lambda t: t + "[log]\nlevel = \"loud\"\n", "log.level", Reason.INVALID_VALUE),
+        (
+            lambda t: t.replace('signing_key = "pki/site-1.sign.key"\n', ""),
+            "tls.signing_key",
+            Reason.MISSING_KEY,
+        ),
+        (
+            lambda t: t.replace('address = "127.0.0.1:7443"', "adress = 'x:1'"),
+            "aggregator.adress",
+            Reason.UNKNOWN_KEY,
+        ),
+        (
+            lambda t: t + '[worker]\ntask_timeout_s = "long"\n',
+            "worker.task_timeout_s",
+            Reason.INVALID_VALUE,
+        ),
+        (lambda t: t + '[worker]\ndevice = "tpu"\n', "worker.device", Reason.INVALID_VALUE),
+        (
+            lambda t: t + '[policy]\ntrusted_signers = "alice"\n',
+            "policy.trusted_signers",
+            Reason.INVALID_VALUE,
+        ),
+        (
+            lambda t: t + "[policy.datasets.other]\nmax_epsilon = 1.0\n",
+            "policy.datasets.other",
+            Reason.INVALID_VALUE,
+        ),
+        (lambda t: t + '[log]\nlevel = "loud"\n', "log.level", Reason.INVALID_VALUE),
         (lambda t: t + "colour = 1\n", "datasets.tabular.colour", Reason.UNKNOWN_KEY),
         (lambda t: t.replace("[state]", "[sate]"), "state", Reason.MISSING_KEY),
     ],

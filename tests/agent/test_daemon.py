@@ -57,8 +57,11 @@ def test_daemon_serves_api_and_exits_0_on_sigterm(tmp_path, pki, capsys):
     sock = tmp_path / "state" / "agent.sock"
     log = tmp_path / "agent.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(cfg)],
-                                stderr=err, cwd=Path(__file__).parents[2])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(cfg)],
+            stderr=err,
+            cwd=Path(__file__).parents[2],
+        )
     try:
         _wait(sock.exists, 60, proc, log)
         with connect_api(sock) as ch:  # the socket exists from bind; wait until it serves

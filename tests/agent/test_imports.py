@@ -6,8 +6,16 @@ import subprocess
 import sys
 
 DAEMON_MODULES = [
-    "agent.main", "agent.session", "agent.tasks", "agent.api", "agent.transport",
-    "agent.config", "agent.jobs", "agent.policy", "agent.resources", "agent.workers",
+    "agent.main",
+    "agent.session",
+    "agent.tasks",
+    "agent.api",
+    "agent.transport",
+    "agent.config",
+    "agent.jobs",
+    "agent.policy",
+    "agent.resources",
+    "agent.workers",
     "agent.worker.handle",
 ]
 

@@ -36,9 +36,14 @@ class _Harness:
         self.delays: list[float] = []
         self.connection: list[bool] = []
         self.session = Session(
-            runner=runner, connect=aggregator.connect, datasets=[DATASET], device="cpu",
+            runner=runner,
+            connect=aggregator.connect,
+            datasets=[DATASET],
+            device="cpu",
             resources=lambda: federation_pb2.Resources(cpu_percent=1.0, rss_bytes=1),
-            rng=rng, sleep=self.delays.append, on_connection=self.connection.append,
+            rng=rng,
+            sleep=self.delays.append,
+            on_connection=self.connection.append,
         )
         self.thread = threading.Thread(target=self.session.run, daemon=True)
 
@@ -57,10 +62,14 @@ def test_registers_and_serves_a_train_task(pki, runner, aggregator):
     with _Harness(runner, aggregator) as h:
         aggregator.wait_for(lambda: aggregator.streams)
         reg = aggregator.registers[0]
-        req = federation_pb2.RegisterRequest.FromString(open_envelope(
-            reg, verify_key=pki.site.info.signing_public_key, now=time.time(),
-            expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_REGISTER),
-        ))
+        req = federation_pb2.RegisterRequest.FromString(
+            open_envelope(
+                reg,
+                verify_key=pki.site.info.signing_public_key,
+                now=time.time(),
+                expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_REGISTER),
+            )
+        )
         assert list(req.datasets) == [DATASET] and req.device == "cpu"
         aggregator.stream.push(signed_task(pki.alice))
         aggregator.wait_for(lambda: aggregator.uploads)
@@ -103,10 +112,14 @@ def test_heartbeats_are_signed_and_carry_resources(pki, runner, aggregator):
     aggregator.heartbeat_interval_s = 0.05
     with _Harness(runner, aggregator):
         aggregator.wait_for(lambda: len(aggregator.heartbeats) >= 2)
-    hb = federation_pb2.Heartbeat.FromString(open_envelope(
-        aggregator.heartbeats[0], verify_key=pki.site.info.signing_public_key, now=time.time(),
-        expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_HEARTBEAT),
-    ))
+    hb = federation_pb2.Heartbeat.FromString(
+        open_envelope(
+            aggregator.heartbeats[0],
+            verify_key=pki.site.info.signing_public_key,
+            now=time.time(),
+            expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_HEARTBEAT),
+        )
+    )
     assert hb.resources.cpu_percent == 1.0
 
 

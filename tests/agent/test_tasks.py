@@ -18,7 +18,9 @@ from tests.agent.fakes import FakeTransport
 
 def _report(pki, env) -> federation_pb2.TaskReport:
     payload = open_envelope(
-        env, verify_key=pki.site.info.signing_public_key, now=time.time(),
+        env,
+        verify_key=pki.site.info.signing_public_key,
+        now=time.time(),
         expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_TASK_REPORT),
     )
     return federation_pb2.TaskReport.FromString(payload)
@@ -30,7 +32,9 @@ def test_train_uploads_signed_update_with_expected_delta(pki, runner, aggregator
     assert outcome is TaskOutcome.OK
     [up] = aggregator.uploads
     payload = open_envelope(
-        up.header, verify_key=pki.site.info.signing_public_key, now=time.time(),
+        up.header,
+        verify_key=pki.site.info.signing_public_key,
+        now=time.time(),
         expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_UPDATE, job_id="job-1", round=3),
     )
     header = federation_pb2.UpdateHeader.FromString(payload)
@@ -114,8 +118,10 @@ def test_schema_mismatch_is_refused(pki, runner, aggregator):
     """A job expecting other features than the site declared is REFUSED schema_mismatch."""
     spec = job_spec()
     spec.dataset.features[:] = ["a", "c"]
-    assert runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator)) \
+    assert (
+        runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator))
         is TaskOutcome.REFUSED
+    )
     assert _report(pki, aggregator.reports[0]).reason == "schema_mismatch"
 
 
@@ -126,7 +132,9 @@ def test_worker_failure_is_reported_and_next_task_restarts_worker(pki, runner, a
     assert runner.run(signed_task(pki.alice, task_id="a"), t) is TaskOutcome.FAILED
     rep = _report(pki, aggregator.reports[0])
     assert (rep.outcome, rep.reason, rep.task_id) == (
-        common_pb2.OUTCOME_FAILED, "worker_failed", "a"
+        common_pb2.OUTCOME_FAILED,
+        "worker_failed",
+        "a",
     )
     assert runner.run(signed_task(pki.alice, task_id="b", round=2), t) is TaskOutcome.OK
     assert len(workers.started) == 2 and len(aggregator.uploads) == 1
@@ -171,8 +179,14 @@ def test_verify_job_raises_bad_signature_directly(pki):
     task = signed_task(pki.alice)
     task.signed_job.signature = bytes(64)
     with pytest.raises(BadSignature):
-        verify_job(task, federation=FEDERATION, ca_pem=pki.site.ca_pem, crl_pem=None,
-                   trusted_signers=(), now=time.time())
+        verify_job(
+            task,
+            federation=FEDERATION,
+            ca_pem=pki.site.ca_pem,
+            crl_pem=None,
+            trusted_signers=(),
+            now=time.time(),
+        )
 
 
 def test_secure_aggregation_job_is_refused_until_secagg_is_plugged_in(pki, runner, aggregator):

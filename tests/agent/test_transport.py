@@ -68,13 +68,16 @@ class _Federation(federation_pb2_grpc.FederationServicer):
 
 @pytest.fixture
 def server(pki):
-    big = [("net.0.weight", np.random.default_rng(0).standard_normal((2, 600_000)).astype("<f4")),
-           ("net.0.bias", np.zeros(2, dtype="<f4"))]
+    big = [
+        ("net.0.weight", np.random.default_rng(0).standard_normal((2, 600_000)).astype("<f4")),
+        ("net.0.bias", np.zeros(2, dtype="<f4")),
+    ]
     servicer = _Federation(big)
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     federation_pb2_grpc.add_FederationServicer_to_server(servicer, srv)
-    port = srv.add_secure_port("127.0.0.1:0", server_credentials(
-        load_identity_files(pki.dir, "aggregator")))
+    port = srv.add_secure_port(
+        "127.0.0.1:0", server_credentials(load_identity_files(pki.dir, "aggregator"))
+    )
     srv.start()
     yield servicer, f"127.0.0.1:{port}"
     srv.stop(0)
@@ -110,9 +113,12 @@ def test_session_trains_over_grpc(pki, server, runner, workers):
     servicer, address = server
     session = Session(
         runner=runner,
-        connect=lambda: GrpcTransport.from_identity(pki.site, address=address,
-                                                    server_name="aggregator"),
-        datasets=[DATASET], device="cpu", resources=federation_pb2.Resources,
+        connect=lambda: GrpcTransport.from_identity(
+            pki.site, address=address, server_name="aggregator"
+        ),
+        datasets=[DATASET],
+        device="cpu",
+        resources=federation_pb2.Resources,
     )
     th = threading.Thread(target=session.run, daemon=True)
     th.start()

@@ -46,7 +46,7 @@ def test_roundtrip_any_shapes_and_chunking(shapes, dtype, chunk):
 def test_big_endian_input_travels_little_endian():
     """A big-endian array is sent as little-endian bytes with the same values."""
     a = np.arange(5, dtype=">f4")
-    header, bufs = encode_tensors([("a", a)])
+    _, bufs = encode_tensors([("a", a)])
     assert bytes(bufs[0]) == np.arange(5, dtype="<f4").tobytes()
 
 
