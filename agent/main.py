@@ -21,9 +21,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from agent.api import AgentApi, connect_api
 from agent.config import AgentConfig, DatasetPolicy, load_config
@@ -96,18 +98,24 @@ def _enroll(directory: Path, name: str) -> int:
     return 0
 
 
-def _status(cfg: AgentConfig) -> int:
+def _ask_daemon(cfg: AgentConfig, method: str, request: Message) -> Any:
+    """Call one AgentControl method over the unix socket; None (and a message) if unreachable."""
     try:
         with connect_api(cfg.api_socket) as channel:
-            st = agent_pb2_grpc.AgentControlStub(channel).Status(
-                agent_pb2.StatusRequest(), timeout=_API_TIMEOUT_S
-            )
+            stub = agent_pb2_grpc.AgentControlStub(channel)
+            return getattr(stub, method)(request, timeout=_API_TIMEOUT_S)
     except grpc.RpcError as exc:
         print(
             f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
             f"({exc.code().name}); is the daemon running?",
             file=sys.stderr,
         )
+        return None
+
+
+def _status(cfg: AgentConfig) -> int:
+    st = _ask_daemon(cfg, "Status", agent_pb2.StatusRequest())
+    if st is None:
         return 1
     r = st.resources
     print(f"site:        {st.site_id or '(not registered yet)'}")
@@ -125,17 +133,8 @@ def _status(cfg: AgentConfig) -> int:
 
 
 def _budget(cfg: AgentConfig) -> int:
-    try:
-        with connect_api(cfg.api_socket) as channel:
-            reply = agent_pb2_grpc.AgentControlStub(channel).Budget(
-                agent_pb2.BudgetRequest(), timeout=_API_TIMEOUT_S
-            )
-    except grpc.RpcError as exc:
-        print(
-            f"{_PROG}: the agent is not reachable at {cfg.api_socket} "
-            f"({exc.code().name}); is the daemon running?",
-            file=sys.stderr,
-        )
+    reply = _ask_daemon(cfg, "Budget", agent_pb2.BudgetRequest())
+    if reply is None:
         return 1
     if not reply.datasets:
         print("no privacy budget recorded yet")

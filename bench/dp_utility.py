@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from confide.cli.demo import demo_job
-from confide.localfed import LocalFederation, SiteSetup, partition_breast_cancer
+from confide.localfed import LocalFederation, partition_breast_cancer, partition_site
 
 
 def run_point(target: float, *, sites: int, rounds: int, seed: int) -> dict[str, Any]:
@@ -34,14 +34,7 @@ def run_point(target: float, *, sites: int, rounds: int, seed: int) -> dict[str,
             fed.make_pki(names)
             fed.start_aggregator()
             for i, n in enumerate(names):
-                table = {"path": str(data.paths[i]), "features": data.features, "label": "target"}
-                fed.start_agent(
-                    SiteSetup(
-                        n,
-                        datasets={data.name: {**table, "holdout_fraction": 0.25}},
-                        policy={"datasets": {data.name: {"max_epsilon": math.inf}}},
-                    )
-                )
+                fed.start_agent(partition_site(data, i, n, max_epsilon=math.inf))
             fed.wait_for_sites(sites)
             spec = demo_job(
                 sites=sites,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from confide.errors import InternalError
-from confide.localfed import LocalFederation, SiteSetup, partition_breast_cancer
+from confide.localfed import LocalFederation, partition_breast_cancer, partition_site
 from confide.v1 import admin_pb2, common_pb2
 
 __all__ = ["demo_job", "register", "run_demo"]
@@ -151,25 +151,10 @@ def run_demo(
             )
             addr = fed.start_aggregator()
             print(f"  aggregator listening on {addr} (mutual TLS)", file=out)
-            for name, path, size in zip(names, data.paths, data.sizes, strict=True):
-                fed.start_agent(
-                    SiteSetup(
-                        name=name,
-                        datasets={
-                            data.name: {
-                                "path": str(path),
-                                "features": data.features,
-                                "label": data.label,
-                                "holdout_fraction": 0.25,
-                            }
-                        },
-                        policy={
-                            "trusted_signers": ["operator"],
-                            # --no-privacy: the sites must accept an unbounded ε explicitly.
-                            "datasets": {data.name: {"max_epsilon": 10.0 if private else math.inf}},
-                        },
-                    )
-                )
+            # --no-privacy: the sites must accept an unbounded ε explicitly.
+            cap = 10.0 if private else math.inf
+            for i, (name, size) in enumerate(zip(names, data.sizes, strict=True)):
+                fed.start_agent(partition_site(data, i, name, max_epsilon=cap))
                 print(f"  {name}: {size} records (non-IID share of breast_cancer)", file=out)
             fed.wait_for_sites(sites)
             spec = demo_job(

@@ -6,6 +6,12 @@ sites get.
 """
 
 from confide.localfed.data import DatasetFiles, partition_breast_cancer
-from confide.localfed.federation import LocalFederation, SiteSetup
+from confide.localfed.federation import LocalFederation, SiteSetup, partition_site
 
-__all__ = ["DatasetFiles", "LocalFederation", "SiteSetup", "partition_breast_cancer"]
+__all__ = [
+    "DatasetFiles",
+    "LocalFederation",
+    "SiteSetup",
+    "partition_breast_cancer",
+    "partition_site",
+]

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ import grpc
 from confide import pki
 from confide.cli.operator import OperatorConfig, connect, load_operator_config
 from confide.errors import InternalError
+from confide.localfed.data import DatasetFiles
 from confide.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from confide.wire.envelope import seal
 
-__all__ = ["LocalFederation", "SiteSetup", "toml_text"]
+__all__ = ["LocalFederation", "SiteSetup", "partition_site", "toml_text"]
 
 _AGGREGATOR = "import sys; from aggregator.main import main; sys.exit(main(sys.argv[1:]))"
 _AGENT = "import sys; from agent.main import main; sys.exit(main(sys.argv[1:]))"
@@ -35,6 +36,36 @@ class SiteSetup:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
     worker: dict[str, Any] = field(default_factory=lambda: {"device": "cpu"})
+
+
+def partition_site(
+    data: DatasetFiles,
+    index: int,
+    name: str,
+    *,
+    max_epsilon: float,
+    holdout_fraction: float = 0.25,
+    trusted_signers: Sequence[str] = ("operator",),
+) -> SiteSetup:
+    """A site exposing partition ``index`` of ``data`` under its schema, with a budget cap.
+
+    Args:
+        max_epsilon: the dataset's record-level cap; ``inf`` accepts non-private jobs.
+    """
+    table = {
+        "path": str(data.paths[index]),
+        "features": data.features,
+        "label": data.label,
+        "holdout_fraction": holdout_fraction,
+    }
+    return SiteSetup(
+        name=name,
+        datasets={data.name: table},
+        policy={
+            "trusted_signers": list(trusted_signers),
+            "datasets": {data.name: {"max_epsilon": max_epsilon}},
+        },
+    )
 
 
 def toml_text(data: Mapping[str, Any]) -> str:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from confide.localfed import DatasetFiles, LocalFederation, SiteSetup, partition_breast_cancer
+from confide.localfed import (
+    DatasetFiles,
+    LocalFederation,
+    SiteSetup,
+    partition_breast_cancer,
+    partition_site,
+)
 
 
 def site_setup(
@@ -19,21 +25,18 @@ def site_setup(
     ``max_epsilon`` defaults to ``inf``: the site explicitly accepts non-private jobs, which
     most of these tests run (a finite cap refuses any job whose ε is unbounded).
     """
-    return SiteSetup(
-        name=name,
-        datasets={
-            data.name: {
-                "path": str(data.paths[index]),
-                "features": data.features,
-                "label": data.label,
-                "holdout_fraction": 0.25,
-            }
-        },
-        policy={
-            "trusted_signers": ["operator"],
-            "datasets": {data.name: {"max_epsilon": max_epsilon}},
-        },
-    )
+    return partition_site(data, index, name, max_epsilon=max_epsilon)
+
+
+def start_sites(fed: LocalFederation, data: DatasetFiles, n: int) -> list[str]:
+    """Make the PKI, start the aggregator and ``n`` agents on ``data``, wait for them."""
+    names = [f"site-{i + 1}" for i in range(n)]
+    fed.make_pki(names)
+    fed.start_aggregator()
+    for i, name in enumerate(names):
+        fed.start_agent(site_setup(name, data, i))
+    fed.wait_for_sites(n)
+    return names
 
 
 @pytest.fixture

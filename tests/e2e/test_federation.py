@@ -16,7 +16,7 @@ from confide.localfed import SiteSetup
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from confide.wire.blob import BlobAssembler
 
-from .conftest import site_setup
+from .conftest import site_setup, start_sites
 
 pytestmark = pytest.mark.e2e
 
@@ -29,12 +29,7 @@ def _plain_job(data, rounds=3, sites=3):
 
 def test_three_sites_train_to_good_accuracy_and_exit_cleanly(federation, bc3):
     """Three agents on non-IID partitions reach >= 0.9 held-out accuracy; every process exits 0."""
-    names = ["site-1", "site-2", "site-3"]
-    federation.make_pki(names)
-    federation.start_aggregator()
-    for i, n in enumerate(names):
-        federation.start_agent(site_setup(n, bc3, i))
-    federation.wait_for_sites(3)
+    start_sites(federation, bc3, 3)
     status = federation.wait_job(federation.submit(_plain_job(bc3)), timeout=300)
     assert status.state == admin_pb2.JOB_STATE_DONE, status.error
     done = [r for r in status.rounds if r.state == "done"]
@@ -64,12 +59,7 @@ def test_unknown_dataset_fails_the_task_with_a_reason_and_the_agent_stays_up(fed
 
 def test_schema_mismatch_is_refused_and_recorded(federation, bc3):
     """A job whose features differ from a site's declared schema is refused, reason recorded."""
-    names = ["site-1", "site-2"]
-    federation.make_pki(names)
-    federation.start_aggregator()
-    for i, n in enumerate(names):
-        federation.start_agent(site_setup(n, bc3, i))
-    federation.wait_for_sites(2)
+    names = start_sites(federation, bc3, 2)
     spec = _plain_job(bc3, rounds=1, sites=2)
     spec.dataset.features[0] = "not_a_column"
     spec.round_timeout_s = 20
@@ -96,12 +86,7 @@ def test_sigterm_stops_an_agent_with_exit_code_0(federation, bc3):
 
 def test_agents_reconnect_after_the_aggregator_restarts_and_no_round_is_lost(federation, bc3):
     """A killed aggregator restarts from its state; agents reconnect; no completed round is lost."""
-    names = ["site-1", "site-2"]
-    federation.make_pki(names)
-    federation.start_aggregator()
-    for i, n in enumerate(names):
-        federation.start_agent(site_setup(n, bc3, i))
-    federation.wait_for_sites(2)
+    start_sites(federation, bc3, 2)
     job_id = federation.submit(_plain_job(bc3, rounds=2, sites=2))
     status = federation.wait_job(job_id, timeout=300)
     assert status.state == admin_pb2.JOB_STATE_DONE
