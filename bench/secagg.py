@@ -138,7 +138,7 @@ def main() -> None:
     """Parse the command line, run, print the figures (last line JSON with --json)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, default=100)
-    ap.add_argument("--params", type=int, default=1_000_000)
+    ap.add_argument("--params", type=lambda s: int(float(s)), default=1_000_000)  # 1e6 works
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--cipher", choices=sorted(_CIPHERS), default="aes")
     ap.add_argument("--seed", type=int, default=0)
