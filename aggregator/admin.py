@@ -17,6 +17,7 @@ import grpc
 
 from aggregator.coordinator import Coordinator
 from aggregator.guard import Guard, decode
+from aggregator.optimizer import make_optimizer
 from aggregator.secure import params_for
 from aggregator.servicer import model_parts
 from aggregator.store import AuditNote, JobRow, ModelRow
@@ -44,6 +45,10 @@ _OUTCOMES = {
 def validate(spec: common_pb2.JobSpec) -> None:
     """Check a job spec: ``confide.jobspec.validate_job`` when present, then what we need.
 
+    Everything a running job builds from its spec (shapes, server optimizer, SecAgg+
+    parameters) is built here once, so a spec that passes cannot fail later in
+    ``Coordinator.add_job`` or at a restart, after the store already holds it.
+
     Raises:
         ConfigError: naming the field at fault.
     """
@@ -62,6 +67,7 @@ def validate(spec: common_pb2.JobSpec) -> None:
     if not spec.dataset.name:
         raise ConfigError("dataset.name", "is required")
     parameter_shapes(spec.model, spec.dataset)
+    make_optimizer(spec.training)
     if spec.secure_aggregation.enabled:
         # Checked again at each round for the sites actually selected.
         params_for(spec, n=int(spec.min_sites))
@@ -116,7 +122,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 ModelRow(job_id, 0, sha, "", now),
                 audit=AuditNote("job_submitted", info.name, now, job_id, 0, "", spec.name),
             )
-            self.coord.add_job(job_id, spec, request, info.pem, model_version=sha)
+            try:
+                self.coord.add_job(job_id, spec, request, info.pem, model_version=sha)
+            except Exception as exc:
+                # validate() built every part already; should it still fail, the stored job
+                # must not stay "running", or every restart would try (and fail) to resume it.
+                self.coord.fail_stored_job(job_id, exc)
+                raise
             return admin_pb2.SubmitJobReply(job_id=job_id)
         raise AssertionError("unreachable")  # pragma: no cover
 

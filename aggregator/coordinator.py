@@ -29,7 +29,7 @@ from aggregator.execute import Executor
 from aggregator.jobs import KIND_OF, Job, UploadTarget, new_job, resume_point
 from aggregator.sites import SiteConn, SiteRegistry
 from aggregator.store import AuditNote, SiteRow, Store
-from confide.errors import PeerError, Reason, ReplayedMessage
+from confide.errors import ConfideError, PeerError, Reason, ReplayedMessage
 from confide.pki import CertInfo
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
@@ -94,7 +94,13 @@ class Coordinator:
         """Resume every running job from the store, then start the timer thread."""
         for row in self.store.jobs():
             if row.state == "running":
-                self._restore(row.id, row.spec, row.signed_job, row.signer_cert)
+                try:
+                    self._restore(row.id, row.spec, row.signed_job, row.signer_cert)
+                except Exception as exc:
+                    # One job that cannot be rebuilt must not keep the aggregator down.
+                    with self._cond:
+                        self._jobs.pop(row.id, None)
+                    self.fail_stored_job(row.id, exc)
         self._timer.start()
 
     def stop(self) -> None:
@@ -106,6 +112,25 @@ class Coordinator:
             self._cond.notify_all()
         if self._timer.is_alive():
             self._timer.join(timeout=5)
+
+    def fail_stored_job(self, job_id: str, exc: BaseException) -> None:
+        """Mark a stored job FAILED because it cannot run (logged with its traceback, audited).
+
+        Args:
+            job_id: the job, already in the store.
+            exc: why it cannot run; a ``ConfideError`` gives its reason, anything else
+                ``internal``.
+        """
+        reason = exc.reason if isinstance(exc, ConfideError) else Reason.INTERNAL
+        error = f"cannot run: {exc}"
+        log.error("job_unrunnable", job=job_id, reason=reason.value, error=str(exc), exc_info=exc)
+        now = self.clock()
+        self.store.set_job_state(
+            job_id,
+            "failed",
+            error=error,
+            audit=AuditNote("job_failed", "aggregator", now, job_id, 0, reason.value, error),
+        )
 
     def _restore(self, job_id: str, spec_bytes: bytes, signed: bytes, cert: bytes) -> None:
         spec = common_pb2.JobSpec.FromString(spec_bytes)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import grpc
+import pytest
+from structlog.testing import capture_logs
+
 from aggregator.server import build
+from aggregator.store import AuditNote, JobRow, ModelRow, Store
 from confide.v1 import admin_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FakeSite, Operator, delta_like, tiny_spec
@@ -48,5 +53,52 @@ def test_restart_resumes_after_completed_round(pki, tmp_path):
             c.disconnect()
         for c in (op, s1, s2):
             c.close()
+    finally:
+        agg.stop(grace=0)
+
+
+def _bad_optimizer_spec():
+    spec = tiny_spec()
+    spec.training.server_optimizer = 99  # an optimizer this aggregator does not know
+    return spec
+
+
+def test_job_with_unknown_optimizer_is_refused_before_it_is_stored(pki, tmp_path):
+    """A spec whose server optimizer cannot be built is refused and never stored."""
+    cfg = make_config(pki, tmp_path / "state")
+    agg, port = build(cfg)
+    op = Operator(pki, "alice", port)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            op.submit(_bad_optimizer_spec())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(op.admin.ListJobs(admin_pb2.ListJobsRequest()).jobs) == []
+    finally:
+        op.close()
+        agg.stop(grace=0)
+    agg, _ = build(cfg)  # a restart finds nothing it cannot resume
+    agg.stop(grace=0)
+
+
+def test_unrestorable_job_is_marked_failed_and_startup_goes_on(pki, tmp_path):
+    """A stored running job that cannot be rebuilt is marked failed with a reason at startup."""
+    cfg = make_config(pki, tmp_path / "state")
+    store = Store(cfg.state_dir / "aggregator.db")
+    store.add_job(
+        JobRow("bad", _bad_optimizer_spec().SerializeToString(), b"", b"", "running", "", "x", 1.0),
+        ModelRow("bad", 0, "00" * 32, "", 1.0),
+        audit=AuditNote("job_submitted", "alice", 1.0, "bad"),
+    )
+    store.close()
+    with capture_logs() as logs:
+        agg, _ = build(cfg)
+    try:
+        row = agg.store.job("bad")
+        assert row is not None and row.state == "failed"
+        assert "training.server_optimizer" in row.error
+        last = agg.store.audit_entries()[-1]
+        assert (last.event, last.job, last.reason) == ("job_failed", "bad", "invalid_value")
+        assert any(e["event"] == "job_unrunnable" for e in logs)
+        assert agg.coordinator.live_state("bad") is None
     finally:
         agg.stop(grace=0)
