@@ -269,18 +269,21 @@ def resume_point(job: Job, *, done: int, attempts: dict[int, int]) -> tuple[r.Ro
     """Where a restored job resumes: after its last stored model (version ``done``).
 
     An in-progress round (plaintext or secure: a ``SecureRound`` lives in memory only)
-    restarts from its input model, at the attempt the store recorded for it.
+    restarts from its input model as a new attempt: the one after the attempt the store
+    recorded for it. Its task ids are then fresh, which sites require: each site's privacy
+    ledger reserves budget per task id and refuses a task id it already reserved. The
+    interrupted attempt counts towards ``max_retries``.
 
     Args:
         job: the restored job (its state's params are used).
         done: the last stored model version number (= rounds completed).
-        attempts: round -> last recorded attempt.
+        attempts: round -> last recorded attempt (absent: the round never started).
     """
     params, sha = job.state.params, job.state.model_version
     if done >= job.spec.rounds:
         state = r.RoundState(params, phase=r.RoundPhase.AGGREGATING, round=done, model_version=sha)
         return state, r.ModelStored(done, sha)
     state = r.RoundState(
-        params, round=done + 1, attempt=attempts.get(done + 1, 1), model_version=sha
+        params, round=done + 1, attempt=attempts.get(done + 1, 0) + 1, model_version=sha
     )
     return state, r.Resume()

@@ -102,3 +102,36 @@ def test_unrestorable_job_is_marked_failed_and_startup_goes_on(pki, tmp_path):
         assert agg.coordinator.live_state("bad") is None
     finally:
         agg.stop(grace=0)
+
+
+def test_restart_mid_round_resends_train_with_a_fresh_task_id(pki, tmp_path):
+    """A round interrupted by a restart resumes as the next attempt, with a new task id."""
+    cfg = make_config(pki, tmp_path / "state")
+    agg, port = build(cfg)
+    op, s1, s2 = (
+        Operator(pki, "alice", port),
+        FakeSite(pki, "site-1", port),
+        FakeSite(pki, "site-2", port),
+    )
+    s1.connect()
+    s2.connect()
+    op.submit(tiny_spec(rounds=2))
+    before = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
+    for c in (op, s1, s2):
+        c.close()
+    agg.stop(grace=0)
+
+    agg, port = build(cfg)
+    s1, s2 = FakeSite(pki, "site-1", port), FakeSite(pki, "site-2", port)
+    try:
+        s1.connect()
+        s2.connect()
+        after = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
+        assert after.round == before.round == 1
+        assert after.task_id != before.task_id
+        assert after.task_id.split("/")[2] == "2"
+    finally:
+        for c in (s1, s2):
+            c.disconnect()
+            c.close()
+        agg.stop(grace=0)
