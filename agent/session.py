@@ -8,9 +8,11 @@ exponential backoff with full jitter (base 0.5 s, factor 2, cap 30 s), reset aft
 successful ``Register``. The randomness and the sleep are parameters (STYLE rule 3), so tests
 check the delays without sleeping.
 
-``stop()`` (SIGTERM) makes the current task stop at its next step (it is answered FAILED
-``round_aborted`` when the connection still stands, else dropped), stops every worker and
-ends ``run()``.
+``stop()`` (SIGTERM) makes the current task stop at its next step, stops every worker, closes
+the connection (cancelling a download or an upload in flight, so a stalled aggregator cannot
+hold the task, and with it the shutdown, for ever) and ends ``run()``. The interrupted task
+is dropped: its report cannot go out on the closed connection, and the aggregator sees the
+task stream end.
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class Session:
         self.backoff = Backoff(rng)
         self._lock = threading.Lock()
         self._stream: TaskStream | None = None
+        self._transport: Transport | None = None
         self._site_id = ""
         self._connected = False
         self._current = ""
@@ -169,13 +172,15 @@ class Session:
         log.info("session_stopped")
 
     def stop(self) -> None:
-        """End the session: abandon the current task, stop workers, close the stream."""
+        """End the session: abandon the current task, stop workers, close the connection."""
         self._stopping.set()
         self._runner.abandon()
         with self._lock:
-            stream = self._stream
+            stream, transport = self._stream, self._transport
         if stream is not None:
             stream.cancel()
+        if transport is not None:
+            transport.close()  # cancels calls in flight; they raise ``unavailable``
 
     @property
     def stopping(self) -> bool:
@@ -200,7 +205,11 @@ class Session:
         transport = self._connect()
         heartbeat_stop = threading.Event()
         beat: threading.Thread | None = None
+        with self._lock:
+            self._transport = transport
         try:
+            if self._stopping.is_set():  # stop() ran before it could see this transport
+                return
             reply = transport.register(
                 self._signed(
                     common_pb2.STAGE_REGISTER,
@@ -238,6 +247,7 @@ class Session:
             heartbeat_stop.set()
             with self._lock:
                 stream_now, self._stream = self._stream, None
+                self._transport = None
             if stream_now is not None:
                 stream_now.cancel()
             if beat is not None:

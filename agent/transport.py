@@ -4,18 +4,20 @@ The session and the task handlers talk to the aggregator only through ``Transpor
 rule 2). ``GrpcTransport`` implements it once over a mutual-TLS channel; unit tests drive the
 session with an in-memory transport (``tests/agent/fakes.py``) instead. Every failed RPC is
 turned into a ``ConfideError`` by ``confide.wire.status.error_from_rpc`` here, so callers
-never see ``grpc.RpcError``.
+never see ``grpc.RpcError``. Every call has a deadline, and ``close()`` cancels the calls in
+flight, so neither a stalled aggregator nor a shutdown can leave a caller blocked for good.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import grpc
 
-from confide.errors import MalformedMessage
+from confide.errors import ConfideError, InternalError, MalformedMessage, Reason
 from confide.pki import Identity, channel_credentials
 from confide.pki.tls import TARGET_NAME_OVERRIDE
 from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
@@ -23,6 +25,7 @@ from confide.wire.blob import MAX_MESSAGE_BYTES, BlobAssembler, NamedArrays, ite
 from confide.wire.status import error_from_rpc
 
 __all__ = [
+    "DOWNLOAD_TIMEOUT_S",
     "MAX_MODEL_BYTES",
     "GrpcTransport",
     "TaskStream",
@@ -32,6 +35,9 @@ __all__ = [
 
 MAX_MODEL_BYTES = 2 * 1024 * 1024 * 1024
 """The largest global model the agent downloads (2 GiB); larger blobs are refused."""
+
+DOWNLOAD_TIMEOUT_S = 600.0
+"""How long one model download may take, end to end, before it fails ``unavailable``."""
 
 _UNARY_TIMEOUT_S = 60.0
 _KEEPALIVE_MS = 30_000
@@ -69,7 +75,11 @@ class Transport(Protocol):
         ...
 
     def download(self, job_id: str, model_version: str) -> NamedArrays:
-        """Fetch a global model version, checked against its header's length and digest."""
+        """Fetch a global model version, checked against its header's length and digest.
+
+        Bounded by a deadline (``DOWNLOAD_TIMEOUT_S`` for ``GrpcTransport``); ``close()`` from
+        another thread ends it with reason ``unavailable``.
+        """
         ...
 
     def upload(
@@ -87,7 +97,11 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the connection; the transport is not used afterwards."""
+        """Cancel the calls in flight and release the connection; safe from any thread, twice.
+
+        A call blocked in another thread then raises ``ConfideError`` (``unavailable``), and so
+        does every later call.
+        """
         ...
 
 
@@ -111,13 +125,36 @@ def channel_options(server_name: str | None) -> list[tuple[str, int | str]]:
     return opts
 
 
+# Codes this side produces itself: our deadline ran out, or close() cancelled the call.
+_LOCAL_GIVE_UP = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+
+
+def _error(exc: grpc.RpcError) -> ConfideError:
+    """``error_from_rpc``, except that a call we gave up on is ``unavailable``.
+
+    ``confide.wire.status`` is the shared table, used by both sides; it reads a status without
+    a reason detail as ``internal``. A deadline or a cancel on the agent's side says only that
+    the aggregator did not answer in time (or that we are shutting down), so the session must
+    treat it like a lost connection and reconnect.
+    """
+    err = error_from_rpc(exc)
+    code = exc.code() if hasattr(exc, "code") else None
+    if code in _LOCAL_GIVE_UP and err.reason is Reason.INTERNAL:
+        return InternalError(err.message, reason=Reason.UNAVAILABLE)
+    return err
+
+
+def _closed_error() -> InternalError:
+    return InternalError("the connection to the aggregator is closed", reason=Reason.UNAVAILABLE)
+
+
 @contextlib.contextmanager
 def _mapped() -> Iterator[None]:
     """Translate a failed RPC into the matching ``ConfideError`` (the one boundary table)."""
     try:
         yield
     except grpc.RpcError as exc:
-        raise error_from_rpc(exc) from exc
+        raise _error(exc) from exc
 
 
 class _GrpcTaskStream:
@@ -157,6 +194,9 @@ class GrpcTransport:
         )
         self._stub = federation_pb2_grpc.FederationStub(self._channel)
         self._max_model_bytes = max_model_bytes
+        self._lock = threading.Lock()
+        self._closed = False
+        self._calls: set[grpc.Call] = set()  # streaming calls in flight, cancelled by close()
 
     @classmethod
     def from_identity(
@@ -168,37 +208,57 @@ class GrpcTransport:
         )
 
     def register(self, envelope: common_pb2.Envelope) -> federation_pb2.RegisterReply:
-        with _mapped():
+        with self._guarded():
             reply: federation_pb2.RegisterReply = self._stub.Register(
                 envelope, timeout=_UNARY_TIMEOUT_S, wait_for_ready=False
             )
         return reply
 
     def heartbeat(self, envelope: common_pb2.Envelope) -> None:
-        with _mapped():
+        with self._guarded():
             self._stub.Heartbeat(envelope, timeout=_UNARY_TIMEOUT_S)
 
     def open_tasks(self, envelope: common_pb2.Envelope) -> TaskStream:
-        with _mapped():
+        with self._guarded():
             call = self._stub.OpenTasks(envelope)
         return _GrpcTaskStream(call)
 
-    def download(self, job_id: str, model_version: str) -> NamedArrays:
+    def download(
+        self, job_id: str, model_version: str, *, timeout: float = DOWNLOAD_TIMEOUT_S
+    ) -> NamedArrays:
+        """Fetch a global model version within ``timeout`` seconds (the whole stream).
+
+        Raises:
+            ConfideError: the aggregator refused; ``unavailable`` when the deadline ran out,
+                the network failed or ``close()`` cancelled the download.
+            MalformedMessage: the parts are out of order or do not match their header.
+        """
         req = federation_pb2.DownloadRequest(job_id=job_id, model_version=model_version)
+        with self._lock:  # so close() either sees this call or refuses it
+            if self._closed:
+                raise _closed_error()
+            with _mapped():
+                call = self._stub.Download(req, timeout=timeout)
+            self._calls.add(call)
         assembler: BlobAssembler | None = None
-        with _mapped():
-            for part in self._stub.Download(req):
-                which = part.WhichOneof("part")
-                if which == "header":
-                    if assembler is not None:
-                        raise MalformedMessage("download sent a second blob header")
-                    assembler = BlobAssembler(part.header, max_bytes=self._max_model_bytes)
-                elif which == "chunk":
-                    if assembler is None:
-                        raise MalformedMessage("download sent a chunk before the header")
-                    assembler.add(part.chunk)
-                else:
-                    raise MalformedMessage("download sent an empty part")
+        try:
+            with _mapped():
+                for part in call:
+                    which = part.WhichOneof("part")
+                    if which == "header":
+                        if assembler is not None:
+                            raise MalformedMessage("download sent a second blob header")
+                        assembler = BlobAssembler(part.header, max_bytes=self._max_model_bytes)
+                    elif which == "chunk":
+                        if assembler is None:
+                            raise MalformedMessage("download sent a chunk before the header")
+                        assembler.add(part.chunk)
+                    else:
+                        raise MalformedMessage("download sent an empty part")
+        finally:
+            call.cancel()  # a no-op when the stream ended; stops the server after an error
+            with self._lock:
+                self._calls.discard(call)
         if assembler is None:
             raise MalformedMessage("download ended without a blob header")
         return assembler.finish()
@@ -211,19 +271,36 @@ class GrpcTransport:
             for chunk in iter_chunks(buffers):
                 yield federation_pb2.UploadPart(chunk=chunk)
 
-        with _mapped():
+        with self._guarded():
             ack: federation_pb2.Ack = self._stub.Upload(parts(), timeout=_UNARY_TIMEOUT_S * 10)
         return ack
 
     def report(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
-        with _mapped():
+        with self._guarded():
             ack: federation_pb2.Ack = self._stub.Report(envelope, timeout=_UNARY_TIMEOUT_S)
         return ack
 
     def secagg(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
-        with _mapped():
+        with self._guarded():
             ack: federation_pb2.Ack = self._stub.SecAgg(envelope, timeout=_UNARY_TIMEOUT_S)
         return ack
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        # Closing the channel also ends the unary calls in flight (status CANCELLED).
         self._channel.close()
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """``_mapped``, and a call on the channel ``close()`` shut is ``unavailable`` too."""
+        try:
+            with _mapped():
+                yield
+        except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+            if not self._closed:
+                raise
+            raise _closed_error() from exc

@@ -13,7 +13,7 @@ import pytest
 
 from agent.session import Session
 from agent.transport import GrpcTransport
-from confide.errors import PeerError, Reason
+from confide.errors import ConfideError, PeerError, Reason
 from confide.pki import server_credentials
 from confide.v1 import federation_pb2, federation_pb2_grpc
 from confide.wire import BlobAssembler, encode_tensors, iter_chunks
@@ -30,6 +30,7 @@ class _Federation(federation_pb2_grpc.FederationServicer):
         self.uploads: list[list[federation_pb2.UploadPart]] = []
         self.reports = []
         self.cond = threading.Condition()
+        self.stalled = threading.Event()
 
     def Register(self, request, context):
         return federation_pb2.RegisterReply(site_id=request.sender, heartbeat_interval_s=3600)
@@ -45,6 +46,13 @@ class _Federation(federation_pb2_grpc.FederationServicer):
                 continue
 
     def Download(self, request, context):
+        if request.model_version == "stall":  # the header, then nothing until the client leaves
+            header, _ = encode_tensors(self.model)
+            yield federation_pb2.BlobPart(header=header)
+            self.stalled.set()
+            while context.is_active():
+                time.sleep(0.02)
+            return
         if request.model_version != "v1":
             context.abort(grpc.StatusCode.NOT_FOUND, Reason.UNKNOWN_JOB.value)
         header, buffers = encode_tensors(self.model)
@@ -140,3 +148,66 @@ def test_session_trains_over_grpc(pki, server, runner, workers):
     assert len(parts) > 2  # more than one chunk
     assert all(np.all(a == 0.25) for _, a in delta)
     assert time.time() - parts[0].header.issued_at_ms / 1000 < 60
+
+
+def test_download_past_its_deadline_is_unavailable(pki, server):
+    """A download that stalls past its deadline raises ConfideError(unavailable)."""
+    _, address = server
+    t = GrpcTransport.from_identity(pki.site, address=address, server_name="aggregator")
+    try:
+        start = time.monotonic()
+        with pytest.raises(ConfideError) as info:
+            t.download("job-1", "stall", timeout=0.5)
+        assert time.monotonic() - start < 10
+    finally:
+        t.close()
+    assert info.value.reason is Reason.UNAVAILABLE
+
+
+def _download_in_thread(t, outcome):
+    try:
+        outcome.append(t.download("job-1", "stall"))
+    except Exception as exc:
+        outcome.append(exc)
+
+
+def test_close_cancels_a_download_in_flight(pki, server):
+    """close() from another thread ends a stalled download with ConfideError(unavailable)."""
+    servicer, address = server
+    t = GrpcTransport.from_identity(pki.site, address=address, server_name="aggregator")
+    outcome: list = []
+    th = threading.Thread(target=_download_in_thread, args=(t, outcome), daemon=True)
+    th.start()
+    assert servicer.stalled.wait(timeout=30)
+    t.close()
+    th.join(timeout=10)
+    assert not th.is_alive()
+    (err,) = outcome
+    assert isinstance(err, ConfideError) and err.reason is Reason.UNAVAILABLE
+    with pytest.raises(ConfideError) as info:
+        t.download("job-1", "v1")
+    assert info.value.reason is Reason.UNAVAILABLE
+
+
+def test_session_stop_cancels_a_stalled_download(pki, server, runner, workers):
+    """stop() ends run() promptly even while a task is blocked in a stalled download."""
+    servicer, address = server
+    session = Session(
+        runner=runner,
+        connect=lambda: GrpcTransport.from_identity(
+            pki.site, address=address, server_name="aggregator"
+        ),
+        datasets=[DATASET],
+        device="cpu",
+        resources=federation_pb2.Resources,
+    )
+    th = threading.Thread(target=session.run, daemon=True)
+    th.start()
+    try:
+        servicer.tasks.put(signed_task(pki.alice, model_version="stall"))
+        assert servicer.stalled.wait(timeout=30)
+    finally:
+        session.stop()
+        th.join(timeout=10)
+    assert not th.is_alive()
+    assert session.status().tasks_done == 0
