@@ -281,8 +281,9 @@ def resume_point(job: Job, *, done: int, attempts: dict[int, int]) -> tuple[r.Ro
     """
     params, sha = job.state.params, job.state.model_version
     if done >= job.spec.rounds:
-        state = r.RoundState(params, phase=r.RoundPhase.AGGREGATING, round=done, model_version=sha)
-        return state, r.ModelStored(done, sha)
+        # The final evaluation (in memory only) starts over once enough sites reconnect.
+        state = r.RoundState(params, round=done, model_version=sha)
+        return r.evaluation_pending(state), r.Resume()
     state = r.RoundState(
         params, round=done + 1, attempt=attempts.get(done + 1, 0) + 1, model_version=sha
     )

@@ -10,6 +10,9 @@ Plaintext flow (docs/protocol.md)::
 
     WAITING --(min_sites eligible)--> COLLECTING --(all answered | deadline, >= min_sites
     updates)--> AGGREGATING --(ModelStored)--> WAITING (next round) ... --> EVALUATING --> DONE
+
+EVALUATING with no sites selected waits for min_sites eligible sites before it sends
+EVALUATE (a restart during the final evaluation resumes there; no site is connected yet).
     COLLECTING --(too few updates)--> WAITING (attempt + 1) ... --> FAILED (retries spent)
 
 SecAgg+ flow (Bell et al. 2020; docs/protocol.md "A secure round"): WAITING -> ADVERTISE
@@ -84,6 +87,7 @@ __all__ = [
     "advance",
     "check_secagg",
     "check_update",
+    "evaluation_pending",
     "task_id",
 ]
 
@@ -257,6 +261,13 @@ def _resend(state: RoundState, site: str) -> list[Action]:
 def _maybe_start(
     state: RoundState, actions: list[Action], *, now: float
 ) -> tuple[RoundState, list[Action]]:
+    if state.phase is RoundPhase.EVALUATING and not state.selected:
+        # A final evaluation waiting for sites (after a restart): like a round, it starts
+        # once min_sites eligible sites are connected.
+        if len(state.eligible) < state.params.min_sites:
+            return state, actions
+        state, sent = _start_evaluation(state, now=now)
+        return state, [*actions, *sent]
     if state.phase is not RoundPhase.WAITING or len(state.eligible) < state.params.min_sites:
         return state, actions
     sites = tuple(sorted(state.eligible))
@@ -345,9 +356,10 @@ def _fail_round(state: RoundState, *, now: float) -> tuple[RoundState, list[Acti
 
 
 def _start_evaluation(state: RoundState, *, now: float) -> tuple[RoundState, list[Action]]:
+    """Send EVALUATE to every eligible site; with none, wait for sites (see ``_maybe_start``)."""
     sites = tuple(sorted(state.eligible))
     if not sites:
-        return _finish(state, RoundPhase.DONE, "", [])
+        return evaluation_pending(state), []
     timeout = state.params.round_timeout_s
     state = _replace(
         state,
@@ -360,6 +372,19 @@ def _start_evaluation(state: RoundState, *, now: float) -> tuple[RoundState, lis
     return state, [
         SendTask(TaskKind.EVALUATE, sites, state.round, state.attempt, state.model_version, timeout)
     ]
+
+
+def evaluation_pending(state: RoundState) -> RoundState:
+    """``state`` in the final evaluation, waiting for min_sites eligible sites to send it."""
+    return _replace(
+        state,
+        phase=RoundPhase.EVALUATING,
+        selected=frozenset(),
+        updated=frozenset(),
+        answered=frozenset(),
+        stage_sites=frozenset(),
+        deadline=None,
+    )
 
 
 def _finish(

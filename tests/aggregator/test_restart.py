@@ -135,3 +135,52 @@ def test_restart_mid_round_resends_train_with_a_fresh_task_id(pki, tmp_path):
             c.disconnect()
             c.close()
         agg.stop(grace=0)
+
+
+def test_restart_during_final_evaluation_evaluates_once_sites_return(pki, tmp_path):
+    """A restart after the last round waits for sites, sends EVALUATE, then JOB_DONE."""
+    cfg = make_config(pki, tmp_path / "state")
+    agg, port = build(cfg)
+    op, s1, s2 = (
+        Operator(pki, "alice", port),
+        FakeSite(pki, "site-1", port),
+        FakeSite(pki, "site-2", port),
+    )
+    s1.connect()
+    s2.connect()
+    job = op.submit(tiny_spec(rounds=1))
+    tasks = [s.next_task(federation_pb2.TASK_KIND_TRAIN) for s in (s1, s2)]
+    model = s1.download(job, tasks[0].model_version)
+    for s, t in zip((s1, s2), tasks, strict=True):
+        s.upload(t, delta_like(model, 1.0))
+    s1.next_task(federation_pb2.TASK_KIND_EVALUATE)  # never answered: the aggregator stops
+    for c in (op, s1, s2):
+        c.close()
+    agg.stop(grace=0)
+
+    agg, port = build(cfg)
+    op, s1, s2 = (
+        Operator(pki, "alice", port),
+        FakeSite(pki, "site-1", port),
+        FakeSite(pki, "site-2", port),
+    )
+    try:
+        st = op.admin.GetJob(admin_pb2.JobRef(job_id=job))
+        assert st.state == admin_pb2.JOB_STATE_RUNNING
+        s1.connect()
+        s2.connect()
+        for s, n in ((s1, 10), (s2, 30)):
+            t = s.next_task(federation_pb2.TASK_KIND_EVALUATE)
+            s.report(t, metrics={"accuracy": n / 100, "loss": 1.0}, num_samples=n)
+        for s in (s1, s2):
+            s.next_task(federation_pb2.TASK_KIND_JOB_DONE)
+        st = op.admin.GetJob(admin_pb2.JobRef(job_id=job))
+        assert st.state == admin_pb2.JOB_STATE_DONE
+        assert st.final_accuracy == pytest.approx((0.1 * 10 + 0.3 * 30) / 40)
+        assert st.final_eval_samples == 40
+    finally:
+        for c in (s1, s2):
+            c.disconnect()
+        for c in (op, s1, s2):
+            c.close()
+        agg.stop(grace=0)

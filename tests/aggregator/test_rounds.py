@@ -115,3 +115,18 @@ def test_cancel_finishes_job():
     s, actions = r.advance(s, r.Cancel(), now=1)
     assert s.phase is r.RoundPhase.CANCELLED
     assert actions[0].kind is r.TaskKind.JOB_DONE  # type: ignore[union-attr]
+
+
+def test_pending_evaluation_waits_for_min_sites_then_sends_evaluate():
+    """A final evaluation resumed with no site connected waits for min_sites, then evaluates."""
+    s = r.evaluation_pending(r.RoundState(P, round=2, model_version="v2"))
+    s, actions = r.advance(s, r.Resume(), now=0)
+    assert (s.phase, actions) == (r.RoundPhase.EVALUATING, [])
+    s, actions = r.advance(s, r.SiteConnected("a"), now=1)
+    assert (s.phase, actions) == (r.RoundPhase.EVALUATING, [])
+    s, actions = r.advance(s, r.SiteConnected("b"), now=2)
+    assert actions == [r.SendTask(r.TaskKind.EVALUATE, ("a", "b"), 2, 1, "v2", 10.0)]
+    s, _ = r.advance(s, r.ReportReceived("a", 2, r.TaskKind.EVALUATE, True), now=3)
+    s, actions = r.advance(s, r.ReportReceived("b", 2, r.TaskKind.EVALUATE, True), now=4)
+    assert s.phase is r.RoundPhase.DONE
+    assert r.SendTask(r.TaskKind.JOB_DONE, ("a", "b"), 2, 1, "v2", 0.0) in actions
