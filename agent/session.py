@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from agent.tasks import TaskOutcome, TaskRunner
 from agent.transport import TaskStream, Transport
-from confide.errors import ConfideError
+from confide.errors import ConfideError, Reason
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import seal
 
@@ -285,6 +285,10 @@ class Session:
                 log.warning("heartbeat_failed", reason=exc.reason.value, error=exc.message)
                 stream.cancel()  # the task loop sees the stream end and reconnects
                 return
+            except Exception:
+                # A bug (in the resource probe, say) must not end the heartbeats silently while
+                # the task stream stays open: log it and try again at the next interval.
+                log.error("heartbeat_failed", reason=Reason.INTERNAL.value, exc_info=True)
 
     # ----- helpers -----
 

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.session import Backoff, Session
 from confide.errors import InternalError, Reason
@@ -32,7 +33,7 @@ def test_backoff_is_full_jitter():
 class _Harness:
     """A session running in a thread against the fake aggregator; sleeps are recorded."""
 
-    def __init__(self, runner, aggregator, rng=lambda: 1.0):
+    def __init__(self, runner, aggregator, rng=lambda: 1.0, resources=None):
         self.delays: list[float] = []
         self.connection: list[bool] = []
         self.session = Session(
@@ -40,7 +41,7 @@ class _Harness:
             connect=aggregator.connect,
             datasets=[DATASET],
             device="cpu",
-            resources=lambda: federation_pb2.Resources(cpu_percent=1.0, rss_bytes=1),
+            resources=resources or (lambda: federation_pb2.Resources(cpu_percent=1.0, rss_bytes=1)),
             rng=rng,
             sleep=self.delays.append,
             on_connection=self.connection.append,
@@ -121,6 +122,24 @@ def test_heartbeats_are_signed_and_carry_resources(pki, runner, aggregator):
         )
     )
     assert hb.resources.cpu_percent == 1.0
+
+
+def test_heartbeat_bug_is_logged_and_heartbeats_go_on(pki, runner, aggregator):
+    """A bug in one heartbeat is logged heartbeat_failed and the next heartbeat still goes out."""
+    aggregator.heartbeat_interval_s = 0.05
+    calls = []
+
+    def flaky_resources():
+        calls.append(None)
+        if len(calls) == 1:
+            raise RuntimeError("probe bug")
+        return federation_pb2.Resources(cpu_percent=2.0)
+
+    with capture_logs() as logs, _Harness(runner, aggregator, resources=flaky_resources):
+        aggregator.wait_for(lambda: len(aggregator.heartbeats) >= 2)
+        assert aggregator.connects == 1
+    failed = [e for e in logs if e["event"] == "heartbeat_failed"]
+    assert failed and failed[0]["reason"] == "internal" and failed[0]["exc_info"] is True
 
 
 def test_stop_ends_run_and_stops_workers(pki, runner, aggregator, workers):
