@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -259,11 +259,37 @@ def _run_daemon(cfg: AgentConfig) -> int:
             pass
     finally:
         log.info("agent_stopping")
-        session.stop()
-        thread.join(timeout=_STOP_JOIN_S)
+        _stop_session(session.stop, thread, ledger.close, join_s=_STOP_JOIN_S)
         api.stop()
-        ledger.close()
         for s, h in previous.items():
             signal.signal(s, h)
     log.info("agent_stopped")
     return 0
+
+
+def _stop_session(
+    stop: Callable[[], None],
+    thread: threading.Thread,
+    close_ledger: Callable[[], None],
+    *,
+    join_s: float,
+) -> None:
+    """Stop the session, wait for its thread, and close the ledger only once that has ended.
+
+    ``stop`` cancels the calls in flight, so the thread normally ends at once. If it is still
+    running after ``join_s`` a task may still be writing the ledger, so the ledger is left
+    open (event ``session_did_not_stop``) for process exit to end: SQLite in WAL mode with
+    ``synchronous=FULL`` loses no committed write when the process exits.
+
+    Args:
+        stop: ``Session.stop``.
+        thread: the thread running ``Session.run``.
+        close_ledger: ``Ledger.close``.
+        join_s: how long to wait for the thread, seconds.
+    """
+    stop()
+    thread.join(timeout=join_s)
+    if thread.is_alive():
+        log.error("session_did_not_stop", waited_s=join_s, ledger="left open until exit")
+        return
+    close_ledger()

@@ -7,14 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from structlog.testing import capture_logs
 
 from agent.api import connect_api
-from agent.main import main
+from agent.main import _stop_session, main
 from tests.agent.conftest import FEDERATION
 
 
@@ -99,3 +101,41 @@ def test_bad_identity_file_exits_2(tmp_path, pki, capsys):
     cfg.write_text(cfg.read_text().replace("site-1.crt", "nobody.crt"))
     assert main(["--config", str(cfg)]) == 2
     assert capsys.readouterr().err.startswith("confide-agent: config key")
+
+
+def test_shutdown_leaves_the_ledger_open_while_the_session_runs():
+    """A session thread that outlives the join keeps the ledger open and logs the event."""
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    stops: list[str] = []
+    try:
+        with capture_logs() as logs:
+            _stop_session(
+                lambda: stops.append("stop"),
+                thread,
+                lambda: stops.append("ledger closed"),
+                join_s=0.05,
+            )
+    finally:
+        release.set()
+        thread.join()
+    assert stops == ["stop"]
+    assert [e["event"] for e in logs] == ["session_did_not_stop"]
+
+
+def test_shutdown_closes_the_ledger_once_the_session_ended():
+    """When stop() ends the session thread, the ledger is closed after the join."""
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    stops: list[str] = []
+    with capture_logs() as logs:
+        _stop_session(
+            lambda: (stops.append("stop"), release.set()),
+            thread,
+            lambda: stops.append("ledger closed"),
+            join_s=10,
+        )
+    assert stops == ["stop", "ledger closed"]
+    assert not thread.is_alive() and logs == []
