@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from aggregator.guard import decode
+from aggregator.guard import check_figures, decode
 from confide import secagg
 from confide.errors import MalformedMessage
 from confide.secagg.params import DEFAULT_THRESHOLD
@@ -113,7 +113,9 @@ class SecureRound:
 
         Raises:
             ReplayedMessage, MalformedMessage: see ``confide.secagg.add_advertised``.
+            NonFiniteValue, MalformedMessage: a metric or epsilon is not finite and >= 0.
         """
+        check_figures(keys.metrics, epsilon=keys.epsilon, update_epsilon=keys.update_epsilon)
         secagg.add_advertised(
             self.server, site, secagg.AdvertisedKeys(keys.cipher_public_key, keys.mask_public_key)
         )

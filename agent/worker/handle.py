@@ -8,18 +8,21 @@ the child (death, timeout, broken protocol, an op that failed inside it) surface
 - ``PolicyRefusal`` when the worker refused for a policy reason (``schema_mismatch``, ...);
 - ``WorkerFailed`` (an ``InternalError``) otherwise, carrying the worker's reason
   (``training_failed``, ``unavailable``, ``malformed``, ...) or ``worker_failed`` when the
-  process died or timed out, with the tail of its stderr in the message.
+  process died or timed out, with the tail of its stderr in the message;
+- ``WorkerFailed`` with reason ``malformed`` when a reply lacks a field or holds one of the
+  wrong type, a non-finite number or a negative count; the worker is then unusable.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,7 +37,7 @@ from agent.worker.frames import (
     write_frame,
 )
 from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerFailed, WorkerInfo
-from confide.errors import ConfideError, PolicyRefusal, Reason
+from confide.errors import ConfideError, MalformedMessage, PolicyRefusal, Reason
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
@@ -148,16 +151,17 @@ class Worker:
         }
         try:
             reply, _ = worker._call(header, [job.SerializeToString()], timeout=init_timeout)
+            with worker._parsing("init"):
+                worker.info = WorkerInfo(
+                    pid=_count(reply, "pid"),
+                    num_train=_count(reply, "num_train"),
+                    num_holdout=_count(reply, "num_holdout"),
+                    num_features=_count(reply, "num_features"),
+                    device=_text(reply, "device"),
+                )
         except ConfideError:
             worker.stop()
             raise
-        worker.info = WorkerInfo(
-            pid=int(reply["pid"]),
-            num_train=int(reply["num_train"]),
-            num_holdout=int(reply["num_holdout"]),
-            num_features=int(reply["num_features"]),
-            device=str(reply["device"]),
-        )
         return worker
 
     @property
@@ -178,11 +182,12 @@ class Worker:
         """
         specs, buffers = pack_arrays(weights)
         reply, _ = self._call({"op": "evaluate", "tensors": specs}, buffers)
-        return EvalResult(
-            accuracy=float(reply["accuracy"]),
-            loss=float(reply["loss"]),
-            num_samples=int(reply["num_samples"]),
-        )
+        with self._parsing("evaluate"):
+            return EvalResult(
+                accuracy=_amount(reply, "accuracy"),
+                loss=_amount(reply, "loss"),
+                num_samples=_count(reply, "num_samples"),
+            )
 
     def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
         """Train one round from ``weights``; the delta's arrays are views of one fresh buffer.
@@ -203,18 +208,18 @@ class Worker:
             "dp": None if dp is None else dp.to_json(),
         }
         reply, body = self._call(header, buffers)
-        try:
-            delta = unpack_arrays(reply.get("tensors"), body)
-        except ConfideError as exc:
-            self._broken = "malformed train reply"
-            raise WorkerFailed(f"job {self.job_id}: worker sent a bad delta: {exc}") from exc
-        metrics = reply.get("metrics") or {}
-        return TrainResult(
-            delta=delta,
-            num_samples=int(reply["num_samples"]),
-            steps=int(reply["steps"]),
-            metrics={str(k): float(v) for k, v in metrics.items()},
-        )
+        with self._parsing("train"):
+            metrics = reply.get("metrics")
+            if metrics is None:
+                metrics = {}
+            if not isinstance(metrics, dict):
+                raise MalformedMessage("'metrics' is not an object")
+            return TrainResult(
+                delta=unpack_arrays(reply.get("tensors"), body),
+                num_samples=_count(reply, "num_samples"),
+                steps=_count(reply, "steps"),
+                metrics={str(k): _amount(metrics, k) for k in metrics},
+            )
 
     def ping(self) -> dict[str, Any]:
         """The worker's ``pid`` and whether it has imported torch (``torch_loaded``)."""
@@ -259,6 +264,22 @@ class Worker:
             while self._stderr_len > _STDERR_TAIL and len(self._stderr) > 1:
                 self._stderr_len -= len(self._stderr.popleft())
         stream.close()
+
+    @contextlib.contextmanager
+    def _parsing(self, op: str) -> Iterator[None]:
+        """Turn a malformed ``op`` reply into ``WorkerFailed(malformed)``; the worker is broken.
+
+        A worker that answers out of protocol cannot be trusted with the next op either, so
+        ``alive`` turns False and the daemon drops it.
+        """
+        try:
+            yield
+        except MalformedMessage as exc:
+            self._broken = self._broken or f"malformed {op} reply"
+            raise WorkerFailed(
+                f"job {self.job_id}: worker sent a malformed {op} reply: {exc}",
+                reason=Reason.MALFORMED,
+            ) from exc
 
     def _failed(self, what: str) -> WorkerFailed:
         self._broken = self._broken or what
@@ -314,3 +335,36 @@ class Worker:
             if reason in _POLICY_REASONS:
                 raise PolicyRefusal(message, reason=reason)
             raise WorkerFailed(message, reason=reason)
+
+
+def _field(reply: Mapping[str, Any], key: str) -> Any:
+    if key not in reply:
+        raise MalformedMessage(f"'{key}' is missing")
+    return reply[key]
+
+
+def _count(reply: Mapping[str, Any], key: str) -> int:
+    """A non-negative JSON integer (not a bool, not a float, not NaN)."""
+    value = _field(reply, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedMessage(f"'{key}' must be a non-negative integer, not {value!r:.40}")
+    return value
+
+
+def _amount(reply: Mapping[str, Any], key: str) -> float:
+    """A finite non-negative JSON number (losses, accuracies and metrics are never negative)."""
+    value = _field(reply, key)
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an integer beyond float's range
+            number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise MalformedMessage(f"'{key}' must be a finite number >= 0, not {value!r:.40}")
+    return number
+
+
+def _text(reply: Mapping[str, Any], key: str) -> str:
+    value = _field(reply, key)
+    if not isinstance(value, str):
+        raise MalformedMessage(f"'{key}' must be a string, not {value!r:.40}")
+    return value

@@ -168,3 +168,125 @@ def test_daemon_side_imports_leave_torch_unloaded():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+_SCRIPTED_WORKER = """
+import struct, sys
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+for raw in open(sys.argv[1], encoding="utf-8").read().splitlines():
+    first = inp.read(4)
+    if len(first) < 4:
+        break
+    inp.read(struct.unpack(">I", first)[0])
+    inp.read(struct.unpack(">Q", inp.read(8))[0])
+    head = raw.encode()
+    out.write(struct.pack(">I", len(head)) + head + struct.pack(">Q", 0))
+    out.flush()
+inp.read()
+"""
+
+_GOOD_INIT = '{"ok":true,"pid":7,"num_train":4,"num_holdout":2,"num_features":30,"device":"cpu"}'
+
+
+def _scripted_worker(tmp_path, bc_dataset, *replies):
+    """A worker that answers each op with the next raw JSON header (NaN allowed), no body."""
+    (tmp_path / "worker.py").write_text(_SCRIPTED_WORKER)
+    (tmp_path / "replies.txt").write_text("\n".join(replies) + "\n")
+    python = _fake_python(
+        tmp_path, f'exec "{sys.executable}" "{tmp_path}/worker.py" "{tmp_path}/replies.txt"'
+    )
+    return Worker.start(job=make_job(), job_id="job-x", dataset=bc_dataset, python=python)
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        '{"ok":true,"pid":7,"num_holdout":2,"num_features":30,"device":"cpu"}',
+        '{"ok":true,"pid":7,"num_train":"4","num_holdout":2,"num_features":30,"device":"cpu"}',
+        '{"ok":true,"pid":7,"num_train":NaN,"num_holdout":2,"num_features":30,"device":"cpu"}',
+        '{"ok":true,"pid":7,"num_train":-4,"num_holdout":2,"num_features":30,"device":"cpu"}',
+        '{"ok":true,"pid":7,"num_train":4.5,"num_holdout":2,"num_features":30,"device":"cpu"}',
+        '{"ok":true,"pid":7,"num_train":4,"num_holdout":2,"num_features":30,"device":null}',
+    ],
+    ids=["missing", "string", "nan", "negative", "fraction", "null-device"],
+)
+def test_malformed_init_reply_is_worker_failed_malformed(bc_dataset, tmp_path, init):
+    """An init reply with a missing, mistyped, NaN or negative field is WorkerFailed(malformed)."""
+    with pytest.raises(WorkerFailed) as info:
+        _scripted_worker(tmp_path, bc_dataset, init)
+    assert info.value.reason is Reason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"ok":true,"tensors":[],"steps":3,"metrics":{}}',
+        '{"ok":true,"tensors":[],"num_samples":NaN,"steps":3,"metrics":{}}',
+        '{"ok":true,"tensors":[],"num_samples":-4,"steps":3,"metrics":{}}',
+        '{"ok":true,"tensors":[],"num_samples":4,"steps":[3],"metrics":{}}',
+        '{"ok":true,"tensors":[],"num_samples":4,"steps":3,"metrics":{"train_loss":NaN}}',
+        '{"ok":true,"tensors":[],"num_samples":4,"steps":3,"metrics":{"train_loss":-Infinity}}',
+        '{"ok":true,"tensors":[],"num_samples":4,"steps":3,"metrics":{"train_loss":-0.5}}',
+        '{"ok":true,"tensors":[],"num_samples":4,"steps":3,"metrics":{"train_loss":"low"}}',
+        '{"ok":true,"tensors":[],"num_samples":4,"steps":3,"metrics":[1]}',
+        '{"ok":true,"num_samples":4,"steps":3,"metrics":{}}',
+    ],
+    ids=[
+        "missing-samples",
+        "nan-samples",
+        "negative-samples",
+        "list-steps",
+        "nan-metric",
+        "infinite-metric",
+        "negative-metric",
+        "string-metric",
+        "list-metrics",
+        "missing-tensors",
+    ],
+)
+def test_malformed_train_reply_is_worker_failed_malformed(bc_dataset, tmp_path, reply):
+    """A malformed train reply raises WorkerFailed(malformed) and leaves the worker unusable."""
+    worker = _scripted_worker(tmp_path, bc_dataset, _GOOD_INIT, reply)
+    try:
+        with pytest.raises(WorkerFailed) as info:
+            worker.train([], dp=None, round=1)
+        assert info.value.reason is Reason.MALFORMED
+        assert not worker.alive
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"ok":true,"loss":0.5,"num_samples":2}',
+        '{"ok":true,"accuracy":"high","loss":0.5,"num_samples":2}',
+        '{"ok":true,"accuracy":0.9,"loss":Infinity,"num_samples":2}',
+        '{"ok":true,"accuracy":0.9,"loss":0.5,"num_samples":true}',
+    ],
+    ids=["missing-accuracy", "string-accuracy", "infinite-loss", "bool-samples"],
+)
+def test_malformed_evaluate_reply_is_worker_failed_malformed(bc_dataset, tmp_path, reply):
+    """A malformed evaluate reply raises WorkerFailed(malformed), not KeyError or ValueError."""
+    worker = _scripted_worker(tmp_path, bc_dataset, _GOOD_INIT, reply)
+    try:
+        with pytest.raises(WorkerFailed) as info:
+            worker.evaluate([])
+        assert info.value.reason is Reason.MALFORMED
+    finally:
+        worker.stop()
+
+
+def test_scripted_worker_with_good_replies_is_accepted(bc_dataset, tmp_path):
+    """The scripted worker's well-formed replies parse, so the malformed cases test one field."""
+    good_train = '{"ok":true,"tensors":[],"num_samples":4,"steps":3,"metrics":{"train_loss":0.5}}'
+    good_eval = '{"ok":true,"accuracy":1,"loss":0.5,"num_samples":2}'
+    worker = _scripted_worker(tmp_path, bc_dataset, _GOOD_INIT, good_train, good_eval)
+    try:
+        assert worker.info is not None and worker.info.num_train == 4
+        result = worker.train([], dp=None, round=1)
+        assert (result.num_samples, result.steps, result.metrics) == (4, 3, {"train_loss": 0.5})
+        assert worker.evaluate([]).accuracy == 1.0
+        assert worker.alive
+    finally:
+        worker.stop()
