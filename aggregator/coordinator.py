@@ -330,9 +330,15 @@ class Coordinator:
     def report(self, site: str, job_id: str, rnd: int, rep: federation_pb2.TaskReport) -> None:
         """Record a site's task report and advance the round.
 
+        Every check comes before any side effect: a retried report, one from an earlier
+        phase, or one from a site that already answered is refused, never recorded or
+        counted (an EVALUATE report's metrics go into the final means exactly once).
+
         Raises:
             PeerError: the job is not active.
-            ReplayedMessage: the report names another task.
+            ReplayedMessage: the report names another task, a task the current phase does
+                not wait for (WRONG_STAGE), or the site already answered.
+            Unauthorized: the site was not sent this task (NOT_SELECTED).
         """
         with self._cond:
             job = self._job(job_id)
@@ -340,6 +346,7 @@ class Coordinator:
             expected = r.task_id(job_id, rnd, job.state.attempt, kind)
             if rep.task_id != expected or rnd != job.state.round:
                 raise ReplayedMessage(f"report for {rep.task_id!r}; current is {expected!r}")
+            r.check_report(job.state, site=site, round=rnd, kind=kind)
             ok = rep.outcome == common_pb2.OUTCOME_OK
             outcome = common_pb2.Outcome.Name(rep.outcome).removeprefix("OUTCOME_").lower()
             now = self.clock()

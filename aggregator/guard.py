@@ -8,7 +8,8 @@ Unexpected exceptions become INTERNAL with a log line, never a traceback to the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,13 +20,13 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 
 from aggregator.store import AuditNote, Store
-from confide.errors import ConfideError, InternalError, MalformedMessage
+from confide.errors import ConfideError, InternalError, MalformedMessage, NonFiniteValue
 from confide.pki import CertInfo, Role, peer_info, require_role
 from confide.v1 import common_pb2
 from confide.wire import Binding, open_envelope
 from confide.wire.status import abort_with
 
-__all__ = ["Call", "Guard", "decode"]
+__all__ = ["Call", "Guard", "check_figures", "decode"]
 
 log = structlog.get_logger("aggregator.rpc")
 M = TypeVar("M", bound=Message)
@@ -151,6 +152,27 @@ class Guard:
         except Exception as audit_exc:  # the refusal must still reach the peer
             log.error("audit_failed", error=repr(audit_exc))
         abort_with(context, exc)
+
+
+def check_figures(metrics: Mapping[str, float], **values: float) -> None:
+    """Refuse a peer's metric or epsilon that is not a finite number >= 0.
+
+    Metrics (accuracy, loss, sample counts) and epsilons are all non-negative; a NaN,
+    infinity or negative value would poison the sample-weighted means and the job's epsilon.
+
+    Args:
+        metrics: the message's metrics map.
+        values: further named figures (``epsilon=...``).
+
+    Raises:
+        NonFiniteValue: a NaN or infinity.
+        MalformedMessage: a negative value.
+    """
+    for name, v in [*metrics.items(), *values.items()]:
+        if not math.isfinite(v):
+            raise NonFiniteValue(f"{name} is not finite")
+        if v < 0:
+            raise MalformedMessage(f"{name} is negative")
 
 
 def decode(cls: type[M], payload: bytes) -> M:

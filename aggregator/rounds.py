@@ -30,6 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from aggregator.round_checks import (
+    STAGE_TASK,
+    check_report,
+    check_secagg,
+    check_update,
+    task_id,
+)
 from aggregator.round_types import (
     SECURE_PHASES,
     TERMINAL,
@@ -85,77 +92,12 @@ __all__ = [
     "TaskKind",
     "UpdateReceived",
     "advance",
+    "check_report",
     "check_secagg",
     "check_update",
     "evaluation_pending",
     "task_id",
 ]
-
-
-STAGE_TASK = {
-    RoundPhase.COLLECTING: TaskKind.TRAIN,
-    RoundPhase.ADVERTISE: TaskKind.TRAIN,
-    RoundPhase.SHARE_KEYS: TaskKind.SHARE_KEYS,
-    RoundPhase.MASKED_INPUT: TaskKind.MASKED_INPUT,
-    RoundPhase.UNMASK: TaskKind.UNMASK,
-    RoundPhase.EVALUATING: TaskKind.EVALUATE,
-}
-"""The task kind whose reports each phase accepts."""
-
-
-def task_id(job_id: str, round: int, attempt: int, kind: TaskKind) -> str:
-    """The id of the task of ``kind`` for an attempt of a round (the same for every site)."""
-    return f"{job_id}/{round}/{attempt}/{kind.value}"
-
-
-def check_update(state: RoundState, *, site: str, round: int) -> None:
-    """Whether ``site`` may upload an update for ``round`` now.
-
-    Raises:
-        ReplayedMessage: the update is for another round, arrives outside the collecting
-            phase, or a second time.
-        Unauthorized: the site was not selected for this round (reason NOT_SELECTED).
-    """
-    if round != state.round:
-        raise ReplayedMessage(f"update for round {round}; the current round is {state.round}")
-    if site not in state.selected:
-        raise Unauthorized(
-            f"{site!r} was not selected for round {round}", reason=Reason.NOT_SELECTED
-        )
-    if state.phase is not RoundPhase.COLLECTING:
-        raise ReplayedMessage(
-            f"round {round} is {state.phase.value}, not collecting updates",
-            reason=Reason.WRONG_STAGE,
-        )
-    if site in state.answered:
-        raise ReplayedMessage(f"{site!r} already answered round {round}")
-
-
-def check_secagg(state: RoundState, *, site: str, round: int, phase: RoundPhase) -> None:
-    """Whether ``site`` may send its message of SecAgg+ stage ``phase`` for ``round`` now.
-
-    Raises:
-        ReplayedMessage: another round (REPLAYED), another stage than the open one
-            (WRONG_STAGE), or a second message of this stage (REPLAYED).
-        Unauthorized: not selected for the round, or not in this stage's set of sites
-            (reason NOT_SELECTED).
-    """
-    if round != state.round:
-        raise ReplayedMessage(f"message for round {round}; the current round is {state.round}")
-    if site not in state.selected:
-        raise Unauthorized(
-            f"{site!r} was not selected for round {round}", reason=Reason.NOT_SELECTED
-        )
-    if state.phase is not phase:
-        raise ReplayedMessage(
-            f"round {round} is {state.phase.value}, not {phase.value}", reason=Reason.WRONG_STAGE
-        )
-    if site not in state.stage_sites:
-        raise Unauthorized(
-            f"{site!r} is not in stage {phase.value} of round {round}", reason=Reason.NOT_SELECTED
-        )
-    if site in state.answered:
-        raise ReplayedMessage(f"{site!r} already answered stage {phase.value} (or dropped)")
 
 
 def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState, list[Action]]:
@@ -193,14 +135,9 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
         )
         return _maybe_close(state, now=now, timed_out=False)
     if isinstance(event, ReportReceived):
-        expect = STAGE_TASK.get(state.phase)
-        waiting = state.stage_sites if state.phase in SECURE_PHASES else state.selected
-        if (
-            event.kind is not expect
-            or event.round != state.round
-            or event.site not in waiting
-            or event.site in state.answered
-        ):
+        try:
+            check_report(state, site=event.site, round=event.round, kind=event.kind)
+        except (ReplayedMessage, Unauthorized):
             return state, []
         return _maybe_close(
             _replace(state, answered=state.answered | {event.site}), now=now, timed_out=False

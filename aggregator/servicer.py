@@ -14,7 +14,7 @@ import grpc
 
 from aggregator.blobs import BlobStore
 from aggregator.coordinator import Coordinator, UploadTarget
-from aggregator.guard import Guard, decode
+from aggregator.guard import Guard, check_figures, decode
 from aggregator.store import Store
 from confide.errors import MalformedMessage, PeerError, Reason, ReplayedMessage
 from confide.pki import Role
@@ -128,6 +128,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             )
             if header.num_samples < 1:
                 raise MalformedMessage("num_samples must be >= 1")
+            check_figures(
+                header.metrics, epsilon=header.epsilon, update_epsilon=header.update_epsilon
+            )
             self.coord.check_update(info.name, env.job_id, target.round, header.task_id)
             asm = BlobAssembler(header.blob, max_bytes=min(target.nbytes, self.max_update_bytes))
             _check_specs(header.blob, target)
@@ -164,6 +167,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                     round=rnd,
                 ),
             )
+            check_figures(rep.metrics)
             self.coord.report(info.name, request.job_id, rnd, rep)
             return federation_pb2.Ack(accepted=True)
         raise AssertionError("unreachable")  # pragma: no cover

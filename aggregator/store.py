@@ -332,10 +332,19 @@ class Store:
             self._append(cur, audit)
 
     def record_site(self, row: SiteRoundRow, *, audit: AuditNote | None = None) -> None:
-        """Record one site's answer in a round (round 0: the final evaluation)."""
+        """Record one site's answer in a round (round 0: the final evaluation).
+
+        A row with outcome ``ok`` is never replaced by a later failure: the accepted update
+        (and the epsilon it spent) stays on record.
+        """
         with self._tx() as cur:
             cur.execute(
-                "INSERT OR REPLACE INTO round_sites VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO round_sites VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (job, round, site) DO UPDATE SET outcome = excluded.outcome, "
+                "reason = excluded.reason, num_samples = excluded.num_samples, "
+                "epsilon = excluded.epsilon, update_epsilon = excluded.update_epsilon, "
+                "metrics = excluded.metrics "
+                "WHERE round_sites.outcome != 'ok' OR excluded.outcome = 'ok'",
                 (
                     row.job,
                     row.round,

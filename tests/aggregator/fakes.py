@@ -164,6 +164,7 @@ class FakeSite(Party):
         header_blob: common_pb2.BlobHeader | None = None,
         signer=None,
         metrics=None,
+        epsilon: float = 0.5,
     ):
         blob, buffers = encode_tensors(arrays)
         if header_blob is not None:
@@ -173,7 +174,7 @@ class FakeSite(Party):
             blob=blob,
             num_samples=num_samples,
             metrics=metrics or {},
-            epsilon=0.5,
+            epsilon=epsilon,
         )
         env = self.seal(
             stage,
@@ -189,10 +190,17 @@ class FakeSite(Party):
     def upload(self, task, arrays, **kw):
         return self.fed.Upload(iter(self.upload_parts(task, arrays, **kw)), timeout=20)
 
-    def report(self, task, *, outcome=common_pb2.OUTCOME_OK, metrics=None, num_samples=0):
+    def report(
+        self, task, *, outcome=common_pb2.OUTCOME_OK, metrics=None, num_samples=0, kind=None
+    ):
+        """Report on ``task`` (as a task of ``kind`` when given, with its matching task id)."""
+        task_id = task.task_id
+        if kind is not None:
+            name = federation_pb2.TaskKind.Name(kind).removeprefix("TASK_KIND_").lower()
+            task_id = f"{task_id.rpartition('/')[0]}/{name}"
         rep = federation_pb2.TaskReport(
-            task_id=task.task_id,
-            kind=task.kind,
+            task_id=task_id,
+            kind=task.kind if kind is None else kind,
             outcome=outcome,
             metrics=metrics or {},
             num_samples=num_samples,

@@ -209,3 +209,121 @@ def test_invalid_job_refused(clients):
         "invalid_value",
         "job_refused",
     )
+
+
+def _finish_round(s1, s2, t1, t2, model):
+    assert s1.upload(t1, delta_like(model, 0.1)).accepted
+    assert s2.upload(t2, delta_like(model, 0.1)).accepted
+
+
+@pytest.fixture
+def last_round(clients):
+    """A one-round job with two sites whose round is complete: EVALUATE tasks are out."""
+    site, operator = clients
+    op = operator()
+    s1, s2 = site("site-1"), site("site-2")
+    s1.connect()
+    s2.connect()
+    job_id = op.submit(tiny_spec(rounds=1, round_timeout_s=30.0))
+    t1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
+    t2 = s2.next_task(federation_pb2.TASK_KIND_TRAIN)
+    model = s1.download(job_id, t1.model_version)
+    _finish_round(s1, s2, t1, t2, model)
+    e1 = s1.next_task(federation_pb2.TASK_KIND_EVALUATE)
+    e2 = s2.next_task(federation_pb2.TASK_KIND_EVALUATE)
+    return op, job_id, s1, s2, e1, e2
+
+
+def test_retried_evaluate_report_is_counted_once(last_round):
+    """A second EVALUATE report from the same site is refused and not counted again."""
+    op, job_id, s1, s2, e1, e2 = last_round
+    s1.report(e1, metrics={"accuracy": 1.0, "loss": 0.0}, num_samples=10)
+    _refused(
+        op,
+        lambda: s1.report(e1, metrics={"accuracy": 1.0, "loss": 0.0}, num_samples=10),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "replayed",
+        "report_refused",
+    )
+    s2.report(e2, metrics={"accuracy": 0.0, "loss": 1.0}, num_samples=10)
+    st = op.admin.GetJob(admin_pb2.JobRef(job_id=job_id))
+    assert st.state == admin_pb2.JOB_STATE_DONE
+    assert (st.final_accuracy, st.final_eval_samples) == (0.5, 20)
+
+
+def test_evaluate_report_during_a_round_is_refused_and_not_counted(round1):
+    """An EVALUATE report while the round collects updates is WRONG_STAGE and counts nowhere."""
+    op, s1, s2, t1, t2, model = round1[:6]
+    _refused(
+        op,
+        lambda: s1.report(
+            t1, kind=federation_pb2.TASK_KIND_EVALUATE, metrics={"accuracy": 1.0}, num_samples=99
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "wrong_stage",
+        "report_refused",
+    )
+    _finish_round(s1, s2, t1, t2, model)
+    r1, r2 = (s.next_task(federation_pb2.TASK_KIND_TRAIN) for s in (s1, s2))  # round 2 of 2
+    _finish_round(s1, s2, r1, r2, model)
+    for s in (s1, s2):
+        s.report(s.next_task(federation_pb2.TASK_KIND_EVALUATE), metrics={}, num_samples=10)
+    st = op.admin.GetJob(admin_pb2.JobRef(job_id=t1.job_id))
+    assert st.state == admin_pb2.JOB_STATE_DONE
+    assert (st.final_accuracy, st.final_eval_samples) == (0.0, 20)
+
+
+def test_late_failure_report_does_not_overwrite_an_accepted_update(round1):
+    """A FAILED report after a site's update was accepted is refused; its ok row and ε stay."""
+    op, s1, _s2, t1, _t2, model = round1[:6]
+    assert s1.upload(t1, delta_like(model, 0.1), epsilon=0.75).accepted
+    _refused(
+        op,
+        lambda: s1.report(t1, outcome=common_pb2.OUTCOME_FAILED),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "replayed",
+        "report_refused",
+    )
+    st = op.admin.GetJob(admin_pb2.JobRef(job_id=t1.job_id))
+    row = next(s for s in st.rounds[0].sites if s.site_id == "site-1")
+    assert row.outcome == common_pb2.OUTCOME_OK and row.epsilon == 0.75
+    assert st.epsilon_by_site["site-1"] == 0.75
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"metrics": {"eval_loss": float("nan")}}, "non_finite"),
+        ({"metrics": {"eval_accuracy": float("inf")}}, "non_finite"),
+        ({"metrics": {"eval_samples": -4.0}}, "malformed"),
+        ({"epsilon": float("inf")}, "non_finite"),
+        ({"epsilon": -0.5}, "malformed"),
+    ],
+)
+def test_update_with_bad_metrics_or_epsilon_is_refused(round1, kw, reason):
+    """An update header with a non-finite or negative metric or epsilon is refused."""
+    op, s1, s2, t1, t2, model = round1[:6]
+    _refused(
+        op,
+        lambda: s1.upload(t1, delta_like(model, 0.1), **kw),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reason,
+        "update_refused",
+    )
+    _still_serving(op, s1, s2, t1, t2, model)
+
+
+def test_evaluate_report_with_non_finite_metrics_is_refused(last_round):
+    """An EVALUATE report carrying NaN is refused and the site may still report properly."""
+    op, job_id, s1, s2, e1, e2 = last_round
+    _refused(
+        op,
+        lambda: s1.report(e1, metrics={"accuracy": float("nan")}, num_samples=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "non_finite",
+        "report_refused",
+    )
+    s1.report(e1, metrics={"accuracy": 1.0, "loss": 0.0}, num_samples=10)
+    s2.report(e2, metrics={"accuracy": 1.0, "loss": 0.0}, num_samples=10)
+    st = op.admin.GetJob(admin_pb2.JobRef(job_id=job_id))
+    assert (st.state, st.final_accuracy) == (admin_pb2.JOB_STATE_DONE, 1.0)

@@ -301,3 +301,15 @@ def test_no_site_input_or_masked_input_reaches_the_store_blobs_or_logs(fed):
             raw = vec.astype("<u4").tobytes()
             for off in range(0, len(raw) - 64, 64):
                 assert raw[off : off + 64] not in data, f"{s.name} vector found"
+
+
+def test_advertised_keys_with_a_non_finite_epsilon_are_refused(fed):
+    """AdvertiseKeys carrying a NaN epsilon or a negative metric is refused before it counts."""
+    sites, _op, _job_id, _, _ = start(fed)
+    t = sites[0].next_task(K.TASK_KIND_TRAIN)
+    nan = K.AdvertiseKeys(cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32, epsilon=np.nan)
+    _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, nan), "non_finite")
+    neg = K.AdvertiseKeys(cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32)
+    neg.metrics["eval_samples"] = -1.0
+    _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, neg), "malformed")
+    assert sites[0].advertise(t).accepted

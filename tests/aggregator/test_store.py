@@ -72,3 +72,16 @@ def test_reopened_store_keeps_completed_round_and_model(tmp_path):
     assert st.round_sites("j")[0].metrics == {"eval_loss": 1.0}
     np.testing.assert_array_equal(BlobStore(tmp_path / "blobs").load(v1)[0][1], np.ones(4))
     assert st.verify_audit_chain() == 3
+
+
+def test_record_site_never_replaces_ok_with_a_failure(tmp_path):
+    """A failure recorded after an ok answer for the same site and round leaves the ok row."""
+    store = Store(tmp_path / "a.db")
+    ok = SiteRoundRow("j", 1, "s", "ok", "", 10, 0.5, 0.1, {"eval_accuracy": 0.9})
+    store.record_site(ok)
+    store.record_site(SiteRoundRow("j", 1, "s", "failed", "internal", 0, 0.0, 0.0, {}))
+    assert store.round_sites("j") == [ok]
+    again = SiteRoundRow("j", 1, "s", "ok", "", 12, 0.6, 0.1, {})
+    store.record_site(again)
+    assert store.round_sites("j") == [again]
+    store.close()
