@@ -38,6 +38,9 @@ __all__ = ["Coordinator", "UploadTarget"]
 
 log = structlog.get_logger("aggregator.coordinator")
 
+_TIMER_RETRY_S = 1.0
+"""After an unexpected error in the timer loop, look again this much later (no busy loop)."""
+
 _SECAGG_PHASE = {
     common_pb2.STAGE_ADVERTISE_KEYS: r.RoundPhase.ADVERTISE,
     common_pb2.STAGE_SHARE_KEYS: r.RoundPhase.SHARE_KEYS,
@@ -398,34 +401,61 @@ class Coordinator:
     # ----- the state machine -----
 
     def _feed(self, job_id: str, event: r.Event) -> None:
-        job = self._jobs[job_id]
+        job = self._jobs.get(job_id)
+        if job is None:
+            return  # the job ended (e.g. failed) while an earlier action was running
         job.state, actions = r.advance(job.state, event, now=self.clock())
         state = job.state
         for action in actions:
             if job.state is not state:
                 break  # an action fed an event (e.g. SecAggAborted) that moved the round on
-            self._exec.execute(job_id, job, action)
+            try:
+                self._exec.execute(job_id, job, action)
+            except Exception as exc:
+                # Our bug or our disk: fail this job, but never the caller (an RPC whose
+                # message was accepted, or the timer thread) and never the other jobs.
+                self._fail_job(job_id, job, exc, action=type(action).__name__)
+                break
         self._cond.notify_all()
+
+    def _fail_job(self, job_id: str, job: Job, exc: BaseException, *, action: str) -> None:
+        try:
+            self._exec.fail_job(job_id, job, exc, action=action)
+        except Exception as store_exc:
+            log.error("job_fail_failed", job=job_id, exc_info=store_exc)
+            self._jobs.pop(job_id, None)
 
     # ----- timer -----
 
     def _run_timer(self) -> None:
         with self._cond:
             while not self._stopping:
-                now = self.clock()
-                for job_id in [
-                    j
-                    for j, job in self._jobs.items()
-                    if job.state.deadline is not None and job.state.deadline <= now
-                ]:
-                    self._feed(job_id, r.DeadlinePassed())
-                for conn in self.sites.expired(now=now, timeout_s=self.site_timeout_s):
-                    log.warning("site_timed_out", site=conn.site)
-                    self.close_stream(conn)
-                wake = [
-                    j.state.deadline for j in self._jobs.values() if j.state.deadline is not None
-                ]
-                nxt = self.sites.next_expiry(timeout_s=self.site_timeout_s)
-                if nxt is not None:
-                    wake.append(nxt)
-                self._cond.wait(max(0.0, min(wake) - self.clock()) if wake else None)
+                try:
+                    timeout = self._tick()
+                except Exception as exc:
+                    # The timer must outlive any one failure, or no deadline fires again.
+                    log.error("timer_failed", exc_info=exc)
+                    timeout = _TIMER_RETRY_S
+                self._cond.wait(timeout)
+
+    def _tick(self) -> float | None:
+        """Fire due deadlines and site timeouts; returns seconds until the next (None: none)."""
+        now = self.clock()
+        for job_id in [
+            j
+            for j, job in self._jobs.items()
+            if job.state.deadline is not None and job.state.deadline <= now
+        ]:
+            job = self._jobs[job_id]
+            try:
+                self._feed(job_id, r.DeadlinePassed())
+            except Exception as exc:
+                self._fail_job(job_id, job, exc, action="DeadlinePassed")
+        for conn in self.sites.expired(now=now, timeout_s=self.site_timeout_s):
+            log.warning("site_timed_out", site=conn.site)
+            self.close_stream(conn)
+        wake = [j.state.deadline for j in self._jobs.values() if j.state.deadline is not None]
+        nxt = self.sites.next_expiry(timeout_s=self.site_timeout_s)
+        if nxt is not None:
+            wake.append(nxt)
+        return max(0.0, min(wake) - self.clock()) if wake else None

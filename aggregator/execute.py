@@ -13,6 +13,7 @@ logs or stores any site's input: logs carry counts, the store gets metadata and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -25,7 +26,7 @@ from aggregator.secure import SecureRound, params_for
 from aggregator.sites import SiteRegistry
 from aggregator.store import AuditNote, ModelRow, Store
 from confide import secagg
-from confide.errors import ConfigError
+from confide.errors import ConfigError, Reason
 
 __all__ = ["Executor"]
 
@@ -86,20 +87,8 @@ class Executor:
             except secagg.RoundAborted as exc:
                 log.warning("secagg_aborted", job=job_id, round=a.round, error=str(exc))
                 self.feed(job_id, r.SecAggAborted(a.round, job.state.attempt, str(exc)))
-            except (OSError, ValueError, ArithmeticError) as exc:
-                # Our failure, not the last uploader's: fail the job, keep the server up.
-                log.error("aggregation_failed", job=job_id, round=a.round, error=repr(exc))
-                job.state = r.RoundState(
-                    job.state.params,
-                    phase=r.RoundPhase.FAILED,
-                    round=a.round,
-                    eligible=job.state.eligible,
-                )
-                done = tuple(sorted(job.state.eligible))
-                self.execute(job_id, job, r.SendTask(r.TaskKind.JOB_DONE, done, a.round, 1, "", 0))
-                self.execute(
-                    job_id, job, r.FinishJob(r.RoundPhase.FAILED, f"aggregation failed: {exc}")
-                )
+            # Anything else (disk, a bug) is our failure, not the last uploader's: it reaches
+            # the coordinator, which fails the job with ``fail_job`` and keeps the server up.
         elif isinstance(a, r.RoundFailed):
             job.reset_round()
             self.store.set_round_state(
@@ -132,6 +121,38 @@ class Executor:
             )
             log.info("job_finished", job=job_id, state=state, error=a.error)
             self.jobs.pop(job_id, None)
+
+    def fail_job(self, job_id: str, job: Job, exc: BaseException, *, action: str) -> None:
+        """Fail ``job`` after an unexpected error while carrying out one of its actions.
+
+        The error is ours (reason ``internal``), never a site's: it is logged with its
+        traceback and audited; the round row is marked failed, every eligible site gets
+        JOB_DONE and the job leaves memory, so no round stays stuck waiting.
+
+        Args:
+            action: the action's name, for the log and the job's error.
+        """
+        now = self.clock()
+        rnd = job.state.round
+        error = f"internal error during {action}: {exc!r}"
+        log.error("job_action_failed", job=job_id, round=rnd, action=action, exc_info=exc)
+        job.state = dataclasses.replace(
+            job.state, phase=r.RoundPhase.FAILED, deadline=None, error=error
+        )
+        job.reset_round()
+        self.jobs.pop(job_id, None)
+        done = r.SendTask(r.TaskKind.JOB_DONE, tuple(sorted(job.state.eligible)), rnd, 1, "", 0)
+        for site in done.sites:
+            self.sites.send(site, job.task(done))
+        self.store.set_round_state(job_id, rnd, "failed", at=now)
+        self.store.set_job_state(
+            job_id,
+            "failed",
+            error=error,
+            audit=AuditNote(
+                "job_failed", "aggregator", now, job_id, rnd, Reason.INTERNAL.value, error
+            ),
+        )
 
     def _round_started(self, job_id: str, job: Job, a: r.RoundStarted, now: float) -> None:
         job.reset_round()

@@ -300,10 +300,11 @@ class Store:
     def set_round_state(
         self, job: str, round: int, state: str, *, at: float, audit: AuditNote | None = None
     ) -> None:
-        """Move a round to ``state`` (failed, aggregating, ...)."""
+        """Move a round to ``state`` (failed, cancelled, ...); a done round stays done."""
         with self._tx() as cur:
             cur.execute(
-                "UPDATE rounds SET state = ?, finished = ? WHERE job = ? AND round = ?",
+                "UPDATE rounds SET state = ?, finished = ? "
+                "WHERE job = ? AND round = ? AND state != 'done'",
                 (state, at, job, round),
             )
             if audit:

@@ -1,0 +1,109 @@
+"""The coordinator in-process (no gRPC): an error in an action fails only its own job."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from aggregator.blobs import BlobStore
+from aggregator.coordinator import Coordinator
+from aggregator.store import AuditNote, JobRow, ModelRow, Store
+from confide.models import initial_weights
+from confide.v1 import common_pb2, federation_pb2
+from tests.aggregator.fakes import tiny_spec
+
+
+@pytest.fixture
+def coord(tmp_path):
+    store = Store(tmp_path / "a.db")
+    blobs = BlobStore(tmp_path / "blobs")
+    c = Coordinator(store, blobs, heartbeat_interval_s=5.0, site_timeout_s=60.0, max_retries=0)
+    c.start()
+    yield c
+    c.stop()
+    store.close()
+
+
+def _connect(coord: Coordinator, *sites: str) -> list:
+    conns = []
+    for s in sites:
+        coord.register(s, federation_pb2.RegisterRequest(datasets=["tab"], device="cpu"))
+        conns.append(coord.open_stream(s))
+    return conns
+
+
+def _submit(coord: Coordinator, job_id: str, spec: common_pb2.JobSpec) -> None:
+    sha, _ = coord.blobs.put(initial_weights(spec.model, spec.dataset, seed=1))
+    coord.store.add_job(
+        JobRow(job_id, spec.SerializeToString(), b"", b"", "running", "", "alice", time.time()),
+        ModelRow(job_id, 0, sha, "", time.time()),
+        audit=AuditNote("job_submitted", "alice", time.time(), job_id),
+    )
+    coord.add_job(job_id, spec, common_pb2.Envelope(), b"", model_version=sha)
+
+
+def _update(coord: Coordinator, site: str, task: federation_pb2.Task) -> None:
+    zeros = [(n, np.zeros(s, dtype=np.float32)) for n, s in coord._jobs[task.job_id].shapes]
+    header = federation_pb2.UpdateHeader(task_id=task.task_id, num_samples=10)
+    coord.accept_update(site, task.job_id, task.round, header, zeros)
+
+
+def _broken_disk(*args, **kwargs):
+    raise RuntimeError("disk on fire")
+
+
+def _tasks(conn) -> list[federation_pb2.Task]:
+    out = []
+    while not conn.queue.empty():
+        t = conn.queue.get()
+        if t is not None:
+            out.append(t)
+    return out
+
+
+def _wait_state(coord: Coordinator, job_id: str, state: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = coord.store.job(job_id)
+        if row is not None and row.state == state:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} never became {state}")
+
+
+def test_an_action_error_fails_the_job_not_the_rpc(coord, monkeypatch):
+    """An unexpected error while aggregating fails the job (internal, audited), not the caller."""
+    c1, c2 = _connect(coord, "site-1", "site-2")
+    _submit(coord, "j1", tiny_spec())
+    t1, t2 = c1.queue.get(), c2.queue.get()
+    monkeypatch.setattr(coord.store, "complete_round", _broken_disk)
+    with capture_logs() as logs:
+        _update(coord, "site-1", t1)
+        _update(coord, "site-2", t2)  # the round aggregates here and the store raises
+    row = coord.store.job("j1")
+    assert row is not None and row.state == "failed" and "disk on fire" in row.error
+    last = coord.store.audit_entries()[-1]
+    assert (last.event, last.reason) == ("job_failed", "internal")
+    assert coord.live_state("j1") is None
+    assert coord.store.rounds("j1")[0].state == "failed"
+    assert any(e["event"] == "job_action_failed" and e.get("exc_info") for e in logs)
+    for conn in (c1, c2):
+        assert [t.kind for t in _tasks(conn)] == [federation_pb2.TASK_KIND_JOB_DONE]
+
+
+def test_an_error_on_the_timer_thread_fails_the_job_and_the_timer_goes_on(coord, monkeypatch):
+    """A deadline whose action raises fails that job; later deadlines of other jobs still fire."""
+    c1, _c2 = _connect(coord, "site-1", "site-2")
+    _submit(coord, "j1", tiny_spec(min_sites=1, round_timeout_s=0.3))
+    t1 = c1.queue.get()
+    _update(coord, "site-1", t1)  # site-2 never answers: the deadline aggregates
+    monkeypatch.setattr(coord.store, "complete_round", _broken_disk)
+    _wait_state(coord, "j1", "failed")
+    monkeypatch.undo()
+    _submit(coord, "j2", tiny_spec(min_sites=1, round_timeout_s=0.3))
+    _wait_state(coord, "j2", "failed")  # no update at its deadline, no retries left
+    assert coord._timer.is_alive()
+    assert "fewer than" in coord.store.job("j2").error
