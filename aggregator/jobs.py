@@ -32,13 +32,18 @@ KIND_OF = {v: k for k, v in _KIND.items()}
 
 @dataclass(frozen=True)
 class UploadTarget:
-    """What an upload for a job must be bound to and contain right now."""
+    """What an upload for a job must be bound to and contain right now.
+
+    ``deadline``: unix seconds when the phase the upload belongs to closes (None: no
+    deadline); an upload still streaming then is cut off.
+    """
 
     round: int
     stage: int
     shapes: list[tuple[str, tuple[int, ...]]]
     nbytes: int
     dtype: int = common_pb2.DTYPE_FLOAT32
+    deadline: float | None = None
 
 
 @dataclass
@@ -77,6 +82,7 @@ class Job:
                 [("masked", (d,))],
                 4 * d,
                 common_pb2.DTYPE_UINT32,
+                self.state.deadline,
             )
         nbytes = 0
         for _, shape in self.shapes:
@@ -84,7 +90,13 @@ class Job:
             for d in shape:
                 n *= d
             nbytes += n
-        return UploadTarget(self.state.round, common_pb2.STAGE_UPDATE, self.shapes, nbytes)
+        return UploadTarget(
+            self.state.round,
+            common_pb2.STAGE_UPDATE,
+            self.shapes,
+            nbytes,
+            deadline=self.state.deadline,
+        )
 
     def task(self, a: r.SendTask) -> federation_pb2.Task:
         """The Task message for one ``SendTask`` action (the same for every site)."""

@@ -8,20 +8,31 @@ through ``Guard.handling`` (log event + audit entry + gRPC status), never a trac
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
+import structlog
 
 from aggregator.blobs import BlobStore
 from aggregator.coordinator import Coordinator, UploadTarget
 from aggregator.guard import Guard, check_figures, decode
-from aggregator.store import Store
-from confide.errors import MalformedMessage, PeerError, Reason, ReplayedMessage
+from aggregator.store import AuditNote, Store
+from confide.errors import (
+    MalformedMessage,
+    OversizedMessage,
+    PeerError,
+    Reason,
+    ReplayedMessage,
+)
 from confide.pki import Role
 from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
-from confide.wire.blob import BlobAssembler, check_finite
+from confide.wire.blob import BlobAssembler, check_finite, spec_nbytes
 
 __all__ = ["FederationServicer", "model_parts"]
+
+log = structlog.get_logger("aggregator.rpc")
 
 _UPLOAD_WAIT_S = 120.0
 _SECAGG_STAGES = frozenset(
@@ -36,7 +47,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         guard: authentication and refusal handling.
         coordinator: jobs, rounds and site queues.
         max_update_bytes: the largest update blob accepted.
-        max_concurrent_uploads: uploads received at once (others wait up to 120 s).
+        max_concurrent_uploads: uploads received at once (others wait up to 120 s, or
+            until the phase they belong to closes).
     """
 
     def __init__(
@@ -50,6 +62,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         self.guard, self.coord = guard, coordinator
         self.max_update_bytes = max_update_bytes
         self._uploads = threading.BoundedSemaphore(max_concurrent_uploads)
+        self._lock = threading.Lock()
+        self._inflight: set[tuple[str, str]] = set()
 
     def Register(
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
@@ -132,11 +146,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 header.metrics, epsilon=header.epsilon, update_epsilon=header.update_epsilon
             )
             self.coord.check_update(info.name, env.job_id, target.round, header.task_id)
-            asm = BlobAssembler(header.blob, max_bytes=min(target.nbytes, self.max_update_bytes))
+            limit = min(target.nbytes, self.max_update_bytes)
+            _check_size(header.blob, limit)  # refused before it waits for a slot
             _check_specs(header.blob, target)
-            if not self._uploads.acquire(timeout=_UPLOAD_WAIT_S):
-                raise PeerError("too many uploads at once", reason=Reason.UNAVAILABLE)
-            try:
+            with self._upload_slot(info.name, env.job_id, target, context):
+                # The model-sized buffer is allocated only once this upload holds a slot.
+                asm = BlobAssembler(header.blob, max_bytes=limit)
                 for part in request_iterator:
                     if part.WhichOneof("part") != "chunk":
                         raise MalformedMessage("only chunks may follow the upload header")
@@ -144,10 +159,67 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 arrays = asm.finish()
                 check_finite(arrays)
                 self.coord.accept_update(info.name, env.job_id, target.round, header, arrays)
-            finally:
-                self._uploads.release()
             return federation_pb2.Ack(accepted=True)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def _upload_slot(
+        self, site: str, job_id: str, target: UploadTarget, context: grpc.ServicerContext
+    ) -> Iterator[None]:
+        """Hold one upload slot for ``site``'s upload to ``job_id`` until its phase closes.
+
+        At most one upload per (site, job) is in flight; a second is refused (REPLAYED). The
+        wait for a slot and the upload itself end at the phase's deadline: an upload still
+        streaming then is cancelled, so a stalled peer cannot keep a slot for ever.
+
+        Raises:
+            ReplayedMessage: the site already has an upload for this job in flight.
+            PeerError: no slot came free before the deadline (UNAVAILABLE).
+        """
+        key = (site, job_id)
+        with self._lock:
+            if key in self._inflight:
+                raise ReplayedMessage(f"{site!r} already has an upload for job {job_id!r}")
+            self._inflight.add(key)
+        try:
+            left = _UPLOAD_WAIT_S
+            if target.deadline is not None:
+                left = max(0.0, target.deadline - self.coord.clock())
+            t0 = time.monotonic()
+            if not self._uploads.acquire(timeout=min(_UPLOAD_WAIT_S, left)):
+                raise PeerError("too many uploads at once", reason=Reason.UNAVAILABLE)
+            watchdog = threading.Timer(
+                max(0.0, left - (time.monotonic() - t0)), self._expire, (site, job_id, context)
+            )
+            watchdog.daemon = True
+            if target.deadline is not None:
+                watchdog.start()
+            try:
+                yield
+            finally:
+                watchdog.cancel()
+                self._uploads.release()
+        finally:
+            with self._lock:
+                self._inflight.discard(key)
+
+    def _expire(self, site: str, job_id: str, context: grpc.ServicerContext) -> None:
+        """The phase of a still-streaming upload closed: cancel it (its slot comes free)."""
+        log.warning("upload_expired", site=site, job=job_id)
+        try:
+            self.guard.store.audit(
+                AuditNote(
+                    "upload_expired",
+                    site,
+                    self.coord.clock(),
+                    job_id,
+                    0,
+                    "",
+                    "the phase closed while the upload was still streaming",
+                )
+            )
+        finally:
+            context.cancel()
 
     def Report(
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
@@ -196,6 +268,13 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             self.coord.secagg(info, request, payload)
             return federation_pb2.Ack(accepted=True)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_size(blob: common_pb2.BlobHeader, limit: int) -> None:
+    """Refuse a blob declaring more than ``limit`` bytes (``BlobAssembler`` checks it again)."""
+    declared = sum(spec_nbytes(t) for t in blob.tensors)
+    if max(blob.total_bytes, declared) > limit:
+        raise OversizedMessage(f"blob of {max(blob.total_bytes, declared)} bytes exceeds {limit}")
 
 
 def _check_specs(blob: common_pb2.BlobHeader, target: UploadTarget) -> None:

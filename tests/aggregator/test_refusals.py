@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import grpc
@@ -327,3 +329,38 @@ def test_evaluate_report_with_non_finite_metrics_is_refused(last_round):
     s2.report(e2, metrics={"accuracy": 1.0, "loss": 0.0}, num_samples=10)
     st = op.admin.GetJob(admin_pb2.JobRef(job_id=job_id))
     assert (st.state, st.final_accuracy) == (admin_pb2.JOB_STATE_DONE, 1.0)
+
+
+def test_second_concurrent_upload_of_a_site_is_refused(round1):
+    """While a site's upload for a job is in flight, a second one from it is REPLAYED."""
+    op, s1, s2, t1, t2, model = round1[:6]
+    parts = s1.upload_parts(t1, delta_like(model, 0.1))
+    release = threading.Event()
+
+    def stalled():
+        yield parts[0]
+        release.wait(30)
+
+    first = s1.fed.Upload.future(stalled(), timeout=30)
+    try:
+        time.sleep(0.3)  # the stalled upload's header has been checked and holds its slot
+        _refused(
+            op,
+            lambda: s1.upload(t1, delta_like(model, 0.1)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "replayed",
+            "update_refused",
+        )
+    finally:
+        first.cancel()
+        release.set()
+    _wait_until(first.done)
+    time.sleep(0.2)  # the server sees the cancellation and frees the site's slot
+    _still_serving(op, s1, s2, t1, t2, model)
+
+
+def _wait_until(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
