@@ -40,6 +40,7 @@ __all__ = [
     "check_schema",
     "config_from_json",
     "config_to_json",
+    "count_train_records",
     "dataset_from_config",
     "load_arrays",
 ]
@@ -222,6 +223,34 @@ def config_from_json(data: dict[str, Any]) -> DatasetConfig:
         raise ConfigError(f"dataset.{exc.args[0]}", "is required but missing") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError("dataset", f"invalid dataset config: {exc}") from None
+
+
+def count_train_records(cfg: DatasetConfig) -> int:
+    """How many records the worker trains on, counted by the daemon itself.
+
+    The daemon's privacy accounting depends on the sampling rate q = batch / n_train; it must
+    not take n_train from the worker's word. Counting reads no feature values: CSV rows (as
+    ``load_arrays`` reads them), Parquet metadata, or the length of the npz ``y`` array.
+
+    Raises:
+        InternalError: ``UNAVAILABLE``: the file is missing or unreadable.
+    """
+    try:
+        if cfg.format is DataFormat.CSV:
+            with cfg.path.open(newline="", encoding="utf-8") as fh:
+                n = max(0, sum(1 for row in csv.reader(fh) if row) - 1)
+        elif cfg.format is DataFormat.PARQUET:
+            import pyarrow.parquet as pq  # lazily: only parquet sites need pyarrow
+
+            n = int(pq.ParquetFile(cfg.path).metadata.num_rows)
+        else:
+            with np.load(cfg.path, allow_pickle=False) as npz:
+                n = int(npz["y"].shape[0]) if "y" in npz.files else 0
+    except (OSError, ValueError) as exc:
+        raise InternalError(
+            f"dataset {cfg.name!r}: cannot read {cfg.path}: {exc}", reason=Reason.UNAVAILABLE
+        ) from exc
+    return n - round(n * cfg.holdout_fraction)
 
 
 def load_arrays(cfg: DatasetConfig) -> LoadedData:

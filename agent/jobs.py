@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from google.protobuf.message import DecodeError
 
 from agent.policy import check_signer
-from confide.errors import MalformedMessage, PolicyRefusal, Reason
+from confide.errors import ConfigError, MalformedMessage, PolicyRefusal, Reason
+from confide.jobspec import validate_job
 from confide.pki import BadCertificate, CertInfo, verify_certificate
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
@@ -95,4 +96,9 @@ def verify_job(
         spec.ParseFromString(payload)
     except DecodeError as exc:
         raise MalformedMessage("signed job payload is not a JobSpec") from exc
+    try:
+        # The aggregator validated it at submit; the site does not take that on trust.
+        validate_job(spec)
+    except ConfigError as exc:
+        raise PolicyRefusal(f"invalid job: {exc}", reason=Reason.INVALID_JOB) from exc
     return VerifiedJob(spec, signer)

@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 
 from agent.api import AgentApi, connect_api
 from agent.config import AgentConfig, DatasetPolicy, load_config
+from agent.jobbinding import JobBindings
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan
 from agent.resources import ResourceProbe
@@ -188,6 +189,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
             policies=cfg.dataset_policies,
         ),
         privacy=PrivacyPlan(ledger),
+        job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
     started = time.time()

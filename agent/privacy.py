@@ -21,7 +21,6 @@ update releases it. A crash in between leaves it counted: never undercounted.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from agent.worker.protocol import DpSgdParams
 from confide.dp.accountant import AccountantKind, noise_multiplier_for
 from confide.dp.budget import RecordCost, RoundCost, cumulative_epsilon, round_cost, update_cost
 from confide.dp.update import add_noise, clip, noise_std, system_rng, validate_record_privacy
+from confide.secagg.params import job_params
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
@@ -56,18 +56,23 @@ class RoundPrivacy:
 
 
 def planned_survivors(spec: common_pb2.JobSpec) -> int:
-    """Sites the update noise is planned to survive with: the SecAgg threshold as a count.
+    """Sites the update noise is planned to survive with: the fewest a round can sum.
 
-    If fewer sites than ``min_sites`` survive, the sum carries less noise; the site plans for
-    the worst case the protocol allows (the threshold t), so its accounting holds then too.
+    Without secure aggregation a round needs ``min_sites`` updates. With it, the aggregator
+    unmasks a sum once t masked inputs arrived, where t is the SecAgg+ threshold count for
+    the smallest round the job allows (``choose_params(n=min_sites)``; a fraction threshold
+    is of a site's k + 1 share holders, so t can be well below ``min_sites``). If fewer
+    sites than ``min_sites`` survive, the sum carries less noise; the site plans for that
+    worst case, and refuses a SHARE_KEYS request whose threshold is below it.
+
+    Raises:
+        ConfigError: the job's secure-aggregation settings are invalid for ``min_sites``.
     """
     sa = spec.secure_aggregation
     m = max(1, int(spec.min_sites))
     if not sa.enabled:
         return m
-    t = sa.threshold
-    count = math.ceil(t * m) if t <= 1 else int(t)
-    return max(1, min(m, count))
+    return max(1, min(m, job_params(spec, n=m).threshold))
 
 
 class PrivacyPlan:
@@ -182,7 +187,7 @@ class PrivacyPlan:
         costs = [
             e.cost
             for e in self.ledger.entries(dataset)
-            if e.job_id == job_id or e.job_id.startswith(job_id + "/")
+            if e.job_id.startswith(job_id + "/")  # ledger keys are "<job_id>/<task_id>"
         ]
         return cumulative_epsilon(costs, delta=self.ledger.delta)
 

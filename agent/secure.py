@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 
 from agent.jobs import VerifiedJob
+from agent.privacy import planned_survivors
 from agent.tasks import TaskRunner
 from agent.transport import Transport
 from confide import secagg
@@ -59,6 +60,7 @@ class _Round:
     x: NDArray[np.uint32] | None
     out_of_range: int
     num_samples: int
+    planned_survivors: int
 
 
 class SecureSite:
@@ -111,7 +113,7 @@ class SecureSite:
             for key in [k for k in self._rounds if k[0] == task.job_id]:
                 del self._rounds[key]  # an older round or attempt of this job is over
             self._rounds[(task.job_id, task.round)] = _Round(
-                state, q.values, q.out_of_range, num_samples
+                state, q.values, q.out_of_range, num_samples, planned_survivors(job.spec)
             )
         msg = federation_pb2.AdvertiseKeys(
             cipher_public_key=keys.cipher_public_key,
@@ -136,6 +138,14 @@ class SecureSite:
         """
         entry = self._entry(task)
         req = task.share_keys
+        if req.threshold < entry.planned_survivors:
+            # The site's noise share was sized for sums of at least this many sites; a lower
+            # threshold would let a sum of fewer sites through with too little noise.
+            raise PolicyRefusal(
+                f"threshold {req.threshold} is below the {entry.planned_survivors} sites this "
+                "site's update noise was planned for",
+                reason=Reason.UNSAFE_REQUEST,
+            )
         neighbours = [self._verified(task, nb) for nb in req.neighbours]
         state, shares = secagg.share_keys(entry.state, neighbours, threshold=int(req.threshold))
         entry.state = state

@@ -19,6 +19,7 @@ just before the update leaves. A worker failure before any update exists release
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,12 +32,13 @@ from google.protobuf.message import Message
 from structlog.contextvars import bound_contextvars
 
 from agent.config import DatasetPolicy
-from agent.datasets import DatasetConfig
+from agent.datasets import DatasetConfig, count_train_records
+from agent.jobbinding import JobBindings
 from agent.jobs import VerifiedJob, verify_job
 from agent.policy import exposed_dataset
 from agent.privacy import PrivacyPlan, RoundPrivacy, protect_update
 from agent.transport import Transport
-from agent.worker.protocol import WorkerFailed
+from agent.worker.protocol import EvalResult, TrainResult, WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
 from confide.errors import (
     ConfideError,
@@ -133,6 +135,8 @@ class TaskRunner:
         clock: unix seconds (signing time and job-signature checks).
         privacy: the site's privacy planner and ledger; without one, jobs that ask for
             privacy are refused (unit tests of non-private jobs run without it).
+        job_bindings: where each signed job's first job id is recorded, so a signed job is
+            never run under a second id (the daemon always has one).
     """
 
     def __init__(
@@ -142,9 +146,11 @@ class TaskRunner:
         start_worker: WorkerFactory = start_worker,
         clock: Callable[[], float] = time.time,
         privacy: PrivacyPlan | None = None,
+        job_bindings: JobBindings | None = None,
     ) -> None:
         self.site = site
         self.privacy = privacy
+        self.job_bindings = job_bindings
         self._clock = clock
         self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()
@@ -191,7 +197,16 @@ class TaskRunner:
                     error=err.message,
                     exc_info=not isinstance(exc, ConfideError),
                 )
-                self._report_failure(task, transport, outcome, err)
+                try:
+                    self._report_failure(task, transport, outcome, err)
+                except ConfideError as report_err:
+                    if report_err.reason is Reason.UNAVAILABLE:
+                        raise  # the connection is gone: the session reconnects
+                    # E.g. the round moved on and the aggregator refuses a stale report: that
+                    # is no reason to drop the connection (and every other job's stages).
+                    log.warning(
+                        "report_refused", reason=report_err.reason.value, error=report_err.message
+                    )
                 return outcome
             log.info("task_done")
             return TaskOutcome.OK
@@ -227,6 +242,8 @@ class TaskRunner:
             # A forged or altered job is the site refusing it, not the site failing.
             raise PolicyRefusal(f"signed job refused: {exc}", reason=exc.reason) from exc
         dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
+        if self.job_bindings is not None:
+            self.job_bindings.bind(task.signed_job, task.job_id)
         return job, dataset
 
     def worker_for(
@@ -274,12 +291,17 @@ class TaskRunner:
         weights = transport.download(task.job_id, task.model_version)
         self._check_abandon()
         worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
-        plan = self._plan(task, job, dataset, worker)
+        # FedAvg weights and the sampling rate q (so ε) rest on this count: the daemon counts
+        # the records itself rather than taking the worker's word for it.
+        num_train = count_train_records(dataset)
+        plan = self._plan(task, job, dataset, num_train)
         rid = None
         if plan is not None and self.privacy is not None:
             rid = self.privacy.reserve(
                 dataset=dataset.name,
-                ledger_key=task.task_id,
+                # One entry per task: a retried round is a new task and a new release, so it
+                # is charged again; the same task re-sent after a reconnect is refused.
+                ledger_key=f"{task.job_id}/{task.task_id}",
                 round=task.round,
                 plan=plan,
                 max_epsilon=self._policy(dataset).max_epsilon,
@@ -304,26 +326,19 @@ class TaskRunner:
             )
             # Counted before anything leaves: after this line the cost can never be released.
             self.privacy.ledger.mark_sent(rid)
-        metrics = {
-            "eval_accuracy": ev.accuracy,
-            "eval_loss": ev.loss,
-            "eval_samples": float(ev.num_samples),
-        }
-        metrics.update(
-            {k if k.startswith("train_") else f"train_{k}": float(v) for k, v in tr.metrics.items()}
-        )
+        metrics = _released_metrics(ev, tr, record_private=job.spec.record_privacy.enabled)
         if secure and self.secure_update is not None:
             metrics["epsilon"] = epsilon
             metrics["update_epsilon"] = update_epsilon
             self.secure_update(
-                task, transport, job=job, delta=delta, num_samples=tr.num_samples, metrics=metrics
+                task, transport, job=job, delta=delta, num_samples=num_train, metrics=metrics
             )
             return
         blob, buffers = encode_tensors(delta)
         header = federation_pb2.UpdateHeader(
             task_id=task.task_id,
             blob=blob,
-            num_samples=tr.num_samples,
+            num_samples=num_train,
             metrics=metrics,
             epsilon=epsilon,
             update_epsilon=update_epsilon,
@@ -332,7 +347,7 @@ class TaskRunner:
         _check_ack(ack, "upload")
         log.info(
             "update_sent",
-            num_samples=tr.num_samples,
+            num_samples=num_train,
             bytes=blob.total_bytes,
             eval_accuracy=ev.accuracy,
         )
@@ -345,7 +360,7 @@ class TaskRunner:
         task: federation_pb2.Task,
         job: VerifiedJob,
         dataset: DatasetConfig,
-        worker: WorkerHandle,
+        num_train: int,
     ) -> RoundPrivacy | None:
         """The round's privacy plan; None only for a non-private job without a ledger.
 
@@ -359,12 +374,18 @@ class TaskRunner:
                     "this agent has no privacy ledger", reason=Reason.UNSAFE_REQUEST
                 )
             return None
-        info = worker.info
+        policy = self._policy(dataset)
+        if policy.min_update_noise > 0 and spec.update_privacy.clip_norm <= 0:
+            raise PolicyRefusal(
+                f"dataset {dataset.name!r} requires update noise z >= "
+                f"{policy.min_update_noise}, and this job sets no update clipping",
+                reason=Reason.UNSAFE_REQUEST,
+            )
         return self.privacy.plan(
             spec,
             job_id=task.job_id,
-            num_train=info.num_train if info is not None else 1,
-            min_update_noise=self._policy(dataset).min_update_noise,
+            num_train=num_train,
+            min_update_noise=policy.min_update_noise,
         )
 
     def _evaluate(self, task: federation_pb2.Task, transport: Transport) -> None:
@@ -419,19 +440,47 @@ class TaskRunner:
     ) -> None:
         if task.kind == federation_pb2.TASK_KIND_JOB_DONE:
             return  # nobody waits for an answer to JOB_DONE
+        refused = outcome is TaskOutcome.REFUSED
+        what = "refused by the site policy" if refused else "failed at the site"
         self.report(
             task,
             transport,
             federation_pb2.TaskReport(
-                outcome=(
-                    common_pb2.OUTCOME_REFUSED
-                    if outcome is TaskOutcome.REFUSED
-                    else common_pb2.OUTCOME_FAILED
-                ),
+                outcome=common_pb2.OUTCOME_REFUSED if refused else common_pb2.OUTCOME_FAILED,
                 reason=err.reason.value,
-                message=err.message[:500],
+                # Peers hear little: messages can quote data (a cell that failed to parse, a
+                # worker's stderr), so the aggregator gets the reason and a fixed sentence;
+                # the full message is in this site's log (event task_failed).
+                message=f"{what} ({err.reason.value}); details are in the site's log",
             ),
         )
+
+
+_TRAIN_METRICS = ("loss", "accuracy")
+
+
+def _released_metrics(ev: EvalResult, tr: TrainResult, *, record_private: bool) -> dict[str, float]:
+    """The metrics that leave with an update: hold-out evaluation, and training figures only
+    when the job is not record-private (they are computed on the training records without
+    noise, so DP-SGD's guarantee would not cover them). Worker figures are whitelisted by
+    name and must be finite.
+
+    Raises:
+        InternalError: MALFORMED: the worker returned a non-finite or out-of-range figure.
+    """
+    out = {
+        "eval_accuracy": float(ev.accuracy),
+        "eval_loss": float(ev.loss),
+        "eval_samples": float(ev.num_samples),
+    }
+    if not record_private:
+        for name in _TRAIN_METRICS:
+            value = tr.metrics.get(name, tr.metrics.get(f"train_{name}"))
+            if value is not None:
+                out[f"train_{name}"] = float(value)
+    if not all(math.isfinite(v) and v >= 0 for v in out.values()) or out["eval_accuracy"] > 1:
+        raise InternalError("the worker returned an invalid metric", reason=Reason.MALFORMED)
+    return out
 
 
 def _check_ack(ack: federation_pb2.Ack, what: str) -> None:

@@ -72,7 +72,8 @@ def start_worker(
     device: str,
     timeout: float,
 ) -> WorkerHandle:
-    """Start the real sandboxed worker process for a job.
+    """Start the real worker process for a job (a separate process with a minimal
+    environment; not yet sandboxed: no network or filesystem isolation).
 
     Args:
         timeout: seconds one worker operation may take before the worker is killed.

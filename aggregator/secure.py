@@ -27,7 +27,6 @@ from numpy.typing import NDArray
 from aggregator.guard import check_figures, decode
 from confide import secagg
 from confide.errors import MalformedMessage
-from confide.secagg.params import DEFAULT_THRESHOLD
 from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
@@ -54,15 +53,7 @@ def params_for(spec: common_pb2.JobSpec, *, n: int) -> secagg.SecAggParams:
     Raises:
         ConfigError: naming the ``secure_aggregation.`` key at fault (see ``choose_params``).
     """
-    sa = spec.secure_aggregation
-    r, b = quantization(spec)
-    return secagg.choose_params(
-        n=n,
-        threshold=sa.threshold or DEFAULT_THRESHOLD,
-        neighbours=int(sa.neighbours),
-        clip_range=r,
-        bits=b,
-    )
+    return secagg.job_params(spec, n=n)
 
 
 @dataclass

@@ -224,11 +224,12 @@ def _validate_privacy(spec: common_pb2.JobSpec) -> None:
 
 
 def _validate_secagg(spec: common_pb2.JobSpec) -> None:
+    """Check the secure-aggregation block; on the wire 0 means "the documented default"."""
     sa = spec.secure_aggregation
     if not sa.enabled:
         return
     k = "secure_aggregation."
-    if not math.isfinite(sa.threshold) or sa.threshold <= 0:
+    if not math.isfinite(sa.threshold) or sa.threshold < 0:
         raise ConfigError(k + "threshold", "must be a fraction in (0, 1] or a count >= 2")
     if sa.threshold > 1 and sa.threshold != int(sa.threshold):
         raise ConfigError(k + "threshold", "a count must be a whole number")
@@ -238,7 +239,9 @@ def _validate_secagg(spec: common_pb2.JobSpec) -> None:
         )
     if spec.min_sites < 2:
         raise ConfigError("min_sites", "secure aggregation needs at least 2 sites")
-    _finite_positive(k + "clip_range", sa.clip_range)
-    if not 1 <= sa.bits <= 32:
+    if sa.clip_range:
+        _finite_positive(k + "clip_range", sa.clip_range)
+    if sa.bits > 32:
         raise ConfigError(k + "bits", "must be between 1 and 32")
-    _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)
+    if sa.stage_timeout_s:
+        _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)

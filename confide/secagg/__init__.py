@@ -17,7 +17,7 @@ from confide.secagg.client import (
     unmask,
 )
 from confide.secagg.graph import Graph, choose_degree, harary_graph
-from confide.secagg.params import SecAggParams, choose_params
+from confide.secagg.params import SecAggParams, choose_params, job_params
 from confide.secagg.prg import DEFAULT_CIPHER, PrgCipher, accumulate, expand
 from confide.secagg.quantize import Quantized, dequantize, quantize
 from confide.secagg.server import (
@@ -71,6 +71,7 @@ __all__ = [
     "expand",
     "finish",
     "harary_graph",
+    "job_params",
     "masked_input",
     "masked_input_request",
     "new_round",

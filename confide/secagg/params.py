@@ -14,8 +14,9 @@ from confide.errors import ConfigError
 from confide.secagg.graph import choose_degree, threshold_count
 from confide.secagg.prg import DEFAULT_CIPHER, PrgCipher
 from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE, check_headroom
+from confide.v1 import common_pb2
 
-__all__ = ["DEFAULT_THRESHOLD", "SecAggParams", "choose_params"]
+__all__ = ["DEFAULT_THRESHOLD", "SecAggParams", "choose_params", "job_params"]
 
 DEFAULT_THRESHOLD = 2 / 3
 """t as a fraction of the k + 1 share holders: above 1/2 (lying server), below 1 - dropouts."""
@@ -116,4 +117,23 @@ def choose_params(
         clip_range=float(clip_range),
         bits=bits,
         cipher=cipher,
+    )
+
+
+def job_params(spec: common_pb2.JobSpec, *, n: int) -> SecAggParams:
+    """A job's SecAgg+ parameters for a round of ``n`` selected sites (defaults when unset).
+
+    Both sides call it: the aggregator to run a round, each site to plan its update noise
+    for the fewest sites a round may sum (``n = min_sites``).
+
+    Raises:
+        ConfigError: naming the ``secure_aggregation.`` key at fault.
+    """
+    sa = spec.secure_aggregation
+    return choose_params(
+        n=n,
+        threshold=sa.threshold or DEFAULT_THRESHOLD,
+        neighbours=int(sa.neighbours),
+        clip_range=sa.clip_range or DEFAULT_CLIP_RANGE,
+        bits=sa.bits or DEFAULT_BITS,
     )

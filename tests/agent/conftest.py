@@ -57,6 +57,10 @@ def job_spec(dataset: str = DATASET) -> common_pb2.JobSpec:
         dataset=common_pb2.DatasetSpec(name=dataset, features=["a", "b"], label="y", num_classes=2),
         rounds=3,
         min_sites=1,
+        round_timeout_s=60.0,
+        training=common_pb2.TrainingSpec(
+            local_epochs=1, batch_size=32, learning_rate=0.1, server_learning_rate=1.0
+        ),
     )
 
 
@@ -99,9 +103,12 @@ def model_weights() -> list[tuple[str, np.ndarray]]:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> DatasetConfig:
+    """A real 50-record CSV: the daemon counts a dataset's records itself (q and FedAvg)."""
+    path = tmp_path / "data.csv"
+    path.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(50)))
     return DatasetConfig(
         name=DATASET,
-        path=tmp_path / "data.csv",
+        path=path,
         format=DataFormat.CSV,
         features=("a", "b"),
         label="y",

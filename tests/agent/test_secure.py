@@ -33,6 +33,7 @@ class RecordingTransport(FakeTransport):
 
 def _spec() -> common_pb2.JobSpec:
     spec = job_spec()
+    spec.min_sites = 3  # SecAgg+ needs 3 sites; the aggregator refuses fewer at submit
     spec.secure_aggregation.CopyFrom(
         common_pb2.SecureAggregation(enabled=True, threshold=2, clip_range=1.0, bits=16)
     )

@@ -39,7 +39,7 @@ def test_train_uploads_signed_update_with_expected_delta(pki, runner, aggregator
     )
     header = federation_pb2.UpdateHeader.FromString(payload)
     assert header.task_id == "t1"
-    assert header.num_samples == 10
+    assert header.num_samples == 40  # the daemon's own count (50 records, 20% held out)
     assert dict(header.metrics) == pytest.approx(
         {"eval_accuracy": 0.75, "eval_loss": 0.5, "eval_samples": 5.0, "train_loss": 0.4}
     )
@@ -192,6 +192,7 @@ def test_verify_job_raises_bad_signature_directly(pki):
 def test_secure_aggregation_job_is_refused_until_secagg_is_plugged_in(pki, runner, aggregator):
     """A SecAgg job is refused unsafe_request without a secure_update; with one it is used."""
     spec = job_spec()
+    spec.min_sites = 3
     spec.secure_aggregation.enabled = True
     t = FakeTransport(aggregator)
     assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.REFUSED
@@ -200,4 +201,4 @@ def test_secure_aggregation_job_is_refused_until_secagg_is_plugged_in(pki, runne
     runner.secure_update = lambda task, tr, **kw: sent.append(kw)
     assert runner.run(signed_task(pki.alice, spec=spec, task_id="t2"), t) is TaskOutcome.OK
     assert not aggregator.uploads
-    assert sent[0]["num_samples"] == 10 and "eval_accuracy" in sent[0]["metrics"]
+    assert sent[0]["num_samples"] == 40 and "eval_accuracy" in sent[0]["metrics"]

@@ -1,0 +1,255 @@
+"""The daemon's privacy step: plans that hold in the worst case, floors that cannot be skipped,
+figures that cannot leak, and reports that carry no data."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from agent.config import DatasetPolicy
+from agent.datasets import DataFormat, DatasetConfig, count_train_records
+from agent.ledger import Ledger
+from agent.privacy import PrivacyPlan, planned_survivors, protect_update
+from agent.tasks import SiteContext, TaskOutcome, TaskRunner
+from confide.errors import PolicyRefusal, Reason
+from confide.secagg import job_params
+from confide.v1 import common_pb2, federation_pb2
+from confide.wire import Binding, BlobAssembler, open_envelope
+from tests.agent.conftest import DATASET, FEDERATION, job_spec, signed_task
+from tests.agent.fakes import FakeTransport
+
+
+def _secure_spec(min_sites: int, threshold: float) -> common_pb2.JobSpec:
+    spec = job_spec()
+    spec.min_sites = min_sites
+    spec.secure_aggregation.CopyFrom(
+        common_pb2.SecureAggregation(enabled=True, threshold=threshold, clip_range=1.0, bits=16)
+    )
+    return spec
+
+
+@pytest.mark.parametrize("min_sites", [3, 5, 10, 40])
+def test_planned_survivors_is_the_protocols_threshold_not_a_share_of_min_sites(min_sites):
+    """Noise is planned for the t sites SecAgg+ can unmask with, never for more."""
+    spec = _secure_spec(min_sites, 0.66)
+    t = job_params(spec, n=min_sites).threshold
+    assert planned_survivors(spec) == min(min_sites, t)
+    plain = job_spec()
+    plain.min_sites = min_sites
+    assert planned_survivors(plain) == min_sites
+
+
+def test_worst_case_survivors_cost_more_epsilon(tmp_path):
+    """Planning with fewer survivors charges more site-level ε for the same z (never less)."""
+    ledger = Ledger.open(tmp_path / "l.db")
+    spec = _secure_spec(5, 0.66)
+    spec.update_privacy.CopyFrom(
+        common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
+    )
+    plan = PrivacyPlan(ledger).plan(spec, job_id="j", num_train=100, min_update_noise=0.0)
+    t = planned_survivors(spec)
+    assert t < 5
+    # sigma_eff = z * sqrt(t / m): the cost's sensitivity factor is sqrt(m / t).
+    assert plan.cost.update is not None
+    assert plan.cost.update.sensitivity_factor == pytest.approx(np.sqrt(5 / t))
+    ledger.close()
+
+
+def test_share_keys_below_the_planned_threshold_is_refused(pki, dataset, workers, aggregator):
+    """A SHARE_KEYS request whose threshold is below the site's plan is refused unsafe_request."""
+    from agent.secure import install
+
+    runner = _runner(pki, dataset, workers, tmp_ledger=None)
+    install(runner)
+    spec = _secure_spec(3, 3)  # t = 3: every site must be in the sum
+    t = FakeTransport(aggregator)
+    train = signed_task(pki.alice, spec=spec, task_id="job-1/1/1/train")
+    assert runner.run(train, t) is TaskOutcome.OK
+    share = signed_task(
+        pki.alice, spec=spec, kind=federation_pb2.TASK_KIND_SHARE_KEYS, task_id="job-1/1/1/sk"
+    )
+    share.share_keys.CopyFrom(federation_pb2.ShareKeysRequest(threshold=2, num_selected=3))
+    assert runner.run(share, t) is TaskOutcome.REFUSED
+    assert _report(pki, aggregator.reports[-1]).reason == "unsafe_request"
+
+
+def _runner(pki, dataset, workers, *, tmp_ledger, policy=None) -> TaskRunner:
+    site = SiteContext(
+        federation=FEDERATION,
+        site=pki.site.info.name,
+        signing_key=pki.site.signing_key,
+        ca_pem=pki.site.ca_pem,
+        crl_pem=None,
+        trusted_signers=("alice",),
+        datasets={DATASET: dataset},
+        device="cpu",
+        policies={DATASET: policy} if policy is not None else {},
+    )
+    privacy = PrivacyPlan(Ledger.open(tmp_ledger)) if tmp_ledger is not None else None
+    return TaskRunner(site, start_worker=workers, privacy=privacy)
+
+
+def _report(pki, env) -> federation_pb2.TaskReport:
+    payload = open_envelope(
+        env,
+        verify_key=pki.site.info.signing_public_key,
+        now=time.time(),
+        expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_TASK_REPORT),
+    )
+    return federation_pb2.TaskReport.FromString(payload)
+
+
+def _upload_header(pki, up, round=1) -> federation_pb2.UpdateHeader:
+    payload = open_envelope(
+        up.header,
+        verify_key=pki.site.info.signing_public_key,
+        now=time.time(),
+        expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_UPDATE, job_id="job-1", round=round),
+    )
+    return federation_pb2.UpdateHeader.FromString(payload)
+
+
+def test_noise_floor_cannot_be_skipped_by_omitting_update_clipping(
+    pki, dataset, workers, aggregator, tmp_path
+):
+    """A site with min_update_noise refuses a job that sets no update clipping (no noise)."""
+    runner = _runner(
+        pki,
+        dataset,
+        workers,
+        tmp_ledger=tmp_path / "l.db",
+        policy=DatasetPolicy(max_epsilon=float("inf"), min_update_noise=0.5),
+    )
+    spec = job_spec()
+    spec.record_privacy.CopyFrom(
+        common_pb2.RecordPrivacy(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+    )
+    t = FakeTransport(aggregator)
+    assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.REFUSED
+    assert _report(pki, aggregator.reports[-1]).reason == "unsafe_request"
+    assert not aggregator.uploads
+
+
+def test_update_is_clipped_noised_and_training_figures_are_withheld_under_dp(
+    pki, dataset, workers, aggregator, tmp_path
+):
+    """A record-private job sends a clipped update, its cumulative ε, and no training figures."""
+    runner = _runner(
+        pki, dataset, workers, tmp_ledger=tmp_path / "l.db", policy=DatasetPolicy(max_epsilon=100.0)
+    )
+    spec = job_spec()
+    spec.record_privacy.CopyFrom(
+        common_pb2.RecordPrivacy(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+    )
+    spec.update_privacy.CopyFrom(
+        common_pb2.UpdatePrivacy(clip_norm=0.1, noise_multiplier=0.0, delta=1e-5)
+    )
+    assert runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator)) is (
+        TaskOutcome.OK
+    )
+    [up] = aggregator.uploads
+    header = _upload_header(pki, up)
+    assert set(header.metrics) == {"eval_accuracy", "eval_loss", "eval_samples"}
+    assert header.epsilon > 0 and header.num_samples == 40
+    asm = BlobAssembler(header.blob, max_bytes=1 << 20)
+    asm.add(up.data)
+    flat = np.concatenate([a.ravel() for _, a in asm.finish()])
+    assert np.linalg.norm(flat) <= 0.1 + 1e-6
+    # The worker was told the daemon's own q (batch / records it counted).
+    [dp] = workers.started[0].dp
+    assert dp is not None and dp.sample_rate == pytest.approx(min(1.0, 32 / 40))
+
+
+def test_failure_reports_carry_the_reason_but_no_data(pki, dataset, workers, aggregator):
+    """A failure's message stays in the site's log; the aggregator hears only the reason."""
+    runner = _runner(pki, dataset, workers, tmp_ledger=None)
+    dataset.path.write_text("a,b,y\n1,SECRET-PATIENT-ID,0\n")
+    spec = job_spec()
+    workers.fail_next = True
+    t = FakeTransport(aggregator)
+    assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.FAILED
+    report = _report(pki, aggregator.reports[-1])
+    assert report.reason == "worker_failed"
+    assert "SECRET" not in report.message and "died" not in report.message
+
+
+def test_a_refused_report_does_not_end_the_session(pki, dataset, workers, aggregator):
+    """If the aggregator refuses a late failure report, run() logs it and returns normally."""
+    runner = _runner(pki, dataset, workers, tmp_ledger=None)
+    t = FakeTransport(aggregator)
+
+    def refuse(envelope):
+        raise PolicyRefusal("stale report", reason=Reason.REPLAYED)
+
+    t.report = refuse  # type: ignore[method-assign]
+    workers.fail_next = True
+    assert runner.run(signed_task(pki.alice, spec=job_spec()), t) is TaskOutcome.FAILED
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npz", "parquet"])
+def test_the_daemon_counts_training_records_itself(tmp_path, fmt):
+    """count_train_records agrees with what the worker trains on, for every file format."""
+    from agent.datasets import load_arrays
+
+    n = 37
+    x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    y = np.arange(n) % 2
+    path = tmp_path / f"d.{fmt}"
+    if fmt == "csv":
+        path.write_text(
+            "a,b,y\n" + "".join(f"{a},{b},{c}\n" for (a, b), c in zip(x, y, strict=True))
+        )
+        features = ("a", "b")
+    elif fmt == "npz":
+        np.savez(path, x=x, y=y)
+        features = ("x",)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "y": y}), path)
+        features = ("a", "b")
+    cfg = DatasetConfig(name="d", path=path, format=DataFormat(fmt), features=features, label="y")
+    assert count_train_records(cfg) == len(load_arrays(cfg).y_train) == n - round(n * 0.2)
+
+
+def test_protect_update_never_exceeds_c_before_noise():
+    """Without noise, the protected update's norm is at most C whatever the worker sent."""
+    from agent.privacy import RoundPrivacy
+    from confide.dp.budget import round_cost
+
+    plan = RoundPrivacy(
+        dp=None, cost=round_cost(record=None, update=None, delta=1e-5), clip_norm=0.5, noise_std=0.0
+    )
+    big = [("w", np.full((10, 10), 3.0, dtype=np.float32)), ("b", np.ones(10, dtype=np.float32))]
+    out = protect_update(big, plan)
+    assert [n for n, _ in out] == ["w", "b"] and out[0][1].shape == (10, 10)
+    assert np.linalg.norm(np.concatenate([a.ravel() for _, a in out])) <= 0.5 + 1e-6
+
+
+def test_a_signed_job_never_runs_under_a_second_job_id(pki, dataset, workers, aggregator, tmp_path):
+    """The same operator-signed job replayed under a new job id is refused, also after restart."""
+    from agent.jobbinding import JobBindings
+
+    def runner_with(bindings):
+        r = _runner(pki, dataset, workers, tmp_ledger=None)
+        r.job_bindings = bindings
+        return r
+
+    t = FakeTransport(aggregator)
+    first = signed_task(pki.alice, spec=job_spec(), job_id="job-1", task_id="a")
+    again = federation_pb2.Task()
+    again.CopyFrom(first)
+    again.job_id, again.task_id = "job-2", "b"
+    aggregator.models[("job-2", "v1")] = aggregator.models[("job-1", "v1")]
+    bindings = JobBindings(tmp_path / "bind.db")
+    runner = runner_with(bindings)
+    assert runner.run(first, t) is TaskOutcome.OK
+    assert runner.run(first, t) is TaskOutcome.OK  # the same job id keeps running
+    assert runner.run(again, t) is TaskOutcome.REFUSED
+    assert _report(pki, aggregator.reports[-1]).reason == "replayed"
+    bindings.close()
+    reopened = runner_with(JobBindings(tmp_path / "bind.db"))
+    assert reopened.run(again, t) is TaskOutcome.REFUSED
