@@ -154,23 +154,28 @@ class Guard:
         abort_with(context, exc)
 
 
-def check_figures(metrics: Mapping[str, float], **values: float) -> None:
-    """Refuse a peer's metric or epsilon that is not a finite number >= 0.
+def check_figures(metrics: Mapping[str, float], **epsilons: float) -> None:
+    """Refuse a peer's metric that is not a finite number >= 0, or an epsilon that is NaN or < 0.
 
-    Metrics (accuracy, loss, sample counts) and epsilons are all non-negative; a NaN,
-    infinity or negative value would poison the sample-weighted means and the job's epsilon.
+    Metrics (accuracy, loss, sample counts) are finite and non-negative; a NaN, infinity or
+    negative value would poison the sample-weighted means. An epsilon may be +inf: a site
+    reports that when its release carries no finite DP guarantee (no noise).
 
     Args:
         metrics: the message's metrics map.
-        values: further named figures (``epsilon=...``).
+        epsilons: the message's epsilons by name (``epsilon=...``).
 
     Raises:
-        NonFiniteValue: a NaN or infinity.
+        NonFiniteValue: a NaN, or an infinite metric.
         MalformedMessage: a negative value.
     """
-    for name, v in [*metrics.items(), *values.items()]:
+    for name, v in metrics.items():
         if not math.isfinite(v):
-            raise NonFiniteValue(f"{name} is not finite")
+            raise NonFiniteValue(f"metric {name} is not finite")
+    for name, v in epsilons.items():
+        if math.isnan(v):
+            raise NonFiniteValue(f"{name} is NaN")
+    for name, v in [*metrics.items(), *epsilons.items()]:
         if v < 0:
             raise MalformedMessage(f"{name} is negative")
 

@@ -298,7 +298,7 @@ def test_late_failure_report_does_not_overwrite_an_accepted_update(round1):
         ({"metrics": {"eval_loss": float("nan")}}, "non_finite"),
         ({"metrics": {"eval_accuracy": float("inf")}}, "non_finite"),
         ({"metrics": {"eval_samples": -4.0}}, "malformed"),
-        ({"epsilon": float("inf")}, "non_finite"),
+        ({"epsilon": float("nan")}, "non_finite"),
         ({"epsilon": -0.5}, "malformed"),
     ],
 )
@@ -364,3 +364,10 @@ def _wait_until(cond, timeout: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition never held"
         time.sleep(0.02)
+
+
+def test_update_with_an_infinite_epsilon_is_accepted(round1):
+    """An epsilon of +inf (no finite DP guarantee) is a valid report, not a refusal."""
+    op, s1, s2, t1, t2, model = round1[:6]
+    assert s1.upload(t1, delta_like(model, 0.1), epsilon=float("inf")).accepted
+    assert s2.upload(t2, delta_like(model, 0.1)).accepted
