@@ -16,7 +16,11 @@ this module flattens, quantizes, verifies, signs and sends.
   both survivor and dropped, and every other unsafe request), then forget the round.
 
 The ``ClientState`` and the quantized vector live in memory only, keyed by (job, round): a
-site that crashes is simply a dropout, and no secret ever reaches the disk.
+site that crashes is simply a dropout, and no secret ever reaches the disk. Each state also
+remembers its round attempt (its TRAIN task id without the kind: ``job/round/attempt``);
+a stage task of another attempt is refused, and every stage message names the task it
+answers (``task_id``), so the aggregator refuses one that reaches a later attempt: keys of
+two attempts never mix, or the masks would not cancel.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class _Round:
     out_of_range: int
     num_samples: int
     planned_survivors: int
+    attempt: str
 
 
 class SecureSite:
@@ -113,7 +118,12 @@ class SecureSite:
             for key in [k for k in self._rounds if k[0] == task.job_id]:
                 del self._rounds[key]  # an older round or attempt of this job is over
             self._rounds[(task.job_id, task.round)] = _Round(
-                state, q.values, q.out_of_range, num_samples, planned_survivors(job.spec)
+                state,
+                q.values,
+                q.out_of_range,
+                num_samples,
+                planned_survivors(job.spec),
+                _attempt(task),
             )
         msg = federation_pb2.AdvertiseKeys(
             cipher_public_key=keys.cipher_public_key,
@@ -122,6 +132,7 @@ class SecureSite:
             metrics=metrics,
             epsilon=epsilon,
             update_epsilon=update_epsilon,
+            task_id=task.task_id,
         )
         self._send(task, transport, common_pb2.STAGE_ADVERTISE_KEYS, msg, "advertise")
         log.info("secagg_advertised", dim=int(flat.size), out_of_range=q.out_of_range)
@@ -153,7 +164,8 @@ class SecureSite:
             shares=[
                 federation_pb2.EncryptedShare(to_site=s, ciphertext=ct)
                 for s, ct in sorted(shares.items())
-            ]
+            ],
+            task_id=task.task_id,
         )
         self._send(task, transport, common_pb2.STAGE_SHARE_KEYS, msg, "share keys")
         log.info("secagg_shared", neighbours=len(neighbours))
@@ -256,6 +268,7 @@ class SecureSite:
                 federation_pb2.RevealedShare(site_id=s, share=b)
                 for s, b in sorted(reply.key_shares.items())
             ],
+            task_id=task.task_id,
         )
         self.forget(task.job_id)
         self._send(task, transport, common_pb2.STAGE_UNMASK, msg, "unmask shares")
@@ -277,6 +290,12 @@ class SecureSite:
                 "no secure-aggregation state for this round (not advertised, or forgotten)",
                 reason=Reason.UNSAFE_REQUEST,
             )
+        if entry.attempt != _attempt(task):
+            raise PolicyRefusal(
+                f"task {task.task_id!r} is not of the attempt this site advertised in "
+                f"({entry.attempt!r})",
+                reason=Reason.REPLAYED,
+            )
         return entry
 
     def _send(
@@ -289,6 +308,15 @@ class SecureSite:
     ) -> None:
         ack = transport.secagg(self.runner.seal(task, stage, msg))
         _check_ack(ack, what)
+
+
+def _attempt(task: federation_pb2.Task) -> str:
+    """The round attempt a task belongs to: its id without the kind (``job/round/attempt``).
+
+    The aggregator names every task of an attempt ``job/round/attempt/kind``
+    (docs/protocol.md), so a SecAgg+ attempt's TRAIN and stage tasks share this prefix.
+    """
+    return task.task_id.rpartition("/")[0]
 
 
 def _check_ack(ack: federation_pb2.Ack, what: str) -> None:

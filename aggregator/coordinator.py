@@ -27,6 +27,7 @@ from aggregator import rounds as r
 from aggregator.blobs import BlobStore
 from aggregator.execute import Executor
 from aggregator.jobs import KIND_OF, Job, UploadTarget, new_job, resume_point
+from aggregator.secure import stage_message
 from aggregator.sites import SiteConn, SiteRegistry
 from aggregator.store import AuditNote, SiteRow, Store
 from confide.errors import ConfideError, PeerError, Reason, ReplayedMessage
@@ -372,7 +373,8 @@ class Coordinator:
 
         Raises:
             PeerError: the job is not active (UNKNOWN_JOB).
-            ReplayedMessage: another round, another stage (WRONG_STAGE), or a repeat.
+            ReplayedMessage: another round, another stage (WRONG_STAGE), a repeat, or a
+                message naming another task (round attempt) than the stage's current one.
             Unauthorized: the sender is not selected for this stage (NOT_SELECTED).
             MalformedMessage: the payload does not decode or the SecAgg+ round refuses it.
         """
@@ -385,7 +387,14 @@ class Coordinator:
             sec = job.secure
             if sec is None:
                 raise ReplayedMessage("no secure round is open", reason=Reason.WRONG_STAGE)
-            sec.take(env.stage, info.name, env, info.pem, payload)
+            msg = stage_message(env.stage, payload)
+            # The envelope binds job, round and stage but not the attempt: a late message of
+            # an earlier attempt (its keys already replaced at the site) must not enter this
+            # one, or the masks would not cancel.
+            expected = r.task_id(env.job_id, env.round, job.state.attempt, r.STAGE_TASK[phase])
+            if msg.task_id != expected:
+                raise ReplayedMessage(f"message for task {msg.task_id!r}; current is {expected!r}")
+            sec.take(info.name, env, info.pem, msg)
             now = self.clock()
             self.store.audit(
                 AuditNote(f"secagg_{phase.value}", info.name, now, env.job_id, env.round)

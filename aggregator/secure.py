@@ -31,7 +31,14 @@ from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
 
-__all__ = ["SecureRound", "params_for", "quantization", "stage_timeout"]
+__all__ = [
+    "SecureRound",
+    "StageMessage",
+    "params_for",
+    "quantization",
+    "stage_message",
+    "stage_timeout",
+]
 
 _DEFAULT_STAGE_TIMEOUT_S = 60.0
 
@@ -54,6 +61,28 @@ def params_for(spec: common_pb2.JobSpec, *, n: int) -> secagg.SecAggParams:
         ConfigError: naming the ``secure_aggregation.`` key at fault (see ``choose_params``).
     """
     return secagg.job_params(spec, n=n)
+
+
+StageMessage = federation_pb2.AdvertiseKeys | federation_pb2.ShareKeys | federation_pb2.UnmaskShares
+"""A SecAgg+ stage message a site sends with ``SecAgg`` (stage 0, 1 or 3)."""
+
+_STAGE_MESSAGE: dict[int, type[StageMessage]] = {
+    common_pb2.STAGE_ADVERTISE_KEYS: federation_pb2.AdvertiseKeys,
+    common_pb2.STAGE_SHARE_KEYS: federation_pb2.ShareKeys,
+    common_pb2.STAGE_UNMASK: federation_pb2.UnmaskShares,
+}
+
+
+def stage_message(stage: int, payload: bytes) -> StageMessage:
+    """Decode a verified stage-0/1/3 payload.
+
+    Raises:
+        MalformedMessage: not a SecAgg+ stage, or the payload does not decode.
+    """
+    cls = _STAGE_MESSAGE.get(stage)
+    if cls is None:
+        raise MalformedMessage(f"stage {stage} carries no SecAgg+ message")
+    return decode(cls, payload)
 
 
 @dataclass
@@ -113,21 +142,19 @@ class SecureRound:
         self.advertised[site] = (env, cert_pem)
         self.info[site] = keys
 
-    def take(
-        self, stage: int, site: str, env: common_pb2.Envelope, cert_pem: bytes, payload: bytes
-    ) -> None:
-        """Decode a verified stage-0/1/3 payload and take it into the round.
+    def take(self, site: str, env: common_pb2.Envelope, cert_pem: bytes, msg: StageMessage) -> None:
+        """Take a decoded stage-0/1/3 message (see ``stage_message``) into the round.
 
         Raises:
-            MalformedMessage: the payload does not decode, or the round refuses it.
+            MalformedMessage: the round refuses it.
             ReplayedMessage: see the stage's ``confide.secagg`` function.
         """
-        if stage == common_pb2.STAGE_ADVERTISE_KEYS:
-            self.advertise(site, env, cert_pem, decode(federation_pb2.AdvertiseKeys, payload))
-        elif stage == common_pb2.STAGE_SHARE_KEYS:
-            self.shares(site, decode(federation_pb2.ShareKeys, payload))
+        if isinstance(msg, federation_pb2.AdvertiseKeys):
+            self.advertise(site, env, cert_pem, msg)
+        elif isinstance(msg, federation_pb2.ShareKeys):
+            self.shares(site, msg)
         else:
-            self.unmask(site, decode(federation_pb2.UnmaskShares, payload))
+            self.unmask(site, msg)
 
     def shares(self, site: str, msg: federation_pb2.ShareKeys) -> None:
         """Stage 1: route a site's encrypted shares.

@@ -180,7 +180,7 @@ class Ack(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class AdvertiseKeys(_message.Message):
-    __slots__ = ("cipher_public_key", "mask_public_key", "num_samples", "metrics", "epsilon", "update_epsilon")
+    __slots__ = ("cipher_public_key", "mask_public_key", "num_samples", "metrics", "epsilon", "update_epsilon", "task_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -194,13 +194,15 @@ class AdvertiseKeys(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     UPDATE_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     cipher_public_key: bytes
     mask_public_key: bytes
     num_samples: int
     metrics: _containers.ScalarMap[str, float]
     epsilon: float
     update_epsilon: float
-    def __init__(self, cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ...) -> None: ...
+    task_id: str
+    def __init__(self, cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class NeighbourKeys(_message.Message):
     __slots__ = ("site_id", "advertised", "certificate")
@@ -231,10 +233,12 @@ class EncryptedShare(_message.Message):
     def __init__(self, to_site: _Optional[str] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeys(_message.Message):
-    __slots__ = ("shares",)
+    __slots__ = ("shares", "task_id")
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     shares: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
-    def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
+    task_id: str
+    def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class MaskedInputRequest(_message.Message):
     __slots__ = ("shares",)
@@ -267,9 +271,11 @@ class RevealedShare(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., share: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskShares(_message.Message):
-    __slots__ = ("seed_shares", "key_shares")
+    __slots__ = ("seed_shares", "key_shares", "task_id")
     SEED_SHARES_FIELD_NUMBER: _ClassVar[int]
     KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     seed_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
     key_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
-    def __init__(self, seed_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., key_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
+    task_id: str
+    def __init__(self, seed_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., key_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., task_id: _Optional[str] = ...) -> None: ...

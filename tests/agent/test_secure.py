@@ -40,8 +40,8 @@ def _spec() -> common_pb2.JobSpec:
     return spec
 
 
-def _task(pki: Pki, kind: int, **payload) -> K.Task:
-    task = signed_task(pki.alice, kind=kind, spec=_spec(), task_id=f"job-1/1/1/{kind}")
+def _task(pki: Pki, kind: int, *, attempt: int = 1, **payload) -> K.Task:
+    task = signed_task(pki.alice, kind=kind, spec=_spec(), task_id=f"job-1/1/{attempt}/{kind}")
     for k, v in payload.items():
         getattr(task, k).CopyFrom(v)
     return task
@@ -180,3 +180,31 @@ def test_a_stage_task_without_round_state_is_refused(runner, pki, aggregator):
     outcome = runner.run(_task(pki, K.TASK_KIND_SHARE_KEYS, share_keys=req), transport)
     assert outcome is TaskOutcome.REFUSED
     assert _last_report(aggregator).reason == "unsafe_request"
+
+
+def test_stage_messages_name_the_task_they_answer(secure, pki, aggregator):
+    """AdvertiseKeys and ShareKeys carry the id of the task (round attempt) they answer."""
+    runner, transport = secure
+    keys = K.AdvertiseKeys.FromString(transport.secagg_sent[0].payload)
+    assert keys.task_id == _task(pki, K.TASK_KIND_TRAIN).task_id
+    _, keys2 = secagg.advertise(site_id="site-2", round_id=f"{FEDERATION}/job-1/1")
+    nb = K.NeighbourKeys(
+        site_id="site-2",
+        advertised=_advertised(pki.other_site, keys2),
+        certificate=pki.other_site.cert_pem,
+    )
+    task = _task(
+        pki, K.TASK_KIND_SHARE_KEYS, share_keys=K.ShareKeysRequest(neighbours=[nb], threshold=2)
+    )
+    assert runner.run(task, transport) is TaskOutcome.OK
+    assert K.ShareKeys.FromString(transport.secagg_sent[1].payload).task_id == task.task_id
+
+
+def test_a_stage_task_of_another_attempt_is_refused(secure, pki, aggregator):
+    """A SHARE_KEYS task of attempt 2 is refused by a site that advertised in attempt 1."""
+    runner, transport = secure
+    req = K.ShareKeysRequest(threshold=2)
+    task = _task(pki, K.TASK_KIND_SHARE_KEYS, attempt=2, share_keys=req)
+    assert runner.run(task, transport) is TaskOutcome.REFUSED
+    assert _last_report(aggregator).reason == "replayed"
+    assert len(transport.secagg_sent) == 1  # nothing but the advertisement left the site

@@ -102,6 +102,7 @@ class SecSite(FakeSite):
             num_samples=10,
             metrics={"eval_accuracy": 0.5, "eval_loss": 1.0, "eval_samples": 4.0},
             epsilon=0.25,
+            task_id=task.task_id,
         )
         return self.secagg_send(task, common_pb2.STAGE_ADVERTISE_KEYS, msg)
 
@@ -115,7 +116,8 @@ class SecSite(FakeSite):
             )
         self.state, shares = secagg.share_keys(self.state, nbs, threshold=task.share_keys.threshold)
         msg = K.ShareKeys(
-            shares=[K.EncryptedShare(to_site=s, ciphertext=c) for s, c in shares.items()]
+            shares=[K.EncryptedShare(to_site=s, ciphertext=c) for s, c in shares.items()],
+            task_id=task.task_id,
         )
         return self.secagg_send(task, common_pb2.STAGE_SHARE_KEYS, msg)
 
@@ -134,6 +136,7 @@ class SecSite(FakeSite):
         msg = K.UnmaskShares(
             seed_shares=[K.RevealedShare(site_id=s, share=b) for s, b in rep.seed_shares.items()],
             key_shares=[K.RevealedShare(site_id=s, share=b) for s, b in rep.key_shares.items()],
+            task_id=task.task_id,
         )
         return self.secagg_send(task, common_pb2.STAGE_UNMASK, msg)
 
@@ -307,9 +310,28 @@ def test_advertised_keys_with_a_non_finite_epsilon_are_refused(fed):
     """AdvertiseKeys carrying a NaN epsilon or a negative metric is refused before it counts."""
     sites, _op, _job_id, _, _ = start(fed)
     t = sites[0].next_task(K.TASK_KIND_TRAIN)
-    nan = K.AdvertiseKeys(cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32, epsilon=np.nan)
+    nan = K.AdvertiseKeys(
+        cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32, epsilon=np.nan, task_id=t.task_id
+    )
     _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, nan), "non_finite")
-    neg = K.AdvertiseKeys(cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32)
+    neg = K.AdvertiseKeys(cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32, task_id=t.task_id)
     neg.metrics["eval_samples"] = -1.0
     _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, neg), "malformed")
     assert sites[0].advertise(t).accepted
+
+
+def test_advertised_keys_of_an_earlier_attempt_are_refused(fed):
+    """A late AdvertiseKeys answering attempt 1's TRAIN task is REPLAYED in attempt 2."""
+    sites, op, _job_id, _, _ = start(fed, round_timeout_s=2.0)
+    for s in sites[:2]:
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+    stale = sites[2].next_task(K.TASK_KIND_TRAIN)  # answered only after the attempt failed
+    for s in sites[3:]:
+        s.next_task(K.TASK_KIND_TRAIN)
+    retry = [s.next_task(K.TASK_KIND_TRAIN, timeout=30) for s in sites]
+    assert retry[2].task_id != stale.task_id and retry[2].round == stale.round
+    _refused(lambda: sites[2].advertise(stale), "replayed")
+    for s, t in zip(sites, retry, strict=True):
+        assert s.advertise(t).accepted
+    events = [(e.event, e.reason) for e in op.admin.ListAudit(admin_pb2.AuditRequest()).entries]
+    assert ("secagg_refused", "replayed") in events
