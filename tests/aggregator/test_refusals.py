@@ -368,6 +368,6 @@ def _wait_until(cond, timeout: float = 10.0) -> None:
 
 def test_update_with_an_infinite_epsilon_is_accepted(round1):
     """An epsilon of +inf (no finite DP guarantee) is a valid report, not a refusal."""
-    op, s1, s2, t1, t2, model = round1[:6]
+    _op, s1, s2, t1, t2, model = round1[:6]
     assert s1.upload(t1, delta_like(model, 0.1), epsilon=float("inf")).accepted
     assert s2.upload(t2, delta_like(model, 0.1)).accepted
