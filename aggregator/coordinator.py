@@ -31,7 +31,7 @@ from aggregator.secure import stage_message
 from aggregator.sites import SiteConn, SiteRegistry
 from aggregator.store import AuditNote, SiteRow, Store
 from confide.errors import ConfideError, PeerError, Reason, ReplayedMessage
-from confide.pki import CertInfo
+from confide.pki import BadCertificate, CertInfo
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
 
@@ -189,8 +189,11 @@ class Coordinator:
             audit=AuditNote("site_registered", site, now, detail=",".join(req.datasets)),
         )
 
-    def open_stream(self, site: str) -> SiteConn:
+    def open_stream(self, site: str, *, cert_pem: bytes = b"") -> SiteConn:
         """Connect ``site``: its queue receives its tasks from now on.
+
+        Args:
+            cert_pem: the certificate the site opened the stream with (see ``drop_invalid``).
 
         Raises:
             PeerError: the site never registered (reason UNKNOWN_SITE).
@@ -200,7 +203,9 @@ class Coordinator:
             raise PeerError(f"{site!r} must Register first", reason=Reason.UNKNOWN_SITE)
         with self._cond:
             old = self.sites.get(site)
-            conn = self.sites.connect(site, frozenset(row.datasets), now=self.clock())
+            conn = self.sites.connect(
+                site, frozenset(row.datasets), now=self.clock(), cert_pem=cert_pem
+            )
             for job_id, job in list(self._jobs.items()):
                 if old is not None:
                     self._feed(job_id, r.SiteDisconnected(site))
@@ -218,6 +223,32 @@ class Coordinator:
             for job_id in list(self._jobs):
                 self._feed(job_id, r.SiteDisconnected(conn.site))
         self.store.set_heartbeat(conn.site, conn.last_seen)
+
+    def drop_invalid(self, check: Callable[[bytes], None], *, site: str | None = None) -> None:
+        """End the task stream of every site (or just ``site``) whose certificate is refused.
+
+        Args:
+            check: raises ``BadCertificate`` for a certificate no longer valid (revoked by
+                a reloaded CRL, or expired).
+            site: check only this site's stream (on its heartbeat); None: every stream.
+        """
+        with self._cond:
+            conns = [c for c in self.sites.all() if c.cert_pem and site in (None, c.site)]
+        for conn in conns:
+            try:
+                check(conn.cert_pem)
+            except BadCertificate as exc:
+                log.warning("site_certificate_invalid", site=conn.site, error=str(exc))
+                self.store.audit(
+                    AuditNote(
+                        "site_stream_closed",
+                        conn.site,
+                        self.clock(),
+                        reason=exc.reason.value,
+                        detail=str(exc),
+                    )
+                )
+                self.close_stream(conn)
 
     def heartbeat(self, site: str, hb: federation_pb2.Heartbeat) -> None:
         """Note that the site is alive (and what it is doing)."""

@@ -9,10 +9,13 @@ Unexpected exceptions become INTERNAL with a log line, never a traceback to the 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -21,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 
 from aggregator.store import AuditNote, Store
 from confide.errors import ConfideError, InternalError, MalformedMessage, NonFiniteValue
-from confide.pki import CertInfo, Role, peer_info, require_role
+from confide.pki import CertInfo, Role, peer_info, require_role, verify_certificate
 from confide.v1 import common_pb2
 from confide.wire import Binding, open_envelope
 from confide.wire.status import abort_with
@@ -61,6 +64,10 @@ class Guard:
         federation: the federation every envelope must be bound to.
         ca_pem, crl_pem: to re-verify each peer certificate (gRPC does not read the CRL).
         clock: unix-seconds clock.
+        crl_path: the CRL file ``crl_pem`` came from; re-read whenever it changes (mtime,
+            size or inode), so a revocation takes effect without a restart.
+        on_crl_change: called (outside any lock) after a changed CRL was read, e.g. to
+            close the task streams of sites whose certificate it revokes.
     """
 
     def __init__(
@@ -71,9 +78,14 @@ class Guard:
         ca_pem: bytes,
         crl_pem: bytes | None,
         clock: Callable[[], float],
+        crl_path: Path | None = None,
+        on_crl_change: Callable[[], None] | None = None,
     ) -> None:
         self.store, self.federation = store, federation
         self.ca_pem, self.crl_pem, self.clock = ca_pem, crl_pem, clock
+        self.crl_path, self.on_crl_change = crl_path, on_crl_change
+        self._crl_lock = threading.Lock()
+        self._crl_stamp = _stamp(crl_path) if crl_path is not None else None
 
     def peer(self, context: grpc.ServicerContext, call: Call, *roles: Role) -> CertInfo:
         """The caller's verified certificate, which must have one of ``roles``.
@@ -85,12 +97,51 @@ class Guard:
         info = peer_info(
             context,
             ca_pem=self.ca_pem,
-            crl_pem=self.crl_pem,
+            crl_pem=self.current_crl(),
             now=datetime.fromtimestamp(self.clock(), UTC),
         )
         call.bind(site=info.name)
         require_role(info, *roles)
         return info
+
+    def check_cert(self, pem: bytes) -> None:
+        """Re-verify a certificate seen earlier (e.g. an open stream's) against the CRL now.
+
+        Raises:
+            BadCertificate: it is revoked, expired or otherwise no longer valid.
+        """
+        verify_certificate(
+            pem,
+            ca_pem=self.ca_pem,
+            crl_pem=self.current_crl(),
+            now=datetime.fromtimestamp(self.clock(), UTC),
+        )
+
+    def current_crl(self) -> bytes | None:
+        """The CRL as last read, re-read first when its file changed since."""
+        if self.crl_path is None:
+            return self.crl_pem
+        try:
+            stamp = _stamp(self.crl_path)
+        except OSError as exc:
+            # Being replaced, or removed: keep the revocations already known (fail closed).
+            log.warning("crl_unreadable", error=repr(exc))
+            return self.crl_pem
+        with self._crl_lock:
+            changed = stamp != self._crl_stamp
+            if changed:
+                try:
+                    self.crl_pem = self.crl_path.read_bytes()
+                except OSError as exc:
+                    log.warning("crl_unreadable", error=repr(exc))
+                    return self.crl_pem
+                self._crl_stamp = stamp
+            crl = self.crl_pem
+        if changed:
+            log.info("crl_reloaded", path=str(self.crl_path))
+            if self.on_crl_change is not None:
+                self.on_crl_change()
+        return crl
 
     def open(
         self,
@@ -152,6 +203,16 @@ class Guard:
         except Exception as audit_exc:  # the refusal must still reach the peer
             log.error("audit_failed", error=repr(audit_exc))
         abort_with(context, exc)
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What tells a changed file: (mtime in ns, size, inode).
+
+    Raises:
+        OSError: the file cannot be stat'ed.
+    """
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def check_figures(metrics: Mapping[str, float], **epsilons: float) -> None:

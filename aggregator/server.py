@@ -108,7 +108,9 @@ def build(
         ca_pem=identity.ca_pem,
         crl_pem=identity.crl_pem,
         clock=clock,
+        crl_path=config.crl,
     )
+    guard.on_crl_change = lambda: coord.drop_invalid(guard.check_cert)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -26,7 +26,7 @@ from confide.errors import (
     Reason,
     ReplayedMessage,
 )
-from confide.pki import Role
+from confide.pki import BadCertificate, Role
 from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from confide.wire.blob import BlobAssembler, check_finite, spec_nbytes
 
@@ -84,9 +84,17 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
     def Heartbeat(
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
     ) -> federation_pb2.HeartbeatReply:
-        """Note the site is alive."""
+        """Note the site is alive; a site whose certificate is no longer valid loses its stream."""
         with self.guard.handling(context, "heartbeat_refused") as call:
-            info = self.guard.peer(context, call, Role.SITE)
+            try:
+                info = self.guard.peer(context, call, Role.SITE)
+            except BadCertificate:
+                # Revoked (or expired) since its task stream opened: end that stream too.
+                # Its name is not trusted from a refused certificate, so check every stream.
+                self.coord.drop_invalid(self.guard.check_cert)
+                raise
+            # The stream may have been opened with another (now revoked) certificate.
+            self.coord.drop_invalid(self.guard.check_cert, site=info.name)
             hb = decode(
                 federation_pb2.Heartbeat,
                 self.guard.open(request, info, stage=common_pb2.STAGE_HEARTBEAT),
@@ -102,7 +110,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         with self.guard.handling(context, "open_tasks_refused") as call:
             info = self.guard.peer(context, call, Role.SITE)
             self.guard.open(request, info, stage=common_pb2.STAGE_OPEN_TASKS)
-            conn = self.coord.open_stream(info.name)
+            conn = self.coord.open_stream(info.name, cert_pem=info.pem)
         context.add_callback(lambda: self.coord.close_stream(conn))
         try:
             while (task := conn.queue.get()) is not None:

@@ -26,6 +26,7 @@ class SiteConn:
         conn_id: distinguishes this stream from the site's earlier ones.
         datasets: dataset names the site registered.
         last_seen: unix seconds of the last heartbeat or stream open.
+        cert_pem: the certificate the stream was opened with (re-checked on CRL changes).
     """
 
     site: str
@@ -35,6 +36,7 @@ class SiteConn:
     queue: queue.SimpleQueue[federation_pb2.Task | None] = field(default_factory=queue.SimpleQueue)
     current_task: str = ""
     resources: federation_pb2.Resources | None = None
+    cert_pem: bytes = b""
 
 
 class SiteRegistry:
@@ -44,12 +46,14 @@ class SiteRegistry:
         self._conns: dict[str, SiteConn] = {}
         self._ids = itertools.count(1)
 
-    def connect(self, site: str, datasets: frozenset[str], *, now: float) -> SiteConn:
+    def connect(
+        self, site: str, datasets: frozenset[str], *, now: float, cert_pem: bytes = b""
+    ) -> SiteConn:
         """Open a stream for ``site``, ending the one it replaces."""
         old = self._conns.get(site)
         if old is not None:
             old.queue.put(None)
-        conn = SiteConn(site, next(self._ids), datasets, now)
+        conn = SiteConn(site, next(self._ids), datasets, now, cert_pem=cert_pem)
         self._conns[site] = conn
         return conn
 

@@ -125,6 +125,12 @@ class FakeSite(Party):
         self._stream = self.fed.OpenTasks(self.seal(common_pb2.STAGE_OPEN_TASKS, b""))
         threading.Thread(target=self._read, daemon=True).start()
 
+    def heartbeat(self) -> Any:
+        hb = federation_pb2.Heartbeat(current_task="")
+        return self.fed.Heartbeat(
+            self.seal(common_pb2.STAGE_HEARTBEAT, hb.SerializeToString()), timeout=10
+        )
+
     def _read(self) -> None:
         try:
             for task in self._stream:
