@@ -61,7 +61,9 @@ class BlobStore:
         path = self._path(sha_hex)
         if self.has(sha_hex):
             return sha_hex, header
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.root)  # the new shard folder's entry must survive a crash too
         _atomic_write(path, buffers)
         _atomic_write(path.with_suffix(".header"), [memoryview(header.SerializeToString())])
         return sha_hex, header
@@ -112,7 +114,12 @@ def _atomic_write(path: Path, buffers: list[memoryview]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new subfolder) durable."""
+    dfd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:

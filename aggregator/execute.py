@@ -110,6 +110,9 @@ class Executor:
         elif isinstance(a, r.FinishJob):
             final = job.final_metrics()
             state = _JOB_STATE[a.phase]
+            if a.phase is not r.RoundPhase.DONE:
+                # A cancelled or failed job's open round ends too (a done round stays done).
+                self.store.set_round_state(job_id, job.state.round, state, at=now)
             self.store.set_job_state(
                 job_id,
                 state,

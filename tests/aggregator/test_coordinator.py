@@ -107,3 +107,13 @@ def test_an_error_on_the_timer_thread_fails_the_job_and_the_timer_goes_on(coord,
     _wait_state(coord, "j2", "failed")  # no update at its deadline, no retries left
     assert coord._timer.is_alive()
     assert "fewer than" in coord.store.job("j2").error
+
+
+def test_cancel_ends_the_open_round_row(coord):
+    """Cancelling a job mid-round leaves its round row cancelled, not collecting."""
+    _connect(coord, "site-1", "site-2")
+    _submit(coord, "j1", tiny_spec())
+    assert coord.store.rounds("j1")[0].state == "collecting"
+    assert coord.cancel("j1")
+    assert coord.store.job("j1").state == "cancelled"
+    assert coord.store.rounds("j1")[0].state == "cancelled"

@@ -85,3 +85,21 @@ def test_record_site_never_replaces_ok_with_a_failure(tmp_path):
     store.record_site(again)
     assert store.round_sites("j") == [again]
     store.close()
+
+
+def test_new_blob_shard_folder_is_fsynced_in_the_root(tmp_path, monkeypatch):
+    """Putting a blob into a new shard folder fsyncs the blobs root (the folder's entry)."""
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    blobs = BlobStore(tmp_path / "blobs")
+    monkeypatch.setattr("aggregator.blobs.os.fsync", recording)
+    sha, _ = blobs.put([("w", np.ones(3, dtype=np.float32))])
+    assert str(tmp_path / "blobs") in synced
+    assert str(tmp_path / "blobs" / sha[:2]) in synced
