@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.config import DatasetPolicy
 from agent.datasets import DataFormat, DatasetConfig
+from agent.privacy import PrivacyPlan
 from agent.tasks import SiteContext, TaskRunner
 from confide.pki import Identity, Role, init_ca, issue, load_identity
 from confide.v1 import common_pb2, federation_pb2
-from confide.wire import seal
+from confide.wire import Binding, open_envelope, seal
 from tests.agent.fakes import FakeAggregator, FakeWorkerFactory
 
 FEDERATION = "testfed"
@@ -127,8 +129,15 @@ def aggregator() -> FakeAggregator:
     return agg
 
 
-@pytest.fixture
-def runner(pki: Pki, dataset: DatasetConfig, workers: FakeWorkerFactory) -> TaskRunner:
+def make_runner(
+    pki: Pki,
+    dataset: DatasetConfig,
+    workers: FakeWorkerFactory,
+    *,
+    privacy: PrivacyPlan | None = None,
+    policy: DatasetPolicy | None = None,
+) -> TaskRunner:
+    """A TaskRunner for site-1 exposing ``dataset``, with fake workers."""
     site = SiteContext(
         federation=FEDERATION,
         site=pki.site.info.name,
@@ -138,5 +147,22 @@ def runner(pki: Pki, dataset: DatasetConfig, workers: FakeWorkerFactory) -> Task
         trusted_signers=("alice",),
         datasets={DATASET: dataset},
         device="cpu",
+        policies={DATASET: policy} if policy is not None else {},
     )
-    return TaskRunner(site, start_worker=workers)
+    return TaskRunner(site, start_worker=workers, privacy=privacy)
+
+
+def report_of(pki: Pki, env: common_pb2.Envelope) -> federation_pb2.TaskReport:
+    """Verify a site-1 TASK_REPORT envelope and decode its report."""
+    payload = open_envelope(
+        env,
+        verify_key=pki.site.info.signing_public_key,
+        now=time.time(),
+        expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_TASK_REPORT),
+    )
+    return federation_pb2.TaskReport.FromString(payload)
+
+
+@pytest.fixture
+def runner(pki: Pki, dataset: DatasetConfig, workers: FakeWorkerFactory) -> TaskRunner:
+    return make_runner(pki, dataset, workers)

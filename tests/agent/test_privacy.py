@@ -12,12 +12,12 @@ from agent.config import DatasetPolicy
 from agent.datasets import DataFormat, DatasetConfig, count_train_records
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan, planned_survivors, protect_update
-from agent.tasks import SiteContext, TaskOutcome, TaskRunner
+from agent.tasks import TaskOutcome, TaskRunner
 from confide.errors import PolicyRefusal, Reason
 from confide.secagg import job_params
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, BlobAssembler, open_envelope
-from tests.agent.conftest import DATASET, FEDERATION, job_spec, signed_task
+from tests.agent.conftest import FEDERATION, job_spec, make_runner, report_of, signed_task
 from tests.agent.fakes import FakeTransport
 
 
@@ -72,33 +72,12 @@ def test_share_keys_below_the_planned_threshold_is_refused(pki, dataset, workers
     )
     share.share_keys.CopyFrom(federation_pb2.ShareKeysRequest(threshold=2, num_selected=3))
     assert runner.run(share, t) is TaskOutcome.REFUSED
-    assert _report(pki, aggregator.reports[-1]).reason == "unsafe_request"
+    assert report_of(pki, aggregator.reports[-1]).reason == "unsafe_request"
 
 
 def _runner(pki, dataset, workers, *, tmp_ledger, policy=None) -> TaskRunner:
-    site = SiteContext(
-        federation=FEDERATION,
-        site=pki.site.info.name,
-        signing_key=pki.site.signing_key,
-        ca_pem=pki.site.ca_pem,
-        crl_pem=None,
-        trusted_signers=("alice",),
-        datasets={DATASET: dataset},
-        device="cpu",
-        policies={DATASET: policy} if policy is not None else {},
-    )
     privacy = PrivacyPlan(Ledger.open(tmp_ledger)) if tmp_ledger is not None else None
-    return TaskRunner(site, start_worker=workers, privacy=privacy)
-
-
-def _report(pki, env) -> federation_pb2.TaskReport:
-    payload = open_envelope(
-        env,
-        verify_key=pki.site.info.signing_public_key,
-        now=time.time(),
-        expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_TASK_REPORT),
-    )
-    return federation_pb2.TaskReport.FromString(payload)
+    return make_runner(pki, dataset, workers, privacy=privacy, policy=policy)
 
 
 def _upload_header(pki, up, round=1) -> federation_pb2.UpdateHeader:
@@ -128,7 +107,7 @@ def test_noise_floor_cannot_be_skipped_by_omitting_update_clipping(
     )
     t = FakeTransport(aggregator)
     assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.REFUSED
-    assert _report(pki, aggregator.reports[-1]).reason == "unsafe_request"
+    assert report_of(pki, aggregator.reports[-1]).reason == "unsafe_request"
     assert not aggregator.uploads
 
 
@@ -170,7 +149,7 @@ def test_failure_reports_carry_the_reason_but_no_data(pki, dataset, workers, agg
     workers.fail_next = True
     t = FakeTransport(aggregator)
     assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.FAILED
-    report = _report(pki, aggregator.reports[-1])
+    report = report_of(pki, aggregator.reports[-1])
     assert report.reason == "worker_failed"
     assert "SECRET" not in report.message and "died" not in report.message
 
@@ -249,7 +228,7 @@ def test_a_signed_job_never_runs_under_a_second_job_id(pki, dataset, workers, ag
     assert runner.run(first, t) is TaskOutcome.OK
     assert runner.run(first, t) is TaskOutcome.OK  # the same job id keeps running
     assert runner.run(again, t) is TaskOutcome.REFUSED
-    assert _report(pki, aggregator.reports[-1]).reason == "replayed"
+    assert report_of(pki, aggregator.reports[-1]).reason == "replayed"
     bindings.close()
     reopened = runner_with(JobBindings(tmp_path / "bind.db"))
     assert reopened.run(again, t) is TaskOutcome.REFUSED

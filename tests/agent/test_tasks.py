@@ -12,18 +12,8 @@ from agent.tasks import TaskOutcome
 from confide.errors import BadSignature
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, BlobAssembler, open_envelope
-from tests.agent.conftest import FEDERATION, job_spec, model_weights, signed_task
+from tests.agent.conftest import FEDERATION, job_spec, model_weights, report_of, signed_task
 from tests.agent.fakes import FakeTransport
-
-
-def _report(pki, env) -> federation_pb2.TaskReport:
-    payload = open_envelope(
-        env,
-        verify_key=pki.site.info.signing_public_key,
-        now=time.time(),
-        expect=Binding(FEDERATION, "site-1", common_pb2.STAGE_TASK_REPORT),
-    )
-    return federation_pb2.TaskReport.FromString(payload)
 
 
 def test_train_uploads_signed_update_with_expected_delta(pki, runner, aggregator, workers):
@@ -70,7 +60,7 @@ def test_evaluate_reports_metrics(pki, runner, aggregator):
     t = FakeTransport(aggregator)
     task = signed_task(pki.alice, kind=federation_pb2.TASK_KIND_EVALUATE)
     assert runner.run(task, t) is TaskOutcome.OK
-    rep = _report(pki, aggregator.reports[0])
+    rep = report_of(pki, aggregator.reports[0])
     assert rep.outcome == common_pb2.OUTCOME_OK
     assert rep.kind == federation_pb2.TASK_KIND_EVALUATE
     assert dict(rep.metrics) == {"accuracy": 0.75, "loss": 0.5}
@@ -83,7 +73,7 @@ def test_untrusted_signer_is_refused(pki, runner, aggregator, workers, who):
     with capture_logs() as logs:
         out = runner.run(signed_task(getattr(pki, who)), FakeTransport(aggregator))
     assert out is TaskOutcome.REFUSED
-    rep = _report(pki, aggregator.reports[0])
+    rep = report_of(pki, aggregator.reports[0])
     assert (rep.outcome, rep.reason) == (common_pb2.OUTCOME_REFUSED, "signer_untrusted")
     assert not aggregator.uploads and not workers.started
     assert any(e["event"] == "task_failed" and e["reason"] == "signer_untrusted" for e in logs)
@@ -94,7 +84,7 @@ def test_tampered_job_is_refused(pki, runner, aggregator, workers):
     task = signed_task(pki.alice)
     task.signed_job.payload = job_spec("other").SerializeToString()
     assert runner.run(task, FakeTransport(aggregator)) is TaskOutcome.REFUSED
-    rep = _report(pki, aggregator.reports[0])
+    rep = report_of(pki, aggregator.reports[0])
     assert (rep.outcome, rep.reason) == (common_pb2.OUTCOME_REFUSED, "bad_signature")
     assert not workers.started
 
@@ -104,14 +94,14 @@ def test_job_signature_from_other_key_is_refused(pki, runner, aggregator):
     task = signed_task(pki.mallory)
     task.signer_certificate = pki.alice.cert_pem
     assert runner.run(task, FakeTransport(aggregator)) is TaskOutcome.REFUSED
-    assert _report(pki, aggregator.reports[0]).reason in {"bad_signature", "replayed"}
+    assert report_of(pki, aggregator.reports[0]).reason in {"bad_signature", "replayed"}
 
 
 def test_unknown_dataset_is_refused(pki, runner, aggregator):
     """A job for a dataset the site does not expose is REFUSED unknown_dataset."""
     task = signed_task(pki.alice, spec=job_spec("secret-records"))
     assert runner.run(task, FakeTransport(aggregator)) is TaskOutcome.REFUSED
-    assert _report(pki, aggregator.reports[0]).reason == "unknown_dataset"
+    assert report_of(pki, aggregator.reports[0]).reason == "unknown_dataset"
 
 
 def test_schema_mismatch_is_refused(pki, runner, aggregator):
@@ -122,7 +112,7 @@ def test_schema_mismatch_is_refused(pki, runner, aggregator):
         runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator))
         is TaskOutcome.REFUSED
     )
-    assert _report(pki, aggregator.reports[0]).reason == "schema_mismatch"
+    assert report_of(pki, aggregator.reports[0]).reason == "schema_mismatch"
 
 
 def test_worker_failure_is_reported_and_next_task_restarts_worker(pki, runner, aggregator, workers):
@@ -130,7 +120,7 @@ def test_worker_failure_is_reported_and_next_task_restarts_worker(pki, runner, a
     t = FakeTransport(aggregator)
     workers.fail_next = True
     assert runner.run(signed_task(pki.alice, task_id="a"), t) is TaskOutcome.FAILED
-    rep = _report(pki, aggregator.reports[0])
+    rep = report_of(pki, aggregator.reports[0])
     assert (rep.outcome, rep.reason, rep.task_id) == (
         common_pb2.OUTCOME_FAILED,
         "worker_failed",
@@ -151,7 +141,7 @@ def test_non_finite_delta_is_never_sent(pki, runner, aggregator, workers):
 
     runner.workers._start = nan_worker
     assert runner.run(signed_task(pki.alice), FakeTransport(aggregator)) is TaskOutcome.FAILED
-    assert _report(pki, aggregator.reports[0]).reason == "training_failed"
+    assert report_of(pki, aggregator.reports[0]).reason == "training_failed"
     assert not aggregator.uploads
 
 
@@ -169,7 +159,7 @@ def test_abandon_answers_round_aborted(pki, runner, aggregator):
     """After abandon (shutdown) a task is answered FAILED round_aborted."""
     runner.abandon()
     assert runner.run(signed_task(pki.alice), FakeTransport(aggregator)) is TaskOutcome.FAILED
-    assert _report(pki, aggregator.reports[0]).reason == "round_aborted"
+    assert report_of(pki, aggregator.reports[0]).reason == "round_aborted"
 
 
 def test_verify_job_raises_bad_signature_directly(pki):
@@ -196,7 +186,7 @@ def test_secure_aggregation_job_is_refused_until_secagg_is_plugged_in(pki, runne
     spec.secure_aggregation.enabled = True
     t = FakeTransport(aggregator)
     assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.REFUSED
-    assert _report(pki, aggregator.reports[0]).reason == "unsafe_request"
+    assert report_of(pki, aggregator.reports[0]).reason == "unsafe_request"
     sent = []
     runner.secure_update = lambda task, tr, **kw: sent.append(kw)
     assert runner.run(signed_task(pki.alice, spec=spec, task_id="t2"), t) is TaskOutcome.OK
