@@ -2,16 +2,17 @@
 
 Each event (a site connects, an update arrives, a deadline passes) is fed to
 ``rounds.advance`` under one lock; the returned actions are carried out in order (queue tasks,
-reset or apply the running sum, persist, audit). One timer thread waits on a condition
-variable until the earliest round deadline or site timeout (no polling) and feeds
-``DeadlinePassed`` / disconnects.
+reset or apply the running sum, persist, audit) by ``aggregator.execute.Executor``. The
+coordinator's collaborators share that lock: ``aggregator.links`` turns site streams into
+events, ``aggregator.timer`` fires deadlines and site timeouts, ``aggregator.restore`` builds
+and resumes jobs.
 
-Actions are carried out by ``aggregator.execute.Executor``. SecAgg+ stage messages arrive
-through ``secagg`` (AdvertiseKeys, ShareKeys, UnmaskShares) and masked inputs through
-``accept_update`` (stage MASKED_INPUT, added into the ``ServerRound``'s modular sum and
-dropped); each accepted message is fed as ``SecAggReceived``. A site whose task stream ends
-during a SecAgg+ stage is dropped from that stage at once (``SiteDisconnected``), so the
-stage does not wait for its deadline: its secrets live only in its memory anyway.
+SecAgg+ stage messages arrive through ``secagg`` (AdvertiseKeys, ShareKeys, UnmaskShares)
+and masked inputs through ``accept_update`` (stage MASKED_INPUT, added into the
+``ServerRound``'s modular sum and dropped); each accepted message is fed as
+``SecAggReceived``. A site whose task stream ends during a SecAgg+ stage is dropped from that
+stage at once (``SiteDisconnected``), so the stage does not wait for its deadline: its
+secrets live only in its memory anyway.
 """
 
 from __future__ import annotations
@@ -19,28 +20,27 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import structlog
 
 from aggregator import rounds as r
 from aggregator.blobs import BlobStore
 from aggregator.execute import Executor
-from aggregator.jobs import KIND_OF, Job, UploadTarget, new_job, resume_point
+from aggregator.jobs import KIND_OF, Job, UploadTarget
+from aggregator.links import SiteLinks
+from aggregator.restore import build_job, mark_failed, rebuild_job
 from aggregator.secure import stage_message
 from aggregator.sites import SiteConn, SiteRegistry
-from aggregator.store import AuditNote, SiteRow, Store
-from confide.errors import ConfideError, PeerError, Reason, ReplayedMessage
-from confide.pki import BadCertificate, CertInfo
+from aggregator.store import AuditNote, Store
+from aggregator.timer import DeadlineTimer
+from confide.errors import PeerError, Reason, ReplayedMessage
+from confide.pki import CertInfo
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
 
 __all__ = ["Coordinator", "UploadTarget"]
 
 log = structlog.get_logger("aggregator.coordinator")
-
-_TIMER_RETRY_S = 1.0
-"""After an unexpected error in the timer loop, look again this much later (no busy loop)."""
 
 _SECAGG_PHASE = {
     common_pb2.STAGE_ADVERTISE_KEYS: r.RoundPhase.ADVERTISE,
@@ -89,8 +89,20 @@ class Coordinator:
             feed=self._feed,
             clock=clock,
         )
-        self._stopping = False
-        self._timer = threading.Thread(target=self._run_timer, name="round-timer", daemon=True)
+        self._links = SiteLinks(
+            store, self.sites, self._jobs, self._cond, feed=self._feed, clock=clock
+        )
+        self._deadlines = DeadlineTimer(
+            self._cond,
+            self._jobs,
+            self.sites,
+            feed=self._feed,
+            fail_job=self._fail_job,
+            close_stream=self._links.close_stream,
+            site_timeout_s=site_timeout_s,
+            clock=clock,
+        )
+        self._timer = self._deadlines.thread
 
     # ----- life cycle -----
 
@@ -99,7 +111,13 @@ class Coordinator:
         for row in self.store.jobs():
             if row.state == "running":
                 try:
-                    self._restore(row.id, row.spec, row.signed_job, row.signer_cert)
+                    job, event = rebuild_job(
+                        self.store, self.blobs, self.sites, row, max_retries=self.max_retries
+                    )
+                    with self._cond:
+                        self._jobs[row.id] = job
+                        log.info("job_resumed", job=row.id, round=job.state.round)
+                        self._feed(row.id, event)
                 except Exception as exc:
                     # One job that cannot be rebuilt must not keep the aggregator down.
                     with self._cond:
@@ -110,7 +128,7 @@ class Coordinator:
     def stop(self) -> None:
         """Stop the timer and end every task stream."""
         with self._cond:
-            self._stopping = True
+            self._deadlines.stopping = True
             for conn in self.sites.all():
                 self.sites.disconnect(conn.site, conn.conn_id)
             self._cond.notify_all()
@@ -125,69 +143,13 @@ class Coordinator:
             exc: why it cannot run; a ``ConfideError`` gives its reason, anything else
                 ``internal``.
         """
-        reason = exc.reason if isinstance(exc, ConfideError) else Reason.INTERNAL
-        error = f"cannot run: {exc}"
-        log.error("job_unrunnable", job=job_id, reason=reason.value, error=str(exc), exc_info=exc)
-        now = self.clock()
-        self.store.set_job_state(
-            job_id,
-            "failed",
-            error=error,
-            audit=AuditNote("job_failed", "aggregator", now, job_id, 0, reason.value, error),
-        )
+        mark_failed(self.store, job_id, exc, clock=self.clock)
 
-    def _restore(self, job_id: str, spec_bytes: bytes, signed: bytes, cert: bytes) -> None:
-        spec = common_pb2.JobSpec.FromString(spec_bytes)
-        models = self.store.models(job_id)
-        last = models[-1]
-        job = self._new_job(
-            job_id,
-            spec,
-            common_pb2.Envelope.FromString(signed),
-            cert,
-            model_version=last.sha256,
-            version_no=last.version_no,
-        )
-        if last.optimizer_state:
-            job.optimizer.load_state(self.blobs.load(last.optimizer_state))
-        attempts = {x.round: x.attempt for x in self.store.rounds(job_id)}
-        job.state, event = resume_point(job, done=last.version_no, attempts=attempts)
-        with self._cond:
-            self._jobs[job_id] = job
-            log.info("job_resumed", job=job_id, round=job.state.round)
-            self._feed(job_id, event)
-
-    def _new_job(
-        self,
-        job_id: str,
-        spec: common_pb2.JobSpec,
-        signed: common_pb2.Envelope,
-        cert: bytes,
-        *,
-        model_version: str,
-        version_no: int,
-    ) -> Job:
-        eligible = frozenset(c.site for c in self.sites.all() if spec.dataset.name in c.datasets)
-        return new_job(
-            job_id,
-            spec,
-            signed,
-            cert,
-            model_version=model_version,
-            version_no=version_no,
-            max_retries=self.max_retries,
-            eligible=eligible,
-        )
-
-    # ----- sites -----
+    # ----- sites (see ``aggregator.links``) -----
 
     def register(self, site: str, req: federation_pb2.RegisterRequest) -> None:
         """Record a site's registration (datasets, device)."""
-        now = self.clock()
-        self.store.upsert_site(
-            SiteRow(site, list(req.datasets), req.device, req.agent_version, now),
-            audit=AuditNote("site_registered", site, now, detail=",".join(req.datasets)),
-        )
+        self._links.register(site, req)
 
     def open_stream(self, site: str, *, cert_pem: bytes = b"") -> SiteConn:
         """Connect ``site``: its queue receives its tasks from now on.
@@ -198,31 +160,11 @@ class Coordinator:
         Raises:
             PeerError: the site never registered (reason UNKNOWN_SITE).
         """
-        row = self.store.site(site)
-        if row is None:
-            raise PeerError(f"{site!r} must Register first", reason=Reason.UNKNOWN_SITE)
-        with self._cond:
-            old = self.sites.get(site)
-            conn = self.sites.connect(
-                site, frozenset(row.datasets), now=self.clock(), cert_pem=cert_pem
-            )
-            for job_id, job in list(self._jobs.items()):
-                if old is not None:
-                    self._feed(job_id, r.SiteDisconnected(site))
-                if job.spec.dataset.name in conn.datasets:
-                    self._feed(job_id, r.SiteConnected(site))
-            self._cond.notify_all()
-        return conn
+        return self._links.open_stream(site, cert_pem=cert_pem)
 
     def close_stream(self, conn: SiteConn) -> None:
         """The site's stream ended (or was replaced): it is no longer eligible."""
-        with self._cond:
-            if self.sites.disconnect(conn.site, conn.conn_id) is None:
-                return
-            log.info("site_disconnected", site=conn.site)
-            for job_id in list(self._jobs):
-                self._feed(job_id, r.SiteDisconnected(conn.site))
-        self.store.set_heartbeat(conn.site, conn.last_seen)
+        self._links.close_stream(conn)
 
     def drop_invalid(self, check: Callable[[bytes], None], *, site: str | None = None) -> None:
         """End the task stream of every site (or just ``site``) whose certificate is refused.
@@ -232,33 +174,15 @@ class Coordinator:
                 a reloaded CRL, or expired).
             site: check only this site's stream (on its heartbeat); None: every stream.
         """
-        with self._cond:
-            conns = [c for c in self.sites.all() if c.cert_pem and site in (None, c.site)]
-        for conn in conns:
-            try:
-                check(conn.cert_pem)
-            except BadCertificate as exc:
-                log.warning("site_certificate_invalid", site=conn.site, error=str(exc))
-                self.store.audit(
-                    AuditNote(
-                        "site_stream_closed",
-                        conn.site,
-                        self.clock(),
-                        reason=exc.reason.value,
-                        detail=str(exc),
-                    )
-                )
-                self.close_stream(conn)
+        self._links.drop_invalid(check, site=site)
 
     def heartbeat(self, site: str, hb: federation_pb2.Heartbeat) -> None:
         """Note that the site is alive (and what it is doing)."""
-        with self._cond:
-            conn = self.sites.get(site)
-            if conn is not None:
-                conn.last_seen = self.clock()
-                conn.current_task = hb.current_task
-                conn.resources = hb.resources
-                self._cond.notify_all()
+        self._links.heartbeat(site, hb)
+
+    def connected(self) -> dict[str, SiteConn]:
+        """A snapshot of every connected site's stream (copies, safe to read)."""
+        return self._links.connected()
 
     # ----- jobs -----
 
@@ -273,8 +197,15 @@ class Coordinator:
     ) -> None:
         """Start running a job that the store already holds (with its version 0)."""
         with self._cond:
-            job = self._new_job(
-                job_id, spec, signed, cert, model_version=model_version, version_no=0
+            job = build_job(
+                self.sites,
+                job_id,
+                spec,
+                signed,
+                cert,
+                model_version=model_version,
+                version_no=0,
+                max_retries=self.max_retries,
             )
             self._jobs[job_id] = job
             self._feed(job_id, r.Resume())
@@ -286,11 +217,6 @@ class Coordinator:
                 return False
             self._feed(job_id, r.Cancel())
             return True
-
-    def connected(self) -> dict[str, SiteConn]:
-        """A snapshot of every connected site's stream (copies, safe to read)."""
-        with self._cond:
-            return {c.site: replace(c) for c in self.sites.all()}
 
     def live_state(self, job_id: str) -> r.RoundState | None:
         """The in-memory round state of an active job."""
@@ -464,38 +390,3 @@ class Coordinator:
         except Exception as store_exc:
             log.error("job_fail_failed", job=job_id, exc_info=store_exc)
             self._jobs.pop(job_id, None)
-
-    # ----- timer -----
-
-    def _run_timer(self) -> None:
-        with self._cond:
-            while not self._stopping:
-                try:
-                    timeout = self._tick()
-                except Exception as exc:
-                    # The timer must outlive any one failure, or no deadline fires again.
-                    log.error("timer_failed", exc_info=exc)
-                    timeout = _TIMER_RETRY_S
-                self._cond.wait(timeout)
-
-    def _tick(self) -> float | None:
-        """Fire due deadlines and site timeouts; returns seconds until the next (None: none)."""
-        now = self.clock()
-        for job_id in [
-            j
-            for j, job in self._jobs.items()
-            if job.state.deadline is not None and job.state.deadline <= now
-        ]:
-            job = self._jobs[job_id]
-            try:
-                self._feed(job_id, r.DeadlinePassed())
-            except Exception as exc:
-                self._fail_job(job_id, job, exc, action="DeadlinePassed")
-        for conn in self.sites.expired(now=now, timeout_s=self.site_timeout_s):
-            log.warning("site_timed_out", site=conn.site)
-            self.close_stream(conn)
-        wake = [j.state.deadline for j in self._jobs.values() if j.state.deadline is not None]
-        nxt = self.sites.next_expiry(timeout_s=self.site_timeout_s)
-        if nxt is not None:
-            wake.append(nxt)
-        return max(0.0, min(wake) - self.clock()) if wake else None

@@ -1,0 +1,137 @@
+"""The site-connection side of the coordinator: task streams opening and closing, as round events.
+
+A site that opens its OpenTasks stream becomes eligible for every active job on its
+datasets (``SiteConnected``); a stream that ends, is replaced, times out or whose certificate
+is refused makes it ineligible (``SiteDisconnected``). Every method runs under the
+coordinator's lock and notifies its condition, so the timer sees new site timeouts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+
+from aggregator import rounds as r
+from aggregator.jobs import Job
+from aggregator.sites import SiteConn, SiteRegistry
+from aggregator.store import AuditNote, SiteRow, Store
+from confide.errors import PeerError, Reason
+from confide.pki import BadCertificate
+from confide.v1 import federation_pb2
+
+__all__ = ["SiteLinks"]
+
+log = structlog.get_logger("aggregator.coordinator")
+
+
+class SiteLinks:
+    """Connects and disconnects sites' task streams and feeds each change to the active jobs.
+
+    Args:
+        store: persistence (site rows, heartbeats, audit).
+        sites: the connected sites' task queues (shared with the executor).
+        jobs: the coordinator's active jobs.
+        cond: the coordinator's lock; notified when a site's timeout moves.
+        feed: feeds an event into a job's state machine (``Coordinator._feed``).
+        clock: unix seconds.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sites: SiteRegistry,
+        jobs: dict[str, Job],
+        cond: threading.Condition,
+        *,
+        feed: Callable[[str, r.Event], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.store, self.sites, self.jobs, self.cond = store, sites, jobs, cond
+        self.feed, self.clock = feed, clock
+
+    def register(self, site: str, req: federation_pb2.RegisterRequest) -> None:
+        """Record a site's registration (datasets, device)."""
+        now = self.clock()
+        self.store.upsert_site(
+            SiteRow(site, list(req.datasets), req.device, req.agent_version, now),
+            audit=AuditNote("site_registered", site, now, detail=",".join(req.datasets)),
+        )
+
+    def open_stream(self, site: str, *, cert_pem: bytes = b"") -> SiteConn:
+        """Connect ``site``: its queue receives its tasks from now on.
+
+        Args:
+            cert_pem: the certificate the site opened the stream with (see ``drop_invalid``).
+
+        Raises:
+            PeerError: the site never registered (reason UNKNOWN_SITE).
+        """
+        row = self.store.site(site)
+        if row is None:
+            raise PeerError(f"{site!r} must Register first", reason=Reason.UNKNOWN_SITE)
+        with self.cond:
+            old = self.sites.get(site)
+            conn = self.sites.connect(
+                site, frozenset(row.datasets), now=self.clock(), cert_pem=cert_pem
+            )
+            for job_id, job in list(self.jobs.items()):
+                if old is not None:
+                    self.feed(job_id, r.SiteDisconnected(site))
+                if job.spec.dataset.name in conn.datasets:
+                    self.feed(job_id, r.SiteConnected(site))
+            self.cond.notify_all()
+        return conn
+
+    def close_stream(self, conn: SiteConn) -> None:
+        """The site's stream ended (or was replaced): it is no longer eligible."""
+        with self.cond:
+            if self.sites.disconnect(conn.site, conn.conn_id) is None:
+                return
+            log.info("site_disconnected", site=conn.site)
+            for job_id in list(self.jobs):
+                self.feed(job_id, r.SiteDisconnected(conn.site))
+        self.store.set_heartbeat(conn.site, conn.last_seen)
+
+    def drop_invalid(self, check: Callable[[bytes], None], *, site: str | None = None) -> None:
+        """End the task stream of every site (or just ``site``) whose certificate is refused.
+
+        Args:
+            check: raises ``BadCertificate`` for a certificate no longer valid (revoked by
+                a reloaded CRL, or expired).
+            site: check only this site's stream (on its heartbeat); None: every stream.
+        """
+        with self.cond:
+            conns = [c for c in self.sites.all() if c.cert_pem and site in (None, c.site)]
+        for conn in conns:
+            try:
+                check(conn.cert_pem)
+            except BadCertificate as exc:
+                log.warning("site_certificate_invalid", site=conn.site, error=str(exc))
+                self.store.audit(
+                    AuditNote(
+                        "site_stream_closed",
+                        conn.site,
+                        self.clock(),
+                        reason=exc.reason.value,
+                        detail=str(exc),
+                    )
+                )
+                self.close_stream(conn)
+
+    def heartbeat(self, site: str, hb: federation_pb2.Heartbeat) -> None:
+        """Note that the site is alive (and what it is doing)."""
+        with self.cond:
+            conn = self.sites.get(site)
+            if conn is not None:
+                conn.last_seen = self.clock()
+                conn.current_task = hb.current_task
+                conn.resources = hb.resources
+                self.cond.notify_all()
+
+    def connected(self) -> dict[str, SiteConn]:
+        """A snapshot of every connected site's stream (copies, safe to read)."""
+        with self.cond:
+            return {c.site: replace(c) for c in self.sites.all()}

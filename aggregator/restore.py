@@ -1,0 +1,102 @@
+"""Active jobs built from the store: a new job, a running job resumed at startup, or a failed one.
+
+A new job is eligible to the connected sites holding its dataset. At startup each running job
+is rebuilt from its last stored model and optimizer state and resumes where
+``jobs.resume_point`` says; a job that cannot be rebuilt is marked failed in the store, so one
+bad job never keeps the aggregator down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from aggregator import rounds as r
+from aggregator.blobs import BlobStore
+from aggregator.jobs import Job, new_job, resume_point
+from aggregator.rows import JobRow
+from aggregator.sites import SiteRegistry
+from aggregator.store import AuditNote, Store
+from confide.errors import ConfideError, Reason
+from confide.v1 import common_pb2
+
+__all__ = ["build_job", "mark_failed", "rebuild_job"]
+
+log = structlog.get_logger("aggregator.coordinator")
+
+
+def build_job(
+    sites: SiteRegistry,
+    job_id: str,
+    spec: common_pb2.JobSpec,
+    signed: common_pb2.Envelope,
+    cert: bytes,
+    *,
+    model_version: str,
+    version_no: int,
+    max_retries: int,
+) -> Job:
+    """An active job, eligible to the connected sites that hold its dataset.
+
+    Raises:
+        ConfigError: the spec's model does not fit its dataset, or its optimizer is unknown.
+    """
+    eligible = frozenset(c.site for c in sites.all() if spec.dataset.name in c.datasets)
+    return new_job(
+        job_id,
+        spec,
+        signed,
+        cert,
+        model_version=model_version,
+        version_no=version_no,
+        max_retries=max_retries,
+        eligible=eligible,
+    )
+
+
+def rebuild_job(
+    store: Store, blobs: BlobStore, sites: SiteRegistry, row: JobRow, *, max_retries: int
+) -> tuple[Job, r.Event]:
+    """A stored running job rebuilt from its last model, and the event that resumes it."""
+    spec = common_pb2.JobSpec.FromString(row.spec)
+    models = store.models(row.id)
+    last = models[-1]
+    job = build_job(
+        sites,
+        row.id,
+        spec,
+        common_pb2.Envelope.FromString(row.signed_job),
+        row.signer_cert,
+        model_version=last.sha256,
+        version_no=last.version_no,
+        max_retries=max_retries,
+    )
+    if last.optimizer_state:
+        job.optimizer.load_state(blobs.load(last.optimizer_state))
+    attempts = {x.round: x.attempt for x in store.rounds(row.id)}
+    job.state, event = resume_point(job, done=last.version_no, attempts=attempts)
+    return job, event
+
+
+def mark_failed(
+    store: Store, job_id: str, exc: BaseException, *, clock: Callable[[], float]
+) -> None:
+    """Mark a stored job FAILED because it cannot run (logged with its traceback, audited).
+
+    Args:
+        job_id: the job, already in the store.
+        exc: why it cannot run; a ``ConfideError`` gives its reason, anything else
+            ``internal``.
+        clock: unix seconds.
+    """
+    reason = exc.reason if isinstance(exc, ConfideError) else Reason.INTERNAL
+    error = f"cannot run: {exc}"
+    log.error("job_unrunnable", job=job_id, reason=reason.value, error=str(exc), exc_info=exc)
+    now = clock()
+    store.set_job_state(
+        job_id,
+        "failed",
+        error=error,
+        audit=AuditNote("job_failed", "aggregator", now, job_id, 0, reason.value, error),
+    )
