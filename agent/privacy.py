@@ -21,21 +21,32 @@ update releases it. A crash in between leaves it counted: never undercounted.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from agent.config import DatasetPolicy
 from agent.ledger import Ledger, ReservationId
 from agent.worker.protocol import DpSgdParams
 from confide.dp.accountant import AccountantKind, noise_multiplier_for
 from confide.dp.budget import RecordCost, RoundCost, cumulative_epsilon, round_cost, update_cost
 from confide.dp.update import add_noise, clip, noise_std, system_rng, validate_record_privacy
+from confide.errors import PolicyRefusal, Reason
 from confide.secagg.params import job_params
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
-__all__ = ["PrivacyPlan", "RoundPrivacy", "planned_survivors", "protect_update"]
+__all__ = [
+    "Charge",
+    "PrivacyPlan",
+    "RoundPrivacy",
+    "Unmetered",
+    "planned_survivors",
+    "protect_update",
+]
 
 
 @dataclass(frozen=True)
@@ -164,23 +175,69 @@ class PrivacyPlan:
                 )
             return self._sigma[key]
 
-    def reserve(
+    def plan_for_site(
+        self,
+        spec: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        dataset: str,
+        num_train: int,
+        policy: DatasetPolicy,
+    ) -> RoundPrivacy:
+        """``plan`` under the site's policy for ``dataset``.
+
+        Raises:
+            PolicyRefusal: UNSAFE_REQUEST when the policy sets a noise floor and the job sets
+                no update clipping (so no update noise at all).
+            ConfigError: the job's privacy parameters do not fit this dataset.
+        """
+        if policy.min_update_noise > 0 and spec.update_privacy.clip_norm <= 0:
+            raise PolicyRefusal(
+                f"dataset {dataset!r} requires update noise z >= {policy.min_update_noise}, "
+                "and this job sets no update clipping",
+                reason=Reason.UNSAFE_REQUEST,
+            )
+        return self.plan(
+            spec, job_id=job_id, num_train=num_train, min_update_noise=policy.min_update_noise
+        )
+
+    @contextlib.contextmanager
+    def charge(
         self,
         *,
         dataset: str,
-        ledger_key: str,
+        job_id: str,
+        task_id: str,
         round: int,
         plan: RoundPrivacy,
         max_epsilon: float | None,
-    ) -> ReservationId:
-        """Durably reserve the round's cost, or refuse (PolicyRefusal BUDGET_EXCEEDED)."""
-        return self.ledger.reserve(
+    ) -> Iterator[Charge]:
+        """Reserve a round's cost durably for the block, released only if nothing left.
+
+        The block calls ``Charge.mark_sent()`` just before the update leaves; an exception
+        before that releases the reservation (the worker produced nothing that was sent),
+        one after it keeps the cost counted. A crash anywhere keeps it counted.
+
+        Raises:
+            PolicyRefusal: BUDGET_EXCEEDED when the round would cross the cap; DENIED when
+                this task was already charged (e.g. re-sent after a reconnect).
+        """
+        rid = self.ledger.reserve(
             dataset=dataset,
-            job_id=ledger_key,
+            # One entry per task: a retried round is a new task and a new release, so it is
+            # charged again; the same task re-sent after a reconnect is refused.
+            job_id=f"{job_id}/{task_id}",
             round=round,
             layer_costs=plan.cost,
             max_epsilon=max_epsilon,
         )
+        charge = Charge(self, rid, dataset=dataset, job_id=job_id)
+        try:
+            yield charge
+        except BaseException:
+            if not charge.sent:
+                self.ledger.release_unsent(rid, proof="no update was produced")
+            raise
 
     def job_epsilon(self, *, dataset: str, job_id: str) -> tuple[float, float]:
         """Cumulative (record-level, site-level) ε this job has spent on this dataset."""
@@ -196,6 +253,38 @@ class PrivacyPlan:
         with self._lock:
             for key in [k for k in self._sigma if k[0] == job_id]:
                 del self._sigma[key]
+
+
+class Charge:
+    """A reserved round cost; ``mark_sent`` makes it permanent and reports the job's ε."""
+
+    def __init__(self, plan: PrivacyPlan, rid: ReservationId, *, dataset: str, job_id: str) -> None:
+        self._plan = plan
+        self._rid = rid
+        self._dataset = dataset
+        self._job_id = job_id
+        self.sent = False
+
+    def mark_sent(self) -> tuple[float, float]:
+        """Count the cost for good (call just before the update leaves).
+
+        Returns:
+            The job's cumulative (record-level, update-level) ε at this site, this round in.
+        """
+        epsilons = self._plan.job_epsilon(dataset=self._dataset, job_id=self._job_id)
+        self._plan.ledger.mark_sent(self._rid)
+        self.sent = True
+        return epsilons
+
+
+class Unmetered:
+    """The charge of a non-private job run without a ledger (unit tests): nothing to count."""
+
+    sent = False
+
+    def mark_sent(self) -> tuple[float, float]:
+        """Nothing is counted; no ε is reported."""
+        return 0.0, 0.0
 
 
 def protect_update(

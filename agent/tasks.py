@@ -18,15 +18,13 @@ just before the update leaves. A worker failure before any update exists release
 
 from __future__ import annotations
 
-import enum
-import math
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TypeVar
 
-import nacl.signing
 import structlog
 from google.protobuf.message import Message
 from structlog.contextvars import bound_contextvars
@@ -36,9 +34,11 @@ from agent.datasets import DatasetConfig, count_train_records
 from agent.jobbinding import JobBindings
 from agent.jobs import VerifiedJob, verify_job
 from agent.policy import exposed_dataset
-from agent.privacy import PrivacyPlan, RoundPrivacy, protect_update
+from agent.privacy import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
+from agent.release import check_delta, released_metrics
+from agent.runner_types import Handler, SecureUpdate, SiteContext, TaskOutcome
 from agent.transport import Transport
-from agent.worker.protocol import EvalResult, TrainResult, WorkerFailed
+from agent.worker.protocol import WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
 from confide.errors import (
     ConfideError,
@@ -49,7 +49,6 @@ from confide.errors import (
 )
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import encode_tensors, seal
-from confide.wire.blob import NamedArrays, check_finite
 
 __all__ = [
     "Handler",
@@ -62,68 +61,6 @@ __all__ = [
 log = structlog.get_logger("confide.agent")
 
 T = TypeVar("T")
-
-
-class TaskOutcome(enum.Enum):
-    """How a task ended, as counted by the session and the local API."""
-
-    OK = "ok"
-    FAILED = "failed"
-    REFUSED = "refused"
-
-
-@dataclass(frozen=True)
-class SiteContext:
-    """Who this site is and what it exposes; everything a handler needs besides the task.
-
-    Args:
-        federation: the federation name every envelope is bound to.
-        site: this site's identity name (its certificate CN), the envelopes' sender.
-        signing_key: the site's Ed25519 identity key.
-        ca_pem: the federation CA certificate (verifies job signers).
-        crl_pem: the CA's revocation list, or None.
-        trusted_signers: operator names trusted to sign jobs; empty = any operator.
-        datasets: the datasets this site exposes, by name.
-        device: where workers train (auto, cpu, cuda, cuda:N).
-        task_timeout_s: the longest one worker call may take before the worker is killed.
-        policies: the site's privacy policy per dataset (cap, noise floor).
-    """
-
-    federation: str
-    site: str
-    signing_key: nacl.signing.SigningKey
-    ca_pem: bytes
-    crl_pem: bytes | None
-    trusted_signers: tuple[str, ...]
-    datasets: Mapping[str, DatasetConfig]
-    device: str = "auto"
-    task_timeout_s: float = 3600.0
-    policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
-
-
-Handler = Callable[[federation_pb2.Task, Transport], None]
-"""Runs one task; returns when it is done (and answered), raises ``ConfideError`` if not."""
-
-
-class SecureUpdate(Protocol):
-    """Sends a protected update through SecAgg+ instead of a plain ``Upload`` (stage 0 on).
-
-    Set ``TaskRunner.secure_update`` to one to enable secure-aggregation jobs; until then
-    TRAIN tasks of such jobs are refused ``unsafe_request`` before any data is touched.
-    """
-
-    def __call__(
-        self,
-        task: federation_pb2.Task,
-        transport: Transport,
-        *,
-        job: VerifiedJob,
-        delta: NamedArrays,
-        num_samples: int,
-        metrics: dict[str, float],
-    ) -> None:
-        """Quantize/mask-to-be ``delta`` and send ``AdvertiseKeys`` for ``task``'s round."""
-        ...
 
 
 class TaskRunner:
@@ -295,38 +232,17 @@ class TaskRunner:
         # the records itself rather than taking the worker's word for it.
         num_train = count_train_records(dataset)
         plan = self._plan(task, job, dataset, num_train)
-        rid = None
-        if plan is not None and self.privacy is not None:
-            rid = self.privacy.reserve(
-                dataset=dataset.name,
-                # One entry per task: a retried round is a new task and a new release, so it
-                # is charged again; the same task re-sent after a reconnect is refused.
-                ledger_key=f"{task.job_id}/{task.task_id}",
-                round=task.round,
-                plan=plan,
-                max_epsilon=self._policy(dataset).max_epsilon,
-            )
-        try:
+        with self._charge(task, dataset, plan) as charge:
             ev = self._guarded(task, lambda: worker.evaluate(weights))
             self._check_abandon()
             dp = plan.dp if plan is not None else None
             tr = self._guarded(task, lambda: worker.train(weights, dp=dp, round=task.round))
             self._check_abandon()
-            _check_delta(tr.delta, weights)
-        except Exception:
-            if rid is not None and self.privacy is not None:
-                # Nothing left the site: the worker produced no update we will send.
-                self.privacy.ledger.release_unsent(rid, proof="no update was produced")
-            raise
-        delta = protect_update(tr.delta, plan) if plan is not None else tr.delta
-        epsilon = update_epsilon = 0.0
-        if rid is not None and self.privacy is not None:
-            epsilon, update_epsilon = self.privacy.job_epsilon(
-                dataset=dataset.name, job_id=task.job_id
-            )
-            # Counted before anything leaves: after this line the cost can never be released.
-            self.privacy.ledger.mark_sent(rid)
-        metrics = _released_metrics(ev, tr, record_private=job.spec.record_privacy.enabled)
+            check_delta(tr.delta, weights)
+            delta = protect_update(tr.delta, plan) if plan is not None else tr.delta
+            metrics = released_metrics(ev, tr, record_private=job.spec.record_privacy.enabled)
+            # Counted before anything leaves: from here on the cost can never be released.
+            epsilon, update_epsilon = charge.mark_sent()
         if secure and self.secure_update is not None:
             metrics["epsilon"] = epsilon
             metrics["update_epsilon"] = update_epsilon
@@ -356,16 +272,13 @@ class TaskRunner:
         return self.site.policies.get(dataset.name, DatasetPolicy())
 
     def _plan(
-        self,
-        task: federation_pb2.Task,
-        job: VerifiedJob,
-        dataset: DatasetConfig,
-        num_train: int,
+        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig, num_train: int
     ) -> RoundPrivacy | None:
         """The round's privacy plan; None only for a non-private job without a ledger.
 
         Raises:
-            PolicyRefusal: the job asks for privacy but this runner has no ledger.
+            PolicyRefusal: the job asks for privacy but this runner has no ledger, or the
+                site's noise floor cannot be met.
         """
         spec = job.spec
         if self.privacy is None:
@@ -374,18 +287,27 @@ class TaskRunner:
                     "this agent has no privacy ledger", reason=Reason.UNSAFE_REQUEST
                 )
             return None
-        policy = self._policy(dataset)
-        if policy.min_update_noise > 0 and spec.update_privacy.clip_norm <= 0:
-            raise PolicyRefusal(
-                f"dataset {dataset.name!r} requires update noise z >= "
-                f"{policy.min_update_noise}, and this job sets no update clipping",
-                reason=Reason.UNSAFE_REQUEST,
-            )
-        return self.privacy.plan(
+        return self.privacy.plan_for_site(
             spec,
             job_id=task.job_id,
+            dataset=dataset.name,
             num_train=num_train,
-            min_update_noise=policy.min_update_noise,
+            policy=self._policy(dataset),
+        )
+
+    def _charge(
+        self, task: federation_pb2.Task, dataset: DatasetConfig, plan: RoundPrivacy | None
+    ) -> AbstractContextManager[Unmetered | Charge]:
+        """The ledger charge for this round (nothing to charge without a ledger)."""
+        if plan is None or self.privacy is None:
+            return contextlib.nullcontext(Unmetered())
+        return self.privacy.charge(
+            dataset=dataset.name,
+            job_id=task.job_id,
+            task_id=task.task_id,
+            round=task.round,
+            plan=plan,
+            max_epsilon=self._policy(dataset).max_epsilon,
         )
 
     def _evaluate(self, task: federation_pb2.Task, transport: Transport) -> None:
@@ -456,33 +378,6 @@ class TaskRunner:
         )
 
 
-_TRAIN_METRICS = ("loss", "accuracy")
-
-
-def _released_metrics(ev: EvalResult, tr: TrainResult, *, record_private: bool) -> dict[str, float]:
-    """The metrics that leave with an update: hold-out evaluation, and training figures only
-    when the job is not record-private (they are computed on the training records without
-    noise, so DP-SGD's guarantee would not cover them). Worker figures are whitelisted by
-    name and must be finite.
-
-    Raises:
-        InternalError: MALFORMED: the worker returned a non-finite or out-of-range figure.
-    """
-    out = {
-        "eval_accuracy": float(ev.accuracy),
-        "eval_loss": float(ev.loss),
-        "eval_samples": float(ev.num_samples),
-    }
-    if not record_private:
-        for name in _TRAIN_METRICS:
-            value = tr.metrics.get(name, tr.metrics.get(f"train_{name}"))
-            if value is not None:
-                out[f"train_{name}"] = float(value)
-    if not all(math.isfinite(v) and v >= 0 for v in out.values()) or out["eval_accuracy"] > 1:
-        raise InternalError("the worker returned an invalid metric", reason=Reason.MALFORMED)
-    return out
-
-
 def _check_ack(ack: federation_pb2.Ack, what: str) -> None:
     if not ack.accepted:
         reason = _reason_or(ack.reason, Reason.INTERNAL)
@@ -494,29 +389,3 @@ def _reason_or(value: str, default: Reason) -> Reason:
         return Reason(value)
     except ValueError:
         return default
-
-
-def _check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
-    """Refuse a worker's delta unless it matches the model: names, shapes, float32, finite.
-
-    The worker runs untrusted job code, so the daemon checks what it hands back before it
-    protects, signs and sends it.
-
-    Raises:
-        InternalError: ``TRAINING_FAILED`` naming the first difference.
-    """
-    expected = [(n, tuple(a.shape)) for n, a in weights]
-    got = [(n, tuple(a.shape)) for n, a in delta]
-    if got != expected:
-        raise InternalError(
-            "the worker's delta does not match the model's tensors", reason=Reason.TRAINING_FAILED
-        )
-    for name, arr in delta:
-        if arr.dtype.name != "float32":
-            raise InternalError(
-                f"delta tensor {name!r} is {arr.dtype}, not float32", reason=Reason.TRAINING_FAILED
-            )
-    try:
-        check_finite(delta)
-    except PeerError as exc:
-        raise InternalError(str(exc), reason=Reason.TRAINING_FAILED) from exc

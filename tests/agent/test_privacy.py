@@ -232,3 +232,24 @@ def test_a_signed_job_never_runs_under_a_second_job_id(pki, dataset, workers, ag
     bindings.close()
     reopened = runner_with(JobBindings(tmp_path / "bind.db"))
     assert reopened.run(again, t) is TaskOutcome.REFUSED
+
+
+def test_a_charge_is_released_only_if_nothing_left(tmp_path):
+    """An error before mark_sent releases the round's cost; one after it keeps it counted."""
+    ledger = Ledger.open(tmp_path / "l.db")
+    planner = PrivacyPlan(ledger)
+    spec = job_spec()
+    spec.update_privacy.CopyFrom(
+        common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
+    )
+    plan = planner.plan(spec, job_id="j", num_train=40, min_update_noise=0.0)
+    args = dict(dataset="d", job_id="j", round=1, plan=plan, max_epsilon=None)
+    with pytest.raises(RuntimeError), planner.charge(task_id="t1", **args):
+        raise RuntimeError("worker failed before any update existed")
+    assert ledger.spent("d").rounds == 0
+    with pytest.raises(RuntimeError), planner.charge(task_id="t2", **args) as charge:
+        eps, _ = charge.mark_sent()
+        assert eps > 0
+        raise RuntimeError("upload failed after the update left")
+    assert ledger.spent("d").rounds == 1
+    ledger.close()

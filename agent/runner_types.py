@@ -1,0 +1,85 @@
+"""The task runner's vocabulary: outcomes, handlers, who the site is, the SecAgg+ seam.
+
+Kept apart from ``agent.tasks`` (which re-exports these names) so the runner module holds
+only the running of tasks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nacl.signing
+
+from agent.config import DatasetPolicy
+from agent.datasets import DatasetConfig
+from agent.jobs import VerifiedJob
+from agent.transport import Transport
+from confide.v1 import federation_pb2
+from confide.wire.blob import NamedArrays
+
+__all__ = ["Handler", "SecureUpdate", "SiteContext", "TaskOutcome"]
+
+
+class TaskOutcome(enum.Enum):
+    """How a task ended, as counted by the session and the local API."""
+
+    OK = "ok"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """Who this site is and what it exposes; everything a handler needs besides the task.
+
+    Args:
+        federation: the federation name every envelope is bound to.
+        site: this site's identity name (its certificate CN), the envelopes' sender.
+        signing_key: the site's Ed25519 identity key.
+        ca_pem: the federation CA certificate (verifies job signers).
+        crl_pem: the CA's revocation list, or None.
+        trusted_signers: operator names trusted to sign jobs; empty = any operator.
+        datasets: the datasets this site exposes, by name.
+        device: where workers train (auto, cpu, cuda, cuda:N).
+        task_timeout_s: the longest one worker call may take before the worker is killed.
+        policies: the site's privacy policy per dataset (cap, noise floor).
+    """
+
+    federation: str
+    site: str
+    signing_key: nacl.signing.SigningKey
+    ca_pem: bytes
+    crl_pem: bytes | None
+    trusted_signers: tuple[str, ...]
+    datasets: Mapping[str, DatasetConfig]
+    device: str = "auto"
+    task_timeout_s: float = 3600.0
+    policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
+
+
+Handler = Callable[[federation_pb2.Task, Transport], None]
+"""Runs one task; returns when it is done (and answered), raises ``ConfideError`` if not."""
+
+
+class SecureUpdate(Protocol):
+    """Sends a protected update through SecAgg+ instead of a plain ``Upload`` (stage 0 on).
+
+    Set ``TaskRunner.secure_update`` to one to enable secure-aggregation jobs; until then
+    TRAIN tasks of such jobs are refused ``unsafe_request`` before any data is touched.
+    """
+
+    def __call__(
+        self,
+        task: federation_pb2.Task,
+        transport: Transport,
+        *,
+        job: VerifiedJob,
+        delta: NamedArrays,
+        num_samples: int,
+        metrics: dict[str, float],
+    ) -> None:
+        """Quantize/mask-to-be ``delta`` and send ``AdvertiseKeys`` for ``task``'s round."""
+        ...
