@@ -243,7 +243,7 @@ def test_a_charge_is_released_only_if_nothing_left(tmp_path):
         common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
     )
     plan = planner.plan(spec, job_id="j", num_train=40, min_update_noise=0.0)
-    args = dict(dataset="d", job_id="j", round=1, plan=plan, max_epsilon=None)
+    args = dict(dataset="d", job_id="j", round=1, plan=plan, max_epsilon=100.0)
     with pytest.raises(RuntimeError), planner.charge(task_id="t1", **args):
         raise RuntimeError("worker failed before any update existed")
     assert ledger.spent("d").rounds == 0
