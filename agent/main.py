@@ -14,6 +14,7 @@ This is the only module of the agent that configures structlog (STYLE rule 9).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,7 @@ from google.protobuf.message import Message
 
 from agent.api import AgentApi, connect_api
 from agent.config import AgentConfig, DatasetPolicy, load_config
+from agent.faults import install_kill_point, kill_point_from_env
 from agent.jobbinding import JobBindings
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan
@@ -192,6 +194,9 @@ def _run_daemon(cfg: AgentConfig) -> int:
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
+    kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)
+    if kill_point is not None:
+        install_kill_point(runner, kill_point)
     started = time.time()
     session: Session | None = None
 

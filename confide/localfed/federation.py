@@ -171,14 +171,16 @@ class LocalFederation:
 
     # ----- processes -----
 
-    def _spawn(self, code: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, code: str, config: Path, log: Path, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             return subprocess.Popen(
                 [sys.executable, "-c", code, "--config", str(config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self._env,
+                env={**self._env, **(env or {})},
                 cwd=self.root,
             )
 
@@ -222,11 +224,14 @@ class LocalFederation:
         self._write_operator_config()
         return self.address
 
-    def start_agent(self, site: SiteSetup, *, ca: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_agent(
+        self, site: SiteSetup, *, ca: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start one site's agent with its datasets and policy.
 
         Args:
             ca: the CA certificate the site trusts (default: the federation's).
+            env: extra environment for this agent only (e.g. a test's kill point).
         """
         d = self.site_dirs[site.name]
         tls = self._tls(d, site.name)
@@ -244,7 +249,7 @@ class LocalFederation:
             "log": {"level": self.log_level, "json": True},
         }
         (d / "agent.toml").write_text(toml_text(cfg))
-        proc = self._spawn(_AGENT, d / "agent.toml", d / "agent.log")
+        proc = self._spawn(_AGENT, d / "agent.toml", d / "agent.log", env)
         self.agents[site.name] = proc
         return proc
 
