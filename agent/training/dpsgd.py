@@ -14,14 +14,14 @@ Opacus's own accountant is not used; ``secure_mode`` (torchcsprng) is not availa
 sampling and noise come from torch generators seeded from ``os.urandom`` each round.
 
 Per-sample-gradient mode per model, chosen by measurement: ``python -m bench.dp_training``
-(CPU, 2 shared cores, torch threads 1, batch 64, sigma 1, C 1; DP samples/s, best of 5):
+(CPU, 2 shared cores, torch threads 1, batch 64, sigma 1, C 1; DP samples/s, best of 8):
 
 =========  =======  =========  =======  =======  =======  ======  =============
 model      hooks    functorch  ew       ghost    fused    plain   chosen (ratio)
 =========  =======  =========  =======  =======  =======  ======  =============
-logreg      99,831     55,936  108,618   72,844  244,641  280,181  fused (1.15)
-mlp         62,863     31,970   74,802   51,507  179,918  221,006  fused (1.23)
-cnn         17,149     11,672   20,215   13,150   28,279   42,925  fused (1.52)
+logreg      94,603     53,777  105,362   71,867  238,562  268,454  fused (1.13)
+mlp         60,331     29,841   71,831   48,417  168,796  214,174  fused (1.27)
+cnn         15,590     10,278   20,397   12,927   29,488   42,081  fused (1.43)
 =========  =======  =========  =======  =======  =======  ======  =============
 
 Of Opacus's own modes ``ew`` is fastest here, but every Opacus mode costs 2.1-3.5x plain SGD

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from agent.training.dpsgd import DpTrainer, GradSampleMode
 from agent.training.models import build_model, load_weights, weights_delta
@@ -122,3 +125,38 @@ def test_fused_step_matches_opacus_hooks(kind):
         torch.testing.assert_close(
             torch.from_numpy(fast), torch.from_numpy(ref), rtol=1e-4, atol=1e-6
         )
+
+
+def test_fused_conv_with_stride_padding_and_dilation_matches_opacus_hooks():
+    """The fused step's patch extraction holds for any stride, padding, dilation and kernel."""
+    torch.manual_seed(5)
+    ref_module = nn.Sequential(
+        nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 2, stride=2, padding=1),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
+    x = torch.randn(10, 2, 9, 7, generator=torch.Generator().manual_seed(3)) * 3.0
+    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(4))
+    ref_module(x)  # materialise the lazy layer
+    start = copy.deepcopy(ref_module.state_dict())
+    out = {}
+    for mode in (GradSampleMode.HOOKS, GradSampleMode.FUSED):
+        module = copy.deepcopy(ref_module)
+        module.load_state_dict(start)
+        DpTrainer(module, mode=mode, lr=0.5).run(
+            x,
+            y,
+            noise_multiplier=0.0,
+            max_grad_norm=0.3,
+            sample_rate=1.0,
+            steps=2,
+            sample_generator=torch.Generator().manual_seed(1),
+            noise_generator=torch.Generator().manual_seed(2),
+        )
+        out[mode] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for name, before in start.items():
+        ref, fast = out[GradSampleMode.HOOKS][name], out[GradSampleMode.FUSED][name]
+        assert float((ref - before).abs().max()) > 0, name
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6)
