@@ -206,8 +206,10 @@ class Ledger:
         """Durably reserve one round's cost, or refuse if it would cross a cap.
 
         The cumulative record-level ε after adding this round (RDP composition of every
-        reserved and sent entry of ``dataset`` at the ledger's δ) must stay <= the cap; so
-        must the site-level ε when ``max_update_epsilon`` is given.
+        reserved and sent entry of ``dataset``) must stay <= the cap; so must the site-level ε
+        when ``max_update_epsilon`` is given. Both are taken at the round's δ
+        (``layer_costs.delta``, the job's), never at one looser than the ledger's own δ: a job
+        cannot buy a larger budget by naming a large δ.
 
         Args:
             dataset: the site's dataset name.
@@ -236,18 +238,19 @@ class Ledger:
                     reason=Reason.DENIED,
                 )
             costs = [e.cost for e in self._entries(conn, dataset)]
-            eps, upd_eps = cumulative_epsilon([*costs, layer_costs], delta=self.delta)
+            at = min(layer_costs.delta, self.delta)
+            eps, upd_eps = cumulative_epsilon([*costs, layer_costs], delta=at)
             if not eps <= cap:
-                spent, _ = cumulative_epsilon(costs, delta=self.delta)
+                spent, _ = cumulative_epsilon(costs, delta=at)
                 raise PolicyRefusal(
                     f"dataset '{dataset}': privacy budget exceeded: spent ε={spent:.4g}, this "
-                    f"round would make it {_fmt(eps)}, cap {cap:.4g} (δ={self.delta:g})",
+                    f"round would make it {_fmt(eps)}, cap {cap:.4g} (δ={at:g})",
                     reason=Reason.BUDGET_EXCEEDED,
                 )
             if max_update_epsilon is not None and not upd_eps <= max_update_epsilon:
                 raise PolicyRefusal(
                     f"dataset '{dataset}': update-level budget exceeded: this round would make "
-                    f"ε={_fmt(upd_eps)}, cap {max_update_epsilon:.4g} (δ={self.delta:g})",
+                    f"ε={_fmt(upd_eps)}, cap {max_update_epsilon:.4g} (δ={at:g})",
                     reason=Reason.BUDGET_EXCEEDED,
                 )
             rec_cols = (None,) * 4 if rec is None else dataclasses.astuple(rec)

@@ -149,7 +149,7 @@ class PrivacyPlan:
                 min_sites=m,
                 distributed=distributed,
             )
-        cost = round_cost(record=record, update=upd, delta=self.ledger.delta)
+        cost = round_cost(record=record, update=upd, delta=self.job_delta(spec))
         return RoundPrivacy(dp=dp, cost=cost, clip_norm=clip_norm, noise_std=std)
 
     def _noise_multiplier(
@@ -239,14 +239,27 @@ class PrivacyPlan:
                 self.ledger.release_unsent(rid, proof="no update was produced")
             raise
 
+    def job_delta(self, spec: common_pb2.JobSpec) -> float:
+        """The δ at which this site states and caps a job's cumulative ε.
+
+        The smallest δ the job names on a layer it uses (``privacy.sample.delta``,
+        ``privacy.update.delta``), and never more than the ledger's own δ, so a job cannot
+        enlarge a site's budget by naming a large δ. A job naming none gets the ledger's.
+        """
+        named = [self.ledger.delta]
+        if spec.record_privacy.enabled and spec.record_privacy.delta > 0:
+            named.append(spec.record_privacy.delta)
+        if spec.update_privacy.clip_norm > 0 and spec.update_privacy.delta > 0:
+            named.append(spec.update_privacy.delta)
+        return min(named)
+
     def job_epsilon(self, *, dataset: str, job_id: str) -> tuple[float, float]:
-        """Cumulative (record-level, site-level) ε this job has spent on this dataset."""
-        costs = [
-            e.cost
-            for e in self.ledger.entries(dataset)
-            if e.job_id.startswith(job_id + "/")  # ledger keys are "<job_id>/<task_id>"
-        ]
-        return cumulative_epsilon(costs, delta=self.ledger.delta)
+        """Cumulative (record-level, site-level) ε of this job's rounds on this dataset, at the
+        job's δ (``job_delta``)."""
+        entries = self.ledger.entries(dataset)
+        mine = [e for e in entries if e.job_id.startswith(job_id + "/")]  # "<job_id>/<task_id>"
+        at = min((e.cost.delta for e in mine), default=self.ledger.delta)
+        return cumulative_epsilon([e.cost for e in mine], delta=at)
 
     def forget(self, job_id: str) -> None:
         """Drop a finished job's cached σ."""

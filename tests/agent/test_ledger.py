@@ -69,6 +69,36 @@ def test_spent_is_exact_composition_not_a_sum(ledger):
     assert ledger.spent("other").rounds == 0
 
 
+def _cost_at(delta: float):
+    return round_cost(
+        record=RecordCost(sample_rate=0.01, noise_multiplier=1.0, steps=100, delta=delta),
+        update=None,
+        delta=delta,
+    )
+
+
+def test_the_cap_is_checked_at_the_jobs_delta(ledger):
+    """A round at δ=1e-9 is capped at 1e-9: refused where the same round at 1e-5 would fit."""
+    strict = _cost_at(1e-9)
+    eps_loose = cumulative_epsilon([strict], delta=1e-5)[0]
+    eps_strict = cumulative_epsilon([strict], delta=1e-9)[0]
+    cap = (eps_loose + eps_strict) / 2
+    with pytest.raises(PolicyRefusal) as info:
+        ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=strict, max_epsilon=cap)
+    assert info.value.reason is Reason.BUDGET_EXCEEDED and "δ=1e-09" in str(info.value)
+    ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=_cost_at(1e-5), max_epsilon=cap)
+
+
+def test_a_large_job_delta_cannot_loosen_the_cap(ledger):
+    """A round naming δ=0.1 is still capped at the ledger's δ (1e-5)."""
+    loose = _cost_at(0.1)
+    cap = cumulative_epsilon([loose], delta=1e-5)[0] * 0.9
+    assert cumulative_epsilon([loose], delta=0.1)[0] < cap  # it would fit at its own δ
+    with pytest.raises(PolicyRefusal) as info:
+        ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=loose, max_epsilon=cap)
+    assert "δ=1e-05" in str(info.value)
+
+
 def test_update_level_cap(ledger):
     """A site-level cap refuses the round that would cross it."""
     with pytest.raises(PolicyRefusal) as info:

@@ -13,6 +13,7 @@ from agent.datasets import DataFormat, DatasetConfig, count_train_records
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan, planned_survivors, protect_update
 from agent.tasks import TaskOutcome, TaskRunner
+from confide.dp.budget import cumulative_epsilon
 from confide.errors import PolicyRefusal, Reason
 from confide.secagg import job_params
 from confide.v1 import common_pb2, federation_pb2
@@ -252,4 +253,32 @@ def test_a_charge_is_released_only_if_nothing_left(tmp_path):
         assert eps > 0
         raise RuntimeError("upload failed after the update left")
     assert ledger.spent("d").rounds == 1
+    ledger.close()
+
+
+def test_a_jobs_epsilon_is_stated_at_its_own_delta(tmp_path):
+    """A job at δ=1e-8 is planned, charged and reported at 1e-8; one naming δ=0.1 at the
+    ledger's 1e-5; a job naming no δ at the ledger's."""
+    ledger = Ledger.open(tmp_path / "l.db")
+    planner = PrivacyPlan(ledger)
+    spec = job_spec()
+    spec.update_privacy.CopyFrom(
+        common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=2.0, delta=1e-8)
+    )
+    assert planner.job_delta(spec) == 1e-8
+    assert planner.job_delta(job_spec()) == ledger.delta
+    loose = job_spec()
+    loose.update_privacy.CopyFrom(
+        common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=2.0, delta=0.1)
+    )
+    assert planner.job_delta(loose) == ledger.delta
+    plan = planner.plan(spec, job_id="j", num_train=40, min_update_noise=0.0)
+    assert plan.cost.delta == 1e-8
+    with planner.charge(
+        task_id="t1", dataset="d", job_id="j", round=1, plan=plan, max_epsilon=100.0
+    ) as charge:
+        charge.mark_sent()
+    rec, site = planner.job_epsilon(dataset="d", job_id="j")
+    assert (rec, site) == cumulative_epsilon([plan.cost], delta=1e-8)
+    assert site > cumulative_epsilon([plan.cost], delta=1e-5)[1]
     ledger.close()
