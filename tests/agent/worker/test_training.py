@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -92,59 +93,14 @@ def test_empty_poisson_sample_still_takes_a_noise_step():
     assert any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [common_pb2.MODEL_KIND_LOGREG, common_pb2.MODEL_KIND_MLP, common_pb2.MODEL_KIND_CNN],
-)
-def test_fused_step_matches_opacus_hooks(kind):
-    """Without noise, the fused step gives the same clipped update as Opacus's hooks mode."""
-    model, dataset = _specs(kind)
-    weights = initial_weights(model, dataset, seed=11)
-    shape = (24, 1, 8, 8) if kind == common_pb2.MODEL_KIND_CNN else (24, 5)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 3.0
-    y = torch.randint(0, 3, (24,), generator=torch.Generator().manual_seed(4))
+def _assert_fused_matches_hooks(
+    make_module: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor
+) -> None:
+    """Two noiseless DP-SGD steps from the same start: fused and Opacus hooks agree, and move."""
+    start = {k: v.detach().clone() for k, v in make_module().state_dict().items()}
     out = {}
     for mode in (GradSampleMode.HOOKS, GradSampleMode.FUSED):
-        module = build_model(model, dataset)
-        load_weights(module, weights)
-        DpTrainer(module, mode=mode, lr=0.5).run(
-            x,
-            y,
-            noise_multiplier=0.0,
-            max_grad_norm=0.3,
-            sample_rate=1.0,
-            steps=2,
-            sample_generator=torch.Generator().manual_seed(1),
-            noise_generator=torch.Generator().manual_seed(2),
-        )
-        out[mode] = weights_delta(module, weights)
-    for (name, ref), (_, fast) in zip(
-        out[GradSampleMode.HOOKS], out[GradSampleMode.FUSED], strict=True
-    ):
-        assert float(abs(ref).max()) > 0, name
-        torch.testing.assert_close(
-            torch.from_numpy(fast), torch.from_numpy(ref), rtol=1e-4, atol=1e-6
-        )
-
-
-def test_fused_conv_with_stride_padding_and_dilation_matches_opacus_hooks():
-    """The fused step's patch extraction holds for any stride, padding, dilation and kernel."""
-    torch.manual_seed(5)
-    ref_module = nn.Sequential(
-        nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
-        nn.ReLU(),
-        nn.Conv2d(3, 4, 2, stride=2, padding=1),
-        nn.Flatten(),
-        nn.LazyLinear(3),
-    )
-    x = torch.randn(10, 2, 9, 7, generator=torch.Generator().manual_seed(3)) * 3.0
-    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(4))
-    ref_module(x)  # materialise the lazy layer
-    start = copy.deepcopy(ref_module.state_dict())
-    out = {}
-    for mode in (GradSampleMode.HOOKS, GradSampleMode.FUSED):
-        module = copy.deepcopy(ref_module)
-        module.load_state_dict(start)
+        module = make_module()
         DpTrainer(module, mode=mode, lr=0.5).run(
             x,
             y,
@@ -160,3 +116,39 @@ def test_fused_conv_with_stride_padding_and_dilation_matches_opacus_hooks():
         ref, fast = out[GradSampleMode.HOOKS][name], out[GradSampleMode.FUSED][name]
         assert float((ref - before).abs().max()) > 0, name
         torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [common_pb2.MODEL_KIND_LOGREG, common_pb2.MODEL_KIND_MLP, common_pb2.MODEL_KIND_CNN],
+)
+def test_fused_step_matches_opacus_hooks(kind):
+    """Without noise, the fused step gives the same clipped update as Opacus's hooks mode."""
+    model, dataset = _specs(kind)
+    weights = initial_weights(model, dataset, seed=11)
+    shape = (24, 1, 8, 8) if kind == common_pb2.MODEL_KIND_CNN else (24, 5)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 3.0
+    y = torch.randint(0, 3, (24,), generator=torch.Generator().manual_seed(4))
+
+    def make() -> nn.Module:
+        module = build_model(model, dataset)
+        load_weights(module, weights)
+        return module
+
+    _assert_fused_matches_hooks(make, x, y)
+
+
+def test_fused_conv_with_stride_padding_and_dilation_matches_opacus_hooks():
+    """The fused step's patch extraction holds for any stride, padding, dilation and kernel."""
+    torch.manual_seed(5)
+    ref_module = nn.Sequential(
+        nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 2, stride=2, padding=1),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
+    x = torch.randn(10, 2, 9, 7, generator=torch.Generator().manual_seed(3)) * 3.0
+    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(4))
+    ref_module(x)  # materialise the lazy layer
+    _assert_fused_matches_hooks(lambda: copy.deepcopy(ref_module), x, y)
