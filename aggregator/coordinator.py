@@ -274,7 +274,7 @@ class Coordinator:
                 job.secure.masked(site, arrays)  # into the modular sum; not kept
                 now = self.clock()
                 self.store.record_site(
-                    job.secure_row(site, rnd, header),
+                    job.accepted_row(site, rnd, job.secure.info[site]),
                     audit=AuditNote("masked_input_accepted", site, now, job_id, rnd),
                 )
                 self._feed(job_id, r.SecAggReceived(site, rnd, r.RoundPhase.MASKED_INPUT))
@@ -283,7 +283,7 @@ class Coordinator:
             job.add_update_metrics(header)
             now = self.clock()
             self.store.record_site(
-                job.update_row(site, rnd, header),
+                job.accepted_row(site, rnd, header),
                 audit=AuditNote("update_accepted", site, now, job_id, rnd),
             )
             self._feed(job_id, r.UpdateReceived(site, rnd))

@@ -120,34 +120,25 @@ class Job:
         task.MergeFrom(payload)
         return task
 
-    def update_row(self, site: str, rnd: int, header: federation_pb2.UpdateHeader) -> SiteRoundRow:
-        """The store row for an accepted update."""
+    def accepted_row(
+        self,
+        site: str,
+        rnd: int,
+        figures: federation_pb2.UpdateHeader | federation_pb2.AdvertiseKeys,
+    ) -> SiteRoundRow:
+        """The store row for an accepted update, from the figures its site sent with it: a
+        plain update's header, or for a masked input the site's AdvertiseKeys (never the input).
+        """
         return SiteRoundRow(
             self.job_id,
             rnd,
             site,
             "ok",
             "",
-            int(header.num_samples),
-            header.epsilon,
-            header.update_epsilon,
-            dict(header.metrics),
-        )
-
-    def secure_row(self, site: str, rnd: int, header: federation_pb2.UpdateHeader) -> SiteRoundRow:
-        """The store row for an accepted masked input: its AdvertiseKeys metadata only."""
-        assert self.secure is not None
-        keys = self.secure.info[site]
-        return SiteRoundRow(
-            self.job_id,
-            rnd,
-            site,
-            "ok",
-            "",
-            int(keys.num_samples),
-            keys.epsilon,
-            keys.update_epsilon,
-            dict(keys.metrics),
+            int(figures.num_samples),
+            figures.epsilon,
+            figures.update_epsilon,
+            dict(figures.metrics),
         )
 
     def report_row(self, site: str, rnd: int, rep: federation_pb2.TaskReport) -> SiteRoundRow:
