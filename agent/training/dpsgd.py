@@ -193,8 +193,7 @@ class DpTrainer:
         stats = RoundStats()
         self.module.train()
         for _ in range(steps):
-            mask = torch.rand(n, generator=sample_generator) < sample_rate
-            idx = mask.nonzero().squeeze(1).to(x.device)
+            idx = _poisson_sample(n, sample_rate, sample_generator, x.device)
             if idx.numel() == 0:
                 _noise_only_step(params, sgd, std=std, expected=expected, gen=noise_generator)
             else:
@@ -229,8 +228,7 @@ class DpTrainer:
         n = int(x.shape[0])
         params = [p for p in self.module.parameters() if p.requires_grad]
         for _ in range(steps):
-            mask = torch.rand(n, generator=sample_generator) < sample_rate
-            idx = mask.nonzero().squeeze(1).to(x.device)
+            idx = _poisson_sample(n, sample_rate, sample_generator, x.device)
             if idx.numel() == 0:
                 _noise_only_step(params, sgd, std=std, expected=expected, gen=noise_generator)
             else:
@@ -244,6 +242,18 @@ class DpTrainer:
                     per_record = nn.functional.cross_entropy(logits.detach(), yb, reduction="sum")
                 stats.add(logits.detach(), yb, per_record)
             stats.steps += 1
+
+
+def _poisson_sample(
+    n: int, sample_rate: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Indices of one Poisson sample of n records: each kept with probability q, independently.
+
+    The accountant's sampled Gaussian mechanism assumes exactly this scheme, so every mode
+    draws its batches here.
+    """
+    mask = torch.rand(n, generator=generator) < sample_rate
+    return mask.nonzero().squeeze(1).to(device)
 
 
 def _noise_only_step(
