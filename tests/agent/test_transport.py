@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from concurrent import futures
+from typing import Any
 
 import grpc
 import numpy as np
@@ -116,10 +117,9 @@ def test_rpc_errors_map_to_confide_errors(pki, server):
     assert info.value.reason is Reason.UNKNOWN_JOB
 
 
-def test_session_trains_over_grpc(pki, server, runner, workers):
-    """A session over the real transport uploads a header envelope then the blob's chunks."""
-    servicer, address = server
-    session = Session(
+def _grpc_session(pki: Any, address: str, runner: Any) -> Session:
+    """A site-1 session over the real gRPC transport to the test server."""
+    return Session(
         runner=runner,
         connect=lambda: GrpcTransport.from_identity(
             pki.site, address=address, server_name="aggregator"
@@ -128,6 +128,12 @@ def test_session_trains_over_grpc(pki, server, runner, workers):
         device="cpu",
         resources=federation_pb2.Resources,
     )
+
+
+def test_session_trains_over_grpc(pki, server, runner, workers):
+    """A session over the real transport uploads a header envelope then the blob's chunks."""
+    servicer, address = server
+    session = _grpc_session(pki, address, runner)
     th = threading.Thread(target=session.run, daemon=True)
     th.start()
     try:
@@ -192,15 +198,7 @@ def test_close_cancels_a_download_in_flight(pki, server):
 def test_session_stop_cancels_a_stalled_download(pki, server, runner, workers):
     """stop() ends run() promptly even while a task is blocked in a stalled download."""
     servicer, address = server
-    session = Session(
-        runner=runner,
-        connect=lambda: GrpcTransport.from_identity(
-            pki.site, address=address, server_name="aggregator"
-        ),
-        datasets=[DATASET],
-        device="cpu",
-        resources=federation_pb2.Resources,
-    )
+    session = _grpc_session(pki, address, runner)
     th = threading.Thread(target=session.run, daemon=True)
     th.start()
     try:

@@ -16,19 +16,27 @@ from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from tests.aggregator.fakes import delta_like, tiny_spec
 
 
-@pytest.fixture
-def round1(clients):
-    """A job with two connected sites in round 1, and a third connected but unselected site."""
+def _start_round(clients: Any, **spec: Any) -> tuple[Any, str, Any, Any, Any, Any, Any]:
+    """Submit a job to two connected sites; both hold their round-1 TRAIN task.
+
+    Returns (operator, job id, site 1, site 2, task 1, task 2, the round's model).
+    """
     site, operator = clients
     op = operator()
     s1, s2 = site("site-1"), site("site-2")
     s1.connect()
     s2.connect()
-    job_id = op.submit(tiny_spec(round_timeout_s=30.0))
+    job_id = op.submit(tiny_spec(round_timeout_s=30.0, **spec))
     t1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
     t2 = s2.next_task(federation_pb2.TASK_KIND_TRAIN)
-    model = s1.download(job_id, t1.model_version)
-    return op, s1, s2, t1, t2, model, site
+    return op, job_id, s1, s2, t1, t2, s1.download(job_id, t1.model_version)
+
+
+@pytest.fixture
+def round1(clients):
+    """A job with two connected sites in round 1, and a third connected but unselected site."""
+    op, _, s1, s2, t1, t2, model = _start_round(clients)
+    return op, s1, s2, t1, t2, model, clients[0]
 
 
 def _refused(op: Any, call: Any, code: grpc.StatusCode, reason: str, event: str) -> None:
@@ -42,8 +50,7 @@ def _refused(op: Any, call: Any, code: grpc.StatusCode, reason: str, event: str)
 
 
 def _still_serving(op: Any, s1: Any, s2: Any, t1: Any, t2: Any, model: Any) -> None:
-    assert s1.upload(t1, delta_like(model, 0.1)).accepted
-    assert s2.upload(t2, delta_like(model, 0.1)).accepted
+    _finish_round(s1, s2, t1, t2, model)
     s1.next_task(federation_pb2.TASK_KIND_TRAIN)
 
 
@@ -221,15 +228,7 @@ def _finish_round(s1, s2, t1, t2, model):
 @pytest.fixture
 def last_round(clients):
     """A one-round job with two sites whose round is complete: EVALUATE tasks are out."""
-    site, operator = clients
-    op = operator()
-    s1, s2 = site("site-1"), site("site-2")
-    s1.connect()
-    s2.connect()
-    job_id = op.submit(tiny_spec(rounds=1, round_timeout_s=30.0))
-    t1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
-    t2 = s2.next_task(federation_pb2.TASK_KIND_TRAIN)
-    model = s1.download(job_id, t1.model_version)
+    op, job_id, s1, s2, t1, t2, model = _start_round(clients, rounds=1)
     _finish_round(s1, s2, t1, t2, model)
     e1 = s1.next_task(federation_pb2.TASK_KIND_EVALUATE)
     e2 = s2.next_task(federation_pb2.TASK_KIND_EVALUATE)

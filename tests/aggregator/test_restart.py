@@ -13,22 +13,32 @@ from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FakeSite, Operator, delta_like, tiny_spec
 
 
-def test_restart_resumes_after_completed_round(pki, tmp_path):
-    """Round 1 completes, the aggregator stops; after restart round 2 starts from version 1."""
-    cfg = make_config(pki, tmp_path / "state")
-    agg, port = build(cfg)
-    op, s1, s2 = (
+def _clients(pki, port: int) -> tuple[Operator, FakeSite, FakeSite]:
+    """The operator and sites 1 and 2 for the aggregator on ``port`` (sites not connected)."""
+    return (
         Operator(pki, "alice", port),
         FakeSite(pki, "site-1", port),
         FakeSite(pki, "site-2", port),
     )
-    s1.connect()
-    s2.connect()
-    job = op.submit(tiny_spec(rounds=3))
+
+
+def _complete_round(job: str, s1: FakeSite, s2: FakeSite) -> None:
+    """Both sites take their TRAIN task and upload an update: the round completes."""
     tasks = [s.next_task(federation_pb2.TASK_KIND_TRAIN) for s in (s1, s2)]
     model = s1.download(job, tasks[0].model_version)
     for s, t in zip((s1, s2), tasks, strict=True):
         s.upload(t, delta_like(model, 1.0))
+
+
+def test_restart_resumes_after_completed_round(pki, tmp_path):
+    """Round 1 completes, the aggregator stops; after restart round 2 starts from version 1."""
+    cfg = make_config(pki, tmp_path / "state")
+    agg, port = build(cfg)
+    op, s1, s2 = _clients(pki, port)
+    s1.connect()
+    s2.connect()
+    job = op.submit(tiny_spec(rounds=3))
+    _complete_round(job, s1, s2)
     v1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN).model_version
     for c in (op, s1, s2):
         c.close()
@@ -36,11 +46,7 @@ def test_restart_resumes_after_completed_round(pki, tmp_path):
 
     agg, port = build(cfg)
     try:
-        op, s1, s2 = (
-            Operator(pki, "alice", port),
-            FakeSite(pki, "site-1", port),
-            FakeSite(pki, "site-2", port),
-        )
+        op, s1, s2 = _clients(pki, port)
         s1.connect()
         s2.connect()
         t = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
@@ -108,11 +114,7 @@ def test_restart_mid_round_resends_train_with_a_fresh_task_id(pki, tmp_path):
     """A round interrupted by a restart resumes as the next attempt, with a new task id."""
     cfg = make_config(pki, tmp_path / "state")
     agg, port = build(cfg)
-    op, s1, s2 = (
-        Operator(pki, "alice", port),
-        FakeSite(pki, "site-1", port),
-        FakeSite(pki, "site-2", port),
-    )
+    op, s1, s2 = _clients(pki, port)
     s1.connect()
     s2.connect()
     op.submit(tiny_spec(rounds=2))
@@ -141,29 +143,18 @@ def test_restart_during_final_evaluation_evaluates_once_sites_return(pki, tmp_pa
     """A restart after the last round waits for sites, sends EVALUATE, then JOB_DONE."""
     cfg = make_config(pki, tmp_path / "state")
     agg, port = build(cfg)
-    op, s1, s2 = (
-        Operator(pki, "alice", port),
-        FakeSite(pki, "site-1", port),
-        FakeSite(pki, "site-2", port),
-    )
+    op, s1, s2 = _clients(pki, port)
     s1.connect()
     s2.connect()
     job = op.submit(tiny_spec(rounds=1))
-    tasks = [s.next_task(federation_pb2.TASK_KIND_TRAIN) for s in (s1, s2)]
-    model = s1.download(job, tasks[0].model_version)
-    for s, t in zip((s1, s2), tasks, strict=True):
-        s.upload(t, delta_like(model, 1.0))
+    _complete_round(job, s1, s2)
     s1.next_task(federation_pb2.TASK_KIND_EVALUATE)  # never answered: the aggregator stops
     for c in (op, s1, s2):
         c.close()
     agg.stop(grace=0)
 
     agg, port = build(cfg)
-    op, s1, s2 = (
-        Operator(pki, "alice", port),
-        FakeSite(pki, "site-1", port),
-        FakeSite(pki, "site-2", port),
-    )
+    op, s1, s2 = _clients(pki, port)
     try:
         st = op.admin.GetJob(admin_pb2.JobRef(job_id=job))
         assert st.state == admin_pb2.JOB_STATE_RUNNING

@@ -15,6 +15,8 @@ from confide.localfed import (
     partition_breast_cancer,
     partition_site,
 )
+from confide.v1 import federation_pb2
+from confide.wire.blob import BlobAssembler, NamedArrays
 
 
 def site_setup(
@@ -37,6 +39,19 @@ def start_sites(fed: LocalFederation, data: DatasetFiles, n: int) -> list[str]:
         fed.start_agent(site_setup(name, data, i))
     fed.wait_for_sites(n)
     return names
+
+
+def download_model(
+    fed: LocalFederation, job_id: str, version: str, *, max_bytes: int, timeout: float
+) -> NamedArrays:
+    """A model version of a job, streamed from the aggregator's Admin API and reassembled."""
+    parts = fed.admin().DownloadModel(
+        federation_pb2.DownloadRequest(job_id=job_id, model_version=version), timeout=timeout
+    )
+    asm = BlobAssembler(next(parts).header, max_bytes=max_bytes)
+    for p in parts:
+        asm.add(p.chunk)
+    return asm.finish()
 
 
 @pytest.fixture

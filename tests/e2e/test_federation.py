@@ -13,10 +13,9 @@ import pytest
 
 from confide.cli.demo import demo_job
 from confide.localfed import SiteSetup
-from confide.v1 import admin_pb2, common_pb2, federation_pb2
-from confide.wire.blob import BlobAssembler
+from confide.v1 import admin_pb2, common_pb2
 
-from .conftest import site_setup, start_sites
+from .conftest import download_model, site_setup, start_sites
 
 pytestmark = pytest.mark.e2e
 
@@ -129,15 +128,9 @@ def test_a_200mb_model_passes_through_chunked_streams(federation, bc3):
     )
     status = federation.wait_job(federation.submit(spec), timeout=300)
     assert status.state == admin_pb2.JOB_STATE_DONE, status.error
-    parts = federation.admin().DownloadModel(
-        federation_pb2.DownloadRequest(job_id=status.job_id, model_version=status.model_version),
-        timeout=120,
+    ((name, delta),) = download_model(
+        federation, status.job_id, status.model_version, max_bytes=params * 4, timeout=120
     )
-    first = next(parts)
-    asm = BlobAssembler(first.header, max_bytes=params * 4)
-    for p in parts:
-        asm.add(p.chunk)
-    ((name, delta),) = asm.finish()
     assert name == "delta" and delta.shape == (params,)
     assert np.all(delta == delta[0]) and delta[0] != 0.0
 

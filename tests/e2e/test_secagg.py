@@ -16,10 +16,10 @@ from confide.config import Section
 from confide.localfed import partition_breast_cancer
 from confide.models import initial_weights
 from confide.secagg.quantize import quantization_step
-from confide.v1 import admin_pb2, common_pb2, federation_pb2
-from confide.wire.blob import BlobAssembler, NamedArrays
+from confide.v1 import admin_pb2, common_pb2
+from confide.wire.blob import NamedArrays
 
-from .conftest import site_setup
+from .conftest import download_model, site_setup
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,10 @@ def test_ten_sites_survive_a_sigkill_at_each_secagg_stage(federation, tmp_path):
     assert [r.aggregated for r in done] == [len(in_sum[r]) for r in range(1, 5)] == [9, 8, 7, 7]
 
     models = [initial_weights(spec.model, spec.dataset, seed=int(spec.training.seed))]
-    models += [_download(federation, job_id, r.model_version) for r in done]
+    models += [
+        download_model(federation, job_id, r.model_version, max_bytes=1 << 24, timeout=60)
+        for r in done
+    ]
     sa = spec.secure_aggregation
     step = quantization_step(clip_range=sa.clip_range, bits=sa.bits)
     deltas = _plaintext_deltas(spec, data, names, models[:4])
@@ -109,17 +112,6 @@ def test_ten_sites_survive_a_sigkill_at_each_secagg_stage(federation, tmp_path):
             f"round {r}: |got-expected| {np.max(np.abs(got - expected)):.2e}, "
             f"|got-wrong| {np.max(np.abs(got - wrong)):.2e}, step {step:.2e}"
         )
-
-
-def _download(federation, job_id: str, version: str) -> NamedArrays:
-    parts = federation.admin().DownloadModel(
-        federation_pb2.DownloadRequest(job_id=job_id, model_version=version), timeout=60
-    )
-    first = next(parts)
-    asm = BlobAssembler(first.header, max_bytes=1 << 24)
-    for p in parts:
-        asm.add(p.chunk)
-    return asm.finish()
 
 
 def _flat(arrays: NamedArrays) -> np.ndarray:
