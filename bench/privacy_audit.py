@@ -1,0 +1,402 @@
+# Math notation (σ, ε, δ, q) in docstrings cites the formulas as written in confide.dp.
+# ruff: noqa: RUF002, RUF003
+"""Is the privacy guarantee real? A one-run audit of a DP-SGD job and an update-noise job.
+
+    python -m bench.privacy_audit [--quick] [--canaries M] [--seed S] [--json]
+
+Method: Steinke, Nasr, Jagielski 2023, "Privacy Auditing with One (1) Training Run" (see
+``bench.audit_bound`` for the bound). m canaries are each put into the input with
+probability 1/2; the job runs once through Confide's own mechanisms; the auditor scores every
+canary on what the job releases, guesses the top scores in and the bottom ones out, and turns
+the number of correct guesses into an ε that holds with 95% confidence. That empirical ε is
+printed beside the ε the daemon's accountant charges for the same job (at the same δ). An
+empirical ε above the accounted one means the accounting or the mechanism is wrong: the
+benchmark says so and exits 1. It is a bug to report, not a figure to tune.
+
+The two jobs, each audited against the adjacency its accountant claims:
+
+- ``dpsgd`` (record level): one site's breast_cancer training set (scikit-learn's bundled
+  copy) plus the canaries, trained by the worker's DP-SGD (``agent.training.dpsgd.DpTrainer``
+  in the default fused mode) with the q, σ and steps the daemon plans
+  (``agent.privacy.PrivacyPlan.plan``), for several rounds; the auditor sees the released
+  model. Canary i is a record whose only non-zero feature is its own extra column, with
+  value ``CANARY_VALUE`` and label 1 (a "Dirac" canary: no real record and no other canary
+  touches that column's weights, so the column moves only by canary i's clipped gradient and
+  by noise). Score: how far the released model's logit weight for that column moved towards
+  label 1. The accounted ε is the ledger's record-level ε for the job's rounds
+  (``confide.dp.budget.cumulative_epsilon``).
+- ``update_noise`` (site level): m canary sites in one secure-aggregation round, each daemon
+  protecting its update with the daemon's own function (``agent.privacy.protect_update``:
+  clip to C, add its share of the noise), for several rounds; the auditor sees the sum (what
+  the aggregator unmasks). Canary site i's worker returns 2C along coordinate i when it is in
+  and a zero update when it is out (the two differ by one site's clipped update, norm C, the
+  sensitivity the accountant assumes). Score: coordinate i of the released sums. The job uses
+  threshold 1.0 on the complete graph, so the noise the accountant plans for (the threshold's
+  survivors) is all the noise the sum carries; the accounted ε is the ledger's site-level ε.
+
+Each job also runs once at very low noise (``*_low_noise``): there the accounted ε is huge and
+the audit must find a clearly positive ε, which shows it is not vacuous. With ``--json`` the
+last line maps each of the four to {accounted_epsilon, empirical_epsilon, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from agent.ledger import Ledger
+from agent.privacy import PrivacyPlan, RoundPrivacy, protect_update
+from agent.training.dpsgd import DEFAULT_MODES, DpTrainer
+from agent.training.models import build_model
+from bench.audit_bound import AuditOutcome, audit
+from confide.dp.budget import cumulative_epsilon
+from confide.localfed.data import breast_cancer_arrays
+from confide.v1 import common_pb2
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "JobAudit",
+    "Settings",
+    "audit_dpsgd",
+    "audit_update_noise",
+    "main",
+    "run_all",
+]
+
+CANARY_VALUE = 10.0
+"""The canary record's one non-zero feature. Its per-record gradient is then mostly along its
+own column, so clipping to C leaves almost all of C there."""
+
+DELTA = 1e-5
+
+
+@dataclass(frozen=True)
+class JobAudit:
+    """One audited job: its noise, the accountant's ε and the audit's.
+
+    Args:
+        kind: the job kind (``dpsgd``, ``update_noise``, or either with ``_low_noise``).
+        noise_multiplier: σ for DP-SGD, z for update noise.
+        accounted_epsilon: the ε the ledger charges for the whole job at ``delta``.
+        delta: δ of both figures.
+        outcome: the audit's result (empirical ε, guesses, correct guesses).
+        seconds: wall time of the job and the audit.
+    """
+
+    kind: str
+    noise_multiplier: float
+    accounted_epsilon: float
+    delta: float
+    outcome: AuditOutcome
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON row: both ε, and what the audit counted."""
+        acc = self.accounted_epsilon
+        return {
+            # null (JSON has no infinity) only if the accountant says ε = ∞.
+            "accounted_epsilon": round(acc, 4) if math.isfinite(acc) else None,
+            "empirical_epsilon": round(self.outcome.epsilon, 4),
+            "noise_multiplier": self.noise_multiplier,
+            "delta": self.delta,
+            "canaries": self.outcome.canaries,
+            "guesses": self.outcome.guesses,
+            "correct": self.outcome.correct,
+            "confidence": self.outcome.confidence,
+        }
+
+    @property
+    def violated(self) -> bool:
+        """Whether the audit found more leakage than the accountant charged (a bug)."""
+        return self.outcome.epsilon > self.accounted_epsilon
+
+
+def _plan(spec: common_pb2.JobSpec, *, job_id: str, num_train: int) -> RoundPrivacy:
+    """The daemon's plan for one round of ``spec`` (σ, q, steps, update noise, cost)."""
+    with tempfile.TemporaryDirectory(prefix="confide-audit-") as tmp:
+        ledger = Ledger.open(Path(tmp) / "ledger.sqlite", delta=DELTA)
+        return PrivacyPlan(ledger).plan(
+            spec, job_id=job_id, num_train=num_train, min_update_noise=0.0
+        )
+
+
+def _dpsgd_spec(
+    *, features: list[str], rounds: int, epochs: int, batch_size: int, lr: float, sigma: float
+) -> common_pb2.JobSpec:
+    spec = common_pb2.JobSpec(name="audit-dpsgd", rounds=rounds, min_sites=1)
+    spec.model.kind = common_pb2.MODEL_KIND_LOGREG
+    spec.dataset.name = "breast_cancer_canaries"
+    spec.dataset.features.extend(features)
+    spec.dataset.label = "target"
+    spec.dataset.num_classes = 2
+    spec.training.local_epochs = epochs
+    spec.training.batch_size = batch_size
+    spec.training.learning_rate = lr
+    rp = spec.record_privacy
+    rp.enabled = True
+    rp.noise_multiplier = sigma
+    rp.max_grad_norm = 1.0
+    rp.delta = DELTA
+    return spec
+
+
+def audit_dpsgd(
+    *,
+    canaries: int,
+    noise_multiplier: float,
+    rounds: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    confidence: float,
+    rng: np.random.Generator,
+    kind: str = "dpsgd",
+) -> JobAudit:
+    """Audit a DP-SGD job on breast_cancer with ``canaries`` Dirac canaries (module docstring).
+
+    Args:
+        canaries: m >= 2.
+        noise_multiplier: σ of DP-SGD.
+        rounds: rounds of the job (the site's model after each is released).
+        epochs: local epochs per round (the daemon turns them into Poisson steps).
+        batch_size: expected batch; the daemon's q is batch_size / n.
+        lr: the job's SGD learning rate.
+        confidence: of the empirical bound.
+        rng: the auditor's coin flips and the seeds of the worker's generators.
+        kind: the row's name.
+    """
+    start = time.perf_counter()
+    x_real, y_real, names = breast_cancer_arrays()
+    n_real, f_real = x_real.shape
+    included = rng.random(canaries) < 0.5
+    members = np.flatnonzero(included)
+    x = np.zeros((n_real + members.size, f_real + canaries), dtype=np.float32)
+    x[:n_real, :f_real] = x_real
+    x[n_real + np.arange(members.size), f_real + members] = CANARY_VALUE
+    y = np.concatenate([y_real, np.ones(members.size, dtype=np.int64)])
+    features = names + [f"canary_{i}" for i in range(canaries)]
+    spec = _dpsgd_spec(
+        features=features,
+        rounds=rounds,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        sigma=noise_multiplier,
+    )
+    plan = _plan(spec, job_id="audit-dpsgd", num_train=int(x.shape[0]))
+    assert plan.dp is not None
+    torch.manual_seed(int(rng.integers(2**62)))
+    model = build_model(spec.model, spec.dataset)
+    weight = dict(model.named_parameters())["net.0.weight"]
+    before = weight.detach().numpy().copy()
+    trainer = DpTrainer(model, mode=DEFAULT_MODES[spec.model.kind], lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(rounds):
+        trainer.run(
+            xt,
+            yt,
+            noise_multiplier=plan.dp.noise_multiplier,
+            max_grad_norm=plan.dp.max_grad_norm,
+            sample_rate=plan.dp.sample_rate,
+            steps=plan.dp.steps,
+            sample_generator=torch.Generator().manual_seed(int(rng.integers(2**62))),
+            noise_generator=torch.Generator().manual_seed(int(rng.integers(2**62))),
+        )
+    moved = weight.detach().numpy() - before
+    scores = (moved[1] - moved[0])[f_real:].astype(np.float64)
+    accounted, _site = cumulative_epsilon([plan.cost] * rounds, delta=plan.cost.delta)
+    outcome = audit(scores, included, delta=plan.cost.delta, confidence=confidence)
+    return JobAudit(
+        kind=kind,
+        noise_multiplier=noise_multiplier,
+        accounted_epsilon=accounted,
+        delta=plan.cost.delta,
+        outcome=outcome,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _update_spec(*, sites: int, rounds: int, z: float) -> common_pb2.JobSpec:
+    spec = common_pb2.JobSpec(name="audit-update-noise", rounds=rounds, min_sites=sites)
+    spec.model.kind = common_pb2.MODEL_KIND_FIXED_DELTA
+    spec.model.fixed_delta_params = sites
+    spec.dataset.name = "canary_sites"
+    up = spec.update_privacy
+    up.clip_norm = 1.0
+    up.noise_multiplier = z
+    up.delta = DELTA
+    sa = spec.secure_aggregation
+    sa.enabled = True
+    sa.threshold = 1.0
+    sa.neighbours = sites - 1
+    return spec
+
+
+def audit_update_noise(
+    *,
+    canaries: int,
+    noise_multiplier: float,
+    rounds: int,
+    confidence: float,
+    rng: np.random.Generator,
+    kind: str = "update_noise",
+) -> JobAudit:
+    """Audit the daemon's update clipping and noise with ``canaries`` canary sites.
+
+    Args:
+        canaries: m >= 3 sites in every round, each a canary.
+        noise_multiplier: z of the job's update privacy.
+        rounds: rounds; the sum of each is released.
+        confidence: of the empirical bound.
+        rng: the auditor's coin flips and the daemons' noise.
+        kind: the row's name.
+    """
+    start = time.perf_counter()
+    spec = _update_spec(sites=canaries, rounds=rounds, z=noise_multiplier)
+    plan = _plan(spec, job_id="audit-update-noise", num_train=1)
+    assert plan.clip_norm is not None
+    included = rng.random(canaries) < 0.5
+    scores: npt.NDArray[np.float64] = np.zeros(canaries)
+    for _ in range(rounds):
+        released = np.zeros(canaries)
+        for i in range(canaries):
+            update = np.zeros(canaries, dtype=np.float32)
+            if included[i]:
+                update[i] = 2.0 * plan.clip_norm  # the daemon clips it to C
+            ((_name, protected),) = protect_update([("delta", update)], plan, rng=rng)
+            released += np.asarray(protected, dtype=np.float64)
+        scores += released
+    _record, accounted = cumulative_epsilon([plan.cost] * rounds, delta=plan.cost.delta)
+    outcome = audit(scores, included, delta=plan.cost.delta, confidence=confidence)
+    return JobAudit(
+        kind=kind,
+        noise_multiplier=noise_multiplier,
+        accounted_epsilon=accounted,
+        delta=plan.cost.delta,
+        outcome=outcome,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sizes and noise of one benchmark run (``FULL`` by default, ``QUICK`` for tests).
+
+    Args:
+        canaries: DP-SGD canary records.
+        sites: canary sites of the update-noise job.
+        rounds: rounds of each job.
+        epochs: DP-SGD local epochs per round.
+        batch_size: DP-SGD expected batch (q = batch_size / n).
+        lr: DP-SGD learning rate (the scores are invariant to it while canaries stay clipped).
+        sigma: DP-SGD noise multiplier.
+        z: update noise multiplier.
+        low_sigma: DP-SGD σ of the low-noise check (the daemon refuses σ = 0).
+        low_z: z of the low-noise check.
+    """
+
+    canaries: int = 5000
+    sites: int = 2000
+    rounds: int = 5
+    epochs: int = 2
+    batch_size: int = 256
+    lr: float = 0.05
+    sigma: float = 1.0
+    z: float = 2.0
+    low_sigma: float = 0.1
+    low_z: float = 0.05
+
+
+FULL = Settings()
+QUICK = Settings(canaries=200, sites=100, rounds=2, epochs=1, batch_size=64)
+
+
+def run_all(settings: Settings, *, confidence: float, seed: int) -> list[JobAudit]:
+    """Both jobs at their noise and at very low noise, each with its own generator."""
+    s = settings
+    seeds = np.random.SeedSequence(seed).spawn(4)
+
+    def dpsgd(sigma: float, i: int, kind: str) -> JobAudit:
+        return audit_dpsgd(
+            canaries=s.canaries,
+            noise_multiplier=sigma,
+            rounds=s.rounds,
+            epochs=s.epochs,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            confidence=confidence,
+            rng=np.random.default_rng(seeds[i]),
+            kind=kind,
+        )
+
+    def update(z: float, i: int, kind: str) -> JobAudit:
+        return audit_update_noise(
+            canaries=s.sites,
+            noise_multiplier=z,
+            rounds=s.rounds,
+            confidence=confidence,
+            rng=np.random.default_rng(seeds[i]),
+            kind=kind,
+        )
+
+    return [
+        dpsgd(s.sigma, 0, "dpsgd"),
+        update(s.z, 1, "update_noise"),
+        dpsgd(s.low_sigma, 2, "dpsgd_low_noise"),
+        update(s.low_z, 3, "update_noise_low_noise"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the audits, print the table (and the JSON line); 1 if any empirical ε > accounted."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a small run (seconds), for tests")
+    ap.add_argument("--canaries", type=int, help="DP-SGD canary records")
+    ap.add_argument("--sites", type=int, help="canary sites of the update-noise job")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--sigma", type=float, help="DP-SGD noise multiplier")
+    ap.add_argument("--z", type=float, help="update noise multiplier")
+    ap.add_argument("--confidence", type=float, default=0.95)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    base = QUICK if a.quick else FULL
+    given = {k: getattr(a, k) for k in ("canaries", "sites", "rounds", "sigma", "z")}
+    settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    torch.set_num_threads(1)
+    rows = run_all(settings, confidence=a.confidence, seed=a.seed)
+    print(
+        f"{'job':<24} {'noise':>6} {'accounted eps':>13} {'empirical eps':>13} "
+        f"{'correct/guesses':>15} {'canaries':>8} {'s':>6}"
+    )
+    for r in rows:
+        o = r.outcome
+        print(
+            f"{r.kind:<24} {r.noise_multiplier:>6g} {r.accounted_epsilon:>13.3f} "
+            f"{o.epsilon:>13.3f} {f'{o.correct}/{o.guesses}':>15} {o.canaries:>8} "
+            f"{r.seconds:>6.1f}"
+        )
+    print(f"(delta {rows[0].delta:g}; empirical: lower bounds at {a.confidence:.0%} confidence)")
+    bad = [r.kind for r in rows if r.violated]
+    for kind in bad:
+        print(f"BUG: {kind}: the empirical epsilon exceeds the accounted epsilon", file=sys.stderr)
+    if a.json:
+        print(json.dumps({r.kind: r.as_json() for r in rows}), flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
