@@ -9,11 +9,13 @@
 - v: correct guesses, W = #{i : T_i = S_i};
 - (ε, δ): the guarantee under test, with respect to adding or removing one canary.
 
-Their main result (Theorem 3.1 for ε-DP, extended to (ε, δ)-DP in Section 5, Theorem 5.2):
-if the mechanism is (ε, δ)-DP then, for every v,
+Their main theorem (stated in Section 3, proved in Section 5; for δ = 0 it says W is
+stochastically dominated by Binomial(r, p)): if the mechanism is (ε, δ)-DP then, for every v,
 
-    P[W >= v] <= f(v) + 2·m·δ · max_{i=1..v} (f(v - i) - f(v)) / i,
+    P[W >= v] <= f(v) + 2·m·δ · max_{i=1..m} (f(v - i) - f(v)) / i,
     f(u) = P[Binomial(r, p) >= u],   p = e^ε / (1 + e^ε),
+
+(the max is reached at some i <= v: beyond it f(v - i) = 1, so the numerator stays put),
 
 i.e. an (ε, δ)-DP mechanism lets the auditor do little better than randomized response with
 accuracy p on each guess. The right-hand side is the p-value of observing v correct guesses
