@@ -16,6 +16,9 @@ file at fault).
     [api]         socket = "/run/confide-agent/agent.sock"   # default <state.dir>/agent.sock
     [worker]      device = "auto"   # auto | cpu | cuda | cuda:N
                   task_timeout_s = 3600
+    [sandbox]     allow_unsandboxed = false   # true: run workers unisolated where bwrap fails
+                  memory_mb = 8192  cpu_seconds = 86400  processes = 512  open_files = 1024
+                  threads = 0  tmp_mb = 1024  gpus = [0]   # GPU ids the worker may use
     [datasets.NAME]          ...    # agent.datasets.dataset_from_config reads the table
     [policy]      trusted_signers = ["alice"]    # empty: any operator of the federation CA
     [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.datasets import DatasetConfig, dataset_from_config
+from agent.sandbox import Limits
 from confide.config import Section, load_toml
 from confide.errors import ConfigError
 
@@ -41,6 +45,7 @@ __all__ = [
     "AgentConfig",
     "DatasetPolicy",
     "LogLevel",
+    "SandboxConfig",
     "TlsFiles",
     "config_from_section",
     "load_config",
@@ -92,6 +97,22 @@ class DatasetPolicy:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """How workers are isolated (``[sandbox]``; ``agent.sandbox`` builds it).
+
+    Args:
+        allow_unsandboxed: where this host cannot build the sandbox (no bubblewrap, user
+            namespaces disabled), run workers without it instead of refusing every task.
+        limits: resource limits per worker.
+        gpus: GPU ids whose device nodes a worker may use; empty for none.
+    """
+
+    allow_unsandboxed: bool = False
+    limits: Limits = field(default_factory=Limits)
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything ``confide-agent`` reads from its config file.
 
@@ -104,6 +125,7 @@ class AgentConfig:
         api_socket: the local control API's unix socket.
         device: where the worker trains: auto, cpu, cuda or cuda:N.
         task_timeout_s: the longest one worker call may take before the worker is killed.
+        sandbox: how workers are isolated and limited.
         datasets: the datasets this site exposes, by name.
         trusted_signers: operator names whose jobs are accepted; empty = any operator.
         dataset_policies: per-dataset privacy limits, by dataset name.
@@ -119,6 +141,7 @@ class AgentConfig:
     api_socket: Path
     device: str = "auto"
     task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     trusted_signers: tuple[str, ...] = ()
     dataset_policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
@@ -186,6 +209,8 @@ def config_from_section(root: Section) -> AgentConfig:
     )
     worker.done()
 
+    sandbox = _sandbox(root.section("sandbox"))
+
     ds_root = root.section("datasets")
     datasets: dict[str, DatasetConfig] = {}
     for name, table in ds_root.tables().items():
@@ -219,6 +244,7 @@ def config_from_section(root: Section) -> AgentConfig:
         api_socket=api_socket,
         device=device,
         task_timeout_s=task_timeout_s,
+        sandbox=sandbox,
         datasets=datasets,
         trusted_signers=tuple(trusted),
         dataset_policies=policies,
@@ -236,3 +262,30 @@ def _dataset_policy(table: Section) -> DatasetPolicy:
     min_noise: float = table.float("min_update_noise", 0.0, min=0.0)
     table.done()
     return DatasetPolicy(max_epsilon=max_eps, min_update_noise=min_noise)
+
+
+def _sandbox(table: Section) -> SandboxConfig:
+    mib = 1024 * 1024
+    defaults = Limits()
+    memory_mb: int | None = table.int("memory_mb", None, min=64)
+    cpu_seconds: int | None = table.int("cpu_seconds", None, min=1)
+    gpus: list[int] = table.value("gpus", [])
+    if not isinstance(gpus, list) or any(
+        isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus
+    ):
+        raise ConfigError(table.key("gpus"), "must be a list of GPU ids (integers >= 0)")
+    config = SandboxConfig(
+        allow_unsandboxed=table.bool("allow_unsandboxed", False),
+        limits=Limits(
+            memory_bytes=None if memory_mb is None else memory_mb * mib,
+            cpu_seconds=cpu_seconds,
+            open_files=table.int("open_files", defaults.open_files, min=16),
+            processes=table.int("processes", defaults.processes, min=8),
+            file_bytes=table.int("file_mb", defaults.file_bytes // mib, min=1) * mib,
+            tmp_bytes=table.int("tmp_mb", defaults.tmp_bytes // mib, min=1) * mib,
+            threads=table.int("threads", defaults.threads, min=0),
+        ),
+        gpus=tuple(sorted(set(gpus))),
+    )
+    table.done()
+    return config

@@ -35,10 +35,12 @@ from agent.jobbinding import JobBindings
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan
 from agent.resources import ResourceProbe
+from agent.sandbox import probe as probe_sandbox
 from agent.secure import install as install_secure_aggregation
 from agent.session import Session
 from agent.tasks import SiteContext, TaskRunner
 from agent.transport import GrpcTransport
+from agent.workers import worker_factory
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 from confide.pki import enroll, load_identity
@@ -126,6 +128,7 @@ def _status(cfg: AgentConfig) -> int:
     print(f"task:        {st.current_task or 'idle'}")
     print(f"datasets:    {', '.join(st.datasets) or '(none)'}")
     print(f"device:      {st.device}   gpus: {', '.join(r.gpus) or 'none'}")
+    print(f"isolation:   {st.isolation}")
     print(f"tasks:       {st.tasks_done} done, {st.tasks_failed} failed or refused")
     print(
         f"resources:   cpu {r.cpu_percent:.1f}%  rss {r.rss_bytes / 2**20:.1f} MiB  "
@@ -176,6 +179,13 @@ def _run_daemon(cfg: AgentConfig) -> int:
         raise ConfigError("state.dir", f"cannot create {cfg.state_dir}: {exc.strerror}") from exc
     probe = ResourceProbe()
     device = resolve_device(cfg.device, probe.gpus)
+    isolation = probe_sandbox()
+    if isolation.sandboxed:
+        log.info("sandbox_ready", detail=isolation.detail)
+    elif cfg.sandbox.allow_unsandboxed:
+        log.warning("sandbox_unavailable", detail=isolation.detail, workers="unsandboxed")
+    else:
+        log.error("sandbox_unavailable", detail=isolation.detail, workers="refused")
     ledger = Ledger.open(cfg.state_dir / "ledger.db")
     runner = TaskRunner(
         SiteContext(
@@ -192,6 +202,12 @@ def _run_daemon(cfg: AgentConfig) -> int:
         ),
         privacy=PrivacyPlan(ledger),
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
+        start_worker=worker_factory(
+            isolation,
+            limits=cfg.sandbox.limits,
+            gpus=cfg.sandbox.gpus,
+            allow_unsandboxed=cfg.sandbox.allow_unsandboxed,
+        ),
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
     kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)
@@ -214,6 +230,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
             device=device,
             tasks_done=s.tasks_done,
             tasks_failed=s.tasks_failed,
+            isolation=isolation.detail,
         )
 
     def budget() -> agent_pb2.BudgetReply:

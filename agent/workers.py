@@ -13,11 +13,13 @@ from typing import Protocol
 import structlog
 
 from agent.datasets import DatasetConfig
+from agent.sandbox import Isolation, Limits
 from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerInfo
+from confide.errors import PolicyRefusal, Reason
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
-__all__ = ["WorkerFactory", "WorkerHandle", "WorkerPool", "start_worker"]
+__all__ = ["WorkerFactory", "WorkerHandle", "WorkerPool", "start_worker", "worker_factory"]
 
 log = structlog.get_logger("confide.agent")
 
@@ -72,8 +74,9 @@ def start_worker(
     device: str,
     timeout: float,
 ) -> WorkerHandle:
-    """Start the real worker process for a job (a separate process with a minimal
-    environment; not yet sandboxed: no network or filesystem isolation).
+    """Start the real worker process for a job, without a sandbox (tests and trusted code).
+
+    The daemon uses ``worker_factory``, which sandboxes it.
 
     Args:
         timeout: seconds one worker operation may take before the worker is killed.
@@ -87,6 +90,60 @@ def start_worker(
     from agent.worker.handle import Worker
 
     return Worker.start(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
+
+
+def worker_factory(
+    isolation: Isolation, *, limits: Limits, gpus: tuple[int, ...], allow_unsandboxed: bool
+) -> WorkerFactory:
+    """How the daemon starts workers on this host: in the sandbox, or as the policy allows.
+
+    Args:
+        isolation: what ``agent.sandbox.probe`` found on this host.
+        limits: resource limits per worker.
+        gpus: GPU ids a worker may use.
+        allow_unsandboxed: run workers unisolated where the sandbox cannot be built.
+    """
+    from agent.worker.handle import Sandboxing, Worker
+
+    if isolation.sandboxed and isolation.bwrap is not None:
+        sandbox = Sandboxing(bwrap=isolation.bwrap, limits=limits, gpus=gpus)
+
+        def sandboxed(
+            *,
+            job: common_pb2.JobSpec,
+            job_id: str,
+            dataset: DatasetConfig,
+            device: str,
+            timeout: float,
+        ) -> WorkerHandle:
+            return Worker.start(
+                job=job,
+                job_id=job_id,
+                dataset=dataset,
+                device=device,
+                timeout=timeout,
+                sandbox=sandbox,
+            )
+
+        return sandboxed
+    if allow_unsandboxed:
+        return start_worker
+
+    def refuse(
+        *,
+        job: common_pb2.JobSpec,
+        job_id: str,
+        dataset: DatasetConfig,
+        device: str,
+        timeout: float,
+    ) -> WorkerHandle:
+        raise PolicyRefusal(
+            f"job {job_id}: this site runs workers only in a sandbox and cannot build one: "
+            f"{isolation.detail} (or set [sandbox] allow_unsandboxed = true)",
+            reason=Reason.SANDBOX_UNAVAILABLE,
+        )
+
+    return refuse
 
 
 class WorkerPool:

@@ -66,6 +66,7 @@ class Reason(enum.Enum):
     DENIED = "denied"
     INVALID_JOB = "invalid_job"
     UNSAFE_REQUEST = "unsafe_request"
+    SANDBOX_UNAVAILABLE = "sandbox_unavailable"
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"

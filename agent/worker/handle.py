@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import itertools
 import math
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import agent
 from agent.datasets import DatasetConfig, config_to_json
+from agent.sandbox import Limits, SandboxSpec, runtime_paths
+from agent.sandbox import start as start_sandbox
 from agent.worker.frames import (
     DEFAULT_MAX_BODY_BYTES,
     Frame,
@@ -41,7 +45,7 @@ from confide.errors import ConfideError, MalformedMessage, PolicyRefusal, Reason
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
-__all__ = ["Worker", "WorkerFailed"]
+__all__ = ["Sandboxing", "Worker", "WorkerFailed"]
 
 _POLICY_REASONS = {
     Reason.SCHEMA_MISMATCH,
@@ -53,6 +57,41 @@ _STDERR_TAIL = 8192
 _PASS_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TMPDIR", "LANG")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sandboxing:
+    """How the daemon sandboxes its workers: the bwrap executable, limits and allowed GPUs."""
+
+    bwrap: str
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    gpus: tuple[int, ...] = ()
+
+
+def _start_sandboxed(
+    command: list[str],
+    sandbox: Sandboxing,
+    job_id: str,
+    dataset: DatasetConfig,
+    env: Mapping[str, str],
+) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+    """Start the worker in bubblewrap, seeing only its runtime, its code and its dataset."""
+    import confide
+
+    roots = (Path(agent.__file__).resolve().parent, Path(confide.__file__).resolve().parent)
+    spec = SandboxSpec(
+        interpreter=Path(command[0]),
+        runtime=runtime_paths(roots),
+        dataset=Path(dataset.path).absolute(),
+        gpus=sandbox.gpus,
+        env={k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"},
+        limits=sandbox.limits,
+    )
+    name = f"{job_id}-{next(_WORKER_SEQ)}-{os.getpid()}"
+    return start_sandbox(spec, bwrap=sandbox.bwrap, command=command, name=name)
+
+
+_WORKER_SEQ = itertools.count(1)
+
+
 class Worker:
     """A running worker process for one job; use ``Worker.start``.
 
@@ -61,6 +100,7 @@ class Worker:
         job_id: the job it serves, for messages.
         timeout: seconds an op may take before the worker is killed.
         max_body_bytes: largest reply body accepted.
+        cleanup: called once the child has exited (removes a sandboxed worker's cgroup).
     """
 
     def __init__(
@@ -70,8 +110,10 @@ class Worker:
         job_id: str,
         timeout: float,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        cleanup: Callable[[], None] | None = None,
     ) -> None:
         self._proc = proc
+        self._cleanup = cleanup
         self.job_id = job_id
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
@@ -103,6 +145,7 @@ class Worker:
         env: Mapping[str, str] | None = None,
         timeout: float = 600.0,
         init_timeout: float = 180.0,
+        sandbox: Sandboxing | None = None,
     ) -> Worker:
         """Spawn a worker for a job and wait until it has built the model and loaded the data.
 
@@ -115,6 +158,8 @@ class Worker:
             env: extra environment variables for the child (on top of a minimal one).
             timeout: seconds each later op may take.
             init_timeout: seconds ``init`` may take (torch import, data load).
+            sandbox: run the worker inside bubblewrap with these limits (``agent.sandbox``);
+                None runs it as a plain child process.
 
         Raises:
             PolicyRefusal: the data does not match the declared schema.
@@ -131,18 +176,23 @@ class Worker:
             if key in os.environ:
                 child_env[key] = os.environ[key]
         child_env.update(env or {})
+        command = [python, "-m", "agent.worker.main"]
+        cleanup: Callable[[], None] | None = None
         try:
-            proc = subprocess.Popen(
-                [python, "-m", "agent.worker.main"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=child_env,
-                close_fds=True,
-            )
+            if sandbox is None:
+                proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=child_env,
+                    close_fds=True,
+                )
+            else:
+                proc, cleanup = _start_sandboxed(command, sandbox, job_id, dataset, child_env)
         except OSError as exc:
             raise WorkerFailed(f"job {job_id}: cannot start worker: {exc}") from exc
-        worker = cls(proc, job_id=job_id, timeout=timeout)
+        worker = cls(proc, job_id=job_id, timeout=timeout, cleanup=cleanup)
         header = {
             "op": "init",
             "job_id": job_id,
@@ -252,6 +302,12 @@ class Worker:
                 proc.wait()
         self._out.close()
         self._drain.join(timeout=1.0)
+        self._release()
+
+    def _release(self) -> None:
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            cleanup()
 
     def stderr_tail(self) -> str:
         """The last few KiB the worker wrote to stderr."""
@@ -288,6 +344,7 @@ class Worker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=5.0)
         self._drain.join(timeout=1.0)
+        self._release()
         tail = self.stderr_tail().strip()
         code = self._proc.returncode
         msg = f"job {self.job_id}: worker {what} (exit status {code})"

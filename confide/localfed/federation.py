@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +245,9 @@ class LocalFederation:
             "state": {"dir": str(d / "state")},
             "api": {"socket": str(d / "agent.sock")},
             "worker": site.worker,
+            # Workers run in bubblewrap where it is installed; a machine without it still
+            # runs the local federation, unisolated (the agent logs sandbox_unavailable).
+            "sandbox": {"allow_unsandboxed": shutil.which("bwrap") is None},
             "datasets": site.datasets,
             "policy": site.policy,
             "log": {"level": self.log_level, "json": True},

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from confide.v1 import federation_pb2 as confide_dot_v1_dot_federation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onfide/v1/agent.proto\x12\nconfide.v1\x1a\x1b\x63onfide/v1/federation.proto\"\x0f\n\rStatusRequest\"\xe3\x01\n\x0b\x41gentStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x12\n\naggregator\x18\x03 \x01(\t\x12\x14\n\x0c\x63urrent_task\x18\x04 \x01(\t\x12(\n\tresources\x18\x05 \x01(\x0b\x32\x15.confide.v1.Resources\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x61tasets\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x12\n\ntasks_done\x18\t \x01(\x04\x12\x14\n\x0ctasks_failed\x18\n \x01(\x04\"\x0f\n\rBudgetRequest\"\xa4\x01\n\rDatasetBudget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0bmax_epsilon\x18\x02 \x01(\x01\x12\x15\n\rspent_epsilon\x18\x03 \x01(\x01\x12\x19\n\x11remaining_epsilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x1c\n\x14spent_update_epsilon\x18\x06 \x01(\x01\x12\x0e\n\x06rounds\x18\x07 \x01(\r\":\n\x0b\x42udgetReply\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.confide.v1.DatasetBudget2\x8a\x01\n\x0c\x41gentControl\x12<\n\x06Status\x12\x19.confide.v1.StatusRequest\x1a\x17.confide.v1.AgentStatus\x12<\n\x06\x42udget\x12\x19.confide.v1.BudgetRequest\x1a\x17.confide.v1.BudgetReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onfide/v1/agent.proto\x12\nconfide.v1\x1a\x1b\x63onfide/v1/federation.proto\"\x0f\n\rStatusRequest\"\xf6\x01\n\x0b\x41gentStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x12\n\naggregator\x18\x03 \x01(\t\x12\x14\n\x0c\x63urrent_task\x18\x04 \x01(\t\x12(\n\tresources\x18\x05 \x01(\x0b\x32\x15.confide.v1.Resources\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x61tasets\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x12\n\ntasks_done\x18\t \x01(\x04\x12\x14\n\x0ctasks_failed\x18\n \x01(\x04\x12\x11\n\tisolation\x18\x0b \x01(\t\"\x0f\n\rBudgetRequest\"\xa4\x01\n\rDatasetBudget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0bmax_epsilon\x18\x02 \x01(\x01\x12\x15\n\rspent_epsilon\x18\x03 \x01(\x01\x12\x19\n\x11remaining_epsilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x1c\n\x14spent_update_epsilon\x18\x06 \x01(\x01\x12\x0e\n\x06rounds\x18\x07 \x01(\r\":\n\x0b\x42udgetReply\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.confide.v1.DatasetBudget2\x8a\x01\n\x0c\x41gentControl\x12<\n\x06Status\x12\x19.confide.v1.StatusRequest\x1a\x17.confide.v1.AgentStatus\x12<\n\x06\x42udget\x12\x19.confide.v1.BudgetRequest\x1a\x17.confide.v1.BudgetReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=67
   _globals['_STATUSREQUEST']._serialized_end=82
   _globals['_AGENTSTATUS']._serialized_start=85
-  _globals['_AGENTSTATUS']._serialized_end=312
-  _globals['_BUDGETREQUEST']._serialized_start=314
-  _globals['_BUDGETREQUEST']._serialized_end=329
-  _globals['_DATASETBUDGET']._serialized_start=332
-  _globals['_DATASETBUDGET']._serialized_end=496
-  _globals['_BUDGETREPLY']._serialized_start=498
-  _globals['_BUDGETREPLY']._serialized_end=556
-  _globals['_AGENTCONTROL']._serialized_start=559
-  _globals['_AGENTCONTROL']._serialized_end=697
+  _globals['_AGENTSTATUS']._serialized_end=331
+  _globals['_BUDGETREQUEST']._serialized_start=333
+  _globals['_BUDGETREQUEST']._serialized_end=348
+  _globals['_DATASETBUDGET']._serialized_start=351
+  _globals['_DATASETBUDGET']._serialized_end=515
+  _globals['_BUDGETREPLY']._serialized_start=517
+  _globals['_BUDGETREPLY']._serialized_end=575
+  _globals['_AGENTCONTROL']._serialized_start=578
+  _globals['_AGENTCONTROL']._serialized_end=716
 # @@protoc_insertion_point(module_scope)
