@@ -41,6 +41,7 @@ from agent.session import Session
 from agent.tasks import SiteContext, TaskRunner
 from agent.transport import GrpcTransport
 from agent.workers import worker_factory
+from confide import sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 from confide.pki import enroll, load_identity
@@ -278,11 +279,14 @@ def _run_daemon(cfg: AgentConfig) -> int:
         datasets=sorted(cfg.datasets),
         device=device,
     )
+    notify = sdnotify.from_environ()
+    notify.ready(f"site {identity.info.name}: control socket {cfg.api_socket}")
     try:
         while not stop.wait(0.5) and thread.is_alive():
-            pass
+            notify.watchdog()
     finally:
         log.info("agent_stopping")
+        notify.stopping()
         _stop_session(session.stop, thread, ledger.close, join_s=_STOP_JOIN_S)
         api.stop()
         for s, h in previous.items():

@@ -19,6 +19,7 @@ import structlog
 
 from aggregator.config import load_config
 from aggregator.server import build
+from confide import sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 
@@ -27,6 +28,7 @@ __all__ = ["main"]
 _PROG = "confide-aggregator"
 _M_ARENA_MAX = -8
 _ARENAS = 2
+_TICK_S = 1.0  # the main loop's period: signals are checked and systemd's watchdog fed
 
 
 def _limit_malloc_arenas() -> None:
@@ -83,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host = config.listen.rpartition(":")[0]
     log.info("aggregator_listening", address=f"{host}:{port}", federation=config.federation)
-    stop.wait()
+    notify = sdnotify.from_environ()
+    notify.ready(f"serving federation {config.federation} on {host}:{port}")
+    while not stop.wait(_TICK_S):
+        notify.watchdog()
     log.info("aggregator_stopping")
+    notify.stopping()
     agg.stop(grace=5.0)
     log.info("aggregator_stopped")
     return 0

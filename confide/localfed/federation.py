@@ -191,12 +191,14 @@ class LocalFederation:
         timeout: float = 60.0,
         extra: Mapping[str, Any] | None = None,
         listen: str = "127.0.0.1:0",
+        env: Mapping[str, str] | None = None,
     ) -> str:
         """Start the aggregator and return its address.
 
         Args:
             listen: where to listen; the default picks a free loopback port. A restart passes
                 the previous address so running agents find it again.
+            env: extra environment for the aggregator (e.g. a test's NOTIFY_SOCKET).
         """
         d = self.aggregator_dir
         d.mkdir(parents=True, exist_ok=True)
@@ -213,7 +215,7 @@ class LocalFederation:
         (d / "aggregator.toml").write_text(toml_text(cfg))
         addr_file = state / "address"
         addr_file.unlink(missing_ok=True)
-        self.aggregator = self._spawn(_AGGREGATOR, d / "aggregator.toml", d / "aggregator.log")
+        self.aggregator = self._spawn(_AGGREGATOR, d / "aggregator.toml", d / "aggregator.log", env)
         self._wait(
             lambda: addr_file.exists() and addr_file.read_text().strip() != "",
             timeout,
