@@ -141,7 +141,7 @@ def dataset_from_config(name: str, section: Section) -> DatasetConfig:
     if label_type not in _LABEL_TYPES:
         raise ConfigError(section.key("label_type"), f"must be one of {', '.join(_LABEL_TYPES)}")
     holdout: float = section.float("holdout_fraction", 0.2, min=0.0, max=1.0, max_exclusive=True)
-    shape_raw: Any = section.raw().get("input_shape", []) if section.has("input_shape") else []
+    shape_raw: Any = section.value("input_shape", [])
     if not isinstance(shape_raw, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape_raw
     ):

@@ -1,14 +1,14 @@
 """The Admin service: operators submit, watch and cancel jobs, list sites, models and audit.
 
 Only ``operator`` certificates may call it (a site certificate gets PERMISSION_DENIED). A
-submitted job is an operator-signed ``Envelope[JOB, JobSpec]``; it is validated, stored with
+submitted job is an operator-signed ``Envelope[JOB, JobSpec]``; it is validated (by
+``confide.jobspec.validate_job``, the one check ``confide job check`` also runs), stored with
 the envelope and the signer's certificate (which go into every Task so sites can check who
 asked), and its version-0 model is drawn from the job's seed.
 """
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -17,16 +17,15 @@ import grpc
 
 from aggregator.coordinator import Coordinator
 from aggregator.guard import Guard, decode
-from aggregator.optimizer import make_optimizer
-from aggregator.secure import params_for
 from aggregator.servicer import model_parts
 from aggregator.store import AuditNote, JobRow, ModelRow
-from confide.errors import ConfigError, PeerError, Reason
-from confide.models import initial_weights, parameter_shapes
+from confide.errors import PeerError, Reason
+from confide.jobspec import validate_job
+from confide.models import initial_weights
 from confide.pki import Role
 from confide.v1 import admin_pb2, admin_pb2_grpc, common_pb2, federation_pb2
 
-__all__ = ["AdminServicer", "validate"]
+__all__ = ["AdminServicer"]
 
 _STATES = {
     "pending": admin_pb2.JOB_STATE_PENDING,
@@ -40,37 +39,6 @@ _OUTCOMES = {
     "failed": common_pb2.OUTCOME_FAILED,
     "refused": common_pb2.OUTCOME_REFUSED,
 }
-
-
-def validate(spec: common_pb2.JobSpec) -> None:
-    """Check a job spec: ``confide.jobspec.validate_job`` when present, then what we need.
-
-    Everything a running job builds from its spec (shapes, server optimizer, SecAgg+
-    parameters) is built here once, so a spec that passes cannot fail later in
-    ``Coordinator.add_job`` or at a restart, after the store already holds it.
-
-    Raises:
-        ConfigError: naming the field at fault.
-    """
-    try:
-        jobspec = importlib.import_module("confide.jobspec")
-    except ImportError:
-        jobspec = None
-    if jobspec is not None:
-        jobspec.validate_job(spec)
-    if spec.rounds < 1:
-        raise ConfigError("rounds", "must be >= 1")
-    if spec.min_sites < 1:
-        raise ConfigError("min_sites", "must be >= 1")
-    if not spec.round_timeout_s > 0:
-        raise ConfigError("round_timeout_s", "must be > 0")
-    if not spec.dataset.name:
-        raise ConfigError("dataset.name", "is required")
-    parameter_shapes(spec.model, spec.dataset)
-    make_optimizer(spec.training)
-    if spec.secure_aggregation.enabled:
-        # Checked again at each round for the sites actually selected.
-        params_for(spec, n=int(spec.min_sites))
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
@@ -101,7 +69,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             spec = decode(
                 common_pb2.JobSpec, self.guard.open(request, info, stage=common_pb2.STAGE_JOB)
             )
-            validate(spec)
+            # The one check of a job, the same function ``confide job check`` runs locally.
+            validate_job(spec)
             job_id = self.new_id()
             call.bind(job=job_id)
             sha, _ = self.coord.blobs.put(
@@ -125,7 +94,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             try:
                 self.coord.add_job(job_id, spec, request, info.pem, model_version=sha)
             except Exception as exc:
-                # validate() built every part already; should it still fail, the stored job
+                # validate_job() built every part already; should it still fail, the stored job
                 # must not stay "running", or every restart would try (and fail) to resume it.
                 self.coord.fail_stored_job(job_id, exc)
                 raise

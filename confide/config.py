@@ -3,7 +3,9 @@
 A ``Section`` wraps one TOML table. Each accessor either returns a value of the asked type
 or raises ``ConfigError`` naming the full dotted key, so ``confide-agent`` can print one line
 and exit 2. ``Section.done()`` refuses keys nobody read, which catches typos such as
-``sever_address``.
+``sever_address``, in the table and in every table read through it: calling ``done()`` on the
+root checks the whole file, so a nested table whose reader forgot its own ``done()`` (or read
+it only when present) cannot let a typo such as ``noise_multipler`` through as "no noise".
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Section:
         self._data = data
         self._prefix = prefix
         self._read: set[str] = set()
+        self._children: list[Section] = []
         self.base_dir = base_dir
 
     def key(self, name: builtins.str) -> builtins.str:
@@ -185,16 +188,14 @@ class Section:
         v = self._get(name, _MISSING if required else {})
         if not isinstance(v, Mapping):
             raise ConfigError(self.key(name), "must be a table")
-        return Section(v, f"{self.key(name)}.", base_dir=self.base_dir)
+        return self._child(v, f"{self.key(name)}.")
 
     def sections(self, name: builtins.str) -> list[Section]:
         """An array of tables (``[[name]]``), possibly empty."""
         v = self._get(name, [])
         if not isinstance(v, list) or not all(isinstance(x, Mapping) for x in v):
             raise ConfigError(self.key(name), "must be an array of tables")
-        return [
-            Section(x, f"{self.key(name)}[{i}].", base_dir=self.base_dir) for i, x in enumerate(v)
-        ]
+        return [self._child(x, f"{self.key(name)}[{i}].") for i, x in enumerate(v)]
 
     def tables(self) -> dict[builtins.str, Section]:
         """Every sub-table of this section by name (e.g. ``[datasets.NAME]``)."""
@@ -203,19 +204,30 @@ class Section:
             self._read.add(k)
             if not isinstance(v, Mapping):
                 raise ConfigError(self.key(k), "must be a table")
-            out[k] = Section(v, f"{self.key(k)}.", base_dir=self.base_dir)
+            out[k] = self._child(v, f"{self.key(k)}.")
         return out
 
-    def raw(self) -> Mapping[builtins.str, Any]:
-        """The underlying mapping, every key marked as read."""
-        self._read.update(self._data)
-        return self._data
+    def is_empty(self) -> builtins.bool:
+        """Whether this table holds no key at all (marks nothing as read)."""
+        return not self._data
 
     def done(self) -> None:
-        """Refuse any key in this section that no accessor read (a likely typo)."""
+        """Refuse any key no accessor read (a likely typo), here and in every nested table
+        read through this one.
+
+        Raises:
+            ConfigError: UNKNOWN_KEY naming the first such key.
+        """
         for k in self._data:
             if k not in self._read:
                 raise ConfigError(self.key(k), "unknown key", reason=Reason.UNKNOWN_KEY)
+        for child in self._children:
+            child.done()
+
+    def _child(self, data: Mapping[builtins.str, Any], prefix: builtins.str) -> Section:
+        child = Section(data, prefix, base_dir=self.base_dir)
+        self._children.append(child)
+        return child
 
 
 def _check_range(key: str, v: int, lo: int | None, hi: int | None) -> None:

@@ -1,13 +1,17 @@
 """Jobs as operators write them (TOML) and as the wire carries them (``JobSpec``).
 
 ``job_from_toml`` reads a job file with keys named as below; ``validate_job`` checks a
-``JobSpec`` (the aggregator calls it at submit, so a bad job is refused before any site sees
-it). Every error is a ``ConfigError`` naming the TOML key, e.g. ``privacy.sample.delta``.
+``JobSpec``. It is the one check of a job: the aggregator calls it at SubmitJob (so a bad job
+is refused before any site sees it), every site calls it again on the signed job, and
+``confide job check`` runs it locally. Every error is a ``ConfigError`` naming the TOML key,
+e.g. ``privacy.sample.delta``; every table refuses keys it does not know, so a typo such as
+``noise_multipler`` is an error, never a silent "no noise".
 
 ::
 
     name = "breast-cancer"        rounds = 5        min_sites = 3      round_timeout_s = 120
     target_accuracy = 0.9                         # acceptance criterion (optional)
+    max_round_attempts = 3    max_job_retries = 2 # what a site pays for (defaults shown)
     [model]       kind = "logreg|mlp|cnn|fixed_delta"   hidden = [32]   fixed_delta_params = N
     [dataset]     name = "breast_cancer"  features = [...]  label = "target"  num_classes = 2
                   input_shape = [1, 8, 8]         # cnn only
@@ -30,11 +34,37 @@ import math
 from confide.config import Section
 from confide.errors import ConfigError
 from confide.models import parameter_shapes
+from confide.secagg.params import job_params
 from confide.v1 import common_pb2
 
-__all__ = ["MAX_ROUNDS", "ModelName", "job_from_toml", "validate_job"]
+__all__ = [
+    "DEFAULT_JOB_RETRIES",
+    "DEFAULT_ROUND_ATTEMPTS",
+    "MAX_ROUNDS",
+    "ModelName",
+    "attempt_limits",
+    "job_from_toml",
+    "validate_job",
+]
 
 MAX_ROUNDS = 100_000
+MAX_ROUND_ATTEMPTS = 100
+MAX_JOB_RETRIES = 100_000
+
+DEFAULT_ROUND_ATTEMPTS = 3
+"""Attempts of one round a site pays for when the job names none (one try, two retries)."""
+
+DEFAULT_JOB_RETRIES = 2
+"""Attempts beyond one per round a site pays for over a whole job when the job names none.
+
+Small on purpose: a ``target_epsilon`` job's noise is planned for ``rounds + retries``
+attempts, so every allowed retry costs noise in every round (``agent.privacy``)."""
+
+_SERVER_OPTIMIZERS = (
+    common_pb2.SERVER_OPTIMIZER_UNSPECIFIED,
+    common_pb2.SERVER_OPTIMIZER_FEDAVG,
+    common_pb2.SERVER_OPTIMIZER_FEDADAM,
+)
 
 
 class ModelName(enum.Enum):
@@ -77,6 +107,12 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
         round_timeout_s=root.float("round_timeout_s", 300.0, min=0.0, min_exclusive=True),
         target_accuracy=root.float("target_accuracy", 0.0, min=0.0, max=1.0),
     )
+    if root.has("max_round_attempts"):
+        spec.attempts.max_round_attempts = root.int(
+            "max_round_attempts", min=1, max=MAX_ROUND_ATTEMPTS
+        )
+    if root.has("max_job_retries"):
+        spec.attempts.max_job_retries = root.int("max_job_retries", min=0, max=MAX_JOB_RETRIES)
     m = root.section("model", required=True)
     spec.model.kind = _MODEL_KIND[m.choice("kind", ModelName)]
     spec.model.hidden.extend(_uint_list(m, "hidden"))
@@ -109,7 +145,7 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
 
     p = root.section("privacy")
     s = p.section("sample")
-    if s.raw():
+    if not s.is_empty():
         rp = spec.record_privacy
         rp.enabled = s.bool("enabled", True)
         rp.noise_multiplier = s.float("noise_multiplier", 0.0)
@@ -122,14 +158,14 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
             else common_pb2.ACCOUNTANT_RDP
         )
     u = p.section("update")
-    if u.raw():
+    if not u.is_empty():
         spec.update_privacy.clip_norm = u.float("clip_norm")
         spec.update_privacy.noise_multiplier = u.float("noise_multiplier", 0.0)
         spec.update_privacy.delta = u.float("delta", 1e-5)
     p.done()
 
     sa = root.section("secure_aggregation")
-    if sa.raw():
+    if not sa.is_empty():
         g = spec.secure_aggregation
         g.enabled = sa.bool("enabled", True)
         g.threshold = sa.float("threshold", 0.66, min=0.0, min_exclusive=True)
@@ -145,7 +181,7 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
         g.clip_range = sa.float("clip_range", 1.0)
         g.bits = sa.int("bits", 16, min=1, max=32)
         g.stage_timeout_s = sa.float("stage_timeout_s", 60.0, min=0.0, min_exclusive=True)
-    root.done()
+    root.done()  # every table above, read or not: an unknown key anywhere is refused
     validate_job(spec)
     return spec
 
@@ -159,8 +195,26 @@ def _uint_list(s: Section, key: str) -> list[int]:
     return list(v)
 
 
+def attempt_limits(spec: common_pb2.JobSpec) -> tuple[int, int]:
+    """The signed job's (attempts per round, retries per job), defaults filled in.
+
+    A site pays for at most ``rounds + retries`` TRAIN attempts of the job, and at most
+    ``attempts per round`` of any one round; the aggregator retries no further.
+    """
+    at = spec.attempts
+    per_round = (
+        int(at.max_round_attempts) if at.HasField("max_round_attempts") else DEFAULT_ROUND_ATTEMPTS
+    )
+    retries = int(at.max_job_retries) if at.HasField("max_job_retries") else DEFAULT_JOB_RETRIES
+    return per_round, retries
+
+
 def validate_job(spec: common_pb2.JobSpec) -> None:
     """Check a job as the aggregator receives it; every error names the job-file key.
+
+    Everything a running job builds from its spec (model shapes, server optimizer, SecAgg+
+    parameters for ``min_sites``) is checked here once, so a job that passes cannot fail
+    later at the aggregator, after the store already holds it.
 
     Raises:
         ConfigError: the first invalid field, named as in the job file.
@@ -188,6 +242,13 @@ def validate_job(spec: common_pb2.JobSpec) -> None:
         tr.device.startswith("cuda:") and tr.device[5:].isdigit()
     ):
         raise ConfigError("training.device", "must be auto, cpu, cuda or cuda:N")
+    if tr.server_optimizer not in _SERVER_OPTIMIZERS:
+        raise ConfigError("training.server_optimizer", f"unknown optimizer {tr.server_optimizer}")
+    at = spec.attempts
+    if at.HasField("max_round_attempts") and not (1 <= at.max_round_attempts <= MAX_ROUND_ATTEMPTS):
+        raise ConfigError("max_round_attempts", f"must be between 1 and {MAX_ROUND_ATTEMPTS}")
+    if at.HasField("max_job_retries") and at.max_job_retries > MAX_JOB_RETRIES:
+        raise ConfigError("max_job_retries", f"must be between 0 and {MAX_JOB_RETRIES}")
     _validate_privacy(spec)
     _validate_secagg(spec)
 
@@ -245,3 +306,6 @@ def _validate_secagg(spec: common_pb2.JobSpec) -> None:
         raise ConfigError(k + "bits", "must be between 1 and 32")
     if sa.stage_timeout_s:
         _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)
+    # The parameters the aggregator will run the smallest round with (checked again at each
+    # round for the sites actually selected).
+    job_params(spec, n=int(spec.min_sites))

@@ -1,4 +1,4 @@
-"""``confide job submit|status|list|cancel`` and ``confide sites``: the operator's view."""
+"""``confide job check|submit|status|list|cancel`` and ``confide sites``: the operator's view."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from confide.config import load_toml
-from confide.jobspec import job_from_toml
+from confide.jobspec import attempt_limits, job_from_toml, validate_job
 from confide.v1 import admin_pb2, common_pb2
 from confide.wire.envelope import seal
 
@@ -24,6 +24,11 @@ def register(subparsers: Any) -> None:
     """Add the ``job`` and ``sites`` commands."""
     job = subparsers.add_parser("job", help="submit and watch jobs")
     jsub = job.add_subparsers(dest="job_command", required=True)
+    p = jsub.add_parser(
+        "check", help="validate a job file locally with the aggregator's rules (exit 2 if bad)"
+    )
+    p.add_argument("job_file", type=Path)
+    p.set_defaults(func=_check)
     p = jsub.add_parser("submit", help="sign and submit a job file")
     p.add_argument("job_file", type=Path)
     p.set_defaults(func=_submit)
@@ -39,6 +44,24 @@ def register(subparsers: Any) -> None:
     s = subparsers.add_parser("sites", help="sites, connection and last heartbeat")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_sites)
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Validate a job file offline; no operator config, no connection.
+
+    The file is read as ``job submit`` reads it, then its wire form is checked by
+    ``validate_job``, the very function the aggregator runs at SubmitJob: a file that passes
+    here is not refused there for its content. A bad key exits 2 (``confide.cli.main``).
+    """
+    spec = job_from_toml(load_toml(args.job_file))
+    validate_job(common_pb2.JobSpec.FromString(spec.SerializeToString()))
+    per_round, retries = attempt_limits(spec)
+    print(
+        f"{args.job_file}: ok: job {spec.name!r}, {spec.rounds} rounds, min_sites "
+        f"{spec.min_sites}; a site pays for at most {per_round} attempts of a round and "
+        f"{spec.rounds + retries} in the job"
+    )
+    return 0
 
 
 def _submit(args: argparse.Namespace) -> int:

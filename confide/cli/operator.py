@@ -9,10 +9,13 @@ import grpc
 
 from confide import pki
 from confide.config import load_toml
+from confide.errors import ConfigError
 from confide.v1 import admin_pb2_grpc
 from confide.wire.blob import MAX_MESSAGE_BYTES
 
 __all__ = ["OperatorConfig", "connect", "load_operator_config"]
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -26,28 +29,31 @@ class OperatorConfig:
 
 
 def load_operator_config(path: Path) -> OperatorConfig:
-    """Read an operator config (``federation``, ``[aggregator]``, ``[tls]``).
+    """Read an operator config (``federation``, ``[aggregator]``, ``[tls]``, ``[log]``).
+
+    Every key is read and unknown keys refused before any TLS file is opened, so a typo is
+    named even when the files are missing.
 
     Raises:
-        ConfigError: a key is missing or invalid, or a TLS file cannot be loaded.
+        ConfigError: a key is missing, invalid or unknown, or a TLS file cannot be loaded.
     """
     root = load_toml(path)
     federation = root.str("federation")
     agg = root.section("aggregator", required=True)
     address = agg.str("address")
     server_name = agg.str("server_name", "aggregator")
-    agg.done()
     tls = root.section("tls", required=True)
-    identity = pki.load_identity(
-        cert=tls.path("cert"),
-        key=tls.path("key"),
-        signing_key=tls.path("signing_key"),
-        ca=tls.path("ca"),
-        crl=tls.path("crl", None),
-    )
-    tls.done()
-    root.section("log")
+    cert, key, signing_key = tls.path("cert"), tls.path("key"), tls.path("signing_key")
+    ca, crl = tls.path("ca"), tls.path("crl", None)
+    # Accepted so one [log] block can be shared with the daemons' configs; the operator CLI
+    # writes no log (it prints one line to stderr), but the keys are still checked.
+    log = root.section("log")
+    level = log.str("level", "info")
+    if level not in _LOG_LEVELS:
+        raise ConfigError(log.key("level"), f"must be one of {', '.join(_LOG_LEVELS)}")
+    log.bool("json", None)
     root.done()
+    identity = pki.load_identity(cert=cert, key=key, signing_key=signing_key, ca=ca, crl=crl)
     return OperatorConfig(federation, address, server_name, identity)
 
 

@@ -225,8 +225,16 @@ class TrainingSpec(_message.Message):
     seed: int
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., server_optimizer: _Optional[_Union[ServerOptimizer, str]] = ..., server_learning_rate: _Optional[float] = ..., device: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
+class AttemptLimits(_message.Message):
+    __slots__ = ("max_round_attempts", "max_job_retries")
+    MAX_ROUND_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_JOB_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    max_round_attempts: int
+    max_job_retries: int
+    def __init__(self, max_round_attempts: _Optional[int] = ..., max_job_retries: _Optional[int] = ...) -> None: ...
+
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "target_accuracy")
+    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "target_accuracy", "attempts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +246,7 @@ class JobSpec(_message.Message):
     UPDATE_PRIVACY_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: ModelSpec
     dataset: DatasetSpec
@@ -249,4 +258,5 @@ class JobSpec(_message.Message):
     update_privacy: UpdatePrivacy
     secure_aggregation: SecureAggregation
     target_accuracy: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., target_accuracy: _Optional[float] = ...) -> None: ...
+    attempts: AttemptLimits
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., target_accuracy: _Optional[float] = ..., attempts: _Optional[_Union[AttemptLimits, _Mapping]] = ...) -> None: ...
