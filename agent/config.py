@@ -21,6 +21,7 @@ file at fault).
                   threads = 0  tmp_mb = 1024  gpus = [0]   # GPU ids the worker may use
     [datasets.NAME]          ...    # agent.datasets.dataset_from_config reads the table
     [policy]      trusted_signers = ["alice"]    # empty: any operator of the federation CA
+                  max_round_attempts = 2   max_job_retries = 1   # caps on the job's (optional)
     [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
     [log]         level = "info"   json = true   # json absent: JSON unless stderr is a TTY
 """
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_AGGREGATOR",
     "DEFAULT_SERVER_NAME",
     "AgentConfig",
+    "AttemptCaps",
     "DatasetPolicy",
     "LogLevel",
     "SandboxConfig",
@@ -113,6 +115,22 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class AttemptCaps:
+    """The most TRAIN attempts this site pays for in any job, whatever the job allows.
+
+    Each is min'ed with the signed job's own limit (``confide.jobspec.attempt_limits``);
+    None leaves the job's limit as it is.
+
+    Args:
+        max_round_attempts: attempts of one round (>= 1).
+        max_job_retries: attempts beyond one per round over a whole job (>= 0).
+    """
+
+    max_round_attempts: int | None = None
+    max_job_retries: int | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything ``confide-agent`` reads from its config file.
 
@@ -129,6 +147,7 @@ class AgentConfig:
         datasets: the datasets this site exposes, by name.
         trusted_signers: operator names whose jobs are accepted; empty = any operator.
         dataset_policies: per-dataset privacy limits, by dataset name.
+        attempt_caps: the site's caps on the attempts it pays for per round and per job.
         log_level: minimum log level.
         log_json: JSON log lines (True), console (False), or by TTY (None).
     """
@@ -145,6 +164,7 @@ class AgentConfig:
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     trusted_signers: tuple[str, ...] = ()
     dataset_policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
+    attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
     log_level: LogLevel = LogLevel.INFO
     log_json: bool | None = None
 
@@ -221,6 +241,10 @@ def config_from_section(root: Section) -> AgentConfig:
     trusted: list[str] = policy.str_list("trusted_signers", [])
     if any(not s.strip() for s in trusted):
         raise ConfigError(policy.key("trusted_signers"), "names must not be empty")
+    caps = AttemptCaps(
+        max_round_attempts=policy.int("max_round_attempts", None, min=1),
+        max_job_retries=policy.int("max_job_retries", None, min=0),
+    )
     pol_ds = policy.section("datasets")
     policies = {name: _dataset_policy(table) for name, table in pol_ds.tables().items()}
     for name in policies:
@@ -248,6 +272,7 @@ def config_from_section(root: Section) -> AgentConfig:
         datasets=datasets,
         trusted_signers=tuple(trusted),
         dataset_policies=policies,
+        attempt_caps=caps,
         log_level=level,
         log_json=log_json,
     )

@@ -17,6 +17,11 @@ undercounts. ``release_unsent`` is for the one case the site can prove nothing l
 worker failed before producing an update). One (dataset, job, round) can be reserved once,
 unless released: a second release of the same round would be a second mechanism.
 
+An entry reserved with ``JobLimits`` also records its job (column ``job``), and the
+reservation is refused, in the same transaction, when the job's signed rounds, attempts or ε
+target do not allow it (``agent.joblimits.check_charge``): what one job may spend is as
+durable as what a dataset has spent.
+
 The math lives in ``confide.dp``; this module only stores parameters and calls it.
 """
 
@@ -32,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NewType, Protocol
 
+from agent.joblimits import JobLimits, check_charge
 from confide.dp.budget import RecordCost, RoundCost, UpdateCost, cumulative_epsilon
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
 
@@ -118,7 +124,8 @@ CREATE TABLE IF NOT EXISTS entries (
     epsilon REAL NOT NULL, update_epsilon REAL NOT NULL, cost_delta REAL NOT NULL,
     release_proof TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    job TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entries_live_round
     ON entries (dataset, job_id, round) WHERE state != 'released';
@@ -178,6 +185,7 @@ class Ledger:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
+            _add_job_column(conn)
         except sqlite3.Error as exc:
             raise InternalError(f"cannot open privacy ledger {path}: {exc}") from exc
         return cls(conn, delta=delta, default_max_epsilon=default_max_epsilon)
@@ -202,6 +210,7 @@ class Ledger:
         layer_costs: RoundCost,
         max_epsilon: float | None = None,
         max_update_epsilon: float | None = None,
+        limits: JobLimits | None = None,
     ) -> ReservationId:
         """Durably reserve one round's cost, or refuse if it would cross a cap.
 
@@ -218,10 +227,14 @@ class Ledger:
             layer_costs: the round's parameters on both layers.
             max_epsilon: the policy's record-level cap; None: the ledger's default.
             max_update_epsilon: an optional site-level cap.
+            limits: the signed job's limits at this site (``agent.joblimits``); the entry is
+                recorded under ``limits.job_id`` and counted against them.
 
         Raises:
-            PolicyRefusal: BUDGET_EXCEEDED when a cap would be crossed; DENIED when this
-                round of this job is already reserved or sent for the dataset.
+            PolicyRefusal: BUDGET_EXCEEDED when a cap (the dataset's, or the job's signed ε
+                target) would be crossed; DENIED when this round of this job is already
+                reserved or sent for the dataset; ROUND_NOT_SIGNED or ATTEMPTS_EXCEEDED when
+                the job's signed rounds or the attempts it may be charged do not allow it.
         """
         cap = self.default_max_epsilon if max_epsilon is None else float(max_epsilon)
         now = time.time()
@@ -236,6 +249,18 @@ class Ledger:
                 raise PolicyRefusal(
                     f"dataset '{dataset}': round {round} of job {job_id} is already {live[0]}",
                     reason=Reason.DENIED,
+                )
+            if limits is not None:
+                charged = conn.execute(
+                    f"SELECT {_COLUMNS} FROM entries WHERE dataset=? AND job=? "
+                    "AND state != 'released' ORDER BY id",
+                    (dataset, limits.job_id),
+                ).fetchall()
+                check_charge(
+                    limits,
+                    round=round,
+                    charged=[(e.round, e.cost) for e in map(_entry, charged)],
+                    cost=layer_costs,
                 )
             costs = [e.cost for e in self._entries(conn, dataset)]
             at = min(layer_costs.delta, self.delta)
@@ -257,9 +282,19 @@ class Ledger:
             upd_cols = (None,) * 2 if upd is None else dataclasses.astuple(upd)
             eps_cols = (layer_costs.epsilon, layer_costs.update_epsilon, layer_costs.delta)
             cur = conn.execute(
-                f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}) "
-                "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now),
+                f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}, job) "
+                "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    dataset,
+                    job_id,
+                    int(round),
+                    *rec_cols,
+                    *upd_cols,
+                    *eps_cols,
+                    now,
+                    now,
+                    None if limits is None else limits.job_id,
+                ),
             )
             rid = cur.lastrowid
         if rid is None:  # pragma: no cover - sqlite always sets it after an INSERT
@@ -385,6 +420,27 @@ class Ledger:
             f"SELECT {_COLUMNS} FROM entries WHERE dataset=?{where} ORDER BY id", (dataset,)
         ).fetchall()
         return [_entry(r) for r in rows]
+
+
+def _add_job_column(conn: sqlite3.Connection) -> None:
+    """Give a ledger written before per-job limits its ``job`` column, filled in.
+
+    Those entries were keyed ``<job id>/<task id>`` (``agent.privacy``), so a job still running
+    across the upgrade keeps every attempt it was charged.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "job" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:
+            conn.execute("ALTER TABLE entries ADD COLUMN job TEXT")
+            conn.execute(
+                "UPDATE entries SET job = substr(job_id, 1, instr(job_id, '/') - 1) "
+                "WHERE instr(job_id, '/') > 1"
+            )
+        conn.execute("CREATE INDEX IF NOT EXISTS entries_job ON entries (dataset, job)")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _entry(r: Any) -> Entry:

@@ -200,6 +200,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
             device=cfg.device,
             task_timeout_s=cfg.task_timeout_s,
             policies=cfg.dataset_policies,
+            attempt_caps=cfg.attempt_caps,
         ),
         privacy=PrivacyPlan(ledger),
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),

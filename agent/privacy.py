@@ -7,8 +7,12 @@ Two layers, both decided here by the trusted daemon and never by job code:
 - record level, inside the worker: DP-SGD (Abadi et al. 2016) with Poisson rate
   q = batch_size / n_train, T = local_epochs · round(1/q) steps per round, per-record clip
   ``max_grad_norm`` and noise multiplier σ. When the job gives ``target_epsilon`` the daemon
-  picks σ so that the job's planned ``rounds · T`` steps spend at most that ε at the job's δ
-  (``confide.dp.accountant.noise_multiplier_for``, never overshooting).
+  picks σ so that A·T steps spend at most that ε at the job's δ
+  (``confide.dp.accountant.noise_multiplier_for``, never overshooting), where A = rounds +
+  retries is every attempt the job may be charged at this site (``agent.joblimits``): a
+  retried round costs as much as any other, so planning for ``rounds`` alone would overshoot
+  the target after the first retry. The ledger refuses any attempt past A, and any that
+  would pass the target anyway.
 - update level, in this process: the worker's delta Δ is clipped to L2 norm C and Gaussian
   noise is added, std = z·C/√m with secure aggregation (distributed DP: the m planned sites'
   shares add up to z·C) or z·C without it (``confide.dp.update``). z is the job's
@@ -29,12 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.config import DatasetPolicy
+from agent.joblimits import JobLimits
 from agent.ledger import Ledger, ReservationId
 from agent.worker.protocol import DpSgdParams
 from confide.dp.accountant import AccountantKind, noise_multiplier_for
 from confide.dp.budget import RecordCost, RoundCost, cumulative_epsilon, round_cost, update_cost
 from confide.dp.update import add_noise, clip, noise_std, system_rng, validate_record_privacy
 from confide.errors import PolicyRefusal, Reason
+from confide.jobspec import attempt_limits
 from confide.secagg.params import job_params
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
@@ -95,7 +101,7 @@ class PrivacyPlan:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._sigma: dict[tuple[str, int], float] = {}
+        self._sigma: dict[tuple[str, int, int], float] = {}
         self._lock = threading.Lock()
 
     def plan(
@@ -105,8 +111,14 @@ class PrivacyPlan:
         job_id: str,
         num_train: int,
         min_update_noise: float,
+        attempts: int | None = None,
     ) -> RoundPrivacy:
         """Decide a round's DP-SGD parameters, update noise and cost.
+
+        Args:
+            attempts: A, the attempts the job may be charged at this site, which a
+                ``target_epsilon`` is spread over (``JobLimits.max_job_attempts``); None:
+                the signed job's own ``rounds + max_job_retries``.
 
         Raises:
             ConfigError: the job's privacy parameters do not fit this dataset (e.g. δ not
@@ -126,7 +138,11 @@ class PrivacyPlan:
             )
             q = min(1.0, spec.training.batch_size / n)
             steps = max(1, int(spec.training.local_epochs) * max(1, round(1.0 / q)))
-            sigma = self._noise_multiplier(spec, job_id=job_id, q=q, steps=steps, n=n)
+            if attempts is None:
+                attempts = int(spec.rounds) + attempt_limits(spec)[1]
+            sigma = self._noise_multiplier(
+                spec, job_id=job_id, q=q, steps=steps, n=n, attempts=attempts
+            )
             dp = DpSgdParams(
                 noise_multiplier=sigma, max_grad_norm=rp.max_grad_norm, sample_rate=q, steps=steps
             )
@@ -153,12 +169,19 @@ class PrivacyPlan:
         return RoundPrivacy(dp=dp, cost=cost, clip_norm=clip_norm, noise_std=std)
 
     def _noise_multiplier(
-        self, spec: common_pb2.JobSpec, *, job_id: str, q: float, steps: int, n: int
+        self,
+        spec: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        q: float,
+        steps: int,
+        n: int,
+        attempts: int,
     ) -> float:
         rp = spec.record_privacy
         if rp.target_epsilon <= 0:
             return float(rp.noise_multiplier)
-        key = (job_id, n)
+        key = (job_id, n, attempts)
         with self._lock:
             if key not in self._sigma:
                 kind = (
@@ -170,7 +193,7 @@ class PrivacyPlan:
                     kind=kind,
                     target_epsilon=rp.target_epsilon,
                     sample_rate=q,
-                    steps=steps * max(1, int(spec.rounds)),
+                    steps=steps * max(1, attempts),
                     delta=rp.delta,
                 )
             return self._sigma[key]
@@ -183,8 +206,9 @@ class PrivacyPlan:
         dataset: str,
         num_train: int,
         policy: DatasetPolicy,
+        attempts: int | None = None,
     ) -> RoundPrivacy:
-        """``plan`` under the site's policy for ``dataset``.
+        """``plan`` under the site's policy for ``dataset`` (``attempts`` as in ``plan``).
 
         Raises:
             PolicyRefusal: UNSAFE_REQUEST when the policy sets a noise floor and the job sets
@@ -198,7 +222,11 @@ class PrivacyPlan:
                 reason=Reason.UNSAFE_REQUEST,
             )
         return self.plan(
-            spec, job_id=job_id, num_train=num_train, min_update_noise=policy.min_update_noise
+            spec,
+            job_id=job_id,
+            num_train=num_train,
+            min_update_noise=policy.min_update_noise,
+            attempts=attempts,
         )
 
     @contextlib.contextmanager
@@ -211,8 +239,12 @@ class PrivacyPlan:
         round: int,
         plan: RoundPrivacy,
         max_epsilon: float | None,
+        limits: JobLimits | None = None,
     ) -> Iterator[Charge]:
         """Reserve a round's cost durably for the block, released only if nothing left.
+
+        With ``limits`` the ledger also refuses what the signed job does not allow (rounds,
+        attempts, its ε target; ``agent.joblimits``) in the same durable transaction.
 
         The block calls ``Charge.mark_sent()`` just before the update leaves; an exception
         before that releases the reservation (the worker produced nothing that was sent),
@@ -220,7 +252,8 @@ class PrivacyPlan:
 
         Raises:
             PolicyRefusal: BUDGET_EXCEEDED when the round would cross the cap; DENIED when
-                this task was already charged (e.g. re-sent after a reconnect).
+                this task was already charged (e.g. re-sent after a reconnect);
+                ROUND_NOT_SIGNED or ATTEMPTS_EXCEEDED past the job's signed limits.
         """
         rid = self.ledger.reserve(
             dataset=dataset,
@@ -230,6 +263,7 @@ class PrivacyPlan:
             round=round,
             layer_costs=plan.cost,
             max_epsilon=max_epsilon,
+            limits=limits,
         )
         charge = Charge(self, rid, dataset=dataset, job_id=job_id)
         try:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import nacl.signing
 
-from agent.config import DatasetPolicy
+from agent.config import AttemptCaps, DatasetPolicy
 from agent.datasets import DatasetConfig
 from agent.jobs import VerifiedJob
 from agent.transport import Transport
@@ -46,6 +46,7 @@ class SiteContext:
         device: where workers train (auto, cpu, cuda, cuda:N).
         task_timeout_s: the longest one worker call may take before the worker is killed.
         policies: the site's privacy policy per dataset (cap, noise floor).
+        attempt_caps: the site's caps on the attempts it pays for per round and per job.
     """
 
     federation: str
@@ -58,6 +59,7 @@ class SiteContext:
     device: str = "auto"
     task_timeout_s: float = 3600.0
     policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
+    attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
 
 
 Handler = Callable[[federation_pb2.Task, Transport], None]

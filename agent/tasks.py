@@ -14,11 +14,17 @@ Privacy (``agent.privacy``): before the worker trains, the daemon plans the roun
 parameters for the worker, update clip and noise) and reserves its cost in the ledger,
 durably; after training it clips and noises the delta itself and marks the reservation sent
 just before the update leaves. A worker failure before any update exists releases it.
+
+The signed job, not the aggregator, says how often a site trains for it
+(``agent.joblimits``): a TRAIN task for a round the job does not have is refused before
+anything is downloaded, and the reservation is refused past the attempts the job (capped by
+the site's policy) allows or past its signed ε target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +38,7 @@ from structlog.contextvars import bound_contextvars
 from agent.config import DatasetPolicy
 from agent.datasets import DatasetConfig, count_train_records
 from agent.jobbinding import JobBindings
+from agent.joblimits import JobLimits, check_round, job_limits
 from agent.jobs import VerifiedJob, verify_job
 from agent.policy import exposed_dataset
 from agent.privacy import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
@@ -225,14 +232,16 @@ class TaskRunner:
                 "secure aggregation is not available in this agent yet",
                 reason=Reason.UNSAFE_REQUEST,
             )
+        limits = job_limits(job.spec, job_id=task.job_id, caps=self.site.attempt_caps)
+        check_round(limits, task.round)
         weights = transport.download(task.job_id, task.model_version)
         self._check_abandon()
         worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
         # FedAvg weights and the sampling rate q (so ε) rest on this count: the daemon counts
         # the records itself rather than taking the worker's word for it.
         num_train = count_train_records(dataset)
-        plan = self._plan(task, job, dataset, num_train)
-        with self._charge(task, dataset, plan) as charge:
+        plan = self._plan(task, job, dataset, num_train, attempts=limits.max_job_attempts)
+        with self._charge(task, dataset, plan, limits) as charge:
             ev = self._guarded(task, lambda: worker.evaluate(weights))
             self._check_abandon()
             dp = plan.dp if plan is not None else None
@@ -240,7 +249,11 @@ class TaskRunner:
             self._check_abandon()
             check_delta(tr.delta, weights)
             delta = protect_update(tr.delta, plan) if plan is not None else tr.delta
-            metrics = released_metrics(ev, tr, record_private=job.spec.record_privacy.enabled)
+            # Training figures are exact functions of the training records: they leave only
+            # when the site claims no finite record-level ε for the round (either layer's
+            # noise gives one; confide.dp.budget), or that ε would not cover them.
+            claims_dp = plan is not None and math.isfinite(plan.cost.epsilon)
+            metrics = released_metrics(ev, tr, record_private=claims_dp)
             # Counted before anything leaves: from here on the cost can never be released.
             epsilon, update_epsilon = charge.mark_sent()
         if secure and self.secure_update is not None:
@@ -272,9 +285,16 @@ class TaskRunner:
         return self.site.policies.get(dataset.name, DatasetPolicy())
 
     def _plan(
-        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig, num_train: int
+        self,
+        task: federation_pb2.Task,
+        job: VerifiedJob,
+        dataset: DatasetConfig,
+        num_train: int,
+        *,
+        attempts: int,
     ) -> RoundPrivacy | None:
-        """The round's privacy plan; None only for a non-private job without a ledger.
+        """The round's privacy plan (a target ε spread over ``attempts``); None only for a
+        non-private job without a ledger.
 
         Raises:
             PolicyRefusal: the job asks for privacy but this runner has no ledger, or the
@@ -293,12 +313,18 @@ class TaskRunner:
             dataset=dataset.name,
             num_train=num_train,
             policy=self._policy(dataset),
+            attempts=attempts,
         )
 
     def _charge(
-        self, task: federation_pb2.Task, dataset: DatasetConfig, plan: RoundPrivacy | None
+        self,
+        task: federation_pb2.Task,
+        dataset: DatasetConfig,
+        plan: RoundPrivacy | None,
+        limits: JobLimits,
     ) -> AbstractContextManager[Unmetered | Charge]:
-        """The ledger charge for this round (nothing to charge without a ledger)."""
+        """The ledger charge for this round, counted against the job's signed ``limits``
+        (nothing to charge without a ledger)."""
         if plan is None or self.privacy is None:
             return contextlib.nullcontext(Unmetered())
         return self.privacy.charge(
@@ -308,6 +334,7 @@ class TaskRunner:
             round=task.round,
             plan=plan,
             max_epsilon=self._policy(dataset).max_epsilon,
+            limits=limits,
         )
 
     def _evaluate(self, task: federation_pb2.Task, transport: Transport) -> None:

@@ -67,6 +67,8 @@ class Reason(enum.Enum):
     INVALID_JOB = "invalid_job"
     UNSAFE_REQUEST = "unsafe_request"
     SANDBOX_UNAVAILABLE = "sandbox_unavailable"
+    ROUND_NOT_SIGNED = "round_not_signed"  # a round outside the signed job's 1..rounds
+    ATTEMPTS_EXCEEDED = "attempts_exceeded"  # past the attempts a site pays for
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"
