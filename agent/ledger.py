@@ -281,20 +281,11 @@ class Ledger:
             rec_cols = (None,) * 4 if rec is None else dataclasses.astuple(rec)
             upd_cols = (None,) * 2 if upd is None else dataclasses.astuple(upd)
             eps_cols = (layer_costs.epsilon, layer_costs.update_epsilon, layer_costs.delta)
+            job = None if limits is None else limits.job_id
             cur = conn.execute(
                 f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}, job) "
                 "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    dataset,
-                    job_id,
-                    int(round),
-                    *rec_cols,
-                    *upd_cols,
-                    *eps_cols,
-                    now,
-                    now,
-                    None if limits is None else limits.job_id,
-                ),
+                (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now, job),
             )
             rid = cur.lastrowid
         if rid is None:  # pragma: no cover - sqlite always sets it after an INSERT

@@ -22,7 +22,8 @@ Example::
     [rounds]
     heartbeat_interval_s = 5
     site_timeout_s = 30
-    max_round_retries = 3
+    max_round_retries = 3           # lowered to the job's signed attempts per round - 1
+    retry_backoff_s = 10            # wait before retrying a round a site refused (doubling)
 
     [log]
     level = "info"
@@ -56,6 +57,8 @@ class AggregatorConfig:
         heartbeat_interval_s: how often sites are told to heartbeat.
         site_timeout_s: a site silent this long is disconnected.
         max_round_retries: failed attempts of one round before its job fails.
+        retry_backoff_s: the wait before retrying a round that a site refused, doubled for
+            each further attempt (0: retry at once).
         log_level: minimum log level.
         log_json: force JSON logs (True), console (False) or decide by TTY (None).
     """
@@ -73,6 +76,7 @@ class AggregatorConfig:
     heartbeat_interval_s: float = 5.0
     site_timeout_s: float = 30.0
     max_round_retries: int = 3
+    retry_backoff_s: float = 10.0
     log_level: str = "info"
     log_json: bool | None = None
 
@@ -121,6 +125,7 @@ def _from_section(root: Section) -> AggregatorConfig:
     if timeout <= hb:
         raise ConfigError(rounds.key("site_timeout_s"), "must be longer than heartbeat_interval_s")
     retries = rounds.int("max_round_retries", 3, min=0, max=100)
+    backoff = rounds.float("retry_backoff_s", 10.0, min=0.0, max=3600.0)
     rounds.done()
     log = root.section("log")
     level = log.str("level", "info").lower()
@@ -143,6 +148,7 @@ def _from_section(root: Section) -> AggregatorConfig:
         heartbeat_interval_s=hb,
         site_timeout_s=timeout,
         max_round_retries=retries,
+        retry_backoff_s=backoff,
         log_level=level,
         log_json=log_json,
     )

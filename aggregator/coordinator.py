@@ -42,6 +42,8 @@ __all__ = ["Coordinator", "UploadTarget"]
 
 log = structlog.get_logger("aggregator.coordinator")
 
+_REASONS = frozenset(x.value for x in Reason)
+
 _SECAGG_PHASE = {
     common_pb2.STAGE_ADVERTISE_KEYS: r.RoundPhase.ADVERTISE,
     common_pb2.STAGE_SHARE_KEYS: r.RoundPhase.SHARE_KEYS,
@@ -57,6 +59,7 @@ class Coordinator:
         heartbeat_interval_s: told to sites at register.
         site_timeout_s: a site silent this long is disconnected.
         max_retries: failed attempts of a round before its job fails.
+        retry_backoff_s: the wait before retrying a round a site refused (doubling).
         federation: the federation name (part of every SecAgg+ round id).
         clock: unix-seconds clock (a parameter for tests).
     """
@@ -69,6 +72,7 @@ class Coordinator:
         heartbeat_interval_s: float,
         site_timeout_s: float,
         max_retries: int,
+        retry_backoff_s: float = 0.0,
         federation: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -76,6 +80,7 @@ class Coordinator:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.site_timeout_s = site_timeout_s
         self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
         self.clock = clock
         self.sites = SiteRegistry()
         self._cond = threading.Condition(threading.RLock())
@@ -112,7 +117,12 @@ class Coordinator:
             if row.state == "running":
                 try:
                     job, event = rebuild_job(
-                        self.store, self.blobs, self.sites, row, max_retries=self.max_retries
+                        self.store,
+                        self.blobs,
+                        self.sites,
+                        row,
+                        max_retries=self.max_retries,
+                        retry_backoff_s=self.retry_backoff_s,
                     )
                     with self._cond:
                         self._jobs[row.id] = job
@@ -206,6 +216,7 @@ class Coordinator:
                 model_version=model_version,
                 version_no=0,
                 max_retries=self.max_retries,
+                retry_backoff_s=self.retry_backoff_s,
             )
             self._jobs[job_id] = job
             self._feed(job_id, r.Resume())
@@ -318,7 +329,11 @@ class Coordinator:
             )
             if final and ok:
                 job.add_final_metrics(rep)
-            self._feed(job_id, r.ReportReceived(site, rnd, kind, ok))
+            refusal = ""
+            if rep.outcome == common_pb2.OUTCOME_REFUSED:
+                # The site's word goes into the job's error: only a known reason, never text.
+                refusal = rep.reason if rep.reason in _REASONS else Reason.DENIED.value
+            self._feed(job_id, r.ReportReceived(site, rnd, kind, ok, refusal))
 
     def secagg(self, info: CertInfo, env: common_pb2.Envelope, payload: bytes) -> None:
         """Take one verified SecAgg+ stage message (stage 0, 1 or 3) into its round.

@@ -119,10 +119,10 @@ class Executor:
                 error=a.error,
                 final_metrics=final,
                 audit=AuditNote(
-                    f"job_{state}", "aggregator", now, job_id, job.state.round, "", a.error
+                    f"job_{state}", "aggregator", now, job_id, job.state.round, a.reason, a.error
                 ),
             )
-            log.info("job_finished", job=job_id, state=state, error=a.error)
+            log.info("job_finished", job=job_id, state=state, reason=a.reason, error=a.error)
             self.jobs.pop(job_id, None)
 
     def fail_job(self, job_id: str, job: Job, exc: BaseException, *, action: str) -> None:

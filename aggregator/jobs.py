@@ -13,6 +13,7 @@ from aggregator.blobs import BlobStore
 from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
 from aggregator.rows import SiteRoundRow
 from aggregator.secure import SecureRound, stage_timeout
+from confide.jobspec import attempt_limits
 from confide.models import parameter_shapes
 from confide.v1 import common_pb2, federation_pb2
 
@@ -238,22 +239,30 @@ def new_job(
     version_no: int,
     max_retries: int,
     eligible: frozenset[str],
+    retry_backoff_s: float = 0.0,
 ) -> Job:
     """An active job waiting for its next round, from a validated spec.
+
+    ``max_retries`` and ``retry_backoff_s`` are the aggregator's (``[rounds]``); the signed
+    job's attempt limits lower the former and bound retries over the whole job.
 
     Raises:
         ConfigError: the spec's model does not fit its dataset, or its optimizer is unknown.
     """
     shapes = parameter_shapes(spec.model, spec.dataset)
     secure = spec.secure_aggregation.enabled
+    # Sites refuse attempts past the signed limits (agent/joblimits.py): never ask for them.
+    per_round, job_retries = attempt_limits(spec)
     params = r.JobParams(
         job_id,
         int(spec.rounds),
         int(spec.min_sites),
         float(spec.round_timeout_s),
-        max_retries,
+        min(max_retries, per_round - 1),
         secure=secure,
         stage_timeout_s=stage_timeout(spec) if secure else 0.0,
+        max_job_retries=job_retries,
+        retry_backoff_s=retry_backoff_s,
     )
     state = r.RoundState(params, model_version=model_version, eligible=eligible)
     optimizer = make_optimizer(spec.training)
@@ -275,7 +284,9 @@ def resume_point(job: Job, *, done: int, attempts: dict[int, int]) -> tuple[r.Ro
     restarts from its input model as a new attempt: the one after the attempt the store
     recorded for it. Its task ids are then fresh, which sites require: each site's privacy
     ledger reserves budget per task id and refuses a task id it already reserved. The
-    interrupted attempt counts towards ``max_retries``.
+    interrupted attempt counts towards ``max_retries``, and every recorded attempt beyond a
+    round's first towards the job's ``max_job_retries``. (A refused round's backoff is kept
+    in memory only: after a restart its retry starts at once, still within those bounds.)
 
     Args:
         job: the restored job (its state's params are used).
@@ -287,7 +298,13 @@ def resume_point(job: Job, *, done: int, attempts: dict[int, int]) -> tuple[r.Ro
         # The final evaluation (in memory only) starts over once enough sites reconnect.
         state = r.RoundState(params, round=done, model_version=sha)
         return r.evaluation_pending(state), r.Resume()
+    interrupted = attempts.get(done + 1, 0)
+    retries = sum(a - 1 for rnd, a in attempts.items() if rnd <= done and a > 1) + interrupted
     state = r.RoundState(
-        params, round=done + 1, attempt=attempts.get(done + 1, 0) + 1, model_version=sha
+        params,
+        round=done + 1,
+        attempt=interrupted + 1,
+        model_version=sha,
+        job_retries=retries,
     )
     return state, r.Resume()

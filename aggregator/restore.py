@@ -36,6 +36,7 @@ def build_job(
     model_version: str,
     version_no: int,
     max_retries: int,
+    retry_backoff_s: float = 0.0,
 ) -> Job:
     """An active job, eligible to the connected sites that hold its dataset.
 
@@ -52,11 +53,18 @@ def build_job(
         version_no=version_no,
         max_retries=max_retries,
         eligible=eligible,
+        retry_backoff_s=retry_backoff_s,
     )
 
 
 def rebuild_job(
-    store: Store, blobs: BlobStore, sites: SiteRegistry, row: JobRow, *, max_retries: int
+    store: Store,
+    blobs: BlobStore,
+    sites: SiteRegistry,
+    row: JobRow,
+    *,
+    max_retries: int,
+    retry_backoff_s: float = 0.0,
 ) -> tuple[Job, r.Event]:
     """A stored running job rebuilt from its last model, and the event that resumes it."""
     spec = common_pb2.JobSpec.FromString(row.spec)
@@ -71,6 +79,7 @@ def rebuild_job(
         model_version=last.sha256,
         version_no=last.version_no,
         max_retries=max_retries,
+        retry_backoff_s=retry_backoff_s,
     )
     if last.optimizer_state:
         job.optimizer.load_state(blobs.load(last.optimizer_state))

@@ -78,7 +78,16 @@ class TaskKind(enum.Enum):
 
 @dataclass(frozen=True)
 class JobParams:
-    """The parts of a JobSpec the state machine needs."""
+    """The parts of a JobSpec the state machine needs.
+
+    Args:
+        max_retries: retries of one round (the aggregator's config, lowered to the signed
+            job's attempts per round minus one: sites refuse any further attempt anyway).
+        max_job_retries: retries over the whole job (the signed job's); None: no bound.
+        retry_backoff_s: the wait before retrying a round that a site refused (a refusal is
+            the site's policy or configuration, so an immediate retry would only be refused
+            again and charge the healthy sites once more); doubled for each further attempt.
+    """
 
     job_id: str
     rounds: int
@@ -87,6 +96,8 @@ class JobParams:
     max_retries: int
     secure: bool = False
     stage_timeout_s: float = 0.0
+    max_job_retries: int | None = None
+    retry_backoff_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,10 @@ class RoundState:
             current stage's sites that answered, failed, or disconnected (dropped).
         stage_sites: in a SecAgg+ phase, the sites expected to answer the current stage
             (all selected at ADVERTISE, then those accepted at the previous stage).
-        deadline: unix seconds when the current phase times out, or None.
+        deadline: unix seconds when the current phase times out, or None; in WAITING, the
+            earliest time a retry after a refusal may start.
+        job_retries: retries of any round started so far in the job.
+        refusals: (site, reason) of each site that refused the current attempt's task.
     """
 
     params: JobParams
@@ -118,6 +132,8 @@ class RoundState:
     deadline: float | None = None
     started_at: float = 0.0
     error: str = ""
+    job_retries: int = 0
+    refusals: tuple[tuple[str, str], ...] = ()
 
 
 # ----- events -----
@@ -147,12 +163,17 @@ class UpdateReceived:
 
 @dataclass(frozen=True)
 class ReportReceived:
-    """A site reported on a task; ``ok`` False means failed or refused."""
+    """A site reported on a task; ``ok`` False means failed or refused.
+
+    ``refusal``: the site's reason (a ``Reason`` value) when its policy REFUSED the task,
+    "" otherwise; a refusal would repeat on an immediate retry, a failure may not.
+    """
 
     site: str
     round: int
     kind: TaskKind
     ok: bool
+    refusal: str = ""
 
 
 @dataclass(frozen=True)
@@ -269,10 +290,12 @@ class RoundFailed:
 
 @dataclass(frozen=True)
 class FinishJob:
-    """The job ended in ``phase`` (DONE, FAILED or CANCELLED)."""
+    """The job ended in ``phase`` (DONE, FAILED or CANCELLED); ``reason`` is the audit
+    reason of a failure (a refusing site's, when one made the last round fail)."""
 
     phase: RoundPhase
     error: str = ""
+    reason: str = ""
 
 
 Action = SendTask | RoundStarted | CloseStage | Aggregate | RoundFailed | FinishJob

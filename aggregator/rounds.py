@@ -15,6 +15,12 @@ EVALUATING with no sites selected waits for min_sites eligible sites before it s
 EVALUATE (a restart during the final evaluation resumes there; no site is connected yet).
     COLLECTING --(too few updates)--> WAITING (attempt + 1) ... --> FAILED (retries spent)
 
+A round retried after a site REFUSED its task (the site's policy or configuration, which an
+immediate retry would meet again) waits in WAITING until ``deadline``:
+``retry_backoff_s · 2^(attempt-1)`` after the failure, at most ``MAX_BACKOFF_S``. Retries are
+bounded per round (``max_retries``) and per job (``max_job_retries``, the signed job's); when
+they are spent the job fails with the refusing sites and their reasons.
+
 SecAgg+ flow (Bell et al. 2020; docs/protocol.md "A secure round"): WAITING -> ADVERTISE
 (stage 0, TRAIN tasks out) -> SHARE_KEYS (1) -> MASKED_INPUT (2) -> UNMASK (3) -> AGGREGATING.
 Each stage waits for its ``stage_sites`` (all selected sites at ADVERTISE, then the sites
@@ -99,6 +105,9 @@ __all__ = [
     "task_id",
 ]
 
+MAX_BACKOFF_S = 3600.0
+"""The longest wait before retrying a refused round."""
+
 
 def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState, list[Action]]:
     """The next state and the actions to carry out, for one event.
@@ -139,12 +148,19 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
             check_report(state, site=event.site, round=event.round, kind=event.kind)
         except (ReplayedMessage, Unauthorized):
             return state, []
+        refusals = state.refusals
+        if event.refusal:
+            refusals = (*refusals, (event.site, event.refusal))
         return _maybe_close(
-            _replace(state, answered=state.answered | {event.site}), now=now, timed_out=False
+            _replace(state, answered=state.answered | {event.site}, refusals=refusals),
+            now=now,
+            timed_out=False,
         )
     if isinstance(event, DeadlinePassed):
         if state.deadline is None or now < state.deadline:
             return state, []
+        if state.phase is RoundPhase.WAITING:  # a refused round's backoff is over
+            return _maybe_start(_replace(state, deadline=None), [], now=now)
         return _maybe_close(state, now=now, timed_out=True)
     if isinstance(event, ModelStored):
         if state.phase is not RoundPhase.AGGREGATING or event.round != state.round:
@@ -207,6 +223,8 @@ def _maybe_start(
         return state, [*actions, *sent]
     if state.phase is not RoundPhase.WAITING or len(state.eligible) < state.params.min_sites:
         return state, actions
+    if state.deadline is not None and now < state.deadline:
+        return state, actions  # backing off after a refused attempt
     sites = tuple(sorted(state.eligible))
     timeout = state.params.round_timeout_s
     state = _replace(
@@ -218,6 +236,7 @@ def _maybe_start(
         stage_sites=frozenset(sites),
         deadline=now + timeout,
         started_at=now,
+        refusals=(),
     )
     return state, [
         *actions,
@@ -270,20 +289,33 @@ def _close_stage(
 
 
 def _fail_round(state: RoundState, *, now: float) -> tuple[RoundState, list[Action]]:
-    """Record a failed attempt of the round; retry it or fail the job."""
-    retry = state.attempt <= state.params.max_retries
+    """Record a failed attempt of the round; retry it (after a backoff if refused) or fail
+    the job, naming the sites that refused."""
+    p = state.params
+    round_left = state.attempt <= p.max_retries
+    job_left = p.max_job_retries is None or state.job_retries < p.max_job_retries
+    retry = round_left and job_left
+    refused = ", ".join(f"{site} ({reason})" for site, reason in sorted(state.refusals))
     failed = RoundFailed(state.round, state.attempt, Reason.ROUND_ABORTED, retry)
     if not retry:
         error = (
-            f"round {state.round} got fewer than {state.params.min_sites} updates "
-            f"in {state.attempt} attempts"
+            f"round {state.round} got fewer than {p.min_sites} updates in {state.attempt} attempts"
         )
-        return _finish(state, RoundPhase.FAILED, error, [failed])
+        if round_left:
+            error += f" (the job's {p.max_job_retries} retries are spent)"
+        if refused:
+            error += f"; refused by {refused}"
+        reason = min(state.refusals)[1] if state.refusals else Reason.ROUND_ABORTED.value
+        return _finish(state, RoundPhase.FAILED, error, [failed], reason=reason)
+    backoff = None
+    if state.refusals and p.retry_backoff_s > 0:
+        backoff = now + min(MAX_BACKOFF_S, p.retry_backoff_s * 2.0 ** (state.attempt - 1))
     nxt = _replace(
         state,
         phase=RoundPhase.WAITING,
         attempt=state.attempt + 1,
-        deadline=None,
+        job_retries=state.job_retries + 1,
+        deadline=backoff,
         selected=frozenset(),
         updated=frozenset(),
         answered=frozenset(),
@@ -325,7 +357,7 @@ def evaluation_pending(state: RoundState) -> RoundState:
 
 
 def _finish(
-    state: RoundState, phase: RoundPhase, error: str, actions: list[Action]
+    state: RoundState, phase: RoundPhase, error: str, actions: list[Action], *, reason: str = ""
 ) -> tuple[RoundState, list[Action]]:
     state = _replace(state, phase=phase, deadline=None, error=error)
     done = SendTask(
@@ -336,4 +368,4 @@ def _finish(
         state.model_version,
         0.0,
     )
-    return state, [*actions, done, FinishJob(phase, error)]
+    return state, [*actions, done, FinishJob(phase, error, reason)]

@@ -99,6 +99,7 @@ def build(
         heartbeat_interval_s=config.heartbeat_interval_s,
         site_timeout_s=config.site_timeout_s,
         max_retries=config.max_round_retries,
+        retry_backoff_s=config.retry_backoff_s,
         federation=config.federation,
         clock=clock,
     )

@@ -2,7 +2,8 @@
 
 ``FakeAggregator`` is the plain-function side: it records what the agent sends and hands
 out ``FakeTransport``s (one per connection) implementing ``agent.transport.Transport``.
-Tests wait on its condition variable (``wait_for``), never on sleeps.
+Tests wait on its condition variable (``wait_for``), never on sleeps. ``SessionHarness`` runs
+the real outbound session against it in a thread.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.session import Session
 from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerFailed, WorkerInfo
 from confide.errors import ConfideError, InternalError, Reason
 from confide.v1 import common_pb2, federation_pb2
@@ -137,6 +139,34 @@ class FakeTransport:
 
     def close(self):
         self.closed = True
+
+
+class SessionHarness:
+    """A session running in a thread against the fake aggregator; sleeps are recorded."""
+
+    def __init__(self, runner, aggregator, rng=lambda: 1.0, resources=None, datasets=("tabular",)):
+        self.delays: list[float] = []
+        self.connection: list[bool] = []
+        self.session = Session(
+            runner=runner,
+            connect=aggregator.connect,
+            datasets=datasets,
+            device="cpu",
+            resources=resources or (lambda: federation_pb2.Resources(cpu_percent=1.0, rss_bytes=1)),
+            rng=rng,
+            sleep=self.delays.append,
+            on_connection=self.connection.append,
+        )
+        self.thread = threading.Thread(target=self.session.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.session.stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
 
 
 class FakeWorker:

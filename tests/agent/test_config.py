@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import LogLevel, load_config
+from agent.config import AttemptCaps, LogLevel, load_config
 from agent.main import main
 from confide.errors import ConfigError, Reason
 
@@ -44,6 +44,7 @@ def test_minimal_config_has_documented_defaults(tmp_path):
     assert cfg.tls.cert == tmp_path / "pki" / "site-1.crt" and cfg.tls.crl is None
     assert cfg.device == "auto" and cfg.task_timeout_s == 3600.0
     assert list(cfg.datasets) == ["tabular"] and cfg.trusted_signers == ()
+    assert cfg.attempt_caps == AttemptCaps()  # the signed job's limits apply as they are
     assert cfg.log_level is LogLevel.INFO and cfg.log_json is None
 
 
@@ -59,6 +60,8 @@ device = "cuda:1"
 task_timeout_s = 120
 [policy]
 trusted_signers = ["alice"]
+max_round_attempts = 2
+max_job_retries = 0
 [policy.datasets.tabular]
 max_epsilon = 8.0
 min_update_noise = 0.5
@@ -71,6 +74,7 @@ json = true
     assert cfg.api_socket == Path("/tmp/x.sock")
     assert (cfg.device, cfg.task_timeout_s) == ("cuda:1", 120.0)
     assert cfg.trusted_signers == ("alice",)
+    assert cfg.attempt_caps == AttemptCaps(max_round_attempts=2, max_job_retries=0)
     assert cfg.dataset_policies["tabular"].max_epsilon == 8.0
     assert cfg.dataset_policies["tabular"].min_update_noise == 0.5
     assert cfg.log_level is LogLevel.DEBUG and cfg.log_json is True
@@ -107,6 +111,11 @@ json = true
             Reason.INVALID_VALUE,
         ),
         (lambda t: t + '[log]\nlevel = "loud"\n', "log.level", Reason.INVALID_VALUE),
+        (
+            lambda t: t + "[policy]\nmax_round_attempts = 0\n",
+            "policy.max_round_attempts",
+            Reason.INVALID_VALUE,
+        ),
         (lambda t: t + "colour = 1\n", "datasets.tabular.colour", Reason.UNKNOWN_KEY),
         (lambda t: t.replace("[state]", "[sate]"), "state", Reason.MISSING_KEY),
     ],

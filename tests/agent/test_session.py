@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 from structlog.testing import capture_logs
 
-from agent.session import Backoff, Session
+from agent.session import Backoff
 from confide.errors import InternalError, Reason
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
 from tests.agent.conftest import DATASET, FEDERATION, signed_task
+from tests.agent.fakes import SessionHarness
 
 
 def test_backoff_sequence_doubles_to_cap_with_injected_rng():
@@ -30,37 +30,9 @@ def test_backoff_is_full_jitter():
     assert [b.next_delay() for _ in range(3)] == [0.0, 0.5, 0.5]
 
 
-class _Harness:
-    """A session running in a thread against the fake aggregator; sleeps are recorded."""
-
-    def __init__(self, runner, aggregator, rng=lambda: 1.0, resources=None):
-        self.delays: list[float] = []
-        self.connection: list[bool] = []
-        self.session = Session(
-            runner=runner,
-            connect=aggregator.connect,
-            datasets=[DATASET],
-            device="cpu",
-            resources=resources or (lambda: federation_pb2.Resources(cpu_percent=1.0, rss_bytes=1)),
-            rng=rng,
-            sleep=self.delays.append,
-            on_connection=self.connection.append,
-        )
-        self.thread = threading.Thread(target=self.session.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.session.stop()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
-
-
 def test_registers_and_serves_a_train_task(pki, runner, aggregator):
     """The session registers with a signed envelope, opens the stream and uploads an update."""
-    with _Harness(runner, aggregator) as h:
+    with SessionHarness(runner, aggregator) as h:
         aggregator.wait_for(lambda: aggregator.streams)
         reg = aggregator.registers[0]
         req = federation_pb2.RegisterRequest.FromString(
@@ -83,7 +55,7 @@ def test_registers_and_serves_a_train_task(pki, runner, aggregator):
 
 def test_failed_task_keeps_session_serving(pki, runner, aggregator, workers):
     """A worker failure is reported FAILED and the next task on the same stream succeeds."""
-    with _Harness(runner, aggregator) as h:
+    with SessionHarness(runner, aggregator) as h:
         aggregator.wait_for(lambda: aggregator.streams)
         workers.fail_next = True
         aggregator.stream.push(signed_task(pki.alice, task_id="a"))
@@ -98,7 +70,7 @@ def test_failed_task_keeps_session_serving(pki, runner, aggregator, workers):
 def test_reconnects_after_transport_errors_with_backoff(pki, runner, aggregator):
     """Failed connects back off 0.5, 1, 2 s; after a good register the backoff resets."""
     aggregator.fail_connects = 3
-    with _Harness(runner, aggregator) as h:
+    with SessionHarness(runner, aggregator) as h:
         aggregator.wait_for(lambda: aggregator.streams)
         assert h.delays == [0.5, 1, 2]
         aggregator.stream.fail(InternalError("stream broke", reason=Reason.UNAVAILABLE))
@@ -111,7 +83,7 @@ def test_reconnects_after_transport_errors_with_backoff(pki, runner, aggregator)
 def test_heartbeats_are_signed_and_carry_resources(pki, runner, aggregator):
     """Heartbeats are signed HEARTBEAT envelopes carrying the resource sample."""
     aggregator.heartbeat_interval_s = 0.05
-    with _Harness(runner, aggregator):
+    with SessionHarness(runner, aggregator):
         aggregator.wait_for(lambda: len(aggregator.heartbeats) >= 2)
     hb = federation_pb2.Heartbeat.FromString(
         open_envelope(
@@ -135,7 +107,7 @@ def test_heartbeat_bug_is_logged_and_heartbeats_go_on(pki, runner, aggregator):
             raise RuntimeError("probe bug")
         return federation_pb2.Resources(cpu_percent=2.0)
 
-    with capture_logs() as logs, _Harness(runner, aggregator, resources=flaky_resources):
+    with capture_logs() as logs, SessionHarness(runner, aggregator, resources=flaky_resources):
         aggregator.wait_for(lambda: len(aggregator.heartbeats) >= 2)
         assert aggregator.connects == 1
     failed = [e for e in logs if e["event"] == "heartbeat_failed"]
@@ -144,7 +116,7 @@ def test_heartbeat_bug_is_logged_and_heartbeats_go_on(pki, runner, aggregator):
 
 def test_stop_ends_run_and_stops_workers(pki, runner, aggregator, workers):
     """stop() ends run(), cancels the stream and stops the job's worker."""
-    with _Harness(runner, aggregator):
+    with SessionHarness(runner, aggregator):
         aggregator.wait_for(lambda: aggregator.streams)
         aggregator.stream.push(signed_task(pki.alice))
         aggregator.wait_for(lambda: aggregator.uploads)

@@ -197,7 +197,14 @@ class FakeSite(Party):
         return self.fed.Upload(iter(self.upload_parts(task, arrays, **kw)), timeout=20)
 
     def report(
-        self, task, *, outcome=common_pb2.OUTCOME_OK, metrics=None, num_samples=0, kind=None
+        self,
+        task,
+        *,
+        outcome=common_pb2.OUTCOME_OK,
+        metrics=None,
+        num_samples=0,
+        kind=None,
+        reason="",
     ):
         """Report on ``task`` (as a task of ``kind`` when given, with its matching task id)."""
         task_id = task.task_id
@@ -208,6 +215,7 @@ class FakeSite(Party):
             task_id=task_id,
             kind=task.kind if kind is None else kind,
             outcome=outcome,
+            reason=reason,
             metrics=metrics or {},
             num_samples=num_samples,
         )
