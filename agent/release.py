@@ -45,9 +45,10 @@ def check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
 def released_metrics(ev: EvalResult, tr: TrainResult, *, record_private: bool) -> dict[str, float]:
     """The figures that leave with an update.
 
-    Hold-out evaluation always; training figures only when the job is not record-private
-    (they are computed on the training records without noise, so DP-SGD's guarantee would not
-    cover them). Worker figures are whitelisted by name and must be finite.
+    Hold-out evaluation always; training figures only when ``record_private`` is False, i.e.
+    the round claims no finite record-level ε (they are computed on the training records
+    without noise, so no DP guarantee would cover them). Worker figures are whitelisted by
+    name and must be finite.
 
     Raises:
         InternalError: MALFORMED: the worker returned a non-finite or out-of-range figure.
