@@ -42,6 +42,7 @@ def agent_toml(d: Path) -> dict[str, Any]:
         "state": {"dir": str(d / "state")},
         "api": {"socket": str(d / "a.sock")},
         "worker": {"device": "cpu", "task_timeout_s": 60},
+        "sandbox": {"allow_unsandboxed": False, "memory_mb": 2048, "gpus": [0]},
         "datasets": {
             "tabular": {
                 "path": "data.csv",
