@@ -55,9 +55,13 @@ class SiteLinks:
     def register(self, site: str, req: federation_pb2.RegisterRequest) -> None:
         """Record a site's registration (datasets, device)."""
         now = self.clock()
+        sizes = {d.name: (int(d.train_records), int(d.holdout_records)) for d in req.dataset_sizes}
+        names = ",".join(req.datasets)
+        detail = f"{len(req.datasets)} datasets: {names[:200]}"
+        detail += "..." if len(names) > 200 else ""
         self.store.upsert_site(
-            SiteRow(site, list(req.datasets), req.device, req.agent_version, now),
-            audit=AuditNote("site_registered", site, now, detail=",".join(req.datasets)),
+            SiteRow(site, list(req.datasets), req.device, req.agent_version, now, sizes),
+            audit=AuditNote("site_registered", site, now, detail=detail),
         )
 
     def open_stream(self, site: str, *, cert_pem: bytes = b"") -> SiteConn:

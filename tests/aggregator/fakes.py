@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from confide.pki import channel_credentials, load_identity
 from confide.v1 import admin_pb2_grpc, common_pb2, federation_pb2, federation_pb2_grpc
@@ -56,7 +57,10 @@ def tiny_spec(**overrides) -> common_pb2.JobSpec:
         ),
     )
     for k, v in overrides.items():
-        setattr(spec, k, v)
+        if isinstance(v, Message):
+            getattr(spec, k).CopyFrom(v)
+        else:
+            setattr(spec, k, v)
     return spec
 
 
