@@ -49,8 +49,8 @@ MAX_REASON_BYTES = 64
 """A report's reason (a ``confide.errors.Reason`` value, at most 20 bytes today)."""
 MAX_TEXT_BYTES = 1024
 """A report's free-text message (never stored)."""
-MAX_METRICS = 32
-"""Entries of one metrics map (the agent sends at most 7)."""
+MAX_METRICS = 64
+"""Entries of one metrics map (the agent sends at most 7; room for per-class figures)."""
 MAX_DATASETS = 256
 """Dataset names (and declared sizes) one site registers."""
 MAX_GPUS = 64

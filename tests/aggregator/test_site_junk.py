@@ -80,6 +80,15 @@ def test_refused_6mb_messages_leave_short_records(round1, tmp_path):
             )
         )
     )
+    # A 6 MB task id: once quoted whole in the refusal's error text.
+    rep = federation_pb2.TaskReport(task_id=big, kind=t1.kind)
+    _refused(
+        lambda: s1.fed.Report(
+            s1.seal(
+                common_pb2.STAGE_TASK_REPORT, rep.SerializeToString(), job_id=job, round=t1.round
+            )
+        )
+    )
     reg = federation_pb2.RegisterRequest(agent_version=big, datasets=["tab"])
     _refused(lambda: s1.fed.Register(s1.seal(common_pb2.STAGE_REGISTER, reg.SerializeToString())))
     _refused(lambda: s1.upload(t1, delta_like(model, 0.1), metrics={big: 1.0}))
@@ -88,7 +97,7 @@ def test_refused_6mb_messages_leave_short_records(round1, tmp_path):
     with pytest.raises(grpc.RpcError):
         s1.fed.Report(env)
     assert _db_bytes(state) - before < 256 * 1024
-    tail = op.admin.ListAudit(admin_pb2.AuditRequest(after_seq=0)).entries[-4:]
+    tail = op.admin.ListAudit(admin_pb2.AuditRequest(after_seq=0)).entries[-5:]
     assert all(len(e.detail) < 400 and len(e.job_id) < 400 for e in tail)
     assert all("bytes sha256 " in e.detail for e in tail)
 
