@@ -378,10 +378,7 @@ class Coordinator:
             self._feed(env.job_id, r.SecAggReceived(info.name, env.round, phase))
 
     def _declared(self, site: str, job: Job) -> Declared | None:
-        """What ``site`` declared at register for ``job``'s dataset (None: nothing)."""
-        row = self.store.site(site)
-        sizes = row.sizes.get(job.spec.dataset.name) if row is not None else None
-        return Declared(*sizes) if sizes is not None else None
+        return self._links.declared(site, job.spec.dataset.name)
 
     def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
