@@ -22,6 +22,7 @@ import csv
 import enum
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import numpy.typing as npt
 
 from confide.config import Section
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
-from confide.v1 import common_pb2
+from confide.v1 import common_pb2, federation_pb2
 
 __all__ = [
     "DataFormat",
@@ -42,6 +43,7 @@ __all__ = [
     "config_to_json",
     "count_train_records",
     "dataset_from_config",
+    "declared_sizes",
     "load_arrays",
 ]
 
@@ -225,12 +227,43 @@ def config_from_json(data: dict[str, Any]) -> DatasetConfig:
         raise ConfigError("dataset", f"invalid dataset config: {exc}") from None
 
 
+def declared_sizes(configs: Iterable[DatasetConfig]) -> list[federation_pb2.DatasetSize]:
+    """Training and hold-out record counts of each readable dataset, declared at register.
+
+    A dataset that cannot be read now is left out (nothing is declared for it) rather than
+    keeping the site from connecting; its tasks fail on their own.
+    """
+    out: list[federation_pb2.DatasetSize] = []
+    for cfg in configs:
+        try:
+            train = count_train_records(cfg)
+        except InternalError:
+            continue
+        total = _count_all(cfg)
+        out.append(
+            federation_pb2.DatasetSize(
+                name=cfg.name, train_records=train, holdout_records=total - train
+            )
+        )
+    return out
+
+
 def count_train_records(cfg: DatasetConfig) -> int:
     """How many records the worker trains on, counted by the daemon itself.
 
     The daemon's privacy accounting depends on the sampling rate q = batch / n_train; it must
     not take n_train from the worker's word. Counting reads no feature values: CSV rows (as
     ``load_arrays`` reads them), Parquet metadata, or the length of the npz ``y`` array.
+
+    Raises:
+        InternalError: ``UNAVAILABLE``: the file is missing or unreadable.
+    """
+    n = _count_all(cfg)
+    return n - round(n * cfg.holdout_fraction)
+
+
+def _count_all(cfg: DatasetConfig) -> int:
+    """Every record in the dataset's file (training and hold-out).
 
     Raises:
         InternalError: ``UNAVAILABLE``: the file is missing or unreadable.
@@ -250,7 +283,7 @@ def count_train_records(cfg: DatasetConfig) -> int:
         raise InternalError(
             f"dataset {cfg.name!r}: cannot read {cfg.path}: {exc}", reason=Reason.UNAVAILABLE
         ) from exc
-    return n - round(n * cfg.holdout_fraction)
+    return n
 
 
 def load_arrays(cfg: DatasetConfig) -> LoadedData:

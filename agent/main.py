@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from agent.api import AgentApi, connect_api
 from agent.config import AgentConfig, DatasetPolicy, load_config
+from agent.datasets import declared_sizes
 from agent.faults import install_kill_point, kill_point_from_env
 from agent.jobbinding import JobBindings
 from agent.ledger import Ledger
@@ -262,6 +263,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         device=device,
         resources=probe.sample,
         on_connection=api.set_connected,
+        dataset_sizes=lambda: declared_sizes(cfg.datasets.values()),
     )
     stop = threading.Event()
 

@@ -113,6 +113,8 @@ class Session:
         sleep: waits the backoff delay; None waits on the stop event (so ``stop`` wakes it).
         clock: unix seconds, for signing.
         on_connection: called with True/False when the task stream opens/closes.
+        dataset_sizes: counts each dataset's records, declared at every register (the
+            aggregator refuses an update or evaluation claiming more).
     """
 
     def __init__(
@@ -127,10 +129,12 @@ class Session:
         sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.time,
         on_connection: Callable[[bool], None] | None = None,
+        dataset_sizes: Callable[[], list[federation_pb2.DatasetSize]] | None = None,
     ) -> None:
         self._runner = runner
         self._connect = connect
         self._datasets = list(datasets)
+        self._dataset_sizes = dataset_sizes
         self._device = device
         self._resources = resources
         self._clock = clock
@@ -214,7 +218,10 @@ class Session:
                 self._signed(
                     common_pb2.STAGE_REGISTER,
                     federation_pb2.RegisterRequest(
-                        agent_version=AGENT_VERSION, datasets=self._datasets, device=self._device
+                        agent_version=AGENT_VERSION,
+                        datasets=self._datasets,
+                        device=self._device,
+                        dataset_sizes=self._dataset_sizes() if self._dataset_sizes else [],
                     ),
                 )
             )

@@ -5,6 +5,10 @@ submitted job is an operator-signed ``Envelope[JOB, JobSpec]``; it is validated 
 ``confide.jobspec.validate_job``, the one check ``confide job check`` also runs), stored with
 the envelope and the signer's certificate (which go into every Task so sites can check who
 asked), and its version-0 model is drawn from the job's seed.
+
+Every listing is paged and every reply bounded in bytes (``aggregator.pages``): ListJobs,
+ListSites, ListAudit and ListRounds take a page size and token; GetJob carries a job's latest
+rounds that fit one reply (``GET_JOB_ROUNDS`` at most) and ``rounds_total``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from aggregator import pages
+from aggregator.audit import AuditEntry
 from aggregator.coordinator import Coordinator
 from aggregator.guard import Guard, decode
+from aggregator.rows import RoundRow, SiteRoundRow, SiteRow
 from aggregator.servicer import model_parts
+from aggregator.sites import SiteConn
 from aggregator.store import AuditNote, JobRow, ModelRow
 from confide.errors import PeerError, Reason
 from confide.jobspec import validate_job
@@ -25,7 +33,10 @@ from confide.models import initial_weights
 from confide.pki import Role
 from confide.v1 import admin_pb2, admin_pb2_grpc, common_pb2, federation_pb2
 
-__all__ = ["AdminServicer"]
+__all__ = ["GET_JOB_ROUNDS", "AdminServicer"]
+
+GET_JOB_ROUNDS = 100
+"""The most rounds GetJob carries (the latest); ListRounds pages through all of them."""
 
 _STATES = {
     "pending": admin_pb2.JOB_STATE_PENDING,
@@ -104,7 +115,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def GetJob(
         self, request: admin_pb2.JobRef, context: grpc.ServicerContext
     ) -> admin_pb2.JobStatus:
-        """A job's state, rounds, per-site epsilon and final metrics."""
+        """A job's state, latest rounds, per-site epsilon and final metrics."""
         with self.guard.handling(context, "admin_refused") as call:
             self.guard.peer(context, call, Role.OPERATOR)
             return self._status(request.job_id)
@@ -113,10 +124,40 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def ListJobs(
         self, request: admin_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.JobList:
-        """Every job, oldest first."""
+        """A page of jobs in submission order, without their rounds."""
         with self.guard.handling(context, "admin_refused") as call:
             self.guard.peer(context, call, Role.OPERATOR)
-            return admin_pb2.JobList(jobs=[self._status(j.id) for j in self.store.jobs()])
+            size = pages.page_size(request.page_size)
+            after = pages.parse_token("j", request.page_token, int) or 0
+            rows = self.store.jobs_page(after=after, limit=size + 1)
+            out = admin_pb2.JobList()
+            out.next_page_token = pages.fill(
+                out.jobs,
+                ((n, self._summary(row)) for n, row in rows[:size]),
+                more=len(rows) > size,
+                kind="j",
+            )
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def ListRounds(
+        self, request: admin_pb2.ListRoundsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RoundList:
+        """A page of a job's rounds, in order, with each site's answer."""
+        with self.guard.handling(context, "admin_refused") as call:
+            self.guard.peer(context, call, Role.OPERATOR)
+            self._job_row(request.job_id)  # refuses an unknown job
+            size = pages.page_size(request.page_size)
+            after = pages.parse_token("r", request.page_token, int) or 0
+            rows = self.store.rounds(request.job_id, after=after, limit=size + 1)
+            out = admin_pb2.RoundList()
+            out.next_page_token = pages.fill(
+                out.rounds,
+                self._round_statuses(request.job_id, rows[:size]),
+                more=len(rows) > size,
+                kind="r",
+            )
+            return out
         raise AssertionError("unreachable")  # pragma: no cover
 
     def CancelJob(
@@ -137,24 +178,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def ListSites(
         self, request: admin_pb2.ListSitesRequest, context: grpc.ServicerContext
     ) -> admin_pb2.SiteList:
-        """Registered sites, with connection state and last heartbeat."""
+        """A page of registered sites by id, with connection state and last heartbeat."""
         with self.guard.handling(context, "admin_refused") as call:
             self.guard.peer(context, call, Role.OPERATOR)
+            size = pages.page_size(request.page_size)
+            after = pages.parse_token("s", request.page_token, str) or ""
+            rows = self.store.sites(after=after, limit=size + 1)
             live = self.coord.connected()
             out = admin_pb2.SiteList()
-            for s in self.store.sites():
-                conn = live.get(s.id)
-                info = out.sites.add(
-                    site_id=s.id,
-                    connected=conn is not None,
-                    last_heartbeat=conn.last_seen if conn else s.last_heartbeat,
-                    datasets=s.datasets,
-                    device=s.device,
-                )
-                if conn is not None:
-                    info.current_task = conn.current_task
-                    if conn.resources is not None:
-                        info.resources.CopyFrom(conn.resources)
+            out.next_page_token = pages.fill(
+                out.sites,
+                ((s.id, _site_info(s, live)) for s in rows[:size]),
+                more=len(rows) > size,
+                kind="s",
+            )
             return out
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -173,81 +210,140 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def ListAudit(
         self, request: admin_pb2.AuditRequest, context: grpc.ServicerContext
     ) -> admin_pb2.AuditList:
-        """Audit entries after ``after_seq`` (at most ``limit``; 0 = all)."""
+        """A page of audit entries after the token's (or ``after_seq``), oldest first."""
         with self.guard.handling(context, "admin_refused") as call:
             self.guard.peer(context, call, Role.OPERATOR)
-            return admin_pb2.AuditList(
-                entries=[
-                    admin_pb2.AuditEntry(
-                        seq=e.seq,
-                        at=e.at,
-                        event=e.event,
-                        actor=e.actor,
-                        job_id=e.job,
-                        round=e.round,
-                        reason=e.reason,
-                        detail=e.detail,
-                        hash=e.hash,
-                    )
-                    for e in self.store.audit_entries(
-                        after_seq=request.after_seq, limit=request.limit
-                    )
-                ]
+            size = pages.page_size(request.page_size, request.limit)
+            after = pages.parse_token("a", request.page_token, int)
+            rows = self.store.audit_entries(
+                after_seq=request.after_seq if after is None else after, limit=size + 1
             )
+            out = admin_pb2.AuditList()
+            out.next_page_token = pages.fill(
+                out.entries,
+                ((e.seq, _audit_entry(e)) for e in rows[:size]),
+                more=len(rows) > size,
+                kind="a",
+            )
+            return out
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _status(self, job_id: str) -> admin_pb2.JobStatus:
+    def _job_row(self, job_id: str) -> JobRow:
         row = self.store.job(job_id)
         if row is None:
-            raise PeerError(f"no job {job_id!r}", reason=Reason.UNKNOWN_JOB)
+            raise PeerError(f"no job {job_id[:128]!r}", reason=Reason.UNKNOWN_JOB)
+        return row
+
+    def _summary(self, row: JobRow) -> admin_pb2.JobStatus:
+        """A job without its rounds: state, latest model, ε per site, final metrics."""
         st = admin_pb2.JobStatus(
             job_id=row.id,
             spec=common_pb2.JobSpec.FromString(row.spec),
             state=_STATES.get(row.state, admin_pb2.JOB_STATE_UNSPECIFIED),
             error=row.error,
             submitted_by=row.submitted_by,
+            rounds_total=self.store.count_rounds(row.id),
         )
-        models = self.store.models(job_id)
-        if models:
-            st.model_version = models[-1].sha256
-        by_round: dict[int, list[admin_pb2.SiteRound]] = defaultdict(list)
-        eps: dict[str, float] = defaultdict(float)
-        for s in self.store.round_sites(job_id):
-            by_round[s.round].append(
-                admin_pb2.SiteRound(
-                    site_id=s.site,
-                    outcome=_OUTCOMES.get(s.outcome, common_pb2.OUTCOME_UNSPECIFIED),
-                    reason=s.reason,
-                    num_samples=s.num_samples,
-                    epsilon=s.epsilon,
-                    update_epsilon=s.update_epsilon,
-                    metrics=s.metrics,
-                )
-            )
-            if s.round > 0 and s.outcome == "ok":
-                # Sites report the job's cumulative ε (their ledger composes the rounds by
-                # RDP), so the job's figure per site is the latest, i.e. the largest.
-                eps[s.site] = max(eps[s.site], s.epsilon)
-        live = self.coord.live_state(job_id)
-        for rr in self.store.rounds(job_id):
-            state = rr.state
-            if live is not None and live.round == rr.round and rr.state != "done":
-                state = live.phase.value
-            m = rr.metrics
-            st.rounds.add(
-                round=rr.round,
-                state=state,
-                sites=by_round.get(rr.round, []),
-                aggregated=int(m.get("aggregated", 0)),
-                accuracy=m.get("accuracy", 0.0),
-                loss=m.get("loss", 0.0),
-                eval_samples=int(m.get("eval_samples", 0)),
-                seconds=m.get("seconds", 0.0),
-                model_version=rr.model_version_out,
-            )
-        st.epsilon_by_site.update(eps)
+        latest = self.store.latest_model(row.id)
+        if latest is not None:
+            st.model_version = latest.sha256
+        st.epsilon_by_site.update(self.store.epsilon_by_site(row.id))
         f = row.final_metrics
         st.final_accuracy = f.get("accuracy", 0.0)
         st.final_loss = f.get("loss", 0.0)
         st.final_eval_samples = int(f.get("eval_samples", 0))
         return st
+
+    def _status(self, job_id: str) -> admin_pb2.JobStatus:
+        """A job with its latest rounds that fit one reply, in order."""
+        st = self._summary(self._job_row(job_id))
+        budget = pages.REPLY_BUDGET - st.ByteSize()
+        newest = self.store.rounds(job_id, limit=GET_JOB_ROUNDS, newest=True)
+        kept: list[admin_pb2.RoundStatus] = []
+        for _, rs in self._round_statuses(job_id, newest):
+            budget -= rs.ByteSize()
+            if kept and budget < 0:
+                break
+            kept.append(rs)
+        st.rounds.extend(reversed(kept))
+        return st
+
+    def _round_statuses(
+        self, job_id: str, rows: list[RoundRow]
+    ) -> Iterator[tuple[int, admin_pb2.RoundStatus]]:
+        """(round, RoundStatus) for each of ``rows``, with its sites' answers."""
+        if not rows:
+            return
+        lo, hi = min(r.round for r in rows), max(r.round for r in rows)
+        by_round: dict[int, list[SiteRoundRow]] = defaultdict(list)
+        for s in self.store.round_sites(job_id, lo=lo, hi=hi):
+            by_round[s.round].append(s)
+        live = self.coord.live_state(job_id)
+        for rr in rows:
+            state = rr.state
+            if live is not None and live.round == rr.round and rr.state != "done":
+                state = live.phase.value
+            m = rr.metrics
+            yield (
+                rr.round,
+                admin_pb2.RoundStatus(
+                    round=rr.round,
+                    state=state,
+                    sites=[_site_round(s) for s in by_round.get(rr.round, [])],
+                    aggregated=int(m.get("aggregated", 0)),
+                    accuracy=m.get("accuracy", 0.0),
+                    loss=m.get("loss", 0.0),
+                    eval_samples=int(m.get("eval_samples", 0)),
+                    seconds=m.get("seconds", 0.0),
+                    model_version=rr.model_version_out,
+                ),
+            )
+
+
+def _site_round(s: SiteRoundRow) -> admin_pb2.SiteRound:
+    return admin_pb2.SiteRound(
+        site_id=s.site,
+        outcome=_OUTCOMES.get(s.outcome, common_pb2.OUTCOME_UNSPECIFIED),
+        reason=s.reason,
+        num_samples=s.num_samples,
+        epsilon=s.epsilon,
+        update_epsilon=s.update_epsilon,
+        metrics=s.metrics,
+        weight=s.weight,
+        update_norm=s.update_norm,
+        clipped=s.clipped,
+    )
+
+
+def _site_info(s: SiteRow, live: dict[str, SiteConn]) -> admin_pb2.SiteInfo:
+    conn = live.get(s.id)
+    info = admin_pb2.SiteInfo(
+        site_id=s.id,
+        connected=conn is not None,
+        last_heartbeat=conn.last_seen if conn else s.last_heartbeat,
+        datasets=s.datasets,
+        device=s.device,
+        dataset_sizes=[
+            federation_pb2.DatasetSize(name=n, train_records=t, holdout_records=h)
+            for n, (t, h) in sorted(s.sizes.items())
+        ],
+    )
+    if conn is not None:
+        info.current_task = conn.current_task
+        if conn.resources is not None:
+            info.resources.CopyFrom(conn.resources)
+    return info
+
+
+def _audit_entry(e: AuditEntry) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(
+        seq=e.seq,
+        at=e.at,
+        event=e.event,
+        actor=e.actor,
+        job_id=e.job,
+        round=e.round,
+        reason=e.reason,
+        detail=e.detail,
+        hash=e.hash,
+    )

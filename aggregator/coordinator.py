@@ -24,6 +24,7 @@ from collections.abc import Callable
 import structlog
 
 from aggregator import rounds as r
+from aggregator.admission import Declared, check_claims
 from aggregator.blobs import BlobStore
 from aggregator.execute import Executor
 from aggregator.jobs import KIND_OF, Job, UploadTarget
@@ -37,6 +38,7 @@ from confide.errors import PeerError, Reason, ReplayedMessage
 from confide.pki import CertInfo
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
+from confide.wire.bounds import check_stage_message
 
 __all__ = ["Coordinator", "UploadTarget"]
 
@@ -275,28 +277,35 @@ class Coordinator:
     ) -> None:
         """Add a verified update (or masked input) into the round's sum and advance the round.
 
+        One transaction: every check runs first, the row and audit entry commit together,
+        and the sum changes only with them. A plaintext update is added after the commit
+        (``Job.admit`` checked it and allocated the sum, so adding cannot fail); a masked
+        input is added inside the transaction, which rolls back if the add refuses it.
+
         Raises:
             ReplayedMessage, Unauthorized, MalformedMessage: the round refuses it.
+            OversizedMessage: counts beyond the site's declaration, or the round is full.
+            InternalError, sqlite3.Error: the store failed; the sum is unchanged.
         """
         with self._cond:
             self.check_update(site, job_id, rnd, header.task_id)
             job = self._jobs[job_id]
+            now = self.clock()
             if job.secure is not None:
-                job.secure.masked(site, arrays)  # into the modular sum; not kept
-                now = self.clock()
+                sec = job.secure
                 self.store.record_site(
-                    job.accepted_row(site, rnd, job.secure.info[site]),
+                    job.accepted_row(site, rnd, sec.info[site]),
                     audit=AuditNote("masked_input_accepted", site, now, job_id, rnd),
+                    before_commit=lambda: sec.masked(site, arrays),  # the modular sum; not kept
                 )
                 self._feed(job_id, r.SecAggReceived(site, rnd, r.RoundPhase.MASKED_INPUT))
                 return
-            job.running.add(arrays, num_samples=int(header.num_samples))
-            job.add_update_metrics(header)
-            now = self.clock()
+            admitted = job.admit(header, arrays, declared=self._declared(site, job))
             self.store.record_site(
-                job.accepted_row(site, rnd, header),
-                audit=AuditNote("update_accepted", site, now, job_id, rnd),
+                job.accepted_row(site, rnd, header, admitted),
+                audit=AuditNote("update_accepted", site, now, job_id, rnd, "", admitted.describe()),
             )
+            job.apply(admitted, header)
             self._feed(job_id, r.UpdateReceived(site, rnd))
 
     def report(self, site: str, job_id: str, rnd: int, rep: federation_pb2.TaskReport) -> None:
@@ -320,6 +329,13 @@ class Coordinator:
                 raise ReplayedMessage(f"report for {rep.task_id!r}; current is {expected!r}")
             r.check_report(job.state, site=site, round=rnd, kind=kind)
             ok = rep.outcome == common_pb2.OUTCOME_OK
+            if kind is r.TaskKind.EVALUATE and ok:
+                check_claims(
+                    num_samples=int(rep.num_samples),
+                    metrics=rep.metrics,
+                    declared=self._declared(site, job),
+                    eval_key="",
+                )
             outcome = common_pb2.Outcome.Name(rep.outcome).removeprefix("OUTCOME_").lower()
             now = self.clock()
             final = kind is r.TaskKind.EVALUATE
@@ -360,6 +376,9 @@ class Coordinator:
             if sec is None:
                 raise ReplayedMessage("no secure round is open", reason=Reason.WRONG_STAGE)
             msg = stage_message(env.stage, payload)
+            check_stage_message(msg)
+            if isinstance(msg, federation_pb2.AdvertiseKeys):
+                job.check_claims(msg, declared=self._declared(info.name, job))
             # The envelope binds job, round and stage but not the attempt: a late message of
             # an earlier attempt (its keys already replaced at the site) must not enter this
             # one, or the masks would not cancel.
@@ -372,6 +391,9 @@ class Coordinator:
                 AuditNote(f"secagg_{phase.value}", info.name, now, env.job_id, env.round)
             )
             self._feed(env.job_id, r.SecAggReceived(info.name, env.round, phase))
+
+    def _declared(self, site: str, job: Job) -> Declared | None:
+        return self._links.declared(site, job.spec.dataset.name)
 
     def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)

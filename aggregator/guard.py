@@ -4,6 +4,9 @@
 the RPC only (``bound_contextvars``), and turns any ``ConfideError`` into one structured log
 event, one audit entry and a gRPC status from ``confide.wire.status`` (details = the reason).
 Unexpected exceptions become INTERNAL with a log line, never a traceback to the peer.
+
+A refusal's record is short whatever was refused (issue 9.7): the reason, the error text and
+job id cut to ``_NOTE_CHARS``, and the refused request's size and SHA-256 — never its payload.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from confide.errors import ConfideError, InternalError, MalformedMessage, NonFin
 from confide.pki import CertInfo, Role, peer_info, require_role, verify_certificate
 from confide.v1 import common_pb2
 from confide.wire import Binding, open_envelope
+from confide.wire.bounds import check_envelope, fingerprint
 from confide.wire.status import abort_with
 
 __all__ = ["Call", "Guard", "check_figures", "decode"]
@@ -35,13 +39,21 @@ log = structlog.get_logger("aggregator.rpc")
 M = TypeVar("M", bound=Message)
 
 
+_NOTE_CHARS = 200
+
+
 @dataclass
 class Call:
-    """What a handler learned about its caller so far (for logs and audit)."""
+    """What a handler learned about its caller so far (for logs and audit).
+
+    Args:
+        request: the request (or an upload's first part), fingerprinted in a refusal's record.
+    """
 
     site: str = ""
     job: str = ""
     round: int = 0
+    request: Message | None = None
 
     def bind(
         self, *, site: str | None = None, job: str | None = None, round: int | None = None
@@ -50,7 +62,7 @@ class Call:
         if site is not None:
             self.site = site
         if job is not None:
-            self.job = job
+            self.job = _short(job)  # a peer's job id: bounded before it reaches logs or audit
         if round is not None:
             self.round = round
         structlog.contextvars.bind_contextvars(site=self.site, job=self.job, round=self.round)
@@ -157,6 +169,7 @@ class Guard:
         Raises:
             BadSignature, ReplayedMessage, MalformedMessage: see ``open_envelope``.
         """
+        check_envelope(env)
         expect = Binding(
             federation=self.federation, sender=info.name, stage=stage, job_id=job_id, round=round
         )
@@ -165,13 +178,16 @@ class Guard:
         )
 
     @contextmanager
-    def handling(self, context: grpc.ServicerContext, event: str) -> Iterator[Call]:
+    def handling(
+        self, context: grpc.ServicerContext, event: str, request: Message | None = None
+    ) -> Iterator[Call]:
         """Run a handler body; refuse any error with log, audit and a gRPC status.
 
         Args:
             event: the stable log/audit event name for a refusal, e.g. ``update_refused``.
+            request: the request, whose size and digest a refusal records.
         """
-        call = Call()
+        call = Call(request=request)
         with structlog.contextvars.bound_contextvars(site="", job="", round=0):
             try:
                 yield call
@@ -187,22 +203,31 @@ class Guard:
     def _refuse(
         self, context: grpc.ServicerContext, event: str, call: Call, exc: ConfideError
     ) -> None:
-        log.warning(event, reason=exc.reason.value, error=str(exc))
+        error = _short(str(exc))
+        seen = fingerprint(call.request.SerializeToString()) if call.request is not None else ""
+        log.warning(event, reason=exc.reason.value, error=error, request=seen)
         try:
             self.store.audit(
                 AuditNote(
                     event,
                     call.site or "unknown",
                     self.clock(),
-                    call.job,
+                    _short(call.job),
                     call.round,
                     exc.reason.value,
-                    str(exc),
+                    f"{error} ({seen})" if seen else error,
                 )
             )
         except Exception as audit_exc:  # the refusal must still reach the peer
             log.error("audit_failed", error=repr(audit_exc))
         abort_with(context, exc)
+
+
+def _short(text: str) -> str:
+    """``text`` cut to ``_NOTE_CHARS`` characters, saying how much was cut."""
+    if len(text) <= _NOTE_CHARS:
+        return text
+    return f"{text[:_NOTE_CHARS]}... ({len(text) - _NOTE_CHARS} more characters)"
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:

@@ -2,22 +2,41 @@
 
 The coordinator owns the ``Job`` objects and calls these methods under its lock; they do the
 per-job arithmetic and message building so the coordinator stays glue.
+
+Accepting a plaintext update is one transaction (issue 9.4): ``admit`` checks everything
+(bounds, shapes, norm, memory) and allocates the round's accumulator, the coordinator then
+stores the update's row and audit entry in one database transaction, and only after that
+commits does ``apply`` add the update into the sum (which then cannot fail). A refused update,
+or one whose row the database refuses, changes neither the sum nor the metrics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aggregator import rounds as r
+from aggregator.admission import (
+    Admitted,
+    Bounds,
+    Declared,
+    admit_update,
+    bounds_for,
+    check_claims,
+    eval_weight,
+    rule_of,
+)
 from aggregator.blobs import BlobStore
 from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
+from aggregator.robust import Accumulator, HeldUpdates, Rule
 from aggregator.rows import SiteRoundRow
 from aggregator.secure import SecureRound, stage_timeout
 from confide.jobspec import attempt_limits
 from confide.models import parameter_shapes
 from confide.v1 import common_pb2, federation_pb2
+from confide.wire.blob import NamedArrays
 
-__all__ = ["KIND_OF", "Job", "UploadTarget", "new_job", "resume_point"]
+__all__ = ["KIND_OF", "Job", "UploadTarget", "accumulator", "new_job", "resume_point"]
 
 _KIND = {
     r.TaskKind.TRAIN: federation_pb2.TASK_KIND_TRAIN,
@@ -52,8 +71,11 @@ class Job:
     """An active job.
 
     Args:
-        sums: sample-weighted metric sums of the current round (``acc``, ``loss``, ``es``)
-            and of the final evaluation (``f_acc``, ``f_loss``, ``f_n``).
+        running: the round's plaintext updates (a streaming sum, or held for a robust rule).
+        bounds: what one site's update and figures may weigh (``aggregator.admission``).
+        sums: weighted metric sums of the current round (``acc``, ``loss``, weight ``v``,
+            capped hold-out count ``es``) and of the final evaluation (``f_acc``, ``f_loss``,
+            ``f_v``, ``f_n``); weights are ``admission.eval_weight``.
         secure: the current SecAgg+ round attempt (memory only), None for plaintext jobs.
     """
 
@@ -65,7 +87,8 @@ class Job:
     state: r.RoundState
     optimizer: ServerOptimizer
     version_no: int
-    running: RunningSum
+    running: Accumulator
+    bounds: Bounds
     sums: dict[str, float] = field(default_factory=dict)
     secure: SecureRound | None = None
 
@@ -121,14 +144,62 @@ class Job:
         task.MergeFrom(payload)
         return task
 
+    def check_claims(
+        self,
+        figures: federation_pb2.UpdateHeader | federation_pb2.AdvertiseKeys,
+        *,
+        declared: Declared | None,
+    ) -> None:
+        """Refuse counts beyond the site's declared dataset, or an accuracy outside [0, 1].
+
+        Raises:
+            OversizedMessage, MalformedMessage: see ``admission.check_claims``.
+        """
+        check_claims(
+            num_samples=int(figures.num_samples),
+            metrics=figures.metrics,
+            declared=declared,
+            eval_key="eval_samples",
+        )
+
+    def admit(
+        self,
+        header: federation_pb2.UpdateHeader,
+        arrays: NamedArrays,
+        *,
+        declared: Declared | None,
+    ) -> Admitted:
+        """Check a plaintext update completely, before anything about it is stored or summed.
+
+        Also allocates the round's accumulator, so that ``apply`` cannot fail afterwards.
+
+        Raises:
+            MalformedMessage: wrong shapes, a bad count or accuracy.
+            OversizedMessage: a count above the site's declaration, or the round's memory
+                bound reached (reason UNAVAILABLE).
+            NonFiniteValue: the update's norm overflows.
+        """
+        self.check_claims(header, declared=declared)
+        self.running.check(arrays)
+        admitted = admit_update(self.bounds, arrays, num_samples=int(header.num_samples))
+        self.running.prepare()
+        return admitted
+
+    def apply(self, admitted: Admitted, header: federation_pb2.UpdateHeader) -> None:
+        """Add an admitted update, now on record, into the round's sum and metric sums."""
+        self.running.add(admitted.arrays, weight=admitted.weight)
+        self.add_update_metrics(header.metrics)
+
     def accepted_row(
         self,
         site: str,
         rnd: int,
         figures: federation_pb2.UpdateHeader | federation_pb2.AdvertiseKeys,
+        admitted: Admitted | None = None,
     ) -> SiteRoundRow:
         """The store row for an accepted update, from the figures its site sent with it: a
-        plain update's header, or for a masked input the site's AdvertiseKeys (never the input).
+        plain update's header and its admission, or for a masked input the site's
+        AdvertiseKeys (never the input; its weight is 1: secure sums are uniform).
         """
         return SiteRoundRow(
             self.job_id,
@@ -140,6 +211,9 @@ class Job:
             figures.epsilon,
             figures.update_epsilon,
             dict(figures.metrics),
+            weight=float(admitted.weight) if admitted else 1.0,
+            update_norm=admitted.norm if admitted else 0.0,
+            clipped=admitted.clipped if admitted else False,
         )
 
     def report_row(self, site: str, rnd: int, rep: federation_pb2.TaskReport) -> SiteRoundRow:
@@ -163,20 +237,31 @@ class Job:
         self.secure = None
         self.sums = {k: v for k, v in self.sums.items() if k.startswith("f_")}
 
-    def add_update_metrics(self, header: federation_pb2.UpdateHeader) -> None:
-        """Add an update's hold-out metrics of the round's input model, weighted by eval_samples."""
-        m = header.metrics
+    def add_update_metrics(self, m: Mapping[str, float]) -> None:
+        """Add an update's hold-out metrics of the round's input model, by bounded weight."""
         es = float(m.get("eval_samples", 0.0))
-        self._add(acc=m.get("eval_accuracy", 0.0) * es, loss=m.get("eval_loss", 0.0) * es, es=es)
+        v = eval_weight(self.bounds, es)
+        self._add(
+            acc=m.get("eval_accuracy", 0.0) * v,
+            loss=m.get("eval_loss", 0.0) * v,
+            v=v,
+            es=self._capped(es),
+        )
 
     def add_final_metrics(self, rep: federation_pb2.TaskReport) -> None:
-        """Add one site's evaluation of the final model, weighted by its num_samples."""
+        """Add one site's evaluation of the final model, by bounded weight."""
         n = float(rep.num_samples)
+        v = eval_weight(self.bounds, n)
         self._add(
-            f_acc=rep.metrics.get("accuracy", 0.0) * n,
-            f_loss=rep.metrics.get("loss", 0.0) * n,
-            f_n=n,
+            f_acc=rep.metrics.get("accuracy", 0.0) * v,
+            f_loss=rep.metrics.get("loss", 0.0) * v,
+            f_v=v,
+            f_n=self._capped(n),
         )
+
+    def _capped(self, n: float) -> float:
+        cap = self.bounds.max_eval_samples
+        return min(n, float(cap)) if cap else n
 
     def _add(self, **values: float) -> None:
         for k, v in values.items():
@@ -184,24 +269,24 @@ class Job:
 
     def round_metrics(self, *, updates: int, now: float) -> dict[str, float]:
         """The round's recorded metrics: sample-weighted accuracy and loss, count, duration."""
-        s, es = self.sums, self.sums.get("es", 0.0)
+        s, v = self.sums, self.sums.get("v", 0.0)
         return {
             "aggregated": float(updates),
             "seconds": now - self.state.started_at,
-            "accuracy": s.get("acc", 0.0) / es if es else 0.0,
-            "loss": s.get("loss", 0.0) / es if es else 0.0,
-            "eval_samples": es,
+            "accuracy": s.get("acc", 0.0) / v if v else 0.0,
+            "loss": s.get("loss", 0.0) / v if v else 0.0,
+            "eval_samples": s.get("es", 0.0),
         }
 
     def final_metrics(self) -> dict[str, float]:
-        """The final evaluation's sample-weighted accuracy and loss (empty if none reported)."""
-        s, n = self.sums, self.sums.get("f_n", 0.0)
-        if not n:
+        """The final evaluation's weighted accuracy and loss (empty if none reported)."""
+        s, v = self.sums, self.sums.get("f_v", 0.0)
+        if not v:
             return {}
         return {
-            "accuracy": s.get("f_acc", 0.0) / n,
-            "loss": s.get("f_loss", 0.0) / n,
-            "eval_samples": n,
+            "accuracy": s.get("f_acc", 0.0) / v,
+            "loss": s.get("f_loss", 0.0) / v,
+            "eval_samples": s.get("f_n", 0.0),
         }
 
     def aggregate(self, blobs: BlobStore) -> tuple[str, str]:
@@ -216,7 +301,8 @@ class Job:
         """
         if self.secure is not None:
             mean = self.secure.mean_delta()  # RoundAborted: nothing revealed, nothing stored
-            self._add(**self.secure.metrics_sums())
+            for site in sorted(self.secure.server.masked):
+                self.add_update_metrics(self.secure.info[site].metrics)
         else:
             mean = self.running.mean()
         new = self.optimizer.apply(blobs.load(self.state.model_version), mean)
@@ -266,7 +352,27 @@ def new_job(
     )
     state = r.RoundState(params, model_version=model_version, eligible=eligible)
     optimizer = make_optimizer(spec.training)
-    return Job(job_id, spec, signed, cert, shapes, state, optimizer, version_no, RunningSum(shapes))
+    dim = sum(_count(s) for _, s in shapes)
+    return Job(
+        job_id,
+        spec,
+        signed,
+        cert,
+        shapes,
+        state,
+        optimizer,
+        version_no,
+        accumulator(spec, shapes),
+        bounds_for(spec, dim=dim),
+    )
+
+
+def accumulator(spec: common_pb2.JobSpec, shapes: list[tuple[str, tuple[int, ...]]]) -> Accumulator:
+    """Where a plaintext round's updates go: held for a robust rule, else a streaming sum."""
+    rule = rule_of(spec)
+    if rule in (Rule.TRIMMED_MEAN, Rule.MEDIAN):
+        return HeldUpdates(shapes, rule=rule, trim_fraction=spec.aggregation.trim_fraction)
+    return RunningSum(shapes)
 
 
 def _count(shape: tuple[int, ...]) -> int:

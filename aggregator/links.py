@@ -15,6 +15,7 @@ from dataclasses import replace
 import structlog
 
 from aggregator import rounds as r
+from aggregator.admission import Declared
 from aggregator.jobs import Job
 from aggregator.sites import SiteConn, SiteRegistry
 from aggregator.store import AuditNote, SiteRow, Store
@@ -55,10 +56,20 @@ class SiteLinks:
     def register(self, site: str, req: federation_pb2.RegisterRequest) -> None:
         """Record a site's registration (datasets, device)."""
         now = self.clock()
+        sizes = {d.name: (int(d.train_records), int(d.holdout_records)) for d in req.dataset_sizes}
+        names = ",".join(req.datasets)
+        detail = f"{len(req.datasets)} datasets: {names[:200]}"
+        detail += "..." if len(names) > 200 else ""
         self.store.upsert_site(
-            SiteRow(site, list(req.datasets), req.device, req.agent_version, now),
-            audit=AuditNote("site_registered", site, now, detail=",".join(req.datasets)),
+            SiteRow(site, list(req.datasets), req.device, req.agent_version, now, sizes),
+            audit=AuditNote("site_registered", site, now, detail=detail),
         )
+
+    def declared(self, site: str, dataset: str) -> Declared | None:
+        """The record counts ``site`` declared for ``dataset`` at register (None: none)."""
+        row = self.store.site(site)
+        sizes = row.sizes.get(dataset) if row is not None else None
+        return Declared(*sizes) if sizes is not None else None
 
     def open_stream(self, site: str, *, cert_pem: bytes = b"") -> SiteConn:
         """Connect ``site``: its queue receives its tasks from now on.

@@ -1,10 +1,12 @@
 """Server-side aggregation: a streaming weighted sum and the server optimizers FedAvg, FedAdam.
 
 ``RunningSum`` adds each update as it arrives into one float64 vector (O(d) memory, never
-n·d): ``S = Σ_i n_i Δ_i`` and ``N = Σ_i n_i``, where ``Δ_i`` is site i's delta and ``n_i`` its
-sample count, so the round's mean delta is ``S / N`` (McMahan et al. 2017, FedAvg). Work is
-done in fixed blocks with one small float64 scratch buffer, so no update-sized temporary is
-ever allocated.
+n·d): ``S = Σ_i w_i Δ_i`` and ``W = Σ_i w_i``, where ``Δ_i`` is site i's delta and ``w_i`` its
+weight, so the round's mean delta is ``S / W`` (McMahan et al. 2017, FedAvg). The weight is
+the site's sample count capped by the job's ``max_sample_weight``, or 1 for a uniform mean
+(``aggregator.admission``), never a count a site may choose without bound. Work is done in
+fixed blocks with one small float64 scratch buffer, so no update-sized temporary is ever
+allocated. Robust rules that need every update at once are in ``aggregator.robust``.
 
 Server optimizers map ``(w, Δ̄)`` to new float32 weights:
 
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from aggregator.robust import check_shapes
 from confide.errors import ConfigError, MalformedMessage
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
@@ -38,7 +41,7 @@ Shape = tuple[int, ...]
 
 
 class RunningSum:
-    """The sample-weighted float64 sum of a round's updates.
+    """The weighted float64 sum of a round's updates.
 
     Args:
         shapes: the model's ordered (name, shape) list; every update must match it.
@@ -49,52 +52,67 @@ class RunningSum:
         self._sizes = [int(np.prod(s)) for _, s in shapes]
         self._acc: F64 | None = None
         self._tmp = np.empty(0, dtype=np.float64)
-        self.total_samples = 0
+        self.total_weight = 0
         self.count = 0
 
     def reset(self) -> None:
         """Forget everything (and free the accumulator's memory)."""
         self._acc = None
         self._tmp = np.empty(0, dtype=np.float64)
-        self.total_samples = 0
+        self.total_weight = 0
         self.count = 0
 
-    def add(self, arrays: Arrays, *, num_samples: int) -> None:
-        """Add ``num_samples * delta`` into the sum; the update can be dropped afterwards.
+    def check(self, arrays: Arrays) -> None:
+        """Refuse an update ``add`` would refuse.
 
         Raises:
-            MalformedMessage: names or shapes differ from the model's, or num_samples < 1.
+            MalformedMessage: names or shapes differ from the model's.
         """
-        if num_samples < 1:
-            raise MalformedMessage("num_samples must be >= 1")
-        if [(n, tuple(a.shape)) for n, a in arrays] != self.shapes:
-            raise MalformedMessage("update tensors differ from the model's names and shapes")
+        check_shapes(arrays, self.shapes)
+
+    def prepare(self) -> None:
+        """Allocate the accumulator and its scratch block (once per round)."""
         if self._acc is None:
             self._acc = np.zeros(sum(self._sizes), dtype=np.float64)
             self._tmp = np.empty(min(_BLOCK, max(1, self._acc.size)), dtype=np.float64)
-        weight = float(num_samples)
+
+    def add(self, arrays: Arrays, *, weight: int) -> None:
+        """Add ``weight * delta`` into the sum; the update can be dropped afterwards.
+
+        After ``check`` and ``prepare`` passed for these arrays, this allocates nothing and
+        cannot fail: the caller records the update first and adds it after.
+
+        Raises:
+            MalformedMessage: names or shapes differ from the model's, or weight < 1.
+        """
+        if weight < 1:
+            raise MalformedMessage("an update's weight must be >= 1")
+        self.check(arrays)
+        self.prepare()
+        assert self._acc is not None
+        w = float(weight)
         off = 0
         for (_, arr), size in zip(arrays, self._sizes, strict=True):
             flat = arr.reshape(-1)
             for start in range(0, size, _BLOCK):
                 stop = min(size, start + _BLOCK)
                 tmp = self._tmp[: stop - start]
-                np.multiply(flat[start:stop], weight, out=tmp, dtype=np.float64)
+                np.multiply(flat[start:stop], w, out=tmp, dtype=np.float64)
                 acc = self._acc[off + start : off + stop]
                 np.add(acc, tmp, out=acc)
             off += size
-        self.total_samples += num_samples
+        self.total_weight += weight
         self.count += 1
 
     def mean(self) -> NamedArrays:
-        """The weighted mean delta ``S / N`` as float64 arrays (divides the sum in place).
+        """The weighted mean delta ``S / W`` as float64 arrays (divides the sum in place).
 
         Raises:
             MalformedMessage: nothing was added.
         """
-        if self._acc is None or self.total_samples == 0:
+        if self._acc is None or self.total_weight == 0:
             raise MalformedMessage("no update in the running sum")
-        self._acc /= float(self.total_samples)
+        self._acc /= float(self.total_weight)
         out: NamedArrays = []
         off = 0
         for (name, shape), size in zip(self.shapes, self._sizes, strict=True):

@@ -1,8 +1,14 @@
-"""Plain rows the store reads and writes (one dataclass per table, plus an audit note)."""
+"""Plain rows the store reads and writes (one dataclass per table, plus an audit note), and
+the functions that build each from a ``SELECT *`` database row."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from aggregator.audit import AuditEntry
 
 __all__ = [
     "AuditNote",
@@ -11,7 +17,15 @@ __all__ = [
     "RoundRow",
     "SiteRoundRow",
     "SiteRow",
+    "audit_entry",
+    "job_row",
+    "model_row",
+    "round_row",
+    "site_round_row",
+    "site_row",
 ]
+
+DbRow = Sequence[Any]
 
 
 @dataclass(frozen=True)
@@ -29,13 +43,19 @@ class AuditNote:
 
 @dataclass(frozen=True)
 class SiteRow:
-    """A registered site (connection state is in memory only)."""
+    """A registered site (connection state is in memory only).
+
+    Args:
+        sizes: dataset name -> (training records, hold-out records), as the site declared
+            them at register (datasets it declared no size for are absent).
+    """
 
     id: str
     datasets: list[str]
     device: str
     agent_version: str
     last_heartbeat: float
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,13 @@ class RoundRow:
 
 @dataclass(frozen=True)
 class SiteRoundRow:
-    """What one site did in one round."""
+    """What one site did in one round.
+
+    Args:
+        weight: its update's weight in the aggregate (0: no update).
+        update_norm: its plaintext update's L2 norm as received (0: none or masked).
+        clipped: whether the aggregator scaled that update down to the job's norm bound.
+    """
 
     job: str
     round: int
@@ -81,6 +107,9 @@ class SiteRoundRow:
     epsilon: float
     update_epsilon: float
     metrics: dict[str, float]
+    weight: float = 0.0
+    update_norm: float = 0.0
+    clipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,3 +121,78 @@ class ModelRow:
     sha256: str
     optimizer_state: str
     created: float
+
+
+def site_row(r: DbRow) -> SiteRow:
+    """A ``sites`` row."""
+    sizes = {str(k): (int(v[0]), int(v[1])) for k, v in json.loads(str(r[5])).items()}
+    return SiteRow(str(r[0]), json.loads(str(r[1])), str(r[2]), str(r[3]), float(r[4]), sizes)
+
+
+def job_row(r: DbRow) -> JobRow:
+    """A ``jobs`` row."""
+    return JobRow(
+        str(r[0]),
+        bytes(r[1]),
+        bytes(r[2]),
+        bytes(r[3]),
+        str(r[4]),
+        str(r[5]),
+        str(r[6]),
+        float(r[7]),
+        json.loads(str(r[8])),
+    )
+
+
+def round_row(r: DbRow) -> RoundRow:
+    """A ``rounds`` row."""
+    return RoundRow(
+        str(r[0]),
+        int(r[1]),
+        str(r[2]),
+        int(r[3]),
+        str(r[4]),
+        str(r[5]),
+        json.loads(str(r[6])),
+        float(r[7]),
+        float(r[8]),
+    )
+
+
+def site_round_row(r: DbRow) -> SiteRoundRow:
+    """A ``round_sites`` row."""
+    return SiteRoundRow(
+        str(r[0]),
+        int(r[1]),
+        str(r[2]),
+        str(r[3]),
+        str(r[4]),
+        int(r[5]),
+        float(r[6]),
+        float(r[7]),
+        json.loads(str(r[8])),
+        float(r[9]),
+        float(r[10]),
+        bool(r[11]),
+    )
+
+
+def model_row(r: DbRow) -> ModelRow:
+    """A ``model_versions`` row."""
+    return ModelRow(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]))
+
+
+def audit_entry(r: DbRow) -> AuditEntry:
+    """An ``audit`` row."""
+    return AuditEntry(
+        int(r[0]),
+        float(r[1]),
+        str(r[2]),
+        str(r[3]),
+        str(r[4]),
+        int(r[5]),
+        str(r[6]),
+        str(r[7]),
+        bytes(r[8]),
+        bytes(r[9]),
+    )

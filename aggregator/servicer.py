@@ -28,6 +28,7 @@ from confide.errors import (
 )
 from confide.pki import BadCertificate, Role
 from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
+from confide.wire import bounds
 from confide.wire.blob import BlobAssembler, check_finite, spec_nbytes
 
 __all__ = ["FederationServicer", "model_parts"]
@@ -69,12 +70,13 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
     ) -> federation_pb2.RegisterReply:
         """Record the site's datasets; tell it its name and heartbeat interval."""
-        with self.guard.handling(context, "register_refused") as call:
+        with self.guard.handling(context, "register_refused", request) as call:
             info = self.guard.peer(context, call, Role.SITE)
             req = decode(
                 federation_pb2.RegisterRequest,
                 self.guard.open(request, info, stage=common_pb2.STAGE_REGISTER),
             )
+            bounds.check_register(req)
             self.coord.register(info.name, req)
             return federation_pb2.RegisterReply(
                 site_id=info.name, heartbeat_interval_s=self.coord.heartbeat_interval_s
@@ -85,7 +87,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
     ) -> federation_pb2.HeartbeatReply:
         """Note the site is alive; a site whose certificate is no longer valid loses its stream."""
-        with self.guard.handling(context, "heartbeat_refused") as call:
+        with self.guard.handling(context, "heartbeat_refused", request) as call:
             try:
                 info = self.guard.peer(context, call, Role.SITE)
             except BadCertificate:
@@ -99,6 +101,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 federation_pb2.Heartbeat,
                 self.guard.open(request, info, stage=common_pb2.STAGE_HEARTBEAT),
             )
+            bounds.check_heartbeat(hb)
             self.coord.heartbeat(info.name, hb)
             return federation_pb2.HeartbeatReply()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -107,7 +110,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
     ) -> Iterator[federation_pb2.Task]:
         """Stream the site's tasks until it disconnects or a newer stream replaces this one."""
-        with self.guard.handling(context, "open_tasks_refused") as call:
+        with self.guard.handling(context, "open_tasks_refused", request) as call:
             info = self.guard.peer(context, call, Role.SITE)
             self.guard.open(request, info, stage=common_pb2.STAGE_OPEN_TASKS)
             conn = self.coord.open_stream(info.name, cert_pem=info.pem)
@@ -139,6 +142,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise MalformedMessage("an upload must start with its signed header")
+            call.request = first
             env = first.header
             call.bind(job=env.job_id, round=env.round)
             target = self.coord.upload_target(env.job_id)
@@ -148,6 +152,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                     env, info, stage=target.stage, job_id=env.job_id, round=target.round
                 ),
             )
+            bounds.check_update_header(header)
             if header.num_samples < 1:
                 raise MalformedMessage("num_samples must be >= 1")
             check_figures(
@@ -233,7 +238,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
     ) -> federation_pb2.Ack:
         """Record a task's outcome (a refusal, a failure, or evaluation metrics)."""
-        with self.guard.handling(context, "report_refused") as call:
+        with self.guard.handling(context, "report_refused", request) as call:
             info = self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id, round=request.round)
             rnd = self.coord.upload_target(request.job_id).round
@@ -247,6 +252,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                     round=rnd,
                 ),
             )
+            bounds.check_report(rep)
             check_figures(rep.metrics)
             self.coord.report(info.name, request.job_id, rnd, rep)
             return federation_pb2.Ack(accepted=True)
@@ -262,7 +268,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         requires that stage to be the round's open one (WRONG_STAGE), the sender selected
         for it (NOT_SELECTED) and this to be its first message of the stage (REPLAYED).
         """
-        with self.guard.handling(context, "secagg_refused") as call:
+        with self.guard.handling(context, "secagg_refused", request) as call:
             info = self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id, round=request.round)
             if request.stage not in _SECAGG_STAGES:

@@ -12,14 +12,27 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aggregator.audit import GENESIS, AuditEntry, entry_hash, verify_chain
-from aggregator.rows import AuditNote, JobRow, ModelRow, RoundRow, SiteRoundRow, SiteRow
-from confide.errors import InternalError
+from aggregator.rows import (
+    AuditNote,
+    JobRow,
+    ModelRow,
+    RoundRow,
+    SiteRoundRow,
+    SiteRow,
+    audit_entry,
+    job_row,
+    model_row,
+    round_row,
+    site_round_row,
+    site_row,
+)
+from aggregator.schema import SCHEMA_VERSION, open_schema
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -31,35 +44,6 @@ __all__ = [
     "SiteRow",
     "Store",
 ]
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sites (
-  id TEXT PRIMARY KEY, datasets TEXT NOT NULL, device TEXT NOT NULL,
-  agent_version TEXT NOT NULL, last_heartbeat REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-  id TEXT PRIMARY KEY, spec BLOB NOT NULL, signed_job BLOB NOT NULL, signer_cert BLOB NOT NULL,
-  state TEXT NOT NULL, error TEXT NOT NULL, submitted_by TEXT NOT NULL, created REAL NOT NULL,
-  final_metrics TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE IF NOT EXISTS rounds (
-  job TEXT NOT NULL, round INTEGER NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL,
-  model_version_in TEXT NOT NULL, model_version_out TEXT NOT NULL DEFAULT '',
-  metrics TEXT NOT NULL DEFAULT '{}', started REAL NOT NULL, finished REAL NOT NULL DEFAULT 0,
-  PRIMARY KEY (job, round));
-CREATE TABLE IF NOT EXISTS round_sites (
-  job TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, outcome TEXT NOT NULL,
-  reason TEXT NOT NULL, num_samples INTEGER NOT NULL, epsilon REAL NOT NULL,
-  update_epsilon REAL NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (job, round, site));
-CREATE TABLE IF NOT EXISTS model_versions (
-  job TEXT NOT NULL, version_no INTEGER NOT NULL, sha256 TEXT NOT NULL,
-  optimizer_state TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
-  PRIMARY KEY (job, version_no));
-CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY, at REAL NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
-  job TEXT NOT NULL, round INTEGER NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
-  prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
-"""
 
 
 class Store:
@@ -78,13 +62,7 @@ class Store:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise InternalError(
-                f"{path} has schema {version}; this aggregator knows {SCHEMA_VERSION}"
-            )
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        open_schema(self._db, path)
 
     def close(self) -> None:
         """Close the database."""
@@ -141,21 +119,7 @@ class Store:
             "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit if limit > 0 else -1),
         )
-        return [
-            AuditEntry(
-                int(r[0]),
-                float(r[1]),
-                str(r[2]),
-                str(r[3]),
-                str(r[4]),
-                int(r[5]),
-                str(r[6]),
-                str(r[7]),
-                bytes(r[8]),
-                bytes(r[9]),
-            )
-            for r in rows
-        ]
+        return [audit_entry(r) for r in rows]
 
     def verify_audit_chain(self) -> int:
         """Check the whole audit chain; returns the number of entries.
@@ -171,13 +135,14 @@ class Store:
         """Record a site's registration."""
         with self._tx() as cur:
             cur.execute(
-                "INSERT OR REPLACE INTO sites VALUES (?,?,?,?,?)",
+                "INSERT OR REPLACE INTO sites VALUES (?,?,?,?,?,?)",
                 (
                     row.id,
                     json.dumps(row.datasets),
                     row.device,
                     row.agent_version,
                     row.last_heartbeat,
+                    json.dumps(row.sizes),
                 ),
             )
             if audit:
@@ -188,16 +153,20 @@ class Store:
         with self._tx() as cur:
             cur.execute("UPDATE sites SET last_heartbeat = ? WHERE id = ?", (at, site))
 
-    def sites(self) -> list[SiteRow]:
-        """Every registered site."""
+    def sites(self, *, after: str = "", limit: int = 0) -> list[SiteRow]:
+        """Registered sites with an id after ``after``, by id (``limit`` 0: all)."""
         return [
-            SiteRow(str(r[0]), json.loads(str(r[1])), str(r[2]), str(r[3]), float(r[4]))
-            for r in self._query("SELECT * FROM sites ORDER BY id")
+            site_row(r)
+            for r in self._query(
+                "SELECT * FROM sites WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit if limit > 0 else -1),
+            )
         ]
 
     def site(self, site: str) -> SiteRow | None:
         """One registered site, or None."""
-        return next((s for s in self.sites() if s.id == site), None)
+        rows = self._query("SELECT * FROM sites WHERE id = ?", (site,))
+        return site_row(rows[0]) if rows else None
 
     # ----- jobs -----
 
@@ -246,19 +215,16 @@ class Store:
         sql, args = "SELECT * FROM jobs", ()
         if job is not None:
             sql, args = sql + " WHERE id = ?", (job,)  # type: ignore[assignment]
+        return [job_row(r) for r in self._query(sql + " ORDER BY created, id", args)]
+
+    def jobs_page(self, *, after: int, limit: int) -> list[tuple[int, JobRow]]:
+        """Up to ``limit`` jobs submitted after the one with row number ``after``, with their
+        row numbers (submission order; a listing's keys)."""
         return [
-            JobRow(
-                str(r[0]),
-                bytes(r[1]),
-                bytes(r[2]),
-                bytes(r[3]),
-                str(r[4]),
-                str(r[5]),
-                str(r[6]),
-                float(r[7]),
-                json.loads(str(r[8])),
+            (int(r[0]), job_row(r[1:]))
+            for r in self._query(
+                "SELECT rowid, * FROM jobs WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, limit)
             )
-            for r in self._query(sql + " ORDER BY created, id", args)
         ]
 
     def job(self, job: str) -> JobRow | None:
@@ -274,10 +240,17 @@ class Store:
             (m.job, m.version_no, m.sha256, m.optimizer_state, m.created),
         )
 
+    def latest_model(self, job: str) -> ModelRow | None:
+        """A job's newest model version, or None."""
+        rows = self._query(
+            "SELECT * FROM model_versions WHERE job = ? ORDER BY version_no DESC LIMIT 1", (job,)
+        )
+        return model_row(rows[0]) if rows else None
+
     def models(self, job: str) -> list[ModelRow]:
         """A job's model versions, oldest first."""
         return [
-            ModelRow(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]))
+            model_row(r)
             for r in self._query(
                 "SELECT * FROM model_versions WHERE job = ? ORDER BY version_no", (job,)
             )
@@ -332,19 +305,30 @@ class Store:
             )
             self._append(cur, audit)
 
-    def record_site(self, row: SiteRoundRow, *, audit: AuditNote | None = None) -> None:
+    def record_site(
+        self,
+        row: SiteRoundRow,
+        *,
+        audit: AuditNote | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Record one site's answer in a round (round 0: the final evaluation).
 
         A row with outcome ``ok`` is never replaced by a later failure: the accepted update
         (and the epsilon it spent) stays on record.
+
+        Args:
+            before_commit: run inside the transaction after the writes; if it raises, the
+                row and audit entry are rolled back.
         """
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO round_sites VALUES (?,?,?,?,?,?,?,?,?) "
+                "INSERT INTO round_sites VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (job, round, site) DO UPDATE SET outcome = excluded.outcome, "
                 "reason = excluded.reason, num_samples = excluded.num_samples, "
                 "epsilon = excluded.epsilon, update_epsilon = excluded.update_epsilon, "
-                "metrics = excluded.metrics "
+                "metrics = excluded.metrics, weight = excluded.weight, "
+                "update_norm = excluded.update_norm, clipped = excluded.clipped "
                 "WHERE round_sites.outcome != 'ok' OR excluded.outcome = 'ok'",
                 (
                     row.job,
@@ -356,43 +340,57 @@ class Store:
                     row.epsilon,
                     row.update_epsilon,
                     json.dumps(row.metrics),
+                    row.weight,
+                    row.update_norm,
+                    int(row.clipped),
                 ),
             )
             if audit:
                 self._append(cur, audit)
+            if before_commit is not None:
+                before_commit()
 
-    def rounds(self, job: str) -> list[RoundRow]:
-        """A job's rounds, in order."""
+    def rounds(
+        self, job: str, *, after: int = 0, limit: int = 0, newest: bool = False
+    ) -> list[RoundRow]:
+        """A job's rounds numbered above ``after``, in order (``limit`` 0: all); ``newest``:
+        the last ``limit`` of them, newest first."""
+        order = "DESC" if newest else "ASC"
         return [
-            RoundRow(
-                str(r[0]),
-                int(r[1]),
-                str(r[2]),
-                int(r[3]),
-                str(r[4]),
-                str(r[5]),
-                json.loads(str(r[6])),
-                float(r[7]),
-                float(r[8]),
-            )
-            for r in self._query("SELECT * FROM rounds WHERE job = ? ORDER BY round", (job,))
-        ]
-
-    def round_sites(self, job: str) -> list[SiteRoundRow]:
-        """Every site answer of a job, by round then site."""
-        return [
-            SiteRoundRow(
-                str(r[0]),
-                int(r[1]),
-                str(r[2]),
-                str(r[3]),
-                str(r[4]),
-                int(r[5]),
-                float(r[6]),
-                float(r[7]),
-                json.loads(str(r[8])),
-            )
+            round_row(r)
             for r in self._query(
-                "SELECT * FROM round_sites WHERE job = ? ORDER BY round, site", (job,)
+                f"SELECT * FROM rounds WHERE job = ? AND round > ? ORDER BY round {order} LIMIT ?",
+                (job, after, limit if limit > 0 else -1),
             )
         ]
+
+    def count_rounds(self, job: str) -> int:
+        """How many rounds of ``job`` are recorded."""
+        return int(self._query("SELECT COUNT(*) FROM rounds WHERE job = ?", (job,))[0][0])
+
+    def round_sites(self, job: str, *, lo: int = 0, hi: int = -1) -> list[SiteRoundRow]:
+        """A job's site answers of rounds ``lo``..``hi`` (-1: no upper end), by round then site
+        (round 0 holds the final evaluation)."""
+        return [
+            site_round_row(r)
+            for r in self._query(
+                "SELECT * FROM round_sites WHERE job = ? AND round >= ? AND (? < 0 OR round <= ?) "
+                "ORDER BY round, site",
+                (job, lo, hi, hi),
+            )
+        ]
+
+    def epsilon_by_site(self, job: str) -> dict[str, float]:
+        """Each site's largest reported ε over its accepted updates in ``job``.
+
+        Sites report the job's cumulative ε (their ledger composes the rounds by RDP), so the
+        job's figure per site is the latest, i.e. the largest.
+        """
+        return {
+            str(r[0]): float(r[1])
+            for r in self._query(
+                "SELECT site, MAX(epsilon) FROM round_sites "
+                "WHERE job = ? AND round > 0 AND outcome = 'ok' GROUP BY site ORDER BY site",
+                (job,),
+            )
+        }

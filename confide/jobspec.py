@@ -24,6 +24,9 @@ e.g. ``privacy.sample.delta``; every table refuses keys it does not know, so a t
                   clip_norm = 1.0   noise_multiplier = 0.5   delta = 1e-5
     [secure_aggregation]  enabled = true  threshold = 0.66  neighbours = "auto" | k
                   clip_range = 1.0  bits = 16  stage_timeout_s = 30
+    [aggregation] # what bounds one site's pull on a plaintext model (absent: uniform mean)
+                  rule = "fedavg|mean|trimmed_mean|median"  max_sample_weight = 5000
+                  trim_fraction = 0.2   max_eval_samples = 1000
 """
 
 from __future__ import annotations
@@ -36,16 +39,22 @@ from confide.errors import ConfigError
 from confide.models import parameter_shapes
 from confide.secagg.params import job_params
 from confide.v1 import common_pb2
+from confide.wire.bounds import MAX_RECORDS
 
 __all__ = [
     "DEFAULT_JOB_RETRIES",
     "DEFAULT_ROUND_ATTEMPTS",
+    "HELD_UPDATES_MAX_BYTES",
     "MAX_ROUNDS",
     "ModelName",
     "attempt_limits",
     "job_from_toml",
+    "validate_aggregation",
     "validate_job",
 ]
+
+HELD_UPDATES_MAX_BYTES = 1 << 30
+"""The most update bytes a robust (trimmed-mean, median) round may hold at the aggregator."""
 
 MAX_ROUNDS = 100_000
 MAX_ROUND_ATTEMPTS = 100
@@ -92,6 +101,21 @@ class _ServerOpt(enum.Enum):
 class _Accountant(enum.Enum):
     RDP = "rdp"
     PRV = "prv"
+
+
+class _Rule(enum.Enum):
+    FEDAVG = "fedavg"
+    MEAN = "mean"
+    TRIMMED_MEAN = "trimmed_mean"
+    MEDIAN = "median"
+
+
+_RULE = {
+    _Rule.FEDAVG: common_pb2.AGGREGATION_RULE_FEDAVG,
+    _Rule.MEAN: common_pb2.AGGREGATION_RULE_MEAN,
+    _Rule.TRIMMED_MEAN: common_pb2.AGGREGATION_RULE_TRIMMED_MEAN,
+    _Rule.MEDIAN: common_pb2.AGGREGATION_RULE_MEDIAN,
+}
 
 
 def job_from_toml(root: Section) -> common_pb2.JobSpec:
@@ -181,9 +205,20 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
         g.clip_range = sa.float("clip_range", 1.0)
         g.bits = sa.int("bits", 16, min=1, max=32)
         g.stage_timeout_s = sa.float("stage_timeout_s", 60.0, min=0.0, min_exclusive=True)
+    _aggregation_from_toml(root.section("aggregation"), spec.aggregation)
     root.done()  # every table above, read or not: an unknown key anywhere is refused
     validate_job(spec)
     return spec
+
+
+def _aggregation_from_toml(a: Section, out: common_pb2.AggregationSpec) -> None:
+    """Read ``[aggregation]`` (absent: every field 0, i.e. the documented defaults)."""
+    if a.value("rule", None) is not None:
+        out.rule = _RULE[a.choice("rule", _Rule)]
+    out.trim_fraction = a.float("trim_fraction", 0.0, min=0.0)
+    out.max_sample_weight = a.int("max_sample_weight", 0, min=0, max=MAX_RECORDS)
+    out.max_eval_samples = a.int("max_eval_samples", 0, min=0, max=MAX_RECORDS)
+    a.done()
 
 
 def _uint_list(s: Section, key: str) -> list[int]:
@@ -251,6 +286,7 @@ def validate_job(spec: common_pb2.JobSpec) -> None:
         raise ConfigError("max_job_retries", f"must be between 0 and {MAX_JOB_RETRIES}")
     _validate_privacy(spec)
     _validate_secagg(spec)
+    validate_aggregation(spec)
 
 
 def _finite_positive(key: str, v: float) -> None:
@@ -309,3 +345,61 @@ def _validate_secagg(spec: common_pb2.JobSpec) -> None:
     # The parameters the aggregator will run the smallest round with (checked again at each
     # round for the sites actually selected).
     job_params(spec, n=int(spec.min_sites))
+
+
+def validate_aggregation(spec: common_pb2.JobSpec) -> None:
+    """Check the ``aggregation`` block: what bounds one site's pull (issue 9.3).
+
+    FedAvg weighting needs a stated cap (``max_sample_weight``), so no claimed sample count
+    buys unbounded weight; a trimmed mean must trim at least one update at each end with
+    ``min_sites`` sites; secure aggregation sums uniformly, so it takes only the mean.
+
+    Raises:
+        ConfigError: naming the ``aggregation.`` key at fault.
+    """
+    a, k = spec.aggregation, "aggregation."
+    if a.rule not in common_pb2.AggregationRule.values():
+        raise ConfigError(k + "rule", f"unknown aggregation rule {a.rule}")
+    if not math.isfinite(a.trim_fraction) or a.trim_fraction < 0:
+        raise ConfigError(k + "trim_fraction", "must be a fraction in (0, 0.5)")
+    for name in ("max_sample_weight", "max_eval_samples"):
+        if getattr(a, name) > MAX_RECORDS:
+            raise ConfigError(k + name, f"must be at most {MAX_RECORDS}")
+    if a.rule == common_pb2.AGGREGATION_RULE_TRIMMED_MEAN:
+        if not 0 < a.trim_fraction < 0.5:
+            raise ConfigError(k + "trim_fraction", "must be a fraction in (0, 0.5)")
+        if math.floor(a.trim_fraction * spec.min_sites) < 1:
+            raise ConfigError(
+                k + "trim_fraction",
+                f"trims no update with min_sites = {spec.min_sites}; "
+                f"needs at least {1 / spec.min_sites:.3g}",
+            )
+    elif a.trim_fraction:
+        raise ConfigError(k + "trim_fraction", "applies only to rule = trimmed_mean")
+    if a.rule == common_pb2.AGGREGATION_RULE_FEDAVG and not a.max_sample_weight:
+        raise ConfigError(
+            k + "max_sample_weight", "fedavg weighting needs a cap (or choose rule = mean)"
+        )
+    fedavg = (common_pb2.AGGREGATION_RULE_UNSPECIFIED, common_pb2.AGGREGATION_RULE_FEDAVG)
+    if a.max_sample_weight and a.rule not in fedavg:
+        raise ConfigError(k + "max_sample_weight", "applies only to rule = fedavg")
+    if spec.secure_aggregation.enabled:
+        if a.rule not in (
+            common_pb2.AGGREGATION_RULE_UNSPECIFIED,
+            common_pb2.AGGREGATION_RULE_MEAN,
+        ):
+            raise ConfigError(k + "rule", "secure aggregation sums; it takes only rule = mean")
+        if a.max_sample_weight:
+            raise ConfigError(
+                k + "max_sample_weight", "secure aggregation averages uniformly; leave it 0"
+            )
+    robust = (common_pb2.AGGREGATION_RULE_TRIMMED_MEAN, common_pb2.AGGREGATION_RULE_MEDIAN)
+    if a.rule in robust:
+        shapes = parameter_shapes(spec.model, spec.dataset)
+        need = 4 * sum(math.prod(s) for _, s in shapes) * int(spec.min_sites)
+        if need > HELD_UPDATES_MAX_BYTES:
+            raise ConfigError(
+                k + "rule",
+                f"holding min_sites updates of this model takes {need} bytes; "
+                f"a robust round holds at most {HELD_UPDATES_MAX_BYTES}",
+            )

@@ -114,18 +114,19 @@ class _Progress:
     def __init__(self, rounds: int) -> None:
         self.rounds = rounds
         self.tty = sys.stderr.isatty()
-        self.shown = 0
+        self.shown = 0  # the last round printed
 
     def __call__(self, status: admin_pb2.JobStatus) -> None:
+        # GetJob carries the latest rounds only: count the others from rounds_total.
         done = [r for r in status.rounds if r.state == "done"]
         if self.tty:
-            n = len(done)
+            n = status.rounds_total - (len(status.rounds) - len(done))
             bar = "#" * int(30 * n / self.rounds)
             print(f"\r  rounds [{bar:<30}] {n}/{self.rounds}", end="", file=sys.stderr, flush=True)
-        for r in done[self.shown :]:
-            if not self.tty:
+        for r in done:
+            if r.round > self.shown and not self.tty:
                 print(f"  round {r.round}/{self.rounds} done in {r.seconds:.2f}s", file=sys.stderr)
-        self.shown = len(done)
+        self.shown = max([self.shown, *(r.round for r in done)])
 
     def close(self) -> None:
         if self.tty:

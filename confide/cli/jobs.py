@@ -1,10 +1,16 @@
-"""``confide job check|submit|status|list|cancel`` and ``confide sites``: the operator's view."""
+"""``confide job check|submit|status|list|cancel`` and ``confide sites``: the operator's view.
+
+Listings are paged by the aggregator (each reply stays far below the gRPC message limit
+whatever sites sent); these commands follow ``next_page_token`` until the listing ends, so
+they print every job, site and round.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,9 @@ from confide.wire.envelope import seal
 
 from .operator import connect, load_operator_config
 
-__all__ = ["format_job", "job_summary", "register"]
+__all__ = ["all_pages", "format_job", "job_summary", "register", "with_all_rounds"]
+
+_TIMEOUT_S = 30
 
 
 def register(subparsers: Any) -> None:
@@ -86,7 +94,9 @@ def _status(args: argparse.Namespace) -> int:
     cfg = load_operator_config(args.config)
     channel, stub = connect(cfg)
     with channel:
-        status = stub.GetJob(admin_pb2.JobRef(job_id=args.job_id), timeout=30)
+        status = with_all_rounds(
+            stub, stub.GetJob(admin_pb2.JobRef(job_id=args.job_id), timeout=30)
+        )
     if args.json:
         print(json.dumps(job_summary(status)))
     else:
@@ -98,10 +108,16 @@ def _list(args: argparse.Namespace) -> int:
     cfg = load_operator_config(args.config)
     channel, stub = connect(cfg)
     with channel:
-        jobs = stub.ListJobs(admin_pb2.ListJobsRequest(), timeout=30)
-    for j in jobs.jobs:
-        state = admin_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()
-        print(f"{j.job_id}  {state:<9}  {len(j.rounds):>3}/{j.spec.rounds} rounds  {j.spec.name}")
+        for j in all_pages(
+            lambda token: stub.ListJobs(
+                admin_pb2.ListJobsRequest(page_token=token), timeout=_TIMEOUT_S
+            ),
+            lambda reply: reply.jobs,
+        ):
+            state = admin_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_").lower()
+            print(
+                f"{j.job_id}  {state:<9}  {j.rounds_total:>3}/{j.spec.rounds} rounds  {j.spec.name}"
+            )
     return 0
 
 
@@ -109,7 +125,9 @@ def _cancel(args: argparse.Namespace) -> int:
     cfg = load_operator_config(args.config)
     channel, stub = connect(cfg)
     with channel:
-        status = stub.CancelJob(admin_pb2.JobRef(job_id=args.job_id), timeout=30)
+        status = with_all_rounds(
+            stub, stub.CancelJob(admin_pb2.JobRef(job_id=args.job_id), timeout=_TIMEOUT_S)
+        )
     print(format_job(status))
     return 0
 
@@ -118,18 +136,59 @@ def _sites(args: argparse.Namespace) -> int:
     cfg = load_operator_config(args.config)
     channel, stub = connect(cfg)
     with channel:
-        sites = stub.ListSites(admin_pb2.ListSitesRequest(), timeout=30)
+        sites = list(
+            all_pages(
+                lambda token: stub.ListSites(
+                    admin_pb2.ListSitesRequest(page_token=token), timeout=_TIMEOUT_S
+                ),
+                lambda reply: reply.sites,
+            )
+        )
     if args.json:
-        print(json.dumps([json_format.MessageToDict(s) for s in sites.sites]))
+        print(json.dumps([json_format.MessageToDict(s) for s in sites]))
         return 0
     now = time.time()
     print(f"{'site':<16} {'connected':<9} {'last heartbeat':>14}  datasets")
-    for s in sites.sites:
+    for s in sites:
         ago = f"{now - s.last_heartbeat:.0f}s ago" if s.last_heartbeat else "never"
         print(
             f"{s.site_id:<16} {'yes' if s.connected else 'no':<9} {ago:>14}  {','.join(s.datasets)}"
         )
     return 0
+
+
+def all_pages(fetch: Callable[[str], Any], items: Callable[[Any], Any]) -> Iterator[Any]:
+    """Every item of a paged listing: ``fetch(token)`` one page, ``items(reply)`` its items.
+
+    Stops when a reply has no ``next_page_token``, or repeats the token it was asked with
+    (a server that would loop for ever).
+    """
+    token = ""
+    while True:
+        reply = fetch(token)
+        yield from items(reply)
+        nxt = str(reply.next_page_token)
+        if not nxt or nxt == token:
+            return
+        token = nxt
+
+
+def with_all_rounds(stub: Any, status: admin_pb2.JobStatus) -> admin_pb2.JobStatus:
+    """``status`` with every round, paged in through ListRounds when GetJob held only the latest."""
+    if status.rounds_total <= len(status.rounds):
+        return status
+    rounds = list(
+        all_pages(
+            lambda token: stub.ListRounds(
+                admin_pb2.ListRoundsRequest(job_id=status.job_id, page_token=token),
+                timeout=_TIMEOUT_S,
+            ),
+            lambda reply: reply.rounds,
+        )
+    )
+    del status.rounds[:]
+    status.rounds.extend(rounds)
+    return status
 
 
 def job_summary(status: admin_pb2.JobStatus) -> dict[str, Any]:

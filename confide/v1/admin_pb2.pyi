@@ -37,7 +37,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class SiteRound(_message.Message):
-    __slots__ = ("site_id", "outcome", "reason", "num_samples", "epsilon", "update_epsilon", "metrics")
+    __slots__ = ("site_id", "outcome", "reason", "num_samples", "epsilon", "update_epsilon", "metrics", "weight", "update_norm", "clipped")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,9 @@ class SiteRound(_message.Message):
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     UPDATE_EPSILON_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_NORM_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     outcome: _common_pb2.Outcome
     reason: str
@@ -59,7 +62,10 @@ class SiteRound(_message.Message):
     epsilon: float
     update_epsilon: float
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, site_id: _Optional[str] = ..., outcome: _Optional[_Union[_common_pb2.Outcome, str]] = ..., reason: _Optional[str] = ..., num_samples: _Optional[int] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    weight: float
+    update_norm: float
+    clipped: bool
+    def __init__(self, site_id: _Optional[str] = ..., outcome: _Optional[_Union[_common_pb2.Outcome, str]] = ..., reason: _Optional[str] = ..., num_samples: _Optional[int] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., weight: _Optional[float] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[bool] = ...) -> None: ...
 
 class RoundStatus(_message.Message):
     __slots__ = ("round", "state", "sites", "aggregated", "accuracy", "loss", "eval_samples", "seconds", "model_version")
@@ -84,7 +90,7 @@ class RoundStatus(_message.Message):
     def __init__(self, round: _Optional[int] = ..., state: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[SiteRound, _Mapping]]] = ..., aggregated: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., eval_samples: _Optional[int] = ..., seconds: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "error", "rounds", "model_version", "final_accuracy", "final_loss", "final_eval_samples", "epsilon_by_site", "submitted_by")
+    __slots__ = ("job_id", "spec", "state", "error", "rounds", "model_version", "final_accuracy", "final_loss", "final_eval_samples", "epsilon_by_site", "submitted_by", "rounds_total")
     class EpsilonBySiteEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +109,7 @@ class JobStatus(_message.Message):
     FINAL_EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BY_SITE_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: _common_pb2.JobSpec
     state: JobState
@@ -114,24 +121,53 @@ class JobStatus(_message.Message):
     final_eval_samples: int
     epsilon_by_site: _containers.ScalarMap[str, float]
     submitted_by: str
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., final_accuracy: _Optional[float] = ..., final_loss: _Optional[float] = ..., final_eval_samples: _Optional[int] = ..., epsilon_by_site: _Optional[_Mapping[str, float]] = ..., submitted_by: _Optional[str] = ...) -> None: ...
+    rounds_total: int
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., final_accuracy: _Optional[float] = ..., final_loss: _Optional[float] = ..., final_eval_samples: _Optional[int] = ..., epsilon_by_site: _Optional[_Mapping[str, float]] = ..., submitted_by: _Optional[str] = ..., rounds_total: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class JobList(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListRoundsRequest(_message.Message):
+    __slots__ = ("job_id", "page_size", "page_token")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class RoundList(_message.Message):
+    __slots__ = ("rounds", "next_page_token")
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    rounds: _containers.RepeatedCompositeFieldContainer[RoundStatus]
+    next_page_token: str
+    def __init__(self, rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListSitesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SiteInfo(_message.Message):
-    __slots__ = ("site_id", "connected", "last_heartbeat", "datasets", "device", "current_task", "resources")
+    __slots__ = ("site_id", "connected", "last_heartbeat", "datasets", "device", "current_task", "resources", "dataset_sizes")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +175,7 @@ class SiteInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_TASK_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SIZES_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     connected: bool
     last_heartbeat: float
@@ -146,21 +183,28 @@ class SiteInfo(_message.Message):
     device: str
     current_task: str
     resources: _federation_pb2.Resources
-    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., last_heartbeat: _Optional[float] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., current_task: _Optional[str] = ..., resources: _Optional[_Union[_federation_pb2.Resources, _Mapping]] = ...) -> None: ...
+    dataset_sizes: _containers.RepeatedCompositeFieldContainer[_federation_pb2.DatasetSize]
+    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., last_heartbeat: _Optional[float] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., current_task: _Optional[str] = ..., resources: _Optional[_Union[_federation_pb2.Resources, _Mapping]] = ..., dataset_sizes: _Optional[_Iterable[_Union[_federation_pb2.DatasetSize, _Mapping]]] = ...) -> None: ...
 
 class SiteList(_message.Message):
-    __slots__ = ("sites",)
+    __slots__ = ("sites", "next_page_token")
     SITES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
-    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AuditRequest(_message.Message):
-    __slots__ = ("after_seq", "limit")
+    __slots__ = ("after_seq", "limit", "page_size", "page_token")
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     after_seq: int
     limit: int
-    def __init__(self, after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, after_seq: _Optional[int] = ..., limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
     __slots__ = ("seq", "at", "event", "actor", "job_id", "round", "reason", "detail", "hash")
@@ -185,7 +229,9 @@ class AuditEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., at: _Optional[float] = ..., event: _Optional[str] = ..., actor: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., hash: _Optional[bytes] = ...) -> None: ...
 
 class AuditList(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "next_page_token")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

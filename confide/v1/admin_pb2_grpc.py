@@ -71,6 +71,11 @@ class AdminStub:
                 request_serializer=confide_dot_v1_dot_admin__pb2.AuditRequest.SerializeToString,
                 response_deserializer=confide_dot_v1_dot_admin__pb2.AuditList.FromString,
                 _registered_method=True)
+        self.ListRounds = channel.unary_unary(
+                '/confide.v1.Admin/ListRounds',
+                request_serializer=confide_dot_v1_dot_admin__pb2.ListRoundsRequest.SerializeToString,
+                response_deserializer=confide_dot_v1_dot_admin__pb2.RoundList.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -119,6 +124,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRounds(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +167,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=confide_dot_v1_dot_admin__pb2.AuditRequest.FromString,
                     response_serializer=confide_dot_v1_dot_admin__pb2.AuditList.SerializeToString,
+            ),
+            'ListRounds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRounds,
+                    request_deserializer=confide_dot_v1_dot_admin__pb2.ListRoundsRequest.FromString,
+                    response_serializer=confide_dot_v1_dot_admin__pb2.RoundList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +363,33 @@ class Admin:
             '/confide.v1.Admin/ListAudit',
             confide_dot_v1_dot_admin__pb2.AuditRequest.SerializeToString,
             confide_dot_v1_dot_admin__pb2.AuditList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRounds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.v1.Admin/ListRounds',
+            confide_dot_v1_dot_admin__pb2.ListRoundsRequest.SerializeToString,
+            confide_dot_v1_dot_admin__pb2.RoundList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,14 @@ class Accountant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCOUNTANT_UNSPECIFIED: _ClassVar[Accountant]
     ACCOUNTANT_RDP: _ClassVar[Accountant]
     ACCOUNTANT_PRV: _ClassVar[Accountant]
+
+class AggregationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_RULE_UNSPECIFIED: _ClassVar[AggregationRule]
+    AGGREGATION_RULE_FEDAVG: _ClassVar[AggregationRule]
+    AGGREGATION_RULE_MEAN: _ClassVar[AggregationRule]
+    AGGREGATION_RULE_TRIMMED_MEAN: _ClassVar[AggregationRule]
+    AGGREGATION_RULE_MEDIAN: _ClassVar[AggregationRule]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -90,6 +98,11 @@ SERVER_OPTIMIZER_FEDADAM: ServerOptimizer
 ACCOUNTANT_UNSPECIFIED: Accountant
 ACCOUNTANT_RDP: Accountant
 ACCOUNTANT_PRV: Accountant
+AGGREGATION_RULE_UNSPECIFIED: AggregationRule
+AGGREGATION_RULE_FEDAVG: AggregationRule
+AGGREGATION_RULE_MEAN: AggregationRule
+AGGREGATION_RULE_TRIMMED_MEAN: AggregationRule
+AGGREGATION_RULE_MEDIAN: AggregationRule
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -233,8 +246,20 @@ class AttemptLimits(_message.Message):
     max_job_retries: int
     def __init__(self, max_round_attempts: _Optional[int] = ..., max_job_retries: _Optional[int] = ...) -> None: ...
 
+class AggregationSpec(_message.Message):
+    __slots__ = ("rule", "trim_fraction", "max_sample_weight", "max_eval_samples")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    TRIM_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    rule: AggregationRule
+    trim_fraction: float
+    max_sample_weight: int
+    max_eval_samples: int
+    def __init__(self, rule: _Optional[_Union[AggregationRule, str]] = ..., trim_fraction: _Optional[float] = ..., max_sample_weight: _Optional[int] = ..., max_eval_samples: _Optional[int] = ...) -> None: ...
+
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "target_accuracy", "attempts")
+    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "target_accuracy", "attempts", "aggregation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +272,7 @@ class JobSpec(_message.Message):
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: ModelSpec
     dataset: DatasetSpec
@@ -259,4 +285,5 @@ class JobSpec(_message.Message):
     secure_aggregation: SecureAggregation
     target_accuracy: float
     attempts: AttemptLimits
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., target_accuracy: _Optional[float] = ..., attempts: _Optional[_Union[AttemptLimits, _Mapping]] = ...) -> None: ...
+    aggregation: AggregationSpec
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., target_accuracy: _Optional[float] = ..., attempts: _Optional[_Union[AttemptLimits, _Mapping]] = ..., aggregation: _Optional[_Union[AggregationSpec, _Mapping]] = ...) -> None: ...

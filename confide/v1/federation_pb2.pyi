@@ -26,14 +26,26 @@ TASK_KIND_UNMASK: TaskKind
 TASK_KIND_JOB_DONE: TaskKind
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("agent_version", "datasets", "device")
+    __slots__ = ("agent_version", "datasets", "device", "dataset_sizes")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SIZES_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     datasets: _containers.RepeatedScalarFieldContainer[str]
     device: str
-    def __init__(self, agent_version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+    dataset_sizes: _containers.RepeatedCompositeFieldContainer[DatasetSize]
+    def __init__(self, agent_version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dataset_sizes: _Optional[_Iterable[_Union[DatasetSize, _Mapping]]] = ...) -> None: ...
+
+class DatasetSize(_message.Message):
+    __slots__ = ("name", "train_records", "holdout_records")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    train_records: int
+    holdout_records: int
+    def __init__(self, name: _Optional[str] = ..., train_records: _Optional[int] = ..., holdout_records: _Optional[int] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("site_id", "heartbeat_interval_s")

@@ -195,6 +195,25 @@ def test_the_daemon_counts_training_records_itself(tmp_path, fmt):
     assert count_train_records(cfg) == len(load_arrays(cfg).y_train) == n - round(n * 0.2)
 
 
+def test_declared_sizes_are_what_the_worker_trains_and_evaluates_on(tmp_path):
+    """The sizes a site declares at register match its split; an unreadable dataset is left out."""
+    from agent.datasets import declared_sizes, load_arrays
+
+    path = tmp_path / "d.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(41)))
+    cfg = DatasetConfig(name="d", path=path, format=DataFormat.CSV, features=("a",), label="y")
+    gone = DatasetConfig(
+        name="gone", path=tmp_path / "no.csv", format=DataFormat.CSV, features=("a",), label="y"
+    )
+    [size] = declared_sizes([cfg, gone])
+    data = load_arrays(cfg)
+    assert (size.name, size.train_records, size.holdout_records) == (
+        "d",
+        len(data.y_train),
+        len(data.y_holdout),
+    )
+
+
 def test_protect_update_never_exceeds_c_before_noise():
     """Without noise, the protected update's norm is at most C whatever the worker sent."""
     from agent.privacy import RoundPrivacy

@@ -17,7 +17,7 @@ def pki(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pki")
     init_ca(d, federation=FEDERATION)
     issue(d, "aggregator", role=Role.AGGREGATOR, dns=["localhost"], ips=["127.0.0.1"])
-    for s in ("site-1", "site-2", "site-3"):
+    for s in ("site-1", "site-2", "site-3", "site-4", "site-5"):
         issue(d, s, role=Role.SITE)
     issue(d, "alice", role=Role.OPERATOR)
     return d

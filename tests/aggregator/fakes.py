@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from confide.pki import channel_credentials, load_identity
 from confide.v1 import admin_pb2_grpc, common_pb2, federation_pb2, federation_pb2_grpc
@@ -56,7 +57,10 @@ def tiny_spec(**overrides) -> common_pb2.JobSpec:
         ),
     )
     for k, v in overrides.items():
-        setattr(spec, k, v)
+        if isinstance(v, Message):
+            getattr(spec, k).CopyFrom(v)
+        else:
+            setattr(spec, k, v)
     return spec
 
 
@@ -112,16 +116,19 @@ class FakeSite(Party):
         self.tasks: queue.Queue[federation_pb2.Task] = queue.Queue()
         self._stream: Any = None
 
-    def register(self, datasets: Any = ("tab",)) -> Any:
+    def register(self, datasets: Any = ("tab",), sizes: Any = None) -> Any:
+        """Register ``datasets``; ``sizes`` maps a name to declared (train, hold-out) records."""
         req = federation_pb2.RegisterRequest(
             agent_version="test", datasets=list(datasets), device="cpu"
         )
+        for name, (train, holdout) in (sizes or {}).items():
+            req.dataset_sizes.add(name=name, train_records=train, holdout_records=holdout)
         return self.fed.Register(
             self.seal(common_pb2.STAGE_REGISTER, req.SerializeToString()), timeout=10
         )
 
-    def connect(self, datasets=("tab",)) -> None:
-        self.register(datasets)
+    def connect(self, datasets=("tab",), sizes=None) -> None:
+        self.register(datasets, sizes)
         self._stream = self.fed.OpenTasks(self.seal(common_pb2.STAGE_OPEN_TASKS, b""))
         threading.Thread(target=self._read, daemon=True).start()
 

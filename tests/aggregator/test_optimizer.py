@@ -21,7 +21,7 @@ def test_streaming_sum_equals_weighted_mean(updates):
         rng = np.random.default_rng(seed)
         d = [(name, rng.normal(size=shape).astype(np.float32)) for name, shape in SHAPES]
         deltas.append((n, d))
-        rs.add(d, num_samples=n)
+        rs.add(d, weight=n)
     mean = rs.mean()
     total = sum(n for n, _ in deltas)
     for i, (name, _) in enumerate(SHAPES):

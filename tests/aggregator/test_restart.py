@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 
 from aggregator.server import build
 from aggregator.store import AuditNote, JobRow, ModelRow, Store
-from confide.v1 import admin_pb2, federation_pb2
+from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FakeSite, Operator, delta_like, tiny_spec
 
@@ -146,7 +146,9 @@ def test_restart_during_final_evaluation_evaluates_once_sites_return(pki, tmp_pa
     op, s1, s2 = _clients(pki, port)
     s1.connect()
     s2.connect()
-    job = op.submit(tiny_spec(rounds=1))
+    # The job states a hold-out weight cap, so the final accuracy is weighted by counts.
+    cap = common_pb2.AggregationSpec(max_eval_samples=1000)
+    job = op.submit(tiny_spec(rounds=1, aggregation=cap))
     _complete_round(job, s1, s2)
     s1.next_task(federation_pb2.TASK_KIND_EVALUATE)  # never answered: the aggregator stops
     for c in (op, s1, s2):

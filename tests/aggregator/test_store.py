@@ -103,3 +103,32 @@ def test_new_blob_shard_folder_is_fsynced_in_the_root(tmp_path, monkeypatch):
     sha, _ = blobs.put([("w", np.ones(3, dtype=np.float32))])
     assert str(tmp_path / "blobs") in synced
     assert str(tmp_path / "blobs" / sha[:2]) in synced
+
+
+_V1_SCHEMA = """
+CREATE TABLE sites (id TEXT PRIMARY KEY, datasets TEXT NOT NULL, device TEXT NOT NULL,
+  agent_version TEXT NOT NULL, last_heartbeat REAL NOT NULL);
+CREATE TABLE round_sites (job TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL,
+  outcome TEXT NOT NULL, reason TEXT NOT NULL, num_samples INTEGER NOT NULL,
+  epsilon REAL NOT NULL, update_epsilon REAL NOT NULL, metrics TEXT NOT NULL,
+  PRIMARY KEY (job, round, site));
+INSERT INTO sites VALUES ('site-1', '["tab"]', 'cpu', '0.1', 5.0);
+INSERT INTO round_sites VALUES ('j', 1, 'site-1', 'ok', '', 10, 0.5, 0.0, '{}');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path):
+    """A schema-1 file gains the version-2 columns; its rows read with their defaults."""
+    db = sqlite3.connect(tmp_path / "a.db")
+    db.executescript(_V1_SCHEMA)
+    db.close()
+    st = Store(tmp_path / "a.db")
+    assert st.site("site-1").sizes == {}
+    row = st.round_sites("j")[0]
+    assert (row.num_samples, row.weight, row.update_norm, row.clipped) == (10, 0.0, 0.0, False)
+    st.record_site(SiteRoundRow("j", 2, "site-1", "ok", "", 3, 0.1, 0.0, {}, 2.0, 1.5, True))
+    assert st.round_sites("j", lo=2)[0].clipped
+    st.close()
+    db = sqlite3.connect(tmp_path / "a.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2

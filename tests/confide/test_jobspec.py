@@ -85,3 +85,69 @@ def test_validate_job_refuses_what_the_wire_can_carry():
     with pytest.raises(ConfigError) as ei:
         validate_job(spec)
     assert ei.value.key == "training.learning_rate"
+
+
+PLAIN = BASE.split("[secure_aggregation]")[0]
+
+
+@pytest.mark.parametrize(
+    ("block", "rule", "trim"),
+    [
+        ('[aggregation]\nrule = "trimmed_mean"\ntrim_fraction = 0.34\n', "TRIMMED_MEAN", 0.34),
+        ('[aggregation]\nrule = "median"\n', "MEDIAN", 0.0),
+        ("[aggregation]\nmax_sample_weight = 500\nmax_eval_samples = 100\n", "UNSPECIFIED", 0.0),
+    ],
+)
+def test_aggregation_block_parses(block, rule, trim):
+    """An [aggregation] block sets the rule, trim fraction and weight caps."""
+    spec = _job(PLAIN + block)
+    assert spec.aggregation.rule == common_pb2.AggregationRule.Value(f"AGGREGATION_RULE_{rule}")
+    assert spec.aggregation.trim_fraction == trim
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (PLAIN + '[aggregation]\nrule = "fedavg"\n', "aggregation.max_sample_weight"),
+        (PLAIN + '[aggregation]\nrule = "krum"\n', "aggregation.rule"),
+        (
+            PLAIN + '[aggregation]\nrule = "trimmed_mean"\ntrim_fraction = 0.3\n',
+            "aggregation.trim_fraction",
+        ),
+        (
+            PLAIN + '[aggregation]\nrule = "trimmed_mean"\ntrim_fraction = 0.5\n',
+            "aggregation.trim_fraction",
+        ),
+        (
+            PLAIN + '[aggregation]\nrule = "median"\ntrim_fraction = 0.4\n',
+            "aggregation.trim_fraction",
+        ),
+        (
+            PLAIN + '[aggregation]\nrule = "median"\nmax_sample_weight = 9\n',
+            "aggregation.max_sample_weight",
+        ),
+        (PLAIN + "[aggregation]\nmax_eval_samples = -1\n", "aggregation.max_eval_samples"),
+        (PLAIN + "[aggregation]\nmax_weight = 9\n", "aggregation.max_weight"),
+        (BASE + '[aggregation]\nrule = "median"\n', "aggregation.rule"),
+        (BASE + "[aggregation]\nmax_sample_weight = 9\n", "aggregation.max_sample_weight"),
+    ],
+)
+def test_invalid_aggregation_is_named(text, key):
+    """Uncapped FedAvg weights, a trim that trims nothing, robust rules under SecAgg+: refused."""
+    with pytest.raises(ConfigError) as ei:
+        _job(text)
+    assert ei.value.key == key
+
+
+def test_a_crafted_spec_cannot_bypass_the_aggregation_checks():
+    """validate_job refuses an out-of-range trim fraction or an unknown rule set on the wire."""
+    spec = _job(PLAIN)
+    spec.aggregation.rule = common_pb2.AGGREGATION_RULE_TRIMMED_MEAN
+    spec.aggregation.trim_fraction = float("nan")
+    with pytest.raises(ConfigError) as ei:
+        validate_job(spec)
+    assert ei.value.key == "aggregation.trim_fraction"
+    spec.aggregation.rule = 99
+    with pytest.raises(ConfigError) as ei:
+        validate_job(spec)
+    assert ei.value.key == "aggregation.rule"
