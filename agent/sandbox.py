@@ -13,9 +13,10 @@ started inside ``bwrap`` (Debian's ``bubblewrap``) with:
   namespaces, ...);
 - ``--die-with-parent`` and ``--new-session`` (a dying daemon takes its worker with it; the
   worker cannot push keystrokes into the daemon's terminal);
-- resource limits from the site policy as rlimits set in the child before ``exec``: address
-  space, open files, processes, CPU seconds, file size. Wall time per task is the worker
-  handle's own timeout.
+- resource limits from the site policy: a cgroup per worker (``agent.cgroup``: processes and
+  memory) where the host gives one, and rlimits set by a ``/bin/sh`` prefix before bwrap
+  (address space where no cgroup caps memory, open files, processes, CPU seconds). Wall
+  time per task is the worker handle's own timeout.
 
 GPUs are reached only through device nodes bound for the ids the policy allows, with
 ``CUDA_VISIBLE_DEVICES`` set to them.
@@ -27,7 +28,6 @@ program travels on one extra inherited descriptor that bwrap reads and closes).
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,8 +44,8 @@ __all__ = [
     "Limits",
     "SandboxSpec",
     "bwrap_argv",
+    "launcher",
     "probe",
-    "rlimit_setter",
     "runtime_paths",
     "seccomp_fd",
     "start",
@@ -237,30 +237,32 @@ def seccomp_fd() -> int:
     return fd
 
 
-def rlimit_setter(limits: Limits, *, cgroup: WorkerCgroup | None = None) -> Callable[[], None]:
-    """A ``preexec_fn``: join ``cgroup`` (if any), then apply ``limits``, before exec of bwrap.
+def launcher(limits: Limits, *, cgroup: WorkerCgroup | None = None) -> list[str]:
+    """The prefix that joins ``cgroup``, applies ``limits`` with ``prlimit``, then execs bwrap.
 
-    With a cgroup that caps memory, RLIMIT_AS is left unset: the cgroup counts memory used,
-    not address space reserved.
+    A command line rather than a ``preexec_fn``: Python runs a ``preexec_fn`` after a plain
+    fork(), which in the daemon (gRPC threads running) sets off gRPC's fork handlers; a
+    command line lets ``subprocess`` use vfork/posix_spawn as for any other child. ``/bin/sh``
+    moves itself into the cgroup, then execs util-linux's ``prlimit`` (Essential on Debian),
+    which sets the rlimits and execs bwrap. With a cgroup that caps memory the address-space
+    limit is left unset: the cgroup counts memory used, not address space reserved. File
+    sizes are bounded by the size of the private /tmp.
     """
-    pairs: list[tuple[int, int]] = [
-        (resource.RLIMIT_NOFILE, limits.open_files),
-        (resource.RLIMIT_NPROC, limits.processes),
-        (resource.RLIMIT_FSIZE, limits.file_bytes),
-        (resource.RLIMIT_CORE, 0),
+    limit = [
+        f"--nofile={int(limits.open_files)}",
+        f"--nproc={int(limits.processes)}",
+        "--core=0",
     ]
     if limits.memory_bytes is not None and (cgroup is None or not cgroup.caps_memory):
-        pairs.append((resource.RLIMIT_AS, limits.memory_bytes))
+        limit.append(f"--as={int(limits.memory_bytes)}")
     if limits.cpu_seconds is not None:
-        pairs.append((resource.RLIMIT_CPU, limits.cpu_seconds))
-
-    def apply() -> None:
-        if cgroup is not None:
-            cgroup.join()
-        for which, value in pairs:
-            resource.setrlimit(which, (value, value))
-
-    return apply
+        limit.append(f"--cpu={int(limits.cpu_seconds)}")
+    prlimit = [shutil.which("prlimit") or "/usr/bin/prlimit", *limit, "--"]
+    if cgroup is None:
+        return prlimit
+    join = 'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+    procs = [str(d / "cgroup.procs") for d in cgroup.dirs]
+    return ["/bin/sh", "-c", join, "confide-sandbox", *procs, "--", *prlimit]
 
 
 def start(
@@ -284,13 +286,15 @@ def start(
     fd = seccomp_fd()
     try:
         proc = subprocess.Popen(
-            bwrap_argv(spec, bwrap=bwrap, seccomp=fd, command=command),
+            [
+                *launcher(spec.limits, cgroup=group),
+                *bwrap_argv(spec, bwrap=bwrap, seccomp=fd, command=command),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             close_fds=True,
             pass_fds=(fd,),
-            preexec_fn=rlimit_setter(spec.limits, cgroup=group),
         )
     except OSError:
         if group is not None:
