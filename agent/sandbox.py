@@ -260,7 +260,10 @@ def launcher(limits: Limits, *, cgroup: WorkerCgroup | None = None) -> list[str]
     prlimit = [shutil.which("prlimit") or "/usr/bin/prlimit", *limit, "--"]
     if cgroup is None:
         return prlimit
-    join = 'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+    join = (
+        'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; '
+        'shift; exec "$@"'
+    )
     procs = [str(d / "cgroup.procs") for d in cgroup.dirs]
     return ["/bin/sh", "-c", join, "confide-sandbox", *procs, "--", *prlimit]
 
