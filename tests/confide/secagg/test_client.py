@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from confide import secagg as sa
-from confide.errors import BadSignature, MalformedMessage, PolicyRefusal, Reason, ReplayedMessage
+from confide.errors import MalformedMessage, PolicyRefusal, Reason
 from confide.secagg import client
+from tests.confide.secagg._round import digest
+
+SITES = "abcd"
 
 
-def _three_sites(round_id: str = "r"):
-    """Advertise and share keys among a, b, c (complete graph, t = 2)."""
-    states, keys = {}, {}
-    for s in "abc":
-        states[s], keys[s] = sa.advertise(site_id=s, round_id=round_id)
+def _advertised(round_id: str = "r", sites: str = SITES):
+    """Advertise for every site; return states and the roster the server would forward."""
+    states, roster = {}, []
+    for s in sites:
+        states[s], keys = sa.advertise(site_id=s, round_id=round_id)
+        roster.append(sa.NeighbourKeys(s, keys.cipher_public_key, keys.mask_public_key, digest(s, keys)))
+    return states, roster
+
+
+def _shared(round_id: str = "r"):
+    """Advertise and share keys among a..d (complete graph, t = 3, quorum 3)."""
+    states, roster = _advertised(round_id)
+    params = sa.choose_params(n=4)
+    assert (params.threshold, params.neighbours, params.quorum) == (3, 3, 3)
     shares = {}
-    for s in "abc":
-        nbs = [
-            sa.NeighbourKeys(v, keys[v].cipher_public_key, keys[v].mask_public_key)
-            for v in "abc"
-            if v != s
-        ]
-        states[s], shares[s] = sa.share_keys(states[s], nbs, threshold=2)
-    return states, keys, shares
+    for s in SITES:
+        states[s], shares[s] = sa.share_keys(states[s], roster, params=params)
+    return states, shares, params
 
 
-def _masked(states, shares, site: str = "a"):
-    """Run the masked-input stage for ``site`` with everyone's shares."""
-    received = {u: shares[u][site] for u in "abc" if u != site}
-    return sa.masked_input(states[site], np.arange(8, dtype=np.uint32), received)
+def _to(shares, site: str) -> dict[str, bytes]:
+    """The shares addressed to ``site``."""
+    return {u: shares[u][site] for u in SITES if u != site}
+
+
+def _checked(states, shares, site: str = "a"):
+    """Run the share check for ``site`` with everyone's shares."""
+    return sa.check_shares(states[site], _to(shares, site), shared=SITES)
+
+
+def _signed(site: str = "a"):
+    """Every site up to a signed view with all four surviving; returns states and views."""
+    states, shares, _ = _shared()
+    views = []
+    for s in SITES:
+        states[s], _ = _checked(states, shares, s)
+        states[s], _ = sa.masked_input(states[s], np.arange(8, dtype=np.uint32))
+        states[s], v = sa.consistency(states[s], survivors=SITES)
+        views.append(sa.Attestation(s, states[s].session, v))
+    return states, views
 
 
 def _refused(fn, *args, **kwargs) -> None:
@@ -39,92 +64,136 @@ def _refused(fn, *args, **kwargs) -> None:
     assert exc.value.reason is Reason.UNSAFE_REQUEST
 
 
-def test_refuses_seed_and_key_share_of_same_site() -> None:
-    """Being asked for both shares of one site is refused."""
-    states, _, shares = _three_sites()
-    state, _ = _masked(states, shares)
-    _refused(sa.unmask, state, survivors=["a", "b", "c"], dropped=["b"])
+def test_roster_must_carry_this_sites_own_keys_unchanged() -> None:
+    """A roster that leaves out or replaces this site's keys is refused."""
+    states, roster = _advertised()
+    params = sa.choose_params(n=4)
+    _refused(sa.share_keys, states["a"], roster[1:] + roster[:0], params=params)
+    forged = [dataclasses.replace(roster[0], mask_public_key=roster[1].mask_public_key), *roster[1:]]
+    _refused(sa.share_keys, states["a"], forged, params=sa.choose_params(n=4))
 
 
-def test_refuses_being_listed_dropped() -> None:
-    """A site told it dropped refuses to reveal anything."""
-    states, _, shares = _three_sites()
-    state, _ = _masked(states, shares)
-    _refused(sa.unmask, state, survivors=["b", "c"], dropped=["a"])
-
-
-def test_refuses_second_unmask() -> None:
-    """A second unmask request in the same round is refused."""
-    states, _, shares = _three_sites()
-    state, _ = _masked(states, shares)
-    state, reply = sa.unmask(state, survivors=["a", "b", "c"], dropped=[])
-    assert set(reply.seed_shares) == {"a", "b", "c"} and not reply.key_shares
-    _refused(sa.unmask, state, survivors=["a", "b", "c"], dropped=[])
-
-
-def test_refuses_too_few_survivors_and_ignores_strangers() -> None:
-    """Survivors below t (not counting non-neighbours) are refused; strangers get nothing."""
-    states, _, shares = _three_sites()
-    state, _ = _masked(states, shares)
-    _refused(sa.unmask, state, survivors=["a", "x", "y"], dropped=["b"])
-    _, reply = sa.unmask(state, survivors=["a", "c", "x"], dropped=["b", "z"])
-    assert set(reply.seed_shares) == {"a", "c"} and set(reply.key_shares) == {"b"}
-
-
-def test_refuses_unmask_before_masking() -> None:
-    """Unmask before this site sent its masked input is refused."""
-    states, _, _ = _three_sites()
-    _refused(sa.unmask, states["a"], survivors=["a", "b", "c"], dropped=[])
-
-
-def test_refuses_unsafe_threshold() -> None:
-    """A threshold at or below half of the holders, or above them, is refused."""
-    states, keys = {}, {}
-    for s in "abcd":
-        states[s], keys[s] = sa.advertise(site_id=s, round_id="r")
-    nbs = [sa.NeighbourKeys(v, keys[v].cipher_public_key, keys[v].mask_public_key) for v in "bcd"]
-    for t in (1, 2, 5):
-        _refused(sa.share_keys, states["a"], nbs, threshold=t)
-    sa.share_keys(states["a"], nbs, threshold=3)
-
-
-def test_refuses_masking_with_too_few_neighbours() -> None:
-    """Masking when fewer than t - 1 neighbours shared keys is refused."""
-    states, _, _ = _three_sites()
-    _refused(sa.masked_input, states["a"], np.zeros(4, np.uint32), {})
-
-
-def test_rerouted_share_fails_to_decrypt() -> None:
-    """A share for b delivered to c does not decrypt or verify at c."""
-    states, _, shares = _three_sites()
-    with pytest.raises(BadSignature):
-        sa.masked_input(
-            states["c"], np.zeros(4, np.uint32), {"a": shares["a"]["b"], "b": shares["b"]["c"]}
-        )
-
-
-def test_share_bound_to_another_round_is_refused() -> None:
-    """A share made for another round with the same keys is refused as replayed."""
-    states, _, shares = _three_sites("r1")
-    other = client.ClientState(
-        site_id="b",
-        round_id="r2",
-        stage=sa.ClientStage.SHARED,
-        cipher_secret_key=states["b"].cipher_secret_key,
-        mask_secret_key=states["b"].mask_secret_key,
-        self_seed=states["b"].self_seed,
-        threshold=2,
-        neighbours=states["b"].neighbours,
-    )
-    with pytest.raises(ReplayedMessage):
-        sa.masked_input(other, np.zeros(4, np.uint32), {"a": shares["a"]["b"]})
-
-
-def test_share_from_non_neighbour_is_malformed() -> None:
-    """A share claimed to come from a site that is not a neighbour is refused."""
-    states, _, shares = _three_sites()
+def test_roster_with_a_reused_key_or_repeated_site_is_refused() -> None:
+    """Two sites advertising one key, or a site listed twice, are refused."""
+    states, roster = _advertised()
+    params = sa.choose_params(n=4)
+    twin = dataclasses.replace(roster[2], cipher_public_key=roster[1].cipher_public_key)
+    _refused(sa.share_keys, states["a"], [roster[0], roster[1], twin, roster[3]], params=params)
     with pytest.raises(MalformedMessage):
-        sa.masked_input(states["a"], np.zeros(4, np.uint32), {"z": shares["b"]["a"]})
+        sa.share_keys(states["a"], [*roster[:3], roster[1]], params=params)
+
+
+def test_parameters_for_another_n_or_unsafe_are_refused() -> None:
+    """Parameters for another round size, t at half the holders, or a low quorum are refused."""
+    states, roster = _advertised()
+    good = sa.choose_params(n=4)
+    _refused(sa.share_keys, states["a"], roster, params=sa.choose_params(n=3))
+    for bad in (
+        dataclasses.replace(good, threshold=2),
+        dataclasses.replace(good, threshold=5),
+        dataclasses.replace(good, quorum=2),
+        dataclasses.replace(good, neighbours=4),
+    ):
+        _refused(sa.share_keys, states["a"], roster, params=bad)
+
+
+def test_withheld_or_invented_shares_are_refused() -> None:
+    """The share check needs exactly the shares of this site's neighbours in U2."""
+    states, shares, _ = _shared()
+    got = _to(shares, "a")
+    _refused(sa.check_shares, states["a"], {u: c for u, c in got.items() if u != "b"}, shared=SITES)
+    _refused(sa.check_shares, states["a"], got, shared="acd")
+    _refused(sa.check_shares, states["a"], got, shared="bcd")  # leaves this site out
+    _refused(sa.check_shares, states["a"], got, shared="abcdz")
+
+
+def test_rerouted_or_junk_share_is_rejected_not_fatal() -> None:
+    """A share for another site, or junk, is rejected with its reason; the rest are kept."""
+    states, shares, _ = _shared()
+    got = _to(shares, "a")
+    got["b"] = shares["c"]["d"]
+    got["c"] = b"\x00" * 5
+    state, bad = sa.check_shares(states["a"], got, shared=SITES)
+    assert bad == {"b": Reason.BAD_SIGNATURE, "c": Reason.BAD_SIGNATURE}
+    assert set(state.held) == {"d"} and state.rejected == {"b", "c"}
+
+
+def test_share_bound_to_another_session_is_rejected_as_replayed() -> None:
+    """A share made under another session (another roster) is rejected as replayed."""
+    states, shares, _ = _shared()
+    other = dataclasses.replace(states["a"], session=b"\x01" * 32)
+    _, bad = sa.check_shares(other, _to(shares, "a"), shared=SITES)
+    assert set(bad.values()) == {Reason.REPLAYED}
+
+
+def test_rejected_share_must_be_excluded_before_masking() -> None:
+    """A site masks only if the pairs it rejected are excluded, and with t - 1 partners left."""
+    states, shares, _ = _shared()
+    got = _to(shares, "a")
+    got["b"] = b"junk"
+    state, _ = sa.check_shares(states["a"], got, shared=SITES)
+    x = np.zeros(4, np.uint32)
+    _refused(sa.masked_input, state, x, excluded=[])
+    _refused(sa.masked_input, state, x, excluded=[("a", "b"), ("a", "c")])  # 1 partner < t - 1
+    state, _ = sa.masked_input(state, x, excluded=[("b", "a")])
+    assert state.partners == {"c", "d"}
+
+
+def test_masking_refused_out_of_order() -> None:
+    """Masking before the share check, or twice, is refused."""
+    states, shares, _ = _shared()
+    _refused(sa.masked_input, states["a"], np.zeros(4, np.uint32))
+    state, _ = _checked(states, shares)
+    state, _ = sa.masked_input(state, np.zeros(4, np.uint32))
+    _refused(sa.masked_input, state, np.zeros(4, np.uint32))
+
+
+def test_consistency_checks_the_survivor_set() -> None:
+    """U3 outside U2, without this site, or below the quorum is refused."""
+    states, shares, _ = _shared()
+    state, _ = _checked(states, shares)
+    state, _ = sa.masked_input(state, np.zeros(4, np.uint32))
+    _refused(sa.consistency, state, survivors="abcz")
+    _refused(sa.consistency, state, survivors="bcd")
+    _refused(sa.consistency, state, survivors="ab")
+    signed, view = sa.consistency(state, survivors="abc")
+    assert view == sa.view_digest(state.session, shared=SITES, excluded=[], survivors="abc")
+    _refused(sa.consistency, signed, survivors="abc")
+
+
+def test_unmask_needs_a_quorum_on_this_sites_own_view() -> None:
+    """Too few signatures, signatures on another view, or by non-survivors reveal nothing."""
+    states, views = _signed()
+    a = states["a"]
+    _refused(sa.unmask, a, attestations=views[:2])
+    other = [dataclasses.replace(v, view=b"x" * 32) for v in views]
+    _refused(sa.unmask, a, attestations=[views[0], *other[1:]])
+    strangers = [sa.Attestation(s, a.session, a.view) for s in "xyz"]
+    _refused(sa.unmask, a, attestations=[views[0], *strangers])
+    twice = [views[0], views[0], views[0]]
+    _refused(sa.unmask, a, attestations=twice)
+    state, reply = sa.unmask(a, attestations=views[:3])
+    assert set(reply.seed_shares) == set(SITES) and not reply.key_shares
+    _refused(sa.unmask, state, attestations=views)
+
+
+def test_unmask_reveals_key_shares_of_dropped_partners_only() -> None:
+    """A partner missing from U3 gets its key share revealed; a rejected one gets nothing."""
+    states, shares, _ = _shared()
+    got = _to(shares, "a")
+    got["b"] = b"junk"
+    a, _ = sa.check_shares(states["a"], got, shared=SITES)
+    a, _ = sa.masked_input(a, np.zeros(4, np.uint32), excluded=[("a", "b")])
+    a, view = sa.consistency(a, survivors="abc")
+    attest = [sa.Attestation(s, a.session, view) for s in "abc"]
+    _, reply = sa.unmask(a, attestations=attest)
+    assert set(reply.seed_shares) == {"a", "c"} and set(reply.key_shares) == {"d"}
+
+
+def test_unmask_before_signing_is_refused() -> None:
+    """Unmask before this site signed a view is refused."""
+    states, _, _ = _shared()
+    _refused(sa.unmask, states["a"], attestations=[])
 
 
 def test_secrets_not_in_repr() -> None:

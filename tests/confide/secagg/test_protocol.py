@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from confide import secagg as sa
-from confide.errors import Reason, ReplayedMessage
+from confide.errors import MalformedMessage, Reason, ReplayedMessage
+from tests.confide.secagg._adversary import exposed, minimal_sums
 from tests.confide.secagg._round import plain_sum, run_round
 
 
@@ -32,18 +33,20 @@ def test_masked_input_hides_the_input() -> None:
 
 def test_sparse_graph_round() -> None:
     """A sparse Harary graph (k < n - 1) round unmasks exactly with dropouts."""
-    params = sa.choose_params(n=30, neighbours=8, threshold=6)
-    out = run_round(n=30, d=300, params=params, no_input={"s03", "s17"}, no_unmask={"s05"})
+    rules = sa.RoundRules(min_sites=30, neighbours=8, threshold=6, dropout_rate=0.05)
+    out = run_round(n=30, d=300, rules=rules, no_input={"s03", "s17"}, no_unmask={"s05"})
     assert out.server.graph is not None and out.server.graph.degree == 8
     assert np.array_equal(out.result, plain_sum(out.inputs, 300))
 
 
-@pytest.mark.parametrize("stage", ["no_advertise", "no_shares", "no_input", "no_unmask"])
+@pytest.mark.parametrize(
+    "stage", ["no_advertise", "no_shares", "no_check", "no_input", "no_sign", "no_unmask"]
+)
 def test_dropout_at_each_stage(stage: str) -> None:
     """A site lost at any one stage leaves an exact sum of the sites that sent inputs."""
     drops: dict[str, Any] = {stage: {"s02"}}
     out = run_round(n=7, d=500, **drops)
-    if stage != "no_unmask":
+    if stage not in ("no_sign", "no_unmask"):
         assert "s02" not in out.inputs
     else:
         assert "s02" in out.inputs
@@ -55,7 +58,7 @@ def test_dropout_at_each_stage(stage: str) -> None:
 def test_random_drop_patterns(data: st.DataObject, n: int) -> None:
     """Any drop pattern that leaves t sites per stage yields the exact sum; else it aborts."""
     names = [f"s{i:02d}" for i in range(n)]
-    stages = ["no_advertise", "no_shares", "no_input", "no_unmask"]
+    stages = ["no_advertise", "no_shares", "no_check", "no_input", "no_sign", "no_unmask"]
     drops: dict[str, Any] = {s: set() for s in stages}
     for name in names:
         stage = data.draw(st.sampled_from([None, None, None, *stages]))
@@ -81,7 +84,7 @@ def test_too_few_inputs_aborts() -> None:
 
 def test_too_few_unmask_replies_aborts_and_reveals_nothing() -> None:
     """Fewer than t unmask replies abort, and the stored sum stays masked."""
-    params = sa.choose_params(n=5, neighbours=4, threshold=4)
+    rules = sa.RoundRules(min_sites=5, neighbours=4, threshold=4, dropout_rate=0.0)
     plain: dict[str, np.ndarray] = {}
     rounds: list[sa.ServerRound] = []
 
@@ -90,7 +93,7 @@ def test_too_few_unmask_replies_aborts_and_reveals_nothing() -> None:
         rounds.append(server)
 
     with pytest.raises(sa.RoundAborted):
-        run_round(n=5, d=50, params=params, no_unmask={"s00", "s01"}, on_add=keep)
+        run_round(n=5, d=50, rules=rules, no_unmask={"s00", "s01"}, on_add=keep)
     assert rounds[0].stage is sa.ServerStage.ABORTED
     assert not np.array_equal(rounds[0].total, plain_sum(plain, 50))
 
@@ -126,14 +129,68 @@ def test_server_never_stores_an_individual_input() -> None:
 
 
 def test_server_refuses_wrong_stage_and_replays() -> None:
-    """Masked inputs before stage 2, twice, or of the wrong shape are refused."""
-    params = sa.choose_params(n=3, neighbours=2, threshold=2)
-    server = sa.new_round(round_id="r", params=params, dim=4)
+    """Masked inputs before their stage, a second advertisement, or a reused key are refused."""
+    server = sa.new_round(round_id="r", rules=sa.RoundRules(min_sites=3), dim=4)
     with pytest.raises(ReplayedMessage) as exc:
         sa.add_masked_input(server, "a", np.zeros(4, np.uint32))
     assert exc.value.reason is Reason.WRONG_STAGE
     _, keys = sa.advertise(site_id="a", round_id="r")
-    sa.add_advertised(server, "a", keys)
+    sa.add_advertised(server, "a", keys, digest=b"d")
     with pytest.raises(ReplayedMessage) as exc:
-        sa.add_advertised(server, "a", keys)
+        sa.add_advertised(server, "a", keys, digest=b"d")
     assert exc.value.reason is Reason.REPLAYED
+    with pytest.raises(MalformedMessage):
+        sa.add_advertised(server, "b", keys, digest=b"e")
+
+
+def test_junk_shares_drop_their_sender_only_for_each_receiver() -> None:
+    """A site whose shares are junk is dropped by its receivers; the round completes exactly."""
+    out = run_round(n=7, d=200, junk_from={"s03"})
+    assert all(set(bad) == {"s03"} for name, bad in out.rejected.items() if name != "s03")
+    assert all(sa.pair("s03", v) in out.server.excluded for v in out.server.shared - {"s03"})
+    assert "s03" not in out.server.masking and "s03" not in out.inputs
+    assert len(out.inputs) == 6
+    assert np.array_equal(out.result, plain_sum(out.inputs, 200))
+
+
+def test_junk_shares_to_some_keep_the_sender_if_it_keeps_enough_partners() -> None:
+    """A sender rejected by one receiver still masks with the others; the sum stays exact."""
+    out = run_round(n=7, d=100, junk_pairs={("s03", "s05")}, no_input={"s01"})
+    assert out.rejected["s05"] == {"s03": Reason.BAD_SIGNATURE}
+    assert out.server.excluded == {("s03", "s05")}
+    assert {"s03", "s05"} <= set(out.inputs)
+    assert "s05" not in out.clients["s03"].partners and "s03" not in out.clients["s05"].partners
+    assert np.array_equal(out.result, plain_sum(out.inputs, 100))
+
+
+def test_server_round_keeps_the_graph_it_can_prove() -> None:
+    """The server's graph is the Harary graph seeded by the session id every site derives."""
+    out = run_round(n=12, d=8, rules=sa.RoundRules(min_sites=12, neighbours=6))
+    s = out.server
+    assert s.graph is not None and s.params is not None
+    assert s.session == sa.session_id("fed/job/1", s.digests)
+    assert s.graph == sa.harary_graph(sorted(s.keys), degree=6, seed=s.session)
+    for name, c in out.clients.items():
+        assert c.session == s.session and set(c.neighbours) == s.graph.neighbours[name]
+
+
+@pytest.mark.parametrize("n", [*range(3, 11), 15, 20, 30])
+def test_real_rounds_with_dropouts_leak_no_sum_below_t(n: int) -> None:
+    """Real rounds with random dropouts at every stage: everything the server saw lets it
+    compute only sums of at least t inputs, and the sum it returns is exact (the model test
+    in test_params_graph covers every n and every survivor set)."""
+    rng = np.random.default_rng(n)
+    stages = ["no_advertise", "no_shares", "no_check", "no_input", "no_sign", "no_unmask"]
+    drops: dict[str, Any] = {s: set() for s in stages}
+    for i in range(n):
+        if rng.random() < 0.15:
+            drops[stages[int(rng.integers(0, len(stages)))]].add(f"s{i:02d}")
+    try:
+        out = run_round(n=n, d=8, seed=n, **drops)
+    except sa.RoundAborted:
+        return
+    t = out.server.params.threshold if out.server.params else 0
+    b, s = exposed(out.replies.values(), {c: t for c in out.clients})
+    sums = minimal_sums(out.clients, out.inputs, b, s)
+    assert sums == [set(out.inputs)] and len(out.inputs) >= t
+    assert np.array_equal(out.result, plain_sum(out.inputs, 8))
