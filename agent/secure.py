@@ -1,19 +1,26 @@
-"""The site's side of SecAgg+ (Bell et al., CCS 2020): stages 0-3 over the agent's transport.
+"""The site's side of SecAgg+ (Bell et al., CCS 2020): stages 0-5 over the agent's transport.
 
 ``SecureSite`` is the ``TaskRunner.secure_update`` seam (stage 0, after training and the
-daemon's clip + noise) and the handler of the SHARE_KEYS, MASKED_INPUT and UNMASK tasks
-(stages 1-3); ``install`` wires both into a runner. The math is ``confide.secagg.client``;
-this module flattens, quantizes, verifies, signs and sends.
+daemon's clip + noise) and the handler of the SHARE_KEYS, CHECK_SHARES, MASKED_INPUT,
+CONSISTENCY and UNMASK tasks; ``install`` wires them into a runner. The math and every
+protocol check is ``confide.secagg.client``; this module flattens, quantizes, verifies
+signatures, signs and sends.
 
 - stage 0: flatten the protected delta in parameter order, quantize it to b bits in
-  [-r, r] (``confide.secagg.quantize``), make fresh keys, send ``AdvertiseKeys``.
-- stage 1: check every neighbour's certificate (federation CA, role site, CN = site id)
-  and that its forwarded AdvertiseKeys envelope is signed by that certificate's key and
-  bound to (ADVERTISE_KEYS, job, round, that site): the aggregator cannot substitute keys.
-  Any failure refuses the task. Then Shamir-share and send ``ShareKeys``.
-- stage 2: mask x with the received shares and upload y as one uint32 tensor ``masked``.
-- stage 3: reveal shares as ``confide.secagg.unmask`` allows (it refuses a site listed as
-  both survivor and dropped, and every other unsafe request), then forget the round.
+  [-r, r] (``confide.secagg.quantize``), make fresh keys, sign them alone as ``RoundKeys``
+  (the only thing other sites ever see of this site) and send them inside ``AdvertiseKeys``
+  with the figures the aggregator records (sample count, metrics, epsilons).
+- stage 1: check every site's certificate (federation CA, role site, CN = site id) and that
+  its forwarded ``RoundKeys`` envelope is signed by that certificate's key and bound to
+  (SECAGG_KEYS, job, round, that site, this attempt); compute the round's parameters from
+  the signed job kept at stage 0 (``RoundRules.params(n)``) and refuse a threshold the
+  server computed differently; then Shamir-share and send ``ShareKeys``.
+- stage 2: open the shares addressed to this site and report the ones that do not decrypt
+  or verify (``SharesChecked``): the round goes on without that pair.
+- stage 3: mask x with the partners left and upload y as one uint32 tensor ``masked``.
+- stage 4: check the survivor set and sign the view (``ConsistencySignature``).
+- stage 5: verify the forwarded consistency signatures against the certificates checked at
+  stage 1; with a quorum on this site's own view, reveal shares, then forget the round.
 
 The ``ClientState`` and the quantized vector live in memory only, keyed by (job, round): a
 site that crashes is simply a dropout, and no secret ever reaches the disk. Each state also
@@ -28,7 +35,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -41,31 +48,33 @@ from agent.privacy import planned_survivors
 from agent.tasks import TaskRunner
 from agent.transport import Transport
 from confide import secagg
-from confide.errors import PeerError, PolicyRefusal, Reason
+from confide.errors import ConfigError, PeerError, PolicyRefusal, Reason, ReplayedMessage
 from confide.pki import Role, verify_certificate
 from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2, federation_pb2
-from confide.wire import Binding, encode_tensors, open_envelope
+from confide.wire import Binding, canonical_bytes, encode_tensors, open_envelope
 from confide.wire.blob import NamedArrays
 
 __all__ = ["SecureSite", "install"]
 
 log = structlog.get_logger("confide.agent")
 
-_NEIGHBOUR_SKEW_S = 24 * 3600.0
-"""Forwarded AdvertiseKeys are checked for binding, not freshness: training may be slow."""
+_SIGNED_SKEW_S = 24 * 3600.0
+"""Forwarded keys and signatures are checked for binding, not freshness: training is slow."""
 
 
 @dataclass
 class _Round:
-    """One round's secrets: the SecAgg+ state and x (dropped once masked)."""
+    """One round's secrets and what the signed job fixed for it."""
 
     state: secagg.ClientState
     x: NDArray[np.uint32] | None
     out_of_range: int
     num_samples: int
+    rules: secagg.RoundRules
     planned_survivors: int
     attempt: str
+    verify_keys: dict[str, bytes] = field(default_factory=dict)
 
 
 class SecureSite:
@@ -102,10 +111,12 @@ class SecureSite:
         """Quantize the protected delta, keep it with fresh keys, send ``AdvertiseKeys``.
 
         Raises:
-            ConfigError: the job's clip range or bits are invalid.
+            ConfigError: the job's secure-aggregation settings are invalid.
             InternalError: the aggregator did not accept the keys.
         """
         sa = job.spec.secure_aggregation
+        rules = secagg.job_rules(job.spec)
+        rules.validate()
         flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for _, a in delta])
         q = secagg.quantize(
             flat, clip_range=sa.clip_range or DEFAULT_CLIP_RANGE, bits=sa.bits or DEFAULT_BITS
@@ -122,17 +133,22 @@ class SecureSite:
                 q.values,
                 q.out_of_range,
                 num_samples,
+                rules,
                 planned_survivors(job.spec),
                 _attempt(task),
             )
-        msg = federation_pb2.AdvertiseKeys(
+        round_keys = federation_pb2.RoundKeys(
             cipher_public_key=keys.cipher_public_key,
             mask_public_key=keys.mask_public_key,
+            task_id=task.task_id,
+        )
+        msg = federation_pb2.AdvertiseKeys(
             num_samples=num_samples,
             metrics=metrics,
             epsilon=epsilon,
             update_epsilon=update_epsilon,
             task_id=task.task_id,
+            keys=self.runner.seal(task, common_pb2.STAGE_SECAGG_KEYS, round_keys),
         )
         self._send(task, transport, common_pb2.STAGE_ADVERTISE_KEYS, msg, "advertise")
         log.info("secagg_advertised", dim=int(flat.size), out_of_range=q.out_of_range)
@@ -140,25 +156,34 @@ class SecureSite:
     # ----- stage 1 -----
 
     def share_keys(self, task: federation_pb2.Task, transport: Transport) -> None:
-        """Verify each neighbour's certificate and signed keys, then send encrypted shares.
+        """Verify every site's certificate and signed keys, then send encrypted shares.
 
         Raises:
-            PolicyRefusal: no state for this round, a neighbour's certificate or envelope
-                fails (its reason kept: bad_certificate, bad_signature, replayed, ...), or
+            PolicyRefusal: no state for this round, a site's certificate or envelope fails
+                (its reason kept: bad_certificate, bad_signature, replayed, ...), the round's
+                size allows no safe parameters, the server's threshold is not the job's, or
                 ``confide.secagg.share_keys`` finds the request unsafe.
         """
         entry = self._entry(task)
         req = task.share_keys
-        if req.threshold < entry.planned_survivors:
-            # The site's noise share was sized for sums of at least this many sites; a lower
-            # threshold would let a sum of fewer sites through with too little noise.
+        roster = [self._verified_keys(task, entry, nb) for nb in req.sites]
+        try:
+            params = entry.rules.params(len(roster))
+        except ConfigError as exc:
             raise PolicyRefusal(
-                f"threshold {req.threshold} is below the {entry.planned_survivors} sites this "
-                "site's update noise was planned for",
+                f"no safe parameters for a round of {len(roster)} sites: {exc.problem}",
+                reason=Reason.UNSAFE_REQUEST,
+            ) from exc
+        if req.threshold != params.threshold or params.threshold < entry.planned_survivors:
+            # The site's noise share was sized for sums of at least the planned number of
+            # sites; the threshold is the job's deterministic function of n, never the
+            # server's choice.
+            raise PolicyRefusal(
+                f"threshold {req.threshold} is not the job's {params.threshold} for "
+                f"{len(roster)} sites (planned for {entry.planned_survivors})",
                 reason=Reason.UNSAFE_REQUEST,
             )
-        neighbours = [self._verified(task, nb) for nb in req.neighbours]
-        state, shares = secagg.share_keys(entry.state, neighbours, threshold=int(req.threshold))
+        state, shares = secagg.share_keys(entry.state, roster, params=params)
         entry.state = state
         msg = federation_pb2.ShareKeys(
             shares=[
@@ -168,12 +193,12 @@ class SecureSite:
             task_id=task.task_id,
         )
         self._send(task, transport, common_pb2.STAGE_SHARE_KEYS, msg, "share keys")
-        log.info("secagg_shared", neighbours=len(neighbours))
+        log.info("secagg_shared", sites=len(roster), neighbours=len(shares))
 
-    def _verified(
-        self, task: federation_pb2.Task, nb: federation_pb2.NeighbourKeys
+    def _verified_keys(
+        self, task: federation_pb2.Task, entry: _Round, nb: federation_pb2.NeighbourKeys
     ) -> secagg.NeighbourKeys:
-        """A neighbour's keys, once its certificate and signed envelope check out."""
+        """A site's round keys, once its certificate and signed envelope check out."""
         now = self._clock()
         try:
             info = verify_certificate(
@@ -184,53 +209,82 @@ class SecureSite:
             )
             if info.role is not Role.SITE or info.name != nb.site_id:
                 raise PolicyRefusal(
-                    f"neighbour {nb.site_id!r} certificate is for {info.name!r} ({info.role})",
+                    f"site {nb.site_id!r} certificate is for {info.name!r} ({info.role})",
                     reason=Reason.BAD_CERTIFICATE,
                 )
+            env = nb.advertised
             payload = open_envelope(
-                nb.advertised,
+                env,
                 verify_key=info.signing_public_key,
-                expect=Binding(
-                    federation=self.site.federation,
-                    sender=nb.site_id,
-                    stage=common_pb2.STAGE_ADVERTISE_KEYS,
-                    job_id=task.job_id,
-                    round=task.round,
-                ),
+                expect=self._binding(task, nb.site_id, common_pb2.STAGE_SECAGG_KEYS),
                 now=now,
-                max_skew_s=_NEIGHBOUR_SKEW_S,
+                max_skew_s=_SIGNED_SKEW_S,
             )
-            keys = federation_pb2.AdvertiseKeys.FromString(payload)
+            keys = federation_pb2.RoundKeys.FromString(payload)
+            if _attempt_of(keys.task_id) != entry.attempt:
+                raise ReplayedMessage(f"keys of {nb.site_id!r} answer another round attempt")
         except (PeerError, PolicyRefusal) as exc:
             raise PolicyRefusal(
-                f"neighbour {nb.site_id!r} keys refused: {exc}", reason=exc.reason
+                f"keys of {nb.site_id!r} refused: {exc}", reason=exc.reason
             ) from exc
         except DecodeError as exc:
             raise PolicyRefusal(
-                f"neighbour {nb.site_id!r} keys do not decode", reason=Reason.MALFORMED
+                f"keys of {nb.site_id!r} do not decode", reason=Reason.MALFORMED
             ) from exc
-        return secagg.NeighbourKeys(nb.site_id, keys.cipher_public_key, keys.mask_public_key)
+        entry.verify_keys[nb.site_id] = info.signing_public_key
+        return secagg.NeighbourKeys(
+            nb.site_id,
+            keys.cipher_public_key,
+            keys.mask_public_key,
+            secagg.keys_digest(canonical_bytes(env), env.signature),
+        )
 
     # ----- stage 2 -----
 
-    def masked_input(self, task: federation_pb2.Task, transport: Transport) -> None:
-        """Mask x with the received shares and upload y (uint32, ``masked``, shape [d]).
+    def check_shares(self, task: federation_pb2.Task, transport: Transport) -> None:
+        """Open the shares addressed to this site; report the senders whose share is bad.
 
         Raises:
-            PolicyRefusal: no state, or ``confide.secagg.masked_input`` refuses.
-            BadSignature, ReplayedMessage, MalformedMessage: a received share is bad.
+            PolicyRefusal: no state, two shares from one site, or
+                ``confide.secagg.check_shares`` refuses (withheld or invented shares).
         """
         entry = self._entry(task)
-        if entry.x is None:
-            raise PolicyRefusal("masked input already sent", reason=Reason.UNSAFE_REQUEST)
         received: dict[str, bytes] = {}
-        for sh in task.masked_input.shares:
+        for sh in task.check_shares.shares:
             if sh.from_site in received:
                 raise PolicyRefusal(
                     f"two shares from {sh.from_site!r}", reason=Reason.UNSAFE_REQUEST
                 )
             received[sh.from_site] = sh.ciphertext
-        state, y = secagg.masked_input(entry.state, entry.x, received)
+        state, rejected = secagg.check_shares(
+            entry.state, received, shared=list(task.check_shares.shared)
+        )
+        entry.state = state
+        msg = federation_pb2.SharesChecked(
+            task_id=task.task_id,
+            rejected=[
+                federation_pb2.RejectedShare(from_site=s, reason=why.value)
+                for s, why in sorted(rejected.items())
+            ],
+        )
+        self._send(task, transport, common_pb2.STAGE_SHARES_CHECKED, msg, "share check")
+        for sender, why in sorted(rejected.items()):
+            log.warning("secagg_share_rejected", sender=sender, reason=why.value)
+        log.info("secagg_shares_checked", kept=len(state.held), rejected=len(rejected))
+
+    # ----- stage 3 -----
+
+    def masked_input(self, task: federation_pb2.Task, transport: Transport) -> None:
+        """Mask x with the partners left and upload y (uint32, ``masked``, shape [d]).
+
+        Raises:
+            PolicyRefusal: no state, or ``confide.secagg.masked_input`` refuses.
+        """
+        entry = self._entry(task)
+        if entry.x is None:
+            raise PolicyRefusal("masked input already sent", reason=Reason.UNSAFE_REQUEST)
+        excluded = [(p.a, p.b) for p in task.masked_input.excluded]
+        state, y = secagg.masked_input(entry.state, entry.x, excluded=excluded)
         entry.state, entry.x = state, None
         blob, buffers = encode_tensors([("masked", y)])
         header = federation_pb2.UpdateHeader(
@@ -243,21 +297,39 @@ class SecureSite:
             self.runner.seal(task, common_pb2.STAGE_MASKED_INPUT, header), buffers
         )
         _check_ack(ack, "masked input")
-        log.info("secagg_masked_input_sent", bytes=blob.total_bytes)
+        log.info("secagg_masked_input_sent", bytes=blob.total_bytes, partners=len(state.partners))
 
-    # ----- stage 3 -----
+    # ----- stage 4 -----
 
-    def unmask(self, task: federation_pb2.Task, transport: Transport) -> None:
-        """Reveal the shares the request may have, then forget the round.
+    def consistency(self, task: federation_pb2.Task, transport: Transport) -> None:
+        """Check the survivor set and sign this site's view of the round.
 
         Raises:
-            PolicyRefusal: no state, or ``confide.secagg.unmask`` finds the request unsafe
-                (a site both survivor and dropped, this site dropped, too few survivors).
+            PolicyRefusal: no state, or ``confide.secagg.consistency`` refuses.
         """
         entry = self._entry(task)
-        state, reply = secagg.unmask(
-            entry.state, survivors=list(task.unmask.survivors), dropped=list(task.unmask.dropped)
+        state, view = secagg.consistency(
+            entry.state, survivors=list(task.consistency.survivors)
         )
+        entry.state = state
+        msg = federation_pb2.ConsistencySignature(
+            task_id=task.task_id, session_id=state.session, view_sha256=view
+        )
+        self._send(task, transport, common_pb2.STAGE_CONSISTENCY, msg, "consistency signature")
+        log.info("secagg_view_signed", survivors=len(state.survivors))
+
+    # ----- stage 5 -----
+
+    def unmask(self, task: federation_pb2.Task, transport: Transport) -> None:
+        """Verify the consistency signatures; with a quorum, reveal shares and forget the round.
+
+        Raises:
+            PolicyRefusal: no state, or ``confide.secagg.unmask`` refuses (too few valid
+                signatures on this site's view, or a second unmask).
+        """
+        entry = self._entry(task)
+        attest = [a for env in task.unmask.signatures if (a := self._attestation(task, entry, env))]
+        state, reply = secagg.unmask(entry.state, attestations=attest)
         entry.state = state
         msg = federation_pb2.UnmaskShares(
             seed_shares=[
@@ -274,6 +346,35 @@ class SecureSite:
         self._send(task, transport, common_pb2.STAGE_UNMASK, msg, "unmask shares")
         log.info("secagg_unmasked", seeds=len(reply.seed_shares), keys=len(reply.key_shares))
 
+    def _attestation(
+        self, task: federation_pb2.Task, entry: _Round, env: common_pb2.Envelope
+    ) -> secagg.Attestation | None:
+        """A forwarded consistency signature, or None (logged) when it does not verify."""
+        key = entry.verify_keys.get(env.sender)
+        try:
+            if key is None:
+                raise PolicyRefusal(
+                    f"signature by {env.sender!r}, not a site of this round",
+                    reason=Reason.NOT_SELECTED,
+                )
+            payload = open_envelope(
+                env,
+                verify_key=key,
+                expect=self._binding(task, env.sender, common_pb2.STAGE_CONSISTENCY),
+                now=self._clock(),
+                max_skew_s=_SIGNED_SKEW_S,
+            )
+            sig = federation_pb2.ConsistencySignature.FromString(payload)
+            if _attempt_of(sig.task_id) != entry.attempt:
+                raise ReplayedMessage("signature of another round attempt")
+        except (PeerError, PolicyRefusal) as exc:
+            log.warning("secagg_signature_refused", signer=env.sender, reason=exc.reason.value)
+            return None
+        except DecodeError:
+            log.warning("secagg_signature_refused", signer=env.sender, reason="malformed")
+            return None
+        return secagg.Attestation(env.sender, sig.session_id, sig.view_sha256)
+
     # ----- helpers -----
 
     def forget(self, job_id: str) -> None:
@@ -281,6 +382,15 @@ class SecureSite:
         with self._lock:
             for key in [k for k in self._rounds if k[0] == job_id]:
                 del self._rounds[key]
+
+    def _binding(self, task: federation_pb2.Task, sender: str, stage: int) -> Binding:
+        return Binding(
+            federation=self.site.federation,
+            sender=sender,
+            stage=stage,
+            job_id=task.job_id,
+            round=task.round,
+        )
 
     def _entry(self, task: federation_pb2.Task) -> _Round:
         with self._lock:
@@ -303,20 +413,29 @@ class SecureSite:
         task: federation_pb2.Task,
         transport: Transport,
         stage: int,
-        msg: federation_pb2.AdvertiseKeys | federation_pb2.ShareKeys | federation_pb2.UnmaskShares,
+        msg: federation_pb2.AdvertiseKeys
+        | federation_pb2.ShareKeys
+        | federation_pb2.SharesChecked
+        | federation_pb2.ConsistencySignature
+        | federation_pb2.UnmaskShares,
         what: str,
     ) -> None:
         ack = transport.secagg(self.runner.seal(task, stage, msg))
         _check_ack(ack, what)
 
 
-def _attempt(task: federation_pb2.Task) -> str:
-    """The round attempt a task belongs to: its id without the kind (``job/round/attempt``).
+def _attempt_of(task_id: str) -> str:
+    """The round attempt a task id belongs to: the id without the kind (``job/round/attempt``).
 
     The aggregator names every task of an attempt ``job/round/attempt/kind``
     (docs/protocol.md), so a SecAgg+ attempt's TRAIN and stage tasks share this prefix.
     """
-    return task.task_id.rpartition("/")[0]
+    return task_id.rpartition("/")[0]
+
+
+def _attempt(task: federation_pb2.Task) -> str:
+    """The round attempt ``task`` belongs to (see ``_attempt_of``)."""
+    return _attempt_of(task.task_id)
 
 
 def _check_ack(ack: federation_pb2.Ack, what: str) -> None:
@@ -326,14 +445,16 @@ def _check_ack(ack: federation_pb2.Ack, what: str) -> None:
 
 
 def install(runner: TaskRunner, *, clock: Callable[[], float] = time.time) -> SecureSite:
-    """Enable SecAgg+ jobs on ``runner``: the stage-0 seam, stage 1-3 handlers, cleanup.
+    """Enable SecAgg+ jobs on ``runner``: the stage-0 seam, stage 1-5 handlers, cleanup.
 
     JOB_DONE also forgets the job's round state before the runner's own handler runs.
     """
     site = SecureSite(runner, clock=clock)
     runner.secure_update = site
     runner.register(federation_pb2.TASK_KIND_SHARE_KEYS, site.share_keys)
+    runner.register(federation_pb2.TASK_KIND_CHECK_SHARES, site.check_shares)
     runner.register(federation_pb2.TASK_KIND_MASKED_INPUT, site.masked_input)
+    runner.register(federation_pb2.TASK_KIND_CONSISTENCY, site.consistency)
     runner.register(federation_pb2.TASK_KIND_UNMASK, site.unmask)
     done = runner.handlers[federation_pb2.TASK_KIND_JOB_DONE]
 

@@ -30,6 +30,9 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_MASKED_INPUT: _ClassVar[Stage]
     STAGE_UNMASK: _ClassVar[Stage]
     STAGE_JOB: _ClassVar[Stage]
+    STAGE_SECAGG_KEYS: _ClassVar[Stage]
+    STAGE_SHARES_CHECKED: _ClassVar[Stage]
+    STAGE_CONSISTENCY: _ClassVar[Stage]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -83,6 +86,9 @@ STAGE_SHARE_KEYS: Stage
 STAGE_MASKED_INPUT: Stage
 STAGE_UNMASK: Stage
 STAGE_JOB: Stage
+STAGE_SECAGG_KEYS: Stage
+STAGE_SHARES_CHECKED: Stage
+STAGE_CONSISTENCY: Stage
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_OK: Outcome
 OUTCOME_FAILED: Outcome

@@ -17,6 +17,8 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_MASKED_INPUT: _ClassVar[TaskKind]
     TASK_KIND_UNMASK: _ClassVar[TaskKind]
     TASK_KIND_JOB_DONE: _ClassVar[TaskKind]
+    TASK_KIND_CHECK_SHARES: _ClassVar[TaskKind]
+    TASK_KIND_CONSISTENCY: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_EVALUATE: TaskKind
@@ -24,6 +26,8 @@ TASK_KIND_SHARE_KEYS: TaskKind
 TASK_KIND_MASKED_INPUT: TaskKind
 TASK_KIND_UNMASK: TaskKind
 TASK_KIND_JOB_DONE: TaskKind
+TASK_KIND_CHECK_SHARES: TaskKind
+TASK_KIND_CONSISTENCY: TaskKind
 
 class RegisterRequest(_message.Message):
     __slots__ = ("agent_version", "datasets", "device", "dataset_sizes")
@@ -84,7 +88,7 @@ class OpenTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "kind", "signed_job", "signer_certificate", "model_version", "deadline_s", "share_keys", "masked_input", "unmask")
+    __slots__ = ("task_id", "job_id", "round", "kind", "signed_job", "signer_certificate", "model_version", "deadline_s", "share_keys", "masked_input", "unmask", "check_shares", "consistency")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +100,8 @@ class Task(_message.Message):
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_FIELD_NUMBER: _ClassVar[int]
+    CHECK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -107,7 +113,9 @@ class Task(_message.Message):
     share_keys: ShareKeysRequest
     masked_input: MaskedInputRequest
     unmask: UnmaskRequest
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., signed_job: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., signer_certificate: _Optional[bytes] = ..., model_version: _Optional[str] = ..., deadline_s: _Optional[float] = ..., share_keys: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...
+    check_shares: CheckSharesRequest
+    consistency: ConsistencyRequest
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., signed_job: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., signer_certificate: _Optional[bytes] = ..., model_version: _Optional[str] = ..., deadline_s: _Optional[float] = ..., share_keys: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., check_shares: _Optional[_Union[CheckSharesRequest, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyRequest, _Mapping]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("job_id", "model_version")
@@ -191,8 +199,18 @@ class Ack(_message.Message):
     reason: str
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class RoundKeys(_message.Message):
+    __slots__ = ("cipher_public_key", "mask_public_key", "task_id")
+    CIPHER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    cipher_public_key: bytes
+    mask_public_key: bytes
+    task_id: str
+    def __init__(self, cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., task_id: _Optional[str] = ...) -> None: ...
+
 class AdvertiseKeys(_message.Message):
-    __slots__ = ("cipher_public_key", "mask_public_key", "num_samples", "metrics", "epsilon", "update_epsilon", "task_id")
+    __slots__ = ("num_samples", "metrics", "epsilon", "update_epsilon", "task_id", "keys")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -200,21 +218,19 @@ class AdvertiseKeys(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-    CIPHER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
-    MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     UPDATE_EPSILON_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
-    cipher_public_key: bytes
-    mask_public_key: bytes
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     num_samples: int
     metrics: _containers.ScalarMap[str, float]
     epsilon: float
     update_epsilon: float
     task_id: str
-    def __init__(self, cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., task_id: _Optional[str] = ...) -> None: ...
+    keys: _common_pb2.Envelope
+    def __init__(self, num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., task_id: _Optional[str] = ..., keys: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
 class NeighbourKeys(_message.Message):
     __slots__ = ("site_id", "advertised", "certificate")
@@ -227,14 +243,14 @@ class NeighbourKeys(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., advertised: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeysRequest(_message.Message):
-    __slots__ = ("neighbours", "threshold", "num_selected")
-    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("sites", "threshold", "num_selected")
+    SITES_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NUM_SELECTED_FIELD_NUMBER: _ClassVar[int]
-    neighbours: _containers.RepeatedCompositeFieldContainer[NeighbourKeys]
+    sites: _containers.RepeatedCompositeFieldContainer[NeighbourKeys]
     threshold: int
     num_selected: int
-    def __init__(self, neighbours: _Optional[_Iterable[_Union[NeighbourKeys, _Mapping]]] = ..., threshold: _Optional[int] = ..., num_selected: _Optional[int] = ...) -> None: ...
+    def __init__(self, sites: _Optional[_Iterable[_Union[NeighbourKeys, _Mapping]]] = ..., threshold: _Optional[int] = ..., num_selected: _Optional[int] = ...) -> None: ...
 
 class EncryptedShare(_message.Message):
     __slots__ = ("to_site", "ciphertext")
@@ -252,12 +268,6 @@ class ShareKeys(_message.Message):
     task_id: str
     def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., task_id: _Optional[str] = ...) -> None: ...
 
-class MaskedInputRequest(_message.Message):
-    __slots__ = ("shares",)
-    SHARES_FIELD_NUMBER: _ClassVar[int]
-    shares: _containers.RepeatedCompositeFieldContainer[EncryptedShareFrom]
-    def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShareFrom, _Mapping]]] = ...) -> None: ...
-
 class EncryptedShareFrom(_message.Message):
     __slots__ = ("from_site", "ciphertext")
     FROM_SITE_FIELD_NUMBER: _ClassVar[int]
@@ -266,13 +276,65 @@ class EncryptedShareFrom(_message.Message):
     ciphertext: bytes
     def __init__(self, from_site: _Optional[str] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
-class UnmaskRequest(_message.Message):
-    __slots__ = ("survivors", "dropped")
+class CheckSharesRequest(_message.Message):
+    __slots__ = ("shares", "shared")
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[EncryptedShareFrom]
+    shared: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShareFrom, _Mapping]]] = ..., shared: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RejectedShare(_message.Message):
+    __slots__ = ("from_site", "reason")
+    FROM_SITE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    from_site: str
+    reason: str
+    def __init__(self, from_site: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SharesChecked(_message.Message):
+    __slots__ = ("task_id", "rejected")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedShare]
+    def __init__(self, task_id: _Optional[str] = ..., rejected: _Optional[_Iterable[_Union[RejectedShare, _Mapping]]] = ...) -> None: ...
+
+class SitePair(_message.Message):
+    __slots__ = ("a", "b")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    a: str
+    b: str
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ...) -> None: ...
+
+class MaskedInputRequest(_message.Message):
+    __slots__ = ("excluded",)
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    excluded: _containers.RepeatedCompositeFieldContainer[SitePair]
+    def __init__(self, excluded: _Optional[_Iterable[_Union[SitePair, _Mapping]]] = ...) -> None: ...
+
+class ConsistencyRequest(_message.Message):
+    __slots__ = ("survivors",)
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
-    DROPPED_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[str]
-    dropped: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConsistencySignature(_message.Message):
+    __slots__ = ("task_id", "session_id", "view_sha256")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VIEW_SHA256_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    view_sha256: bytes
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., view_sha256: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskRequest(_message.Message):
+    __slots__ = ("signatures",)
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    signatures: _containers.RepeatedCompositeFieldContainer[_common_pb2.Envelope]
+    def __init__(self, signatures: _Optional[_Iterable[_Union[_common_pb2.Envelope, _Mapping]]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
     __slots__ = ("site_id", "share")

@@ -120,7 +120,8 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SecAgg(self, request, context):
-        """Envelope(stage=ADVERTISE_KEYS|SHARE_KEYS|UNMASK, payload=AdvertiseKeys|ShareKeys|UnmaskShares).
+        """Envelope(stage=ADVERTISE_KEYS|SHARE_KEYS|SHARES_CHECKED|CONSISTENCY|UNMASK, payload=
+        AdvertiseKeys|ShareKeys|SharesChecked|ConsistencySignature|UnmaskShares).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -29,6 +29,7 @@ class Pki:
     alice: Identity  # trusted operator
     mallory: Identity  # an operator the site does not trust
     other_site: Identity  # a site, not an operator
+    third_site: Identity  # another site (a SecAgg+ round needs three)
 
 
 def _load(d: Path, name: str) -> Identity:
@@ -46,10 +47,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     init_ca(d, federation=FEDERATION)
     issue(d, "site-1", role=Role.SITE)
     issue(d, "site-2", role=Role.SITE)
+    issue(d, "site-3", role=Role.SITE)
     issue(d, "alice", role=Role.OPERATOR)
     issue(d, "mallory", role=Role.OPERATOR)
     issue(d, "aggregator", role=Role.AGGREGATOR, dns=["localhost"], ips=["127.0.0.1"])
-    return Pki(d, _load(d, "site-1"), _load(d, "alice"), _load(d, "mallory"), _load(d, "site-2"))
+    return Pki(
+        d,
+        _load(d, "site-1"),
+        _load(d, "alice"),
+        _load(d, "mallory"),
+        _load(d, "site-2"),
+        _load(d, "site-3"),
+    )
 
 
 def job_spec(dataset: str = DATASET) -> common_pb2.JobSpec:
