@@ -308,9 +308,7 @@ class SecureSite:
             PolicyRefusal: no state, or ``confide.secagg.consistency`` refuses.
         """
         entry = self._entry(task)
-        state, view = secagg.consistency(
-            entry.state, survivors=list(task.consistency.survivors)
-        )
+        state, view = secagg.consistency(entry.state, survivors=list(task.consistency.survivors))
         entry.state = state
         msg = federation_pb2.ConsistencySignature(
             task_id=task.task_id, session_id=state.session, view_sha256=view

@@ -7,9 +7,10 @@ coordinator's collaborators share that lock: ``aggregator.links`` turns site str
 events, ``aggregator.timer`` fires deadlines and site timeouts, ``aggregator.restore`` builds
 and resumes jobs.
 
-SecAgg+ stage messages arrive through ``secagg`` (AdvertiseKeys, ShareKeys, UnmaskShares)
-and masked inputs through ``accept_update`` (stage MASKED_INPUT, added into the
-``ServerRound``'s modular sum and dropped); each accepted message is fed as
+SecAgg+ stage messages arrive through ``secagg`` (AdvertiseKeys, ShareKeys, SharesChecked,
+ConsistencySignature, UnmaskShares) and masked inputs through ``accept_update`` (stage
+MASKED_INPUT, added into the ``ServerRound``'s modular sum and dropped); each accepted
+message is fed as
 ``SecAggReceived``. A site whose task stream ends during a SecAgg+ stage is dropped from that
 stage at once (``SiteDisconnected``), so the stage does not wait for its deadline: its
 secrets live only in its memory anyway.
@@ -49,6 +50,8 @@ _REASONS = frozenset(x.value for x in Reason)
 _SECAGG_PHASE = {
     common_pb2.STAGE_ADVERTISE_KEYS: r.RoundPhase.ADVERTISE,
     common_pb2.STAGE_SHARE_KEYS: r.RoundPhase.SHARE_KEYS,
+    common_pb2.STAGE_SHARES_CHECKED: r.RoundPhase.CHECK_SHARES,
+    common_pb2.STAGE_CONSISTENCY: r.RoundPhase.CONSISTENCY,
     common_pb2.STAGE_UNMASK: r.RoundPhase.UNMASK,
 }
 
@@ -352,7 +355,7 @@ class Coordinator:
             self._feed(job_id, r.ReportReceived(site, rnd, kind, ok, refusal))
 
     def secagg(self, info: CertInfo, env: common_pb2.Envelope, payload: bytes) -> None:
-        """Take one verified SecAgg+ stage message (stage 0, 1 or 3) into its round.
+        """Take one verified SecAgg+ stage message (every stage but the masked input).
 
         Args:
             info: the sender's verified certificate (its PEM is forwarded with its keys).
@@ -385,8 +388,8 @@ class Coordinator:
             expected = r.task_id(env.job_id, env.round, job.state.attempt, r.STAGE_TASK[phase])
             if msg.task_id != expected:
                 raise ReplayedMessage(f"message for task {msg.task_id!r}; current is {expected!r}")
-            sec.take(info.name, env, info.pem, msg)
             now = self.clock()
+            sec.take(info, env, msg, now=now)
             self.store.audit(
                 AuditNote(f"secagg_{phase.value}", info.name, now, env.job_id, env.round)
             )

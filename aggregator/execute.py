@@ -3,12 +3,15 @@
 ``rounds.advance`` decides; ``Executor.execute`` does, under the coordinator's lock. Kept
 apart from ``aggregator.coordinator`` so each stays one concept (events in, actions out).
 
-SecAgg+ actions: ``RoundStarted`` of a secure job validates the job's SecAgg+ parameters for
-the sites actually selected (``confide.secagg.choose_params``) and opens a fresh in-memory
-``SecureRound``; ``CloseStage`` closes a stage there and queues each next-stage site its own
-task; ``Aggregate`` unmasks the sum. A ``RoundAborted`` (or invalid parameters) is fed back
-as ``SecAggAborted``, so the round fails and is retried like a plaintext round. No action
-logs or stores any site's input: logs carry counts, the store gets metadata and the model.
+SecAgg+ actions: ``RoundStarted`` of a secure job opens a fresh in-memory ``SecureRound``
+with the job's rules (validated at submit; the parameters are taken for the sites that
+advertise); ``CloseStage`` closes a stage there and queues each next-stage site its own
+task; ``Aggregate`` unmasks the sum. A ``RoundAborted`` is fed back as ``SecAggAborted``, so
+the round fails and is retried like a plaintext round; sites a close leaves out are fed
+back as ``SecAggDropped``. Closing the share check audits every rejected share
+(``secagg_share_rejected``, naming the sender) and records a failed row, with the reason,
+for each site left out, so ``confide job status`` names it. No action logs or stores any
+site's input: logs carry counts, the store gets metadata and the model.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import structlog
 from aggregator import rounds as r
 from aggregator.blobs import BlobStore
 from aggregator.jobs import Job
-from aggregator.secure import SecureRound, params_for
+from aggregator.secure import SecureRound, rules_for
 from aggregator.sites import SiteRegistry
 from aggregator.store import AuditNote, ModelRow, Store
 from confide import secagg
-from confide.errors import ConfigError, Reason
+from confide.errors import Reason
 
 __all__ = ["Executor"]
 
@@ -40,7 +43,9 @@ _JOB_STATE = {
 _SERVER_STAGE = {
     r.RoundPhase.ADVERTISE: secagg.ServerStage.ADVERTISE,
     r.RoundPhase.SHARE_KEYS: secagg.ServerStage.SHARE_KEYS,
+    r.RoundPhase.CHECK_SHARES: secagg.ServerStage.CHECK_SHARES,
     r.RoundPhase.MASKED_INPUT: secagg.ServerStage.MASKED_INPUT,
+    r.RoundPhase.CONSISTENCY: secagg.ServerStage.CONSISTENCY,
 }
 
 
@@ -172,54 +177,103 @@ class Executor:
         log.info("round_started", job=job_id, round=a.round, attempt=a.attempt, sites=len(a.sites))
         if not job.spec.secure_aggregation.enabled:
             return
-        try:
-            params = params_for(job.spec, n=len(a.sites))
-        except ConfigError as exc:
-            # Validated for min_sites at submit; more sites may not fit (e.g. bits headroom).
-            log.warning("secagg_params_refused", job=job_id, round=a.round, error=str(exc))
-            self.feed(job_id, r.SecAggAborted(a.round, a.attempt, str(exc)))
-            return
         job.secure = SecureRound.start(
-            round_id=f"{self.federation}/{job_id}/{a.round}", params=params, shapes=job.shapes
-        )
-        log.info(
-            "secagg_started",
-            job=job_id,
+            federation=self.federation,
+            job_id=job_id,
             round=a.round,
-            threshold=params.threshold,
-            neighbours=params.neighbours,
+            rules=rules_for(job.spec),
+            shapes=job.shapes,
         )
+        log.info("secagg_started", job=job_id, round=a.round, sites=len(a.sites))
 
     def _close_stage(self, job_id: str, job: Job, a: r.CloseStage) -> None:
         if job.secure is None:  # parameters were refused; SecAggAborted already fed
             return
+        sec = job.secure
+        if a.closing is r.RoundPhase.CHECK_SHARES:
+            self._audit_rejections(job_id, job, a)
         try:
-            tasks = job.secure.close(_SERVER_STAGE[a.closing])
+            tasks, left = sec.close(_SERVER_STAGE[a.closing])
         except secagg.RoundAborted as exc:
             log.warning(
                 "secagg_aborted", job=job_id, round=a.round, stage=a.closing.value, error=str(exc)
             )
             self.feed(job_id, r.SecAggAborted(a.round, a.attempt, str(exc)))
             return
+        params = sec.server.params
         log.info(
             "secagg_stage_closed",
             job=job_id,
             round=a.round,
             stage=a.closing.value,
             sites=len(a.sites),
+            left_out=len(left),
+            threshold=params.threshold if params else 0,
+            neighbours=params.neighbours if params else 0,
         )
+        if left:
+            self._record_left_out(job_id, job, a, left)
         for site, payload in tasks.items():
             self.sites.send(site, job.stage_task(a, payload))
+        if left:
+            self.feed(job_id, r.SecAggDropped(a.round, a.attempt, tuple(sorted(left))))
+
+    def _audit_rejections(self, job_id: str, job: Job, a: r.CloseStage) -> None:
+        """Audit each share a site rejected at the check stage, naming its sender."""
+        if job.secure is None:
+            return
+        now = self.clock()
+        for rej in job.secure.rejections:
+            log.warning(
+                "secagg_share_rejected",
+                job=job_id,
+                round=a.round,
+                site=rej.site,
+                sender=rej.sender,
+                reason=rej.reason,
+            )
+            self.store.audit(
+                AuditNote(
+                    "secagg_share_rejected",
+                    rej.site,
+                    now,
+                    job_id,
+                    a.round,
+                    rej.reason,
+                    f"share from {rej.sender}",
+                )
+            )
+
+    def _record_left_out(
+        self, job_id: str, job: Job, a: r.CloseStage, left: frozenset[str]
+    ) -> None:
+        """Record a failed row for each site the share check left out, with why."""
+        if job.secure is None:
+            return
+        now = self.clock()
+        against: dict[str, str] = {}
+        for rej in job.secure.rejections:
+            against.setdefault(rej.sender, rej.reason)
+        for site in sorted(left):
+            reason = against.get(site, Reason.UNSAFE_REQUEST.value)
+            self.store.record_site(
+                job.left_out_row(site, a.round, reason),
+                audit=AuditNote(
+                    "secagg_site_left_out", site, now, job_id, a.round, reason, "too few partners"
+                ),
+            )
 
     def _aggregate(self, job_id: str, job: Job, a: r.Aggregate) -> None:
         t0 = time.perf_counter()
+        # A secure round's sum covers U3 (the masked inputs), not only the unmask signers.
+        updates = len(job.secure.server.survivors) if job.secure is not None else len(a.sites)
         sha, opt_sha = job.aggregate(self.blobs)
         now = self.clock()
         self.store.complete_round(
             job_id,
             a.round,
             model=ModelRow(job_id, job.version_no, sha, opt_sha, now),
-            metrics=job.round_metrics(updates=len(a.sites), now=now),
+            metrics=job.round_metrics(updates=updates, now=now),
             audit=AuditNote("round_completed", "aggregator", now, job_id, a.round, "", sha),
         )
         log.info(
@@ -227,7 +281,7 @@ class Executor:
             job=job_id,
             round=a.round,
             model_version=sha,
-            updates=len(a.sites),
+            updates=updates,
             aggregate_ms=round(1000 * (time.perf_counter() - t0), 1),
         )
         self.feed(job_id, r.ModelStored(a.round, sha))

@@ -30,7 +30,7 @@ from aggregator.blobs import BlobStore
 from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
 from aggregator.robust import Accumulator, HeldUpdates, Rule
 from aggregator.rows import SiteRoundRow
-from aggregator.secure import SecureRound, stage_timeout
+from aggregator.secure import SecureRound, rules_for, stage_timeout
 from confide.jobspec import attempt_limits
 from confide.models import parameter_shapes
 from confide.v1 import common_pb2, federation_pb2
@@ -43,7 +43,9 @@ _KIND = {
     r.TaskKind.EVALUATE: federation_pb2.TASK_KIND_EVALUATE,
     r.TaskKind.JOB_DONE: federation_pb2.TASK_KIND_JOB_DONE,
     r.TaskKind.SHARE_KEYS: federation_pb2.TASK_KIND_SHARE_KEYS,
+    r.TaskKind.CHECK_SHARES: federation_pb2.TASK_KIND_CHECK_SHARES,
     r.TaskKind.MASKED_INPUT: federation_pb2.TASK_KIND_MASKED_INPUT,
+    r.TaskKind.CONSISTENCY: federation_pb2.TASK_KIND_CONSISTENCY,
     r.TaskKind.UNMASK: federation_pb2.TASK_KIND_UNMASK,
 }
 KIND_OF = {v: k for k, v in _KIND.items()}
@@ -216,6 +218,23 @@ class Job:
             clipped=admitted.clipped if admitted else False,
         )
 
+    def left_out_row(self, site: str, rnd: int, reason: str) -> SiteRoundRow:
+        """The store row for a site a SecAgg+ stage left out (e.g. its shares were rejected),
+        with the figures of its AdvertiseKeys: it trained and spent its epsilon."""
+        figures = self.secure.info.get(site) if self.secure is not None else None
+        figures = figures or federation_pb2.AdvertiseKeys()
+        return SiteRoundRow(
+            self.job_id,
+            rnd,
+            site,
+            "failed",
+            reason,
+            int(figures.num_samples),
+            figures.epsilon,
+            figures.update_epsilon,
+            {},
+        )
+
     def report_row(self, site: str, rnd: int, rep: federation_pb2.TaskReport) -> SiteRoundRow:
         """The store row for a task report (``rnd`` 0: the final evaluation)."""
         outcome = common_pb2.Outcome.Name(rep.outcome).removeprefix("OUTCOME_").lower()
@@ -333,12 +352,14 @@ def new_job(
     job's attempt limits lower the former and bound retries over the whole job.
 
     Raises:
-        ConfigError: the spec's model does not fit its dataset, or its optimizer is unknown.
+        ConfigError: the spec's model does not fit its dataset, its optimizer is unknown, or
+            its SecAgg+ settings are invalid.
     """
     shapes = parameter_shapes(spec.model, spec.dataset)
     secure = spec.secure_aggregation.enabled
     # Sites refuse attempts past the signed limits (agent/joblimits.py): never ask for them.
     per_round, job_retries = attempt_limits(spec)
+    max_sites = rules_for(spec).max_sites() if secure else 0
     params = r.JobParams(
         job_id,
         int(spec.rounds),
@@ -349,6 +370,7 @@ def new_job(
         stage_timeout_s=stage_timeout(spec) if secure else 0.0,
         max_job_retries=job_retries,
         retry_backoff_s=retry_backoff_s,
+        max_sites=max_sites,
     )
     state = r.RoundState(params, model_version=model_version, eligible=eligible)
     optimizer = make_optimizer(spec.training)

@@ -17,7 +17,9 @@ STAGE_TASK = {
     RoundPhase.COLLECTING: TaskKind.TRAIN,
     RoundPhase.ADVERTISE: TaskKind.TRAIN,
     RoundPhase.SHARE_KEYS: TaskKind.SHARE_KEYS,
+    RoundPhase.CHECK_SHARES: TaskKind.CHECK_SHARES,
     RoundPhase.MASKED_INPUT: TaskKind.MASKED_INPUT,
+    RoundPhase.CONSISTENCY: TaskKind.CONSISTENCY,
     RoundPhase.UNMASK: TaskKind.UNMASK,
     RoundPhase.EVALUATING: TaskKind.EVALUATE,
 }

@@ -30,6 +30,7 @@ __all__ = [
     "RoundStarted",
     "RoundState",
     "SecAggAborted",
+    "SecAggDropped",
     "SecAggReceived",
     "SendTask",
     "SiteConnected",
@@ -46,8 +47,10 @@ class RoundPhase(enum.Enum):
     COLLECTING = "collecting"  # TRAIN tasks out; plaintext updates arriving
     ADVERTISE = "advertise"  # SecAgg+ stage 0: TRAIN tasks out; AdvertiseKeys arriving
     SHARE_KEYS = "share_keys"  # SecAgg+ stage 1: ShareKeys arriving
-    MASKED_INPUT = "masked_input"  # SecAgg+ stage 2: masked inputs (uploads) arriving
-    UNMASK = "unmask"  # SecAgg+ stage 3: UnmaskShares arriving
+    CHECK_SHARES = "check_shares"  # SecAgg+ stage 2: SharesChecked arriving
+    MASKED_INPUT = "masked_input"  # SecAgg+ stage 3: masked inputs (uploads) arriving
+    CONSISTENCY = "consistency"  # SecAgg+ stage 4: ConsistencySignature arriving
+    UNMASK = "unmask"  # SecAgg+ stage 5: UnmaskShares arriving
     AGGREGATING = "aggregating"  # enough answers; the coordinator applies the optimizer
     EVALUATING = "evaluating"  # last round done; EVALUATE tasks out
     DONE = "done"
@@ -59,7 +62,9 @@ TERMINAL = frozenset({RoundPhase.DONE, RoundPhase.FAILED, RoundPhase.CANCELLED})
 SECURE_PHASES = (
     RoundPhase.ADVERTISE,
     RoundPhase.SHARE_KEYS,
+    RoundPhase.CHECK_SHARES,
     RoundPhase.MASKED_INPUT,
+    RoundPhase.CONSISTENCY,
     RoundPhase.UNMASK,
 )
 """The SecAgg+ phases in order; each one's answering sites are the next one's expected sites."""
@@ -72,7 +77,9 @@ class TaskKind(enum.Enum):
     EVALUATE = "evaluate"
     JOB_DONE = "job_done"
     SHARE_KEYS = "share_keys"
+    CHECK_SHARES = "check_shares"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
 
 
@@ -98,6 +105,7 @@ class JobParams:
     stage_timeout_s: float = 0.0
     max_job_retries: int | None = None
     retry_backoff_s: float = 0.0
+    max_sites: int = 0  # the most sites a round selects (0: all eligible)
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,15 @@ class SecAggAborted:
 
 
 @dataclass(frozen=True)
+class SecAggDropped:
+    """Closing a SecAgg+ stage left ``sites`` out of the next one (they get no task)."""
+
+    round: int
+    attempt: int
+    sites: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class DeadlinePassed:
     """The timer fired (a no-op unless ``now`` is past the state's deadline)."""
 
@@ -224,6 +241,7 @@ Event = (
     | ReportReceived
     | SecAggReceived
     | SecAggAborted
+    | SecAggDropped
     | DeadlinePassed
     | ModelStored
     | Cancel
@@ -267,8 +285,9 @@ class Aggregate:
 class CloseStage:
     """End SecAgg+ stage ``closing`` and send the next stage's task to each of ``sites``.
 
-    ``sites`` are the sites accepted at ``closing`` (U1, U2 or U3). The coordinator closes
-    the stage in the ``ServerRound``; a ``RoundAborted`` comes back as ``SecAggAborted``.
+    ``sites`` are the sites accepted at ``closing`` (U1, U2, ...). The coordinator closes
+    the stage in the ``ServerRound``; a ``RoundAborted`` comes back as ``SecAggAborted``,
+    and sites it sends no next task come back as ``SecAggDropped``.
     """
 
     round: int

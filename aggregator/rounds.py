@@ -22,14 +22,17 @@ bounded per round (``max_retries``) and per job (``max_job_retries``, the signed
 they are spent the job fails with the refusing sites and their reasons.
 
 SecAgg+ flow (Bell et al. 2020; docs/protocol.md "A secure round"): WAITING -> ADVERTISE
-(stage 0, TRAIN tasks out) -> SHARE_KEYS (1) -> MASKED_INPUT (2) -> UNMASK (3) -> AGGREGATING.
+(stage 0, TRAIN tasks out) -> SHARE_KEYS (1) -> CHECK_SHARES (2) -> MASKED_INPUT (3) ->
+CONSISTENCY (4) -> UNMASK (5) -> AGGREGATING. A secure round selects at most the job's
+``max_sites`` eligible sites (a count threshold bounds the round sizes that are safe).
 Each stage waits for its ``stage_sites`` (all selected sites at ADVERTISE, then the sites
 accepted at the stage before) until all answered (a message, a failure report, or a dropped
 task stream) or its own deadline passes (``round_timeout_s`` for ADVERTISE, which includes
 training; ``stage_timeout_s`` after). Closing a stage emits ``CloseStage``; the coordinator
 runs the ``confide.secagg`` close, which raises ``RoundAborted`` below t sites and comes back
 as ``SecAggAborted``: the round then fails and is retried exactly like a plaintext round with
-too few updates. The threshold itself lives in the coordinator's ``ServerRound``, not here.
+too few updates; sites the close leaves out of the next stage come back as ``SecAggDropped``
+and count as answered. The threshold itself lives in the coordinator's ``ServerRound``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from aggregator.round_types import (
     RoundStarted,
     RoundState,
     SecAggAborted,
+    SecAggDropped,
     SecAggReceived,
     SendTask,
     SiteConnected,
@@ -91,6 +95,7 @@ __all__ = [
     "RoundStarted",
     "RoundState",
     "SecAggAborted",
+    "SecAggDropped",
     "SecAggReceived",
     "SendTask",
     "SiteConnected",
@@ -180,6 +185,16 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
         if state.phase not in live or (event.round, event.attempt) != (state.round, state.attempt):
             return state, []
         return _fail_round(state, now=now)
+    if isinstance(event, SecAggDropped):
+        if state.phase not in SECURE_PHASES or (event.round, event.attempt) != (
+            state.round,
+            state.attempt,
+        ):
+            return state, []
+        gone = frozenset(event.sites) & state.stage_sites
+        return _maybe_close(
+            _replace(state, answered=state.answered | gone), now=now, timed_out=False
+        )
     if isinstance(event, Cancel):
         return _finish(state, RoundPhase.CANCELLED, "cancelled by an operator", [])
     return _maybe_start(state, [], now=now)  # Resume
@@ -226,6 +241,8 @@ def _maybe_start(
     if state.deadline is not None and now < state.deadline:
         return state, actions  # backing off after a refused attempt
     sites = tuple(sorted(state.eligible))
+    if state.params.max_sites:
+        sites = sites[: state.params.max_sites]
     timeout = state.params.round_timeout_s
     state = _replace(
         state,

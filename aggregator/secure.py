@@ -1,10 +1,11 @@
 """One job's SecAgg+ round at the aggregator: the ``ServerRound`` plus what the wire needs.
 
 ``confide.secagg.server`` holds the math (keys, graph, routed shares, ONE running sum mod
-2^32); this module adds what only the aggregator knows: each site's signed AdvertiseKeys
-envelope and certificate (forwarded unchanged so neighbours can check the server substituted
-no key), the round's hold-out metrics from the advertisements, the unmask replies, and the
-decoding of the unmasked sum into a mean delta.
+2^32); this module adds what only the aggregator knows: each site's signed ``RoundKeys``
+envelope and certificate (the only part of its advertisement forwarded to other sites, so
+they check the server substituted no key; sample counts, metrics and epsilons stay here),
+the consistency signatures it forwards at unmask, the rejected shares it audits, the round's
+hold-out metrics, the unmask replies, and the decoding of the unmasked sum into a mean delta.
 
 Kept in memory only: a killed aggregator restarts the round from its input model (the sites'
 secrets are in their memory only too, so nothing could resume it anyway). Nothing here is
@@ -22,20 +23,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 
 from aggregator.guard import check_figures, decode
 from confide import secagg
-from confide.errors import MalformedMessage
+from confide.errors import MalformedMessage, ReplayedMessage
+from confide.pki import CertInfo
 from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2, federation_pb2
+from confide.wire import Binding, canonical_bytes, open_envelope
 from confide.wire.blob import NamedArrays
 
 __all__ = [
+    "Rejection",
     "SecureRound",
     "StageMessage",
-    "params_for",
     "quantization",
+    "rules_for",
     "stage_message",
     "stage_timeout",
 ]
@@ -54,27 +59,46 @@ def stage_timeout(spec: common_pb2.JobSpec) -> float:
     return spec.secure_aggregation.stage_timeout_s or _DEFAULT_STAGE_TIMEOUT_S
 
 
-def params_for(spec: common_pb2.JobSpec, *, n: int) -> secagg.SecAggParams:
-    """Validate the job's SecAgg+ settings for ``n`` selected sites.
+def rules_for(spec: common_pb2.JobSpec) -> secagg.RoundRules:
+    """The job's SecAgg+ rules, validated for every round size it allows.
 
     Raises:
-        ConfigError: naming the ``secure_aggregation.`` key at fault (see ``choose_params``).
+        ConfigError: naming the ``secure_aggregation.`` key at fault (see ``RoundRules``).
     """
-    return secagg.job_params(spec, n=n)
+    rules = secagg.job_rules(spec)
+    rules.validate()
+    return rules
 
 
-StageMessage = federation_pb2.AdvertiseKeys | federation_pb2.ShareKeys | federation_pb2.UnmaskShares
-"""A SecAgg+ stage message a site sends with ``SecAgg`` (stage 0, 1 or 3)."""
+StageMessage = (
+    federation_pb2.AdvertiseKeys
+    | federation_pb2.ShareKeys
+    | federation_pb2.SharesChecked
+    | federation_pb2.ConsistencySignature
+    | federation_pb2.UnmaskShares
+)
+"""A SecAgg+ stage message a site sends with ``SecAgg`` (every stage but the masked input)."""
 
 _STAGE_MESSAGE: dict[int, type[StageMessage]] = {
     common_pb2.STAGE_ADVERTISE_KEYS: federation_pb2.AdvertiseKeys,
     common_pb2.STAGE_SHARE_KEYS: federation_pb2.ShareKeys,
+    common_pb2.STAGE_SHARES_CHECKED: federation_pb2.SharesChecked,
+    common_pb2.STAGE_CONSISTENCY: federation_pb2.ConsistencySignature,
     common_pb2.STAGE_UNMASK: federation_pb2.UnmaskShares,
 }
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """A site reported that ``sender``'s share did not decrypt or verify (``reason``)."""
+
+    site: str
+    sender: str
+    reason: str
+
+
 def stage_message(stage: int, payload: bytes) -> StageMessage:
-    """Decode a verified stage-0/1/3 payload.
+    """Decode a verified SecAgg+ stage payload.
 
     Raises:
         MalformedMessage: not a SecAgg+ stage, or the payload does not decode.
@@ -92,28 +116,38 @@ class SecureRound:
     Args:
         server: the pure SecAgg+ server round.
         shapes: the model's ordered (name, shape) list; the flat vector follows it.
-        advertised: site -> (its AdvertiseKeys envelope as received, its certificate PEM).
-        info: site -> its AdvertiseKeys (num_samples, metrics, epsilons).
-        replies: survivor -> its checked unmask reply.
+        federation: the federation name (every envelope's binding).
+        advertised: site -> (its RoundKeys envelope, its certificate PEM): what is forwarded.
+        info: site -> its AdvertiseKeys (num_samples, metrics, epsilons): kept here.
+        rejections: the rejected shares reported at the share check.
+        signatures: signer -> its consistency signature envelope, forwarded at unmask.
+        replies: signer -> its checked unmask reply.
     """
 
     server: secagg.ServerRound
     shapes: list[tuple[str, tuple[int, ...]]]
+    federation: str = ""
     advertised: dict[str, tuple[common_pb2.Envelope, bytes]] = field(default_factory=dict)
     info: dict[str, federation_pb2.AdvertiseKeys] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+    signatures: dict[str, common_pb2.Envelope] = field(default_factory=dict)
     replies: dict[str, secagg.UnmaskReply] = field(default_factory=dict)
 
     @classmethod
     def start(
         cls,
         *,
-        round_id: str,
-        params: secagg.SecAggParams,
+        federation: str,
+        job_id: str,
+        round: int,
+        rules: secagg.RoundRules,
         shapes: list[tuple[str, tuple[int, ...]]],
     ) -> SecureRound:
         """A new round accepting advertised keys for a model of ``shapes``."""
         dim = sum(int(np.prod(s)) for _, s in shapes)
-        return cls(secagg.new_round(round_id=round_id, params=params, dim=dim), shapes)
+        round_id = f"{federation}/{job_id}/{round}"
+        server = secagg.new_round(round_id=round_id, rules=rules, dim=dim)
+        return cls(server, shapes, federation)
 
     @property
     def dim(self) -> int:
@@ -124,37 +158,68 @@ class SecureRound:
 
     def advertise(
         self,
-        site: str,
+        site: CertInfo,
         env: common_pb2.Envelope,
-        cert_pem: bytes,
         keys: federation_pb2.AdvertiseKeys,
+        *,
+        now: float,
     ) -> None:
-        """Stage 0: record a site's keys with its envelope and certificate (to forward).
+        """Stage 0: verify the site's signed RoundKeys and record them and its figures.
 
         Raises:
-            ReplayedMessage, MalformedMessage: see ``confide.secagg.add_advertised``.
+            BadSignature, ReplayedMessage, MalformedMessage: the RoundKeys envelope is not
+                the sender's, not for this job, round and attempt, or does not decode; see
+                also ``confide.secagg.add_advertised``.
             NonFiniteValue, MalformedMessage: a metric or epsilon is not finite and >= 0.
         """
         check_figures(keys.metrics, epsilon=keys.epsilon, update_epsilon=keys.update_epsilon)
-        secagg.add_advertised(
-            self.server, site, secagg.AdvertisedKeys(keys.cipher_public_key, keys.mask_public_key)
+        inner = keys.keys
+        payload = open_envelope(
+            inner,
+            verify_key=site.signing_public_key,
+            expect=Binding(
+                federation=self.federation,
+                sender=site.name,
+                stage=common_pb2.STAGE_SECAGG_KEYS,
+                job_id=env.job_id,
+                round=env.round,
+            ),
+            now=now,
         )
-        self.advertised[site] = (env, cert_pem)
-        self.info[site] = keys
+        try:
+            rk = federation_pb2.RoundKeys.FromString(payload)
+        except DecodeError as exc:
+            raise MalformedMessage("round keys do not decode") from exc
+        if rk.task_id != keys.task_id:
+            raise ReplayedMessage("round keys answer another task than their advertisement")
+        secagg.add_advertised(
+            self.server,
+            site.name,
+            secagg.AdvertisedKeys(rk.cipher_public_key, rk.mask_public_key),
+            digest=secagg.keys_digest(canonical_bytes(inner), inner.signature),
+        )
+        self.advertised[site.name] = (inner, site.pem)
+        self.info[site.name] = keys
 
-    def take(self, site: str, env: common_pb2.Envelope, cert_pem: bytes, msg: StageMessage) -> None:
-        """Take a decoded stage-0/1/3 message (see ``stage_message``) into the round.
+    def take(
+        self, site: CertInfo, env: common_pb2.Envelope, msg: StageMessage, *, now: float
+    ) -> None:
+        """Take a decoded stage message (see ``stage_message``) into the round.
 
         Raises:
-            MalformedMessage: the round refuses it.
+            MalformedMessage, BadSignature: the round refuses it.
             ReplayedMessage: see the stage's ``confide.secagg`` function.
         """
         if isinstance(msg, federation_pb2.AdvertiseKeys):
-            self.advertise(site, env, cert_pem, msg)
+            self.advertise(site, env, msg, now=now)
         elif isinstance(msg, federation_pb2.ShareKeys):
-            self.shares(site, msg)
+            self.shares(site.name, msg)
+        elif isinstance(msg, federation_pb2.SharesChecked):
+            self.checked(site.name, msg)
+        elif isinstance(msg, federation_pb2.ConsistencySignature):
+            self.consistency(site.name, env, msg)
         else:
-            self.unmask(site, msg)
+            self.unmask(site.name, msg)
 
     def shares(self, site: str, msg: federation_pb2.ShareKeys) -> None:
         """Stage 1: route a site's encrypted shares.
@@ -169,8 +234,22 @@ class SecureRound:
             out[sh.to_site] = sh.ciphertext
         secagg.add_shares(self.server, site, out)
 
+    def checked(self, site: str, msg: federation_pb2.SharesChecked) -> None:
+        """Stage 2: record which shares a site rejected (each names its sender).
+
+        Raises:
+            ReplayedMessage, MalformedMessage: see ``confide.secagg.add_share_check``.
+        """
+        found: list[Rejection] = []
+        for r in msg.rejected:
+            if any(f.sender == r.from_site for f in found):
+                raise MalformedMessage(f"{site} rejected {r.from_site}'s share twice")
+            found.append(Rejection(site, r.from_site, r.reason[:64]))
+        secagg.add_share_check(self.server, site, [f.sender for f in found])
+        self.rejections.extend(found)
+
     def masked(self, site: str, arrays: NamedArrays) -> None:
-        """Stage 2: add a site's masked input into the running sum; it is not kept.
+        """Stage 3: add a site's masked input into the running sum; it is not kept.
 
         Raises:
             ReplayedMessage, MalformedMessage: see ``confide.secagg.add_masked_input``.
@@ -180,8 +259,19 @@ class SecureRound:
         y = np.asarray(arrays[0][1])
         secagg.add_masked_input(self.server, site, y)  # type: ignore[arg-type]
 
+    def consistency(
+        self, site: str, env: common_pb2.Envelope, msg: federation_pb2.ConsistencySignature
+    ) -> None:
+        """Stage 4: keep a survivor's signature on the view (forwarded at unmask).
+
+        Raises:
+            ReplayedMessage, MalformedMessage: see ``confide.secagg.add_consistency``.
+        """
+        secagg.add_consistency(self.server, site, session=msg.session_id, view=msg.view_sha256)
+        self.signatures[site] = env
+
     def unmask(self, site: str, msg: federation_pb2.UnmaskShares) -> None:
-        """Stage 3: check and keep a survivor's revealed shares.
+        """Stage 5: check and keep a signer's revealed shares.
 
         Raises:
             MalformedMessage: see ``confide.secagg.check_unmask_reply``.
@@ -194,43 +284,66 @@ class SecureRound:
 
     # ----- closing stages -----
 
-    def close(self, closing: secagg.ServerStage) -> dict[str, federation_pb2.Task]:
-        """Close ``closing`` and build each next-stage site's task payload (kind and oneof).
+    def close(
+        self, closing: secagg.ServerStage
+    ) -> tuple[dict[str, federation_pb2.Task], frozenset[str]]:
+        """Close ``closing``; build each next-stage site's task payload (kind and oneof).
+
+        Returns:
+            The tasks, and the sites that answered ``closing`` but get no next task (at the
+            share check: too few partners left to mask with).
 
         Raises:
-            RoundAborted: fewer than t sites completed the stage.
+            RoundAborted: too few sites completed the stage.
         """
         s = self.server
         tasks: dict[str, federation_pb2.Task] = {}
+        left: frozenset[str] = frozenset()
+        K = federation_pb2
         if closing is secagg.ServerStage.ADVERTISE:
             secagg.close_advertise(s)
+            if s.params is None:  # close_advertise sets them or raises
+                raise RuntimeError("round parameters missing after advertising")
+            req = K.ShareKeysRequest(threshold=s.params.threshold, num_selected=len(s.keys))
             for site in sorted(s.keys):
-                skr = secagg.share_keys_request(s, site)
-                t = federation_pb2.Task(kind=federation_pb2.TASK_KIND_SHARE_KEYS)
-                t.share_keys.threshold = skr.threshold
-                t.share_keys.num_selected = skr.num_selected
-                for nb in skr.neighbours:
-                    env, pem = self.advertised[nb.site_id]
-                    t.share_keys.neighbours.add(site_id=nb.site_id, advertised=env, certificate=pem)
-                tasks[site] = t
+                env, pem = self.advertised[site]
+                req.sites.add(site_id=site, advertised=env, certificate=pem)
+            for site in sorted(s.keys):
+                tasks[site] = K.Task(kind=K.TASK_KIND_SHARE_KEYS, share_keys=req)
         elif closing is secagg.ServerStage.SHARE_KEYS:
             secagg.close_share_keys(s)
             for site in sorted(s.shared):
-                t = federation_pb2.Task(kind=federation_pb2.TASK_KIND_MASKED_INPUT)
-                for frm, ct in sorted(secagg.masked_input_request(s, site).items()):
-                    t.masked_input.shares.add(from_site=frm, ciphertext=ct)
+                t = K.Task(kind=K.TASK_KIND_CHECK_SHARES)
+                for frm, ct in sorted(secagg.check_shares_request(s, site).items()):
+                    t.check_shares.shares.add(from_site=frm, ciphertext=ct)
+                t.check_shares.shared.extend(sorted(s.shared))
                 tasks[site] = t
+        elif closing is secagg.ServerStage.CHECK_SHARES:
+            left = secagg.close_check_shares(s)
+            excluded = [K.SitePair(a=a, b=b) for a, b in sorted(s.excluded)]
+            for site in sorted(s.masking):
+                tasks[site] = K.Task(
+                    kind=K.TASK_KIND_MASKED_INPUT,
+                    masked_input=K.MaskedInputRequest(excluded=excluded),
+                )
         elif closing is secagg.ServerStage.MASKED_INPUT:
             secagg.close_masked_input(s)
-            for site in sorted(s.masked):
-                umr = secagg.unmask_request(s, site)
-                t = federation_pb2.Task(kind=federation_pb2.TASK_KIND_UNMASK)
-                t.unmask.survivors.extend(umr.survivors)
-                t.unmask.dropped.extend(umr.dropped)
-                tasks[site] = t
+            survivors = sorted(s.survivors)
+            for site in survivors:
+                tasks[site] = K.Task(
+                    kind=K.TASK_KIND_CONSISTENCY,
+                    consistency=K.ConsistencyRequest(survivors=survivors),
+                )
+        elif closing is secagg.ServerStage.CONSISTENCY:
+            secagg.close_consistency(s)
+            sigs = [self.signatures[site] for site in sorted(s.signers)]
+            for site in sorted(s.signers):
+                tasks[site] = K.Task(
+                    kind=K.TASK_KIND_UNMASK, unmask=K.UnmaskRequest(signatures=sigs)
+                )
         else:
             raise ValueError(f"cannot close stage {closing.value}")
-        return tasks
+        return tasks, left
 
     def mean_delta(self) -> NamedArrays:
         """Unmask the sum and decode it to the uniform mean delta over the n sites in it.
@@ -239,8 +352,8 @@ class SecureRound:
             RoundAborted: too few unmask replies, or shares that do not rebuild a secret.
         """
         total = secagg.finish(self.server, self.replies)
-        n = len(self.server.masked)
-        r, b = self.server.params.clip_range, self.server.params.bits
+        n = len(self.server.survivors)
+        r, b = self.server.rules.clip_range, self.server.rules.bits
         mean: NDArray[np.float64] = secagg.dequantize(total, n=n, clip_range=r, bits=b) / n
         out: NamedArrays = []
         off = 0
@@ -253,7 +366,7 @@ class SecureRound:
     def metrics_sums(self) -> dict[str, float]:
         """Hold-out metric sums of the sites in the sum, weighted by their eval_samples."""
         acc = loss = es = 0.0
-        for site in self.server.masked:
+        for site in self.server.survivors:
             m = self.info[site].metrics
             n = float(m.get("eval_samples", 0.0))
             acc += m.get("eval_accuracy", 0.0) * n

@@ -37,7 +37,13 @@ log = structlog.get_logger("aggregator.rpc")
 
 _UPLOAD_WAIT_S = 120.0
 _SECAGG_STAGES = frozenset(
-    {common_pb2.STAGE_ADVERTISE_KEYS, common_pb2.STAGE_SHARE_KEYS, common_pb2.STAGE_UNMASK}
+    {
+        common_pb2.STAGE_ADVERTISE_KEYS,
+        common_pb2.STAGE_SHARE_KEYS,
+        common_pb2.STAGE_SHARES_CHECKED,
+        common_pb2.STAGE_CONSISTENCY,
+        common_pb2.STAGE_UNMASK,
+    }
 )
 
 
@@ -261,7 +267,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
     def SecAgg(
         self, request: common_pb2.Envelope, context: grpc.ServicerContext
     ) -> federation_pb2.Ack:
-        """Take a SecAgg+ stage message (AdvertiseKeys, ShareKeys, UnmaskShares) into its round.
+        """Take a SecAgg+ stage message (every stage but the masked input) into its round.
 
         The envelope is verified (signature first) against the caller's certificate and bound
         to the stage it claims, its job and the job's current round; the coordinator then

@@ -37,7 +37,7 @@ import math
 from confide.config import Section
 from confide.errors import ConfigError
 from confide.models import parameter_shapes
-from confide.secagg.params import job_params
+from confide.secagg.params import job_rules
 from confide.v1 import common_pb2
 from confide.wire.bounds import MAX_RECORDS
 
@@ -342,9 +342,8 @@ def _validate_secagg(spec: common_pb2.JobSpec) -> None:
         raise ConfigError(k + "bits", "must be between 1 and 32")
     if sa.stage_timeout_s:
         _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)
-    # The parameters the aggregator will run the smallest round with (checked again at each
-    # round for the sites actually selected).
-    job_params(spec, n=int(spec.min_sites))
+    # Every round size the job allows, min_sites up to its max_sites (confide.secagg.params).
+    job_rules(spec).validate()
 
 
 def validate_aggregation(spec: common_pb2.JobSpec) -> None:

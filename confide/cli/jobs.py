@@ -206,6 +206,13 @@ def job_summary(status: admin_pb2.JobStatus) -> dict[str, Any]:
                 "loss": r.loss,
                 "seconds": r.seconds,
                 "epsilon": {s.site_id: s.epsilon for s in r.sites},
+                # Sites that answered but are not in the round's sum, with why (a refusal,
+                # a failure, or rejected secure-aggregation shares: bad_signature, ...).
+                "failed": {
+                    s.site_id: s.reason or "failed"
+                    for s in r.sites
+                    if s.outcome not in (common_pb2.OUTCOME_OK, common_pb2.OUTCOME_UNSPECIFIED)
+                },
             }
             for r in status.rounds
         ],
@@ -231,6 +238,8 @@ def format_job(status: admin_pb2.JobStatus) -> str:
             f"{r['round']:>5} {r['state']:<10} {r['aggregated']:>5} {r['accuracy']:>8.4f}"
             f" {r['loss']:>8.4f} {r['seconds']:>7.2f}  {eps:.3f}"
         )
+        for site, reason in sorted(r["failed"].items()):
+            lines.append(f"{'':>5} {site}: {reason}")
     if status.state == admin_pb2.JOB_STATE_DONE:
         lines.append(f"final accuracy {status.final_accuracy:.4f}, loss {status.final_loss:.4f}")
     for site, eps in sorted(s["epsilon_by_site"].items()):

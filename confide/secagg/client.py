@@ -474,9 +474,7 @@ def consistency(state: ClientState, *, survivors: Iterable[str]) -> tuple[Client
         raise _refuse("this site is not listed as a survivor")
     if len(u3) < state.quorum:
         raise _refuse(f"only {len(u3)} survivors; the quorum is {state.quorum}")
-    view = view_digest(
-        state.session, shared=state.shared, excluded=state.excluded, survivors=u3
-    )
+    view = view_digest(state.session, shared=state.shared, excluded=state.excluded, survivors=u3)
     return replace(state, stage=ClientStage.SIGNED, survivors=u3, view=view), view
 
 

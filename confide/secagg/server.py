@@ -446,4 +446,3 @@ def finish(
     accumulate(state.total, terms, cipher=_params(state).cipher, workers=workers)
     state.stage = ServerStage.DONE
     return state.total
-

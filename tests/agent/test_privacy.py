@@ -64,14 +64,14 @@ def test_share_keys_below_the_planned_threshold_is_refused(pki, dataset, workers
 
     runner = _runner(pki, dataset, workers, tmp_ledger=None)
     install(runner)
-    spec = _secure_spec(3, 3)  # t = 3: every site must be in the sum
+    spec = _secure_spec(4, 3)  # t = 3 of 4 (t = n is refused: one dropout would abort)
     t = FakeTransport(aggregator)
     train = signed_task(pki.alice, spec=spec, task_id="job-1/1/1/train")
     assert runner.run(train, t) is TaskOutcome.OK
     share = signed_task(
         pki.alice, spec=spec, kind=federation_pb2.TASK_KIND_SHARE_KEYS, task_id="job-1/1/1/sk"
     )
-    share.share_keys.CopyFrom(federation_pb2.ShareKeysRequest(threshold=2, num_selected=3))
+    share.share_keys.CopyFrom(federation_pb2.ShareKeysRequest(threshold=2, num_selected=4))
     assert runner.run(share, t) is TaskOutcome.REFUSED
     assert report_of(pki, aggregator.reports[-1]).reason == "unsafe_request"
 

@@ -86,8 +86,11 @@ class Peer:
             task_id=f"job-1/1/{attempt}/{K.TASK_KIND_TRAIN}",
         )
         env = _seal(who, common_pb2.STAGE_SECAGG_KEYS, rk, signer=signer)
-        return cls(who, state, K.NeighbourKeys(site_id=who.info.name, advertised=env,
-                                               certificate=who.cert_pem))
+        return cls(
+            who,
+            state,
+            K.NeighbourKeys(site_id=who.info.name, advertised=env, certificate=who.cert_pem),
+        )
 
     @property
     def name(self) -> str:
@@ -179,8 +182,9 @@ def test_keys_with_a_certificate_for_another_site_are_refused(secure, pki, aggre
 def test_keys_of_another_attempt_are_refused(secure, pki, aggregator):
     """Keys a site signed for attempt 2 cannot enter this site's attempt-1 round."""
     runner, transport = secure
-    task = _share_keys(pki, transport, [Peer.make(pki.other_site, attempt=2),
-                                        Peer.make(pki.third_site)])
+    task = _share_keys(
+        pki, transport, [Peer.make(pki.other_site, attempt=2), Peer.make(pki.third_site)]
+    )
     _refused(runner, task, transport, aggregator, "replayed")
 
 
@@ -188,18 +192,29 @@ def test_a_threshold_other_than_the_jobs_is_refused(secure, pki, aggregator):
     """The server may not pick t, not even a higher one: it is the job's function of n."""
     runner, transport = secure
     peers = [Peer.make(pki.other_site), Peer.make(pki.third_site)]
-    _refused(runner, _share_keys(pki, transport, peers, threshold=3), transport, aggregator,
-             "unsafe_request")
+    _refused(
+        runner,
+        _share_keys(pki, transport, peers, threshold=3),
+        transport,
+        aggregator,
+        "unsafe_request",
+    )
 
 
 def test_a_roster_without_this_sites_keys_or_too_small_is_refused(secure, pki, aggregator):
     """A key list that leaves this site out, or a two-site round, is refused."""
     runner, transport = secure
     peers = [Peer.make(pki.other_site), Peer.make(pki.third_site)]
-    _refused(runner, _share_keys(pki, transport, peers, drop_self=True), transport,
-             aggregator, "unsafe_request")
-    _refused(runner, _share_keys(pki, transport, peers[:1]), transport, aggregator,
-             "unsafe_request")
+    _refused(
+        runner,
+        _share_keys(pki, transport, peers, drop_self=True),
+        transport,
+        aggregator,
+        "unsafe_request",
+    )
+    _refused(
+        runner, _share_keys(pki, transport, peers[:1]), transport, aggregator, "unsafe_request"
+    )
 
 
 def _through_masking(runner, pki, transport, aggregator, *, junk: bool = False):
@@ -213,8 +228,10 @@ def _through_masking(runner, pki, transport, aggregator, *, junk: bool = False):
     for p in peers:
         p.state, out[p.name] = secagg.share_keys(p.state, roster, params=PARAMS)
     to_me = [
-        K.EncryptedShareFrom(from_site=p.name,
-                             ciphertext=b"junk" if junk and p.name == "site-3" else out[p.name]["site-1"])
+        K.EncryptedShareFrom(
+            from_site=p.name,
+            ciphertext=b"junk" if junk and p.name == "site-3" else out[p.name]["site-1"],
+        )
         for p in peers
     ]
     everyone = ["site-1", "site-2", "site-3"]
@@ -243,7 +260,8 @@ def _through_masking(runner, pki, transport, aggregator, *, junk: bool = False):
 def _sign(p: Peer, survivors) -> common_pb2.Envelope:
     p.state, view = secagg.consistency(p.state, survivors=survivors)
     sig = K.ConsistencySignature(
-        task_id=f"job-1/1/1/{K.TASK_KIND_CONSISTENCY}", session_id=p.state.session,
+        task_id=f"job-1/1/1/{K.TASK_KIND_CONSISTENCY}",
+        session_id=p.state.session,
         view_sha256=view,
     )
     return _seal(p.who, common_pb2.STAGE_CONSISTENCY, sig)
@@ -269,9 +287,15 @@ def test_full_stages_reveal_only_with_a_quorum_of_valid_signatures(secure, pki, 
     good = _sign(peers[0], everyone)
     forged = _sign(peers[1], everyone)
     forged.signature = bytes(64)
-    other_view = _seal(peers[1].who, common_pb2.STAGE_CONSISTENCY, K.ConsistencySignature(
-        task_id=f"job-1/1/1/{K.TASK_KIND_CONSISTENCY}", session_id=b"s" * 32,
-        view_sha256=b"v" * 32))
+    other_view = _seal(
+        peers[1].who,
+        common_pb2.STAGE_CONSISTENCY,
+        K.ConsistencySignature(
+            task_id=f"job-1/1/1/{K.TASK_KIND_CONSISTENCY}",
+            session_id=b"s" * 32,
+            view_sha256=b"v" * 32,
+        ),
+    )
     for bad in ([good], [forged, good], [other_view, good], [good, good]):
         task = _task(pki, K.TASK_KIND_UNMASK, unmask=K.UnmaskRequest(signatures=bad))
         _refused(runner, task, transport, aggregator, "unsafe_request")

@@ -130,3 +130,50 @@ def test_pending_evaluation_waits_for_min_sites_then_sends_evaluate():
     s, actions = r.advance(s, r.ReportReceived("b", 2, r.TaskKind.EVALUATE, True), now=4)
     assert s.phase is r.RoundPhase.DONE
     assert r.SendTask(r.TaskKind.JOB_DONE, ("a", "b"), 2, 1, "v2", 0.0) in actions
+
+
+SECURE = r.JobParams(
+    "job",
+    rounds=1,
+    min_sites=3,
+    round_timeout_s=10.0,
+    max_retries=0,
+    secure=True,
+    stage_timeout_s=5.0,
+    max_sites=4,
+)
+
+
+def test_a_secure_round_selects_at_most_max_sites():
+    """A secure job whose rules bound the round size selects no more eligible sites."""
+    sites = frozenset({"a", "b", "c", "d", "e"})
+    s, actions = r.advance(r.RoundState(SECURE, eligible=sites), r.Resume(), now=0)
+    assert s.phase is r.RoundPhase.ADVERTISE and s.selected == {"a", "b", "c", "d"}
+    assert r.RoundStarted(1, 1, ("a", "b", "c", "d"), "") in actions
+
+
+def test_secure_phases_run_through_the_check_and_consistency_stages():
+    """The six SecAgg+ stages close in order; a site the share check leaves out
+    (SecAggDropped) counts as answered, so the next stage does not wait for it."""
+    s, _ = r.advance(r.RoundState(SECURE, eligible=frozenset("abc")), r.Resume(), now=0)
+    for phase in r.SECURE_PHASES[:2]:
+        for site in "abc":
+            s, actions = r.advance(s, r.SecAggReceived(site, 1, phase), now=1)
+        assert isinstance(actions[0], r.CloseStage) and actions[0].closing is phase
+    assert s.phase is r.RoundPhase.CHECK_SHARES
+    for site in "abc":
+        s, actions = r.advance(s, r.SecAggReceived(site, 1, r.RoundPhase.CHECK_SHARES), now=2)
+    assert s.phase is r.RoundPhase.MASKED_INPUT and s.stage_sites == {"a", "b", "c"}
+    s, actions = r.advance(s, r.SecAggDropped(1, 1, ("c",)), now=2)
+    assert actions == [] and "c" in s.answered
+    s, _ = r.advance(s, r.SecAggDropped(1, 2, ("a",)), now=2)  # another attempt: ignored
+    assert "a" not in s.answered
+    for site in "ab":
+        s, actions = r.advance(s, r.SecAggReceived(site, 1, r.RoundPhase.MASKED_INPUT), now=3)
+    assert s.phase is r.RoundPhase.CONSISTENCY and s.stage_sites == {"a", "b"}
+    for site in "ab":
+        s, actions = r.advance(s, r.SecAggReceived(site, 1, r.RoundPhase.CONSISTENCY), now=4)
+    assert s.phase is r.RoundPhase.UNMASK
+    for site in "ab":
+        s, actions = r.advance(s, r.SecAggReceived(site, 1, r.RoundPhase.UNMASK), now=5)
+    assert actions == [r.Aggregate(1, ("a", "b"))]

@@ -12,8 +12,10 @@ from structlog.testing import capture_logs
 
 from aggregator.server import build
 from confide import secagg
+from confide.cli.jobs import format_job, job_summary
 from confide.pki import Role, init_ca, issue
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
+from confide.wire import canonical_bytes
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FEDERATION, FakeSite, Operator
 
@@ -40,8 +42,8 @@ def fed(pki5, tmp_path):
     agg, port = build(make_config(pki5, state))
     made: list = []
 
-    def site(name: str) -> SecSite:
-        made.append(SecSite(pki5, name, port))
+    def site(name: str, **kw) -> SecSite:
+        made.append(SecSite(pki5, name, port, **kw))
         return made[-1]
 
     op = Operator(pki5, "alice", port)
@@ -81,10 +83,11 @@ def secure_spec(*, min_sites: int = 5, threshold: float = 3, neighbours: int = 4
 class SecSite(FakeSite):
     """A fake site running the client side of SecAgg+ with a known quantized input."""
 
-    def __init__(self, pki: Path, name: str, port: int) -> None:
+    def __init__(self, pki: Path, name: str, port: int, *, junk: bool = False) -> None:
         super().__init__(pki, name, port)
         rng = np.random.default_rng(abs(hash(name)) % 2**32)
         self.x = rng.integers(0, 2**B, size=D, dtype=np.uint32)
+        self.junk = junk
         self.state: secagg.ClientState | None = None
         self.sent: dict[str, common_pb2.Envelope] = {}
 
@@ -96,43 +99,79 @@ class SecSite(FakeSite):
     def advertise(self, task) -> federation_pb2.Ack:
         rid = f"{FEDERATION}/{task.job_id}/{task.round}"
         self.state, keys = secagg.advertise(site_id=self.name, round_id=rid)
-        msg = K.AdvertiseKeys(
+        rk = K.RoundKeys(
             cipher_public_key=keys.cipher_public_key,
             mask_public_key=keys.mask_public_key,
+            task_id=task.task_id,
+        )
+        msg = K.AdvertiseKeys(
             num_samples=10,
             metrics={"eval_accuracy": 0.5, "eval_loss": 1.0, "eval_samples": 4.0},
             epsilon=0.25,
             task_id=task.task_id,
+            keys=self.seal(
+                common_pb2.STAGE_SECAGG_KEYS,
+                rk.SerializeToString(),
+                job_id=task.job_id,
+                round=task.round,
+            ),
         )
         return self.secagg_send(task, common_pb2.STAGE_ADVERTISE_KEYS, msg)
 
     def share(self, task) -> federation_pb2.Ack:
         assert self.state is not None
-        nbs = []
-        for nb in task.share_keys.neighbours:
-            keys = K.AdvertiseKeys.FromString(nb.advertised.payload)
-            nbs.append(
-                secagg.NeighbourKeys(nb.site_id, keys.cipher_public_key, keys.mask_public_key)
+        roster = []
+        for nb in task.share_keys.sites:
+            keys = K.RoundKeys.FromString(nb.advertised.payload)
+            digest = secagg.keys_digest(canonical_bytes(nb.advertised), nb.advertised.signature)
+            roster.append(
+                secagg.NeighbourKeys(
+                    nb.site_id, keys.cipher_public_key, keys.mask_public_key, digest
+                )
             )
-        self.state, shares = secagg.share_keys(self.state, nbs, threshold=task.share_keys.threshold)
+        params = RULES.params(len(roster))
+        assert task.share_keys.threshold == params.threshold
+        self.state, shares = secagg.share_keys(self.state, roster, params=params)
+        if self.junk:
+            shares = {to: bytes(len(ct)) for to, ct in shares.items()}
         msg = K.ShareKeys(
             shares=[K.EncryptedShare(to_site=s, ciphertext=c) for s, c in shares.items()],
             task_id=task.task_id,
         )
         return self.secagg_send(task, common_pb2.STAGE_SHARE_KEYS, msg)
 
+    def check(self, task) -> federation_pb2.Ack:
+        assert self.state is not None
+        got = {s.from_site: s.ciphertext for s in task.check_shares.shares}
+        self.state, bad = secagg.check_shares(self.state, got, shared=task.check_shares.shared)
+        msg = K.SharesChecked(
+            task_id=task.task_id,
+            rejected=[K.RejectedShare(from_site=s, reason=r.value) for s, r in bad.items()],
+        )
+        return self.secagg_send(task, common_pb2.STAGE_SHARES_CHECKED, msg)
+
     def mask(self, task) -> federation_pb2.Ack:
         assert self.state is not None
-        got = {s.from_site: s.ciphertext for s in task.masked_input.shares}
-        self.state, y = secagg.masked_input(self.state, self.x, got)
+        excluded = [(p.a, p.b) for p in task.masked_input.excluded]
+        self.state, y = secagg.masked_input(self.state, self.x, excluded=excluded)
         self.y = y
         return self.upload(task, [("masked", y)], stage=common_pb2.STAGE_MASKED_INPUT)
 
+    def sign(self, task) -> federation_pb2.Ack:
+        assert self.state is not None
+        self.state, view = secagg.consistency(self.state, survivors=task.consistency.survivors)
+        msg = K.ConsistencySignature(
+            task_id=task.task_id, session_id=self.state.session, view_sha256=view
+        )
+        return self.secagg_send(task, common_pb2.STAGE_CONSISTENCY, msg)
+
     def unmask(self, task) -> federation_pb2.Ack:
         assert self.state is not None
-        self.state, rep = secagg.unmask(
-            self.state, survivors=task.unmask.survivors, dropped=task.unmask.dropped
-        )
+        attest = []
+        for env in task.unmask.signatures:
+            sig = K.ConsistencySignature.FromString(env.payload)
+            attest.append(secagg.Attestation(env.sender, sig.session_id, sig.view_sha256))
+        self.state, rep = secagg.unmask(self.state, attestations=attest)
         msg = K.UnmaskShares(
             seed_shares=[K.RevealedShare(site_id=s, share=b) for s, b in rep.seed_shares.items()],
             key_shares=[K.RevealedShare(site_id=s, share=b) for s, b in rep.key_shares.items()],
@@ -144,19 +183,24 @@ class SecSite(FakeSite):
 STAGES = [
     (K.TASK_KIND_TRAIN, "advertise"),
     (K.TASK_KIND_SHARE_KEYS, "share"),
+    (K.TASK_KIND_CHECK_SHARES, "check"),
     (K.TASK_KIND_MASKED_INPUT, "mask"),
+    (K.TASK_KIND_CONSISTENCY, "sign"),
     (K.TASK_KIND_UNMASK, "unmask"),
 ]
+RULES = secagg.job_rules(secure_spec())
 
 
-def run_round(sites, *, drop: dict[str, str] | None = None):
-    """Drive every stage; ``drop`` maps site -> the stage it never answers (and after)."""
+def run_round(sites, *, drop: dict[str, str] | None = None, skip: dict[str, str] | None = None):
+    """Drive every stage; ``drop`` maps site -> the stage it never answers (and after);
+    ``skip`` maps site -> the stage whose task it never gets (left out by the server)."""
     drop = drop or {}
+    skip = skip or {}
     alive = list(sites)
     for kind, step in STAGES:
         nxt = []
         for s in alive:
-            if drop.get(s.name) == step:
+            if drop.get(s.name) == step or skip.get(s.name) == step:
                 continue
             task = s.next_task(kind)
             assert getattr(s, step)(task).accepted
@@ -182,9 +226,9 @@ def wait_job(op, job_id, timeout=30.0):
     raise AssertionError("job did not finish")
 
 
-def start(fed, n=5, **kw):
+def start(fed, n=5, junk=(), **kw):
     site, op, state = fed
-    sites = [site(n_) for n_ in SITES[:n]]
+    sites = [site(n_, junk=n_ in junk) for n_ in SITES[:n]]
     for s in sites:
         s.connect()
     job_id = op.submit(secure_spec(**kw))
@@ -215,13 +259,13 @@ def test_secure_round_equals_the_plaintext_modular_sum(fed):
     assert st.epsilon_by_site["site-1"] == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize("stage", ["advertise", "share", "mask", "unmask"])
+@pytest.mark.parametrize("stage", ["advertise", "share", "check", "mask", "sign", "unmask"])
 def test_a_dropout_at_each_stage_still_completes_with_the_survivors_sum(fed, stage):
     """One site never answering a stage is dropped at its deadline; the sum is the survivors'."""
     sites, op, job_id, model0, _ = start(fed, round_timeout_s=3.0)
     run_round(sites, drop={"site-5": stage})
     st, model1 = finish(sites, op, job_id)
-    in_sum = sites if stage == "unmask" else sites[:4]  # an unmask dropout's input is in the sum
+    in_sum = sites if stage in ("sign", "unmask") else sites[:4]  # its masked input is in
     np.testing.assert_array_equal(model1, expected_model(model0, in_sum))
     assert st.rounds[0].aggregated == len(in_sum)
 
@@ -310,13 +354,39 @@ def test_advertised_keys_with_a_non_finite_epsilon_are_refused(fed):
     """AdvertiseKeys carrying a NaN epsilon or a negative metric is refused before it counts."""
     sites, _op, _job_id, _, _ = start(fed)
     t = sites[0].next_task(K.TASK_KIND_TRAIN)
-    nan = K.AdvertiseKeys(
-        cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32, epsilon=np.nan, task_id=t.task_id
-    )
+    keys = _round_keys(sites[0], t)
+    nan = K.AdvertiseKeys(epsilon=np.nan, task_id=t.task_id, keys=keys)
     _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, nan), "non_finite")
-    neg = K.AdvertiseKeys(cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32, task_id=t.task_id)
+    neg = K.AdvertiseKeys(task_id=t.task_id, keys=keys)
     neg.metrics["eval_samples"] = -1.0
     _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, neg), "malformed")
+    assert sites[0].advertise(t).accepted
+
+
+def _round_keys(site: SecSite, task, *, task_id=None, signer=None) -> common_pb2.Envelope:
+    rk = K.RoundKeys(
+        cipher_public_key=b"c" * 32, mask_public_key=b"m" * 32, task_id=task_id or task.task_id
+    )
+    return site.seal(
+        common_pb2.STAGE_SECAGG_KEYS,
+        rk.SerializeToString(),
+        job_id=task.job_id,
+        round=task.round,
+        signer=signer,
+    )
+
+
+def test_round_keys_not_signed_by_the_sender_or_for_another_task_are_refused(fed):
+    """The RoundKeys inside AdvertiseKeys must be the sender's signature over this task."""
+    sites, _op, _job_id, _, _ = start(fed)
+    t = sites[0].next_task(K.TASK_KIND_TRAIN)
+    forged = _round_keys(sites[0], t, signer=sites[1].identity.signing_key)
+    msg = K.AdvertiseKeys(task_id=t.task_id, keys=forged)
+    _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, msg), "bad_signature")
+    other = K.AdvertiseKeys(task_id=t.task_id, keys=_round_keys(sites[0], t, task_id="x/1/1/t"))
+    _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, other), "replayed")
+    missing = K.AdvertiseKeys(task_id=t.task_id)
+    _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, missing), "malformed")
     assert sites[0].advertise(t).accepted
 
 
@@ -335,3 +405,65 @@ def test_advertised_keys_of_an_earlier_attempt_are_refused(fed):
         assert s.advertise(t).accepted
     events = [(e.event, e.reason) for e in op.admin.ListAudit(admin_pb2.AuditRequest()).entries]
     assert ("secagg_refused", "replayed") in events
+
+
+def test_junk_shares_from_one_site_drop_it_and_the_round_completes(fed):
+    """A site whose encrypted shares are junk is left out by the share check: the round
+    completes with the honest sites, the audit names the sender and job status shows it
+    failed with bad_signature, and nobody else is charged a retry (issue 9.6)."""
+    sites, op, job_id, model0, _ = start(fed, junk={"site-5"})
+    run_round(sites, skip={"site-5": "mask"})
+    st, model1 = finish(sites, op, job_id)
+    np.testing.assert_array_equal(model1, expected_model(model0, sites[:4]))
+    (rnd,) = st.rounds
+    assert rnd.state == "done" and rnd.aggregated == 4
+    rows = {s.site_id: s for s in rnd.sites}
+    assert rows["site-5"].outcome == common_pb2.OUTCOME_FAILED
+    assert rows["site-5"].reason == "bad_signature"
+    assert "site-5: bad_signature" in format_job(st)  # what `confide job status` prints
+    assert job_summary(st)["rounds"][0]["failed"] == {"site-5": "bad_signature"}
+    audit = op.admin.ListAudit(admin_pb2.AuditRequest()).entries
+    named = {(e.actor, e.detail) for e in audit if e.event == "secagg_share_rejected"}
+    assert named == {(s.name, "share from site-5") for s in sites[:4]}
+    assert not any(e.event == "round_failed" for e in audit)
+
+
+def test_other_sites_get_only_signed_keys_never_the_advertised_figures(fed):
+    """The SHARE_KEYS task forwards each site's RoundKeys envelope and certificate only:
+    no sample count, metric or epsilon of another site reaches a site (issue 8.5)."""
+    sites, op, job_id, _, _ = start(fed)
+    for s in sites:
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+    task = sites[0].next_task(K.TASK_KIND_SHARE_KEYS)
+    assert [e.site_id for e in task.share_keys.sites] == SITES
+    for e in task.share_keys.sites:
+        assert e.advertised.stage == common_pb2.STAGE_SECAGG_KEYS
+        keys = K.RoundKeys.FromString(e.advertised.payload)
+        assert keys.SerializeToString() == e.advertised.payload  # nothing but RoundKeys
+    assert task.share_keys.threshold == RULES.params(5).threshold
+    raw = task.SerializeToString()
+    for s in sites:
+        adv = K.AdvertiseKeys.FromString(s.sent["STAGE_ADVERTISE_KEYS"].payload)
+        figures = adv.SerializeToString().replace(adv.keys.SerializeToString(), b"")
+        assert figures and figures not in raw
+        assert b"eval_accuracy" not in raw
+
+
+def test_a_consistency_signature_on_another_view_is_refused(fed):
+    """A survivor signing a view other than the server's is refused (malformed) and not
+    forwarded; the round still completes with the others' signatures."""
+    sites, op, job_id, model0, _ = start(fed)
+    for kind, step in STAGES[:4]:
+        for s in sites:
+            assert getattr(s, step)(s.next_task(kind)).accepted
+    t = sites[4].next_task(K.TASK_KIND_CONSISTENCY)
+    bad = K.ConsistencySignature(task_id=t.task_id, session_id=b"s" * 32, view_sha256=b"v" * 32)
+    _refused(lambda: sites[4].secagg_send(t, common_pb2.STAGE_CONSISTENCY, bad), "malformed")
+    for s in sites[:4]:
+        assert s.sign(s.next_task(K.TASK_KIND_CONSISTENCY)).accepted
+    for s in sites[:4]:
+        task = s.next_task(K.TASK_KIND_UNMASK)
+        assert sorted(e.sender for e in task.unmask.signatures) == SITES[:4]
+        assert s.unmask(task).accepted
+    _st, model1 = finish(sites, op, job_id)
+    np.testing.assert_array_equal(model1, expected_model(model0, sites))

@@ -71,7 +71,9 @@ def run(h: Hostile) -> Hostile:
         roster = [keys[v] for v in sorted(h.roster(s))]
         params = RULES.params(len(roster))
 
-        def share(s: str = s, roster: list[sa.NeighbourKeys] = roster) -> None:
+        def share(
+            s: str = s, roster: list[sa.NeighbourKeys] = roster, params: sa.SecAggParams = params
+        ) -> None:
             h.states[s], shares[s] = sa.share_keys(h.states[s], roster, params=params)
             h.thresholds[s] = h.states[s].threshold
 

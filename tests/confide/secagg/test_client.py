@@ -20,7 +20,8 @@ def _advertised(round_id: str = "r", sites: str = SITES):
     states, roster = {}, []
     for s in sites:
         states[s], keys = sa.advertise(site_id=s, round_id=round_id)
-        roster.append(sa.NeighbourKeys(s, keys.cipher_public_key, keys.mask_public_key, digest(s, keys)))
+        entry = sa.NeighbourKeys(s, keys.cipher_public_key, keys.mask_public_key, digest(s, keys))
+        roster.append(entry)
     return states, roster
 
 
@@ -69,7 +70,8 @@ def test_roster_must_carry_this_sites_own_keys_unchanged() -> None:
     states, roster = _advertised()
     params = sa.choose_params(n=4)
     _refused(sa.share_keys, states["a"], roster[1:] + roster[:0], params=params)
-    forged = [dataclasses.replace(roster[0], mask_public_key=roster[1].mask_public_key), *roster[1:]]
+    swapped = dataclasses.replace(roster[0], mask_public_key=roster[1].mask_public_key)
+    forged = [swapped, *roster[1:]]
     _refused(sa.share_keys, states["a"], forged, params=sa.choose_params(n=4))
 
 

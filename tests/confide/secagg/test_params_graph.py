@@ -108,8 +108,11 @@ def test_threshold_is_never_below_the_planned_one(m: int) -> None:
 
 def test_round_parameters_are_a_known_answer() -> None:
     """Exact arithmetic gives the same (k, t, Q) everywhere; these are the reference values."""
-    got = {n: (p.neighbours, p.threshold, p.quorum) for n in (3, 4, 10, 100, 101, 190, 195, 1000)
-           for p in [choose_params(n=n)]}
+    got = {
+        n: (p.neighbours, p.threshold, p.quorum)
+        for n in (3, 4, 10, 100, 101, 190, 195, 1000)
+        for p in [choose_params(n=n)]
+    }
     assert got == {
         3: (2, 2, 2),
         4: (3, 3, 3),
@@ -182,15 +185,14 @@ def test_no_reconstructable_sum_covers_fewer_than_t_inputs(n: int) -> None:
     sites = [f"s{i:02d}" for i in range(n)]
     g = harary_graph(sites, degree=p.neighbours, seed=b"any")
     if n <= 12:
-        alive_sets = (
-            {s for i, s in enumerate(sites) if mask >> i & 1} for mask in range(1 << n)
-        )
+        alive_sets = ({s for i, s in enumerate(sites) if mask >> i & 1} for mask in range(1 << n))
     else:  # the complete graph is symmetric: only |U3| matters
         alive_sets = (set(sites[:size]) for size in range(n + 1))
     for alive in alive_sets:
         if len(alive) < p.quorum:
             continue
-        assert all(len(c) >= p.threshold for c in _model_sums(dict(g.neighbours), p.threshold, alive))
+        sums = _model_sums(dict(g.neighbours), p.threshold, alive)
+        assert all(len(c) >= p.threshold for c in sums)
 
 
 @pytest.mark.parametrize("k", [4, 6])
