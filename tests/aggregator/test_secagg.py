@@ -431,7 +431,7 @@ def test_junk_shares_from_one_site_drop_it_and_the_round_completes(fed):
 def test_other_sites_get_only_signed_keys_never_the_advertised_figures(fed):
     """The SHARE_KEYS task forwards each site's RoundKeys envelope and certificate only:
     no sample count, metric or epsilon of another site reaches a site (issue 8.5)."""
-    sites, op, job_id, _, _ = start(fed)
+    sites, _op, _job_id, _, _ = start(fed)
     for s in sites:
         assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
     task = sites[0].next_task(K.TASK_KIND_SHARE_KEYS)
