@@ -3,7 +3,8 @@
 ``CONFIDE_TEST_KILL_ON_TASK=KIND:ROUND`` (e.g. ``TASK_KIND_UNMASK:4``) makes the daemon kill
 itself with SIGKILL the moment it receives that kind of task for that round, before it acts
 on it. A test can so drop a site at an exact SecAgg+ stage (TRAIN is stage 0, advertise; then
-SHARE_KEYS, MASKED_INPUT, UNMASK) without racing the protocol from outside. The kill is real:
+SHARE_KEYS, CHECK_SHARES, MASKED_INPUT, CONSISTENCY, UNMASK) without racing the protocol
+from outside. The kill is real:
 no cleanup runs, exactly as when the machine loses power. Unset, which is the only setting for
 production, nothing is installed and nothing changes.
 """
