@@ -1,10 +1,12 @@
 """SecAgg+ benchmark: N sites and the server in one process, real client and server code.
 
 Run: ``python -m bench.secagg --sites 100 --params 1000000 --dropout 0.1 [--json]
-[--cipher aes|chacha20]``. All sites advertise and share keys; a fraction P drops before
-sending its masked input; each survivor's masked input is added to the server's running sum as
-soon as it is made (no N vectors are held at once); the server unmasks and the result is
-checked bit for bit against the plaintext modular sum.
+[--cipher aes|chacha20]``. All sites advertise, share keys and check their shares; a
+fraction P drops before sending its masked input; each survivor's masked input is added to
+the server's running sum as soon as it is made (no N vectors are held at once); the survivors sign the view and reveal
+their shares (signatures are not timed: the shell checks them); the server unmasks and the
+result is checked bit for bit against the plaintext modular sum. The degree and threshold
+are the job defaults' ``RoundRules.params(n)`` (the complete graph up to 100 sites).
 
 Figures: client_seconds (median per-site masked-input stage, one thread), server_seconds
 (``finish``: reconstruction and unmasking), add_seconds (running-sum adds on arrival),
@@ -16,6 +18,7 @@ that completes every stage sends), peak_rss_mb.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import resource
@@ -55,24 +58,33 @@ def run(
     """Run one round and return the figures."""
     rnd = random.Random(seed)
     random.seed(seed)
-    params = sa.choose_params(n=sites, dropout_rate=dropout, cipher=cipher)
-    server = sa.new_round(round_id="bench/job/1", params=params, dim=dim)
+    rules = sa.RoundRules(min_sites=sites, dropout_rate=dropout, cipher=cipher)
+    server = sa.new_round(round_id="bench/job/1", rules=rules, dim=dim)
     names = [f"site-{i:05d}" for i in range(sites)]
     clients = {}
     sent = dict.fromkeys(names, 0)
     for name in names:
         clients[name], keys = sa.advertise(site_id=name, round_id="bench/job/1")
-        sa.add_advertised(server, name, keys)
+        digest = hashlib.sha256(name.encode() + keys.cipher_public_key).digest()
+        sa.add_advertised(server, name, keys, digest=digest)
         sent[name] += len(keys.cipher_public_key) + len(keys.mask_public_key)
     sa.close_advertise(server)
+    params = server.params
+    assert params is not None
+    roster = [
+        sa.NeighbourKeys(s, k.cipher_public_key, k.mask_public_key, server.digests[s])
+        for s, k in sorted(server.keys.items())
+    ]
     for name in names:
-        req = sa.share_keys_request(server, name)
-        clients[name], shares = sa.share_keys(
-            clients[name], req.neighbours, threshold=req.threshold
-        )
+        clients[name], shares = sa.share_keys(clients[name], roster, params=params)
         sa.add_shares(server, name, shares)
         sent[name] += sum(len(to) + len(ct) for to, ct in shares.items())
     sa.close_share_keys(server)
+    for name in names:
+        got = sa.check_shares_request(server, name)
+        clients[name], bad = sa.check_shares(clients[name], got, shared=server.shared)
+        sa.add_share_check(server, name, bad)
+    sa.close_check_shares(server)
     dropped = set(rnd.sample(names, round(dropout * sites)))
     rng = np.random.default_rng(seed)
     plain = np.zeros(dim, dtype=np.uint32)
@@ -81,9 +93,10 @@ def run(
         if name in dropped:
             continue
         x = rng.integers(0, 1 << params.bits, dim, dtype=np.uint32)
-        received = sa.masked_input_request(server, name)
         t0 = time.perf_counter()
-        clients[name], y = sa.masked_input(clients[name], x, received, cipher=cipher)
+        clients[name], y = sa.masked_input(
+            clients[name], x, excluded=server.excluded, cipher=cipher
+        )
         t1 = time.perf_counter()
         sa.add_masked_input(server, name, y)
         t2 = time.perf_counter()
@@ -95,24 +108,25 @@ def run(
         sent[name] += y.nbytes
         del x, y
     sa.close_masked_input(server)
+    attest = []
+    for name in sorted(server.survivors):
+        clients[name], view = sa.consistency(clients[name], survivors=server.survivors)
+        sa.add_consistency(server, name, session=clients[name].session, view=view)
+        attest.append(sa.Attestation(name, clients[name].session, view))
+    sa.close_consistency(server)
     replies = {}
-    for name in sorted(server.masked):
-        ureq = sa.unmask_request(server, name)
-        clients[name], replies[name] = sa.unmask(
-            clients[name], survivors=ureq.survivors, dropped=ureq.dropped
-        )
+    for name in sorted(server.signers):
+        clients[name], replies[name] = sa.unmask(clients[name], attestations=attest)
         reply = replies[name]
         sent[name] += sum(
             len(s) + len(b) for m in (reply.seed_shares, reply.key_shares) for s, b in m.items()
         )
-    assert server.graph is not None
-    graph = server.graph
-    pairs = sum(len(graph.neighbours[u] & server.masked) for u in dropped)
+    pairs = sum(len(sa.partners(server, u) & server.survivors) for u in dropped)
     t0 = time.perf_counter()
     total = sa.finish(server, replies)
     server_seconds = time.perf_counter() - t0
     exact = bool(np.array_equal(total, plain))
-    prg_bound = _expand_only(len(server.masked) + pairs, dim, cipher) + plain_time
+    prg_bound = _expand_only(len(server.survivors) + pairs, dim, cipher) + plain_time
     survivors = [n for n in names if n not in dropped]
     return {
         "exact": exact,
@@ -128,7 +142,7 @@ def run(
         "plain_seconds": plain_time,
         "prg_bound_seconds": prg_bound,
         "server_over_bound": server_seconds / prg_bound,
-        "prg_streams": len(server.masked) + pairs,
+        "prg_streams": len(server.survivors) + pairs,
         "bytes_per_site": statistics.mean(sent[n] for n in survivors),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
