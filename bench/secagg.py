@@ -3,10 +3,11 @@
 Run: ``python -m bench.secagg --sites 100 --params 1000000 --dropout 0.1 [--json]
 [--cipher aes|chacha20]``. All sites advertise, share keys and check their shares; a
 fraction P drops before sending its masked input; each survivor's masked input is added to
-the server's running sum as soon as it is made (no N vectors are held at once); the survivors sign the view and reveal
-their shares (signatures are not timed: the shell checks them); the server unmasks and the
-result is checked bit for bit against the plaintext modular sum. The degree and threshold
-are the job defaults' ``RoundRules.params(n)`` (the complete graph up to 100 sites).
+the server's running sum as soon as it is made (no N vectors are held at once); the
+survivors sign the view and reveal their shares (signatures are not timed: the shell checks
+them); the server unmasks and the result is checked bit for bit against the plaintext
+modular sum. The degree and threshold are the job defaults' ``RoundRules.params(n)`` (the
+complete graph up to 100 sites).
 
 Figures: client_seconds (median per-site masked-input stage, one thread), server_seconds
 (``finish``: reconstruction and unmasking), add_seconds (running-sum adds on arrival),
