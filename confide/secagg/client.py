@@ -11,8 +11,8 @@ sum of fewer than t inputs (the argument is in ``confide.secagg.view``).
 - ``share_keys``: the server sends every site's signed keys (U1); the site recomputes the
   session id, the graph, its neighbourhood N(u) and checks t, k and the quorum against
   ``RoundRules.params(|U1|)`` (the caller passes that result). Shares of u's secrets are held
-  by H(u) = N(u) + {u}, with x-coordinates 1..|H(u)| in site-id order; each travels inside
-  NaCl ``Box(c_u^SK, c_v^PK)`` whose plaintext binds the session id, sender and receiver.
+  by H(u) = N(u) + {u}, with x-coordinates 1..|H(u)| in site-id order; each travels sealed
+  to its holder and bound to the session id, sender and receiver (``sharebox``).
 - ``check_shares``: the shares from exactly N(u) in U2 must arrive; one that does not decrypt
   or verify is rejected (its sender is then dropped for this site only; the caller reports it).
 - ``masked_input``: the server sends the excluded pairs E; the site's own rejections must be
@@ -30,23 +30,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from nacl.exceptions import CryptoError
-from nacl.public import Box, PrivateKey, PublicKey
+from nacl.public import PrivateKey
 from numpy.typing import NDArray
 
-from confide.errors import (
-    BadSignature,
-    MalformedMessage,
-    PeerError,
-    PolicyRefusal,
-    Reason,
-    ReplayedMessage,
-)
+from confide.errors import MalformedMessage, PeerError, PolicyRefusal, Reason
 from confide.secagg import shamir
 from confide.secagg.graph import harary_graph
 from confide.secagg.masking import KEY_BYTES, mask_input, mask_terms, pairwise_seed
 from confide.secagg.params import SecAggParams
 from confide.secagg.prg import DEFAULT_CIPHER, SEED_BYTES, PrgCipher
+from confide.secagg.sharebox import NONCE_BYTES, open_share, seal_share
 from confide.secagg.view import pair, session_id, view_digest
 
 __all__ = [
@@ -63,9 +56,6 @@ __all__ = [
     "share_keys",
     "unmask",
 ]
-
-_MAGIC = b"confide/secagg/v2/share"
-_NONCE_BYTES = 24
 
 
 class ClientStage(enum.Enum):
@@ -224,23 +214,6 @@ def advertise(*, site_id: str, round_id: str) -> tuple[ClientState, AdvertisedKe
     )
 
 
-def _field(data: bytes) -> bytes:
-    """Length-prefix ``data`` with 4 bytes big-endian."""
-    return len(data).to_bytes(4, "big") + data
-
-
-def _share_plaintext(session: bytes, sender: str, receiver: str, b: bytes, sk: bytes) -> bytes:
-    """Encode the plaintext of an encrypted share: binding fields, then the two shares."""
-    return (
-        _field(_MAGIC)
-        + _field(session)
-        + _field(sender.encode("utf-8"))
-        + _field(receiver.encode("utf-8"))
-        + b
-        + sk
-    )
-
-
 def _check_roster(state: ClientState, roster: Sequence[NeighbourKeys]) -> dict[str, NeighbourKeys]:
     """The roster by site id, once it is well formed and lists this site's own keys unchanged."""
     by_id = {e.site_id: e for e in roster}
@@ -292,7 +265,6 @@ def _share_keys_from_parts(
     xs = list(range(1, len(holders) + 1))
     b_shares = shamir._share_from_parts(state.self_seed, threshold=t, xs=xs, rng=rng)
     k_shares = shamir._share_from_parts(state.mask_secret_key, threshold=t, xs=xs, rng=rng)
-    me = PrivateKey(state.cipher_secret_key)
     out: dict[str, bytes] = {}
     own: tuple[bytes, bytes] = (b"", b"")
     for holder, b_sh, k_sh in zip(holders, b_shares, k_shares, strict=True):
@@ -300,9 +272,15 @@ def _share_keys_from_parts(
         if holder == state.site_id:
             own = share_pair
             continue
-        box = Box(me, PublicKey(neighbours[holder].cipher_public_key))
-        plain = _share_plaintext(session, state.site_id, holder, *share_pair)
-        out[holder] = bytes(box.encrypt(plain, rng(_NONCE_BYTES)))
+        out[holder] = seal_share(
+            secret_key=state.cipher_secret_key,
+            public_key=neighbours[holder].cipher_public_key,
+            session=session,
+            sender=state.site_id,
+            receiver=holder,
+            shares=share_pair,
+            nonce=rng(NONCE_BYTES),
+        )
     new = replace(
         state,
         stage=ClientStage.SHARED,
@@ -340,24 +318,6 @@ def share_keys(
     return _share_keys_from_parts(state, roster, params=params, rng=os.urandom)
 
 
-def _open_share(state: ClientState, sender: str, ciphertext: bytes) -> tuple[bytes, bytes]:
-    """Decrypt and check one received share pair; see ``check_shares``."""
-    nb = state.neighbours[sender]
-    box = Box(PrivateKey(state.cipher_secret_key), PublicKey(nb.cipher_public_key))
-    try:
-        plain = box.decrypt(ciphertext)
-    except (CryptoError, ValueError, TypeError) as exc:
-        raise BadSignature(f"share from {sender} does not decrypt") from exc
-    expected = _share_plaintext(state.session, sender, state.site_id, b"", b"")
-    n = shamir.SHARE_BYTES
-    if len(plain) != len(expected) + 2 * n or plain[: len(expected)] != expected:
-        raise ReplayedMessage(f"share from {sender} is bound to another session or site")
-    b_sh, k_sh = plain[len(expected) : len(expected) + n], plain[len(expected) + n :]
-    shamir.Share.from_bytes(b_sh)
-    shamir.Share.from_bytes(k_sh)
-    return b_sh, k_sh
-
-
 def check_shares(
     state: ClientState, received: Mapping[str, bytes], *, shared: Iterable[str]
 ) -> tuple[ClientState, dict[str, Reason]]:
@@ -391,7 +351,14 @@ def check_shares(
     rejected: dict[str, Reason] = {}
     for sender in sorted(received):
         try:
-            held[sender] = _open_share(state, sender, received[sender])
+            held[sender] = open_share(
+                secret_key=state.cipher_secret_key,
+                public_key=state.neighbours[sender].cipher_public_key,
+                session=state.session,
+                sender=sender,
+                receiver=state.site_id,
+                ciphertext=received[sender],
+            )
         except PeerError as exc:
             rejected[sender] = exc.reason
     new = replace(
