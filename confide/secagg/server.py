@@ -282,7 +282,11 @@ def add_share_check(state: ServerRound, site: str, rejected: Iterable[str]) -> N
 
 
 def close_check_shares(state: ServerRound) -> frozenset[str]:
-    """End stage 2: fix E and the sites that may mask (at least t - 1 partners each).
+    """End stage 2: fix E and the sites that mask (each with at least t - 1 partners).
+
+    E holds every rejected pair and every pair of a site that will not mask (it did not
+    answer the check, or has too few partners left), so each masking site's partners mask
+    too, and a masked input never depends on the key of a site outside the masking stage.
 
     Returns:
         The sites that checked their shares but are left out of the masking stage.
@@ -291,9 +295,20 @@ def close_check_shares(state: ServerRound) -> frozenset[str]:
         RoundAborted: fewer than t sites may mask.
     """
     _expect(state, ServerStage.CHECK_SHARES)
-    state.excluded = {pair(u, v) for u, bad in state.rejected.items() for v in bad}
+    graph = _graph(state)
     t = _params(state).threshold
-    state.masking = {u for u in state.checked if len(partners(state, u)) + 1 >= t}
+    state.excluded = {pair(u, v) for u, bad in state.rejected.items() for v in bad}
+    state.masking = set(state.checked)
+    # A site that will not mask masks with nobody: excluding all its pairs means nobody
+    # masks with it either, so its key is never needed. Leaving one out can leave another
+    # with too few partners, hence the loop (it only shrinks, so it ends).
+    out = state.shared - state.masking
+    while True:
+        state.excluded |= {pair(h, v) for h in out for v in graph.neighbours[h] & state.shared}
+        state.masking -= out
+        out = {u for u in state.masking if len(partners(state, u)) + 1 < t}
+        if not out:
+            break
     if len(state.masking) < t:
         raise _abort(state, f"{len(state.masking)} sites can mask their input")
     state.stage = ServerStage.MASKED_INPUT

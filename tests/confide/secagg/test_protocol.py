@@ -194,3 +194,13 @@ def test_real_rounds_with_dropouts_leak_no_sum_below_t(n: int) -> None:
     sums = minimal_sums(out.clients, out.inputs, b, s)
     assert sums == [set(out.inputs)] and len(out.inputs) >= t
     assert np.array_equal(out.result, plain_sum(out.inputs, 8))
+
+
+def test_a_site_that_skips_the_check_is_excluded_and_its_key_never_needed() -> None:
+    """A site lost at the share check masks with nobody and nobody masks with it, so no
+    share of its mask key is revealed; the others' sum is exact."""
+    out = run_round(n=7, d=50, no_check={"s02"})
+    assert "s02" not in out.server.masking
+    assert all(sa.pair("s02", v) in out.server.excluded for v in out.server.shared - {"s02"})
+    assert not any("s02" in r.key_shares or "s02" in r.seed_shares for r in out.replies.values())
+    assert np.array_equal(out.result, plain_sum(out.inputs, 50))
