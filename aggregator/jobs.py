@@ -320,7 +320,7 @@ class Job:
         """
         if self.secure is not None:
             mean = self.secure.mean_delta()  # RoundAborted: nothing revealed, nothing stored
-            for site in sorted(self.secure.server.masked):
+            for site in sorted(self.secure.server.survivors):
                 self.add_update_metrics(self.secure.info[site].metrics)
         else:
             mean = self.running.mean()

@@ -4,8 +4,8 @@
 2^32); this module adds what only the aggregator knows: each site's signed ``RoundKeys``
 envelope and certificate (the only part of its advertisement forwarded to other sites, so
 they check the server substituted no key; sample counts, metrics and epsilons stay here),
-the consistency signatures it forwards at unmask, the rejected shares it audits, the round's
-hold-out metrics, the unmask replies, and the decoding of the unmasked sum into a mean delta.
+the consistency signatures it forwards at unmask, the rejected shares it audits, the unmask
+replies, and the decoding of the unmasked sum into a mean delta.
 
 Kept in memory only: a killed aggregator restarts the round from its input model (the sites'
 secrets are in their memory only too, so nothing could resume it anyway). Nothing here is
@@ -362,17 +362,6 @@ class SecureRound:
             out.append((name, mean[off : off + size].reshape(shape)))
             off += size
         return out
-
-    def metrics_sums(self) -> dict[str, float]:
-        """Hold-out metric sums of the sites in the sum, weighted by their eval_samples."""
-        acc = loss = es = 0.0
-        for site in self.server.survivors:
-            m = self.info[site].metrics
-            n = float(m.get("eval_samples", 0.0))
-            acc += m.get("eval_accuracy", 0.0) * n
-            loss += m.get("eval_loss", 0.0) * n
-            es += n
-        return {"acc": acc, "loss": loss, "es": es}
 
 
 def _shares(items: object) -> dict[str, bytes]:

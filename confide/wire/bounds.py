@@ -67,6 +67,8 @@ MAX_PEERS = 4096
 """Entries of one SecAgg+ share list (one per neighbour)."""
 MAX_SHARE_BYTES = 4096
 """One encrypted or revealed Shamir share."""
+MAX_ROUND_KEYS_BYTES = 512
+"""A signed SecAgg+ RoundKeys payload (two 32-byte keys and a task id)."""
 
 
 def fingerprint(data: bytes) -> str:
@@ -141,7 +143,11 @@ def check_report(rep: federation_pb2.TaskReport) -> None:
 
 
 def check_stage_message(
-    msg: federation_pb2.AdvertiseKeys | federation_pb2.ShareKeys | federation_pb2.UnmaskShares,
+    msg: federation_pb2.AdvertiseKeys
+    | federation_pb2.ShareKeys
+    | federation_pb2.SharesChecked
+    | federation_pb2.ConsistencySignature
+    | federation_pb2.UnmaskShares,
 ) -> None:
     """Refuse a SecAgg+ stage message over any limit (keys, ids, share lists, metrics).
 
@@ -150,10 +156,22 @@ def check_stage_message(
     """
     _text("task_id", msg.task_id, MAX_ID_BYTES)
     if isinstance(msg, federation_pb2.AdvertiseKeys):
-        _blob("cipher_public_key", msg.cipher_public_key, MAX_KEY_BYTES)
-        _blob("mask_public_key", msg.mask_public_key, MAX_KEY_BYTES)
+        keys = msg.keys
+        for name, text in (("federation", keys.federation), ("sender", keys.sender)):
+            _text(f"keys.{name}", text, MAX_ID_BYTES)
+        _text("keys.job_id", keys.job_id, MAX_ID_BYTES)
+        _blob("keys.payload", keys.payload, MAX_ROUND_KEYS_BYTES)
+        _blob("keys.signature", keys.signature, MAX_KEY_BYTES)
         _metrics("metrics", msg.metrics)
         _records("num_samples", msg.num_samples)
+    elif isinstance(msg, federation_pb2.SharesChecked):
+        _count("rejected", len(msg.rejected), MAX_PEERS)
+        for rej in msg.rejected:
+            _text("rejected.from_site", rej.from_site, MAX_ID_BYTES)
+            _text("rejected.reason", rej.reason, MAX_REASON_BYTES)
+    elif isinstance(msg, federation_pb2.ConsistencySignature):
+        _blob("session_id", msg.session_id, MAX_KEY_BYTES)
+        _blob("view_sha256", msg.view_sha256, MAX_KEY_BYTES)
     elif isinstance(msg, federation_pb2.ShareKeys):
         _count("shares", len(msg.shares), MAX_PEERS)
         for s in msg.shares:

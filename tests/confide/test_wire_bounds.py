@@ -138,7 +138,27 @@ CASES: list[tuple[str, Callable[[Any], None], Callable[[int], Any], int]] = [
     (
         "keys",
         b.check_stage_message,
-        lambda n: federation_pb2.AdvertiseKeys(mask_public_key=bytes(n)),
+        lambda n: federation_pb2.AdvertiseKeys(keys=common_pb2.Envelope(payload=bytes(n))),
+        b.MAX_ROUND_KEYS_BYTES,
+    ),
+    (
+        "rejected shares",
+        b.check_stage_message,
+        lambda n: federation_pb2.SharesChecked(rejected=[federation_pb2.RejectedShare()] * n),
+        b.MAX_PEERS,
+    ),
+    (
+        "rejected reason",
+        b.check_stage_message,
+        lambda n: federation_pb2.SharesChecked(
+            rejected=[federation_pb2.RejectedShare(reason=_name(n))]
+        ),
+        b.MAX_REASON_BYTES,
+    ),
+    (
+        "view digest",
+        b.check_stage_message,
+        lambda n: federation_pb2.ConsistencySignature(view_sha256=bytes(n)),
         b.MAX_KEY_BYTES,
     ),
     (
