@@ -467,3 +467,20 @@ def test_a_consistency_signature_on_another_view_is_refused(fed):
         assert s.unmask(task).accepted
     _st, model1 = finish(sites, op, job_id)
     np.testing.assert_array_equal(model1, expected_model(model0, sites))
+
+
+@pytest.mark.parametrize(
+    ("threshold", "neighbours", "min_sites"), [(0.51, 0, 5), (1.0, 0, 5), (3, 0, 6)]
+)
+def test_unsafe_secure_aggregation_settings_are_refused_at_submit(
+    fed, threshold, neighbours, min_sites
+):
+    """A fraction at or below (1 + gamma)/2 or of 1.0, or a count t with 2t <= n on the
+    complete graph, is refused at submit naming the threshold key (issue 8.3)."""
+    _site, op, _ = fed
+    spec = secure_spec(threshold=threshold, neighbours=neighbours, min_sites=min_sites)
+    with pytest.raises(grpc.RpcError) as err:
+        op.submit(spec)
+    assert err.value.details() == "invalid_value"
+    audit = op.admin.ListAudit(admin_pb2.AuditRequest()).entries
+    assert any("secure_aggregation.threshold" in e.detail for e in audit)
