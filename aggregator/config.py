@@ -29,8 +29,8 @@ Example::
     max_model_bytes = 536870912    # SubmitJob refuses a job whose model is larger
     peer_calls = 8                 # calls one certificate identity may have in flight
     peer_transfers = 4             # uploads + downloads one identity may stream at once
-    peer_rate = 20.0               # calls per second one identity may start (sustained)
-    peer_burst = 100               # ... and at once
+    peer_rate = 50.0               # calls per second one identity may start (sustained)
+    peer_burst = 200               # ... and at once
     peer_bytes_in_flight = 1073741824  # update bytes one identity's uploads may hold
     transfers = 32                 # uploads + downloads of all peers at once
     task_streams = 256             # sites holding a task stream at once

@@ -79,7 +79,9 @@ class Limits:
         peer_calls: calls one identity may have in flight (every class but task streams);
             below ``CALL_POOL``, so one peer never holds every short-call handler.
         peer_transfers: Upload/Download streams one identity may have at once.
-        peer_rate: calls per second one identity may start, sustained.
+        peer_rate: calls per second one identity may start, sustained. An agent makes a
+            few per round; an operator's tools poll a few times a second (``LocalFederation``
+            20/s at most), so 50/s leaves them room and still bounds a flood.
         peer_burst: calls one identity may start at once before ``peer_rate`` applies.
         peer_bytes_in_flight: update bytes one identity's uploads may hold at once.
         transfers: Upload/Download streams of all peers at once (server capacity).
@@ -91,8 +93,8 @@ class Limits:
 
     peer_calls: int = 8
     peer_transfers: int = 4
-    peer_rate: float = 20.0
-    peer_burst: int = 100
+    peer_rate: float = 50.0
+    peer_burst: int = 200
     peer_bytes_in_flight: int = 1024**3
     transfers: int = 32
     task_streams: int = 256
