@@ -11,7 +11,7 @@ file at fault).
     federation = "acme-health"
     [aggregator]  address = "127.0.0.1:7443"   server_name = "aggregator"
     [tls]         ca = "pki/ca.crt"  cert = "pki/site-1.crt"  key = "pki/site-1.key"
-                  signing_key = "pki/site-1.sign.key"  crl = "pki/crl.pem"   # crl optional
+                  signing_key = "pki/site-1.sign.key"  crl = "pki/crl.pem"   # the CA's CRL
     [state]       dir = "/var/lib/confide-agent"
     [api]         socket = "/run/confide-agent/agent.sock"   # default <state.dir>/agent.sock
     [worker]      device = "auto"   # auto | cpu | cuda | cuda:N
@@ -22,6 +22,7 @@ file at fault).
     [datasets.NAME]          ...    # agent.datasets.dataset_from_config reads the table
     [policy]      trusted_signers = ["alice"]    # empty: any operator of the federation CA
                   max_round_attempts = 2   max_job_retries = 1   # caps on the job's (optional)
+                  max_model_bytes = 536870912    # refuse jobs with larger models (default)
     [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
     [log]         level = "info"   json = true   # json absent: JSON unless stderr is a TTY
 """
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.datasets import DatasetConfig, dataset_from_config
+from agent.policy import DEFAULT_MAX_MODEL_BYTES
 from agent.sandbox import Limits
 from confide.config import Section, load_toml
 from confide.errors import ConfigError
@@ -148,6 +150,7 @@ class AgentConfig:
         trusted_signers: operator names whose jobs are accepted; empty = any operator.
         dataset_policies: per-dataset privacy limits, by dataset name.
         attempt_caps: the site's caps on the attempts it pays for per round and per job.
+        max_model_bytes: the largest job model the site accepts (and downloads).
         log_level: minimum log level.
         log_json: JSON log lines (True), console (False), or by TTY (None).
     """
@@ -165,6 +168,7 @@ class AgentConfig:
     trusted_signers: tuple[str, ...] = ()
     dataset_policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
     attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     log_level: LogLevel = LogLevel.INFO
     log_json: bool | None = None
 
@@ -245,6 +249,7 @@ def config_from_section(root: Section) -> AgentConfig:
         max_round_attempts=policy.int("max_round_attempts", None, min=1),
         max_job_retries=policy.int("max_job_retries", None, min=0),
     )
+    max_model_bytes: int = policy.int("max_model_bytes", DEFAULT_MAX_MODEL_BYTES, min=1)
     pol_ds = policy.section("datasets")
     policies = {name: _dataset_policy(table) for name, table in pol_ds.tables().items()}
     for name in policies:
@@ -273,6 +278,7 @@ def config_from_section(root: Section) -> AgentConfig:
         trusted_signers=tuple(trusted),
         dataset_policies=policies,
         attempt_caps=caps,
+        max_model_bytes=max_model_bytes,
         log_level=level,
         log_json=log_json,
     )

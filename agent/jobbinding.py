@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from confide.errors import InternalError, PolicyRefusal, Reason
+from confide.statefiles import private_file
 from confide.v1 import common_pb2
 
 __all__ = ["JobBindings"]
@@ -37,11 +38,12 @@ class JobBindings:
 
     def __init__(self, path: Path) -> None:
         try:
+            private_file(path)  # 0600 under any umask (normally the ledger made it already)
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise InternalError(f"cannot open job bindings in {path}: {exc}") from exc
         self._lock = threading.Lock()
 

@@ -40,6 +40,7 @@ from typing import Any, NewType, Protocol
 from agent.joblimits import JobLimits, check_charge
 from confide.dp.budget import RecordCost, RoundCost, UpdateCost, cumulative_epsilon
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
+from confide.statefiles import private_file
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -178,6 +179,7 @@ class Ledger:
         if not default_max_epsilon >= 0.0:
             raise ConfigError("ledger.max_epsilon", f"must be >= 0, got {default_max_epsilon}")
         try:
+            private_file(Path(path))  # 0600 under any umask, before SQLite creates it
             conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30.0
             )
@@ -186,7 +188,7 @@ class Ledger:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
             _add_job_column(conn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise InternalError(f"cannot open privacy ledger {path}: {exc}") from exc
         return cls(conn, delta=delta, default_max_epsilon=default_max_epsilon)
 

@@ -202,6 +202,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
             task_timeout_s=cfg.task_timeout_s,
             policies=cfg.dataset_policies,
             attempt_caps=cfg.attempt_caps,
+            max_model_bytes=cfg.max_model_bytes,
         ),
         privacy=PrivacyPlan(ledger),
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
@@ -257,7 +258,10 @@ def _run_daemon(cfg: AgentConfig) -> int:
     session = Session(
         runner=runner,
         connect=lambda: GrpcTransport.from_identity(
-            identity, address=cfg.aggregator_address, server_name=cfg.server_name
+            identity,
+            address=cfg.aggregator_address,
+            server_name=cfg.server_name,
+            max_model_bytes=cfg.max_model_bytes,
         ),
         datasets=sorted(cfg.datasets),
         device=device,

@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from agent.datasets import DatasetConfig, check_schema
-from confide.errors import PolicyRefusal, Reason
+from confide.errors import ConfigError, PolicyRefusal, Reason
+from confide.models import parameter_bytes
 from confide.pki import CertInfo, Role
 from confide.v1 import common_pb2
 
-__all__ = ["check_signer", "exposed_dataset"]
+__all__ = ["DEFAULT_MAX_MODEL_BYTES", "check_model_size", "check_signer", "exposed_dataset"]
+
+DEFAULT_MAX_MODEL_BYTES = 512 * 1024**2
+"""The largest job model a site accepts unless ``[policy] max_model_bytes`` says otherwise:
+128M float32 parameters. The daemon holds the global model, the worker's copy and the update,
+so a job's model size is the site's memory to give, not the aggregator's to take."""
 
 
 def check_signer(signer: CertInfo, *, trusted_signers: Collection[str]) -> None:
@@ -61,3 +67,26 @@ def exposed_dataset(
         )
     check_schema(cfg, spec)
     return cfg
+
+
+def check_model_size(spec: common_pb2.JobSpec, *, max_bytes: int) -> None:
+    """Refuse a job whose model is larger than the site's policy allows, before any download.
+
+    Args:
+        spec: the verified job.
+        max_bytes: ``policy.max_model_bytes``.
+
+    Raises:
+        PolicyRefusal: ``MODEL_TOO_LARGE``, naming the limit; ``INVALID_JOB`` when the model
+            does not fit its dataset spec.
+    """
+    try:
+        nbytes = parameter_bytes(spec.model, spec.dataset)
+    except ConfigError as exc:
+        raise PolicyRefusal(f"invalid job: {exc}", reason=Reason.INVALID_JOB) from exc
+    if nbytes > max_bytes:
+        raise PolicyRefusal(
+            f"the job's model has {nbytes} bytes of parameters, over this site's "
+            f"policy.max_model_bytes = {max_bytes}",
+            reason=Reason.MODEL_TOO_LARGE,
+        )

@@ -16,6 +16,7 @@ import nacl.signing
 from agent.config import AttemptCaps, DatasetPolicy
 from agent.datasets import DatasetConfig
 from agent.jobs import VerifiedJob
+from agent.policy import DEFAULT_MAX_MODEL_BYTES
 from agent.transport import Transport
 from confide.v1 import federation_pb2
 from confide.wire.blob import NamedArrays
@@ -47,6 +48,7 @@ class SiteContext:
         task_timeout_s: the longest one worker call may take before the worker is killed.
         policies: the site's privacy policy per dataset (cap, noise floor).
         attempt_caps: the site's caps on the attempts it pays for per round and per job.
+        max_model_bytes: the largest job model the site accepts (``policy.max_model_bytes``).
     """
 
     federation: str
@@ -60,6 +62,7 @@ class SiteContext:
     task_timeout_s: float = 3600.0
     policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
     attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
 
 
 Handler = Callable[[federation_pb2.Task, Transport], None]

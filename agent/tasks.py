@@ -40,7 +40,7 @@ from agent.datasets import DatasetConfig, count_train_records
 from agent.jobbinding import JobBindings
 from agent.joblimits import JobLimits, check_round, job_limits
 from agent.jobs import VerifiedJob, verify_job
-from agent.policy import exposed_dataset
+from agent.policy import check_model_size, exposed_dataset
 from agent.privacy import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
 from agent.release import check_delta, released_metrics
 from agent.runner_types import Handler, SecureUpdate, SiteContext, TaskOutcome
@@ -171,7 +171,8 @@ class TaskRunner:
 
         Raises:
             PolicyRefusal: signer untrusted, signature or binding bad (the peer's reason is
-                kept), dataset not exposed, or schema mismatch.
+                kept), model over ``policy.max_model_bytes``, dataset not exposed, or schema
+                mismatch.
         """
         try:
             job = verify_job(
@@ -185,6 +186,7 @@ class TaskRunner:
         except PeerError as exc:
             # A forged or altered job is the site refusing it, not the site failing.
             raise PolicyRefusal(f"signed job refused: {exc}", reason=exc.reason) from exc
+        check_model_size(job.spec, max_bytes=self.site.max_model_bytes)
         dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
         if self.job_bindings is not None:
             self.job_bindings.bind(task.signed_job, task.job_id)

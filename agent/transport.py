@@ -17,6 +17,7 @@ from typing import Protocol
 
 import grpc
 
+from agent.policy import DEFAULT_MAX_MODEL_BYTES
 from confide.errors import ConfideError, InternalError, MalformedMessage, Reason
 from confide.pki import Identity, channel_credentials
 from confide.pki.tls import TARGET_NAME_OVERRIDE
@@ -33,8 +34,11 @@ __all__ = [
     "channel_options",
 ]
 
-MAX_MODEL_BYTES = 2 * 1024 * 1024 * 1024
-"""The largest global model the agent downloads (2 GiB); larger blobs are refused."""
+MAX_MODEL_BYTES = DEFAULT_MAX_MODEL_BYTES
+"""The largest global model the agent downloads unless told otherwise (the site policy's
+``max_model_bytes``); larger blobs are refused before any byte of them is kept. Below that,
+the download's buffer grows with the bytes received, never with the size the header declares
+(``BlobAssembler``), so an aggregator announcing a large model allocates nothing."""
 
 DOWNLOAD_TIMEOUT_S = 600.0
 """How long one model download may take, end to end, before it fails ``unavailable``."""
@@ -200,11 +204,19 @@ class GrpcTransport:
 
     @classmethod
     def from_identity(
-        cls, identity: Identity, *, address: str, server_name: str | None
+        cls,
+        identity: Identity,
+        *,
+        address: str,
+        server_name: str | None,
+        max_model_bytes: int = MAX_MODEL_BYTES,
     ) -> GrpcTransport:
         """A transport that presents ``identity`` and trusts only its federation CA."""
         return cls(
-            address=address, credentials=channel_credentials(identity), server_name=server_name
+            address=address,
+            credentials=channel_credentials(identity),
+            server_name=server_name,
+            max_model_bytes=max_model_bytes,
         )
 
     def register(self, envelope: common_pb2.Envelope) -> federation_pb2.RegisterReply:

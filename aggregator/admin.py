@@ -27,13 +27,13 @@ from aggregator.rows import RoundRow, SiteRoundRow, SiteRow
 from aggregator.servicer import model_parts
 from aggregator.sites import SiteConn
 from aggregator.store import AuditNote, JobRow, ModelRow
-from confide.errors import PeerError, Reason
+from confide.errors import ConfigError, PeerError, Reason
 from confide.jobspec import validate_job
-from confide.models import initial_weights
+from confide.models import initial_weights, parameter_bytes
 from confide.pki import Role
 from confide.v1 import admin_pb2, admin_pb2_grpc, common_pb2, federation_pb2
 
-__all__ = ["GET_JOB_ROUNDS", "AdminServicer"]
+__all__ = ["GET_JOB_ROUNDS", "AdminServicer", "check_model_size"]
 
 GET_JOB_ROUNDS = 100
 """The most rounds GetJob carries (the latest); ListRounds pages through all of them."""
@@ -52,12 +52,29 @@ _OUTCOMES = {
 }
 
 
+def check_model_size(spec: common_pb2.JobSpec, *, max_bytes: int) -> None:
+    """Refuse a job whose model is larger than this aggregator accepts, before any is drawn.
+
+    Raises:
+        ConfigError: key ``model``, reason ``MODEL_TOO_LARGE``, naming the limit.
+    """
+    nbytes = parameter_bytes(spec.model, spec.dataset)
+    if nbytes > max_bytes:
+        raise ConfigError(
+            "model",
+            f"has {nbytes} bytes of parameters, over this aggregator's "
+            f"limits.max_model_bytes = {max_bytes}",
+            reason=Reason.MODEL_TOO_LARGE,
+        )
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     """Operator-facing RPCs.
 
     Args:
         guard: authentication and refusal handling.
         coordinator: active jobs and connected sites.
+        max_model_bytes: the largest job model accepted (``limits.max_model_bytes``).
         new_id: job-id factory (a parameter so tests pin it).
     """
 
@@ -66,9 +83,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         guard: Guard,
         coordinator: Coordinator,
         *,
+        max_model_bytes: int,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
     ) -> None:
         self.guard, self.coord, self.new_id = guard, coordinator, new_id
+        self.max_model_bytes = max_model_bytes
         self.store = guard.store
 
     def SubmitJob(
@@ -82,6 +101,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             )
             # The one check of a job, the same function ``confide job check`` runs locally.
             validate_job(spec)
+            check_model_size(spec, max_bytes=self.max_model_bytes)
             job_id = self.new_id()
             call.bind(job=job_id)
             sha, _ = self.coord.blobs.put(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy.typing as npt
 
 from confide.errors import InternalError, Reason
+from confide.statefiles import private_dir
 from confide.v1 import common_pb2
 from confide.wire.blob import CHUNK_BYTES, NamedArrays, decode_tensors, encode_tensors
 
@@ -30,12 +31,11 @@ class BlobStore:
     """Model versions on disk, named by the hex SHA-256 of their bytes.
 
     Args:
-        root: the ``blobs`` folder (created when missing).
+        root: the ``blobs`` folder (created 0700 when missing).
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)
 
     def _path(self, sha_hex: str) -> Path:
         if len(sha_hex) != 64 or any(c not in "0123456789abcdef" for c in sha_hex):
@@ -62,7 +62,7 @@ class BlobStore:
         if self.has(sha_hex):
             return sha_hex, header
         if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
             _fsync_dir(self.root)  # the new shard folder's entry must survive a crash too
         _atomic_write(path, buffers)
         _atomic_write(path.with_suffix(".header"), [memoryview(header.SerializeToString())])

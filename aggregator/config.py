@@ -14,7 +14,7 @@ Example::
     cert = "pki/aggregator.crt"
     key = "pki/aggregator.key"
     signing_key = "pki/aggregator.sign.key"
-    crl = "pki/crl.pem"            # optional
+    crl = "pki/crl.pem"            # required: the CA's revocation list, or "none" explicitly
 
     [state]
     dir = "state"                  # aggregator.db and blobs/ live here
@@ -25,20 +25,46 @@ Example::
     max_round_retries = 3           # lowered to the job's signed attempts per round - 1
     retry_backoff_s = 10            # wait before retrying a round a site refused (doubling)
 
+    [limits]                       # all optional; defaults shown
+    max_model_bytes = 536870912    # SubmitJob refuses a job whose model is larger
+    peer_calls = 8                 # calls one certificate identity may have in flight
+    peer_transfers = 4             # uploads + downloads one identity may stream at once
+    peer_rate = 50.0               # calls per second one identity may start (sustained)
+    peer_burst = 200               # ... and at once
+    peer_bytes_in_flight = 1073741824  # update bytes one identity's uploads may hold
+    transfers = 32                 # uploads + downloads of all peers at once
+    task_streams = 256             # sites holding a task stream at once
+    bytes_in_flight = 2147483648   # update bytes all uploads may hold at once
+    stream_idle_s = 30             # a stream waiting this long on its peer is cancelled
+
     [log]
     level = "info"
     json = true                    # optional; default: JSON unless stderr is a TTY
+
+Revocation is on by default: ``[tls].crl`` is required (``confide pki init`` writes
+``crl.pem`` and ``confide pki revoke`` updates it). Running without one must be said with
+``crl = "none"``, so a forgotten key can never mean that a revoked site registers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from aggregator.quota import CALL_POOL, Limits
 from confide.config import Section, load_toml, parse_toml
-from confide.errors import ConfigError
+from confide.errors import ConfigError, Reason
 
-__all__ = ["AggregatorConfig", "load_config", "parse_config"]
+__all__ = ["DEFAULT_MAX_MODEL_BYTES", "NO_CRL", "AggregatorConfig", "load_config", "parse_config"]
+
+DEFAULT_MAX_MODEL_BYTES = 512 * 1024**2
+"""The largest job model accepted by default: 128M float32 parameters. The aggregator holds
+a model, the round's sums and the updates in flight in memory, so a limit well above any
+model this federation trains (tabular and small-image models) keeps one job from taking the
+host; an operator who needs more raises ``limits.max_model_bytes``."""
+
+NO_CRL = "none"
+"""The explicit ``[tls].crl`` value that runs without a revocation list."""
 
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -52,7 +78,9 @@ class AggregatorConfig:
         listen: host:port to bind (port 0 picks a free one).
         max_update_bytes: largest update blob accepted, in bytes.
         max_concurrent_uploads: uploads received at once; others wait.
-        ca, cert, key, signing_key, crl: the aggregator's PKI files.
+        ca, cert, key, signing_key: the aggregator's PKI files.
+        crl: the CA's revocation list, re-read when it changes; None only when the config
+            said ``crl = "none"``.
         state_dir: folder holding ``aggregator.db`` and ``blobs/``.
         heartbeat_interval_s: how often sites are told to heartbeat.
         site_timeout_s: a site silent this long is disconnected.
@@ -61,6 +89,8 @@ class AggregatorConfig:
             each further attempt (0: retry at once).
         log_level: minimum log level.
         log_json: force JSON logs (True), console (False) or decide by TTY (None).
+        max_model_bytes: the largest job model SubmitJob accepts, in bytes.
+        limits: what one peer, and all peers together, may hold of the server.
     """
 
     federation: str
@@ -70,7 +100,7 @@ class AggregatorConfig:
     cert: Path
     key: Path
     signing_key: Path
-    crl: Path | None = None
+    crl: Path | None
     max_update_bytes: int = 2 * 1024**3
     max_concurrent_uploads: int = 16
     heartbeat_interval_s: float = 5.0
@@ -79,6 +109,8 @@ class AggregatorConfig:
     retry_backoff_s: float = 10.0
     log_level: str = "info"
     log_json: bool | None = None
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    limits: Limits = field(default_factory=Limits)
 
 
 def load_config(path: str | Path) -> AggregatorConfig:
@@ -114,7 +146,7 @@ def _from_section(root: Section) -> AggregatorConfig:
     cert = tls.path("cert", must_exist=True)
     key = tls.path("key", must_exist=True)
     signing_key = tls.path("signing_key", must_exist=True)
-    crl = tls.path("crl", None, must_exist=True)
+    crl = _crl(tls)
     tls.done()
     state = root.section("state", required=True)
     state_dir = state.path("dir")
@@ -133,6 +165,7 @@ def _from_section(root: Section) -> AggregatorConfig:
         raise ConfigError(log.key("level"), f"must be one of {', '.join(_LEVELS)}; got {level!r}")
     log_json = log.bool("json", None)
     log.done()
+    max_model_bytes, limits = _limits(root.section("limits"))
     root.done()
     return AggregatorConfig(
         federation=federation,
@@ -151,7 +184,51 @@ def _from_section(root: Section) -> AggregatorConfig:
         retry_backoff_s=backoff,
         log_level=level,
         log_json=log_json,
+        max_model_bytes=max_model_bytes,
+        limits=limits,
     )
+
+
+def _crl(tls: Section) -> Path | None:
+    """``[tls].crl``: a CRL file, or None when it says ``"none"``; absent is an error."""
+    if tls.value("crl", None) is None:
+        raise ConfigError(
+            tls.key("crl"),
+            "is required: name the CA's revocation list (confide pki init writes crl.pem), "
+            f'or set crl = "{NO_CRL}" to run without revocation',
+            reason=Reason.MISSING_KEY,
+        )
+    if tls.value("crl") == NO_CRL:
+        return None
+    path: Path = tls.path("crl", must_exist=True)
+    return path
+
+
+def _limits(sec: Section) -> tuple[int, Limits]:
+    """``[limits]``: the job model size limit, and the per-peer and server-wide limits."""
+    d = Limits()
+    max_model = sec.int("max_model_bytes", DEFAULT_MAX_MODEL_BYTES, min=1)
+    limits = Limits(
+        peer_calls=sec.int("peer_calls", d.peer_calls, min=1, max=CALL_POOL - 1),
+        peer_transfers=sec.int("peer_transfers", d.peer_transfers, min=1, max=1024),
+        peer_rate=sec.float("peer_rate", d.peer_rate, min=0.0, min_exclusive=True),
+        peer_burst=sec.int("peer_burst", d.peer_burst, min=1),
+        peer_bytes_in_flight=sec.int("peer_bytes_in_flight", d.peer_bytes_in_flight, min=1),
+        transfers=sec.int("transfers", d.transfers, min=1, max=1024),
+        task_streams=sec.int("task_streams", d.task_streams, min=1, max=4096),
+        bytes_in_flight=sec.int("bytes_in_flight", d.bytes_in_flight, min=1),
+        stream_idle_s=sec.float("stream_idle_s", d.stream_idle_s, min=0.0, min_exclusive=True),
+    )
+    if limits.peer_transfers >= limits.transfers:
+        # One peer must never be able to take every transfer slot.
+        raise ConfigError(sec.key("peer_transfers"), "must be below limits.transfers")
+    if limits.peer_bytes_in_flight > limits.bytes_in_flight:
+        raise ConfigError(sec.key("peer_bytes_in_flight"), "must not exceed bytes_in_flight")
+    if max_model > limits.peer_bytes_in_flight:
+        # Else a job could be accepted whose updates no site may ever upload.
+        raise ConfigError(sec.key("max_model_bytes"), "must not exceed peer_bytes_in_flight")
+    sec.done()
+    return max_model, limits
 
 
 def _check_listen(key: str, listen: str) -> None:

@@ -3,6 +3,11 @@
 ``create_server(config) -> (server, port)`` so tests bind port 0 (STYLE rule 2). Once it
 serves, the bound ``host:port`` is written atomically to ``<state.dir>/address`` so tests and
 ``confide demo`` can find it (and know it is up, also after a restart on a fixed port).
+
+Every call goes through ``QuotaInterceptor`` (per-peer limits, one handler pool per class
+of call, idle streams cancelled). The HTTP/2 option ``grpc.max_concurrent_streams`` bounds
+the streams one connection may have open at the server, so a peer that queues thousands of
+calls queues them in its own memory, not the aggregator's.
 """
 
 from __future__ import annotations
@@ -22,18 +27,24 @@ from aggregator.blobs import BlobStore
 from aggregator.config import AggregatorConfig
 from aggregator.coordinator import Coordinator
 from aggregator.guard import Guard
+from aggregator.interceptor import QuotaInterceptor, make_pools
+from aggregator.quota import Quotas
 from aggregator.servicer import FederationServicer
-from aggregator.store import Store
+from aggregator.store import AuditNote, Store
 from confide.errors import ConfigError
 from confide.pki import Identity, load_identity, server_credentials
 from confide.v1 import admin_pb2_grpc, federation_pb2_grpc
 from confide.wire.blob import MAX_MESSAGE_BYTES
 
-__all__ = ["MAX_WORKERS", "Aggregator", "create_server"]
+__all__ = ["MAX_STREAMS_PER_CONNECTION", "MAX_WORKERS", "Aggregator", "create_server"]
 
-MAX_WORKERS = 96
-"""Handler threads: each connected site holds one for its OpenTasks stream (~64 sites) and
-the rest serve uploads, downloads and unary calls."""
+MAX_WORKERS = 8
+"""Threads of gRPC's own pool; every Confide method runs on its class's pool instead
+(``aggregator.interceptor.make_pools``), so only unknown methods are answered here."""
+
+MAX_STREAMS_PER_CONNECTION = 16
+"""HTTP/2 streams one connection may have open at once. An agent uses at most a handful
+(its task stream, a heartbeat, a transfer, a report); further calls wait in the client."""
 
 
 @dataclass
@@ -43,11 +54,13 @@ class Aggregator:
     server: grpc.Server
     coordinator: Coordinator
     store: Store
+    interceptor: QuotaInterceptor
 
     def stop(self, grace: float | None = 5.0) -> None:
         """End task streams, stop serving (waiting ``grace`` seconds), close the store."""
         self.coordinator.stop()
         self.server.stop(grace).wait()
+        self.interceptor.stop()
         self.store.close()
 
 
@@ -119,28 +132,43 @@ def build(
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ]
+    quotas = Quotas(config.limits)
+
+    def audit_refused(peer: str, reason: str, count: int) -> None:
+        note = f"{count} calls refused since the last entry"
+        store.audit(AuditNote("peer_throttled", peer, clock(), "", 0, reason, note))
+
+    interceptor = QuotaInterceptor(quotas, make_pools(quotas), on_refused=audit_refused)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"), options=options
+        ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),
+        options=options,
+        interceptors=[interceptor],
     )
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(
             guard,
             coord,
+            quotas,
             max_update_bytes=config.max_update_bytes,
             max_concurrent_uploads=config.max_concurrent_uploads,
         ),
         server,
     )
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(guard, coord), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(guard, coord, max_model_bytes=config.max_model_bytes), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         port = server.add_secure_port(config.listen, server_credentials(identity))
     except RuntimeError as exc:
+        interceptor.stop()
         store.close()
         raise ConfigError("server.listen", f"cannot bind {config.listen}: {exc}") from exc
     if port == 0:
+        interceptor.stop()
         store.close()
         raise ConfigError("server.listen", f"cannot bind {config.listen}")
     coord.start()
@@ -149,7 +177,7 @@ def build(
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     host = config.listen.rpartition(":")[0]
     _write_atomic(config.state_dir / "address", f"{host}:{port}\n")
-    return Aggregator(server, coord, store), port
+    return Aggregator(server, coord, store, interceptor), port
 
 
 def _write_atomic(path: os.PathLike[str], text: str) -> None:

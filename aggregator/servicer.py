@@ -18,8 +18,10 @@ import structlog
 from aggregator.blobs import BlobStore
 from aggregator.coordinator import Coordinator, UploadTarget
 from aggregator.guard import Guard, check_figures, decode
+from aggregator.quota import Quotas
 from aggregator.store import AuditNote, Store
 from confide.errors import (
+    InternalError,
     MalformedMessage,
     OversizedMessage,
     PeerError,
@@ -53,6 +55,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
     Args:
         guard: authentication and refusal handling.
         coordinator: jobs, rounds and site queues.
+        quotas: per-peer and server-wide budgets; an upload reserves its model's bytes.
         max_update_bytes: the largest update blob accepted.
         max_concurrent_uploads: uploads received at once (others wait up to 120 s, or
             until the phase they belong to closes).
@@ -62,11 +65,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         self,
         guard: Guard,
         coordinator: Coordinator,
+        quotas: Quotas,
         *,
         max_update_bytes: int,
         max_concurrent_uploads: int,
     ) -> None:
-        self.guard, self.coord = guard, coordinator
+        self.guard, self.coord, self.quotas = guard, coordinator, quotas
         self.max_update_bytes = max_update_bytes
         self._uploads = threading.BoundedSemaphore(max_concurrent_uploads)
         self._lock = threading.Lock()
@@ -168,8 +172,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             limit = min(target.nbytes, self.max_update_bytes)
             _check_size(header.blob, limit)  # refused before it waits for a slot
             _check_specs(header.blob, target)
-            with self._upload_slot(info.name, env.job_id, target, context):
-                # The model-sized buffer is allocated only once this upload holds a slot.
+            with self._upload_slot(info.name, env.job_id, target, limit, context):
+                # The buffer grows with the bytes received, never with the bytes announced.
                 asm = BlobAssembler(header.blob, max_bytes=limit)
                 for part in request_iterator:
                     if part.WhichOneof("part") != "chunk":
@@ -183,9 +187,14 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
 
     @contextmanager
     def _upload_slot(
-        self, site: str, job_id: str, target: UploadTarget, context: grpc.ServicerContext
+        self,
+        site: str,
+        job_id: str,
+        target: UploadTarget,
+        nbytes: int,
+        context: grpc.ServicerContext,
     ) -> Iterator[None]:
-        """Hold one upload slot for ``site``'s upload to ``job_id`` until its phase closes.
+        """Hold one upload slot and ``nbytes`` of the update budget until the phase closes.
 
         At most one upload per (site, job) is in flight; a second is refused (REPLAYED). The
         wait for a slot and the upload itself end at the phase's deadline: an upload still
@@ -193,7 +202,10 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
 
         Raises:
             ReplayedMessage: the site already has an upload for this job in flight.
-            PeerError: no slot came free before the deadline (UNAVAILABLE).
+            PeerError: the site's own uploads would hold more than its bytes in flight
+                (PEER_LIMIT).
+            InternalError: no slot came free before the deadline (UNAVAILABLE), or the
+                server's update-bytes budget did not (SERVER_BUSY).
         """
         key = (site, job_id)
         with self._lock:
@@ -206,17 +218,23 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 left = max(0.0, target.deadline - self.coord.clock())
             t0 = time.monotonic()
             if not self._uploads.acquire(timeout=min(_UPLOAD_WAIT_S, left)):
-                raise PeerError("too many uploads at once", reason=Reason.UNAVAILABLE)
-            watchdog = threading.Timer(
-                max(0.0, left - (time.monotonic() - t0)), self._expire, (site, job_id, context)
-            )
-            watchdog.daemon = True
-            if target.deadline is not None:
-                watchdog.start()
+                raise InternalError("too many uploads at once", reason=Reason.UNAVAILABLE)
             try:
-                yield
+                wait = max(0.0, min(_UPLOAD_WAIT_S, left) - (time.monotonic() - t0))
+                with self.quotas.reserve(site, nbytes, timeout=wait):
+                    watchdog = threading.Timer(
+                        max(0.0, left - (time.monotonic() - t0)),
+                        self._expire,
+                        (site, job_id, context),
+                    )
+                    watchdog.daemon = True
+                    if target.deadline is not None:
+                        watchdog.start()
+                    try:
+                        yield
+                    finally:
+                        watchdog.cancel()
             finally:
-                watchdog.cancel()
                 self._uploads.release()
         finally:
             with self._lock:

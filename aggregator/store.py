@@ -33,6 +33,7 @@ from aggregator.rows import (
     site_row,
 )
 from aggregator.schema import SCHEMA_VERSION, open_schema
+from confide.statefiles import private_dir, private_file
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -50,14 +51,15 @@ class Store:
     """SQLite-backed state of the aggregator; every method is thread-safe.
 
     Args:
-        path: the database file (created with its schema when missing).
+        path: the database file (created 0600 with its schema when missing, in a folder
+            created 0700).
 
     Raises:
         InternalError: the file has a newer schema than this code knows.
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(private_dir(path.parent) / path.name)  # 0700/0600 under any umask
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -57,6 +57,7 @@ class Reason(enum.Enum):
     WRONG_STAGE = "wrong_stage"
     BAD_CERTIFICATE = "bad_certificate"
     UNKNOWN_JOB = "unknown_job"
+    PEER_LIMIT = "peer_limit"  # the peer went over its own quota (calls, streams, bytes, rate)
     # policy
     BUDGET_EXCEEDED = "budget_exceeded"
     UNKNOWN_DATASET = "unknown_dataset"
@@ -69,12 +70,14 @@ class Reason(enum.Enum):
     SANDBOX_UNAVAILABLE = "sandbox_unavailable"
     ROUND_NOT_SIGNED = "round_not_signed"  # a round outside the signed job's 1..rounds
     ATTEMPTS_EXCEEDED = "attempts_exceeded"  # past the attempts a site pays for
+    MODEL_TOO_LARGE = "model_too_large"
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"
     TRAINING_FAILED = "training_failed"
     ROUND_ABORTED = "round_aborted"
     UNAVAILABLE = "unavailable"
+    SERVER_BUSY = "server_busy"  # the server's own capacity is taken: not the caller's fault
 
 
 class ConfideError(Exception):

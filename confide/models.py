@@ -24,10 +24,19 @@ import numpy.typing as npt
 from confide.errors import ConfigError
 from confide.v1 import common_pb2
 
-__all__ = ["CNN_CHANNELS", "DEFAULT_MLP_HIDDEN", "initial_weights", "parameter_shapes"]
+__all__ = [
+    "CNN_CHANNELS",
+    "DEFAULT_MLP_HIDDEN",
+    "initial_weights",
+    "parameter_bytes",
+    "parameter_shapes",
+]
 
 DEFAULT_MLP_HIDDEN = (32,)
 CNN_CHANNELS = (16, 32)
+_DRAW_CHUNK = 1 << 20
+"""Values drawn at once: the float64 draws are converted per chunk, so drawing a model costs
+its float32 size plus 8 MiB, not three times its size."""
 
 Shape = tuple[int, ...]
 
@@ -80,6 +89,15 @@ def parameter_shapes(
     raise ConfigError("model.kind", f"unknown built-in model {kind}")
 
 
+def parameter_bytes(model: common_pb2.ModelSpec, dataset: common_pb2.DatasetSpec) -> int:
+    """Bytes of a built-in model's float32 parameters, from its shapes (allocates nothing).
+
+    Raises:
+        ConfigError: the model kind is unknown or does not fit the dataset spec.
+    """
+    return 4 * sum(math.prod(shape) for _, shape in parameter_shapes(model, dataset))
+
+
 def _need_features(n: int) -> None:
     if n < 1:
         raise ConfigError("dataset.features", "must list at least one feature column")
@@ -104,5 +122,10 @@ def initial_weights(
         if name.endswith(".weight"):
             weight_fan_in[prefix] = int(np.prod(shape[1:]))
         bound = 1.0 / math.sqrt(max(1, weight_fan_in.get(prefix, 1)))
-        out.append((name, rng.uniform(-bound, bound, size=shape).astype(np.float32)))
+        flat = np.empty(math.prod(shape), dtype=np.float32)
+        for start in range(0, flat.size, _DRAW_CHUNK):
+            # The same stream as one rng.uniform(size=shape) call: the draws are sequential.
+            stop = min(flat.size, start + _DRAW_CHUNK)
+            flat[start:stop] = rng.uniform(-bound, bound, size=stop - start)
+        out.append((name, flat.reshape(shape)))
     return out

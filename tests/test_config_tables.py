@@ -56,6 +56,7 @@ def agent_toml(d: Path) -> dict[str, Any]:
             "trusted_signers": ["alice"],
             "max_round_attempts": 2,
             "max_job_retries": 1,
+            "max_model_bytes": 1 << 20,
             "datasets": {"tabular": {"max_epsilon": 8.0, "min_update_noise": 0.5}},
         },
         "log": {"level": "info", "json": True},
@@ -70,6 +71,7 @@ def aggregator_toml(d: Path) -> dict[str, Any]:
         "tls": _tls(d, "aggregator"),
         "state": {"dir": str(d / "agg")},
         "rounds": {"heartbeat_interval_s": 5, "max_round_retries": 2, "retry_backoff_s": 1},
+        "limits": {"max_model_bytes": 1 << 20, "peer_calls": 4, "stream_idle_s": 10},
         "log": {"level": "info", "json": True},
     }
 

@@ -52,7 +52,10 @@ def _role(value: str) -> Role:
 def _init(args: argparse.Namespace) -> int:
     """Create the federation CA."""
     init_ca(args.dir, federation=args.federation)
+    crl = args.dir / pki_files.CRL
     print(f"created CA for federation {args.federation!r} in {args.dir}")
+    print(f"revocation list {crl}: name it as [tls] crl in every aggregator, agent and operator")
+    print("config (the aggregator refuses to start without one); `confide pki revoke` updates it")
     return 0
 
 
@@ -84,7 +87,9 @@ def _sign(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     """Revoke every certificate issued to a name."""
     revoke(args.dir, args.name)
-    print(f"revoked {args.name!r}; distribute {args.dir / pki_files.CRL}")
+    crl = args.dir / pki_files.CRL
+    print(f"revoked {args.name!r} in {crl}; copy it to every [tls] crl path that is not this")
+    print("file (the aggregator re-reads it when it changes; agents read it when they start)")
     return 0
 
 

@@ -159,6 +159,9 @@ class LocalFederation:
             "cert": str(d / f"{name}.crt"),
             "key": str(d / f"{name}.key"),
             "signing_key": str(d / f"{name}.sign.key"),
+            # Revocation is on in every config written here: `confide pki revoke` updates
+            # this file and each daemon re-reads it.
+            "crl": str(self.ca_dir / "crl.pem"),
         }
 
     def _write_operator_config(self) -> None:
@@ -233,13 +236,15 @@ class LocalFederation:
         """Start one site's agent with its datasets and policy.
 
         Args:
-            ca: the CA certificate the site trusts (default: the federation's).
+            ca: the CA certificate the site trusts (default: the federation's); its CRL is
+                the ``crl.pem`` next to it.
             env: extra environment for this agent only (e.g. a test's kill point).
         """
         d = self.site_dirs[site.name]
         tls = self._tls(d, site.name)
         if ca is not None:
             tls["ca"] = str(ca)
+            tls["crl"] = str(ca.parent / "crl.pem")  # a CRL is its own CA's (pki init made it)
         cfg: dict[str, Any] = {
             "federation": self.federation,
             "aggregator": {"address": self.address, "server_name": "aggregator"},

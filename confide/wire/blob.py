@@ -116,7 +116,12 @@ def iter_chunks(buffers: Sequence[memoryview], chunk_bytes: int = CHUNK_BYTES) -
 
 
 class BlobAssembler:
-    """Receives a blob's chunks into one preallocated buffer and checks length and digest.
+    """Receives a blob's chunks and checks length and digest against its header.
+
+    The buffer grows with the bytes received, never with the bytes announced: a header that
+    declares a large blob and is followed by little data costs only that little data (a
+    peer's declared size allocates nothing). Growth is amortized by ``bytearray`` (large
+    buffers are resized with ``mremap`` on Linux, not copied).
 
     Args:
         header: the blob's header as the peer declared it.
@@ -138,15 +143,14 @@ class BlobAssembler:
         if len(header.sha256) != 32:
             raise MalformedMessage("blob sha256 must be 32 bytes")
         self.header = header
-        self._buf = bytearray(header.total_bytes)
-        self._view = memoryview(self._buf)
-        self._off = 0
+        self._total = header.total_bytes
+        self._buf = bytearray()
         self._digest = hashlib.sha256()
 
     @property
     def received(self) -> int:
         """Bytes received so far."""
-        return self._off
+        return len(self._buf)
 
     def add(self, chunk: bytes) -> None:
         """Append one chunk.
@@ -154,12 +158,10 @@ class BlobAssembler:
         Raises:
             OversizedMessage: the chunk runs past the declared total.
         """
-        end = self._off + len(chunk)
-        if end > len(self._buf):
+        if len(self._buf) + len(chunk) > self._total:
             raise OversizedMessage("blob chunks exceed the declared total_bytes")
-        self._view[self._off : end] = chunk
+        self._buf += chunk
         self._digest.update(chunk)
-        self._off = end
 
     def finish(self) -> NamedArrays:
         """Check completeness and digest, and return the tensors (views into one buffer).
@@ -167,8 +169,8 @@ class BlobAssembler:
         Raises:
             MalformedMessage: the blob is short or its digest differs from the header's.
         """
-        if self._off != len(self._buf):
-            raise MalformedMessage(f"blob ended after {self._off} of {len(self._buf)} bytes")
+        if len(self._buf) != self._total:
+            raise MalformedMessage(f"blob ended after {len(self._buf)} of {self._total} bytes")
         if self._digest.digest() != self.header.sha256:
             raise MalformedMessage("blob sha256 does not match its header")
         return decode_tensors(self.header, self._buf)

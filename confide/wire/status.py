@@ -35,6 +35,8 @@ _REASON_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.UNKNOWN_SITE: grpc.StatusCode.NOT_FOUND,
     Reason.BAD_CERTIFICATE: grpc.StatusCode.UNAUTHENTICATED,
     Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.PEER_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.SERVER_BUSY: grpc.StatusCode.UNAVAILABLE,
 }
 
 _CLASS_FOR_STATUS: dict[grpc.StatusCode, type[ConfideError]] = {
@@ -44,6 +46,12 @@ _CLASS_FOR_STATUS: dict[grpc.StatusCode, type[ConfideError]] = {
     grpc.StatusCode.UNAUTHENTICATED: errors.BadSignature,
     grpc.StatusCode.PERMISSION_DENIED: errors.Unauthorized,
     grpc.StatusCode.NOT_FOUND: errors.PeerError,
+}
+
+# Overload is told apart by whose it is: the caller's own quota, or the server's capacity.
+_CLASS_FOR_REASON: dict[Reason, type[ConfideError]] = {
+    Reason.PEER_LIMIT: errors.PeerError,
+    Reason.SERVER_BUSY: errors.InternalError,
 }
 
 
@@ -71,5 +79,7 @@ def error_from_rpc(err: grpc.RpcError) -> ConfideError:
         reason: Reason | None = Reason(details)
     except ValueError:
         reason = Reason.UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else None
-    cls = _CLASS_FOR_STATUS.get(code, errors.InternalError)
+    cls = _CLASS_FOR_REASON.get(reason) if reason is not None else None
+    if cls is None:
+        cls = _CLASS_FOR_STATUS.get(code, errors.InternalError)
     return cls(f"aggregator answered {code.name}: {details}", reason=reason)

@@ -11,6 +11,7 @@ import pytest
 
 from agent.config import DatasetPolicy
 from agent.datasets import DataFormat, DatasetConfig
+from agent.policy import DEFAULT_MAX_MODEL_BYTES
 from agent.privacy import PrivacyPlan
 from agent.tasks import SiteContext, TaskRunner
 from confide.pki import Identity, Role, init_ca, issue, load_identity
@@ -145,6 +146,7 @@ def make_runner(
     *,
     privacy: PrivacyPlan | None = None,
     policy: DatasetPolicy | None = None,
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
 ) -> TaskRunner:
     """A TaskRunner for site-1 exposing ``dataset``, with fake workers."""
     site = SiteContext(
@@ -157,6 +159,7 @@ def make_runner(
         datasets={DATASET: dataset},
         device="cpu",
         policies={DATASET: policy} if policy is not None else {},
+        max_model_bytes=max_model_bytes,
     )
     return TaskRunner(site, start_worker=workers, privacy=privacy)
 

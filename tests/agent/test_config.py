@@ -136,3 +136,13 @@ def test_missing_config_file_exits_2(tmp_path, capsys):
     """A config path that does not exist is a one-line error and exit code 2."""
     assert main(["status", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "confide-agent: config key" in capsys.readouterr().err
+
+
+def test_policy_max_model_bytes(tmp_path):
+    """[policy] max_model_bytes defaults to 512 MiB, is read when set, and must be >= 1."""
+    assert load_config(_write(tmp_path, BASE)).max_model_bytes == 512 * 1024**2
+    cfg = load_config(_write(tmp_path, BASE + "[policy]\nmax_model_bytes = 1000\n"))
+    assert cfg.max_model_bytes == 1000
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, BASE + "[policy]\nmax_model_bytes = 0\n"))
+    assert err.value.key == "policy.max_model_bytes"

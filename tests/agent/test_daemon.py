@@ -139,3 +139,30 @@ def test_shutdown_closes_the_ledger_once_the_session_ended():
         )
     assert stops == ["stop", "ledger closed"]
     assert not thread.is_alive() and logs == []
+
+
+def test_state_is_private_under_umask_0(tmp_path, pki):
+    """Run with umask 0, the daemon makes its state dir 0700 and its ledger files 0600."""
+    cfg = _config(tmp_path, pki.dir)
+    state = tmp_path / "state"
+    log = tmp_path / "agent.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(cfg)],
+            stderr=err,
+            cwd=Path(__file__).parents[2],
+            umask=0,
+        )
+    try:
+        _wait((state / "agent.sock").exists, 60, proc, log)
+        assert oct(os.stat(state).st_mode & 0o777) == oct(0o700)
+        files = [p for p in state.iterdir() if p.name.startswith("ledger.db")]
+        assert state / "ledger.db" in files
+        for p in files:
+            assert oct(os.stat(p).st_mode & 0o777) == oct(0o600), p.name
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

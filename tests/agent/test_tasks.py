@@ -12,7 +12,14 @@ from agent.tasks import TaskOutcome
 from confide.errors import BadSignature
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, BlobAssembler, open_envelope
-from tests.agent.conftest import FEDERATION, job_spec, model_weights, report_of, signed_task
+from tests.agent.conftest import (
+    FEDERATION,
+    job_spec,
+    make_runner,
+    model_weights,
+    report_of,
+    signed_task,
+)
 from tests.agent.fakes import FakeTransport
 
 
@@ -192,3 +199,20 @@ def test_secure_aggregation_job_is_refused_until_secagg_is_plugged_in(pki, runne
     assert runner.run(signed_task(pki.alice, spec=spec, task_id="t2"), t) is TaskOutcome.OK
     assert not aggregator.uploads
     assert sent[0]["num_samples"] == 40 and "eval_accuracy" in sent[0]["metrics"]
+
+
+@pytest.mark.parametrize(("limit", "outcome"), [(23, TaskOutcome.REFUSED), (24, TaskOutcome.OK)])
+def test_model_size_is_checked_against_the_site_policy(
+    pki, dataset, workers, aggregator, limit, outcome
+):
+    """A 24-byte model is refused model_too_large under a 23-byte policy (before any download)."""
+    runner = make_runner(pki, dataset, workers, max_model_bytes=limit)  # logreg 2x2+2 float32
+
+    class NoDownload(FakeTransport):
+        def download(self, job_id, model_version):
+            assert outcome is TaskOutcome.OK, "a refused job must not be downloaded"
+            return super().download(job_id, model_version)
+
+    assert runner.run(signed_task(pki.alice), NoDownload(aggregator)) is outcome
+    if outcome is TaskOutcome.REFUSED:
+        assert report_of(pki, aggregator.reports[0]).reason == "model_too_large"

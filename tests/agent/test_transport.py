@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import queue
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,10 +20,13 @@ from agent.session import Session
 from agent.transport import GrpcTransport
 from confide.errors import ConfideError, PeerError, Reason
 from confide.pki import server_credentials
-from confide.v1 import federation_pb2, federation_pb2_grpc
+from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from confide.wire import BlobAssembler, encode_tensors, iter_chunks
+from confide.wire.blob import CHUNK_BYTES
 from tests.agent.conftest import DATASET, signed_task
 from tests.agent.conftest import _load as load_identity_files
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Federation(federation_pb2_grpc.FederationServicer):
@@ -32,6 +39,7 @@ class _Federation(federation_pb2_grpc.FederationServicer):
         self.reports = []
         self.cond = threading.Condition()
         self.stalled = threading.Event()
+        self.announce = 0
 
     def Register(self, request, context):
         return federation_pb2.RegisterReply(site_id=request.sender, heartbeat_interval_s=3600)
@@ -47,6 +55,12 @@ class _Federation(federation_pb2_grpc.FederationServicer):
                 continue
 
     def Download(self, request, context):
+        if request.model_version == "announce":  # a 1 GiB header, then 2 MiB, then the end
+            header = common_pb2.BlobHeader(total_bytes=self.announce, sha256=b"\0" * 32)
+            header.tensors.add(name="w", dtype=common_pb2.DTYPE_UINT32, shape=[self.announce // 4])
+            yield federation_pb2.BlobPart(header=header)
+            yield federation_pb2.BlobPart(chunk=b"\1" * CHUNK_BYTES)
+            return
         if request.model_version == "stall":  # the header, then nothing until the client leaves
             header, _ = encode_tensors(self.model)
             yield federation_pb2.BlobPart(header=header)
@@ -209,3 +223,51 @@ def test_session_stop_cancels_a_stalled_download(pki, server, runner, workers):
         th.join(timeout=10)
     assert not th.is_alive()
     assert session.status().tasks_done == 0
+
+
+_ANNOUNCED = 1 << 30
+
+_DOWNLOAD_AND_MEASURE = """
+import json, sys
+from pathlib import Path
+from agent.transport import GrpcTransport
+from confide.errors import ConfideError
+from confide.pki import load_identity
+
+def hwm():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+d, address = Path(sys.argv[1]), sys.argv[2]
+site = load_identity(cert=d / "site-1.crt", key=d / "site-1.key",
+                     signing_key=d / "site-1.sign.key", ca=d / "ca.crt")
+t = GrpcTransport.from_identity(site, address=address, server_name="aggregator",
+                                max_model_bytes=2 << 30)
+before = hwm()
+try:
+    t.download("job-1", "announce")
+    reason = "ok"
+except ConfideError as exc:
+    reason = exc.reason.value
+finally:
+    t.close()
+print(json.dumps({"grew": hwm() - before, "reason": reason}))
+"""
+
+
+def test_a_declared_size_allocates_nothing(pki, server):
+    """An aggregator announcing 1 GiB and sending 2 MiB costs the agent process about 2 MiB."""
+    servicer, address = server
+    servicer.announce = _ANNOUNCED
+    out = subprocess.run(
+        [sys.executable, "-c", _DOWNLOAD_AND_MEASURE, str(pki.dir), address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["reason"] == "malformed"  # the blob ended after 2 MiB of 1 GiB
+    assert figures["grew"] < 64 * 2**20, figures

@@ -24,6 +24,7 @@ def pki(tmp_path_factory) -> Path:
 
 
 def make_config(pki: Path, state: Path, **kw) -> AggregatorConfig:
+    kw.setdefault("crl", pki / "crl.pem")
     return AggregatorConfig(
         federation=FEDERATION,
         listen="127.0.0.1:0",

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import parse_config
+from aggregator.config import DEFAULT_MAX_MODEL_BYTES, parse_config
 from aggregator.main import main
-from confide.errors import ConfigError
+from aggregator.quota import Limits
+from confide.errors import ConfigError, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +28,7 @@ ca = "{pki}/ca.crt"
 cert = "{pki}/aggregator.crt"
 key = "{pki}/aggregator.key"
 signing_key = "{pki}/aggregator.sign.key"
+crl = "{pki}/crl.pem"
 [state]
 dir = "{state}"
 {extra}
@@ -99,6 +101,83 @@ def test_process_listens_and_stops_on_sigterm(pki, tmp_path):
         line = proc.stderr.readline()
         assert '"aggregator_listening"' in line
         assert (tmp_path / "state" / "address").read_text().startswith("127.0.0.1:")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_config_without_crl_is_refused_naming_tls_crl(pki, tmp_path, capsys):
+    """An aggregator config that names no CRL does not start: exit 2, naming tls.crl."""
+    text = _toml(pki, tmp_path).replace(f'crl = "{pki}/crl.pem"\n', "")
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert (err.value.key, err.value.reason) == ("tls.crl", Reason.MISSING_KEY)
+    (tmp_path / "a.toml").write_text(text)
+    assert main(["--config", str(tmp_path / "a.toml")]) == 2
+    assert "tls.crl" in capsys.readouterr().err
+
+
+def test_config_crl_none_must_be_said_explicitly(pki, tmp_path):
+    """crl = "none" runs without revocation; a CRL path that does not exist is refused."""
+    text = _toml(pki, tmp_path)
+    assert parse_config(text).crl == pki / "crl.pem"
+    assert parse_config(text.replace(f'"{pki}/crl.pem"', '"none"')).crl is None
+    with pytest.raises(ConfigError) as err:
+        parse_config(text.replace(f'"{pki}/crl.pem"', f'"{pki}/nowhere.pem"'))
+    assert err.value.key == "tls.crl"
+
+
+def test_limits_defaults_and_values(pki, tmp_path):
+    """[limits] is optional; each key it names is read into the config."""
+    cfg = parse_config(_toml(pki, tmp_path))
+    assert cfg.max_model_bytes == DEFAULT_MAX_MODEL_BYTES and cfg.limits == Limits()
+    extra = "[limits]\nmax_model_bytes = 1000\npeer_calls = 3\npeer_rate = 2.5\nstream_idle_s = 4"
+    cfg = parse_config(_toml(pki, tmp_path, extra))
+    assert cfg.max_model_bytes == 1000
+    assert (cfg.limits.peer_calls, cfg.limits.peer_rate, cfg.limits.stream_idle_s) == (3, 2.5, 4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("peer_transfers = 32", "limits.peer_transfers"),  # one peer could take every slot
+        ("peer_calls = 64", "limits.peer_calls"),  # ... or every short-call handler
+        ("peer_bytes_in_flight = 4294967296", "limits.peer_bytes_in_flight"),
+        ("max_model_bytes = 2147483648", "limits.max_model_bytes"),  # no site could upload
+        ("peer_rate = 0", "limits.peer_rate"),
+        ("peer_burts = 5", "limits.peer_burts"),
+    ],
+)
+def test_limits_that_let_one_peer_take_everything_are_refused(pki, tmp_path, extra, key):
+    """A limit that would let one peer exhaust a shared capacity is a config error naming it."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(_toml(pki, tmp_path, "[limits]\n" + extra))
+    assert err.value.key == key
+
+
+def test_state_is_private_under_umask_0(pki, tmp_path):
+    """Run by hand with umask 0, the aggregator makes its state dir 0700 and its database 0600."""
+    state = tmp_path / "deep" / "state"
+    (tmp_path / "a.toml").write_text(_toml(pki, state))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aggregator.main", "--config", str(tmp_path / "a.toml")],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        umask=0,
+    )
+    try:
+        assert '"aggregator_listening"' in proc.stderr.readline()
+        for d in (state, state / "blobs"):
+            assert oct(os.stat(d).st_mode & 0o777) == oct(0o700), d
+        db = [p for p in state.iterdir() if p.name.startswith("aggregator.db")]
+        assert {p.name for p in db} >= {"aggregator.db", "aggregator.db-wal"}
+        for p in [*db, state / "address"]:
+            assert oct(os.stat(p).st_mode & 0o777) == oct(0o600), p.name
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+import tomllib
 from pathlib import Path
 
 import grpc
 import pytest
 
 from aggregator.server import build
+from confide.localfed import LocalFederation
 from confide.pki import Role, init_ca, issue, revoke
 from confide.v1 import admin_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
@@ -55,7 +58,8 @@ def test_revoked_site_loses_its_task_stream_at_its_next_heartbeat(pki_crl, fed):
     s1.connect()
     s2.connect()
     s1.heartbeat()
-    assert set(agg.coordinator.connected()) == {"site-1", "site-2"}
+    # Task streams and heartbeats run on separate handler pools: wait for both streams.
+    _wait_until(lambda: set(agg.coordinator.connected()) == {"site-1", "site-2"})
     revoke(pki_crl, "site-1")
     with pytest.raises(grpc.RpcError) as err:
         s1.heartbeat()
@@ -97,3 +101,29 @@ def test_revoked_operator_is_refused_without_a_restart(pki_crl, fed):
         alice.admin.ListJobs(admin_pb2.ListJobsRequest(), timeout=10)
     assert err.value.details() == "bad_certificate"
     bob.admin.ListJobs(admin_pb2.ListJobsRequest(), timeout=10)
+
+
+def test_the_configs_the_project_writes_refuse_a_revoked_site(tmp_path):
+    """With the config `confide demo` writes (a real process), a revoked site cannot register."""
+    with LocalFederation(tmp_path, federation=FEDERATION, log_level="warning") as fed:
+        fed.make_pki(["site-1", "site-2"])
+        revoke(fed.ca_dir, "site-1")
+        fed.start_aggregator()
+        written = tomllib.loads((fed.aggregator_dir / "aggregator.toml").read_text())
+        assert written["tls"]["crl"] == str(fed.ca_dir / "crl.pem")
+        port = int(fed.address.rpartition(":")[2])
+        sites = []
+        for name in ("site-1", "site-2"):
+            shutil.copy(fed.ca_dir / "ca.crt", fed.site_dirs[name] / "ca.crt")
+            sites.append(FakeSite(fed.site_dirs[name], name, port))
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                sites[0].register()
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bad_certificate",
+            )
+            assert sites[1].register().site_id == "site-2"
+        finally:
+            for s in sites:
+                s.close()

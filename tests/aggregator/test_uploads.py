@@ -47,6 +47,10 @@ def test_a_stalled_upload_is_cut_off_at_its_deadline_and_frees_its_slot(pki, tmp
 
         t0 = time.monotonic()
         stuck = s1.fed.Upload.future(stalled(), timeout=30)
+        deadline = time.monotonic() + 5
+        while not made:  # the two uploads race for the slot: let the stalled one hold it
+            assert time.monotonic() < deadline, "the stalled upload never got its slot"
+            time.sleep(0.01)
         waiting = s2.fed.Upload.future(iter(s2.upload_parts(t2, delta_like(model, 0.1))))
         time.sleep(0.5)
         assert len(made) == 1  # the waiting upload allocated nothing

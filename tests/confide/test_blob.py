@@ -108,3 +108,25 @@ def test_non_finite_values_are_refused(bad):
     a[1] = bad
     with pytest.raises(NonFiniteValue, match="'w'"):
         check_finite([("w", a)])
+
+
+def test_a_declared_size_allocates_nothing_until_bytes_arrive():
+    """A header announcing 1 GiB costs nothing; the buffer grows only by the bytes received."""
+    import tracemalloc
+
+    from confide.v1 import common_pb2
+
+    header = common_pb2.BlobHeader(total_bytes=1 << 30, sha256=b"\0" * 32)
+    header.tensors.add(name="w", dtype=common_pb2.DTYPE_FLOAT32, shape=[1 << 28])
+    tracemalloc.start()
+    try:
+        asm = BlobAssembler(header, max_bytes=1 << 30)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+        asm.add(b"\0" * (4 << 20))
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert asm.received == 4 << 20
+    assert current < 10 << 20 and peak < 16 << 20
+    with pytest.raises(MalformedMessage):
+        asm.finish()

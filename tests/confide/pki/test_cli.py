@@ -102,3 +102,21 @@ def test_unknown_role_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         _run("issue", "x", "--role", "admin", "--dir", str(tmp_path))
     assert exc.value.code == 2
+
+
+def test_init_writes_the_crl_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pki init` writes an empty, CA-signed crl.pem and tells the operator to configure it."""
+    from cryptography import x509
+
+    assert _run("init", "--dir", str(tmp_path), "--federation", "acme") == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "crl.pem") in out and "[tls] crl" in out
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert len(list(crl)) == 0
+    _run("issue", "op", "--role", "operator", "--dir", str(tmp_path))
+    assert _run("revoke", "op", "--dir", str(tmp_path)) == 0
+    serial = x509.load_pem_x509_certificate((tmp_path / "op.crt").read_bytes()).serial_number
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert [r.serial_number for r in crl] == [serial]
