@@ -6,6 +6,8 @@
     confide-agent enroll --dir pki --name site-1    make keys + CSR for the operator to sign
     confide-agent status --config agent.toml        ask the running daemon (exit 1: not running)
     confide-agent budget --config agent.toml        per-dataset privacy budget lines
+    confide-agent audit show|verify --config agent.toml   the site's audit trail (exit 1:
+                                                    the chain was edited, removed or reordered)
 
 A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2.
 This is the only module of the agent that configures structlog (STYLE rule 9).
@@ -39,6 +41,8 @@ from agent.resources import ResourceProbe
 from agent.sandbox import probe as probe_sandbox
 from agent.secure import install as install_secure_aggregation
 from agent.session import Session
+from agent.site_audit import AUDIT_FILE, SiteAudit
+from agent.site_audit_cli import audit_command
 from agent.tasks import SiteContext, TaskRunner
 from agent.transport import GrpcTransport
 from agent.workers import worker_factory
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cfg)
         if args.command == "budget":
             return _budget(cfg)
+        if args.command == "audit":
+            return audit_command(cfg.state_dir / AUDIT_FILE, args.action)
         return _run_daemon(cfg)  # no command or "run"
     except ConfigError as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
@@ -91,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    a = sub.add_parser("audit", help="show or verify the site's audit trail")
+    a.add_argument("action", choices=("show", "verify"))
+    a.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
     return p
 
 
@@ -206,6 +215,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         ),
         privacy=PrivacyPlan(ledger),
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
+        audit=SiteAudit(cfg.state_dir / AUDIT_FILE),
         start_worker=worker_factory(
             isolation,
             limits=cfg.sandbox.limits,

@@ -44,6 +44,7 @@ from agent.policy import check_model_size, exposed_dataset
 from agent.privacy import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
 from agent.release import check_delta, released_metrics
 from agent.runner_types import Handler, SecureUpdate, SiteContext, TaskOutcome
+from agent.site_audit import SiteAudit, code_hash
 from agent.transport import Transport
 from agent.worker.protocol import WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
@@ -81,6 +82,7 @@ class TaskRunner:
             privacy are refused (unit tests of non-private jobs run without it).
         job_bindings: where each signed job's first job id is recorded, so a signed job is
             never run under a second id (the daemon always has one).
+        audit: the site's audit trail (``agent.site_audit``); an in-memory one when None.
     """
 
     def __init__(
@@ -91,10 +93,12 @@ class TaskRunner:
         clock: Callable[[], float] = time.time,
         privacy: PrivacyPlan | None = None,
         job_bindings: JobBindings | None = None,
+        audit: SiteAudit | None = None,
     ) -> None:
         self.site = site
         self.privacy = privacy
         self.job_bindings = job_bindings
+        self.audit = audit if audit is not None else SiteAudit(":memory:")
         self._clock = clock
         self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()
@@ -124,6 +128,7 @@ class TaskRunner:
         ):
             log.info("task_received")
             try:
+                self.audit.seen(task, now=self._clock())
                 handler = self.handlers.get(task.kind)
                 if handler is None:
                     raise PolicyRefusal(f"this agent does not handle {kind} tasks")
@@ -141,6 +146,13 @@ class TaskRunner:
                     error=err.message,
                     exc_info=not isinstance(exc, ConfideError),
                 )
+                self.audit.ended(
+                    task.task_id,
+                    outcome=outcome.value,
+                    reason=err.reason.value,
+                    rule=getattr(err, "rule", ""),
+                    now=self._clock(),
+                )
                 try:
                     self._report_failure(task, transport, outcome, err)
                 except ConfideError as report_err:
@@ -153,6 +165,7 @@ class TaskRunner:
                     )
                 return outcome
             log.info("task_done")
+            self.audit.ended(task.task_id, outcome=TaskOutcome.OK.value, now=self._clock())
             return TaskOutcome.OK
 
     def abandon(self) -> None:
@@ -186,10 +199,17 @@ class TaskRunner:
         except PeerError as exc:
             # A forged or altered job is the site refusing it, not the site failing.
             raise PolicyRefusal(f"signed job refused: {exc}", reason=exc.reason) from exc
+        facts = {
+            "signer": job.signer.name,
+            "code_sha256": code_hash(job.spec.model),
+            "dataset": job.spec.dataset.name,
+        }
+        self.audit.identified(task.task_id, **facts)
         check_model_size(job.spec, max_bytes=self.site.max_model_bytes)
         dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
         if self.job_bindings is not None:
             self.job_bindings.bind(task.signed_job, task.job_id)
+        self.audit.admitted(task.task_id, **facts)
         return job, dataset
 
     def worker_for(
@@ -258,6 +278,11 @@ class TaskRunner:
             metrics = released_metrics(ev, tr, record_private=claims_dp)
             # Counted before anything leaves: from here on the cost can never be released.
             epsilon, update_epsilon = charge.mark_sent()
+            self.audit.charged(
+                task.task_id,
+                epsilon=plan.cost.epsilon if plan is not None else 0.0,
+                job_epsilon=epsilon,
+            )
         if secure and self.secure_update is not None:
             metrics["epsilon"] = epsilon
             metrics["update_epsilon"] = update_epsilon

@@ -3,25 +3,16 @@
 ``hash_n = sha256(hash_{n-1} || canonical_json(entry_n))`` with ``hash_0 = 32 zero bytes``,
 where the canonical JSON has sorted keys, no spaces and UTF-8 text. Changing, removing or
 reordering any stored entry changes every later hash, which ``verify_chain`` detects.
+The chain itself is ``confide.audit_chain`` (the site's audit trail uses the same one).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confide.errors import InternalError
+from confide.audit_chain import GENESIS, AuditTampered, canonical_json, link_hash, verify_chain
 
 __all__ = ["GENESIS", "AuditEntry", "AuditTampered", "entry_hash", "verify_chain"]
-
-GENESIS = bytes(32)
-"""The ``prev_hash`` of the first entry."""
-
-
-class AuditTampered(InternalError):
-    """A stored audit entry does not match the hash chain."""
 
 
 @dataclass(frozen=True)
@@ -64,29 +55,9 @@ class AuditEntry:
             "reason": self.reason,
             "detail": self.detail,
         }
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return canonical_json(body)
 
 
 def entry_hash(prev_hash: bytes, entry: AuditEntry) -> bytes:
     """``sha256(prev_hash || canonical_json(entry))``."""
-    return hashlib.sha256(prev_hash + entry.canonical()).digest()
-
-
-def verify_chain(entries: Iterable[AuditEntry]) -> int:
-    """Check a whole chain from its first entry; returns the number of entries.
-
-    Raises:
-        AuditTampered: names the first entry whose sequence, link or hash is wrong.
-    """
-    prev = GENESIS
-    n = 0
-    for e in entries:
-        n += 1
-        if e.seq != n:
-            raise AuditTampered(f"audit entry {e.seq} is out of sequence (expected {n})")
-        if e.prev_hash != prev:
-            raise AuditTampered(f"audit entry {e.seq} does not link to entry {e.seq - 1}")
-        if entry_hash(prev, e) != e.hash:
-            raise AuditTampered(f"audit entry {e.seq} was altered")
-        prev = e.hash
-    return n
+    return link_hash(prev_hash, entry.canonical())
