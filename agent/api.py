@@ -10,6 +10,9 @@ Health (``grpc.health.v1.Health``):
 - service ``"confide.v1.Federation"`` is SERVING while the session holds an open task stream
   to the aggregator, NOT_SERVING otherwise: a readiness probe.
 
+Manual approval (``agent.approvals``): ``Jobs`` lists the requests, ``Approve`` and ``Deny``
+answer one; the caller is a local operator by construction (the socket's mode).
+
 The servicer only decodes, calls the status source and encodes (STYLE rule 1).
 """
 
@@ -19,14 +22,17 @@ import contextlib
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from confide.errors import ConfigError
+from agent.approvals import ApprovalError, ApprovalRequest, Approvals
+from confide.errors import ConfigError, Reason
 from confide.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = [
@@ -49,9 +55,12 @@ def _no_budget() -> agent_pb2.BudgetReply:
 
 
 class _Control(agent_pb2_grpc.AgentControlServicer):  # type: ignore[misc]
-    def __init__(self, status: StatusSource, budget: BudgetSource) -> None:
+    def __init__(
+        self, status: StatusSource, budget: BudgetSource, approvals: Approvals | None
+    ) -> None:
         self._status = status
         self._budget = budget
+        self._approvals = approvals
 
     def Status(
         self, request: agent_pb2.StatusRequest, context: grpc.ServicerContext
@@ -63,6 +72,72 @@ class _Control(agent_pb2_grpc.AgentControlServicer):  # type: ignore[misc]
     ) -> agent_pb2.BudgetReply:
         return self._budget()
 
+    def Jobs(
+        self, request: agent_pb2.JobsRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.JobsReply:
+        if self._approvals is None:
+            return agent_pb2.JobsReply(mode="auto")
+        reqs = self._approvals.requests(include_decided=request.include_decided)
+        return agent_pb2.JobsReply(mode="manual", jobs=[_info(r) for r in reqs])
+
+    def Approve(
+        self, request: agent_pb2.ApproveRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.DecisionReply:
+        approvals = self._manual(context)
+        try:
+            req = approvals.approve(request.job_id, now=time.time())
+        except ApprovalError as exc:
+            _abort(context, exc)
+        return agent_pb2.DecisionReply(job=_info(req))
+
+    def Deny(
+        self, request: agent_pb2.DenyRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.DecisionReply:
+        approvals = self._manual(context)
+        if not request.reason.strip():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a denial needs a reason")
+        try:
+            req = approvals.deny(request.job_id, reason=request.reason, now=time.time())
+        except ApprovalError as exc:
+            _abort(context, exc)
+        return agent_pb2.DecisionReply(job=_info(req))
+
+    def _manual(self, context: grpc.ServicerContext) -> Approvals:
+        if self._approvals is None:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                'this agent approves jobs automatically (policy approval = "auto")',
+            )
+        assert self._approvals is not None
+        return self._approvals
+
+
+def _abort(context: grpc.ServicerContext, exc: ApprovalError) -> NoReturn:
+    code = (
+        grpc.StatusCode.NOT_FOUND
+        if exc.reason is Reason.UNKNOWN_JOB
+        else grpc.StatusCode.FAILED_PRECONDITION
+    )
+    context.abort(code, exc.message)
+    raise AssertionError("context.abort raises")
+
+
+def _info(r: ApprovalRequest) -> agent_pb2.ApprovalRequestInfo:
+    return agent_pb2.ApprovalRequestInfo(
+        job_id=r.job_id,
+        digest=r.digest,
+        signer=r.signer,
+        code_sha256=r.code_sha256,
+        dataset=r.dataset,
+        privacy=r.privacy,
+        rounds=r.rounds,
+        requested_at=r.requested_at,
+        expires_at=r.expires_at,
+        state=r.state.value,
+        decided_at=r.decided_at,
+        reason=r.reason,
+    )
+
 
 class AgentApi:
     """The local API server on a unix socket.
@@ -71,6 +146,7 @@ class AgentApi:
         socket_path: where to create the socket (mode 0660).
         status: builds the current ``AgentStatus``.
         budget: builds the ``BudgetReply`` (empty until the privacy ledger provides it).
+        approvals: the approval requests under manual approval; None when automatic.
 
     Raises:
         ConfigError: (``api.socket``) the path exists and is not a socket, another agent
@@ -83,12 +159,15 @@ class AgentApi:
         *,
         status: StatusSource,
         budget: BudgetSource = _no_budget,
+        approvals: Approvals | None = None,
     ) -> None:
         self.socket_path = socket_path
         _clear_stale_socket(socket_path)
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        agent_pb2_grpc.add_AgentControlServicer_to_server(_Control(status, budget), self._server)
+        agent_pb2_grpc.add_AgentControlServicer_to_server(
+            _Control(status, budget, approvals), self._server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)

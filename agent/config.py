@@ -23,6 +23,8 @@ file at fault).
     [policy]      trusted_signers = ["alice"]    # empty: any operator of the federation CA
                   max_round_attempts = 2   max_job_retries = 1   # caps on the job's (optional)
                   max_model_bytes = 536870912    # refuse jobs with larger models (default)
+                  approval = "auto"   # manual: a local operator approves each job
+                  approval_expires_s = 604800   # an unanswered request expires after this
     [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
     [log]         level = "info"   json = true   # json absent: JSON unless stderr is a TTY
 """
@@ -36,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.approvals import DEFAULT_EXPIRES_S, ApprovalMode
 from agent.datasets import DatasetConfig, dataset_from_config
 from agent.policy import DEFAULT_MAX_MODEL_BYTES
 from agent.sandbox import Limits
@@ -151,6 +154,8 @@ class AgentConfig:
         dataset_policies: per-dataset privacy limits, by dataset name.
         attempt_caps: the site's caps on the attempts it pays for per round and per job.
         max_model_bytes: the largest job model the site accepts (and downloads).
+        approval: whether a local operator approves each job (``agent.approvals``).
+        approval_expires_s: how long an approval request waits for an answer.
         log_level: minimum log level.
         log_json: JSON log lines (True), console (False), or by TTY (None).
     """
@@ -169,6 +174,8 @@ class AgentConfig:
     dataset_policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
     attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    approval: ApprovalMode = ApprovalMode.AUTO
+    approval_expires_s: float = DEFAULT_EXPIRES_S
     log_level: LogLevel = LogLevel.INFO
     log_json: bool | None = None
 
@@ -250,6 +257,12 @@ def config_from_section(root: Section) -> AgentConfig:
         max_job_retries=policy.int("max_job_retries", None, min=0),
     )
     max_model_bytes: int = policy.int("max_model_bytes", DEFAULT_MAX_MODEL_BYTES, min=1)
+    approval: ApprovalMode = policy.choice("approval", ApprovalMode, ApprovalMode.AUTO)
+    expires_s: float = policy.float(
+        "approval_expires_s", DEFAULT_EXPIRES_S, min=0.0, min_exclusive=True
+    )
+    if not math.isfinite(expires_s):
+        raise ConfigError(policy.key("approval_expires_s"), "must be a finite number of seconds")
     pol_ds = policy.section("datasets")
     policies = {name: _dataset_policy(table) for name, table in pol_ds.tables().items()}
     for name in policies:
@@ -279,6 +292,8 @@ def config_from_section(root: Section) -> AgentConfig:
         dataset_policies=policies,
         attempt_caps=caps,
         max_model_bytes=max_model_bytes,
+        approval=approval,
+        approval_expires_s=expires_s,
         log_level=level,
         log_json=log_json,
     )

@@ -6,6 +6,9 @@
     confide-agent enroll --dir pki --name site-1    make keys + CSR for the operator to sign
     confide-agent status --config agent.toml        ask the running daemon (exit 1: not running)
     confide-agent budget --config agent.toml        per-dataset privacy budget lines
+    confide-agent jobs --config agent.toml          jobs waiting for approval (manual mode)
+    confide-agent approve JOB --config agent.toml   approve one job (its signed spec)
+    confide-agent deny JOB --reason TEXT --config agent.toml
     confide-agent audit show|verify --config agent.toml   the site's audit trail (exit 1:
                                                     the chain was edited, removed or reordered)
 
@@ -31,6 +34,8 @@ import structlog
 from google.protobuf.message import Message
 
 from agent.api import AgentApi, connect_api
+from agent.approvals import APPROVALS_FILE, ApprovalMode, Approvals
+from agent.approvals_cli import approve_command, deny_command, jobs_command
 from agent.config import AgentConfig, DatasetPolicy, load_config
 from agent.datasets import declared_sizes
 from agent.faults import install_kill_point, kill_point_from_env
@@ -75,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cfg)
         if args.command == "budget":
             return _budget(cfg)
+        if args.command == "jobs":
+            return jobs_command(cfg.api_socket, include_decided=args.all)
+        if args.command == "approve":
+            return approve_command(cfg.api_socket, args.job)
+        if args.command == "deny":
+            return deny_command(cfg.api_socket, args.job, reason=args.reason)
         if args.command == "audit":
             return audit_command(cfg.state_dir / AUDIT_FILE, args.action)
         return _run_daemon(cfg)  # no command or "run"
@@ -97,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    j = sub.add_parser("jobs", help="list jobs waiting for a local operator's approval")
+    j.add_argument("--all", action="store_true", help="also approved and denied jobs")
+    j.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    ap = sub.add_parser("approve", help="approve a job waiting for approval")
+    ap.add_argument("job", help="the job id `confide-agent jobs` shows")
+    ap.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    dn = sub.add_parser("deny", help="deny a job waiting for approval")
+    dn.add_argument("job", help="the job id `confide-agent jobs` shows")
+    dn.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    dn.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
     a = sub.add_parser("audit", help="show or verify the site's audit trail")
     a.add_argument("action", choices=("show", "verify"))
     a.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
@@ -198,6 +219,12 @@ def _run_daemon(cfg: AgentConfig) -> int:
     else:
         log.error("sandbox_unavailable", detail=isolation.detail, workers="refused")
     ledger = Ledger.open(cfg.state_dir / "ledger.db")
+    audit = SiteAudit(cfg.state_dir / AUDIT_FILE)
+    approvals = (
+        Approvals(cfg.state_dir / APPROVALS_FILE, expires_s=cfg.approval_expires_s, audit=audit)
+        if cfg.approval is ApprovalMode.MANUAL
+        else None
+    )
     runner = TaskRunner(
         SiteContext(
             federation=cfg.federation,
@@ -215,7 +242,8 @@ def _run_daemon(cfg: AgentConfig) -> int:
         ),
         privacy=PrivacyPlan(ledger),
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
-        audit=SiteAudit(cfg.state_dir / AUDIT_FILE),
+        audit=audit,
+        approvals=approvals,
         start_worker=worker_factory(
             isolation,
             limits=cfg.sandbox.limits,
@@ -264,7 +292,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
             ]
         )
 
-    api = AgentApi(cfg.api_socket, status=status, budget=budget)
+    api = AgentApi(cfg.api_socket, status=status, budget=budget, approvals=approvals)
     session = Session(
         runner=runner,
         connect=lambda: GrpcTransport.from_identity(

@@ -14,12 +14,35 @@ from confide.models import parameter_bytes
 from confide.pki import CertInfo, Role
 from confide.v1 import common_pb2
 
-__all__ = ["DEFAULT_MAX_MODEL_BYTES", "check_model_size", "check_signer", "exposed_dataset"]
+__all__ = [
+    "DEFAULT_MAX_MODEL_BYTES",
+    "RuleRefusal",
+    "check_model_size",
+    "check_signer",
+    "exposed_dataset",
+]
 
 DEFAULT_MAX_MODEL_BYTES = 512 * 1024**2
 """The largest job model a site accepts unless ``[policy] max_model_bytes`` says otherwise:
 128M float32 parameters. The daemon holds the global model, the worker's copy and the update,
 so a job's model size is the site's memory to give, not the aggregator's to take."""
+
+
+class RuleRefusal(PolicyRefusal):
+    """A refusal that names the site rule that refused, e.g. ``policy.approval``.
+
+    The rule goes to the site's audit trail and to the aggregator's report, so whoever reads
+    either knows which line of the site's policy to discuss.
+
+    Args:
+        rule: the dotted policy key (or operator action) that refused.
+        message: a sentence for the site's log.
+        reason: the stable reason.
+    """
+
+    def __init__(self, rule: str, message: str, *, reason: Reason) -> None:
+        super().__init__(message, reason=reason)
+        self.rule = rule
 
 
 def check_signer(signer: CertInfo, *, trusted_signers: Collection[str]) -> None:

@@ -35,6 +35,7 @@ import structlog
 from google.protobuf.message import Message
 from structlog.contextvars import bound_contextvars
 
+from agent.approvals import Approvals
 from agent.config import DatasetPolicy
 from agent.datasets import DatasetConfig, count_train_records
 from agent.jobbinding import JobBindings
@@ -83,6 +84,8 @@ class TaskRunner:
         job_bindings: where each signed job's first job id is recorded, so a signed job is
             never run under a second id (the daemon always has one).
         audit: the site's audit trail (``agent.site_audit``); an in-memory one when None.
+        approvals: under manual approval, the operator's answers (``agent.approvals``);
+            None approves every job that passes the policy.
     """
 
     def __init__(
@@ -94,11 +97,13 @@ class TaskRunner:
         privacy: PrivacyPlan | None = None,
         job_bindings: JobBindings | None = None,
         audit: SiteAudit | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         self.site = site
         self.privacy = privacy
         self.job_bindings = job_bindings
         self.audit = audit if audit is not None else SiteAudit(":memory:")
+        self.approvals = approvals
         self._clock = clock
         self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()
@@ -209,6 +214,8 @@ class TaskRunner:
         dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
         if self.job_bindings is not None:
             self.job_bindings.bind(task.signed_job, task.job_id)
+        if self.approvals is not None:
+            self.approvals.check(task, job.spec, signer=job.signer.name, now=self._clock())
         self.audit.admitted(task.task_id, **facts)
         return job, dataset
 
@@ -418,6 +425,8 @@ class TaskRunner:
             return  # nobody waits for an answer to JOB_DONE
         refused = outcome is TaskOutcome.REFUSED
         what = "refused by the site policy" if refused else "failed at the site"
+        rule = getattr(err, "rule", "")
+        cause = f"{err.reason.value}, rule {rule}" if rule else err.reason.value
         self.report(
             task,
             transport,
@@ -427,7 +436,7 @@ class TaskRunner:
                 # Peers hear little: messages can quote data (a cell that failed to parse, a
                 # worker's stderr), so the aggregator gets the reason and a fixed sentence;
                 # the full message is in this site's log (event task_failed).
-                message=f"{what} ({err.reason.value}); details are in the site's log",
+                message=f"{what} ({cause}); details are in the site's log",
             ),
         )
 

@@ -71,6 +71,8 @@ class Reason(enum.Enum):
     ROUND_NOT_SIGNED = "round_not_signed"  # a round outside the signed job's 1..rounds
     ATTEMPTS_EXCEEDED = "attempts_exceeded"  # past the attempts a site pays for
     MODEL_TOO_LARGE = "model_too_large"
+    APPROVAL_PENDING = "approval_pending"  # manual approval: not answered yet, ask again later
+    APPROVAL_EXPIRED = "approval_expired"  # manual approval: nobody answered in time
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"

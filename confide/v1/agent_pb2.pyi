@@ -64,3 +64,65 @@ class BudgetReply(_message.Message):
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetBudget]
     def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetBudget, _Mapping]]] = ...) -> None: ...
+
+class JobsRequest(_message.Message):
+    __slots__ = ("include_decided",)
+    INCLUDE_DECIDED_FIELD_NUMBER: _ClassVar[int]
+    include_decided: bool
+    def __init__(self, include_decided: _Optional[bool] = ...) -> None: ...
+
+class ApprovalRequestInfo(_message.Message):
+    __slots__ = ("job_id", "digest", "signer", "code_sha256", "dataset", "privacy", "rounds", "requested_at", "expires_at", "state", "decided_at", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    digest: str
+    signer: str
+    code_sha256: str
+    dataset: str
+    privacy: str
+    rounds: int
+    requested_at: float
+    expires_at: float
+    state: str
+    decided_at: float
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., digest: _Optional[str] = ..., signer: _Optional[str] = ..., code_sha256: _Optional[str] = ..., dataset: _Optional[str] = ..., privacy: _Optional[str] = ..., rounds: _Optional[int] = ..., requested_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., state: _Optional[str] = ..., decided_at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class JobsReply(_message.Message):
+    __slots__ = ("jobs", "mode")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[ApprovalRequestInfo]
+    mode: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[ApprovalRequestInfo, _Mapping]]] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class ApproveRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DenyRequest(_message.Message):
+    __slots__ = ("job_id", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DecisionReply(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: ApprovalRequestInfo
+    def __init__(self, job: _Optional[_Union[ApprovalRequestInfo, _Mapping]] = ...) -> None: ...

@@ -44,6 +44,21 @@ class AgentControlStub:
                 request_serializer=confide_dot_v1_dot_agent__pb2.BudgetRequest.SerializeToString,
                 response_deserializer=confide_dot_v1_dot_agent__pb2.BudgetReply.FromString,
                 _registered_method=True)
+        self.Jobs = channel.unary_unary(
+                '/confide.v1.AgentControl/Jobs',
+                request_serializer=confide_dot_v1_dot_agent__pb2.JobsRequest.SerializeToString,
+                response_deserializer=confide_dot_v1_dot_agent__pb2.JobsReply.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/confide.v1.AgentControl/Approve',
+                request_serializer=confide_dot_v1_dot_agent__pb2.ApproveRequest.SerializeToString,
+                response_deserializer=confide_dot_v1_dot_agent__pb2.DecisionReply.FromString,
+                _registered_method=True)
+        self.Deny = channel.unary_unary(
+                '/confide.v1.AgentControl/Deny',
+                request_serializer=confide_dot_v1_dot_agent__pb2.DenyRequest.SerializeToString,
+                response_deserializer=confide_dot_v1_dot_agent__pb2.DecisionReply.FromString,
+                _registered_method=True)
 
 
 class AgentControlServicer:
@@ -61,6 +76,24 @@ class AgentControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Jobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deny(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +106,21 @@ def add_AgentControlServicer_to_server(servicer, server):
                     servicer.Budget,
                     request_deserializer=confide_dot_v1_dot_agent__pb2.BudgetRequest.FromString,
                     response_serializer=confide_dot_v1_dot_agent__pb2.BudgetReply.SerializeToString,
+            ),
+            'Jobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.Jobs,
+                    request_deserializer=confide_dot_v1_dot_agent__pb2.JobsRequest.FromString,
+                    response_serializer=confide_dot_v1_dot_agent__pb2.JobsReply.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=confide_dot_v1_dot_agent__pb2.ApproveRequest.FromString,
+                    response_serializer=confide_dot_v1_dot_agent__pb2.DecisionReply.SerializeToString,
+            ),
+            'Deny': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deny,
+                    request_deserializer=confide_dot_v1_dot_agent__pb2.DenyRequest.FromString,
+                    response_serializer=confide_dot_v1_dot_agent__pb2.DecisionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +177,87 @@ class AgentControl:
             '/confide.v1.AgentControl/Budget',
             confide_dot_v1_dot_agent__pb2.BudgetRequest.SerializeToString,
             confide_dot_v1_dot_agent__pb2.BudgetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Jobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.v1.AgentControl/Jobs',
+            confide_dot_v1_dot_agent__pb2.JobsRequest.SerializeToString,
+            confide_dot_v1_dot_agent__pb2.JobsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.v1.AgentControl/Approve',
+            confide_dot_v1_dot_agent__pb2.ApproveRequest.SerializeToString,
+            confide_dot_v1_dot_agent__pb2.DecisionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deny(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.v1.AgentControl/Deny',
+            confide_dot_v1_dot_agent__pb2.DenyRequest.SerializeToString,
+            confide_dot_v1_dot_agent__pb2.DecisionReply.FromString,
             options,
             channel_credentials,
             insecure,
