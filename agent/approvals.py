@@ -173,6 +173,17 @@ class Approvals:
         self._expires_s = expires_s
         self._audit = audit
 
+    @property
+    def expires_s(self) -> float:
+        """How long a new request waits for an answer (a policy reload may change it)."""
+        return self._expires_s
+
+    @expires_s.setter
+    def expires_s(self, value: float) -> None:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("expires_s must be a positive number of seconds")
+        self._expires_s = value
+
     def check(
         self, task: federation_pb2.Task, spec: common_pb2.JobSpec, *, signer: str, now: float
     ) -> None:

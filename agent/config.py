@@ -1,5 +1,10 @@
 """The agent daemon's configuration (``agent.toml``), read once at start-up.
 
+The site policy (``[policy]``, ``[policy.datasets.NAME]``, ``[datasets.NAME]``, ``[sandbox]``;
+``agent.site_policy``) is read from here too, unless ``policy = "policy.toml"`` names a
+separate policy file: then those tables must be in that file only (in ``agent.toml`` they are
+refused, naming the key), and SIGHUP reloads it without dropping the connection.
+
 Every error is a ``ConfigError`` naming the dotted key (``tls.cert``, ``worker.device``), so
 ``confide-agent`` prints one line and exits 2. Unknown keys are refused (``Section.done``),
 which catches typos before the daemon dials anyone. Paths are resolved against the config
@@ -9,6 +14,7 @@ file at fault).
 ::
 
     federation = "acme-health"
+    policy = "policy.toml"   # optional; relative to this file; holds the tables marked (P)
     [aggregator]  address = "127.0.0.1:7443"   server_name = "aggregator"
     [tls]         ca = "pki/ca.crt"  cert = "pki/site-1.crt"  key = "pki/site-1.key"
                   signing_key = "pki/site-1.sign.key"  crl = "pki/crl.pem"   # the CA's CRL
@@ -16,32 +22,41 @@ file at fault).
     [api]         socket = "/run/confide-agent/agent.sock"   # default <state.dir>/agent.sock
     [worker]      device = "auto"   # auto | cpu | cuda | cuda:N
                   task_timeout_s = 3600
-    [sandbox]     allow_unsandboxed = false   # true: run workers unisolated where bwrap fails
+    [sandbox]     (P) allow_unsandboxed = false   # true: run workers unisolated where bwrap fails
                   memory_mb = 8192  cpu_seconds = 86400  processes = 512  open_files = 1024
                   threads = 0  tmp_mb = 1024  gpus = [0]   # GPU ids the worker may use
-    [datasets.NAME]          ...    # agent.datasets.dataset_from_config reads the table
-    [policy]      trusted_signers = ["alice"]    # empty: any operator of the federation CA
+    [datasets.NAME]          (P) ...    # agent.datasets.dataset_from_config reads the table
+    [policy]      (P) trusted_signers = ["alice"]    # empty: any operator of the federation CA
+                  allowed_models = ["logreg", "mlp"]    # built-in kinds (default: all)
+                  allowed_bundles = ["<sha256 hex>"]    # or "trusted-signers"; default none
+                  time_windows = ["Mon-Fri 20:00-06:00"]   # local time; default any time
                   max_round_attempts = 2   max_job_retries = 1   # caps on the job's (optional)
                   max_model_bytes = 536870912    # refuse jobs with larger models (default)
                   approval = "auto"   # manual: a local operator approves each job
                   approval_expires_s = 604800   # an unanswered request expires after this
-    [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
+    [policy.datasets.NAME]   (P) max_epsilon = 8.0   min_update_noise = 0.5
     [log]         level = "info"   json = true   # json absent: JSON unless stderr is a TTY
 """
 
 from __future__ import annotations
 
 import enum
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.approvals import DEFAULT_EXPIRES_S, ApprovalMode
-from agent.datasets import DatasetConfig, dataset_from_config
-from agent.policy import DEFAULT_MAX_MODEL_BYTES
-from agent.sandbox import Limits
+from agent.approvals import ApprovalMode
+from agent.datasets import DatasetConfig
+from agent.site_policy import (
+    POLICY_TABLES,
+    AttemptCaps,
+    DatasetPolicy,
+    SandboxConfig,
+    SitePolicy,
+    load_policy,
+    policy_from_section,
+)
 from confide.config import Section, load_toml
 from confide.errors import ConfigError
 
@@ -53,6 +68,7 @@ __all__ = [
     "DatasetPolicy",
     "LogLevel",
     "SandboxConfig",
+    "SitePolicy",
     "TlsFiles",
     "config_from_section",
     "load_config",
@@ -89,53 +105,6 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
-class DatasetPolicy:
-    """A data owner's limits for one dataset; the privacy ledger enforces them.
-
-    Args:
-        max_epsilon: total record-level epsilon the dataset may ever spend (None: not set
-            here, the ledger's default cap of 10 applies; ``inf``: no cap, which is the only
-            way a site accepts jobs without any privacy protection on this dataset).
-        min_update_noise: the floor on the update-level noise multiplier z a job may ask for.
-    """
-
-    max_epsilon: float | None = None
-    min_update_noise: float = 0.0
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    """How workers are isolated (``[sandbox]``; ``agent.sandbox`` builds it).
-
-    Args:
-        allow_unsandboxed: where this host cannot build the sandbox (no bubblewrap, user
-            namespaces disabled), run workers without it instead of refusing every task.
-        limits: resource limits per worker.
-        gpus: GPU ids whose device nodes a worker may use; empty for none.
-    """
-
-    allow_unsandboxed: bool = False
-    limits: Limits = field(default_factory=Limits)
-    gpus: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class AttemptCaps:
-    """The most TRAIN attempts this site pays for in any job, whatever the job allows.
-
-    Each is min'ed with the signed job's own limit (``confide.jobspec.attempt_limits``);
-    None leaves the job's limit as it is.
-
-    Args:
-        max_round_attempts: attempts of one round (>= 1).
-        max_job_retries: attempts beyond one per round over a whole job (>= 0).
-    """
-
-    max_round_attempts: int | None = None
-    max_job_retries: int | None = None
-
-
-@dataclass(frozen=True)
 class AgentConfig:
     """Everything ``confide-agent`` reads from its config file.
 
@@ -148,14 +117,9 @@ class AgentConfig:
         api_socket: the local control API's unix socket.
         device: where the worker trains: auto, cpu, cuda or cuda:N.
         task_timeout_s: the longest one worker call may take before the worker is killed.
-        sandbox: how workers are isolated and limited.
-        datasets: the datasets this site exposes, by name.
-        trusted_signers: operator names whose jobs are accepted; empty = any operator.
-        dataset_policies: per-dataset privacy limits, by dataset name.
-        attempt_caps: the site's caps on the attempts it pays for per round and per job.
-        max_model_bytes: the largest job model the site accepts (and downloads).
-        approval: whether a local operator approves each job (``agent.approvals``).
-        approval_expires_s: how long an approval request waits for an answer.
+        policy: the site policy in force at start (``agent.site_policy``).
+        policy_file: the ``policy.toml`` it came from (SIGHUP reloads it); None when the
+            policy tables are in this file.
         log_level: minimum log level.
         log_json: JSON log lines (True), console (False), or by TTY (None).
     """
@@ -168,16 +132,52 @@ class AgentConfig:
     api_socket: Path
     device: str = "auto"
     task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
-    trusted_signers: tuple[str, ...] = ()
-    dataset_policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
-    attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
-    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
-    approval: ApprovalMode = ApprovalMode.AUTO
-    approval_expires_s: float = DEFAULT_EXPIRES_S
+    policy: SitePolicy = field(default_factory=SitePolicy)
+    policy_file: Path | None = None
     log_level: LogLevel = LogLevel.INFO
     log_json: bool | None = None
+
+    # The policy at start, under the names the daemon and its tests have always used.
+
+    @property
+    def sandbox(self) -> SandboxConfig:
+        """``policy.sandbox``."""
+        return self.policy.sandbox
+
+    @property
+    def datasets(self) -> Mapping[str, DatasetConfig]:
+        """``policy.datasets``."""
+        return self.policy.datasets
+
+    @property
+    def trusted_signers(self) -> tuple[str, ...]:
+        """``policy.trusted_signers``."""
+        return self.policy.trusted_signers
+
+    @property
+    def dataset_policies(self) -> Mapping[str, DatasetPolicy]:
+        """``policy.dataset_policies``."""
+        return self.policy.dataset_policies
+
+    @property
+    def attempt_caps(self) -> AttemptCaps:
+        """``policy.attempt_caps``."""
+        return self.policy.attempt_caps
+
+    @property
+    def max_model_bytes(self) -> int:
+        """``policy.max_model_bytes``."""
+        return self.policy.max_model_bytes
+
+    @property
+    def approval(self) -> ApprovalMode:
+        """``policy.approval``."""
+        return self.policy.approval
+
+    @property
+    def approval_expires_s(self) -> float:
+        """``policy.approval_expires_s``."""
+        return self.policy.approval_expires_s
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -240,36 +240,21 @@ def config_from_section(root: Section) -> AgentConfig:
     )
     worker.done()
 
-    sandbox = _sandbox(root.section("sandbox"))
-
-    ds_root = root.section("datasets")
-    datasets: dict[str, DatasetConfig] = {}
-    for name, table in ds_root.tables().items():
-        datasets[name] = dataset_from_config(name, table)
-    ds_root.done()
-
-    policy = root.section("policy")
-    trusted: list[str] = policy.str_list("trusted_signers", [])
-    if any(not s.strip() for s in trusted):
-        raise ConfigError(policy.key("trusted_signers"), "names must not be empty")
-    caps = AttemptCaps(
-        max_round_attempts=policy.int("max_round_attempts", None, min=1),
-        max_job_retries=policy.int("max_job_retries", None, min=0),
-    )
-    max_model_bytes: int = policy.int("max_model_bytes", DEFAULT_MAX_MODEL_BYTES, min=1)
-    approval: ApprovalMode = policy.choice("approval", ApprovalMode, ApprovalMode.AUTO)
-    expires_s: float = policy.float(
-        "approval_expires_s", DEFAULT_EXPIRES_S, min=0.0, min_exclusive=True
-    )
-    if not math.isfinite(expires_s):
-        raise ConfigError(policy.key("approval_expires_s"), "must be a finite number of seconds")
-    pol_ds = policy.section("datasets")
-    policies = {name: _dataset_policy(table) for name, table in pol_ds.tables().items()}
-    for name in policies:
-        if name not in datasets:
-            raise ConfigError(pol_ds.key(name), f"no [datasets.{name}] table exposes this dataset")
-    pol_ds.done()
-    policy.done()
+    # `policy = "FILE"` names the policy file; a [policy] table keeps the policy here.
+    policy_file: Path | None = None
+    if isinstance(root.value("policy", None), str):
+        policy_file = root.path("policy")
+    if policy_file is None:
+        policy = policy_from_section(root)
+    else:
+        for table in POLICY_TABLES:
+            if table != "policy" and root.has(table):
+                raise ConfigError(
+                    table,
+                    f"belongs in the policy file {policy_file} (agent.toml names one), "
+                    "so the site's policy has one source",
+                )
+        policy = load_policy(policy_file)
 
     log = root.section("log")
     level: LogLevel = log.choice("level", LogLevel, LogLevel.INFO)
@@ -286,52 +271,8 @@ def config_from_section(root: Section) -> AgentConfig:
         api_socket=api_socket,
         device=device,
         task_timeout_s=task_timeout_s,
-        sandbox=sandbox,
-        datasets=datasets,
-        trusted_signers=tuple(trusted),
-        dataset_policies=policies,
-        attempt_caps=caps,
-        max_model_bytes=max_model_bytes,
-        approval=approval,
-        approval_expires_s=expires_s,
+        policy=policy,
+        policy_file=policy_file,
         log_level=level,
         log_json=log_json,
     )
-
-
-def _dataset_policy(table: Section) -> DatasetPolicy:
-    max_eps: float | None
-    if table.value("max_epsilon", None) == math.inf:
-        max_eps = math.inf  # the site explicitly accepts jobs without privacy on this dataset
-    else:
-        max_eps = table.float("max_epsilon", None, min=0.0, min_exclusive=True)
-    min_noise: float = table.float("min_update_noise", 0.0, min=0.0)
-    table.done()
-    return DatasetPolicy(max_epsilon=max_eps, min_update_noise=min_noise)
-
-
-def _sandbox(table: Section) -> SandboxConfig:
-    mib = 1024 * 1024
-    defaults = Limits()
-    memory_mb: int | None = table.int("memory_mb", None, min=64)
-    cpu_seconds: int | None = table.int("cpu_seconds", None, min=1)
-    gpus: list[int] = table.value("gpus", [])
-    if not isinstance(gpus, list) or any(
-        isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus
-    ):
-        raise ConfigError(table.key("gpus"), "must be a list of GPU ids (integers >= 0)")
-    config = SandboxConfig(
-        allow_unsandboxed=table.bool("allow_unsandboxed", False),
-        limits=Limits(
-            memory_bytes=None if memory_mb is None else memory_mb * mib,
-            cpu_seconds=cpu_seconds,
-            open_files=table.int("open_files", defaults.open_files, min=16),
-            processes=table.int("processes", defaults.processes, min=8),
-            file_bytes=table.int("file_mb", defaults.file_bytes // mib, min=1) * mib,
-            tmp_bytes=table.int("tmp_mb", defaults.tmp_bytes // mib, min=1) * mib,
-            threads=table.int("threads", defaults.threads, min=0),
-        ),
-        gpus=tuple(sorted(set(gpus))),
-    )
-    table.done()
-    return config

@@ -2,7 +2,8 @@
 
 ::
 
-    confide-agent --config agent.toml               run the daemon (SIGTERM/SIGINT: clean stop, 0)
+    confide-agent --config agent.toml               run the daemon (SIGTERM/SIGINT: clean stop, 0;
+                                                    SIGHUP: reload policy.toml, if it names one)
     confide-agent enroll --dir pki --name site-1    make keys + CSR for the operator to sign
     confide-agent status --config agent.toml        ask the running daemon (exit 1: not running)
     confide-agent budget --config agent.toml        per-dataset privacy budget lines
@@ -36,26 +37,28 @@ from google.protobuf.message import Message
 from agent.api import AgentApi, connect_api
 from agent.approvals import APPROVALS_FILE, ApprovalMode, Approvals
 from agent.approvals_cli import approve_command, deny_command, jobs_command
-from agent.config import AgentConfig, DatasetPolicy, load_config
-from agent.datasets import declared_sizes
+from agent.config import AgentConfig, load_config
+from agent.datasets import DatasetConfig, declared_sizes
 from agent.faults import install_kill_point, kill_point_from_env
 from agent.jobbinding import JobBindings
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan
 from agent.resources import ResourceProbe
+from agent.sandbox import Isolation
 from agent.sandbox import probe as probe_sandbox
 from agent.secure import install as install_secure_aggregation
 from agent.session import Session
 from agent.site_audit import AUDIT_FILE, SiteAudit
 from agent.site_audit_cli import audit_command
+from agent.site_policy import DatasetPolicy, PolicyHolder, SitePolicy
 from agent.tasks import SiteContext, TaskRunner
 from agent.transport import GrpcTransport
-from agent.workers import worker_factory
+from agent.workers import WorkerFactory, WorkerHandle, worker_factory
 from confide import sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 from confide.pki import enroll, load_identity
-from confide.v1 import agent_pb2, agent_pb2_grpc
+from confide.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 __all__ = ["main"]
 
@@ -220,9 +223,12 @@ def _run_daemon(cfg: AgentConfig) -> int:
         log.error("sandbox_unavailable", detail=isolation.detail, workers="refused")
     ledger = Ledger.open(cfg.state_dir / "ledger.db")
     audit = SiteAudit(cfg.state_dir / AUDIT_FILE)
+    holder = PolicyHolder(cfg.policy, path=cfg.policy_file)
+    # With a reloadable policy file the approvals store is always open, so a reload may
+    # switch to manual approval; the runner asks it only while the policy says manual.
     approvals = (
         Approvals(cfg.state_dir / APPROVALS_FILE, expires_s=cfg.approval_expires_s, audit=audit)
-        if cfg.approval is ApprovalMode.MANUAL
+        if cfg.approval is ApprovalMode.MANUAL or cfg.policy_file is not None
         else None
     )
     runner = TaskRunner(
@@ -236,20 +242,13 @@ def _run_daemon(cfg: AgentConfig) -> int:
             datasets=cfg.datasets,
             device=cfg.device,
             task_timeout_s=cfg.task_timeout_s,
-            policies=cfg.dataset_policies,
-            attempt_caps=cfg.attempt_caps,
-            max_model_bytes=cfg.max_model_bytes,
-        ),
+        ).with_policy(cfg.policy),
         privacy=PrivacyPlan(ledger),
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
         audit=audit,
         approvals=approvals,
-        start_worker=worker_factory(
-            isolation,
-            limits=cfg.sandbox.limits,
-            gpus=cfg.sandbox.gpus,
-            allow_unsandboxed=cfg.sandbox.allow_unsandboxed,
-        ),
+        start_worker=_policy_workers(isolation, holder),
+        policy=holder,
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
     kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)
@@ -268,7 +267,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
             current_task=s.current_task,
             resources=probe.sample(),
             uptime_s=time.time() - started,
-            datasets=sorted(cfg.datasets),
+            datasets=sorted(holder.current().datasets),
             device=device,
             tasks_done=s.tasks_done,
             tasks_failed=s.tasks_failed,
@@ -276,7 +275,8 @@ def _run_daemon(cfg: AgentConfig) -> int:
         )
 
     def budget() -> agent_pb2.BudgetReply:
-        policies = {name: cfg.dataset_policies.get(name, DatasetPolicy()) for name in cfg.datasets}
+        now = holder.current()
+        policies = {name: now.dataset_policies.get(name, DatasetPolicy()) for name in now.datasets}
         return agent_pb2.BudgetReply(
             datasets=[
                 agent_pb2.DatasetBudget(
@@ -299,20 +299,26 @@ def _run_daemon(cfg: AgentConfig) -> int:
             identity,
             address=cfg.aggregator_address,
             server_name=cfg.server_name,
-            max_model_bytes=cfg.max_model_bytes,
+            max_model_bytes=holder.current().max_model_bytes,
         ),
+        # Announced at each (re)connection: a reload's datasets show from the next one.
         datasets=sorted(cfg.datasets),
         device=device,
         resources=probe.sample,
         on_connection=api.set_connected,
-        dataset_sizes=lambda: declared_sizes(cfg.datasets.values()),
+        dataset_sizes=lambda: declared_sizes(holder.current().datasets.values()),
     )
     stop = threading.Event()
+    hup = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        hup.set()  # the reload runs on the main loop, never in the handler
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     api.start()
     thread = threading.Thread(target=session.run, name="confide-session", daemon=True)
     thread.start()
@@ -329,6 +335,9 @@ def _run_daemon(cfg: AgentConfig) -> int:
     try:
         while not stop.wait(0.5) and thread.is_alive():
             notify.watchdog()
+            if hup.is_set():
+                hup.clear()
+                reload_policy(holder, audit=audit, approvals=approvals, now=time.time())
     finally:
         log.info("agent_stopping")
         notify.stopping()
@@ -338,6 +347,69 @@ def _run_daemon(cfg: AgentConfig) -> int:
             signal.signal(s, h)
     log.info("agent_stopped")
     return 0
+
+
+def reload_policy(
+    holder: PolicyHolder, *, audit: SiteAudit, approvals: Approvals | None, now: float
+) -> SitePolicy | None:
+    """Reload the policy file (SIGHUP): put the new policy in force, or keep the old one.
+
+    Logs and audits either way: ``policy_reloaded``, or ``policy_reload_refused`` naming the
+    key at fault (the old policy stays in force). The aggregator connection is not touched;
+    the next task runs under the new policy, a task in flight finishes under the old one.
+
+    Returns:
+        The policy now in force if the reload succeeded, else None.
+    """
+    if holder.path is None:
+        log.warning("policy_reload_refused", reason="agent.toml names no policy file")
+        return None
+    try:
+        policy = holder.reload()
+    except ConfigError as exc:
+        log.error("policy_reload_refused", key=exc.key, error=exc.message, kept="old policy")
+        audit.append(
+            "policy_reload_refused",
+            at=now,
+            reason=exc.reason.value,
+            rule=exc.key,
+            detail=exc.message,
+        )
+        return None
+    if approvals is not None:
+        approvals.expires_s = policy.approval_expires_s
+    log.info(
+        "policy_reloaded",
+        file=str(holder.path),
+        datasets=sorted(policy.datasets),
+        trusted_signers=list(policy.trusted_signers),
+        approval=policy.approval.value,
+    )
+    audit.append("policy_reloaded", at=now, detail=f"from {holder.path}")
+    return policy
+
+
+def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory:
+    """Start workers under the sandbox settings of the policy in force when each starts."""
+
+    def start(
+        *,
+        job: common_pb2.JobSpec,
+        job_id: str,
+        dataset: DatasetConfig,
+        device: str,
+        timeout: float,
+    ) -> WorkerHandle:
+        sandbox = holder.current().sandbox
+        factory = worker_factory(
+            isolation,
+            limits=sandbox.limits,
+            gpus=sandbox.gpus,
+            allow_unsandboxed=sandbox.allow_unsandboxed,
+        )
+        return factory(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
+
+    return start
 
 
 def _stop_session(

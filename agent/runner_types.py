@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import nacl.signing
 
-from agent.config import AttemptCaps, DatasetPolicy
+from agent.approvals import ApprovalMode
 from agent.datasets import DatasetConfig
 from agent.jobs import VerifiedJob
 from agent.policy import DEFAULT_MAX_MODEL_BYTES
+from agent.site_policy import AttemptCaps, DatasetPolicy, SitePolicy
+from agent.timewindows import TimeWindow
 from agent.transport import Transport
 from confide.v1 import federation_pb2
 from confide.wire.blob import NamedArrays
@@ -49,6 +51,10 @@ class SiteContext:
         policies: the site's privacy policy per dataset (cap, noise floor).
         attempt_caps: the site's caps on the attempts it pays for per round and per job.
         max_model_bytes: the largest job model the site accepts (``policy.max_model_bytes``).
+        allowed_models: built-in model kinds jobs may use; None = every kind.
+        allowed_bundles: code bundles jobs may name (``agent.site_policy.SitePolicy``).
+        time_windows: when training may run, local time; empty = any time.
+        approval: with an approvals store, MANUAL asks the local operator; AUTO does not.
     """
 
     federation: str
@@ -63,6 +69,25 @@ class SiteContext:
     policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
     attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    allowed_models: frozenset[str] | None = None
+    allowed_bundles: frozenset[str] = frozenset()
+    time_windows: tuple[TimeWindow, ...] = ()
+    approval: ApprovalMode = ApprovalMode.MANUAL
+
+    def with_policy(self, policy: SitePolicy) -> SiteContext:
+        """This site under ``policy`` (a snapshot taken once per task)."""
+        return replace(
+            self,
+            trusted_signers=policy.trusted_signers,
+            datasets=policy.datasets,
+            policies=policy.dataset_policies,
+            attempt_caps=policy.attempt_caps,
+            max_model_bytes=policy.max_model_bytes,
+            allowed_models=policy.allowed_models,
+            allowed_bundles=policy.allowed_bundles,
+            time_windows=policy.time_windows,
+            approval=policy.approval,
+        )
 
 
 Handler = Callable[[federation_pb2.Task, Transport], None]

@@ -29,23 +29,29 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import TypeVar
 
 import structlog
 from google.protobuf.message import Message
 from structlog.contextvars import bound_contextvars
 
-from agent.approvals import Approvals
-from agent.config import DatasetPolicy
+from agent.approvals import ApprovalMode, Approvals
 from agent.datasets import DatasetConfig, count_train_records
 from agent.jobbinding import JobBindings
 from agent.joblimits import JobLimits, check_round, job_limits
 from agent.jobs import VerifiedJob, verify_job
-from agent.policy import check_model_size, exposed_dataset
+from agent.policy import (
+    check_code_allowed,
+    check_model_size,
+    check_time_window,
+    exposed_dataset,
+)
 from agent.privacy import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
 from agent.release import check_delta, released_metrics
 from agent.runner_types import Handler, SecureUpdate, SiteContext, TaskOutcome
 from agent.site_audit import SiteAudit, code_hash
+from agent.site_policy import DatasetPolicy, PolicyHolder
 from agent.transport import Transport
 from agent.worker.protocol import WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
@@ -86,6 +92,8 @@ class TaskRunner:
         audit: the site's audit trail (``agent.site_audit``); an in-memory one when None.
         approvals: under manual approval, the operator's answers (``agent.approvals``);
             None approves every job that passes the policy.
+        policy: the owner of the site policy in force; each task runs under the snapshot
+            taken when it arrives (``site.with_policy``). None: ``site`` as given.
     """
 
     def __init__(
@@ -98,8 +106,10 @@ class TaskRunner:
         job_bindings: JobBindings | None = None,
         audit: SiteAudit | None = None,
         approvals: Approvals | None = None,
+        policy: PolicyHolder | None = None,
     ) -> None:
         self.site = site
+        self.policy = policy
         self.privacy = privacy
         self.job_bindings = job_bindings
         self.audit = audit if audit is not None else SiteAudit(":memory:")
@@ -132,6 +142,9 @@ class TaskRunner:
             job=task.job_id, round=task.round, site=self.site.site, task=task.task_id, kind=kind
         ):
             log.info("task_received")
+            if self.policy is not None:
+                # One snapshot per task; tasks run one at a time on the session thread.
+                self.site = self.site.with_policy(self.policy.current())
             try:
                 self.audit.seen(task, now=self._clock())
                 handler = self.handlers.get(task.kind)
@@ -210,11 +223,18 @@ class TaskRunner:
             "dataset": job.spec.dataset.name,
         }
         self.audit.identified(task.task_id, **facts)
+        check_code_allowed(
+            job.spec.model,
+            allowed_models=self.site.allowed_models,
+            allowed_bundles=self.site.allowed_bundles,
+        )
         check_model_size(job.spec, max_bytes=self.site.max_model_bytes)
         dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
+        if task.kind == federation_pb2.TASK_KIND_TRAIN:
+            check_time_window(self.site.time_windows, at=datetime.fromtimestamp(self._clock()))
         if self.job_bindings is not None:
             self.job_bindings.bind(task.signed_job, task.job_id)
-        if self.approvals is not None:
+        if self.approvals is not None and self.site.approval is ApprovalMode.MANUAL:
             self.approvals.check(task, job.spec, signer=job.signer.name, now=self._clock())
         self.audit.admitted(task.task_id, **facts)
         return job, dataset

@@ -73,6 +73,7 @@ class Reason(enum.Enum):
     MODEL_TOO_LARGE = "model_too_large"
     APPROVAL_PENDING = "approval_pending"  # manual approval: not answered yet, ask again later
     APPROVAL_EXPIRED = "approval_expired"  # manual approval: nobody answered in time
+    OUTSIDE_TIME_WINDOW = "outside_time_window"  # the site trains only at set hours: later
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"
