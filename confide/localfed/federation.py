@@ -231,7 +231,12 @@ class LocalFederation:
         return self.address
 
     def start_agent(
-        self, site: SiteSetup, *, ca: Path | None = None, env: Mapping[str, str] | None = None
+        self,
+        site: SiteSetup,
+        *,
+        ca: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        policy_file: bool = False,
     ) -> subprocess.Popen[bytes]:
         """Start one site's agent with its datasets and policy.
 
@@ -239,6 +244,8 @@ class LocalFederation:
             ca: the CA certificate the site trusts (default: the federation's); its CRL is
                 the ``crl.pem`` next to it.
             env: extra environment for this agent only (e.g. a test's kill point).
+            policy_file: write the datasets, policy and sandbox tables to ``policy.toml``
+                (which agent.toml names; SIGHUP reloads it) instead of agent.toml.
         """
         d = self.site_dirs[site.name]
         tls = self._tls(d, site.name)
@@ -259,6 +266,10 @@ class LocalFederation:
             "policy": site.policy,
             "log": {"level": self.log_level, "json": True},
         }
+        if policy_file:
+            tables = {k: cfg.pop(k) for k in ("sandbox", "datasets", "policy")}
+            (d / "policy.toml").write_text(toml_text(tables))
+            cfg = {"policy": "policy.toml", **cfg}
         (d / "agent.toml").write_text(toml_text(cfg))
         proc = self._spawn(_AGENT, d / "agent.toml", d / "agent.log", env)
         self.agents[site.name] = proc
