@@ -122,6 +122,7 @@ CREATE TABLE IF NOT EXISTS entries (
     state TEXT NOT NULL CHECK (state IN ('reserved', 'sent', 'released')),
     rec_sample_rate REAL, rec_noise_multiplier REAL, rec_steps INTEGER, rec_delta REAL,
     upd_noise_multiplier REAL, upd_sensitivity_factor REAL,
+    upd_tau REAL, upd_dim INTEGER, upd_l1_ratio REAL,
     epsilon REAL NOT NULL, update_epsilon REAL NOT NULL, cost_delta REAL NOT NULL,
     release_proof TEXT,
     created_at REAL NOT NULL,
@@ -134,9 +135,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_live_round
 
 _COLUMNS = (
     "id, dataset, job_id, round, state, rec_sample_rate, rec_noise_multiplier, rec_steps, "
-    "rec_delta, upd_noise_multiplier, upd_sensitivity_factor, epsilon, update_epsilon, "
-    "cost_delta, created_at, updated_at"
+    "rec_delta, upd_noise_multiplier, upd_sensitivity_factor, upd_tau, upd_dim, upd_l1_ratio, "
+    "epsilon, update_epsilon, cost_delta, created_at, updated_at"
 )
+
+_ADDED_COLUMNS = (("upd_tau", "REAL"), ("upd_dim", "INTEGER"), ("upd_l1_ratio", "REAL"))
+"""Columns added after the first schema (discrete-Gaussian rounds); a ledger file from before
+gets them as NULL, which reads as the continuous Gaussian its rows were charged for."""
 
 
 class Ledger:
@@ -188,6 +193,7 @@ class Ledger:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
             _add_job_column(conn)
+            _add_discrete_columns(conn)
         except (sqlite3.Error, OSError) as exc:
             raise InternalError(f"cannot open privacy ledger {path}: {exc}") from exc
         return cls(conn, delta=delta, default_max_epsilon=default_max_epsilon)
@@ -281,12 +287,12 @@ class Ledger:
                     reason=Reason.BUDGET_EXCEEDED,
                 )
             rec_cols = (None,) * 4 if rec is None else dataclasses.astuple(rec)
-            upd_cols = (None,) * 2 if upd is None else dataclasses.astuple(upd)
+            upd_cols = (None,) * 5 if upd is None else dataclasses.astuple(upd)
             eps_cols = (layer_costs.epsilon, layer_costs.update_epsilon, layer_costs.delta)
             job = None if limits is None else limits.job_id
             cur = conn.execute(
                 f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}, job) "
-                "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now, job),
             )
             rid = cur.lastrowid
@@ -436,10 +442,49 @@ def _add_job_column(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _add_discrete_columns(conn: sqlite3.Connection) -> None:
+    """Give a ledger written before discrete-Gaussian rounds their columns (``_ADDED_COLUMNS``);
+    its rows keep NULL there, which reads as the continuous Gaussian they were charged for."""
+    conn.execute("BEGIN IMMEDIATE")  # another process may be upgrading the same file
+    try:
+        have = {str(row[1]) for row in conn.execute("PRAGMA table_info(entries)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE entries ADD COLUMN {name} {kind}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _entry(r: Any) -> Entry:
-    rid, ds, job, rnd, state, q, z, steps, rdelta, uz, uk, eps, ueps, cdelta, ca, ua = r
+    (
+        rid,
+        ds,
+        job,
+        rnd,
+        state,
+        q,
+        z,
+        steps,
+        rdelta,
+        uz,
+        uk,
+        ut,
+        ud,
+        ul1,
+        eps,
+        ueps,
+        cdelta,
+        ca,
+        ua,
+    ) = r
     record = None if q is None else RecordCost(float(q), float(z), int(steps), float(rdelta))
-    update = None if uz is None else UpdateCost(float(uz), float(uk))
+    update = (
+        None
+        if uz is None
+        else UpdateCost(float(uz), float(uk), float(ut or 0.0), int(ud or 0), float(ul1 or 0.0))
+    )
     cost = RoundCost(record, update, float(eps), float(ueps), float(cdelta))
     return Entry(ReservationId(rid), ds, job, int(rnd), state, cost, float(ca), float(ua))
 

@@ -13,10 +13,15 @@ Two layers, both decided here by the trusted daemon and never by job code:
   retried round costs as much as any other, so planning for ``rounds`` alone would overshoot
   the target after the first retry. The ledger refuses any attempt past A, and any that
   would pass the target anyway.
-- update level, in this process: the worker's delta Δ is clipped to L2 norm C and Gaussian
-  noise is added, std = z·C/√m with secure aggregation (distributed DP: the m planned sites'
-  shares add up to z·C) or z·C without it (``confide.dp.update``). z is the job's
+- update level, in this process: the worker's delta Δ is clipped to L2 norm C and noised.
+  Without secure aggregation: Gaussian noise of std z·C (``confide.dp.update``), z the job's
   ``update_privacy.noise_multiplier`` floored by the site policy's ``min_update_noise``.
+  With it (distributed DP, each site adds a share of std z·C/√m so m shares add up to z·C):
+  by default the distributed discrete Gaussian, added when the update is encoded for
+  masking (``confide.secagg.encoding``, accounted by Proposition 14 of Kairouz, Liu, Steinke
+  2021 in ``confide.dp.budget``); the continuous Gaussian only where the job's clip range
+  provably cannot cut it. A floor cannot be met by one site alone here (the sum carries the
+  other sites' shares of the job's z), so a secure job below the floor is refused.
 
 The round's cost (both layers) is reserved in the ledger, durably, before the worker trains,
 and marked sent just before the update leaves; a worker that fails before producing an
@@ -37,10 +42,19 @@ from agent.joblimits import JobLimits
 from agent.ledger import Ledger, ReservationId
 from agent.worker.protocol import DpSgdParams
 from confide.dp.accountant import AccountantKind, noise_multiplier_for
-from confide.dp.budget import RecordCost, RoundCost, cumulative_epsilon, round_cost, update_cost
+from confide.dp.budget import (
+    RecordCost,
+    RoundCost,
+    UpdateCost,
+    cumulative_epsilon,
+    discrete_update_cost,
+    round_cost,
+    update_cost,
+)
 from confide.dp.update import add_noise, clip, noise_std, system_rng, validate_record_privacy
 from confide.errors import PolicyRefusal, Reason
 from confide.jobspec import attempt_limits
+from confide.secagg.encoding import Mechanism, secure_encoding
 from confide.secagg.params import job_params
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
@@ -63,7 +77,8 @@ class RoundPrivacy:
         dp: DP-SGD parameters for the worker, or None when the job asks for none.
         cost: the round's cost on both layers (what the ledger reserves).
         clip_norm: C for the update, or None when the job sets no update privacy.
-        noise_std: the std of the Gaussian noise this site adds to its update.
+        noise_std: the std of the continuous Gaussian noise ``protect_update`` adds (0 for
+            the discrete mechanism, whose noise is added when the update is encoded).
     """
 
     dp: DpSgdParams | None
@@ -90,6 +105,35 @@ def planned_survivors(spec: common_pb2.JobSpec) -> int:
     if not sa.enabled:
         return m
     return max(1, min(m, job_params(spec, n=m).threshold))
+
+
+def _update_noise(spec: common_pb2.JobSpec, *, min_update_noise: float) -> tuple[float, UpdateCost]:
+    """The continuous noise std ``protect_update`` adds, and the round's update-level cost.
+
+    Raises:
+        PolicyRefusal: UNSAFE_REQUEST: a secure job's z is below ``min_update_noise``.
+        ConfigError: the job's secure-aggregation encoding is invalid.
+    """
+    up = spec.update_privacy
+    m = max(1, int(spec.min_sites))
+    if not spec.secure_aggregation.enabled:
+        z = max(up.noise_multiplier, min_update_noise)
+        std = noise_std(clip_norm=up.clip_norm, noise_multiplier=z, min_sites=m, distributed=False)
+        upd = update_cost(noise_multiplier=z, sites_survived=m, min_sites=m, distributed=False)
+        return std, upd
+    if up.noise_multiplier < min_update_noise:
+        raise PolicyRefusal(
+            f"the job's update noise z = {up.noise_multiplier:g} is below this dataset's floor "
+            f"{min_update_noise:g}; under secure aggregation one site cannot make it up alone",
+            reason=Reason.UNSAFE_REQUEST,
+        )
+    t = planned_survivors(spec)
+    enc = secure_encoding(spec)
+    if enc.mechanism is Mechanism.DISCRETE_GAUSSIAN and enc.ddg is not None:
+        return 0.0, discrete_update_cost(enc.ddg, summands=t)
+    z = up.noise_multiplier
+    std = noise_std(clip_norm=up.clip_norm, noise_multiplier=z, min_sites=m, distributed=True)
+    return std, update_cost(noise_multiplier=z, sites_survived=t, min_sites=m, distributed=True)
 
 
 class PrivacyPlan:
@@ -123,6 +167,7 @@ class PrivacyPlan:
         Raises:
             ConfigError: the job's privacy parameters do not fit this dataset (e.g. δ not
                 below 1/n), naming the job-file key.
+            PolicyRefusal: UNSAFE_REQUEST: a secure job's z is below ``min_update_noise``.
         """
         record: RecordCost | None = None
         dp: DpSgdParams | None = None
@@ -152,19 +197,8 @@ class PrivacyPlan:
         std = 0.0
         upd = None
         if up.clip_norm > 0:
-            z = max(up.noise_multiplier, min_update_noise)
-            distributed = spec.secure_aggregation.enabled
-            m = max(1, int(spec.min_sites))
             clip_norm = up.clip_norm
-            std = noise_std(
-                clip_norm=clip_norm, noise_multiplier=z, min_sites=m, distributed=distributed
-            )
-            upd = update_cost(
-                noise_multiplier=z,
-                sites_survived=planned_survivors(spec),
-                min_sites=m,
-                distributed=distributed,
-            )
+            std, upd = _update_noise(spec, min_update_noise=min_update_noise)
         cost = round_cost(record=record, update=upd, delta=self.job_delta(spec))
         return RoundPrivacy(dp=dp, cost=cost, clip_norm=clip_norm, noise_std=std)
 

@@ -3,13 +3,15 @@
 ``SecureSite`` is the ``TaskRunner.secure_update`` seam (stage 0, after training and the
 daemon's clip + noise) and the handler of the SHARE_KEYS, CHECK_SHARES, MASKED_INPUT,
 CONSISTENCY and UNMASK tasks; ``install`` wires them into a runner. The math and every
-protocol check is ``confide.secagg.client``; this module flattens, quantizes, verifies
+protocol check is ``confide.secagg.client``; this module flattens, encodes, verifies
 signatures, signs and sends.
 
-- stage 0: flatten the protected delta in parameter order, quantize it to b bits in
-  [-r, r] (``confide.secagg.quantize``), make fresh keys, sign them alone as ``RoundKeys``
-  (the only thing other sites ever see of this site) and send them inside ``AdvertiseKeys``
-  with the figures the aggregator records (sample count, metrics, epsilons).
+- stage 0: flatten the protected delta in parameter order, encode it for masking
+  (``confide.secagg.encoding``: by default the distributed discrete Gaussian's rotation,
+  rounding and noise; b-bit fixed point in [-r, r] otherwise; nothing about the encoding
+  travels in plaintext beside the masked input), make fresh keys, sign them alone as
+  ``RoundKeys`` (the only thing other sites ever see of this site) and send them inside
+  ``AdvertiseKeys`` with the figures the aggregator records (sample count, metrics, epsilons).
 - stage 1: check every site's certificate (federation CA, role site, CN = site id) and that
   its forwarded ``RoundKeys`` envelope is signed by that certificate's key and bound to
   (SECAGG_KEYS, job, round, that site, this attempt); compute the round's parameters from
@@ -22,7 +24,7 @@ signatures, signs and sends.
 - stage 5: verify the forwarded consistency signatures against the certificates checked at
   stage 1; with a quorum on this site's own view, reveal shares, then forget the round.
 
-The ``ClientState`` and the quantized vector live in memory only, keyed by (job, round): a
+The ``ClientState`` and the encoded vector live in memory only, keyed by (job, round): a
 site that crashes is simply a dropout, and no secret ever reaches the disk. Each state also
 remembers its round attempt (its TRAIN task id without the kind: ``job/round/attempt``);
 a stage task of another attempt is refused, and every stage message names the task it
@@ -50,7 +52,8 @@ from agent.transport import Transport
 from confide import secagg
 from confide.errors import ConfigError, PeerError, PolicyRefusal, Reason, ReplayedMessage
 from confide.pki import Role, verify_certificate
-from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
+from confide.secagg.encoding import encode, secure_encoding
+from confide.secagg.rotation import rotation_seed
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, canonical_bytes, encode_tensors, open_envelope
 from confide.wire.blob import NamedArrays
@@ -69,7 +72,6 @@ class _Round:
 
     state: secagg.ClientState
     x: NDArray[np.uint32] | None
-    out_of_range: int
     num_samples: int
     rules: secagg.RoundRules
     planned_survivors: int
@@ -108,19 +110,17 @@ class SecureSite:
         num_samples: int,
         metrics: dict[str, float],
     ) -> None:
-        """Quantize the protected delta, keep it with fresh keys, send ``AdvertiseKeys``.
+        """Encode the protected delta, keep it with fresh keys, send ``AdvertiseKeys``.
 
         Raises:
-            ConfigError: the job's secure-aggregation settings are invalid.
+            ConfigError: the job's secure-aggregation settings or encoding are invalid.
             InternalError: the aggregator did not accept the keys.
         """
-        sa = job.spec.secure_aggregation
         rules = secagg.job_rules(job.spec)
         rules.validate()
         flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for _, a in delta])
-        q = secagg.quantize(
-            flat, clip_range=sa.clip_range or DEFAULT_CLIP_RANGE, bits=sa.bits or DEFAULT_BITS
-        )
+        seed = rotation_seed(federation=self.site.federation, attempt=_attempt(task))
+        q = encode(flat, secure_encoding(job.spec), seed=seed)
         state, keys = secagg.advertise(site_id=self.site.site, round_id=self.round_id(task))
         metrics = dict(metrics)
         epsilon = metrics.pop("epsilon", 0.0)
@@ -131,7 +131,6 @@ class SecureSite:
             self._rounds[(task.job_id, task.round)] = _Round(
                 state,
                 q.values,
-                q.out_of_range,
                 num_samples,
                 rules,
                 planned_survivors(job.spec),
@@ -151,7 +150,14 @@ class SecureSite:
             keys=self.runner.seal(task, common_pb2.STAGE_SECAGG_KEYS, round_keys),
         )
         self._send(task, transport, common_pb2.STAGE_ADVERTISE_KEYS, msg, "advertise")
-        log.info("secagg_advertised", dim=int(flat.size), out_of_range=q.out_of_range)
+        # The count of coordinates clipped to [-r, r] stays here: sent in plaintext it would
+        # reveal a per-site figure beside the masked input.
+        log.info(
+            "secagg_advertised",
+            dim=int(flat.size),
+            out_of_range=q.out_of_range,
+            rounding_tries=q.rounding_tries,
+        )
 
     # ----- stage 1 -----
 
@@ -291,7 +297,6 @@ class SecureSite:
             task_id=task.task_id,
             blob=blob,
             num_samples=entry.num_samples,
-            out_of_range=entry.out_of_range,
         )
         ack = transport.upload(
             self.runner.seal(task, common_pb2.STAGE_MASKED_INPUT, header), buffers

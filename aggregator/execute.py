@@ -30,6 +30,8 @@ from aggregator.sites import SiteRegistry
 from aggregator.store import AuditNote, ModelRow, Store
 from confide import secagg
 from confide.errors import Reason
+from confide.secagg.encoding import secure_encoding
+from confide.secagg.rotation import rotation_seed
 
 __all__ = ["Executor"]
 
@@ -183,6 +185,11 @@ class Executor:
             round=a.round,
             rules=rules_for(job.spec),
             shapes=job.shapes,
+            encoding=secure_encoding(job.spec),
+            # The attempt as its task ids name it (job/round/attempt/kind), which sites use too.
+            seed=rotation_seed(
+                federation=self.federation, attempt=f"{job_id}/{a.round}/{a.attempt}"
+            ),
         )
         log.info("secagg_started", job=job_id, round=a.round, sites=len(a.sites))
 

@@ -14,8 +14,10 @@ added into the running sum on arrival and dropped.
 
 Averaging is uniform over the n sites in the sum (DP-FedAvg, McMahan et al. 2018): with
 per-site weights the server would learn sample counts and the DP sensitivity would change.
-Mean delta = dequantize(S, n) / n, where S = sum_{u in U3} x_u mod 2^32 (see
-``confide.secagg.quantize`` for r, b and the error bound n * 2r / (2^b - 1) on the sum).
+Mean delta = decode(S, n) / n, where S = sum_{u in U3} x_u mod 2^32 and ``decode`` is the
+job's encoding (``confide.secagg.encoding``): the discrete Gaussian mechanism's centered
+lift, granularity and inverse rotation, or fixed-point dequantization (``confide.secagg.
+quantize`` for r, b and the error bound n * 2r / (2^b - 1) on the sum).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from aggregator.guard import check_figures, decode
 from confide import secagg
 from confide.errors import MalformedMessage, ReplayedMessage
 from confide.pki import CertInfo
+from confide.secagg.encoding import SecureEncoding
+from confide.secagg.encoding import decode as decode_sum
 from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, canonical_bytes, open_envelope
@@ -116,6 +120,8 @@ class SecureRound:
     Args:
         server: the pure SecAgg+ server round.
         shapes: the model's ordered (name, shape) list; the flat vector follows it.
+        encoding: the job's encoding of that vector (its length is what each site masks).
+        seed: the round attempt's rotation seed (``confide.secagg.rotation.rotation_seed``).
         federation: the federation name (every envelope's binding).
         advertised: site -> (its RoundKeys envelope, its certificate PEM): what is forwarded.
         info: site -> its AdvertiseKeys (num_samples, metrics, epsilons): kept here.
@@ -126,6 +132,8 @@ class SecureRound:
 
     server: secagg.ServerRound
     shapes: list[tuple[str, tuple[int, ...]]]
+    encoding: SecureEncoding
+    seed: bytes
     federation: str = ""
     advertised: dict[str, tuple[common_pb2.Envelope, bytes]] = field(default_factory=dict)
     info: dict[str, federation_pb2.AdvertiseKeys] = field(default_factory=dict)
@@ -142,16 +150,25 @@ class SecureRound:
         round: int,
         rules: secagg.RoundRules,
         shapes: list[tuple[str, tuple[int, ...]]],
+        encoding: SecureEncoding,
+        seed: bytes,
     ) -> SecureRound:
-        """A new round accepting advertised keys for a model of ``shapes``."""
+        """A new round accepting advertised keys for a model of ``shapes``, whose sites mask
+        ``encoding.length`` words each.
+
+        Raises:
+            ValueError: the encoding is not of a vector of the model's length.
+        """
         dim = sum(int(np.prod(s)) for _, s in shapes)
+        if encoding.dim != dim:
+            raise ValueError(f"encoding of {encoding.dim} coordinates for a model of {dim}")
         round_id = f"{federation}/{job_id}/{round}"
-        server = secagg.new_round(round_id=round_id, rules=rules, dim=dim)
-        return cls(server, shapes, federation)
+        server = secagg.new_round(round_id=round_id, rules=rules, dim=encoding.length)
+        return cls(server, shapes, encoding, seed, federation)
 
     @property
     def dim(self) -> int:
-        """d, the length of the flat vector."""
+        """The length of each masked vector (the encoding's, d' >= d for the discrete one)."""
         return self.server.dim
 
     # ----- stage messages -----
@@ -353,8 +370,7 @@ class SecureRound:
         """
         total = secagg.finish(self.server, self.replies)
         n = len(self.server.survivors)
-        r, b = self.server.rules.clip_range, self.server.rules.bits
-        mean: NDArray[np.float64] = secagg.dequantize(total, n=n, clip_range=r, bits=b) / n
+        mean: NDArray[np.float64] = decode_sum(total, self.encoding, n=n, seed=self.seed) / n
         out: NamedArrays = []
         off = 0
         for name, shape in self.shapes:

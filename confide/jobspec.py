@@ -22,6 +22,9 @@ e.g. ``privacy.sample.delta``; every table refuses keys it does not know, so a t
                   delta = 1e-5   accountant = "rdp|prv"
     [privacy.update]   # update-level clip + noise by the daemon
                   clip_norm = 1.0   noise_multiplier = 0.5   delta = 1e-5
+                  mechanism = "discrete_gaussian|continuous_gaussian"  # secure jobs only;
+                  # default discrete (confide.secagg.encoding); continuous only where the
+                  # clip to [-clip_range, clip_range] provably cannot bite
     [secure_aggregation]  enabled = true  threshold = 0.66  neighbours = "auto" | k
                   clip_range = 1.0  bits = 16  stage_timeout_s = 30
     [aggregation] # what bounds one site's pull on a plaintext model (absent: uniform mean)
@@ -37,6 +40,7 @@ import math
 from confide.config import Section
 from confide.errors import ConfigError
 from confide.models import parameter_shapes
+from confide.secagg.encoding import secure_encoding
 from confide.secagg.params import job_rules
 from confide.v1 import common_pb2
 from confide.wire.bounds import MAX_RECORDS
@@ -118,6 +122,17 @@ _RULE = {
 }
 
 
+class _Mechanism(enum.Enum):
+    DISCRETE_GAUSSIAN = "discrete_gaussian"
+    CONTINUOUS_GAUSSIAN = "continuous_gaussian"
+
+
+_MECHANISM = {
+    _Mechanism.DISCRETE_GAUSSIAN: common_pb2.UPDATE_MECHANISM_DISCRETE_GAUSSIAN,
+    _Mechanism.CONTINUOUS_GAUSSIAN: common_pb2.UPDATE_MECHANISM_CONTINUOUS_GAUSSIAN,
+}
+
+
 def job_from_toml(root: Section) -> common_pb2.JobSpec:
     """Build a ``JobSpec`` from a parsed job file and validate it.
 
@@ -186,6 +201,8 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
         spec.update_privacy.clip_norm = u.float("clip_norm")
         spec.update_privacy.noise_multiplier = u.float("noise_multiplier", 0.0)
         spec.update_privacy.delta = u.float("delta", 1e-5)
+        if u.has("mechanism"):
+            spec.update_privacy.mechanism = _MECHANISM[u.choice("mechanism", _Mechanism)]
     p.done()
 
     sa = root.section("secure_aggregation")
@@ -318,6 +335,16 @@ def _validate_privacy(spec: common_pb2.JobSpec) -> None:
             raise ConfigError(k + "noise_multiplier", "must be a finite number >= 0")
         if not 0 < up.delta < 1:
             raise ConfigError(k + "delta", f"must be in (0, 1), got {up.delta}")
+        if up.mechanism not in _MECHANISM.values() and up.mechanism != 0:
+            raise ConfigError(k + "mechanism", f"unknown mechanism {up.mechanism}")
+        if (
+            up.mechanism == common_pb2.UPDATE_MECHANISM_DISCRETE_GAUSSIAN
+            and not spec.secure_aggregation.enabled
+        ):
+            raise ConfigError(
+                k + "mechanism",
+                "discrete_gaussian is the distributed mechanism: it needs secure aggregation",
+            )
 
 
 def _validate_secagg(spec: common_pb2.JobSpec) -> None:
@@ -344,6 +371,9 @@ def _validate_secagg(spec: common_pb2.JobSpec) -> None:
         _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)
     # Every round size the job allows, min_sites up to its max_sites (confide.secagg.params).
     job_rules(spec).validate()
+    # The mechanism's parameters: the discrete one's grid fits the modulus, the continuous
+    # one's clip cannot bite (names secure_aggregation.bits or .clip_range when not).
+    secure_encoding(spec)
 
 
 def validate_aggregation(spec: common_pb2.JobSpec) -> None:

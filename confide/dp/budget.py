@@ -15,6 +15,13 @@ Two guarantees are tracked per dataset:
   sensitivity C, ρ(α) = α/(2σ_eff²), σ_eff = z / k with k the sensitivity factor
   √(m / min(s, m)) (see ``confide.dp.update``).
 
+With secure aggregation the update noise is by default the distributed discrete Gaussian
+(``confide.dp.ddg``): its round's curve is Proposition 14 of Kairouz, Liu, Steinke 2021 with
+ℓ₂ = 1/σ_eff = Δ₂/(√t·σ) (t summands of N_Z(0, σ²), sensitivity Δ₂ on the integer grid),
+ℓ₁ = ℓ₂·(Δ₁/Δ₂), τ and d'; a record moves the rounded vector by at most 2Δ₂ (2Δ₁ in L1),
+so the record-level bound doubles ℓ₂ and ℓ₁ as it halves σ_eff for the continuous one. At
+τ = 0 both curves are the Gaussian's.
+
 An infinite curve (no noise on a layer) yields ε = ∞, which any finite cap refuses.
 """
 
@@ -28,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from confide.dp.accountant import SampledGaussian, rdp_curve
+from confide.dp.ddg import DdgParams, scaled_rdp, sum_tau
 from confide.dp.rdp import DEFAULT_ORDERS, epsilon_from_rdp
 
 __all__ = [
@@ -35,6 +43,7 @@ __all__ = [
     "RoundCost",
     "UpdateCost",
     "cumulative_epsilon",
+    "discrete_update_cost",
     "record_curve",
     "round_cost",
     "site_curve",
@@ -56,11 +65,16 @@ class RecordCost:
 class UpdateCost:
     """The daemon's update noise for one round: z, and the sensitivity factor k >= 1.
 
-    The sum carries noise multiplier σ_eff = z / k (k = 1 without secure aggregation).
+    The sum carries noise multiplier σ_eff = z / k (k = 1 without secure aggregation). A
+    discrete (DDG) round also sets ``dim`` = d' >= 1, ``tau`` = τ and ``l1_ratio`` = Δ₁/Δ₂
+    (Proposition 14); ``dim`` = 0 marks the continuous Gaussian.
     """
 
     noise_multiplier: float
     sensitivity_factor: float = 1.0
+    tau: float = 0.0
+    dim: int = 0
+    l1_ratio: float = 0.0
 
     @property
     def effective_noise_multiplier(self) -> float:
@@ -99,6 +113,29 @@ def update_cost(
     return UpdateCost(noise_multiplier=noise_multiplier, sensitivity_factor=factor)
 
 
+def discrete_update_cost(params: DdgParams, *, summands: int) -> UpdateCost:
+    """The update-level cost of one DDG round whose sum holds at least ``summands`` = t sites.
+
+    σ_eff = √t·σ/Δ₂ (no noise: σ_eff = 0, an infinite curve). More sites than t only add
+    independent noise, which cannot raise any Rényi divergence (data processing), so a site
+    plans with the fewest a sum may hold.
+
+    Raises:
+        ValueError: t < 1.
+    """
+    if summands < 1:
+        raise ValueError(f"summands must be >= 1, got {summands}")
+    if params.sigma == 0:
+        return UpdateCost(noise_multiplier=0.0, dim=params.dim)
+    l2 = params.l2_sensitivity
+    return UpdateCost(
+        noise_multiplier=math.sqrt(summands) * params.sigma / l2,
+        tau=sum_tau(sigma=params.sigma, summands=summands),
+        dim=params.dim,
+        l1_ratio=params.l1_sensitivity / l2,
+    )
+
+
 def round_cost(*, record: RecordCost | None, update: UpdateCost | None, delta: float) -> RoundCost:
     """Build a ``RoundCost``, filling in the ε this round alone adds on each layer at δ."""
     eps = _to_epsilon(record_curve(record, update), delta)
@@ -114,17 +151,29 @@ def record_curve(record: RecordCost | None, update: UpdateCost | None) -> npt.ND
             SampledGaussian(record.sample_rate, record.noise_multiplier, record.steps)
         )
     if update is not None:
-        # Record sensitivity is 2C, i.e. noise multiplier σ_eff / 2.
-        sigma = update.effective_noise_multiplier / 2.0
-        curve = np.minimum(curve, rdp_curve(SampledGaussian(1.0, sigma, 1)))
+        # Record sensitivity is 2C (2Δ₂ and 2Δ₁ on the DDG grid): noise multiplier σ_eff / 2.
+        curve = np.minimum(curve, _update_curve(update, sensitivity=2.0))
     return curve
 
 
 def site_curve(update: UpdateCost | None) -> npt.NDArray[np.float64]:
-    """Site-level RDP curve of one round: the Gaussian with σ_eff (∞ without update noise)."""
+    """Site-level RDP curve of one round: the Gaussian with σ_eff, or Proposition 14 for a
+    discrete round (∞ without update noise)."""
     if update is None:
         return np.full(len(DEFAULT_ORDERS), np.inf)
-    return rdp_curve(SampledGaussian(1.0, update.effective_noise_multiplier, 1))
+    return _update_curve(update, sensitivity=1.0)
+
+
+def _update_curve(update: UpdateCost, *, sensitivity: float) -> npt.NDArray[np.float64]:
+    """One round's update-noise curve for ``sensitivity`` times the site-level one."""
+    sigma = update.effective_noise_multiplier / sensitivity
+    if update.dim == 0 or sigma == 0.0:
+        return rdp_curve(SampledGaussian(1.0, sigma, 1))
+    # Proposition 14 in units where √t·σ = 1: ℓ₂ = 1/σ_eff, ℓ₁ = ℓ₂·Δ₁/Δ₂. Its τ is that of
+    # the grid's σ, carried in the cost (it does not scale with the sensitivity).
+    return scaled_rdp(
+        l2_scale=1.0 / sigma, l1_scale=update.l1_ratio / sigma, tau=update.tau, dim=update.dim
+    )
 
 
 def cumulative_epsilon(costs: Iterable[RoundCost], *, delta: float) -> tuple[float, float]:

@@ -61,6 +61,12 @@ class Accountant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCOUNTANT_RDP: _ClassVar[Accountant]
     ACCOUNTANT_PRV: _ClassVar[Accountant]
 
+class UpdateMechanism(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_MECHANISM_UNSPECIFIED: _ClassVar[UpdateMechanism]
+    UPDATE_MECHANISM_DISCRETE_GAUSSIAN: _ClassVar[UpdateMechanism]
+    UPDATE_MECHANISM_CONTINUOUS_GAUSSIAN: _ClassVar[UpdateMechanism]
+
 class AggregationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     AGGREGATION_RULE_UNSPECIFIED: _ClassVar[AggregationRule]
@@ -104,6 +110,9 @@ SERVER_OPTIMIZER_FEDADAM: ServerOptimizer
 ACCOUNTANT_UNSPECIFIED: Accountant
 ACCOUNTANT_RDP: Accountant
 ACCOUNTANT_PRV: Accountant
+UPDATE_MECHANISM_UNSPECIFIED: UpdateMechanism
+UPDATE_MECHANISM_DISCRETE_GAUSSIAN: UpdateMechanism
+UPDATE_MECHANISM_CONTINUOUS_GAUSSIAN: UpdateMechanism
 AGGREGATION_RULE_UNSPECIFIED: AggregationRule
 AGGREGATION_RULE_FEDAVG: AggregationRule
 AGGREGATION_RULE_MEAN: AggregationRule
@@ -201,14 +210,16 @@ class RecordPrivacy(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[_Union[Accountant, str]] = ...) -> None: ...
 
 class UpdatePrivacy(_message.Message):
-    __slots__ = ("clip_norm", "noise_multiplier", "delta")
+    __slots__ = ("clip_norm", "noise_multiplier", "delta", "mechanism")
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
     clip_norm: float
     noise_multiplier: float
     delta: float
-    def __init__(self, clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+    mechanism: UpdateMechanism
+    def __init__(self, clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., delta: _Optional[float] = ..., mechanism: _Optional[_Union[UpdateMechanism, str]] = ...) -> None: ...
 
 class SecureAggregation(_message.Message):
     __slots__ = ("enabled", "threshold", "neighbours", "clip_range", "bits", "stage_timeout_s")

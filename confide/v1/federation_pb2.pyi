@@ -142,7 +142,7 @@ class UploadPart(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("task_id", "blob", "num_samples", "metrics", "epsilon", "update_epsilon", "out_of_range")
+    __slots__ = ("task_id", "blob", "num_samples", "metrics", "epsilon", "update_epsilon")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -156,15 +156,13 @@ class UpdateHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     UPDATE_EPSILON_FIELD_NUMBER: _ClassVar[int]
-    OUT_OF_RANGE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     blob: _common_pb2.BlobHeader
     num_samples: int
     metrics: _containers.ScalarMap[str, float]
     epsilon: float
     update_epsilon: float
-    out_of_range: int
-    def __init__(self, task_id: _Optional[str] = ..., blob: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., out_of_range: _Optional[int] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., blob: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ...) -> None: ...
 
 class TaskReport(_message.Message):
     __slots__ = ("task_id", "kind", "outcome", "reason", "message", "metrics", "num_samples")

@@ -16,6 +16,7 @@ from agent.tasks import TaskOutcome, TaskRunner
 from confide.dp.budget import cumulative_epsilon
 from confide.errors import PolicyRefusal, Reason
 from confide.secagg import job_params
+from confide.secagg.encoding import secure_encoding
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, BlobAssembler, open_envelope
 from tests.agent.conftest import FEDERATION, job_spec, make_runner, report_of, signed_task
@@ -42,19 +43,37 @@ def test_planned_survivors_is_the_protocols_threshold_not_a_share_of_min_sites(m
     assert planned_survivors(plain) == min_sites
 
 
-def test_worst_case_survivors_cost_more_epsilon(tmp_path):
-    """Planning with fewer survivors charges more site-level ε for the same z (never less)."""
+@pytest.mark.parametrize(
+    "mechanism",
+    [common_pb2.UPDATE_MECHANISM_UNSPECIFIED, common_pb2.UPDATE_MECHANISM_CONTINUOUS_GAUSSIAN],
+)
+def test_worst_case_survivors_cost_more_epsilon(tmp_path, mechanism):
+    """Planning with fewer survivors charges more site-level ε for the same z (never less),
+    with the default discrete mechanism and with the continuous one."""
     ledger = Ledger.open(tmp_path / "l.db")
     spec = _secure_spec(5, 0.66)
+    spec.secure_aggregation.clip_range = 6.0  # wide enough for the continuous mechanism
     spec.update_privacy.CopyFrom(
-        common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
+        common_pb2.UpdatePrivacy(
+            clip_norm=1.0, noise_multiplier=1.0, delta=1e-5, mechanism=mechanism
+        )
     )
     plan = PrivacyPlan(ledger).plan(spec, job_id="j", num_train=100, min_update_noise=0.0)
     t = planned_survivors(spec)
     assert t < 5
-    # sigma_eff = z * sqrt(t / m): the cost's sensitivity factor is sqrt(m / t).
     assert plan.cost.update is not None
-    assert plan.cost.update.sensitivity_factor == pytest.approx(np.sqrt(5 / t))
+    if mechanism == common_pb2.UPDATE_MECHANISM_CONTINUOUS_GAUSSIAN:
+        # sigma_eff = z * sqrt(t / m): the cost's sensitivity factor is sqrt(m / t).
+        assert plan.cost.update.sensitivity_factor == pytest.approx(np.sqrt(5 / t))
+        assert plan.noise_std == pytest.approx(1.0 / np.sqrt(5))
+    else:
+        # t discrete shares of std z*C/sqrt(m) against the rounding-inflated sensitivity.
+        p = secure_encoding(spec).ddg
+        assert p is not None and plan.noise_std == 0.0  # its noise is added when encoding
+        sigma_eff = np.sqrt(t) * p.noise_std / (p.l2_sensitivity * p.granularity)
+        assert plan.cost.update.effective_noise_multiplier == pytest.approx(sigma_eff)
+        assert sigma_eff == pytest.approx(np.sqrt(t / 5), rel=1e-4)
+        assert sigma_eff < np.sqrt(t / 5)
     ledger.close()
 
 

@@ -11,7 +11,8 @@ def test_dp_does_not_import_torch():
     """Importing every confide.dp module and the ledger in a fresh process loads no torch."""
     code = (
         "import sys; import confide.dp.accountant, confide.dp.budget, confide.dp.prv, "
-        "confide.dp.rdp, confide.dp.update, agent.ledger, confide.cli.privacy; "
+        "confide.dp.rdp, confide.dp.update, confide.dp.ddg, confide.dp.discrete, agent.ledger, "
+        "confide.cli.privacy; "
         "bad = [m for m in ('torch', 'opacus') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -22,6 +23,8 @@ def test_exported_members_are_exact():
     """Each confide.dp module's __all__ lists exactly its public API."""
     import confide.dp.accountant as acc
     import confide.dp.budget as bud
+    import confide.dp.ddg as ddg
+    import confide.dp.discrete as dis
     import confide.dp.prv as prv
     import confide.dp.rdp as rdp
     import confide.dp.update as upd
@@ -42,10 +45,23 @@ def test_exported_members_are_exact():
             "RoundCost",
             "UpdateCost",
             "cumulative_epsilon",
+            "discrete_update_cost",
             "record_curve",
             "round_cost",
             "site_curve",
             "update_cost",
+        },
+        dis: {"MAX_SIGMA", "discrete_gaussian"},
+        ddg: {
+            "DEFAULT_BETA",
+            "DEFAULT_WRAP_PROBABILITY",
+            "DdgParams",
+            "ddg_params",
+            "ddg_rdp",
+            "rounded_norm_bound_sq",
+            "scaled_rdp",
+            "sum_tau",
+            "wrap_probability",
         },
         upd: {
             "add_noise",
