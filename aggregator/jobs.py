@@ -33,6 +33,7 @@ from aggregator.rows import SiteRoundRow
 from aggregator.secure import SecureRound, rules_for, stage_timeout
 from confide.jobspec import attempt_limits
 from confide.models import parameter_shapes
+from confide.secagg.encoding import secure_encoding
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays
 
@@ -98,10 +99,11 @@ class Job:
         """The binding and size an update must have now.
 
         Plaintext: the model's float32 tensors, stage UPDATE. Secure: one uint32 tensor
-        ``masked`` of shape [d], stage MASKED_INPUT.
+        ``masked`` of the job's encoded length (d, or d' padded for the discrete Gaussian),
+        stage MASKED_INPUT.
         """
         if self.spec.secure_aggregation.enabled:
-            d = sum(_count(s) for _, s in self.shapes)
+            d = secure_encoding(self.spec).length
             return UploadTarget(
                 self.state.round,
                 common_pb2.STAGE_MASKED_INPUT,
@@ -395,14 +397,6 @@ def accumulator(spec: common_pb2.JobSpec, shapes: list[tuple[str, tuple[int, ...
     if rule in (Rule.TRIMMED_MEAN, Rule.MEDIAN):
         return HeldUpdates(shapes, rule=rule, trim_fraction=spec.aggregation.trim_fraction)
     return RunningSum(shapes)
-
-
-def _count(shape: tuple[int, ...]) -> int:
-    """Number of elements of ``shape``."""
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def resume_point(job: Job, *, done: int, attempts: dict[int, int]) -> tuple[r.RoundState, r.Event]:

@@ -67,6 +67,7 @@ from confide.dp.rdp import DEFAULT_ORDERS
 __all__ = [
     "DEFAULT_BETA",
     "DEFAULT_WRAP_PROBABILITY",
+    "MIN_LEVELS",
     "DdgParams",
     "ddg_params",
     "ddg_rdp",
@@ -81,6 +82,10 @@ DEFAULT_BETA = math.exp(-0.5)
 
 DEFAULT_WRAP_PROBABILITY = 1e-9
 """The most a round's modular sum may wrap, over all its coordinates (a utility bound)."""
+
+MIN_LEVELS = 256
+"""The fewest grid steps across the clip norm (c/γ) a job may have: below, rounding swamps
+the update (a utility bound; the accounting is right at any γ)."""
 
 _HALF_RANGE = (1 << 31) - 1
 """H: the centered lift of a mod-2^32 sum decodes every |S_j| <= H exactly."""
@@ -248,7 +253,7 @@ def ddg_params(
 
     Raises:
         ValueError: a parameter is out of range, or no grid fits ``max_summands`` sites in
-            the modulus (the range is exhausted by the sites' rounding alone).
+            the modulus with at least ``MIN_LEVELS`` steps across the clip norm.
     """
     if not (math.isfinite(clip_norm) and clip_norm > 0.0):
         raise ValueError(f"clip_norm must be a finite number > 0, got {clip_norm}")
@@ -267,7 +272,13 @@ def ddg_params(
         raise ValueError(f"{n} sites' rounding alone exceeds the modulus 2^32")
     k = math.sqrt(2.0 * math.log(2.0 * d2 / wrap))
     spread = math.sqrt(n * n * clip_norm**2 / d2 + n * noise_std**2)
-    gamma = max(k * spread / room, clip_norm / (_MAX_NORM - math.sqrt(d2)))
+    # 1 + 1e-9: at exactly k·P = H − n the bound equals ``wrap``, and rounding could tip it.
+    gamma = max(k * spread / room, clip_norm / (_MAX_NORM - math.sqrt(d2))) * (1.0 + 1e-9)
+    if clip_norm / gamma < MIN_LEVELS:
+        raise ValueError(
+            f"a grid for sums of up to {n} sites leaves {clip_norm / gamma:.3g} steps across "
+            f"the clip norm (fewer than {MIN_LEVELS}): allow fewer sites per sum (more bits)"
+        )
     sigma = 0
     if noise_std > 0.0:
         sigma = max(1, min(MAX_SIGMA, math.floor(noise_std / gamma)))
@@ -283,7 +294,7 @@ def ddg_params(
         max_summands=n,
     )
     if wrap_probability(params, summands=n) > wrap:
-        raise ValueError(f"no grid keeps the sum of {n} sites in range (noise too large)")
+        raise ValueError(f"no grid keeps the sum of {n} sites within the modulus")
     return params
 
 

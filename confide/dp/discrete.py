@@ -119,10 +119,13 @@ def _discrete_laplace(t: int, size: int, rng: np.random.Generator) -> Ints:
             success = _bernoulli_exp_fraction(np.ones(idx.size, dtype=np.int64), 1, rng)
             v[idx[success]] += 1
             going[idx[~success]] = False
-        x = u + t * v
-        negative = rng.integers(0, 2, size=m, dtype=np.int64) == 1
-        keep = d & ~(negative & (x == 0))
-        y = np.where(negative, -x, x)
+        idx = np.flatnonzero(d)
+        x = u[idx] + t * v[idx]
+        negative = rng.integers(0, 2, size=idx.size, dtype=np.int64) < 1  # B ← Bernoulli(1/2)
+        keep = d.copy()
+        keep[idx[negative & (x == 0)]] = False
+        y = np.zeros(m, dtype=np.int64)
+        y[idx] = np.where(negative, -x, x)
         out[todo[keep]] = y[keep]
         todo = todo[~keep]
     return out

@@ -21,7 +21,7 @@ encodes, and the aggregator when it decodes all derive the same one. Mechanisms
   a clipped coordinate x_j (|x_j| <= C) plus noise leaves [−r, r] with probability at most
   2Φ(−(r − C)/s), so ``secure_encoding`` requires 2d·Φ(−(r − C)/s) <= 10⁻¹²
   (``CONTINUOUS_CLIP_PROBABILITY``, per site and round, union over the d coordinates), i.e.
-  r >= C + k·s with k = −Φ⁻¹(10⁻¹²/(2d)) (k = 8.3 for d = 62, 9.4 for d = 10⁶).
+  r >= C + k·s with k = −Φ⁻¹(10⁻¹²/(2d)) (k = 7.68 for d = 62, 8.84 for d = 10⁶).
   Its per-site stochastic rounding is outside the Gaussian-sum argument too; only the
   discrete mechanism's accounting covers every step.
 - ``FIXED_POINT``: a job without update privacy (no update noise, no update-level claim):

@@ -3,8 +3,9 @@
 Secure aggregation sums integers mod M = 2^32 (Bonawitz et al., CCS 2017, Sec. 4; Bell et al.,
 CCS 2020, Sec. 2). Symbols:
 
-* r: clip range; each coordinate x is clipped to [-r, r]. Values outside are counted and
-  reported (``out_of_range``, the ``UpdateHeader.out_of_range`` field), never folded silently.
+* r: clip range; each coordinate x is clipped to [-r, r]. Values outside are counted
+  (``out_of_range``) for the site's own log, never folded silently; the count is not sent
+  (beside a masked input it would reveal a per-site figure).
 * b: bits per coordinate; the encoded value q is an integer in [0, 2^b - 1].
 * Delta = 2r / (2^b - 1): the quantization step.
 * q = floor((clip(x) + r) / Delta + U), U ~ Uniform[0, 1): stochastic rounding, so
@@ -16,8 +17,10 @@ Dequantizing a sum S of n encodings gives S * Delta - n * r. Error bound, per co
 |dequantize(S) - sum_i clip(x_i)| < n * Delta = n * 2r / (2^b - 1).
 
 Defaults: b = 16 admits n <= 65537 sites with headroom (16 + 17 bits < 32) and a step of
-3.05e-5 * r, below the DP noise of any useful privacy budget; r = 1.0 matches the L2 clip norm
-C = 1.0 that the DP defaults use, since no coordinate of a C-clipped delta exceeds C.
+3.05e-5 * r; r = 1.0 matches the L2 clip norm C = 1.0 that the DP defaults use, since no
+coordinate of a C-clipped delta exceeds C. This fixed-point path serves secure jobs without
+update noise, and the continuous mechanism only where its clip provably cannot bite; a job
+with update noise uses the discrete Gaussian encoding (``confide.secagg.encoding``).
 """
 
 from __future__ import annotations

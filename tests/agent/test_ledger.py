@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.ledger import Ledger, ReservationId
-from confide.dp.budget import RecordCost, cumulative_epsilon, round_cost, update_cost
+from confide.dp.budget import (
+    RecordCost,
+    cumulative_epsilon,
+    discrete_update_cost,
+    round_cost,
+    update_cost,
+)
+from confide.dp.ddg import ddg_params
 from confide.errors import InternalError, PolicyRefusal, Reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -235,6 +243,43 @@ def test_reopen_keeps_entries_and_parameters(tmp_path):
         (entry,) = led.entries("ds")
         assert (entry.id, entry.round, entry.state) == (rid, 3, "sent")
         assert entry.cost.record == COST.record and entry.cost.update == COST.update
+
+
+def test_a_ledger_from_before_discrete_rounds_opens_and_keeps_its_costs(tmp_path):
+    """A ledger file without the discrete-Gaussian columns gains them on open; its rows read
+    as the continuous rounds they were charged for, and a discrete round can follow them."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """CREATE TABLE entries (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL,
+                job_id TEXT NOT NULL, round INTEGER NOT NULL, state TEXT NOT NULL,
+                rec_sample_rate REAL, rec_noise_multiplier REAL, rec_steps INTEGER,
+                rec_delta REAL, upd_noise_multiplier REAL, upd_sensitivity_factor REAL,
+                epsilon REAL NOT NULL, update_epsilon REAL NOT NULL, cost_delta REAL NOT NULL,
+                release_proof TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL);"""
+        )
+        conn.execute(
+            "INSERT INTO entries (dataset, job_id, round, state, rec_sample_rate, "
+            "rec_noise_multiplier, rec_steps, rec_delta, upd_noise_multiplier, "
+            "upd_sensitivity_factor, epsilon, update_epsilon, cost_delta, created_at, "
+            "updated_at) VALUES ('ds', 'j/t', 1, 'sent', 0.01, 1.0, 100, 1e-5, 1.0, 1.0, "
+            "?, ?, 1e-5, 0, 0)",
+            (COST.epsilon, COST.update_epsilon),
+        )
+    ddg = ddg_params(clip_norm=1.0, noise_std=0.5, dim=10, max_summands=100)
+    discrete = round_cost(record=None, update=discrete_update_cost(ddg, summands=3), delta=1e-5)
+    with Ledger.open(path) as led:
+        (entry,) = led.entries("ds")
+        assert entry.cost.record == COST.record and entry.cost.update == COST.update
+        led.reserve(dataset="ds", job_id="j/u", round=2, layer_costs=discrete, max_epsilon=1e3)
+    with Ledger.open(path) as led:
+        old, new = led.entries("ds")
+        assert old.cost.update == COST.update and new.cost.update == discrete.update
+        assert (
+            led.spent("ds").update_epsilon
+            == cumulative_epsilon([COST, discrete], delta=led.delta)[1]
+        )
 
 
 @settings(max_examples=15, deadline=None)

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF002
 """The daemon's privacy step: plans that hold in the worst case, floors that cannot be skipped,
 figures that cannot leak, and reports that carry no data."""
 
@@ -13,13 +14,21 @@ from agent.datasets import DataFormat, DatasetConfig, count_train_records
 from agent.ledger import Ledger
 from agent.privacy import PrivacyPlan, planned_survivors, protect_update
 from agent.tasks import TaskOutcome, TaskRunner
-from confide.dp.budget import cumulative_epsilon
+from confide.dp.budget import cumulative_epsilon, discrete_update_cost
 from confide.errors import PolicyRefusal, Reason
 from confide.secagg import job_params
-from confide.secagg.encoding import secure_encoding
+from confide.secagg.encoding import decode, secure_encoding
+from confide.secagg.rotation import rotation_seed
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, BlobAssembler, open_envelope
-from tests.agent.conftest import FEDERATION, job_spec, make_runner, report_of, signed_task
+from tests.agent.conftest import (
+    DATASET,
+    FEDERATION,
+    job_spec,
+    make_runner,
+    report_of,
+    signed_task,
+)
 from tests.agent.fakes import FakeTransport
 
 
@@ -93,6 +102,81 @@ def test_share_keys_below_the_planned_threshold_is_refused(pki, dataset, workers
     share.share_keys.CopyFrom(federation_pb2.ShareKeysRequest(threshold=2, num_selected=4))
     assert runner.run(share, t) is TaskOutcome.REFUSED
     assert report_of(pki, aggregator.reports[-1]).reason == "unsafe_request"
+
+
+def _noisy_secure_spec(z: float) -> common_pb2.JobSpec:
+    spec = _secure_spec(3, 3)
+    spec.update_privacy.CopyFrom(
+        common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=z, delta=1e-5)
+    )
+    return spec
+
+
+def test_a_secure_job_below_the_noise_floor_is_refused(tmp_path):
+    """Under SecAgg one site's extra noise cannot give the sum the floor's z: the job is
+    refused unsafe_request instead of being charged as if every site added the floor."""
+    planner = PrivacyPlan(Ledger.open(tmp_path / "l.db"))
+    policy = DatasetPolicy(max_epsilon=100.0, min_update_noise=0.5)
+    args = dict(job_id="j", dataset="d", num_train=40, policy=policy)
+    with pytest.raises(PolicyRefusal) as err:
+        planner.plan_for_site(_noisy_secure_spec(0.4), **args)
+    assert err.value.reason is Reason.UNSAFE_REQUEST
+    planner.plan_for_site(_noisy_secure_spec(0.5), **args)  # at the floor: planned
+    plain = job_spec()
+    plain.update_privacy.CopyFrom(_noisy_secure_spec(0.4).update_privacy)
+    floored = planner.plan_for_site(plain, **args)  # alone, the site adds the floor itself
+    assert floored.noise_std == pytest.approx(0.5)
+    planner.ledger.close()
+
+
+def test_secure_stage_zero_keeps_the_discrete_encoding_and_charges_its_cost(
+    pki, dataset, workers, aggregator, tmp_path
+):
+    """A secure job with update privacy: the site masks d' = 8 words (6 weights, rotated,
+    rounded), which decode to its clipped delta, charges Proposition 14's cost for t sites,
+    and nothing per-site (no out_of_range) is left on the wire beside the masked input."""
+    from agent.secure import install
+
+    runner = _runner(
+        pki,
+        dataset,
+        workers,
+        tmp_ledger=tmp_path / "l.db",
+        policy=DatasetPolicy(max_epsilon=float("inf")),
+    )
+    site = install(runner)
+    spec = _noisy_secure_spec(0.0)  # clip only, so the kept words decode to the clipped delta
+    task = signed_task(pki.alice, spec=spec, task_id="job-1/1/1/train")
+    assert runner.run(task, FakeTransport(aggregator)) is TaskOutcome.OK
+    entry = site._rounds[("job-1", 1)]
+    enc = secure_encoding(spec)
+    assert enc.ddg is not None and enc.length == 8
+    assert entry.x is not None and entry.x.shape == (8,) and entry.x.dtype == np.uint32
+    got = decode(entry.x, enc, n=1, seed=rotation_seed(federation=FEDERATION, attempt="job-1/1/1"))
+    want = np.full(6, 0.25) * min(1.0, 1.0 / np.linalg.norm(np.full(6, 0.25)))
+    assert np.linalg.norm(got - want) <= enc.ddg.granularity * np.sqrt(8)
+    [charged] = runner.privacy.ledger.entries(DATASET)
+    assert charged.cost.update == discrete_update_cost(enc.ddg, summands=planned_survivors(spec))
+    assert "out_of_range" not in federation_pb2.UpdateHeader.DESCRIPTOR.fields_by_name
+
+
+def test_a_discrete_cost_survives_the_ledger(tmp_path):
+    """The ledger stores a discrete round's (σ_eff, τ, d', Δ₁/Δ₂) and recomposes the same ε."""
+    ledger = Ledger.open(tmp_path / "l.db")
+    planner = PrivacyPlan(ledger)
+    spec = _noisy_secure_spec(0.8)
+    plan = planner.plan(spec, job_id="j", num_train=40, min_update_noise=0.0)
+    assert plan.cost.update is not None and plan.cost.update.dim == 8
+    with planner.charge(
+        task_id="t1", dataset="d", job_id="j", round=1, plan=plan, max_epsilon=100.0
+    ) as charge:
+        charge.mark_sent()
+    ledger.close()
+    again = Ledger.open(tmp_path / "l.db")
+    [entry] = again.entries("d")
+    assert entry.cost.update == plan.cost.update
+    assert again.spent("d").update_epsilon == cumulative_epsilon([plan.cost], delta=again.delta)[1]
+    again.close()
 
 
 def _runner(pki, dataset, workers, *, tmp_ledger, policy=None) -> TaskRunner:

@@ -55,6 +55,7 @@ def test_exported_members_are_exact():
         ddg: {
             "DEFAULT_BETA",
             "DEFAULT_WRAP_PROBABILITY",
+            "MIN_LEVELS",
             "DdgParams",
             "ddg_params",
             "ddg_rdp",
