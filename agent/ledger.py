@@ -292,7 +292,7 @@ class Ledger:
             job = None if limits is None else limits.job_id
             cur = conn.execute(
                 f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}, job) "
-                "VALUES (?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"VALUES (?, ?, ?, 'reserved', {', '.join('?' * 15)})",
                 (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now, job),
             )
             rid = cur.lastrowid

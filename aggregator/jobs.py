@@ -399,6 +399,14 @@ def accumulator(spec: common_pb2.JobSpec, shapes: list[tuple[str, tuple[int, ...
     return RunningSum(shapes)
 
 
+def _count(shape: tuple[int, ...]) -> int:
+    """Number of elements of ``shape``."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def resume_point(job: Job, *, done: int, attempts: dict[int, int]) -> tuple[r.RoundState, r.Event]:
     """Where a restored job resumes: after its last stored model (version ``done``).
 

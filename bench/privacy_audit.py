@@ -27,17 +27,18 @@ The two jobs, each audited against the adjacency its accountant claims:
   1 over the job. The accounted ε is the ledger's record-level ε for the job's rounds
   (``confide.dp.budget.cumulative_epsilon`` of the planned round costs).
 - ``update_noise`` (site level): m canary sites in every secure-aggregation round, each
-  daemon protecting its update with the daemon's own function (``agent.privacy.protect_update``:
-  clip to C, add its share of the noise), for several rounds; the auditor sees each round's
-  sum (what the aggregator unmasks; the quantization and masking around it are
-  post-processing or cancel). Canary site i's worker returns 2C along coordinate i when it is
-  in and a zero update when it is out; the two differ by one site's clipped update, of norm C,
-  the sensitivity the accountant assumes. Score: coordinate i of the summed releases. The job
-  uses threshold 0.9 on the complete graph (the highest SecAgg+ accepts: a threshold of 1.0
-  would abort a round at any dropout), so each site plans its noise share for the 90% of
-  sites the protocol may leave in the sum; with all m sites summed the noise is 1/0.9 of
-  what the accountant counts on, which only makes the audit more conservative. The
-  accounted ε is the ledger's site-level ε.
+  daemon protecting its update with the daemon's own functions (``agent.privacy.protect_update``
+  clips to C; ``confide.secagg.encoding.encode`` applies the job's mechanism, by default the
+  distributed discrete Gaussian: rotation, conditional rounding, its share of the discrete
+  noise), for several rounds; the auditor sees each round's decoded sum (what the aggregator
+  unmasks and decodes; the masks cancel). Canary site i's worker returns 2C along coordinate
+  i when it is in and a zero update when it is out; the two differ by one site's clipped
+  update, of norm C, the sensitivity the accountant assumes. Score: coordinate i of the
+  summed releases. The job uses threshold 0.9 on the complete graph (the highest SecAgg+
+  accepts: a threshold of 1.0 would abort a round at any dropout), so each site plans its
+  noise share for the 90% of sites the protocol may leave in the sum; with all m sites
+  summed the noise is 1/0.9 of what the accountant counts on, which only makes the audit
+  more conservative. The accounted ε is the ledger's site-level ε.
 
 Each job also runs at very low noise (``*_low_noise``; the daemon refuses σ = 0 for DP-SGD):
 there the accounted ε is in the hundreds and the audit must find a clearly positive ε, which
@@ -71,6 +72,8 @@ from agent.training.models import build_model
 from bench.audit_bound import AuditOutcome, audit
 from confide.dp.budget import cumulative_epsilon
 from confide.localfed.data import breast_cancer_arrays
+from confide.secagg.encoding import _encode_from_parts, decode, secure_encoding
+from confide.secagg.rotation import rotation_seed
 from confide.v1 import common_pb2
 
 __all__ = [
@@ -283,15 +286,17 @@ def audit_update_noise(
     assert plan.clip_norm is not None
     included = rng.random(canaries) < 0.5
     scores: npt.NDArray[np.float64] = np.zeros(canaries)
-    for _ in range(rounds):
-        released = np.zeros(canaries)
+    enc = secure_encoding(spec)
+    for r in range(1, rounds + 1):
+        seed = rotation_seed(federation="audit", attempt=f"audit-update-noise/{r}/1")
+        total = np.zeros(enc.length, dtype=np.uint32)
         for i in range(canaries):
             update = np.zeros(canaries, dtype=np.float32)
             if included[i]:
                 update[i] = 2.0 * plan.clip_norm  # the daemon clips it to C
             ((_name, protected),) = protect_update([("delta", update)], plan, rng=rng)
-            released += np.asarray(protected, dtype=np.float64)
-        scores += released
+            total += _encode_from_parts(protected, enc, seed=seed, rng=rng).values
+        scores += decode(total, enc, n=canaries, seed=seed)
     _record, accounted = cumulative_epsilon([plan.cost] * rounds, delta=plan.cost.delta)
     outcome = audit(scores, included, delta=plan.cost.delta, confidence=confidence)
     return JobAudit(

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from confide.config import parse_toml
 from confide.errors import ConfigError, NonFiniteValue
-from confide.jobspec import validate_job
+from confide.jobspec import job_from_toml, validate_job
 from confide.secagg.encoding import (
     CONTINUOUS_CLIP_PROBABILITY,
     Mechanism,
@@ -189,3 +190,38 @@ def test_bad_updates_and_sums_are_refused():
     with pytest.raises(ValueError):
         decode(np.zeros(62, dtype=np.uint32), enc, n=1, seed=SEED)
     assert encode(np.zeros(62), enc, seed=SEED).values.dtype == np.uint32
+
+
+def test_the_job_file_names_the_mechanism():
+    """``[privacy.update] mechanism`` reads both names, defaults to unspecified (discrete for
+    a secure job), and refuses any other word naming the key."""
+    base = """
+name = "bc"
+rounds = 1
+min_sites = 3
+[model]
+kind = "logreg"
+[dataset]
+name = "breast_cancer"
+features = ["a", "b"]
+label = "target"
+[privacy.update]
+clip_norm = 1.0
+noise_multiplier = 0.5
+{line}
+[secure_aggregation]
+enabled = true
+clip_range = {r}
+"""
+    spec = job_from_toml(parse_toml(base.format(line="", r=1.0)))
+    assert spec.update_privacy.mechanism == common_pb2.UPDATE_MECHANISM_UNSPECIFIED
+    assert secure_encoding(spec).mechanism is Mechanism.DISCRETE_GAUSSIAN
+    cont = 'mechanism = "continuous_gaussian"'
+    spec = job_from_toml(parse_toml(base.format(line=cont, r=4.0)))
+    assert secure_encoding(spec).mechanism is Mechanism.CONTINUOUS_GAUSSIAN
+    with pytest.raises(ConfigError) as err:
+        job_from_toml(parse_toml(base.format(line=cont, r=1.0)))
+    assert err.value.key == "secure_aggregation.clip_range"
+    with pytest.raises(ConfigError) as err:
+        job_from_toml(parse_toml(base.format(line='mechanism = "laplace"', r=1.0)))
+    assert err.value.key == "privacy.update.mechanism"
