@@ -105,7 +105,7 @@ def test_share_keys_below_the_planned_threshold_is_refused(pki, dataset, workers
 
 
 def _noisy_secure_spec(z: float) -> common_pb2.JobSpec:
-    spec = _secure_spec(3, 3)
+    spec = _secure_spec(4, 3)
     spec.update_privacy.CopyFrom(
         common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=z, delta=1e-5)
     )
