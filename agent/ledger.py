@@ -22,6 +22,11 @@ reservation is refused, in the same transaction, when the job's signed rounds, a
 target do not allow it (``agent.joblimits.check_charge``): what one job may spend is as
 durable as what a dataset has spent.
 
+A hold-out evaluation (``agent.evaluation``) is an entry of kind ``evaluation``, reserved
+without ``JobLimits``: it counts against the dataset's cap and, its job id being
+``<job id>/evaluation/<model>``, in the job's reported ε, but not as an attempt of the job nor
+against its signed training ε target (its own bound is signed too: ``evaluation.*``).
+
 The math lives in ``confide.dp``; this module only stores parameters and calls it.
 """
 
@@ -78,7 +83,8 @@ class _PolicyLike(Protocol):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Spent:
-    """What a dataset has spent: record-level ε, site-level ε (both at the ledger's δ), rounds."""
+    """What a dataset has spent: record-level ε, site-level ε (both at the ledger's δ), rounds
+    (hold-out evaluations are in ε, not in the round count)."""
 
     epsilon: float
     update_epsilon: float
@@ -133,10 +139,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_live_round
     ON entries (dataset, job_id, round) WHERE state != 'released';
 """
 
+_KIND_COLUMN = "ALTER TABLE entries ADD COLUMN kind TEXT NOT NULL DEFAULT 'round'"
+"""Added for hold-out evaluations ('evaluation': record level only, see confide.dp.budget);
+a ledger written before it gets the column, every existing entry being a round."""
+
+
 _COLUMNS = (
     "id, dataset, job_id, round, state, rec_sample_rate, rec_noise_multiplier, rec_steps, "
     "rec_delta, upd_noise_multiplier, upd_sensitivity_factor, upd_tau, upd_dim, upd_l1_ratio, "
-    "epsilon, update_epsilon, cost_delta, created_at, updated_at"
+    "epsilon, update_epsilon, cost_delta, created_at, updated_at, kind"
 )
 
 _ADDED_COLUMNS = (("upd_tau", "REAL"), ("upd_dim", "INTEGER"), ("upd_l1_ratio", "REAL"))
@@ -194,6 +205,8 @@ class Ledger:
             conn.executescript(_SCHEMA)
             _add_job_column(conn)
             _add_discrete_columns(conn)
+            if "kind" not in {r[1] for r in conn.execute("PRAGMA table_info(entries)")}:
+                conn.execute(_KIND_COLUMN)
         except (sqlite3.Error, OSError) as exc:
             raise InternalError(f"cannot open privacy ledger {path}: {exc}") from exc
         return cls(conn, delta=delta, default_max_epsilon=default_max_epsilon)
@@ -290,10 +303,11 @@ class Ledger:
             upd_cols = (None,) * 5 if upd is None else dataclasses.astuple(upd)
             eps_cols = (layer_costs.epsilon, layer_costs.update_epsilon, layer_costs.delta)
             job = None if limits is None else limits.job_id
+            kind = "evaluation" if layer_costs.evaluation else "round"
             cur = conn.execute(
                 f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}, job) "
-                f"VALUES (?, ?, ?, 'reserved', {', '.join('?' * 15)})",
-                (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now, job),
+                f"VALUES (?, ?, ?, 'reserved', {', '.join('?' * 16)})",
+                (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now, kind, job),
             )
             rid = cur.lastrowid
         if rid is None:  # pragma: no cover - sqlite always sets it after an INSERT
@@ -354,7 +368,7 @@ class Ledger:
         with self._lock:
             costs = [e.cost for e in self._entries(self._conn, dataset)]
         eps, upd = cumulative_epsilon(costs, delta=self.delta)
-        return Spent(epsilon=eps, update_epsilon=upd, rounds=len(costs))
+        return Spent(epsilon=eps, update_epsilon=upd, rounds=sum(not c.evaluation for c in costs))
 
     def entries(self, dataset: str, *, include_released: bool = False) -> list[Entry]:
         """The stored entries of ``dataset``, oldest first."""
@@ -381,7 +395,7 @@ class Ledger:
                     spent_epsilon=eps,
                     remaining_epsilon=max(cap - eps, 0.0),
                     update_epsilon=upd,
-                    rounds=len(entries),
+                    rounds=sum(not e.cost.evaluation for e in entries),
                     in_flight=sum(e.state == EntryState.RESERVED for e in entries),
                     delta=self.delta,
                 )
@@ -478,6 +492,7 @@ def _entry(r: Any) -> Entry:
         cdelta,
         ca,
         ua,
+        kind,
     ) = r
     record = None if q is None else RecordCost(float(q), float(z), int(steps), float(rdelta))
     update = (
@@ -485,7 +500,7 @@ def _entry(r: Any) -> Entry:
         if uz is None
         else UpdateCost(float(uz), float(uk), float(ut or 0.0), int(ud or 0), float(ul1 or 0.0))
     )
-    cost = RoundCost(record, update, float(eps), float(ueps), float(cdelta))
+    cost = RoundCost(record, update, float(eps), float(ueps), float(cdelta), kind == "evaluation")
     return Entry(ReservationId(rid), ds, job, int(rnd), state, cost, float(ca), float(ua))
 
 

@@ -39,6 +39,7 @@ from agent.approvals import APPROVALS_FILE, ApprovalMode, Approvals
 from agent.approvals_cli import approve_command, deny_command, jobs_command
 from agent.config import AgentConfig, load_config
 from agent.datasets import DatasetConfig, declared_sizes
+from agent.evaluation import Evaluations
 from agent.faults import install_kill_point, kill_point_from_env
 from agent.jobbinding import JobBindings
 from agent.ledger import Ledger
@@ -231,6 +232,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         if cfg.approval is ApprovalMode.MANUAL or cfg.policy_file is not None
         else None
     )
+    privacy = PrivacyPlan(ledger)
     runner = TaskRunner(
         SiteContext(
             federation=cfg.federation,
@@ -243,12 +245,13 @@ def _run_daemon(cfg: AgentConfig) -> int:
             device=cfg.device,
             task_timeout_s=cfg.task_timeout_s,
         ).with_policy(cfg.policy),
-        privacy=PrivacyPlan(ledger),
+        privacy=privacy,
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
         audit=audit,
         approvals=approvals,
         start_worker=_policy_workers(isolation, holder),
         policy=holder,
+        evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy),
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
     kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from agent.worker.protocol import EvalResult, TrainResult
+from agent.worker.protocol import TrainResult
+from confide.dp.evaluation import ReleasedEvaluation
 from confide.errors import InternalError, PeerError, Reason
 from confide.wire.blob import NamedArrays, check_finite
 
@@ -42,27 +43,32 @@ def check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
         raise InternalError(str(exc), reason=Reason.TRAINING_FAILED) from exc
 
 
-def released_metrics(ev: EvalResult, tr: TrainResult, *, record_private: bool) -> dict[str, float]:
+def released_metrics(
+    ev: ReleasedEvaluation | None, tr: TrainResult, *, record_private: bool
+) -> dict[str, float]:
     """The figures that leave with an update.
 
-    Hold-out evaluation always; training figures only when ``record_private`` is False, i.e.
-    the round claims no finite record-level ε (they are computed on the training records
-    without noise, so no DP guarantee would cover them). Worker figures are whitelisted by
-    name and must be finite.
+    The hold-out evaluation of the round's input model when ``agent.evaluation`` released one
+    (noised and charged, or exact where the policy allows; None: withheld); training figures
+    only when ``record_private`` is False, i.e. the round claims no finite record-level ε
+    (they are computed on the training records without noise, so no DP guarantee would cover
+    them). Worker figures are whitelisted by name and must be finite.
 
     Raises:
         InternalError: MALFORMED: the worker returned a non-finite or out-of-range figure.
     """
-    out = {
-        "eval_accuracy": float(ev.accuracy),
-        "eval_loss": float(ev.loss),
-        "eval_samples": float(ev.num_samples),
-    }
+    out: dict[str, float] = {}
+    if ev is not None:
+        out["eval_accuracy"] = float(ev.accuracy)
+        out["eval_loss"] = float(ev.loss)
+        out["eval_samples"] = float(ev.num_samples)
     if not record_private:
         for name in TRAIN_METRICS:
             value = tr.metrics.get(name, tr.metrics.get(f"train_{name}"))
             if value is not None:
                 out[f"train_{name}"] = float(value)
-    if not all(math.isfinite(v) and v >= 0 for v in out.values()) or out["eval_accuracy"] > 1:
+    if not all(math.isfinite(v) and v >= 0 for v in out.values()) or (
+        out.get("eval_accuracy", 0.0) > 1
+    ):
         raise InternalError("the worker returned an invalid metric", reason=Reason.MALFORMED)
     return out

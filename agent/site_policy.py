@@ -14,6 +14,7 @@ restart. ``policy.toml`` holds the same tables::
                   max_round_attempts = 2   max_job_retries = 1   max_model_bytes = 536870912
                   approval = "auto"   approval_expires_s = 604800
     [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
+                             max_evaluations = 50   exact_evaluation = false   # per job
     [datasets.NAME]          ...   # agent.datasets.dataset_from_config reads the table
     [sandbox]     allow_unsandboxed = false  memory_mb = 8192  cpu_seconds = 86400
                   processes = 512  open_files = 1024  threads = 0  tmp_mb = 1024  gpus = [0]
@@ -43,6 +44,7 @@ from confide.v1 import common_pb2
 
 __all__ = [
     "ANY_TRUSTED_BUNDLE",
+    "DEFAULT_MAX_EVALUATIONS",
     "MODEL_NAMES",
     "AttemptCaps",
     "DatasetPolicy",
@@ -63,6 +65,9 @@ MODEL_NAMES = frozenset(
 """The built-in model kinds ``allowed_models`` may list (``logreg``, ``mlp``, ...)."""
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+DEFAULT_MAX_EVALUATIONS = 50
+"""A dataset policy's cap on the distinct models of one job it evaluates, unless it says."""
 POLICY_TABLES = ("policy", "datasets", "sandbox")
 """The tables of ``agent.toml`` that move to ``policy.toml`` when it names one."""
 
@@ -81,10 +86,16 @@ class DatasetPolicy:
             here, the ledger's default cap of 10 applies; ``inf``: no cap, which is the only
             way a site accepts jobs without any privacy protection on this dataset).
         min_update_noise: the floor on the update-level noise multiplier z a job may ask for.
+        max_evaluations: the most distinct models of one job this site evaluates on the
+            dataset's hold-out (the job's signed ``evaluation.max_evaluations`` is capped to it).
+        exact_evaluation: whether a job may have exact hold-out figures (no noise, outside the
+            ledger); otherwise each evaluation is noised and charged (``agent.evaluation``).
     """
 
     max_epsilon: float | None = None
     min_update_noise: float = 0.0
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    exact_evaluation: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,8 +277,15 @@ def _dataset_policy(table: Section) -> DatasetPolicy:
     else:
         max_eps = table.float("max_epsilon", None, min=0.0, min_exclusive=True)
     min_noise: float = table.float("min_update_noise", 0.0, min=0.0)
+    max_evals: int = table.int("max_evaluations", DEFAULT_MAX_EVALUATIONS, min=0, max=2**32 - 1)
+    exact: bool = table.bool("exact_evaluation", False)
     table.done()
-    return DatasetPolicy(max_epsilon=max_eps, min_update_noise=min_noise)
+    return DatasetPolicy(
+        max_epsilon=max_eps,
+        min_update_noise=min_noise,
+        max_evaluations=max_evals,
+        exact_evaluation=exact,
+    )
 
 
 def _sandbox(table: Section) -> SandboxConfig:

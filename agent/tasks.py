@@ -10,6 +10,13 @@ down. Policy refusals (untrusted signer, bad job signature, unknown dataset, sch
 The worker process is started on a job's first task and reused for every later round; it is
 stopped on JOB_DONE, on shutdown, or after it failed (the next task starts a fresh one).
 
+Models and evaluation (``agent.lineage``, ``agent.evaluation``): a task's model is pinned to
+its version of the job before it is downloaded, and refused unless the site can tie it to the
+job; downloaded bytes must hash to the version named. Hold-out figures (EVALUATE, and the
+round's input model with an update) pass ``Evaluations.release``: capped per job, noised and
+charged, or exact only where the policy allows; a TRAIN whose figures are withheld still
+trains and sends its update without them.
+
 Privacy (``agent.privacy``): before the worker trains, the daemon plans the round (DP-SGD
 parameters for the worker, update clip and noise) and reserves its cost in the ledger,
 durably; after training it clips and noises the delta itself and marks the reservation sent
@@ -38,9 +45,11 @@ from structlog.contextvars import bound_contextvars
 
 from agent.approvals import ApprovalMode, Approvals
 from agent.datasets import DatasetConfig, count_train_records
+from agent.evaluation import Evaluations
 from agent.jobbinding import JobBindings
 from agent.joblimits import JobLimits, check_round, job_limits
 from agent.jobs import VerifiedJob, verify_job
+from agent.lineage import Purpose, check_model_bytes
 from agent.policy import (
     check_code_allowed,
     check_model_size,
@@ -53,7 +62,7 @@ from agent.runner_types import Handler, SecureUpdate, SiteContext, TaskOutcome
 from agent.site_audit import SiteAudit, code_hash
 from agent.site_policy import DatasetPolicy, PolicyHolder
 from agent.transport import Transport
-from agent.worker.protocol import WorkerFailed
+from agent.worker.protocol import EvalResult, WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
 from confide.errors import (
     ConfideError,
@@ -64,6 +73,7 @@ from confide.errors import (
 )
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import encode_tensors, seal
+from confide.wire.blob import NamedArrays
 
 __all__ = [
     "Handler",
@@ -94,6 +104,9 @@ class TaskRunner:
             None approves every job that passes the policy.
         policy: the owner of the site policy in force; each task runs under the snapshot
             taken when it arrives (``site.with_policy``). None: ``site`` as given.
+        evaluations: each job's pinned model versions, released hold-out figures and their
+            gate (default: in memory, charging ``privacy``'s ledger; the daemon keeps them in
+            its state file).
     """
 
     def __init__(
@@ -107,6 +120,7 @@ class TaskRunner:
         audit: SiteAudit | None = None,
         approvals: Approvals | None = None,
         policy: PolicyHolder | None = None,
+        evaluations: Evaluations | None = None,
     ) -> None:
         self.site = site
         self.policy = policy
@@ -114,6 +128,7 @@ class TaskRunner:
         self.job_bindings = job_bindings
         self.audit = audit if audit is not None else SiteAudit(":memory:")
         self.approvals = approvals
+        self.evaluations = evaluations or Evaluations(privacy=privacy)
         self._clock = clock
         self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()
@@ -283,7 +298,8 @@ class TaskRunner:
             )
         limits = job_limits(job.spec, job_id=task.job_id, caps=self.site.attempt_caps)
         check_round(limits, task.round)
-        weights = transport.download(task.job_id, task.model_version)
+        model = self.evaluations.pin(task, spec=job.spec, purpose=Purpose.TRAIN)
+        weights = self._download(task, transport)
         self._check_abandon()
         worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
         # FedAvg weights and the sampling rate q (so ε) rest on this count: the daemon counts
@@ -291,7 +307,15 @@ class TaskRunner:
         num_train = count_train_records(dataset)
         plan = self._plan(task, job, dataset, num_train, attempts=limits.max_job_attempts)
         with self._charge(task, dataset, plan, limits) as charge:
-            ev = self._guarded(task, lambda: worker.evaluate(weights))
+            ev = self.evaluations.for_update(
+                spec=job.spec,
+                dataset=dataset.name,
+                policy=self._policy(dataset),
+                model=model,
+                evaluate=lambda clip: self._guarded(
+                    task, lambda: worker.evaluate(weights, loss_clip=clip)
+                ),
+            )
             self._check_abandon()
             dp = plan.dp if plan is not None else None
             tr = self._guarded(task, lambda: worker.train(weights, dp=dp, round=task.round))
@@ -332,7 +356,7 @@ class TaskRunner:
             "update_sent",
             num_samples=num_train,
             bytes=blob.total_bytes,
-            eval_accuracy=ev.accuracy,
+            eval_accuracy=metrics.get("eval_accuracy"),
         )
 
     def _policy(self, dataset: DatasetConfig) -> DatasetPolicy:
@@ -393,10 +417,21 @@ class TaskRunner:
 
     def _evaluate(self, task: federation_pb2.Task, transport: Transport) -> None:
         job, dataset = self.admit(task)
-        weights = transport.download(task.job_id, task.model_version)
-        self._check_abandon()
-        worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
-        ev = self._guarded(task, lambda: worker.evaluate(weights))
+        model = self.evaluations.pin(task, spec=job.spec, purpose=Purpose.EVALUATE)
+
+        def evaluate(clip: float) -> EvalResult:  # only for a model with no stored release
+            weights = self._download(task, transport)
+            self._check_abandon()
+            worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
+            return self._guarded(task, lambda: worker.evaluate(weights, loss_clip=clip))
+
+        ev = self.evaluations.release(
+            spec=job.spec,
+            dataset=dataset.name,
+            policy=self._policy(dataset),
+            model=model,
+            evaluate=evaluate,
+        )
         self.report(
             task,
             transport,
@@ -414,6 +449,12 @@ class TaskRunner:
         log.info("job_done")
 
     # ----- helpers -----
+
+    def _download(self, task: federation_pb2.Task, transport: Transport) -> NamedArrays:
+        """The task's model, refused unless its bytes hash to the version the task names."""
+        weights = transport.download(task.job_id, task.model_version)
+        check_model_bytes(weights, model_sha=task.model_version)
+        return weights
 
     def _guarded(self, task: federation_pb2.Task, call: Callable[[], T]) -> T:
         """Run a worker call; a failed worker is dropped so the next task restarts it."""

@@ -37,8 +37,11 @@ class WorkerHandle(Protocol):
         """Whether the worker process is still running."""
         ...
 
-    def evaluate(self, weights: NamedArrays) -> EvalResult:
-        """Evaluate weights on the hold-out split. Raises ``WorkerFailed``."""
+    def evaluate(self, weights: NamedArrays, *, loss_clip: float | None = None) -> EvalResult:
+        """Evaluate weights on the hold-out split (per-record loss clipped to ``loss_clip``).
+
+        Raises ``WorkerFailed``.
+        """
         ...
 
     def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:

@@ -12,7 +12,7 @@ or one whose row the database refuses, changes neither the sum nor the metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aggregator import rounds as r
@@ -32,6 +32,7 @@ from aggregator.robust import Accumulator, HeldUpdates, Rule
 from aggregator.rows import SiteRoundRow
 from aggregator.secure import SecureRound, rules_for, stage_timeout
 from confide.jobspec import attempt_limits
+from confide.lineage import chain_link, chain_of
 from confide.models import parameter_shapes
 from confide.secagg.encoding import secure_encoding
 from confide.v1 import common_pb2, federation_pb2
@@ -80,6 +81,8 @@ class Job:
             capped hold-out count ``es``) and of the final evaluation (``f_acc``, ``f_loss``,
             ``f_v``, ``f_n``); weights are ``admission.eval_weight``.
         secure: the current SecAgg+ round attempt (memory only), None for plaintext jobs.
+        chain: the model-version hash chain, chain_k at index k (``confide.lineage``); tasks
+            carry the head's place in it so sites can pin every version to one model.
     """
 
     job_id: str
@@ -94,6 +97,7 @@ class Job:
     bounds: Bounds
     sums: dict[str, float] = field(default_factory=dict)
     secure: SecureRound | None = None
+    chain: list[bytes] = field(default_factory=list)
 
     def upload_target(self) -> UploadTarget:
         """The binding and size an update must have now.
@@ -137,6 +141,17 @@ class Job:
             signer_certificate=self.signer_cert,
             model_version=a.model_version,
             deadline_s=a.deadline_s,
+            lineage=self.lineage(),
+        )
+
+    def lineage(self) -> federation_pb2.ModelLineage:
+        """The current model's place in the chain: version k = ``version_no``, and chain_{k-1}.
+
+        Every task is about the current model (the round's input, or the final model).
+        """
+        k = self.version_no
+        return federation_pb2.ModelLineage(
+            version=k, parent_chain=self.chain[k - 1] if k > 0 else b""
         )
 
     def stage_task(self, a: r.CloseStage, payload: federation_pb2.Task) -> federation_pb2.Task:
@@ -333,6 +348,7 @@ class Job:
         self.running.reset()
         self.secure = None
         self.version_no += 1
+        self.chain.append(chain_link(self.chain[-1], version=self.version_no, model_sha=sha))
         return sha, opt_sha
 
 
@@ -347,11 +363,16 @@ def new_job(
     max_retries: int,
     eligible: frozenset[str],
     retry_backoff_s: float = 0.0,
+    lineage: Sequence[str] = (),
 ) -> Job:
     """An active job waiting for its next round, from a validated spec.
 
     ``max_retries`` and ``retry_backoff_s`` are the aggregator's (``[rounds]``); the signed
     job's attempt limits lower the former and bound retries over the whole job.
+
+    Args:
+        lineage: the hex SHA-256 of versions 0..``version_no`` (a restored job's stored
+            versions); empty: ``model_version`` is version 0.
 
     Raises:
         ConfigError: the spec's model does not fit its dataset, its optimizer is unknown, or
@@ -377,7 +398,10 @@ def new_job(
     state = r.RoundState(params, model_version=model_version, eligible=eligible)
     optimizer = make_optimizer(spec.training)
     dim = sum(_count(s) for _, s in shapes)
-    return Job(
+    shas = list(lineage) or [model_version]
+    if len(shas) != version_no + 1 or shas[-1] != model_version:
+        raise ValueError(f"job {job_id}: the lineage does not end at version {version_no}")
+    job = Job(
         job_id,
         spec,
         signed,
@@ -389,6 +413,8 @@ def new_job(
         accumulator(spec, shapes),
         bounds_for(spec, dim=dim),
     )
+    job.chain = chain_of(job_id=job_id, signed_job=signed, shas=shas)
+    return job
 
 
 def accumulator(spec: common_pb2.JobSpec, shapes: list[tuple[str, tuple[int, ...]]]) -> Accumulator:

@@ -8,7 +8,7 @@ bad job never keeps the aggregator down.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -37,6 +37,7 @@ def build_job(
     version_no: int,
     max_retries: int,
     retry_backoff_s: float = 0.0,
+    lineage: Sequence[str] = (),
 ) -> Job:
     """An active job, eligible to the connected sites that hold its dataset.
 
@@ -54,6 +55,7 @@ def build_job(
         max_retries=max_retries,
         eligible=eligible,
         retry_backoff_s=retry_backoff_s,
+        lineage=lineage,
     )
 
 
@@ -80,6 +82,7 @@ def rebuild_job(
         version_no=last.version_no,
         max_retries=max_retries,
         retry_backoff_s=retry_backoff_s,
+        lineage=[m.sha256 for m in models],  # the chain is a function of them (confide.lineage)
     )
     if last.optimizer_state:
         job.optimizer.load_state(blobs.load(last.optimizer_state))

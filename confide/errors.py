@@ -74,6 +74,8 @@ class Reason(enum.Enum):
     APPROVAL_PENDING = "approval_pending"  # manual approval: not answered yet, ask again later
     APPROVAL_EXPIRED = "approval_expired"  # manual approval: nobody answered in time
     OUTSIDE_TIME_WINDOW = "outside_time_window"  # the site trains only at set hours: later
+    UNTIED_MODEL = "untied_model"  # a model the site cannot tie to the job's version chain
+    EVALUATION_CAP = "evaluation_cap"  # the job's hold-out evaluations at this site are spent
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"

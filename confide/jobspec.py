@@ -30,6 +30,9 @@ e.g. ``privacy.sample.delta``; every table refuses keys it does not know, so a t
     [aggregation] # what bounds one site's pull on a plaintext model (absent: uniform mean)
                   rule = "fedavg|mean|trimmed_mean|median"  max_sample_weight = 5000
                   trim_fraction = 0.2   max_eval_samples = 1000
+    [evaluation]  # hold-out evaluations each site may release (confide.dp.evaluation)
+                  max_evaluations = rounds + 1   noise_multiplier = 10.0   loss_clip = 5.0
+                  # noise_multiplier = 0: exact, answered only by sites whose policy allows it
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ from confide.v1 import common_pb2
 from confide.wire.bounds import MAX_RECORDS
 
 __all__ = [
+    "DEFAULT_EVALUATION_NOISE",
     "DEFAULT_JOB_RETRIES",
+    "DEFAULT_LOSS_CLIP",
     "DEFAULT_ROUND_ATTEMPTS",
     "HELD_UPDATES_MAX_BYTES",
     "MAX_ROUNDS",
@@ -78,6 +83,12 @@ _SERVER_OPTIMIZERS = (
     common_pb2.SERVER_OPTIMIZER_FEDAVG,
     common_pb2.SERVER_OPTIMIZER_FEDADAM,
 )
+
+DEFAULT_EVALUATION_NOISE = 10.0
+"""z of a job file's ``[evaluation]`` when it names none: ε ≈ 0.38 per evaluation at δ = 1e-5."""
+
+DEFAULT_LOSS_CLIP = 5.0
+"""L of a job file's ``[evaluation]`` when it names none (ln 2 ≈ 0.69 is a coin flip's loss)."""
 
 
 class ModelName(enum.Enum):
@@ -223,6 +234,7 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
         g.bits = sa.int("bits", 16, min=1, max=32)
         g.stage_timeout_s = sa.float("stage_timeout_s", 60.0, min=0.0, min_exclusive=True)
     _aggregation_from_toml(root.section("aggregation"), spec.aggregation)
+    _evaluation_from_toml(root.section("evaluation"), spec)
     root.done()  # every table above, read or not: an unknown key anywhere is refused
     validate_job(spec)
     return spec
@@ -236,6 +248,21 @@ def _aggregation_from_toml(a: Section, out: common_pb2.AggregationSpec) -> None:
     out.max_sample_weight = a.int("max_sample_weight", 0, min=0, max=MAX_RECORDS)
     out.max_eval_samples = a.int("max_eval_samples", 0, min=0, max=MAX_RECORDS)
     a.done()
+
+
+def _evaluation_from_toml(ev: Section, spec: common_pb2.JobSpec) -> None:
+    """Read ``[evaluation]``; absent, every round's input model and the final model
+    (rounds + 1 evaluations) at the default noise and loss clip."""
+    spec.evaluation.max_evaluations = ev.int(
+        "max_evaluations", spec.rounds + 1, min=0, max=2**32 - 1
+    )
+    spec.evaluation.noise_multiplier = ev.float(
+        "noise_multiplier", DEFAULT_EVALUATION_NOISE, min=0.0
+    )
+    spec.evaluation.loss_clip = ev.float(
+        "loss_clip", DEFAULT_LOSS_CLIP, min=0.0, min_exclusive=True
+    )
+    ev.done()
 
 
 def _uint_list(s: Section, key: str) -> list[int]:
@@ -304,6 +331,7 @@ def validate_job(spec: common_pb2.JobSpec) -> None:
     _validate_privacy(spec)
     _validate_secagg(spec)
     validate_aggregation(spec)
+    _validate_evaluation(spec)
 
 
 def _finite_positive(key: str, v: float) -> None:
@@ -432,3 +460,13 @@ def validate_aggregation(spec: common_pb2.JobSpec) -> None:
                 f"holding min_sites updates of this model takes {need} bytes; "
                 f"a robust round holds at most {HELD_UPDATES_MAX_BYTES}",
             )
+
+
+def _validate_evaluation(spec: common_pb2.JobSpec) -> None:
+    """Check the evaluation block; with max_evaluations = 0 the sites evaluate nothing."""
+    ev = spec.evaluation
+    if ev.max_evaluations == 0:
+        return
+    if not math.isfinite(ev.noise_multiplier) or ev.noise_multiplier < 0:
+        raise ConfigError("evaluation.noise_multiplier", "must be a finite number >= 0")
+    _finite_positive("evaluation.loss_clip", ev.loss_clip)

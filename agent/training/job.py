@@ -55,10 +55,12 @@ class TorchJob:
         self.epochs = int(t.local_epochs) or 1
         self.seed = int(t.seed)
 
-    def evaluate(self, weights: NamedArrays) -> tuple[float, float, int]:
-        """Accuracy, loss and count on the hold-out set for these weights."""
+    def evaluate(
+        self, weights: NamedArrays, *, loss_clip: float | None = None
+    ) -> tuple[float, float, int]:
+        """Accuracy, loss (per record clipped to ``loss_clip``) and count on the hold-out set."""
         load_weights(self.model, weights)
-        return evaluate(self.model, self.x_holdout, self.y_holdout)
+        return evaluate(self.model, self.x_holdout, self.y_holdout, loss_clip=loss_clip)
 
     def train(
         self,

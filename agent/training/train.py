@@ -79,9 +79,18 @@ def train_plain(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 4096
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 4096,
+    loss_clip: float | None = None,
 ) -> tuple[float, float, int]:
-    """Accuracy, mean cross-entropy and record count on (x, y); (0, 0, 0) when empty."""
+    """Accuracy, mean cross-entropy and record count on (x, y); (0, 0, 0) when empty.
+
+    With ``loss_clip`` L each record's cross-entropy is clipped to L before the mean, so one
+    record moves the loss sum by at most L (``confide.dp.evaluation``).
+    """
     model.eval()
     n = int(x.shape[0])
     if n == 0:
@@ -91,6 +100,9 @@ def evaluate(
     for start in range(0, n, batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         logits = model(xb)
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        losses = F.cross_entropy(logits, yb, reduction="none")
+        if loss_clip is not None:
+            losses = losses.clamp(max=float(loss_clip))
+        loss_sum += float(losses.sum())
         correct += int((logits.argmax(dim=1) == yb).sum())
     return correct / n, loss_sum / n, n

@@ -224,14 +224,20 @@ class Worker:
         """Whether the child is running and its stream is in step."""
         return self._broken is None and self._proc.poll() is None
 
-    def evaluate(self, weights: NamedArrays) -> EvalResult:
+    def evaluate(self, weights: NamedArrays, *, loss_clip: float | None = None) -> EvalResult:
         """Evaluate weights on the site's hold-out data.
+
+        Args:
+            weights: the model, in ``parameter_shapes`` order.
+            loss_clip: L: each record's loss is clipped to L before the mean (None: unclipped),
+                so one record moves the loss sum by at most L (``confide.dp.evaluation``).
 
         Raises:
             WorkerFailed: the worker died, timed out or failed the op.
         """
         specs, buffers = pack_arrays(weights)
-        reply, _ = self._call({"op": "evaluate", "tensors": specs}, buffers)
+        header = {"op": "evaluate", "tensors": specs, "loss_clip": loss_clip}
+        reply, _ = self._call(header, buffers)
         with self._parsing("evaluate"):
             return EvalResult(
                 accuracy=_amount(reply, "accuracy"),

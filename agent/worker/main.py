@@ -110,7 +110,12 @@ class _Server:
         weights = self._weights(header, body)
         if self.fixed is not None:
             return {"accuracy": 0.0, "loss": 0.0, "num_samples": 0}, []
-        acc, loss, n = self.torch_job.evaluate(weights)
+        clip = header.get("loss_clip")
+        if clip is not None and (
+            isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0
+        ):
+            raise MalformedMessage("'loss_clip' must be a number > 0 or null")
+        acc, loss, n = self.torch_job.evaluate(weights, loss_clip=clip)
         return {"accuracy": acc, "loss": loss, "num_samples": n}, []
 
     def _train(self, header: dict[str, Any], body: Any) -> Reply:

@@ -6,7 +6,8 @@ Ops (header ``"op"``) and their frames, each answered by one reply frame whose h
 - ``init``: header ``job_id``, ``dataset`` (``agent.datasets.config_to_json``), ``device``;
   body = serialized ``JobSpec``. Reply: ``pid``, ``num_train``, ``num_holdout``,
   ``num_features``, ``device``, ``torch_loaded``.
-- ``evaluate``: header ``tensors``; body = weights. Reply: ``accuracy``, ``loss``,
+- ``evaluate``: header ``tensors``, ``loss_clip`` (L > 0: each record's loss is clipped to L,
+  or null); body = weights. Reply: ``accuracy``, ``loss`` (mean clipped loss),
   ``num_samples`` (hold-out records).
 - ``train``: header ``tensors``, ``round``, ``dp`` (``DpSgdParams`` as an object, or null);
   body = weights. Reply: ``tensors``, ``num_samples``, ``steps``, ``metrics``; body = delta.

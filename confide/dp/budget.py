@@ -23,6 +23,11 @@ so the record-level bound doubles ℓ₂ and ℓ₁ as it halves σ_eff for the 
 τ = 0 both curves are the Gaussian's.
 
 An infinite curve (no noise on a layer) yields ε = ∞, which any finite cap refuses.
+
+A hold-out evaluation (``confide.dp.evaluation``) is an entry of its own with
+``evaluation=True``: a Gaussian mechanism on hold-out counts, composed at record level like a
+round. It releases no update, so it adds nothing to the site-level curve, which describes
+updates only (an evaluation has no finite site-level bound: it reveals the hold-out's size).
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ class RoundCost:
 
     ``epsilon`` is record-level and ``update_epsilon`` site-level, both at ``delta``; they are
     for display. The ledger recomposes from the parameters, never from these numbers.
+    ``evaluation``: the entry is a hold-out evaluation (``record`` holds its Gaussian, q = 1,
+    T = 1), counted at record level only.
     """
 
     record: RecordCost | None
@@ -95,6 +102,7 @@ class RoundCost:
     epsilon: float
     update_epsilon: float
     delta: float
+    evaluation: bool = False
 
 
 def update_cost(
@@ -186,7 +194,8 @@ def cumulative_epsilon(costs: Iterable[RoundCost], *, delta: float) -> tuple[flo
     site = np.zeros(len(DEFAULT_ORDERS))
     for c in costs:
         rec = rec + record_curve(c.record, c.update)
-        site = site + site_curve(c.update)
+        if not c.evaluation:
+            site = site + site_curve(c.update)
     return _to_epsilon(rec, delta), _to_epsilon(site, delta)
 
 

@@ -45,6 +45,7 @@ def partition_site(
     name: str,
     *,
     max_epsilon: float,
+    exact_evaluation: bool = False,
     holdout_fraction: float = 0.25,
     trusted_signers: Sequence[str] = ("operator",),
 ) -> SiteSetup:
@@ -52,6 +53,8 @@ def partition_site(
 
     Args:
         max_epsilon: the dataset's record-level cap; ``inf`` accepts non-private jobs.
+        exact_evaluation: whether the site's policy gives exact hold-out figures (no noise,
+            outside the ledger) to jobs that ask for them.
     """
     table = {
         "path": str(data.paths[index]),
@@ -64,7 +67,9 @@ def partition_site(
         datasets={data.name: table},
         policy={
             "trusted_signers": list(trusted_signers),
-            "datasets": {data.name: {"max_epsilon": max_epsilon}},
+            "datasets": {
+                data.name: {"max_epsilon": max_epsilon, "exact_evaluation": exact_evaluation}
+            },
         },
     )
 

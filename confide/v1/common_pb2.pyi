@@ -237,6 +237,16 @@ class SecureAggregation(_message.Message):
     stage_timeout_s: float
     def __init__(self, enabled: _Optional[bool] = ..., threshold: _Optional[float] = ..., neighbours: _Optional[int] = ..., clip_range: _Optional[float] = ..., bits: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ...) -> None: ...
 
+class EvaluationSpec(_message.Message):
+    __slots__ = ("max_evaluations", "noise_multiplier", "loss_clip")
+    MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    LOSS_CLIP_FIELD_NUMBER: _ClassVar[int]
+    max_evaluations: int
+    noise_multiplier: float
+    loss_clip: float
+    def __init__(self, max_evaluations: _Optional[int] = ..., noise_multiplier: _Optional[float] = ..., loss_clip: _Optional[float] = ...) -> None: ...
+
 class TrainingSpec(_message.Message):
     __slots__ = ("local_epochs", "batch_size", "learning_rate", "server_optimizer", "server_learning_rate", "device", "seed")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -276,7 +286,7 @@ class AggregationSpec(_message.Message):
     def __init__(self, rule: _Optional[_Union[AggregationRule, str]] = ..., trim_fraction: _Optional[float] = ..., max_sample_weight: _Optional[int] = ..., max_eval_samples: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "target_accuracy", "attempts", "aggregation")
+    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "target_accuracy", "attempts", "aggregation", "evaluation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +300,7 @@ class JobSpec(_message.Message):
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: ModelSpec
     dataset: DatasetSpec
@@ -303,4 +314,5 @@ class JobSpec(_message.Message):
     target_accuracy: float
     attempts: AttemptLimits
     aggregation: AggregationSpec
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., target_accuracy: _Optional[float] = ..., attempts: _Optional[_Union[AttemptLimits, _Mapping]] = ..., aggregation: _Optional[_Union[AggregationSpec, _Mapping]] = ...) -> None: ...
+    evaluation: EvaluationSpec
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., target_accuracy: _Optional[float] = ..., attempts: _Optional[_Union[AttemptLimits, _Mapping]] = ..., aggregation: _Optional[_Union[AggregationSpec, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ...) -> None: ...

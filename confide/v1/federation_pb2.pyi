@@ -88,7 +88,7 @@ class OpenTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "kind", "signed_job", "signer_certificate", "model_version", "deadline_s", "share_keys", "masked_input", "unmask", "check_shares", "consistency")
+    __slots__ = ("task_id", "job_id", "round", "kind", "signed_job", "signer_certificate", "model_version", "deadline_s", "share_keys", "masked_input", "unmask", "check_shares", "consistency", "lineage")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class Task(_message.Message):
     UNMASK_FIELD_NUMBER: _ClassVar[int]
     CHECK_SHARES_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -115,7 +116,16 @@ class Task(_message.Message):
     unmask: UnmaskRequest
     check_shares: CheckSharesRequest
     consistency: ConsistencyRequest
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., signed_job: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., signer_certificate: _Optional[bytes] = ..., model_version: _Optional[str] = ..., deadline_s: _Optional[float] = ..., share_keys: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., check_shares: _Optional[_Union[CheckSharesRequest, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyRequest, _Mapping]] = ...) -> None: ...
+    lineage: ModelLineage
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., signed_job: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., signer_certificate: _Optional[bytes] = ..., model_version: _Optional[str] = ..., deadline_s: _Optional[float] = ..., share_keys: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., check_shares: _Optional[_Union[CheckSharesRequest, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., lineage: _Optional[_Union[ModelLineage, _Mapping]] = ...) -> None: ...
+
+class ModelLineage(_message.Message):
+    __slots__ = ("version", "parent_chain")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARENT_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    parent_chain: bytes
+    def __init__(self, version: _Optional[int] = ..., parent_chain: _Optional[bytes] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("job_id", "model_version")

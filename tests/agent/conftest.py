@@ -14,9 +14,11 @@ from agent.datasets import DataFormat, DatasetConfig
 from agent.policy import DEFAULT_MAX_MODEL_BYTES
 from agent.privacy import PrivacyPlan
 from agent.tasks import SiteContext, TaskRunner
+from confide.lineage import chain_of
+from confide.models import initial_weights
 from confide.pki import Identity, Role, init_ca, issue, load_identity
 from confide.v1 import common_pb2, federation_pb2
-from confide.wire import Binding, open_envelope, seal
+from confide.wire import Binding, encode_tensors, open_envelope, seal
 from tests.agent.fakes import FakeAggregator, FakeWorkerFactory
 
 FEDERATION = "testfed"
@@ -63,6 +65,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def job_spec(dataset: str = DATASET) -> common_pb2.JobSpec:
+    """A 3-round logistic regression job that asks for exact hold-out figures (4 at most)."""
     return common_pb2.JobSpec(
         name="test-job",
         model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_LOGREG),
@@ -73,7 +76,32 @@ def job_spec(dataset: str = DATASET) -> common_pb2.JobSpec:
         training=common_pb2.TrainingSpec(
             local_epochs=1, batch_size=32, learning_rate=0.1, server_learning_rate=1.0
         ),
+        evaluation=common_pb2.EvaluationSpec(
+            max_evaluations=4, noise_multiplier=0.0, loss_clip=5.0
+        ),
     )
+
+
+def sha_of(weights: list[tuple[str, np.ndarray]]) -> str:
+    """The hex SHA-256 a model blob is named by (its ``model_version``)."""
+    return encode_tensors(weights)[0].sha256.hex()
+
+
+def model_weights() -> list[tuple[str, np.ndarray]]:
+    """Version 0 of ``job_spec()``: the initial model its seed defines."""
+    spec = job_spec()
+    return list(initial_weights(spec.model, spec.dataset, seed=0))
+
+
+def final_weights() -> list[tuple[str, np.ndarray]]:
+    """Another model of the same shapes (the job's final version in EVALUATE tests)."""
+    return [(n, a + np.float32(1.0)) for n, a in model_weights()]
+
+
+MODEL_SHA = sha_of(model_weights())
+FINAL_SHA = sha_of(final_weights())
+NO_PARENT = bytes(32)
+"""A parent chain value no site holds (a version whose parent the site never saw)."""
 
 
 def signed_task(
@@ -84,16 +112,34 @@ def signed_task(
     task_id: str = "t1",
     job_id: str = "job-1",
     round: int = 1,
-    model_version: str = "v1",
+    model_version: str = MODEL_SHA,
+    version: int | None = None,
+    parent_chain: bytes | None = None,
 ) -> federation_pb2.Task:
-    env = seal(
-        signing_key=signer.signing_key,
-        federation=FEDERATION,
-        sender=signer.info.name,
-        stage=common_pb2.STAGE_JOB,
-        payload=(spec or job_spec()).SerializeToString(),
-        now=time.time(),
-    )
+    """A task of ``job_id`` signed by ``signer``; its model is version ``round - 1`` by default.
+
+    The parent chain value defaults to an honest history in which every earlier version was
+    ``MODEL_SHA``; one signed envelope per (signer, spec), as an aggregator sends one job's.
+    """
+    payload = (spec or job_spec()).SerializeToString()
+    key = (signer.info.name, payload)
+    if key not in _SIGNED:
+        _SIGNED[key] = seal(
+            signing_key=signer.signing_key,
+            federation=FEDERATION,
+            sender=signer.info.name,
+            stage=common_pb2.STAGE_JOB,
+            payload=payload,
+            now=time.time(),
+        )
+    env = _SIGNED[key]
+    version = max(round - 1, 0) if version is None else version
+    if parent_chain is None:
+        parent_chain = (
+            chain_of(job_id=job_id, signed_job=env, shas=[MODEL_SHA] * version)[-1]
+            if version > 0
+            else b""
+        )
     return federation_pb2.Task(
         task_id=task_id,
         job_id=job_id,
@@ -103,14 +149,26 @@ def signed_task(
         signer_certificate=signer.cert_pem,
         model_version=model_version,
         deadline_s=60,
+        lineage=federation_pb2.ModelLineage(version=version, parent_chain=parent_chain),
     )
 
 
-def model_weights() -> list[tuple[str, np.ndarray]]:
-    return [
-        ("net.0.weight", np.arange(4, dtype=np.float32).reshape(2, 2)),
-        ("net.0.bias", np.zeros(2, dtype=np.float32)),
-    ]
+_SIGNED: dict[tuple[str, bytes], common_pb2.Envelope] = {}
+
+
+def final_task(
+    signer: Identity, *, task_id: str = "t-eval", rounds: int = 3
+) -> federation_pb2.Task:
+    """The EVALUATE of job-1's final version (``FINAL_SHA``), in the honest history of
+    ``signed_task`` (so the child of the model the site trains on in round ``rounds``)."""
+    return signed_task(
+        signer,
+        kind=federation_pb2.TASK_KIND_EVALUATE,
+        task_id=task_id,
+        round=rounds,
+        model_version=FINAL_SHA,
+        version=rounds,
+    )
 
 
 @pytest.fixture
@@ -135,7 +193,8 @@ def workers() -> FakeWorkerFactory:
 @pytest.fixture
 def aggregator() -> FakeAggregator:
     agg = FakeAggregator()
-    agg.models[("job-1", "v1")] = model_weights()
+    agg.models[("job-1", MODEL_SHA)] = model_weights()
+    agg.models[("job-1", FINAL_SHA)] = final_weights()
     return agg
 
 
@@ -148,7 +207,13 @@ def make_runner(
     policy: DatasetPolicy | None = None,
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
 ) -> TaskRunner:
-    """A TaskRunner for site-1 exposing ``dataset``, with fake workers."""
+    """A TaskRunner for site-1 exposing ``dataset``, with fake workers.
+
+    Without a ``policy`` the dataset's is the default one but for exact hold-out figures,
+    which it allows (the fake worker's figures are then released as they are).
+    """
+    if policy is None:
+        policy = DatasetPolicy(exact_evaluation=True)
     site = SiteContext(
         federation=FEDERATION,
         site=pki.site.info.name,
@@ -158,7 +223,7 @@ def make_runner(
         trusted_signers=("alice",),
         datasets={DATASET: dataset},
         device="cpu",
-        policies={DATASET: policy} if policy is not None else {},
+        policies={DATASET: policy},
         max_model_bytes=max_model_bytes,
     )
     return TaskRunner(site, start_worker=workers, privacy=privacy)

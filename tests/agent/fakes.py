@@ -179,10 +179,12 @@ class FakeWorker:
         self.fail = fail
         self.rounds: list[int] = []
         self.dp: list[DpSgdParams | None] = []
+        self.loss_clips: list[float | None] = []
 
-    def evaluate(self, weights: NamedArrays) -> EvalResult:
+    def evaluate(self, weights: NamedArrays, *, loss_clip: float | None = None) -> EvalResult:
         self._maybe_fail()
-        return EvalResult(accuracy=0.75, loss=0.5, num_samples=5)
+        self.loss_clips.append(loss_clip)
+        return EvalResult(accuracy=0.8, loss=0.5, num_samples=5)  # 4 of 5 right
 
     def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
         self._maybe_fail()

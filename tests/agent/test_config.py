@@ -65,6 +65,8 @@ max_job_retries = 0
 [policy.datasets.tabular]
 max_epsilon = 8.0
 min_update_noise = 0.5
+max_evaluations = 5
+exact_evaluation = true
 [log]
 level = "debug"
 json = true
@@ -77,6 +79,8 @@ json = true
     assert cfg.attempt_caps == AttemptCaps(max_round_attempts=2, max_job_retries=0)
     assert cfg.dataset_policies["tabular"].max_epsilon == 8.0
     assert cfg.dataset_policies["tabular"].min_update_noise == 0.5
+    assert cfg.dataset_policies["tabular"].max_evaluations == 5
+    assert cfg.dataset_policies["tabular"].exact_evaluation is True
     assert cfg.log_level is LogLevel.DEBUG and cfg.log_json is True
 
 
@@ -108,6 +112,16 @@ json = true
         (
             lambda t: t + "[policy.datasets.other]\nmax_epsilon = 1.0\n",
             "policy.datasets.other",
+            Reason.INVALID_VALUE,
+        ),
+        (
+            lambda t: t + "[policy.datasets.tabular]\nmax_evaluations = -1\n",
+            "policy.datasets.tabular.max_evaluations",
+            Reason.INVALID_VALUE,
+        ),
+        (
+            lambda t: t + '[policy.datasets.tabular]\nexact_evaluation = "yes"\n',
+            "policy.datasets.tabular.exact_evaluation",
             Reason.INVALID_VALUE,
         ),
         (lambda t: t + '[log]\nlevel = "loud"\n', "log.level", Reason.INVALID_VALUE),
@@ -146,3 +160,10 @@ def test_policy_max_model_bytes(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, BASE + "[policy]\nmax_model_bytes = 0\n"))
     assert err.value.key == "policy.max_model_bytes"
+
+
+def test_a_dataset_policy_defaults_to_noised_capped_evaluation(tmp_path):
+    """Unless the policy says so, a dataset gives no exact figures and at most 50 per job."""
+    cfg = load_config(_write(tmp_path, BASE + "[policy.datasets.tabular]\nmax_epsilon = 3.0\n"))
+    policy = cfg.dataset_policies["tabular"]
+    assert policy.exact_evaluation is False and policy.max_evaluations == 50

@@ -203,6 +203,7 @@ def test_update_noise_alone_claims_record_epsilon_so_training_figures_stay_home(
     spec.update_privacy.CopyFrom(
         common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=4.0, delta=1e-5)
     )
+    spec.evaluation.noise_multiplier = 10.0  # the default policy gives noised figures only
     runner = _site(pki, dataset, workers, tmp_path / "ledger.db")
     assert runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator)) is (
         TaskOutcome.OK

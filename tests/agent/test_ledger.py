@@ -315,3 +315,44 @@ def test_budget_is_never_overspent(plan, cap):
                     led.release_unsent(last, proof="worker failed")
                 last = None
             assert led.spent("ds").epsilon <= cap
+
+
+def test_an_evaluation_entry_keeps_its_kind_and_counts_at_record_level_only(tmp_path):
+    """An evaluation entry survives reopening as one; it adds record ε, no rounds, no site ε."""
+    from confide.dp.evaluation import evaluation_cost
+
+    path = tmp_path / "ledger.sqlite"
+    ev = evaluation_cost(noise_multiplier=10.0, delta=1e-5)
+    with Ledger.open(path) as led:
+        led.reserve(dataset="ds", job_id="j", round=1, layer_costs=COST)
+        before = led.spent("ds")
+        led.mark_sent(led.reserve(dataset="ds", job_id="j/evaluation/x", round=1, layer_costs=ev))
+    with Ledger.open(path) as led:
+        kinds = [e.cost.evaluation for e in led.entries("ds")]
+        after = led.spent("ds")
+        [line] = led.budgets({})
+    assert kinds == [False, True]
+    assert after.epsilon > before.epsilon and after.update_epsilon == before.update_epsilon
+    assert after.rounds == before.rounds == 1 and line.rounds == 1
+
+
+def test_a_ledger_written_before_evaluation_entries_opens_with_its_rounds(tmp_path):
+    """An older ledger file (no kind column) gains it on open; its entries stay rounds."""
+    import sqlite3
+
+    from agent import ledger as ledger_module
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(ledger_module._SCHEMA)
+    conn.execute(
+        "INSERT INTO entries (dataset, job_id, round, state, rec_sample_rate, "
+        "rec_noise_multiplier, rec_steps, rec_delta, epsilon, update_epsilon, cost_delta, "
+        "created_at, updated_at) VALUES ('ds', 'j', 1, 'sent', 0.01, 1.0, 100, 1e-5, 1, 1, "
+        "1e-5, 0, 0)"
+    )
+    conn.commit()
+    conn.close()
+    with Ledger.open(path) as led:
+        [entry] = led.entries("ds")
+        assert entry.cost.evaluation is False and led.spent("ds").rounds == 1

@@ -24,6 +24,7 @@ from confide.wire import Binding, BlobAssembler, open_envelope
 from tests.agent.conftest import (
     DATASET,
     FEDERATION,
+    MODEL_SHA,
     job_spec,
     make_runner,
     report_of,
@@ -229,6 +230,7 @@ def test_update_is_clipped_noised_and_training_figures_are_withheld_under_dp(
     spec.update_privacy.CopyFrom(
         common_pb2.UpdatePrivacy(clip_norm=0.1, noise_multiplier=0.0, delta=1e-5)
     )
+    spec.evaluation.noise_multiplier = 10.0  # the policy allows noised hold-out figures only
     assert runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator)) is (
         TaskOutcome.OK
     )
@@ -345,7 +347,7 @@ def test_a_signed_job_never_runs_under_a_second_job_id(pki, dataset, workers, ag
     again = federation_pb2.Task()
     again.CopyFrom(first)
     again.job_id, again.task_id = "job-2", "b"
-    aggregator.models[("job-2", "v1")] = aggregator.models[("job-1", "v1")]
+    aggregator.models[("job-2", MODEL_SHA)] = aggregator.models[("job-1", MODEL_SHA)]
     bindings = JobBindings(tmp_path / "bind.db")
     runner = runner_with(bindings)
     assert runner.run(first, t) is TaskOutcome.OK

@@ -14,6 +14,7 @@ from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, BlobAssembler, open_envelope
 from tests.agent.conftest import (
     FEDERATION,
+    final_task,
     job_spec,
     make_runner,
     model_weights,
@@ -38,7 +39,7 @@ def test_train_uploads_signed_update_with_expected_delta(pki, runner, aggregator
     assert header.task_id == "t1"
     assert header.num_samples == 40  # the daemon's own count (50 records, 20% held out)
     assert dict(header.metrics) == pytest.approx(
-        {"eval_accuracy": 0.75, "eval_loss": 0.5, "eval_samples": 5.0, "train_loss": 0.4}
+        {"eval_accuracy": 0.8, "eval_loss": 0.5, "eval_samples": 5.0, "train_loss": 0.4}
     )
     asm = BlobAssembler(header.blob, max_bytes=1 << 20)
     asm.add(up.data)
@@ -63,14 +64,16 @@ def test_worker_is_reused_across_rounds_and_stopped_on_job_done(pki, runner, agg
 
 
 def test_evaluate_reports_metrics(pki, runner, aggregator):
-    """An EVALUATE task is answered with a signed OK report holding accuracy, loss, samples."""
+    """The EVALUATE of the final model, after the last round, is answered with a signed OK
+    report holding accuracy, loss and samples."""
     t = FakeTransport(aggregator)
-    task = signed_task(pki.alice, kind=federation_pb2.TASK_KIND_EVALUATE)
+    assert runner.run(signed_task(pki.alice, task_id="train", round=3), t) is TaskOutcome.OK
+    task = final_task(pki.alice)
     assert runner.run(task, t) is TaskOutcome.OK
     rep = report_of(pki, aggregator.reports[0])
     assert rep.outcome == common_pb2.OUTCOME_OK
     assert rep.kind == federation_pb2.TASK_KIND_EVALUATE
-    assert dict(rep.metrics) == {"accuracy": 0.75, "loss": 0.5}
+    assert dict(rep.metrics) == {"accuracy": 0.8, "loss": 0.5}
     assert rep.num_samples == 5
 
 

@@ -23,10 +23,13 @@ from confide.pki import server_credentials
 from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from confide.wire import BlobAssembler, encode_tensors, iter_chunks
 from confide.wire.blob import CHUNK_BYTES
-from tests.agent.conftest import DATASET, signed_task
+from tests.agent.conftest import DATASET, sha_of, signed_task
 from tests.agent.conftest import _load as load_identity_files
 
 ROOT = Path(__file__).resolve().parents[2]
+
+STALL = "5" * 64
+"""The model version whose download stalls after its header."""
 
 
 class _Federation(federation_pb2_grpc.FederationServicer):
@@ -61,14 +64,14 @@ class _Federation(federation_pb2_grpc.FederationServicer):
             yield federation_pb2.BlobPart(header=header)
             yield federation_pb2.BlobPart(chunk=b"\1" * CHUNK_BYTES)
             return
-        if request.model_version == "stall":  # the header, then nothing until the client leaves
+        if request.model_version == STALL:  # the header, then nothing until the client leaves
             header, _ = encode_tensors(self.model)
             yield federation_pb2.BlobPart(header=header)
             self.stalled.set()
             while context.is_active():
                 time.sleep(0.02)
             return
-        if request.model_version != "v1":
+        if request.model_version != sha_of(self.model):
             context.abort(grpc.StatusCode.NOT_FOUND, Reason.UNKNOWN_JOB.value)
         header, buffers = encode_tensors(self.model)
         yield federation_pb2.BlobPart(header=header)
@@ -111,7 +114,7 @@ def test_download_assembles_a_multi_chunk_model(pki, server):
     servicer, address = server
     t = GrpcTransport.from_identity(pki.site, address=address, server_name="aggregator")
     try:
-        got = t.download("job-1", "v1")
+        got = t.download("job-1", sha_of(servicer.model))
     finally:
         t.close()
     for (n, a), (m, b) in zip(got, servicer.model, strict=True):
@@ -151,7 +154,7 @@ def test_session_trains_over_grpc(pki, server, runner, workers):
     th = threading.Thread(target=session.run, daemon=True)
     th.start()
     try:
-        servicer.tasks.put(signed_task(pki.alice))
+        servicer.tasks.put(signed_task(pki.alice, round=2, model_version=sha_of(servicer.model)))
         with servicer.cond:
             assert servicer.cond.wait_for(lambda: servicer.uploads, timeout=30)
     finally:
@@ -177,7 +180,7 @@ def test_download_past_its_deadline_is_unavailable(pki, server):
     try:
         start = time.monotonic()
         with pytest.raises(ConfideError) as info:
-            t.download("job-1", "stall", timeout=0.5)
+            t.download("job-1", STALL, timeout=0.5)
         assert time.monotonic() - start < 10
     finally:
         t.close()
@@ -186,7 +189,7 @@ def test_download_past_its_deadline_is_unavailable(pki, server):
 
 def _download_in_thread(t, outcome):
     try:
-        outcome.append(t.download("job-1", "stall"))
+        outcome.append(t.download("job-1", STALL))
     except Exception as exc:
         outcome.append(exc)
 
@@ -205,7 +208,7 @@ def test_close_cancels_a_download_in_flight(pki, server):
     (err,) = outcome
     assert isinstance(err, ConfideError) and err.reason is Reason.UNAVAILABLE
     with pytest.raises(ConfideError) as info:
-        t.download("job-1", "v1")
+        t.download("job-1", sha_of(servicer.model))
     assert info.value.reason is Reason.UNAVAILABLE
 
 
@@ -216,7 +219,8 @@ def test_session_stop_cancels_a_stalled_download(pki, server, runner, workers):
     th = threading.Thread(target=session.run, daemon=True)
     th.start()
     try:
-        servicer.tasks.put(signed_task(pki.alice, model_version="stall"))
+        # Round 2: version 1, which any model may claim to be (version 0 is the initial one).
+        servicer.tasks.put(signed_task(pki.alice, round=2, model_version=STALL))
         assert servicer.stalled.wait(timeout=30)
     finally:
         session.stop()

@@ -117,7 +117,7 @@ def test_the_aggregator_never_asks_for_more_attempts_than_the_job_signed(
         spec,
         common_pb2.Envelope(),
         b"",
-        model_version="v0",
+        model_version="0" * 64,  # a blob's hex SHA-256: the job's version chain hashes it
         version_no=0,
         max_retries=config_retries,
         eligible=frozenset(),
@@ -132,7 +132,7 @@ def test_a_resumed_job_remembers_its_retries():
         tiny_spec(rounds=5),
         common_pb2.Envelope(),
         b"",
-        model_version="v0",
+        model_version="0" * 64,  # a blob's hex SHA-256: the job's version chain hashes it
         version_no=0,
         max_retries=3,
         eligible=frozenset(),

@@ -151,3 +151,47 @@ def test_a_crafted_spec_cannot_bypass_the_aggregation_checks():
     with pytest.raises(ConfigError) as ei:
         validate_job(spec)
     assert ei.value.key == "aggregation.rule"
+
+
+def test_evaluation_defaults_to_each_round_and_the_final_model_noised():
+    """Without [evaluation] a job asks rounds + 1 evaluations at z = 10, losses clipped at 5."""
+    ev = _job().evaluation
+    assert (ev.max_evaluations, ev.noise_multiplier, ev.loss_clip) == (4, 10.0, 5.0)
+    exact = _job(BASE + "[evaluation]\nmax_evaluations = 1\nnoise_multiplier = 0.0\n").evaluation
+    assert (exact.max_evaluations, exact.noise_multiplier) == (1, 0.0)
+
+
+@pytest.mark.parametrize(
+    "block, key",
+    [
+        ("max_evaluations = -1", "evaluation.max_evaluations"),
+        ("noise_multiplier = -1.0", "evaluation.noise_multiplier"),
+        ("loss_clip = 0.0", "evaluation.loss_clip"),
+        ("loss_clips = 1.0", "evaluation.loss_clips"),
+    ],
+)
+def test_invalid_evaluation_field_is_named(block, key):
+    """A bad [evaluation] value is refused naming its key."""
+    with pytest.raises(ConfigError) as ei:
+        _job(BASE + "[evaluation]\n" + block + "\n")
+    assert ei.value.key == key
+
+
+@pytest.mark.parametrize(
+    "field, value, key",
+    [
+        ("noise_multiplier", float("nan"), "evaluation.noise_multiplier"),
+        ("noise_multiplier", -1.0, "evaluation.noise_multiplier"),
+        ("loss_clip", 0.0, "evaluation.loss_clip"),
+        ("loss_clip", float("inf"), "evaluation.loss_clip"),
+    ],
+)
+def test_validate_job_refuses_a_crafted_evaluation_block(field, value, key):
+    """A wire JobSpec asking evaluations with a bad z or L is refused (sites re-validate)."""
+    spec = _job()
+    setattr(spec.evaluation, field, value)
+    with pytest.raises(ConfigError) as ei:
+        validate_job(spec)
+    assert ei.value.key == key
+    spec.evaluation.max_evaluations = 0  # asks for none: the rest is not looked at
+    validate_job(spec)

@@ -290,3 +290,28 @@ def test_scripted_worker_with_good_replies_is_accepted(bc_dataset, tmp_path):
         assert worker.alive
     finally:
         worker.stop()
+
+
+def test_evaluate_clips_each_records_loss_when_asked(mlp_worker):
+    """With loss_clip L every record's loss counts at most L; a large L changes nothing."""
+    job, worker = mlp_worker
+    weights = initial_weights(job.model, job.dataset, seed=4)
+    wild = [(n, (a * 200).astype(np.float32)) for n, a in weights]  # confident and often wrong
+    plain = worker.evaluate(wild)
+    clipped = worker.evaluate(wild, loss_clip=0.5)
+    assert plain.loss > 0.5 >= clipped.loss
+    assert clipped.accuracy == plain.accuracy and clipped.num_samples == plain.num_samples
+    assert worker.evaluate(weights, loss_clip=1e6).loss == pytest.approx(
+        worker.evaluate(weights).loss
+    )
+
+
+@pytest.mark.parametrize("clip", [0, -1.0, "5", True])
+def test_an_invalid_loss_clip_fails_the_op_and_the_worker_keeps_serving(mlp_worker, clip):
+    """A loss_clip that is not a number > 0 fails evaluate as malformed; the worker stays up."""
+    job, worker = mlp_worker
+    weights = initial_weights(job.model, job.dataset, seed=4)
+    with pytest.raises(WorkerFailed) as info:
+        worker.evaluate(weights, loss_clip=clip)
+    assert info.value.reason is Reason.MALFORMED
+    assert worker.alive and worker.evaluate(weights).num_samples == 114
