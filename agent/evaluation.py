@@ -35,6 +35,7 @@ from pathlib import Path
 import structlog
 
 from agent.config import DatasetPolicy
+from agent.datasets import DatasetConfig, declared_sizes
 from agent.lineage import ModelVersions, PinnedModel, Purpose
 from agent.privacy import PrivacyPlan
 from agent.worker.protocol import EvalResult
@@ -156,7 +157,7 @@ class Evaluations:
         self,
         *,
         spec: common_pb2.JobSpec,
-        dataset: str,
+        dataset: DatasetConfig,
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
@@ -181,7 +182,7 @@ class Evaluations:
         self,
         *,
         spec: common_pb2.JobSpec,
-        dataset: str,
+        dataset: DatasetConfig,
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
@@ -190,7 +191,8 @@ class Evaluations:
 
         Args:
             spec: the verified job spec (its ``evaluation`` block and δ).
-            dataset: the site dataset the job runs on.
+            dataset: the site dataset the job runs on (its hold-out count, declared at
+                register, bounds the count released).
             policy: the site's policy for it.
             model: the pinned model (``ModelVersions.pin``).
             evaluate: runs the worker's hold-out evaluation with the given loss clip L; called
@@ -240,7 +242,7 @@ class Evaluations:
     def _release(
         self,
         spec: common_pb2.JobSpec,
-        dataset: str,
+        dataset: DatasetConfig,
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
@@ -263,7 +265,7 @@ class Evaluations:
         z, clip = float(ev.noise_multiplier), float(ev.loss_clip)
         if z == 0 and not policy.exact_evaluation:
             raise PolicyRefusal(
-                f"the job asks for exact hold-out figures; the policy of dataset {dataset!r} "
+                f"the job asks for exact hold-out figures; the policy of dataset {dataset.name!r} "
                 "allows only noised ones (exact_evaluation = false)",
                 reason=Reason.UNSAFE_REQUEST,
             )
@@ -279,7 +281,11 @@ class Evaluations:
             num_samples=result.num_samples,
             loss_clip=clip,
         )
-        released = release_evaluation(counts, noise_multiplier=z, loss_clip=clip)
+        # The hold-out size is public (declared at register, agent.datasets.declared_sizes):
+        # the released count is clamped to it, post-processing with public information.
+        declared = declared_sizes([dataset])
+        public = declared[0].holdout_records if declared else None
+        released = release_evaluation(counts, noise_multiplier=z, loss_clip=clip, max_count=public)
         epsilon = self._charge(spec, dataset, policy, model, z) if z > 0 else float("inf")
         self._store(model, released)
         self._log(model.job_id, model.version, model.sha256, "released", "")
@@ -296,7 +302,7 @@ class Evaluations:
     def _charge(
         self,
         spec: common_pb2.JobSpec,
-        dataset: str,
+        dataset: DatasetConfig,
         policy: DatasetPolicy,
         model: PinnedModel,
         z: float,
@@ -307,12 +313,12 @@ class Evaluations:
         therefore never left) covers this release: it is marked sent, not charged twice.
         """
         assert self._privacy is not None
-        ledger = self._privacy.ledger
+        ledger, name = self._privacy.ledger, dataset.name
         cost = evaluation_cost(noise_multiplier=z, delta=self._privacy.job_delta(spec))
         key = ledger_job_id(model.job_id, model.sha256)
         try:
             rid = ledger.reserve(
-                dataset=dataset,
+                dataset=name,
                 job_id=key,
                 round=model.version,
                 layer_costs=cost,
@@ -321,9 +327,7 @@ class Evaluations:
         except PolicyRefusal as exc:
             if exc.reason is not Reason.DENIED:
                 raise
-            left = [
-                e for e in ledger.entries(dataset) if (e.job_id, e.round) == (key, model.version)
-            ]
+            left = [e for e in ledger.entries(name) if (e.job_id, e.round) == (key, model.version)]
             if not left:
                 raise
             rid = left[0].id

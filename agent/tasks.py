@@ -309,7 +309,7 @@ class TaskRunner:
         with self._charge(task, dataset, plan, limits) as charge:
             ev = self.evaluations.for_update(
                 spec=job.spec,
-                dataset=dataset.name,
+                dataset=dataset,
                 policy=self._policy(dataset),
                 model=model,
                 evaluate=lambda clip: self._guarded(
@@ -427,7 +427,7 @@ class TaskRunner:
 
         ev = self.evaluations.release(
             spec=job.spec,
-            dataset=dataset.name,
+            dataset=dataset,
             policy=self._policy(dataset),
             model=model,
             evaluate=evaluate,

@@ -20,6 +20,11 @@ the site is post-processing of the noisy (n̂, ĉ, ŝ), which costs nothing more
     accuracy    = clamp(ĉ / max(n̂, 1), 0, 1)
     loss        = clamp(L·ŝ / max(n̂, 1), 0, L)
 
+When the hold-out size is public (a site declares it at register), the released count is
+also clamped to it: post-processing with public information. With n public the adjacency is
+effectively replacing one record, under which (c, S/L) has sensitivity √2 ≤ Δ, so the cost
+below still bounds the release.
+
 The ledger holds an evaluation as the sampled Gaussian with q = 1, σ = z, T = 1 at the job's δ
 (``evaluation_cost``), composed with every round on the dataset by adding RDP curves. One such
 release at z = 10 costs ε ≈ 0.38 at δ = 1e-5 on its own; six compose to ε ≈ 0.99.
@@ -108,7 +113,11 @@ def counts_from_means(
 
 
 def release_evaluation(
-    counts: EvalCounts, *, noise_multiplier: float, loss_clip: float
+    counts: EvalCounts,
+    *,
+    noise_multiplier: float,
+    loss_clip: float,
+    max_count: int | None = None,
 ) -> ReleasedEvaluation:
     """Release ``counts`` with Gaussian noise of multiplier z (exactly when z = 0).
 
@@ -116,6 +125,7 @@ def release_evaluation(
         counts: the exact, clamped counts.
         noise_multiplier: z >= 0, finite.
         loss_clip: L > 0, the clip the loss sum was computed with.
+        max_count: the hold-out size when it is public: the released count is clamped to it.
 
     Raises:
         ValueError: z or L out of range.
@@ -126,6 +136,7 @@ def release_evaluation(
         noise_multiplier=noise_multiplier,
         loss_clip=loss_clip,
         draws=(float(draws[0]), float(draws[1]), float(draws[2])),
+        max_count=max_count,
     )
 
 
@@ -135,6 +146,7 @@ def _release_from_parts(
     noise_multiplier: float,
     loss_clip: float,
     draws: tuple[float, float, float],
+    max_count: int | None = None,
 ) -> ReleasedEvaluation:
     """``release_evaluation`` with the three standard normal draws given (test vectors)."""
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
@@ -142,10 +154,11 @@ def _release_from_parts(
     if not (math.isfinite(loss_clip) and loss_clip > 0):
         raise ValueError(f"loss_clip must be a finite number > 0, got {loss_clip}")
     n, c, s = counts.num_samples, counts.correct, counts.loss_sum / loss_clip
+    cap = max_count
     if noise_multiplier == 0:
         if n == 0:
             return ReleasedEvaluation(0.0, 0.0, 0, 0.0)
-        return ReleasedEvaluation(c / n, loss_clip * s / n, n, 0.0)
+        return ReleasedEvaluation(c / n, loss_clip * s / n, n if cap is None else min(n, cap), 0.0)
     std = noise_multiplier * SENSITIVITY
     n_hat = n + std * draws[0]
     c_hat = c + std * draws[1]
@@ -154,7 +167,7 @@ def _release_from_parts(
     return ReleasedEvaluation(
         accuracy=min(max(c_hat / denominator, 0.0), 1.0),
         loss=min(max(loss_clip * s_hat / denominator, 0.0), loss_clip),
-        num_samples=max(1, round(n_hat)),
+        num_samples=max(1, round(n_hat) if cap is None else min(round(n_hat), cap)),
         noise_multiplier=noise_multiplier,
     )
 

@@ -156,6 +156,8 @@ def test_noised_figures_are_charged_once_per_model_and_count_in_the_jobs_epsilon
         assert site.run(h.train(r)) is TaskOutcome.OK
     headers = [site.header(i) for i in range(3)]
     assert all(set(x.metrics) == {"eval_accuracy", "eval_loss", "eval_samples"} for x in headers)
+    # Never more hold-out records than the site declares at register (10 of its 50).
+    assert all(1 <= x.metrics["eval_samples"] <= 10 for x in headers)
     rounds = [e.cost for e in site.ledger.entries(DATASET) if not e.cost.evaluation]
     one_eval = evaluation_cost(noise_multiplier=10.0, delta=1e-5)
     assert headers[2].epsilon == pytest.approx(

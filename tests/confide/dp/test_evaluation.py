@@ -133,3 +133,17 @@ def test_no_cost_without_finite_positive_noise(z):
     """An evaluation cost needs z > 0 and finite (exact figures have ε = ∞ and no entry)."""
     with pytest.raises(ValueError):
         evaluation_cost(noise_multiplier=z, delta=1e-5)
+
+
+def test_the_released_count_never_exceeds_a_public_hold_out_size():
+    """With the hold-out size public, noise above it is clamped to it (exact releases too)."""
+    counts = EvalCounts(num_samples=40, correct=30, loss_sum=20.0)
+    up = _release_from_parts(
+        counts, noise_multiplier=5.0, loss_clip=L, draws=(3.0, 0.0, 0.0), max_count=40
+    )
+    down = _release_from_parts(
+        counts, noise_multiplier=5.0, loss_clip=L, draws=(-1.0, 0.0, 0.0), max_count=40
+    )
+    assert up.num_samples == 40 and down.num_samples == round(40 - 5 * math.sqrt(3))
+    exact = release_evaluation(counts, noise_multiplier=0.0, loss_clip=L, max_count=35)
+    assert exact.num_samples == 35 and exact.accuracy == 0.75
