@@ -286,7 +286,8 @@ class Evaluations:
         declared = declared_sizes([dataset])
         public = declared[0].holdout_records if declared else None
         released = release_evaluation(counts, noise_multiplier=z, loss_clip=clip, max_count=public)
-        epsilon = self._charge(spec, dataset, policy, model, z) if z > 0 else float("inf")
+        # Exact figures have ε = ∞; logged as null (JSON has no infinity).
+        epsilon = self._charge(spec, dataset, policy, model, z) if z > 0 else None
         self._store(model, released)
         self._log(model.job_id, model.version, model.sha256, "released", "")
         log.info(
