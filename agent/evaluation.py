@@ -18,8 +18,11 @@ round's input model that travel with an update):
   further cost: fresh noise on a repeated question would average away.
 
 Every decision (released, repeated, refused with its reason) is appended to an evaluation log
-in the site's state, next to the ledger. ``Evaluations`` also fronts the site's pinned model
-versions (``pin``), so the task runner asks one collaborator about models and figures.
+in the site's state, next to the ledger, and to the site's hash-chained audit trail
+(``agent.site_audit``: events ``evaluation_released``, ``evaluation_repeated``,
+``evaluation_refused``, with the model hash, the dataset and the ε charged). ``Evaluations``
+also fronts the site's pinned model versions (``pin``), so the task runner asks one
+collaborator about models and figures.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from agent.config import DatasetPolicy
 from agent.datasets import DatasetConfig, declared_sizes
 from agent.lineage import ModelVersions, PinnedModel, Purpose
 from agent.privacy import PrivacyPlan
+from agent.site_audit import SiteAudit
 from agent.worker.protocol import EvalResult
 from confide.dp.evaluation import (
     ReleasedEvaluation,
@@ -101,6 +105,7 @@ class Evaluations:
         privacy: the site's ledger and δ rule; without one, noised evaluations are refused
             (there is nowhere to charge them) and only policy-allowed exact ones are given.
         versions: the site's pinned model versions (default: in ``path``).
+        audit: the site's audit trail, which gets one entry per decision (None: none).
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class Evaluations:
         *,
         privacy: PrivacyPlan | None,
         versions: ModelVersions | None = None,
+        audit: SiteAudit | None = None,
     ) -> None:
         try:
             self._conn = sqlite3.connect(
@@ -121,6 +127,7 @@ class Evaluations:
             raise InternalError(f"cannot open the evaluation log in {path}: {exc}") from exc
         self._privacy = privacy
         self.versions = versions if versions is not None else ModelVersions(path)
+        self.audit = audit
         self._lock = threading.Lock()
         self._job_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(
             threading.Lock
@@ -208,7 +215,14 @@ class Evaluations:
             try:
                 return self._release(spec, dataset, policy, model, evaluate)
             except PolicyRefusal as exc:
-                self._log(model.job_id, model.version, model.sha256, "refused", exc.reason.value)
+                self._log(
+                    model.job_id,
+                    model.version,
+                    model.sha256,
+                    "refused",
+                    exc.reason.value,
+                    dataset=dataset.name,
+                )
                 raise
 
     def released(self, job_id: str) -> dict[str, ReleasedEvaluation]:
@@ -249,7 +263,9 @@ class Evaluations:
     ) -> ReleasedEvaluation:
         stored = self.released(model.job_id)
         if model.sha256 in stored:
-            self._log(model.job_id, model.version, model.sha256, "repeated", "")
+            self._log(
+                model.job_id, model.version, model.sha256, "repeated", "", dataset=dataset.name
+            )
             log.info("evaluation_repeated", version=model.version)
             return stored[model.sha256]
         ev = spec.evaluation
@@ -289,7 +305,16 @@ class Evaluations:
         # Exact figures have ε = ∞; logged as null (JSON has no infinity).
         epsilon = self._charge(spec, dataset, policy, model, z) if z > 0 else None
         self._store(model, released)
-        self._log(model.job_id, model.version, model.sha256, "released", "")
+        self._log(
+            model.job_id,
+            model.version,
+            model.sha256,
+            "released",
+            "",
+            dataset=dataset.name,
+            epsilon=epsilon or 0.0,
+            detail=f"noise_multiplier={z:g}" if z > 0 else "exact, outside the ledger",
+        )
         log.info(
             "evaluation_released",
             version=model.version,
@@ -363,7 +388,30 @@ class Evaluations:
             except sqlite3.Error as exc:
                 raise InternalError(f"cannot record the evaluation: {exc}") from exc
 
-    def _log(self, job_id: str, version: int, sha: str, outcome: str, reason: str) -> None:
+    def _log(
+        self,
+        job_id: str,
+        version: int,
+        sha: str,
+        outcome: str,
+        reason: str,
+        *,
+        dataset: str = "",
+        epsilon: float = 0.0,
+        detail: str = "",
+    ) -> None:
+        if self.audit is not None:
+            self.audit.append(
+                f"evaluation_{outcome}",
+                at=time.time(),
+                job=job_id,
+                round=version,
+                reason=reason,
+                model_hash=sha,
+                dataset=dataset,
+                epsilon=epsilon,
+                detail=detail,
+            )
         with self._lock:
             try:
                 self._conn.execute(

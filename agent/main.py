@@ -251,7 +251,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         approvals=approvals,
         start_worker=_policy_workers(isolation, holder),
         policy=holder,
-        evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy),
+        evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy, audit=audit),
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
     kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)

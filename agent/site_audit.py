@@ -54,7 +54,8 @@ class SiteEntry:
         seq: position in the chain, from 1.
         at: unix seconds when it was written.
         event: ``task_seen``, ``task_ended``, ``job_approved``, ``job_denied``,
-            ``approval_expired``.
+            ``approval_expired``; ``evaluation_released``, ``evaluation_repeated``,
+            ``evaluation_refused`` (``agent.evaluation``; ``round`` is then the model version).
         job: the aggregator's job id.
         round: the task's round (0 for none).
         task: the task id ("" for operator decisions).

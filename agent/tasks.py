@@ -128,7 +128,7 @@ class TaskRunner:
         self.job_bindings = job_bindings
         self.audit = audit if audit is not None else SiteAudit(":memory:")
         self.approvals = approvals
-        self.evaluations = evaluations or Evaluations(privacy=privacy)
+        self.evaluations = evaluations or Evaluations(privacy=privacy, audit=self.audit)
         self._clock = clock
         self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()

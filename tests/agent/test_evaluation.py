@@ -40,7 +40,8 @@ class Site:
         self.ledger = Ledger.open(path)
         privacy = PrivacyPlan(self.ledger)
         self.runner = make_runner(pki, dataset, workers, privacy=privacy, policy=policy)
-        self.runner.evaluations = self.evals = Evaluations(path, privacy=privacy)
+        self.evals = Evaluations(path, privacy=privacy, audit=self.runner.audit)
+        self.runner.evaluations = self.evals
         self.t = FakeTransport(aggregator)
 
     def run(self, task: federation_pb2.Task) -> TaskOutcome:
@@ -63,6 +64,9 @@ class Site:
 
     def outcomes(self) -> list[tuple[str, str]]:
         return [(e.outcome, e.reason) for e in self.evals.history("job-1")]
+
+    def audited(self, event: str) -> list:
+        return [e for e in self.runner.audit.entries() if e.event == event]
 
 
 class History:
@@ -142,6 +146,10 @@ def test_31_evaluate_tasks_on_crafted_models_are_all_refused(pki, site_with, wor
         assert site.report().reason == "untied_model"
     assert not workers.started and not site.ledger.entries(DATASET)
     assert site.outcomes() == [("refused", "untied_model")] * 31
+    assert [e.reason for e in site.audited("evaluation_refused")] == ["untied_model"] * 31
+    ended = site.audited("task_ended")
+    assert [(e.decision, e.reason) for e in ended] == [("refused", "untied_model")] * 31
+    assert site.runner.audit.verify() == 31 * 3
 
 
 def test_noised_figures_are_charged_once_per_model_and_count_in_the_jobs_epsilon(
@@ -177,6 +185,9 @@ def test_noised_figures_are_charged_once_per_model_and_count_in_the_jobs_epsilon
     assert [e.job_id for e in charged] == [ledger_job_id("job-1", s) for s in h.shas]
     assert all(e.state == "sent" and e.cost.record.noise_multiplier == 10.0 for e in charged)
     assert site.outcomes() == [("released", "")] * 4 + [("repeated", "")] * 2
+    released = site.audited("evaluation_released")
+    assert [e.model_hash for e in released] == h.shas
+    assert all(e.epsilon == pytest.approx(one_eval.epsilon) for e in released)
 
 
 def test_the_cap_keeps_a_slot_for_the_final_model_then_refuses(pki, site_with, aggregator):

@@ -12,7 +12,7 @@ from agent.site_audit import AUDIT_FILE, SiteAudit
 from agent.site_audit_cli import audit_command
 from agent.tasks import TaskOutcome
 from confide.audit_chain import AuditTampered
-from tests.agent.conftest import job_spec, signed_task
+from tests.agent.conftest import MODEL_SHA, job_spec, signed_task
 from tests.agent.fakes import FakeTransport
 
 
@@ -33,11 +33,16 @@ def test_trained_task_records_decision_signer_code_model_dataset_and_times(
     """A TRAIN task writes task_seen then task_ended with every fact a privacy officer asks."""
     assert audited.run(signed_task(pki.alice), FakeTransport(aggregator)) is TaskOutcome.OK
     seen, end = audited.audit.entries()
-    assert (seen.event, seen.job, seen.task, seen.model_hash) == ("task_seen", "job-1", "t1", "v1")
+    assert (seen.event, seen.job, seen.task, seen.model_hash) == (
+        "task_seen",
+        "job-1",
+        "t1",
+        MODEL_SHA,
+    )
     assert end.event == "task_ended"
     assert (end.decision, end.outcome, end.reason, end.rule) == ("approved", "ok", "", "")
     assert (end.signer, end.code_sha256) == ("alice", "builtin:MODEL_KIND_LOGREG")
-    assert (end.model_hash, end.dataset, end.kind) == ("v1", "tabular", "TASK_KIND_TRAIN")
+    assert (end.model_hash, end.dataset, end.kind) == (MODEL_SHA, "tabular", "TASK_KIND_TRAIN")
     assert end.started <= end.ended
     assert audited.audit.verify() == 2
 
