@@ -18,7 +18,7 @@ from agent.site_policy import PolicyHolder, SitePolicy, load_policy
 from agent.tasks import SiteContext, TaskOutcome, TaskRunner
 from agent.timewindows import DAY_NAMES, parse_window
 from confide.errors import ConfigError, Reason
-from confide.v1 import common_pb2, federation_pb2
+from confide.v1 import common_pb2
 from tests.agent.conftest import DATASET, FEDERATION, Pki, job_spec, report_of, signed_task
 from tests.agent.fakes import FakeAggregator, FakeTransport, FakeWorkerFactory
 
@@ -315,11 +315,10 @@ def test_a_reload_applies_from_the_next_task(pki, dataset, aggregator, tmp_path)
     workers = FakeWorkerFactory()
     runner, _ = _runner(pki, holder, workers=workers)
     t = FakeTransport(aggregator)
-    evaluate = federation_pb2.TASK_KIND_EVALUATE  # needs no privacy plan
-    assert runner.run(signed_task(pki.alice, kind=evaluate, task_id="a"), t) is TaskOutcome.OK
+    # A TRAIN of the non-private job needs no privacy plan (an EVALUATE would need a model
+    # the site trained on: agent.lineage).
+    assert runner.run(signed_task(pki.alice, task_id="a"), t) is TaskOutcome.OK
     (tmp_path / "policy.toml").write_text(text.replace('["alice"]', '["bob"]'))
     holder.reload()
-    assert runner.run(signed_task(pki.alice, kind=evaluate, task_id="b"), t) is (
-        TaskOutcome.REFUSED
-    )
+    assert runner.run(signed_task(pki.alice, task_id="b", round=2), t) is (TaskOutcome.REFUSED)
     assert "rule policy.trusted_signers" in report_of(pki, aggregator.reports[-1]).message
