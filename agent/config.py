@@ -15,6 +15,7 @@ file at fault).
 
     federation = "acme-health"
     policy = "policy.toml"   # optional; relative to this file; holds the tables marked (P)
+    site = "site-1"               # optional; must match the certificate's name when set
     [aggregator]  address = "127.0.0.1:7443"   server_name = "aggregator"
     [tls]         ca = "pki/ca.crt"  cert = "pki/site-1.crt"  key = "pki/site-1.key"
                   signing_key = "pki/site-1.sign.key"  crl = "pki/crl.pem"   # the CA's CRL
@@ -122,6 +123,7 @@ class AgentConfig:
             policy tables are in this file.
         log_level: minimum log level.
         log_json: JSON log lines (True), console (False), or by TTY (None).
+        site: the site name the operator expects the certificate to carry (None: any).
     """
 
     federation: str
@@ -136,6 +138,7 @@ class AgentConfig:
     policy_file: Path | None = None
     log_level: LogLevel = LogLevel.INFO
     log_json: bool | None = None
+    site: str | None = None
 
     # The policy at start, under the names the daemon and its tests have always used.
 
@@ -199,6 +202,7 @@ def config_from_section(root: Section) -> AgentConfig:
         ConfigError: a key is missing, has the wrong type or value, or is unknown.
     """
     federation: str = root.str("federation")
+    site: str | None = root.str("site", None)
 
     agg = root.section("aggregator")
     address: str = agg.str("address", DEFAULT_AGGREGATOR)
@@ -275,4 +279,5 @@ def config_from_section(root: Section) -> AgentConfig:
         policy_file=policy_file,
         log_level=level,
         log_json=log_json,
+        site=site,
     )

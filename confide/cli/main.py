@@ -17,7 +17,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``confide`` argument parser."""
-    from confide.cli import demo, jobs, pki, privacy
+    from confide.cli import demo, init, jobs, pki, privacy
 
     parser = argparse.ArgumentParser(
         prog="confide", description="Federated learning for organizations that must not move data."
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="operator config: aggregator address and TLS identity (default: operator.toml)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    init.register(sub)
     pki.register(sub)
     jobs.register(sub)
     privacy.register(sub)
