@@ -174,17 +174,21 @@ def check_schema(cfg: DatasetConfig, spec: common_pb2.DatasetSpec) -> None:
         detail = (
             f"unknown feature {missing[0]!r}" if missing else "features differ in number or order"
         )
-        raise PolicyRefusal(f"dataset {cfg.name!r}: {detail}", reason=Reason.SCHEMA_MISMATCH)
+        raise PolicyRefusal(
+            f"dataset {cfg.name!r}: {detail}", reason=Reason.SCHEMA_MISMATCH, public=True
+        )
     if spec.label != cfg.label:
         raise PolicyRefusal(
             f"dataset {cfg.name!r}: label is {cfg.label!r}, job expects {spec.label!r}",
             reason=Reason.SCHEMA_MISMATCH,
+            public=True,
         )
     if cfg.input_shape and tuple(spec.input_shape) and tuple(spec.input_shape) != cfg.input_shape:
         raise PolicyRefusal(
             f"dataset {cfg.name!r}: input_shape is {list(cfg.input_shape)}, "
             f"job expects {list(spec.input_shape)}",
             reason=Reason.SCHEMA_MISMATCH,
+            public=True,
         )
 
 

@@ -67,6 +67,7 @@ class JobBindings:
                 f"this signed job already ran here as job {bound}; the operator must sign it "
                 "again to run it as a new job",
                 reason=Reason.REPLAYED,
+                public=True,
             )
 
     def close(self) -> None:

@@ -81,7 +81,9 @@ def verify_job(
         )
     except BadCertificate as exc:
         raise PolicyRefusal(
-            f"job signer certificate is not trusted: {exc}", reason=Reason.SIGNER_UNTRUSTED
+            f"job signer certificate is not trusted: {exc}",
+            reason=Reason.SIGNER_UNTRUSTED,
+            public=True,
         ) from exc
     check_signer(signer, trusted_signers=trusted_signers)
     payload = open_envelope(
@@ -100,5 +102,5 @@ def verify_job(
         # The aggregator validated it at submit; the site does not take that on trust.
         validate_job(spec)
     except ConfigError as exc:
-        raise PolicyRefusal(f"invalid job: {exc}", reason=Reason.INVALID_JOB) from exc
+        raise PolicyRefusal(f"invalid job: {exc}", reason=Reason.INVALID_JOB, public=True) from exc
     return VerifiedJob(spec, signer)

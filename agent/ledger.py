@@ -292,12 +292,14 @@ class Ledger:
                     f"dataset '{dataset}': privacy budget exceeded: spent ε={spent:.4g}, this "
                     f"round would make it {_fmt(eps)}, cap {cap:.4g} (δ={at:g})",
                     reason=Reason.BUDGET_EXCEEDED,
+                    public=True,
                 )
             if max_update_epsilon is not None and not upd_eps <= max_update_epsilon:
                 raise PolicyRefusal(
                     f"dataset '{dataset}': update-level budget exceeded: this round would make "
                     f"ε={_fmt(upd_eps)}, cap {max_update_epsilon:.4g} (δ={at:g})",
                     reason=Reason.BUDGET_EXCEEDED,
+                    public=True,
                 )
             rec_cols = (None,) * 4 if rec is None else dataclasses.astuple(rec)
             upd_cols = (None,) * 5 if upd is None else dataclasses.astuple(upd)

@@ -71,12 +71,14 @@ def check_signer(signer: CertInfo, *, trusted_signers: Collection[str]) -> None:
             "policy.trusted_signers",
             f"job signed by {signer.name!r} with role {signer.role.value!r}, not an operator",
             reason=Reason.SIGNER_UNTRUSTED,
+            public=True,
         )
     if trusted_signers and signer.name not in trusted_signers:
         raise RuleRefusal(
             "policy.trusted_signers",
             f"job signer {signer.name!r} is not in policy.trusted_signers",
             reason=Reason.SIGNER_UNTRUSTED,
+            public=True,
         )
 
 
@@ -99,6 +101,7 @@ def exposed_dataset(
             "datasets",
             f"this site does not expose a dataset named {spec.name!r}",
             reason=Reason.UNKNOWN_DATASET,
+            public=True,
         )
     try:
         check_schema(cfg, spec)

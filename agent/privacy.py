@@ -254,6 +254,7 @@ class PrivacyPlan:
                 f"dataset {dataset!r} requires update noise z >= {policy.min_update_noise}, "
                 "and this job sets no update clipping",
                 reason=Reason.UNSAFE_REQUEST,
+                public=True,
             )
         return self.plan(
             spec,

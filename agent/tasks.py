@@ -64,6 +64,7 @@ from agent.site_policy import DatasetPolicy, PolicyHolder
 from agent.transport import Transport
 from agent.worker.protocol import EvalResult, WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
+from confide.disclose import public_detail
 from confide.errors import (
     ConfideError,
     InternalError,
@@ -164,7 +165,7 @@ class TaskRunner:
                 self.audit.seen(task, now=self._clock())
                 handler = self.handlers.get(task.kind)
                 if handler is None:
-                    raise PolicyRefusal(f"this agent does not handle {kind} tasks")
+                    raise PolicyRefusal(f"this agent does not handle {kind} tasks", public=True)
                 self._check_abandon()
                 handler(task, transport)
             except Exception as exc:
@@ -231,7 +232,9 @@ class TaskRunner:
             )
         except PeerError as exc:
             # A forged or altered job is the site refusing it, not the site failing.
-            raise PolicyRefusal(f"signed job refused: {exc}", reason=exc.reason) from exc
+            raise PolicyRefusal(
+                f"signed job refused: {exc}", reason=exc.reason, public=True
+            ) from exc
         facts = {
             "signer": job.signer.name,
             "code_sha256": code_hash(job.spec.model),
@@ -295,6 +298,7 @@ class TaskRunner:
             raise PolicyRefusal(
                 "secure aggregation is not available in this agent yet",
                 reason=Reason.UNSAFE_REQUEST,
+                public=True,
             )
         limits = job_limits(job.spec, job_id=task.job_id, caps=self.site.attempt_caps)
         check_round(limits, task.round)
@@ -382,7 +386,7 @@ class TaskRunner:
         if self.privacy is None:
             if spec.record_privacy.enabled or spec.update_privacy.clip_norm > 0:
                 raise PolicyRefusal(
-                    "this agent has no privacy ledger", reason=Reason.UNSAFE_REQUEST
+                    "this agent has no privacy ledger", reason=Reason.UNSAFE_REQUEST, public=True
                 )
             return None
         return self.privacy.plan_for_site(
@@ -495,9 +499,12 @@ class TaskRunner:
                 outcome=common_pb2.OUTCOME_REFUSED if refused else common_pb2.OUTCOME_FAILED,
                 reason=err.reason.value,
                 # Peers hear little: messages can quote data (a cell that failed to parse, a
-                # worker's stderr), so the aggregator gets the reason and a fixed sentence;
-                # the full message is in this site's log (event task_failed).
-                message=f"{what} ({cause}); details are in the site's log",
+                # worker's stderr), so the aggregator gets the reason and, unless the error
+                # is marked public (it quotes no data), a fixed sentence; the full message is
+                # in this site's log (event task_failed).
+                message=public_detail(
+                    err, fallback=f"{what} ({cause}); details are in the site's log"
+                ),
             ),
         )
 

@@ -22,8 +22,9 @@ import grpc
 from aggregator import pages
 from aggregator.audit import AuditEntry
 from aggregator.coordinator import Coordinator
+from aggregator.failures import add_failures
 from aggregator.guard import Guard, decode
-from aggregator.rows import RoundRow, SiteRoundRow, SiteRow
+from aggregator.rows import FailureRow, RoundRow, SiteRoundRow, SiteRow
 from aggregator.servicer import model_parts
 from aggregator.sites import SiteConn
 from aggregator.store import AuditNote, JobRow, ModelRow
@@ -298,18 +299,23 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         by_round: dict[int, list[SiteRoundRow]] = defaultdict(list)
         for s in self.store.round_sites(job_id, lo=lo, hi=hi):
             by_round[s.round].append(s)
+        failed: dict[int, list[FailureRow]] = defaultdict(list)
+        for f in self.store.failures(job_id, lo=lo, hi=hi):
+            failed[f.round].append(f)
         live = self.coord.live_state(job_id)
         for rr in rows:
             state = rr.state
             if live is not None and live.round == rr.round and rr.state != "done":
                 state = live.phase.value
             m = rr.metrics
+            sites = [_site_round(s) for s in by_round.get(rr.round, [])]
+            add_failures(sites, failed.get(rr.round, []), attempt=rr.attempt)
             yield (
                 rr.round,
                 admin_pb2.RoundStatus(
                     round=rr.round,
                     state=state,
-                    sites=[_site_round(s) for s in by_round.get(rr.round, [])],
+                    sites=sites,
                     aggregated=int(m.get("aggregated", 0)),
                     accuracy=m.get("accuracy", 0.0),
                     loss=m.get("loss", 0.0),

@@ -28,6 +28,7 @@ from aggregator import rounds as r
 from aggregator.admission import Declared, check_claims
 from aggregator.blobs import BlobStore
 from aggregator.execute import Executor
+from aggregator.failures import record_report
 from aggregator.jobs import KIND_OF, Job, UploadTarget
 from aggregator.links import SiteLinks
 from aggregator.restore import build_job, mark_failed, rebuild_job
@@ -346,6 +347,8 @@ class Coordinator:
                 job.report_row(site, 0 if final else rnd, rep),
                 audit=AuditNote("task_report", site, now, job_id, rnd, rep.reason, outcome),
             )
+            at = (0 if final else rnd, job.state.attempt)
+            record_report(self.store, job_id, at[0], attempt=at[1], site=site, report=rep, now=now)
             if final and ok:
                 job.add_final_metrics(rep)
             refusal = ""

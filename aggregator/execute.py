@@ -24,6 +24,7 @@ import structlog
 
 from aggregator import rounds as r
 from aggregator.blobs import BlobStore
+from aggregator.failures import failure_summary, record_silent
 from aggregator.jobs import Job
 from aggregator.secure import SecureRound, rules_for
 from aggregator.sites import SiteRegistry
@@ -113,23 +114,39 @@ class Executor:
                     f"attempt {a.attempt}; retry={a.retry}",
                 ),
             )
-            log.warning("round_failed", job=job_id, round=a.round, attempt=a.attempt, retry=a.retry)
+            record_silent(self.store, job_id, a, now=now)
+            log.warning(
+                "round_failed",
+                job=job_id,
+                round=a.round,
+                attempt=a.attempt,
+                retry=a.retry,
+                missing=list(a.missing),
+                why=a.why,
+            )
         elif isinstance(a, r.FinishJob):
             final = job.final_metrics()
             state = _JOB_STATE[a.phase]
+            error = a.error
+            if a.phase is r.RoundPhase.FAILED:
+                # Besides the refusals the round named: the sites that failed, or said nothing.
+                rnd, attempt = job.state.round, job.state.attempt
+                summary = failure_summary(self.store, job_id, rnd, attempt=attempt)
+                if summary:
+                    error = f"{error}; {summary}"
             if a.phase is not r.RoundPhase.DONE:
                 # A cancelled or failed job's open round ends too (a done round stays done).
                 self.store.set_round_state(job_id, job.state.round, state, at=now)
             self.store.set_job_state(
                 job_id,
                 state,
-                error=a.error,
+                error=error,
                 final_metrics=final,
                 audit=AuditNote(
-                    f"job_{state}", "aggregator", now, job_id, job.state.round, a.reason, a.error
+                    f"job_{state}", "aggregator", now, job_id, job.state.round, a.reason, error
                 ),
             )
-            log.info("job_finished", job=job_id, state=state, reason=a.reason, error=a.error)
+            log.info("job_finished", job=job_id, state=state, reason=a.reason, error=error)
             self.jobs.pop(job_id, None)
 
     def fail_job(self, job_id: str, job: Job, exc: BaseException, *, action: str) -> None:

@@ -394,6 +394,7 @@ def new_job(
         max_job_retries=job_retries,
         retry_backoff_s=retry_backoff_s,
         max_sites=max_sites,
+        dataset=spec.dataset.name,
     )
     state = r.RoundState(params, model_version=model_version, eligible=eligible)
     optimizer = make_optimizer(spec.training)

@@ -7,7 +7,7 @@ without touching the transition logic's module size; ``aggregator.rounds`` re-ex
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confide.errors import Reason
 
@@ -106,6 +106,7 @@ class JobParams:
     max_job_retries: int | None = None
     retry_backoff_s: float = 0.0
     max_sites: int = 0  # the most sites a round selects (0: all eligible)
+    dataset: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ class RoundState:
             earliest time a retry after a refusal may start.
         job_retries: retries of any round started so far in the job.
         refusals: (site, reason) of each site that refused the current attempt's task.
+        no_site: a WAITING ``deadline`` is the one for a job whose dataset no connected site
+            exposes (the job fails when it passes), not a refused round's backoff.
     """
 
     params: JobParams
@@ -142,6 +145,7 @@ class RoundState:
     error: str = ""
     job_retries: int = 0
     refusals: tuple[tuple[str, str], ...] = ()
+    no_site: bool = False
 
 
 # ----- events -----
@@ -299,12 +303,26 @@ class CloseStage:
 
 @dataclass(frozen=True)
 class RoundFailed:
-    """A round attempt got too few updates; ``retry`` says whether another attempt follows."""
+    """A round attempt got too few updates; ``retry`` says whether another attempt follows.
+
+    Args:
+        missing: selected sites whose update (or stage message) did not arrive.
+        gone: those of ``missing`` whose task stream had ended by then.
+        phase: the phase the attempt failed in (which SecAgg+ stage, or collecting).
+        why: the secure-aggregation abort's explanation, if that is how it failed.
+
+    The last four are diagnostics for the operator (``confide job status``), so they take no
+    part in comparing two actions.
+    """
 
     round: int
     attempt: int
     reason: Reason
     retry: bool
+    missing: tuple[str, ...] = field(default=(), compare=False)
+    gone: tuple[str, ...] = field(default=(), compare=False)
+    phase: str = field(default="", compare=False)
+    why: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

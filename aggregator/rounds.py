@@ -137,6 +137,8 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
         return _maybe_start(state, actions, now=now)
     if isinstance(event, SiteDisconnected):
         state = _replace(state, eligible=state.eligible - {event.site})
+        if state.phase is RoundPhase.WAITING:
+            return _maybe_start(state, [], now=now)
         if state.phase in SECURE_PHASES and event.site in state.stage_sites:
             # A dropped stream drops the site from this stage (its state at the site is in
             # memory only), so the stage need not wait for its deadline.
@@ -164,7 +166,13 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
     if isinstance(event, DeadlinePassed):
         if state.deadline is None or now < state.deadline:
             return state, []
-        if state.phase is RoundPhase.WAITING:  # a refused round's backoff is over
+        if state.phase is RoundPhase.WAITING:
+            if state.no_site:
+                error = _no_site_error(state)
+                return _finish(
+                    state, RoundPhase.FAILED, error, [], reason=Reason.UNKNOWN_DATASET.value
+                )
+            # a refused round's backoff is over
             return _maybe_start(_replace(state, deadline=None), [], now=now)
         return _maybe_close(state, now=now, timed_out=True)
     if isinstance(event, ModelStored):
@@ -184,7 +192,7 @@ def advance(state: RoundState, event: Event, *, now: float) -> tuple[RoundState,
         live = (*SECURE_PHASES, RoundPhase.AGGREGATING)
         if state.phase not in live or (event.round, event.attempt) != (state.round, state.attempt):
             return state, []
-        return _fail_round(state, now=now)
+        return _fail_round(state, now=now, why=event.why)
     if isinstance(event, SecAggDropped):
         if state.phase not in SECURE_PHASES or (event.round, event.attempt) != (
             state.round,
@@ -236,9 +244,11 @@ def _maybe_start(
             return state, actions
         state, sent = _start_evaluation(state, now=now)
         return state, [*actions, *sent]
-    if state.phase is not RoundPhase.WAITING or len(state.eligible) < state.params.min_sites:
+    if state.phase is not RoundPhase.WAITING:
         return state, actions
-    if state.deadline is not None and now < state.deadline:
+    if len(state.eligible) < state.params.min_sites:
+        return _waiting(state, now=now), actions
+    if state.deadline is not None and now < state.deadline and not state.no_site:
         return state, actions  # backing off after a refused attempt
     sites = tuple(sorted(state.eligible))
     if state.params.max_sites:
@@ -254,12 +264,35 @@ def _maybe_start(
         deadline=now + timeout,
         started_at=now,
         refusals=(),
+        no_site=False,
     )
     return state, [
         *actions,
         RoundStarted(state.round, state.attempt, sites, state.model_version),
         SendTask(TaskKind.TRAIN, sites, state.round, state.attempt, state.model_version, timeout),
     ]
+
+
+def _waiting(state: RoundState, *, now: float) -> RoundState:
+    """A waiting round's deadline: set while no connected site exposes the dataset.
+
+    A job whose dataset no connected site exposes fails when it passes (``_no_site_error``)
+    instead of staying "running" for ever; once one eligible site is connected the round
+    waits, without a deadline, for the rest of ``min_sites``. A refused round's backoff
+    (a deadline that is not ``no_site``) is left as it is.
+    """
+    if state.deadline is not None and not state.no_site:
+        return state
+    if state.eligible:
+        return _replace(state, deadline=None, no_site=False) if state.no_site else state
+    if state.deadline is None:
+        return _replace(state, deadline=now + state.params.round_timeout_s, no_site=True)
+    return state
+
+
+def _no_site_error(state: RoundState) -> str:
+    name = f"dataset {state.params.dataset!r}" if state.params.dataset else "its dataset"
+    return f"no connected site exposes {name} (waited {state.params.round_timeout_s:g} s for one)"
 
 
 def _maybe_close(
@@ -305,7 +338,7 @@ def _close_stage(
     return state, [CloseStage(state.round, state.attempt, closing, accepted, timeout)]
 
 
-def _fail_round(state: RoundState, *, now: float) -> tuple[RoundState, list[Action]]:
+def _fail_round(state: RoundState, *, now: float, why: str = "") -> tuple[RoundState, list[Action]]:
     """Record a failed attempt of the round; retry it (after a backoff if refused) or fail
     the job, naming the sites that refused."""
     p = state.params
@@ -313,7 +346,17 @@ def _fail_round(state: RoundState, *, now: float) -> tuple[RoundState, list[Acti
     job_left = p.max_job_retries is None or state.job_retries < p.max_job_retries
     retry = round_left and job_left
     refused = ", ".join(f"{site} ({reason})" for site, reason in sorted(state.refusals))
-    failed = RoundFailed(state.round, state.attempt, Reason.ROUND_ABORTED, retry)
+    missing = state.selected - state.updated
+    failed = RoundFailed(
+        state.round,
+        state.attempt,
+        Reason.ROUND_ABORTED,
+        retry,
+        missing=tuple(sorted(missing)),
+        gone=tuple(sorted(missing - state.eligible)),
+        phase=state.phase.value,
+        why=why,
+    )
     if not retry:
         error = (
             f"round {state.round} got fewer than {p.min_sites} updates in {state.attempt} attempts"

@@ -12,12 +12,14 @@ from aggregator.audit import AuditEntry
 
 __all__ = [
     "AuditNote",
+    "FailureRow",
     "JobRow",
     "ModelRow",
     "RoundRow",
     "SiteRoundRow",
     "SiteRow",
     "audit_entry",
+    "failure_row",
     "job_row",
     "model_row",
     "round_row",
@@ -195,4 +197,33 @@ def audit_entry(r: DbRow) -> AuditEntry:
         str(r[7]),
         bytes(r[8]),
         bytes(r[9]),
+    )
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    """Why one site gave a round attempt no update: its report, or silence.
+
+    Args:
+        attempt: the round attempt (only the round's latest attempt is shown).
+        outcome: ``refused`` or ``failed``.
+        reason: the ``confide.errors.Reason`` value.
+        detail: one line, already bounded (``confide.disclose.one_line``); never data.
+        at: unix seconds.
+    """
+
+    job: str
+    round: int
+    site: str
+    attempt: int
+    outcome: str
+    reason: str
+    detail: str
+    at: float
+
+
+def failure_row(r: DbRow) -> FailureRow:
+    """A ``round_failures`` row."""
+    return FailureRow(
+        str(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5]), str(r[6]), float(r[7])
     )

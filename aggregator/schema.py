@@ -2,7 +2,8 @@
 
 Version 1: sites, jobs, rounds, round_sites, model_versions, audit.
 Version 2: sites.sizes (declared dataset sizes, JSON); round_sites.weight, update_norm and
-clipped (what the aggregator did with a site's update). Columns are added at the end of their
+clipped (what the aggregator did with a site's update); round_failures (why a site gave a
+round attempt no update, created when missing). Columns are added at the end of their
 table, so ``SELECT *`` rows read the same on a new and on an upgraded database.
 """
 
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, at REAL NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL,
   job TEXT NOT NULL, round INTEGER NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
   prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS round_failures (
+  job TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, attempt INTEGER NOT NULL,
+  outcome TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL,
+  PRIMARY KEY (job, round, site));
 """
 
 _ADDED = [

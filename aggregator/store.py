@@ -20,12 +20,14 @@ from typing import Any
 from aggregator.audit import GENESIS, AuditEntry, entry_hash, verify_chain
 from aggregator.rows import (
     AuditNote,
+    FailureRow,
     JobRow,
     ModelRow,
     RoundRow,
     SiteRoundRow,
     SiteRow,
     audit_entry,
+    failure_row,
     job_row,
     model_row,
     round_row,
@@ -38,6 +40,7 @@ from confide.statefiles import private_dir, private_file
 __all__ = [
     "SCHEMA_VERSION",
     "AuditNote",
+    "FailureRow",
     "JobRow",
     "ModelRow",
     "RoundRow",
@@ -396,3 +399,42 @@ class Store:
                 (job,),
             )
         }
+
+    # ----- failure reasons -----
+
+    def record_failure(self, row: FailureRow) -> None:
+        """Record why a site gave a round attempt no update (replacing an earlier attempt's).
+
+        One row per (job, round, site), so a site cannot grow the table beyond the rounds
+        it takes part in; ``row.detail`` is bounded by the caller.
+        """
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO round_failures VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    row.job,
+                    row.round,
+                    row.site,
+                    row.attempt,
+                    row.outcome,
+                    row.reason,
+                    row.detail,
+                    row.at,
+                ),
+            )
+
+    def failures(
+        self, job: str, *, round: int | None = None, lo: int = 0, hi: int = -1
+    ) -> list[FailureRow]:
+        """A job's failure reasons of one ``round``, or of rounds ``lo``..``hi`` (-1: no upper
+        end), by round then site."""
+        if round is not None:
+            lo = hi = round
+        return [
+            failure_row(r)
+            for r in self._query(
+                "SELECT * FROM round_failures WHERE job = ? AND round >= ? "
+                "AND (? < 0 OR round <= ?) ORDER BY round, site",
+                (job, lo, hi, hi),
+            )
+        ]

@@ -213,6 +213,16 @@ def job_summary(status: admin_pb2.JobStatus) -> dict[str, Any]:
                     for s in r.sites
                     if s.outcome not in (common_pb2.OUTCOME_OK, common_pb2.OUTCOME_UNSPECIFIED)
                 },
+                "failures": [
+                    {
+                        "site": s.site_id,
+                        "outcome": _outcome(s.outcome),
+                        "reason": s.reason,
+                        "detail": s.detail,
+                    }
+                    for s in r.sites
+                    if s.outcome != common_pb2.OUTCOME_OK
+                ],
             }
             for r in status.rounds
         ],
@@ -221,6 +231,10 @@ def job_summary(status: admin_pb2.JobStatus) -> dict[str, Any]:
         "epsilon_by_site": dict(status.epsilon_by_site),
         "model_version": status.model_version,
     }
+
+
+def _outcome(value: int) -> str:
+    return common_pb2.Outcome.Name(value).removeprefix("OUTCOME_").lower()
 
 
 def format_job(status: admin_pb2.JobStatus) -> str:
@@ -238,8 +252,9 @@ def format_job(status: admin_pb2.JobStatus) -> str:
             f"{r['round']:>5} {r['state']:<10} {r['aggregated']:>5} {r['accuracy']:>8.4f}"
             f" {r['loss']:>8.4f} {r['seconds']:>7.2f}  {eps:.3f}"
         )
-        for site, reason in sorted(r["failed"].items()):
-            lines.append(f"{'':>5} {site}: {reason}")
+        for f in r["failures"]:
+            detail = f" {f['detail']}" if f["detail"] else ""
+            lines.append(f"{'':>6}{f['site']}: {f['reason'] or 'failed'} ({f['outcome']}){detail}")
     if status.state == admin_pb2.JOB_STATE_DONE:
         lines.append(f"final accuracy {status.final_accuracy:.4f}, loss {status.final_loss:.4f}")
     for site, eps in sorted(s["epsilon_by_site"].items()):

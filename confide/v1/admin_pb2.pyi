@@ -37,7 +37,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class SiteRound(_message.Message):
-    __slots__ = ("site_id", "outcome", "reason", "num_samples", "epsilon", "update_epsilon", "metrics", "weight", "update_norm", "clipped")
+    __slots__ = ("site_id", "outcome", "reason", "num_samples", "epsilon", "update_epsilon", "metrics", "weight", "update_norm", "clipped", "detail")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class SiteRound(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_NORM_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     outcome: _common_pb2.Outcome
     reason: str
@@ -65,7 +66,8 @@ class SiteRound(_message.Message):
     weight: float
     update_norm: float
     clipped: bool
-    def __init__(self, site_id: _Optional[str] = ..., outcome: _Optional[_Union[_common_pb2.Outcome, str]] = ..., reason: _Optional[str] = ..., num_samples: _Optional[int] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., weight: _Optional[float] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[bool] = ...) -> None: ...
+    detail: str
+    def __init__(self, site_id: _Optional[str] = ..., outcome: _Optional[_Union[_common_pb2.Outcome, str]] = ..., reason: _Optional[str] = ..., num_samples: _Optional[int] = ..., epsilon: _Optional[float] = ..., update_epsilon: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., weight: _Optional[float] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RoundStatus(_message.Message):
     __slots__ = ("round", "state", "sites", "aggregated", "accuracy", "loss", "eval_samples", "seconds", "model_version")

@@ -48,7 +48,8 @@ MAX_NAME_BYTES = 128
 MAX_REASON_BYTES = 64
 """A report's reason (a ``confide.errors.Reason`` value, at most 20 bytes today)."""
 MAX_TEXT_BYTES = 1024
-"""A report's free-text message (never stored)."""
+"""A report's free-text message (stored only as one cleaned line of 200 characters, see
+``aggregator.failures``)."""
 MAX_METRICS = 64
 """Entries of one metrics map (the agent sends at most 7; room for per-class figures)."""
 MAX_DATASETS = 256

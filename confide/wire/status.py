@@ -3,6 +3,10 @@
 Servicers raise ``ConfideError``s; ``abort_with`` turns one into a gRPC status whose details
 string is the ``Reason`` value, so peers learn little (the local log says everything).
 Clients call ``error_from_rpc`` to rebuild the matching error from a ``grpc.RpcError``.
+
+One exception: a ``ConfigError`` is about what the caller itself sent (a job key that the
+aggregator refuses), so its one-line message travels too, in the trailing metadata key
+``confide-detail-bin``, and ``error_from_rpc`` puts it in the rebuilt error's message.
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ from typing import NoReturn
 import grpc
 
 from confide import errors
+from confide.disclose import one_line
 from confide.errors import ConfideError, Reason
 
-__all__ = ["STATUS_FOR", "abort_with", "error_from_rpc", "status_for"]
+__all__ = ["DETAIL_KEY", "STATUS_FOR", "abort_with", "error_from_rpc", "status_for"]
+
+DETAIL_KEY = "confide-detail-bin"
+"""Trailing metadata key of a refused config's message (binary, so any UTF-8 travels)."""
+_MAX_DETAIL = 500
 
 STATUS_FOR: dict[type[ConfideError], grpc.StatusCode] = {
     errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -66,7 +75,14 @@ def status_for(exc: ConfideError) -> grpc.StatusCode:
 
 
 def abort_with(context: grpc.ServicerContext, exc: ConfideError) -> NoReturn:
-    """Abort the current RPC with the status for ``exc``; details is the reason value."""
+    """Abort the current RPC with the status for ``exc``; details is the reason value.
+
+    A ``ConfigError``'s message (naming the key) goes along in trailing metadata.
+    """
+    if isinstance(exc, errors.ConfigError):
+        context.set_trailing_metadata(
+            ((DETAIL_KEY, one_line(str(exc), limit=_MAX_DETAIL).encode()),)
+        )
     context.abort(status_for(exc), exc.reason.value)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
@@ -82,4 +98,19 @@ def error_from_rpc(err: grpc.RpcError) -> ConfideError:
     cls = _CLASS_FOR_REASON.get(reason) if reason is not None else None
     if cls is None:
         cls = _CLASS_FOR_STATUS.get(code, errors.InternalError)
+    detail = _detail(err)
+    if detail:
+        return cls(f"aggregator refused it: {detail}", reason=reason)
     return cls(f"aggregator answered {code.name}: {details}", reason=reason)
+
+
+def _detail(err: grpc.RpcError) -> str:
+    """The refused config's message from trailing metadata, cleaned and bounded ("" if none)."""
+    try:
+        metadata = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    except Exception:  # a call that never started has none
+        return ""
+    for key, value in metadata or ():
+        if key == DETAIL_KEY and isinstance(value, bytes):
+            return one_line(value.decode("utf-8", "replace"), limit=_MAX_DETAIL)
+    return ""

@@ -212,6 +212,7 @@ class FakeSite(Party):
         num_samples=0,
         kind=None,
         reason="",
+        message="",
     ):
         """Report on ``task`` (as a task of ``kind`` when given, with its matching task id)."""
         task_id = task.task_id
@@ -225,6 +226,7 @@ class FakeSite(Party):
             reason=reason,
             metrics=metrics or {},
             num_samples=num_samples,
+            message=message,
         )
         env = self.seal(
             common_pb2.STAGE_TASK_REPORT,
