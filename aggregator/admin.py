@@ -28,6 +28,7 @@ from aggregator.rows import FailureRow, RoundRow, SiteRoundRow, SiteRow
 from aggregator.servicer import model_parts
 from aggregator.sites import SiteConn
 from aggregator.store import AuditNote, JobRow, ModelRow
+from aggregator.versions import model_versions
 from confide.errors import ConfigError, PeerError, Reason
 from confide.jobspec import validate_job
 from confide.models import initial_weights, parameter_bytes
@@ -287,6 +288,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 break
             kept.append(rs)
         st.rounds.extend(reversed(kept))
+        final = self._job_row(job_id).final_metrics
+        st.versions.extend(
+            model_versions(self.store.models(job_id), self.store.rounds(job_id), final)
+        )
         return st
 
     def _round_statuses(

@@ -230,7 +230,45 @@ def job_summary(status: admin_pb2.JobStatus) -> dict[str, Any]:
         "final_loss": status.final_loss,
         "epsilon_by_site": dict(status.epsilon_by_site),
         "model_version": status.model_version,
+        "versions": [
+            {
+                "version": v.version,
+                "sha256": v.sha256,
+                "accuracy": v.accuracy,
+                "loss": v.loss,
+                "eval_samples": v.eval_samples,
+            }
+            for v in status.versions
+        ],
+        "best_version": _best(status),
     }
+
+
+def _best(status: admin_pb2.JobStatus) -> int | None:
+    """The evaluated version with the highest hold-out accuracy (the latest among equals)."""
+    evaluated = [v for v in status.versions if v.eval_samples]
+    if not evaluated:
+        return None
+    return max(evaluated, key=lambda v: (v.accuracy, v.version)).version
+
+
+def _versions(status: admin_pb2.JobStatus, best: int | None) -> list[str]:
+    """The model versions table, and how to download the best one."""
+    if not status.versions:
+        return []
+    lines = [f"{'version':>7} {'sha256':<12} {'accuracy':>8} {'loss':>8} {'records':>8}"]
+    for v in status.versions:
+        if v.eval_samples:
+            scores = f"{v.accuracy:>8.4f} {v.loss:>8.4f} {v.eval_samples:>8}"
+        else:
+            scores = f"{'-':>8} {'-':>8} {'-':>8}"
+        mark = "  <- best" if v.version == best else ""
+        lines.append(f"{v.version:>7} {v.sha256[:12]:<12} {scores}{mark}")
+    pick = best if best is not None else status.versions[-1].version
+    lines.append(
+        f"download: confide model download {status.job_id} --version {pick} --out model.safetensors"
+    )
+    return lines
 
 
 def _outcome(value: int) -> str:
@@ -257,6 +295,7 @@ def format_job(status: admin_pb2.JobStatus) -> str:
             lines.append(f"{'':>6}{f['site']}: {f['reason'] or 'failed'} ({f['outcome']}){detail}")
     if status.state == admin_pb2.JOB_STATE_DONE:
         lines.append(f"final accuracy {status.final_accuracy:.4f}, loss {status.final_loss:.4f}")
+    lines += _versions(status, s["best_version"])
     for site, eps in sorted(s["epsilon_by_site"].items()):
         lines.append(f"  {site}: epsilon spent {eps:.3f}")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``confide`` argument parser."""
-    from confide.cli import demo, init, jobs, pki, privacy
+    from confide.cli import demo, init, jobs, models, pki, privacy
 
     parser = argparse.ArgumentParser(
         prog="confide", description="Federated learning for organizations that must not move data."
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.register(sub)
     pki.register(sub)
     jobs.register(sub)
+    models.register(sub)
     privacy.register(sub)
     demo.register(sub)
     return parser

@@ -92,7 +92,7 @@ class RoundStatus(_message.Message):
     def __init__(self, round: _Optional[int] = ..., state: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[SiteRound, _Mapping]]] = ..., aggregated: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., eval_samples: _Optional[int] = ..., seconds: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "error", "rounds", "model_version", "final_accuracy", "final_loss", "final_eval_samples", "epsilon_by_site", "submitted_by", "rounds_total")
+    __slots__ = ("job_id", "spec", "state", "error", "rounds", "model_version", "final_accuracy", "final_loss", "final_eval_samples", "epsilon_by_site", "submitted_by", "rounds_total", "versions")
     class EpsilonBySiteEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class JobStatus(_message.Message):
     EPSILON_BY_SITE_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: _common_pb2.JobSpec
     state: JobState
@@ -124,7 +125,24 @@ class JobStatus(_message.Message):
     epsilon_by_site: _containers.ScalarMap[str, float]
     submitted_by: str
     rounds_total: int
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., final_accuracy: _Optional[float] = ..., final_loss: _Optional[float] = ..., final_eval_samples: _Optional[int] = ..., epsilon_by_site: _Optional[_Mapping[str, float]] = ..., submitted_by: _Optional[str] = ..., rounds_total: _Optional[int] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., final_accuracy: _Optional[float] = ..., final_loss: _Optional[float] = ..., final_eval_samples: _Optional[int] = ..., epsilon_by_site: _Optional[_Mapping[str, float]] = ..., submitted_by: _Optional[str] = ..., rounds_total: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "sha256", "accuracy", "loss", "eval_samples", "created")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    sha256: str
+    accuracy: float
+    loss: float
+    eval_samples: int
+    created: float
+    def __init__(self, version: _Optional[int] = ..., sha256: _Optional[str] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., eval_samples: _Optional[int] = ..., created: _Optional[float] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
