@@ -285,7 +285,9 @@ def _count_all(cfg: DatasetConfig) -> int:
                 n = int(npz["y"].shape[0]) if "y" in npz.files else 0
     except (OSError, ValueError) as exc:
         raise InternalError(
-            f"dataset {cfg.name!r}: cannot read {cfg.path}: {exc}", reason=Reason.UNAVAILABLE
+            f"dataset {cfg.name!r}: cannot read {cfg.path}: {exc}",
+            reason=Reason.UNAVAILABLE,
+            public=f"dataset {cfg.name!r}: its file cannot be read",
         ) from exc
     return n
 
@@ -300,7 +302,9 @@ def load_arrays(cfg: DatasetConfig) -> LoadedData:
     """
     if not cfg.path.is_file():
         raise InternalError(
-            f"dataset {cfg.name!r}: file {cfg.path} does not exist", reason=Reason.UNAVAILABLE
+            f"dataset {cfg.name!r}: file {cfg.path} does not exist",
+            reason=Reason.UNAVAILABLE,
+            public=f"dataset {cfg.name!r}: its file does not exist",
         )
     try:
         if cfg.format is DataFormat.CSV:
@@ -311,7 +315,9 @@ def load_arrays(cfg: DatasetConfig) -> LoadedData:
             x, y_raw = _read_npz(cfg)
     except OSError as exc:
         raise InternalError(
-            f"dataset {cfg.name!r}: cannot read {cfg.path}: {exc}", reason=Reason.UNAVAILABLE
+            f"dataset {cfg.name!r}: cannot read {cfg.path}: {exc}",
+            reason=Reason.UNAVAILABLE,
+            public=f"dataset {cfg.name!r}: its file cannot be read",
         ) from exc
     y = _labels(cfg, y_raw)
     bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
@@ -337,8 +343,15 @@ def load_arrays(cfg: DatasetConfig) -> LoadedData:
     return LoadedData(x32[train], y[train], x32[hold], y[hold])
 
 
-def _mismatch(cfg: DatasetConfig, detail: str) -> PolicyRefusal:
-    return PolicyRefusal(f"dataset {cfg.name!r}: {detail}", reason=Reason.SCHEMA_MISMATCH)
+def _mismatch(cfg: DatasetConfig, detail: str, *, public: str | None = None) -> PolicyRefusal:
+    """A schema refusal; ``detail`` is public (names, counts, row numbers) unless ``public``
+    gives the text to send instead (``detail`` quotes a value)."""
+    message = f"dataset {cfg.name!r}: {detail}"
+    return PolicyRefusal(
+        message,
+        reason=Reason.SCHEMA_MISMATCH,
+        public=True if public is None else f"dataset {cfg.name!r}: {public}",
+    )
 
 
 def _labels(cfg: DatasetConfig, raw: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
@@ -348,7 +361,9 @@ def _labels(cfg: DatasetConfig, raw: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.round(as_float)) | (as_float < 0))
     if bad.size:
         raise _mismatch(
-            cfg, f"record {int(bad[0]) + 1}: label {raw[bad[0]]!r} is not a class index"
+            cfg,
+            f"record {int(bad[0]) + 1}: label {raw[bad[0]]!r} is not a class index",
+            public=f"record {int(bad[0]) + 1}: the label is not a class index 0, 1, ...",
         )
     return as_float.astype(np.int64)
 
@@ -385,7 +400,9 @@ def _read_csv(cfg: DatasetConfig) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
                     float(v)
                 except ValueError:
                     raise _mismatch(
-                        cfg, f"row {r + 2} column {c!r}: {v[:40]!r} is not a number"
+                        cfg,
+                        f"row {r + 2} column {c!r}: {v[:40]!r} is not a number",
+                        public=f"row {r + 2} column {c!r} is not a number",
                     ) from None
         raise
     return values[:, :-1], values[:, -1]

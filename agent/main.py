@@ -12,8 +12,11 @@
     confide-agent deny JOB --reason TEXT --config agent.toml
     confide-agent audit show|verify --config agent.toml   the site's audit trail (exit 1:
                                                     the chain was edited, removed or reordered)
+    confide-agent check --config agent.toml         identity, datasets, runtime (exit 1: a problem)
 
-A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2.
+A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2. So
+does a daemon that cannot work: its certificate is not this site's, the training runtime is
+not installed, or no exposed dataset passes the start-up check (``agent.selfcheck``).
 This is the only module of the agent that configures structlog (STYLE rule 9).
 """
 
@@ -37,6 +40,7 @@ from google.protobuf.message import Message
 from agent.api import AgentApi, connect_api
 from agent.approvals import APPROVALS_FILE, ApprovalMode, Approvals
 from agent.approvals_cli import approve_command, deny_command, jobs_command
+from agent.checkcmd import problems, run_check
 from agent.config import AgentConfig, load_config
 from agent.datasets import DatasetConfig, declared_sizes
 from agent.evaluation import Evaluations
@@ -48,6 +52,7 @@ from agent.resources import ResourceProbe
 from agent.sandbox import Isolation
 from agent.sandbox import probe as probe_sandbox
 from agent.secure import install as install_secure_aggregation
+from agent.selfcheck import DatasetBook, check_identity, runtime_problem
 from agent.session import Session
 from agent.site_audit import AUDIT_FILE, SiteAudit
 from agent.site_audit_cli import audit_command
@@ -92,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return deny_command(cfg.api_socket, args.job, reason=args.reason)
         if args.command == "audit":
             return audit_command(cfg.state_dir / AUDIT_FILE, args.action)
+        if args.command == "check":
+            return run_check(cfg)
         return _run_daemon(cfg)  # no command or "run"
     except ConfigError as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
@@ -108,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("status", "show the running daemon's status"),
         ("budget", "show the privacy budget per dataset"),
+        ("check", "check identity, datasets and training runtime without starting"),
         ("run", "run the daemon (the default)"),
     ):
         s = sub.add_parser(name, help=text)
@@ -163,6 +171,10 @@ def _status(cfg: AgentConfig) -> int:
     print(f"aggregator:  {st.aggregator} ({'connected' if st.connected else 'disconnected'})")
     print(f"task:        {st.current_task or 'idle'}")
     print(f"datasets:    {', '.join(st.datasets) or '(none)'}")
+    for p in st.unusable:
+        print(f"unusable:    {p.dataset} ({p.reason}) {p.detail}")
+    if st.runtime_problem:
+        print(f"runtime:     {st.runtime_problem}")
     print(f"device:      {st.device}   gpus: {', '.join(r.gpus) or 'none'}")
     print(f"isolation:   {st.isolation}")
     print(f"tasks:       {st.tasks_done} done, {st.tasks_failed} failed or refused")
@@ -207,8 +219,17 @@ def _run_daemon(cfg: AgentConfig) -> int:
         ca=cfg.tls.ca,
         crl=cfg.tls.crl,
     )
+    check_identity(identity.info, federation=cfg.federation, site=cfg.site)
+    problem = runtime_problem()
+    if problem is not None:
+        print(f"{_PROG}: {problem}", file=sys.stderr)
+        return 2
     # Configured once the files are known good: a bad file is the one-line error of main().
     structlog.configure(**configure_kwargs(json=cfg.log_json, level=cfg.log_level.value))
+    book = DatasetBook.check(cfg.datasets)
+    if not _datasets_usable(book, cfg):
+        return 2
+    usable = book.usable()  # registered (with their sizes) at every connect
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -244,6 +265,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
             datasets=cfg.datasets,
             device=cfg.device,
             task_timeout_s=cfg.task_timeout_s,
+            check_dataset=book.require,
         ).with_policy(cfg.policy),
         privacy=privacy,
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
@@ -270,11 +292,12 @@ def _run_daemon(cfg: AgentConfig) -> int:
             current_task=s.current_task,
             resources=probe.sample(),
             uptime_s=time.time() - started,
-            datasets=sorted(holder.current().datasets),
+            datasets=sorted(set(holder.current().datasets) - book.unusable_names()),
             device=device,
             tasks_done=s.tasks_done,
             tasks_failed=s.tasks_failed,
             isolation=isolation.detail,
+            unusable=problems(book),
         )
 
     def budget() -> agent_pb2.BudgetReply:
@@ -305,11 +328,14 @@ def _run_daemon(cfg: AgentConfig) -> int:
             max_model_bytes=holder.current().max_model_bytes,
         ),
         # Announced at each (re)connection: a reload's datasets show from the next one.
-        datasets=sorted(cfg.datasets),
+        datasets=usable,
         device=device,
         resources=probe.sample,
         on_connection=api.set_connected,
-        dataset_sizes=lambda: declared_sizes(holder.current().datasets.values()),
+        dataset_sizes=lambda: declared_sizes(
+            d for n, d in holder.current().datasets.items() if n not in book.unusable_names()
+        ),
+        unusable=problems(book),
     )
     stop = threading.Event()
     hup = threading.Event()
@@ -330,7 +356,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         site=identity.info.name,
         aggregator=cfg.aggregator_address,
         socket=str(cfg.api_socket),
-        datasets=sorted(cfg.datasets),
+        datasets=book.usable(),
         device=device,
     )
     notify = sdnotify.from_environ()
@@ -413,6 +439,24 @@ def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory
         return factory(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
 
     return start
+
+
+def _datasets_usable(book: DatasetBook, cfg: AgentConfig) -> bool:
+    """Log each unusable dataset; False (and one line each on stderr) when none is usable."""
+    bad = [h for h in book.all() if h.error is not None]
+    for h in bad:
+        assert h.error is not None
+        log.error("dataset_unusable", dataset=h.name, reason=h.reason, error=h.error.message)
+    if not cfg.datasets:
+        log.warning("no_datasets", hint="add a [datasets.NAME] table to expose one")
+        return True
+    if len(bad) < len(cfg.datasets):
+        return True
+    for h in bad:
+        assert h.error is not None
+        print(f"{_PROG}: datasets.{h.name}: {h.error.message}", file=sys.stderr)
+    print(f"{_PROG}: no exposed dataset is usable; fix it and run `{_PROG} check`", file=sys.stderr)
+    return False
 
 
 def _stop_session(

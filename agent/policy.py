@@ -47,10 +47,13 @@ class RuleRefusal(PolicyRefusal):
         rule: the dotted policy key (or operator action) that refused.
         message: a sentence for the site's log.
         reason: the stable reason.
+        public: as for every ``ConfideError``: whether the message may go to the aggregator.
     """
 
-    def __init__(self, rule: str, message: str, *, reason: Reason) -> None:
-        super().__init__(message, reason=reason)
+    def __init__(
+        self, rule: str, message: str, *, reason: Reason, public: bool | str = False
+    ) -> None:
+        super().__init__(message, reason=reason, public=public)
         self.rule = rule
 
 
@@ -106,7 +109,9 @@ def exposed_dataset(
     try:
         check_schema(cfg, spec)
     except PolicyRefusal as exc:
-        raise RuleRefusal(f"datasets.{spec.name}", exc.message, reason=exc.reason) from exc
+        raise RuleRefusal(
+            f"datasets.{spec.name}", exc.message, reason=exc.reason, public=exc.public
+        ) from exc
     return cfg
 
 

@@ -55,6 +55,9 @@ class SiteContext:
         allowed_bundles: code bundles jobs may name (``agent.site_policy.SitePolicy``).
         time_windows: when training may run, local time; empty = any time.
         approval: with an approvals store, MANUAL asks the local operator; AUTO does not.
+        check_dataset: raises the problem of a dataset that is unusable now (the daemon's
+            ``agent.selfcheck.DatasetBook.require``), so the task is refused with a public
+            reason before any worker starts; None: no check.
     """
 
     federation: str
@@ -73,6 +76,7 @@ class SiteContext:
     allowed_bundles: frozenset[str] = frozenset()
     time_windows: tuple[TimeWindow, ...] = ()
     approval: ApprovalMode = ApprovalMode.MANUAL
+    check_dataset: Callable[[DatasetConfig], None] | None = None
 
     def with_policy(self, policy: SitePolicy) -> SiteContext:
         """This site under ``policy`` (a snapshot taken once per task)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -107,6 +107,7 @@ class Session:
         runner: executes tasks and signs as the site.
         connect: makes a fresh transport for each connection attempt.
         datasets: dataset names the site exposes (sent at register).
+        unusable: declared datasets the self-check refused, with why (sent at register).
         device: the training device as resolved (sent at register).
         resources: samples the daemon's resources for heartbeats.
         rng: uniform [0, 1) numbers for the backoff jitter.
@@ -130,8 +131,10 @@ class Session:
         clock: Callable[[], float] = time.time,
         on_connection: Callable[[bool], None] | None = None,
         dataset_sizes: Callable[[], list[federation_pb2.DatasetSize]] | None = None,
+        unusable: Sequence[federation_pb2.DatasetProblem] = (),
     ) -> None:
         self._runner = runner
+        self._unusable = list(unusable)
         self._connect = connect
         self._datasets = list(datasets)
         self._dataset_sizes = dataset_sizes
@@ -222,6 +225,7 @@ class Session:
                         datasets=self._datasets,
                         device=self._device,
                         dataset_sizes=self._dataset_sizes() if self._dataset_sizes else [],
+                        unusable=self._unusable,
                     ),
                 )
             )

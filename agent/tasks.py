@@ -218,8 +218,8 @@ class TaskRunner:
 
         Raises:
             PolicyRefusal: signer untrusted, signature or binding bad (the peer's reason is
-                kept), model over ``policy.max_model_bytes``, dataset not exposed, or schema
-                mismatch.
+                kept), model over ``policy.max_model_bytes``, dataset not exposed, schema
+                mismatch, or the dataset unusable now.
         """
         try:
             job = verify_job(
@@ -250,6 +250,8 @@ class TaskRunner:
         dataset = exposed_dataset(job.spec.dataset, datasets=self.site.datasets)
         if task.kind == federation_pb2.TASK_KIND_TRAIN:
             check_time_window(self.site.time_windows, at=datetime.fromtimestamp(self._clock()))
+        if self.site.check_dataset is not None:
+            self.site.check_dataset(dataset)
         if self.job_bindings is not None:
             self.job_bindings.bind(task.signed_job, task.job_id)
         if self.approvals is not None and self.site.approval is ApprovalMode.MANUAL:

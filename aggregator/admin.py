@@ -22,11 +22,12 @@ import grpc
 from aggregator import pages
 from aggregator.audit import AuditEntry
 from aggregator.coordinator import Coordinator
-from aggregator.failures import add_failures
+from aggregator.failures import add_failures, waiting_line
 from aggregator.guard import Guard, decode
+from aggregator.round_types import RoundPhase
 from aggregator.rows import FailureRow, RoundRow, SiteRoundRow, SiteRow
 from aggregator.servicer import model_parts
-from aggregator.sites import SiteConn
+from aggregator.sites import SiteConn, SiteProblem
 from aggregator.store import AuditNote, JobRow, ModelRow
 from aggregator.versions import model_versions
 from confide.errors import ConfigError, PeerError, Reason
@@ -207,10 +208,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             after = pages.parse_token("s", request.page_token, str) or ""
             rows = self.store.sites(after=after, limit=size + 1)
             live = self.coord.connected()
+            unusable = self.coord.unusable()
             out = admin_pb2.SiteList()
             out.next_page_token = pages.fill(
                 out.sites,
-                ((s.id, _site_info(s, live)) for s in rows[:size]),
+                ((s.id, _site_info(s, live, unusable)) for s in rows[:size]),
                 more=len(rows) > size,
                 kind="s",
             )
@@ -274,11 +276,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         st.final_accuracy = f.get("accuracy", 0.0)
         st.final_loss = f.get("loss", 0.0)
         st.final_eval_samples = int(f.get("eval_samples", 0))
+        live = self.coord.live_state(row.id)
+        if live is not None and live.phase is RoundPhase.WAITING:
+            st.waiting = waiting_line(live, self.coord.unusable(st.spec.dataset.name))
         return st
 
     def _status(self, job_id: str) -> admin_pb2.JobStatus:
         """A job with its latest rounds that fit one reply, in order."""
-        st = self._summary(self._job_row(job_id))
+        row = self._job_row(job_id)
+        st = self._summary(row)
+        models, rounds = self.store.models(job_id), self.store.rounds(job_id)
+        st.versions.extend(model_versions(models, rounds, row.final_metrics))
         budget = pages.REPLY_BUDGET - st.ByteSize()
         newest = self.store.rounds(job_id, limit=GET_JOB_ROUNDS, newest=True)
         kept: list[admin_pb2.RoundStatus] = []
@@ -288,10 +296,6 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 break
             kept.append(rs)
         st.rounds.extend(reversed(kept))
-        final = self._job_row(job_id).final_metrics
-        st.versions.extend(
-            model_versions(self.store.models(job_id), self.store.rounds(job_id), final)
-        )
         return st
 
     def _round_statuses(
@@ -346,7 +350,9 @@ def _site_round(s: SiteRoundRow) -> admin_pb2.SiteRound:
     )
 
 
-def _site_info(s: SiteRow, live: dict[str, SiteConn]) -> admin_pb2.SiteInfo:
+def _site_info(
+    s: SiteRow, live: dict[str, SiteConn], unusable: list[SiteProblem]
+) -> admin_pb2.SiteInfo:
     conn = live.get(s.id)
     info = admin_pb2.SiteInfo(
         site_id=s.id,
@@ -359,6 +365,7 @@ def _site_info(s: SiteRow, live: dict[str, SiteConn]) -> admin_pb2.SiteInfo:
             for n, (t, h) in sorted(s.sizes.items())
         ],
     )
+    info.unusable.extend(p for site, p in unusable if site == s.id)
     if conn is not None:
         info.current_task = conn.current_task
         if conn.resources is not None:

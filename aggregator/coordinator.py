@@ -33,7 +33,7 @@ from aggregator.jobs import KIND_OF, Job, UploadTarget
 from aggregator.links import SiteLinks
 from aggregator.restore import build_job, mark_failed, rebuild_job
 from aggregator.secure import stage_message
-from aggregator.sites import SiteConn, SiteRegistry
+from aggregator.sites import SiteConn, SiteProblem, SiteRegistry
 from aggregator.store import AuditNote, Store
 from aggregator.timer import DeadlineTimer
 from confide.errors import PeerError, Reason, ReplayedMessage
@@ -199,6 +199,11 @@ class Coordinator:
     def connected(self) -> dict[str, SiteConn]:
         """A snapshot of every connected site's stream (copies, safe to read)."""
         return self._links.connected()
+
+    def unusable(self, dataset: str | None = None) -> list[SiteProblem]:
+        """(site, problem) for each site that reported ``dataset`` (None: any) unusable."""
+        with self._cond:
+            return self.sites.unusable_reports(dataset)
 
     # ----- jobs -----
 

@@ -24,7 +24,7 @@ import structlog
 
 from aggregator import rounds as r
 from aggregator.blobs import BlobStore
-from aggregator.failures import failure_summary, record_silent
+from aggregator.failures import failure_summary, record_silent, unusable_summary
 from aggregator.jobs import Job
 from aggregator.secure import SecureRound, rules_for
 from aggregator.sites import SiteRegistry
@@ -132,6 +132,9 @@ class Executor:
                 # Besides the refusals the round named: the sites that failed, or said nothing.
                 rnd, attempt = job.state.round, job.state.attempt
                 summary = failure_summary(self.store, job_id, rnd, attempt=attempt)
+                if not summary:  # none took part: say who has the dataset but cannot use it
+                    reports = self.sites.unusable_reports(job.spec.dataset.name)
+                    summary = unusable_summary(reports)
                 if summary:
                     error = f"{error}; {summary}"
             if a.phase is not r.RoundPhase.DONE:

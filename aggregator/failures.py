@@ -16,13 +16,28 @@ per (job, round, site).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aggregator import rounds as r
 from aggregator.store import FailureRow, Store
 from confide.disclose import one_line
 from confide.errors import Reason
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 
-__all__ = ["add_failures", "failure_summary", "reason_code", "record_report", "record_silent"]
+__all__ = [
+    "MAX_PROBLEMS",
+    "add_failures",
+    "clean_problems",
+    "failure_summary",
+    "reason_code",
+    "record_report",
+    "record_silent",
+    "unusable_summary",
+    "waiting_line",
+]
+
+MAX_PROBLEMS = 32
+"""Unusable datasets kept per site (a site declares a handful; a hostile one many)."""
 
 _MAX_IN_SUMMARY = 5
 """Sites named in a failed job's error; the rest are counted."""
@@ -130,3 +145,46 @@ def add_failures(
             sites.append(row)
         if row.outcome != common_pb2.OUTCOME_OK:
             row.reason, row.detail = f.reason, f.detail
+
+
+def clean_problems(
+    problems: Iterable[federation_pb2.DatasetProblem],
+) -> tuple[federation_pb2.DatasetProblem, ...]:
+    """A site's unusable-dataset reports, bounded: count, name, reason and detail."""
+    out: list[federation_pb2.DatasetProblem] = []
+    for p in problems:
+        if len(out) == MAX_PROBLEMS:
+            break
+        out.append(
+            federation_pb2.DatasetProblem(
+                dataset=one_line(p.dataset, limit=100),
+                reason=reason_code(p.reason),
+                detail=one_line(p.detail),
+            )
+        )
+    return tuple(out)
+
+
+def unusable_summary(reports: list[tuple[str, federation_pb2.DatasetProblem]]) -> str:
+    """One line naming the sites that declared a job's dataset but found it unusable."""
+    parts = [
+        f"{site} has it but reports it unusable ({p.reason}: {p.detail})" for site, p in reports
+    ]
+    if len(parts) > _MAX_IN_SUMMARY:
+        parts = [*parts[:_MAX_IN_SUMMARY], f"and {len(parts) - _MAX_IN_SUMMARY} more sites"]
+    return "; ".join(parts)
+
+
+def waiting_line(
+    state: r.RoundState, reports: list[tuple[str, federation_pb2.DatasetProblem]]
+) -> str:
+    """Why a running job's round has not started: eligible sites so far, and unusable reports."""
+    p = state.params
+    line = (
+        f"round {state.round} waits for {p.min_sites} connected sites exposing dataset "
+        f"{p.dataset!r}; {len(state.eligible)} so far"
+    )
+    if state.deadline is not None:
+        line += f" (the job fails at {state.deadline:.0f} unless one connects)"
+    summary = unusable_summary(reports)
+    return f"{line}; {summary}" if summary else line

@@ -16,6 +16,7 @@ import structlog
 
 from aggregator import rounds as r
 from aggregator.admission import Declared
+from aggregator.failures import clean_problems
 from aggregator.jobs import Job
 from aggregator.sites import SiteConn, SiteRegistry
 from aggregator.store import AuditNote, SiteRow, Store
@@ -54,12 +55,17 @@ class SiteLinks:
         self.feed, self.clock = feed, clock
 
     def register(self, site: str, req: federation_pb2.RegisterRequest) -> None:
-        """Record a site's registration (datasets, device)."""
+        """Record a site's registration (datasets, device, datasets it found unusable)."""
         now = self.clock()
         sizes = {d.name: (int(d.train_records), int(d.holdout_records)) for d in req.dataset_sizes}
         names = ",".join(req.datasets)
         detail = f"{len(req.datasets)} datasets: {names[:200]}"
         detail += "..." if len(names) > 200 else ""
+        unusable = clean_problems(req.unusable)
+        with self.cond:
+            self.sites.set_unusable(site, unusable)
+        for p in unusable:
+            log.warning("site_dataset_unusable", site=site, dataset=p.dataset, reason=p.reason)
         self.store.upsert_site(
             SiteRow(site, list(req.datasets), req.device, req.agent_version, now, sizes),
             audit=AuditNote("site_registered", site, now, detail=detail),

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 from confide.v1 import federation_pb2
 
-__all__ = ["SiteConn", "SiteRegistry"]
+__all__ = ["SiteConn", "SiteProblem", "SiteRegistry"]
+
+SiteProblem = tuple[str, federation_pb2.DatasetProblem]
+"""A site's name and one dataset it reported unusable."""
 
 
 @dataclass
@@ -40,11 +43,25 @@ class SiteConn:
 
 
 class SiteRegistry:
-    """The open task stream of every connected site."""
+    """The open task stream of every connected site, and what each says it cannot expose."""
 
     def __init__(self) -> None:
         self._conns: dict[str, SiteConn] = {}
         self._ids = itertools.count(1)
+        self._unusable: dict[str, tuple[federation_pb2.DatasetProblem, ...]] = {}
+
+    def set_unusable(self, site: str, problems: tuple[federation_pb2.DatasetProblem, ...]) -> None:
+        """Record the datasets ``site`` declared unusable at its latest register (bounded)."""
+        self._unusable[site] = problems
+
+    def unusable_reports(self, dataset: str | None = None) -> list[SiteProblem]:
+        """(site, problem) for every site that reported ``dataset`` (None: any) unusable."""
+        return [
+            (site, p)
+            for site, problems in sorted(self._unusable.items())
+            for p in problems
+            if dataset is None or p.dataset == dataset
+        ]
 
     def connect(
         self, site: str, datasets: frozenset[str], *, now: float, cert_pem: bytes = b""

@@ -30,5 +30,7 @@ def one_line(text: str, *, limit: int = MAX_DETAIL) -> str:
 
 
 def public_detail(err: ConfideError, *, fallback: str) -> str:
-    """The one-line detail a site may send for ``err``: its message if public, else ``fallback``."""
+    """The one-line detail a site may send for ``err``: its public text, else ``fallback``."""
+    if isinstance(err.public, str):
+        return one_line(err.public)
     return one_line(err.message if err.public else fallback)

@@ -91,14 +91,17 @@ class ConfideError(Exception):
     Args:
         reason: the stable reason recorded in audit logs and sent as gRPC detail.
         message: a sentence a site IT person or operator can act on.
-        public: the message quotes no site data (no record, value, file path or worker
-            output), so a site may send it to the aggregator as the one-line detail of a
-            refusal or failure. False (the default): only the reason leaves the site.
+        public: True: the message quotes no site data (no record, value, file path or
+            worker output), so a site may send it to the aggregator as the one-line detail
+            of a refusal or failure; a string: that detail, for a message that quotes data;
+            False (the default): only the reason leaves the site.
     """
 
     default_reason: Reason = Reason.INTERNAL
 
-    def __init__(self, message: str, *, reason: Reason | None = None, public: bool = False) -> None:
+    def __init__(
+        self, message: str, *, reason: Reason | None = None, public: bool | str = False
+    ) -> None:
         super().__init__(message)
         self.reason: Reason = reason if reason is not None else self.default_reason
         self.message = message

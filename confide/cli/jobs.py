@@ -154,6 +154,8 @@ def _sites(args: argparse.Namespace) -> int:
         print(
             f"{s.site_id:<16} {'yes' if s.connected else 'no':<9} {ago:>14}  {','.join(s.datasets)}"
         )
+        for p in s.unusable:
+            print(f"{'':<16} unusable dataset {p.dataset}: ({p.reason}) {p.detail}")
     return 0
 
 
@@ -197,6 +199,7 @@ def job_summary(status: admin_pb2.JobStatus) -> dict[str, Any]:
         "job_id": status.job_id,
         "state": admin_pb2.JobState.Name(status.state).removeprefix("JOB_STATE_").lower(),
         "error": status.error,
+        "waiting": status.waiting,
         "rounds": [
             {
                 "round": r.round,
@@ -280,7 +283,8 @@ def format_job(status: admin_pb2.JobStatus) -> str:
     s = job_summary(status)
     lines = [
         f"job {s['job_id']} ({status.spec.name}): {s['state']}"
-        + (f" - {s['error']}" if s["error"] else ""),
+        + (f" - {s['error']}" if s["error"] else "")
+        + (f" - {status.waiting}" if status.waiting else ""),
         f"{'round':>5} {'state':<10} {'sites':>5} {'accuracy':>8} {'loss':>8} {'seconds':>7}"
         f"  epsilon (max over sites)",
     ]

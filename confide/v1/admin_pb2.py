@@ -26,7 +26,7 @@ from confide.v1 import common_pb2 as confide_dot_v1_dot_common__pb2
 from confide.v1 import federation_pb2 as confide_dot_v1_dot_federation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onfide/v1/admin.proto\x12\nconfide.v1\x1a\x17\x63onfide/v1/common.proto\x1a\x1b\x63onfide/v1/federation.proto\" \n\x0eSubmitJobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xbb\x02\n\tSiteRound\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12$\n\x07outcome\x18\x02 \x01(\x0e\x32\x13.confide.v1.Outcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x16\n\x0eupdate_epsilon\x18\x06 \x01(\x01\x12\x33\n\x07metrics\x18\x07 \x03(\x0b\x32\".confide.v1.SiteRound.MetricsEntry\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x13\n\x0bupdate_norm\x18\t \x01(\x01\x12\x0f\n\x07\x63lipped\x18\n \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc3\x01\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12$\n\x05sites\x18\x03 \x03(\x0b\x32\x15.confide.v1.SiteRound\x12\x12\n\naggregated\x18\x04 \x01(\r\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x14\n\x0c\x65val_samples\x18\x07 \x01(\x04\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x15\n\rmodel_version\x18\t \x01(\t\"\xcb\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.confide.v1.JobSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.confide.v1.JobState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x06rounds\x18\x05 \x03(\x0b\x32\x17.confide.v1.RoundStatus\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x16\n\x0e\x66inal_accuracy\x18\x07 \x01(\x01\x12\x12\n\nfinal_loss\x18\x08 \x01(\x01\x12\x1a\n\x12\x66inal_eval_samples\x18\t \x01(\x04\x12\x41\n\x0f\x65psilon_by_site\x18\n \x03(\x0b\x32(.confide.v1.JobStatus.EpsilonBySiteEntry\x12\x14\n\x0csubmitted_by\x18\x0b \x01(\t\x12\x14\n\x0crounds_total\x18\x0c \x01(\r\x12*\n\x08versions\x18\r \x03(\x0b\x32\x18.confide.v1.ModelVersion\x1a\x34\n\x12\x45psilonBySiteEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"v\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x14\n\x0c\x65val_samples\x18\x05 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"G\n\x07JobList\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.confide.v1.JobStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x11ListRoundsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\tRoundList\x12\'\n\x06rounds\x18\x01 \x03(\x0b\x32\x17.confide.v1.RoundStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x10ListSitesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xd8\x01\n\x08SiteInfo\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x16\n\x0elast_heartbeat\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0c\x63urrent_task\x18\x06 \x01(\t\x12(\n\tresources\x18\x07 \x01(\x0b\x32\x15.confide.v1.Resources\x12.\n\rdataset_sizes\x18\x08 \x03(\x0b\x32\x17.confide.v1.DatasetSize\"H\n\x08SiteList\x12#\n\x05sites\x18\x01 \x03(\x0b\x32\x14.confide.v1.SiteInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x0c\x41uditRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x90\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\r\n\x05round\x18\x06 \x01(\r\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\x0c\"M\n\tAuditList\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.confide.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x96\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xfa\x03\n\x05\x41\x64min\x12=\n\tSubmitJob\x12\x14.confide.v1.Envelope\x1a\x1a.confide.v1.SubmitJobReply\x12\x33\n\x06GetJob\x12\x12.confide.v1.JobRef\x1a\x15.confide.v1.JobStatus\x12<\n\x08ListJobs\x12\x1b.confide.v1.ListJobsRequest\x1a\x13.confide.v1.JobList\x12\x36\n\tCancelJob\x12\x12.confide.v1.JobRef\x1a\x15.confide.v1.JobStatus\x12?\n\tListSites\x12\x1c.confide.v1.ListSitesRequest\x1a\x14.confide.v1.SiteList\x12\x44\n\rDownloadModel\x12\x1b.confide.v1.DownloadRequest\x1a\x14.confide.v1.BlobPart0\x01\x12<\n\tListAudit\x12\x18.confide.v1.AuditRequest\x1a\x15.confide.v1.AuditList\x12\x42\n\nListRounds\x12\x1d.confide.v1.ListRoundsRequest\x1a\x15.confide.v1.RoundListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onfide/v1/admin.proto\x12\nconfide.v1\x1a\x17\x63onfide/v1/common.proto\x1a\x1b\x63onfide/v1/federation.proto\" \n\x0eSubmitJobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xbb\x02\n\tSiteRound\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12$\n\x07outcome\x18\x02 \x01(\x0e\x32\x13.confide.v1.Outcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x16\n\x0eupdate_epsilon\x18\x06 \x01(\x01\x12\x33\n\x07metrics\x18\x07 \x03(\x0b\x32\".confide.v1.SiteRound.MetricsEntry\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x13\n\x0bupdate_norm\x18\t \x01(\x01\x12\x0f\n\x07\x63lipped\x18\n \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc3\x01\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12$\n\x05sites\x18\x03 \x03(\x0b\x32\x15.confide.v1.SiteRound\x12\x12\n\naggregated\x18\x04 \x01(\r\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x14\n\x0c\x65val_samples\x18\x07 \x01(\x04\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x15\n\rmodel_version\x18\t \x01(\t\"\xdc\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.confide.v1.JobSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.confide.v1.JobState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x06rounds\x18\x05 \x03(\x0b\x32\x17.confide.v1.RoundStatus\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x16\n\x0e\x66inal_accuracy\x18\x07 \x01(\x01\x12\x12\n\nfinal_loss\x18\x08 \x01(\x01\x12\x1a\n\x12\x66inal_eval_samples\x18\t \x01(\x04\x12\x41\n\x0f\x65psilon_by_site\x18\n \x03(\x0b\x32(.confide.v1.JobStatus.EpsilonBySiteEntry\x12\x14\n\x0csubmitted_by\x18\x0b \x01(\t\x12\x14\n\x0crounds_total\x18\x0c \x01(\r\x12*\n\x08versions\x18\r \x03(\x0b\x32\x18.confide.v1.ModelVersion\x12\x0f\n\x07waiting\x18\x0e \x01(\t\x1a\x34\n\x12\x45psilonBySiteEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"v\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x14\n\x0c\x65val_samples\x18\x05 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"G\n\x07JobList\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.confide.v1.JobStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x11ListRoundsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\tRoundList\x12\'\n\x06rounds\x18\x01 \x03(\x0b\x32\x17.confide.v1.RoundStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x10ListSitesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x86\x02\n\x08SiteInfo\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x16\n\x0elast_heartbeat\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0c\x63urrent_task\x18\x06 \x01(\t\x12(\n\tresources\x18\x07 \x01(\x0b\x32\x15.confide.v1.Resources\x12.\n\rdataset_sizes\x18\x08 \x03(\x0b\x32\x17.confide.v1.DatasetSize\x12,\n\x08unusable\x18\t \x03(\x0b\x32\x1a.confide.v1.DatasetProblem\"H\n\x08SiteList\x12#\n\x05sites\x18\x01 \x03(\x0b\x32\x14.confide.v1.SiteInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x0c\x41uditRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x90\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\r\n\x05round\x18\x06 \x01(\r\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\x0c\"M\n\tAuditList\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.confide.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x96\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xfa\x03\n\x05\x41\x64min\x12=\n\tSubmitJob\x12\x14.confide.v1.Envelope\x1a\x1a.confide.v1.SubmitJobReply\x12\x33\n\x06GetJob\x12\x12.confide.v1.JobRef\x1a\x15.confide.v1.JobStatus\x12<\n\x08ListJobs\x12\x1b.confide.v1.ListJobsRequest\x1a\x13.confide.v1.JobList\x12\x36\n\tCancelJob\x12\x12.confide.v1.JobRef\x1a\x15.confide.v1.JobStatus\x12?\n\tListSites\x12\x1c.confide.v1.ListSitesRequest\x1a\x14.confide.v1.SiteList\x12\x44\n\rDownloadModel\x12\x1b.confide.v1.DownloadRequest\x1a\x14.confide.v1.BlobPart0\x01\x12<\n\tListAudit\x12\x18.confide.v1.AuditRequest\x1a\x15.confide.v1.AuditList\x12\x42\n\nListRounds\x12\x1d.confide.v1.ListRoundsRequest\x1a\x15.confide.v1.RoundListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SITEROUND_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_JOBSTATUS_EPSILONBYSITEENTRY']._loaded_options = None
   _globals['_JOBSTATUS_EPSILONBYSITEENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2204
-  _globals['_JOBSTATE']._serialized_end=2354
+  _globals['_JOBSTATE']._serialized_start=2267
+  _globals['_JOBSTATE']._serialized_end=2417
   _globals['_SUBMITJOBREPLY']._serialized_start=92
   _globals['_SUBMITJOBREPLY']._serialized_end=124
   _globals['_JOBREF']._serialized_start=126
@@ -50,31 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDSTATUS']._serialized_start=471
   _globals['_ROUNDSTATUS']._serialized_end=666
   _globals['_JOBSTATUS']._serialized_start=669
-  _globals['_JOBSTATUS']._serialized_end=1128
-  _globals['_JOBSTATUS_EPSILONBYSITEENTRY']._serialized_start=1076
-  _globals['_JOBSTATUS_EPSILONBYSITEENTRY']._serialized_end=1128
-  _globals['_MODELVERSION']._serialized_start=1130
-  _globals['_MODELVERSION']._serialized_end=1248
-  _globals['_LISTJOBSREQUEST']._serialized_start=1250
-  _globals['_LISTJOBSREQUEST']._serialized_end=1306
-  _globals['_JOBLIST']._serialized_start=1308
-  _globals['_JOBLIST']._serialized_end=1379
-  _globals['_LISTROUNDSREQUEST']._serialized_start=1381
-  _globals['_LISTROUNDSREQUEST']._serialized_end=1455
-  _globals['_ROUNDLIST']._serialized_start=1457
-  _globals['_ROUNDLIST']._serialized_end=1534
-  _globals['_LISTSITESREQUEST']._serialized_start=1536
-  _globals['_LISTSITESREQUEST']._serialized_end=1593
-  _globals['_SITEINFO']._serialized_start=1596
-  _globals['_SITEINFO']._serialized_end=1812
-  _globals['_SITELIST']._serialized_start=1814
-  _globals['_SITELIST']._serialized_end=1886
-  _globals['_AUDITREQUEST']._serialized_start=1888
-  _globals['_AUDITREQUEST']._serialized_end=1975
-  _globals['_AUDITENTRY']._serialized_start=1978
-  _globals['_AUDITENTRY']._serialized_end=2122
-  _globals['_AUDITLIST']._serialized_start=2124
-  _globals['_AUDITLIST']._serialized_end=2201
-  _globals['_ADMIN']._serialized_start=2357
-  _globals['_ADMIN']._serialized_end=2863
+  _globals['_JOBSTATUS']._serialized_end=1145
+  _globals['_JOBSTATUS_EPSILONBYSITEENTRY']._serialized_start=1093
+  _globals['_JOBSTATUS_EPSILONBYSITEENTRY']._serialized_end=1145
+  _globals['_MODELVERSION']._serialized_start=1147
+  _globals['_MODELVERSION']._serialized_end=1265
+  _globals['_LISTJOBSREQUEST']._serialized_start=1267
+  _globals['_LISTJOBSREQUEST']._serialized_end=1323
+  _globals['_JOBLIST']._serialized_start=1325
+  _globals['_JOBLIST']._serialized_end=1396
+  _globals['_LISTROUNDSREQUEST']._serialized_start=1398
+  _globals['_LISTROUNDSREQUEST']._serialized_end=1472
+  _globals['_ROUNDLIST']._serialized_start=1474
+  _globals['_ROUNDLIST']._serialized_end=1551
+  _globals['_LISTSITESREQUEST']._serialized_start=1553
+  _globals['_LISTSITESREQUEST']._serialized_end=1610
+  _globals['_SITEINFO']._serialized_start=1613
+  _globals['_SITEINFO']._serialized_end=1875
+  _globals['_SITELIST']._serialized_start=1877
+  _globals['_SITELIST']._serialized_end=1949
+  _globals['_AUDITREQUEST']._serialized_start=1951
+  _globals['_AUDITREQUEST']._serialized_end=2038
+  _globals['_AUDITENTRY']._serialized_start=2041
+  _globals['_AUDITENTRY']._serialized_end=2185
+  _globals['_AUDITLIST']._serialized_start=2187
+  _globals['_AUDITLIST']._serialized_end=2264
+  _globals['_ADMIN']._serialized_start=2420
+  _globals['_ADMIN']._serialized_end=2926
 # @@protoc_insertion_point(module_scope)

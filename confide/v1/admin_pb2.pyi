@@ -92,7 +92,7 @@ class RoundStatus(_message.Message):
     def __init__(self, round: _Optional[int] = ..., state: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[SiteRound, _Mapping]]] = ..., aggregated: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., eval_samples: _Optional[int] = ..., seconds: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "error", "rounds", "model_version", "final_accuracy", "final_loss", "final_eval_samples", "epsilon_by_site", "submitted_by", "rounds_total", "versions")
+    __slots__ = ("job_id", "spec", "state", "error", "rounds", "model_version", "final_accuracy", "final_loss", "final_eval_samples", "epsilon_by_site", "submitted_by", "rounds_total", "versions", "waiting")
     class EpsilonBySiteEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class JobStatus(_message.Message):
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: _common_pb2.JobSpec
     state: JobState
@@ -126,7 +127,8 @@ class JobStatus(_message.Message):
     submitted_by: str
     rounds_total: int
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., final_accuracy: _Optional[float] = ..., final_loss: _Optional[float] = ..., final_eval_samples: _Optional[int] = ..., epsilon_by_site: _Optional[_Mapping[str, float]] = ..., submitted_by: _Optional[str] = ..., rounds_total: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+    waiting: str
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., final_accuracy: _Optional[float] = ..., final_loss: _Optional[float] = ..., final_eval_samples: _Optional[int] = ..., epsilon_by_site: _Optional[_Mapping[str, float]] = ..., submitted_by: _Optional[str] = ..., rounds_total: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., waiting: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "sha256", "accuracy", "loss", "eval_samples", "created")
@@ -187,7 +189,7 @@ class ListSitesRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SiteInfo(_message.Message):
-    __slots__ = ("site_id", "connected", "last_heartbeat", "datasets", "device", "current_task", "resources", "dataset_sizes")
+    __slots__ = ("site_id", "connected", "last_heartbeat", "datasets", "device", "current_task", "resources", "dataset_sizes", "unusable")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +198,7 @@ class SiteInfo(_message.Message):
     CURRENT_TASK_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     DATASET_SIZES_FIELD_NUMBER: _ClassVar[int]
+    UNUSABLE_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     connected: bool
     last_heartbeat: float
@@ -204,7 +207,8 @@ class SiteInfo(_message.Message):
     current_task: str
     resources: _federation_pb2.Resources
     dataset_sizes: _containers.RepeatedCompositeFieldContainer[_federation_pb2.DatasetSize]
-    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., last_heartbeat: _Optional[float] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., current_task: _Optional[str] = ..., resources: _Optional[_Union[_federation_pb2.Resources, _Mapping]] = ..., dataset_sizes: _Optional[_Iterable[_Union[_federation_pb2.DatasetSize, _Mapping]]] = ...) -> None: ...
+    unusable: _containers.RepeatedCompositeFieldContainer[_federation_pb2.DatasetProblem]
+    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., last_heartbeat: _Optional[float] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., current_task: _Optional[str] = ..., resources: _Optional[_Union[_federation_pb2.Resources, _Mapping]] = ..., dataset_sizes: _Optional[_Iterable[_Union[_federation_pb2.DatasetSize, _Mapping]]] = ..., unusable: _Optional[_Iterable[_Union[_federation_pb2.DatasetProblem, _Mapping]]] = ...) -> None: ...
 
 class SiteList(_message.Message):
     __slots__ = ("sites", "next_page_token")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from confide.v1 import federation_pb2 as confide_dot_v1_dot_federation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onfide/v1/agent.proto\x12\nconfide.v1\x1a\x1b\x63onfide/v1/federation.proto\"\x0f\n\rStatusRequest\"\xf6\x01\n\x0b\x41gentStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x12\n\naggregator\x18\x03 \x01(\t\x12\x14\n\x0c\x63urrent_task\x18\x04 \x01(\t\x12(\n\tresources\x18\x05 \x01(\x0b\x32\x15.confide.v1.Resources\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x61tasets\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x12\n\ntasks_done\x18\t \x01(\x04\x12\x14\n\x0ctasks_failed\x18\n \x01(\x04\x12\x11\n\tisolation\x18\x0b \x01(\t\"\x0f\n\rBudgetRequest\"\xa4\x01\n\rDatasetBudget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0bmax_epsilon\x18\x02 \x01(\x01\x12\x15\n\rspent_epsilon\x18\x03 \x01(\x01\x12\x19\n\x11remaining_epsilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x1c\n\x14spent_update_epsilon\x18\x06 \x01(\x01\x12\x0e\n\x06rounds\x18\x07 \x01(\r\":\n\x0b\x42udgetReply\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.confide.v1.DatasetBudget\"&\n\x0bJobsRequest\x12\x17\n\x0finclude_decided\x18\x01 \x01(\x08\"\xe9\x01\n\x13\x41pprovalRequestInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06signer\x18\x03 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x0f\n\x07privacy\x18\x06 \x01(\t\x12\x0e\n\x06rounds\x18\x07 \x01(\r\x12\x14\n\x0crequested_at\x18\x08 \x01(\x01\x12\x12\n\nexpires_at\x18\t \x01(\x01\x12\r\n\x05state\x18\n \x01(\t\x12\x12\n\ndecided_at\x18\x0b \x01(\x01\x12\x0e\n\x06reason\x18\x0c \x01(\t\"H\n\tJobsReply\x12-\n\x04jobs\x18\x01 \x03(\x0b\x32\x1f.confide.v1.ApprovalRequestInfo\x12\x0c\n\x04mode\x18\x02 \x01(\t\" \n\x0e\x41pproveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0b\x44\x65nyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\rDecisionReply\x12,\n\x03job\x18\x01 \x01(\x0b\x32\x1f.confide.v1.ApprovalRequestInfo2\xc0\x02\n\x0c\x41gentControl\x12<\n\x06Status\x12\x19.confide.v1.StatusRequest\x1a\x17.confide.v1.AgentStatus\x12<\n\x06\x42udget\x12\x19.confide.v1.BudgetRequest\x1a\x17.confide.v1.BudgetReply\x12\x36\n\x04Jobs\x12\x17.confide.v1.JobsRequest\x1a\x15.confide.v1.JobsReply\x12@\n\x07\x41pprove\x12\x1a.confide.v1.ApproveRequest\x1a\x19.confide.v1.DecisionReply\x12:\n\x04\x44\x65ny\x12\x17.confide.v1.DenyRequest\x1a\x19.confide.v1.DecisionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63onfide/v1/agent.proto\x12\nconfide.v1\x1a\x1b\x63onfide/v1/federation.proto\"\x0f\n\rStatusRequest\"\xbd\x02\n\x0b\x41gentStatus\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x12\n\naggregator\x18\x03 \x01(\t\x12\x14\n\x0c\x63urrent_task\x18\x04 \x01(\t\x12(\n\tresources\x18\x05 \x01(\x0b\x32\x15.confide.v1.Resources\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x61tasets\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x12\n\ntasks_done\x18\t \x01(\x04\x12\x14\n\x0ctasks_failed\x18\n \x01(\x04\x12\x11\n\tisolation\x18\x0b \x01(\t\x12,\n\x08unusable\x18\x0c \x03(\x0b\x32\x1a.confide.v1.DatasetProblem\x12\x17\n\x0fruntime_problem\x18\r \x01(\t\"\x0f\n\rBudgetRequest\"\xa4\x01\n\rDatasetBudget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0bmax_epsilon\x18\x02 \x01(\x01\x12\x15\n\rspent_epsilon\x18\x03 \x01(\x01\x12\x19\n\x11remaining_epsilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x1c\n\x14spent_update_epsilon\x18\x06 \x01(\x01\x12\x0e\n\x06rounds\x18\x07 \x01(\r\":\n\x0b\x42udgetReply\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.confide.v1.DatasetBudget\"&\n\x0bJobsRequest\x12\x17\n\x0finclude_decided\x18\x01 \x01(\x08\"\xe9\x01\n\x13\x41pprovalRequestInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06signer\x18\x03 \x01(\t\x12\x13\n\x0b\x63ode_sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x0f\n\x07privacy\x18\x06 \x01(\t\x12\x0e\n\x06rounds\x18\x07 \x01(\r\x12\x14\n\x0crequested_at\x18\x08 \x01(\x01\x12\x12\n\nexpires_at\x18\t \x01(\x01\x12\r\n\x05state\x18\n \x01(\t\x12\x12\n\ndecided_at\x18\x0b \x01(\x01\x12\x0e\n\x06reason\x18\x0c \x01(\t\"H\n\tJobsReply\x12-\n\x04jobs\x18\x01 \x03(\x0b\x32\x1f.confide.v1.ApprovalRequestInfo\x12\x0c\n\x04mode\x18\x02 \x01(\t\" \n\x0e\x41pproveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0b\x44\x65nyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\rDecisionReply\x12,\n\x03job\x18\x01 \x01(\x0b\x32\x1f.confide.v1.ApprovalRequestInfo2\xc0\x02\n\x0c\x41gentControl\x12<\n\x06Status\x12\x19.confide.v1.StatusRequest\x1a\x17.confide.v1.AgentStatus\x12<\n\x06\x42udget\x12\x19.confide.v1.BudgetRequest\x1a\x17.confide.v1.BudgetReply\x12\x36\n\x04Jobs\x12\x17.confide.v1.JobsRequest\x1a\x15.confide.v1.JobsReply\x12@\n\x07\x41pprove\x12\x1a.confide.v1.ApproveRequest\x1a\x19.confide.v1.DecisionReply\x12:\n\x04\x44\x65ny\x12\x17.confide.v1.DenyRequest\x1a\x19.confide.v1.DecisionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=67
   _globals['_STATUSREQUEST']._serialized_end=82
   _globals['_AGENTSTATUS']._serialized_start=85
-  _globals['_AGENTSTATUS']._serialized_end=331
-  _globals['_BUDGETREQUEST']._serialized_start=333
-  _globals['_BUDGETREQUEST']._serialized_end=348
-  _globals['_DATASETBUDGET']._serialized_start=351
-  _globals['_DATASETBUDGET']._serialized_end=515
-  _globals['_BUDGETREPLY']._serialized_start=517
-  _globals['_BUDGETREPLY']._serialized_end=575
-  _globals['_JOBSREQUEST']._serialized_start=577
-  _globals['_JOBSREQUEST']._serialized_end=615
-  _globals['_APPROVALREQUESTINFO']._serialized_start=618
-  _globals['_APPROVALREQUESTINFO']._serialized_end=851
-  _globals['_JOBSREPLY']._serialized_start=853
-  _globals['_JOBSREPLY']._serialized_end=925
-  _globals['_APPROVEREQUEST']._serialized_start=927
-  _globals['_APPROVEREQUEST']._serialized_end=959
-  _globals['_DENYREQUEST']._serialized_start=961
-  _globals['_DENYREQUEST']._serialized_end=1006
-  _globals['_DECISIONREPLY']._serialized_start=1008
-  _globals['_DECISIONREPLY']._serialized_end=1069
-  _globals['_AGENTCONTROL']._serialized_start=1072
-  _globals['_AGENTCONTROL']._serialized_end=1392
+  _globals['_AGENTSTATUS']._serialized_end=402
+  _globals['_BUDGETREQUEST']._serialized_start=404
+  _globals['_BUDGETREQUEST']._serialized_end=419
+  _globals['_DATASETBUDGET']._serialized_start=422
+  _globals['_DATASETBUDGET']._serialized_end=586
+  _globals['_BUDGETREPLY']._serialized_start=588
+  _globals['_BUDGETREPLY']._serialized_end=646
+  _globals['_JOBSREQUEST']._serialized_start=648
+  _globals['_JOBSREQUEST']._serialized_end=686
+  _globals['_APPROVALREQUESTINFO']._serialized_start=689
+  _globals['_APPROVALREQUESTINFO']._serialized_end=922
+  _globals['_JOBSREPLY']._serialized_start=924
+  _globals['_JOBSREPLY']._serialized_end=996
+  _globals['_APPROVEREQUEST']._serialized_start=998
+  _globals['_APPROVEREQUEST']._serialized_end=1030
+  _globals['_DENYREQUEST']._serialized_start=1032
+  _globals['_DENYREQUEST']._serialized_end=1077
+  _globals['_DECISIONREPLY']._serialized_start=1079
+  _globals['_DECISIONREPLY']._serialized_end=1140
+  _globals['_AGENTCONTROL']._serialized_start=1143
+  _globals['_AGENTCONTROL']._serialized_end=1463
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("site_id", "connected", "aggregator", "current_task", "resources", "uptime_s", "datasets", "device", "tasks_done", "tasks_failed", "isolation")
+    __slots__ = ("site_id", "connected", "aggregator", "current_task", "resources", "uptime_s", "datasets", "device", "tasks_done", "tasks_failed", "isolation", "unusable", "runtime_problem")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,8 @@ class AgentStatus(_message.Message):
     TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
     TASKS_FAILED_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    UNUSABLE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     connected: bool
     aggregator: str
@@ -35,7 +37,9 @@ class AgentStatus(_message.Message):
     tasks_done: int
     tasks_failed: int
     isolation: str
-    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., aggregator: _Optional[str] = ..., current_task: _Optional[str] = ..., resources: _Optional[_Union[_federation_pb2.Resources, _Mapping]] = ..., uptime_s: _Optional[float] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., isolation: _Optional[str] = ...) -> None: ...
+    unusable: _containers.RepeatedCompositeFieldContainer[_federation_pb2.DatasetProblem]
+    runtime_problem: str
+    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., aggregator: _Optional[str] = ..., current_task: _Optional[str] = ..., resources: _Optional[_Union[_federation_pb2.Resources, _Mapping]] = ..., uptime_s: _Optional[float] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., isolation: _Optional[str] = ..., unusable: _Optional[_Iterable[_Union[_federation_pb2.DatasetProblem, _Mapping]]] = ..., runtime_problem: _Optional[str] = ...) -> None: ...
 
 class BudgetRequest(_message.Message):
     __slots__ = ()

@@ -30,16 +30,18 @@ TASK_KIND_CHECK_SHARES: TaskKind
 TASK_KIND_CONSISTENCY: TaskKind
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("agent_version", "datasets", "device", "dataset_sizes")
+    __slots__ = ("agent_version", "datasets", "device", "dataset_sizes", "unusable")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DATASET_SIZES_FIELD_NUMBER: _ClassVar[int]
+    UNUSABLE_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     datasets: _containers.RepeatedScalarFieldContainer[str]
     device: str
     dataset_sizes: _containers.RepeatedCompositeFieldContainer[DatasetSize]
-    def __init__(self, agent_version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dataset_sizes: _Optional[_Iterable[_Union[DatasetSize, _Mapping]]] = ...) -> None: ...
+    unusable: _containers.RepeatedCompositeFieldContainer[DatasetProblem]
+    def __init__(self, agent_version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dataset_sizes: _Optional[_Iterable[_Union[DatasetSize, _Mapping]]] = ..., unusable: _Optional[_Iterable[_Union[DatasetProblem, _Mapping]]] = ...) -> None: ...
 
 class DatasetSize(_message.Message):
     __slots__ = ("name", "train_records", "holdout_records")
@@ -50,6 +52,16 @@ class DatasetSize(_message.Message):
     train_records: int
     holdout_records: int
     def __init__(self, name: _Optional[str] = ..., train_records: _Optional[int] = ..., holdout_records: _Optional[int] = ...) -> None: ...
+
+class DatasetProblem(_message.Message):
+    __slots__ = ("dataset", "reason", "detail")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    reason: str
+    detail: str
+    def __init__(self, dataset: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("site_id", "heartbeat_interval_s")

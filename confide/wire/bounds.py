@@ -102,6 +102,11 @@ def check_register(req: federation_pb2.RegisterRequest) -> None:
         _text("dataset_sizes.name", d.name, MAX_NAME_BYTES)
         _records("dataset_sizes.train_records", d.train_records)
         _records("dataset_sizes.holdout_records", d.holdout_records)
+    _count("unusable", len(req.unusable), MAX_DATASETS)
+    for p in req.unusable:
+        _text("unusable.dataset", p.dataset, MAX_NAME_BYTES)
+        _text("unusable.reason", p.reason, MAX_REASON_BYTES)
+        _text("unusable.detail", p.detail, MAX_TEXT_BYTES)
 
 
 def check_heartbeat(hb: federation_pb2.Heartbeat) -> None:

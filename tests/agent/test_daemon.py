@@ -29,6 +29,10 @@ def _wait(cond, timeout: float, proc: subprocess.Popen, log: Path) -> None:
 
 
 def _config(tmp_path: Path, pki_dir: Path) -> Path:
+    # The daemon checks its datasets at start and refuses to run with none usable.
+    (tmp_path / "data.csv").write_text(
+        "a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20))
+    )
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f"""
 federation = "{FEDERATION}"
