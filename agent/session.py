@@ -18,6 +18,7 @@ task stream end.
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -108,6 +109,8 @@ class Session:
         connect: makes a fresh transport for each connection attempt.
         datasets: dataset names the site exposes (sent at register).
         unusable: declared datasets the self-check refused, with why (sent at register).
+        instance: this agent process's id, sent at register and stream open (default: 64
+            random bits), so the aggregator can refuse a second agent with this identity.
         device: the training device as resolved (sent at register).
         resources: samples the daemon's resources for heartbeats.
         rng: uniform [0, 1) numbers for the backoff jitter.
@@ -132,8 +135,10 @@ class Session:
         on_connection: Callable[[bool], None] | None = None,
         dataset_sizes: Callable[[], list[federation_pb2.DatasetSize]] | None = None,
         unusable: Sequence[federation_pb2.DatasetProblem] = (),
+        instance: str | None = None,
     ) -> None:
         self._runner = runner
+        self._instance = instance if instance is not None else secrets.token_hex(8)
         self._unusable = list(unusable)
         self._connect = connect
         self._datasets = list(datasets)
@@ -165,6 +170,13 @@ class Session:
                 self._serve_once()
             except ConfideError as exc:
                 reason, detail = exc.reason.value, exc.message
+                if exc.reason is Reason.IDENTITY_IN_USE:
+                    log.error(
+                        "identity_in_use",
+                        site=self._runner.site.site,
+                        error="another agent is connected with this site's identity (the "
+                        "same certificate); stop one of them, or give each site its own",
+                    )
             except Exception as exc:  # never let a bug end the daemon; log it and reconnect
                 reason, detail = "internal", repr(exc)
                 log.error("session_error", exc_info=True)
@@ -226,12 +238,16 @@ class Session:
                         device=self._device,
                         dataset_sizes=self._dataset_sizes() if self._dataset_sizes else [],
                         unusable=self._unusable,
+                        instance=self._instance,
                     ),
                 )
             )
             self.backoff.reset()
             stream = transport.open_tasks(
-                self._signed(common_pb2.STAGE_OPEN_TASKS, federation_pb2.OpenTasksRequest())
+                self._signed(
+                    common_pb2.STAGE_OPEN_TASKS,
+                    federation_pb2.OpenTasksRequest(instance=self._instance),
+                )
             )
             with self._lock:
                 self._stream = stream

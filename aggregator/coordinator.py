@@ -167,16 +167,14 @@ class Coordinator:
         """Record a site's registration (datasets, device)."""
         self._links.register(site, req)
 
-    def open_stream(self, site: str, *, cert_pem: bytes = b"") -> SiteConn:
-        """Connect ``site``: its queue receives its tasks from now on.
-
-        Args:
-            cert_pem: the certificate the site opened the stream with (see ``drop_invalid``).
+    def open_stream(self, site: str, *, cert_pem: bytes = b"", instance: str = "") -> SiteConn:
+        """Connect ``site``: its queue receives its tasks from now on (``SiteLinks``).
 
         Raises:
-            PeerError: the site never registered (reason UNKNOWN_SITE).
+            PeerError: the site never registered (UNKNOWN_SITE).
+            Unauthorized: another agent holds the site's identity (IDENTITY_IN_USE).
         """
-        return self._links.open_stream(site, cert_pem=cert_pem)
+        return self._links.open_stream(site, cert_pem=cert_pem, instance=instance)
 
     def close_stream(self, conn: SiteConn) -> None:
         """The site's stream ended (or was replaced): it is no longer eligible."""

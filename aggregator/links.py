@@ -20,7 +20,7 @@ from aggregator.failures import clean_problems
 from aggregator.jobs import Job
 from aggregator.sites import SiteConn, SiteRegistry
 from aggregator.store import AuditNote, SiteRow, Store
-from confide.errors import PeerError, Reason
+from confide.errors import PeerError, Reason, Unauthorized
 from confide.pki import BadCertificate
 from confide.v1 import federation_pb2
 
@@ -55,7 +55,11 @@ class SiteLinks:
         self.feed, self.clock = feed, clock
 
     def register(self, site: str, req: federation_pb2.RegisterRequest) -> None:
-        """Record a site's registration (datasets, device, datasets it found unusable)."""
+        """Record a site's registration (datasets, device, datasets it found unusable).
+
+        Raises:
+            Unauthorized: another agent holds the site's identity (IDENTITY_IN_USE).
+        """
         now = self.clock()
         sizes = {d.name: (int(d.train_records), int(d.holdout_records)) for d in req.dataset_sizes}
         names = ",".join(req.datasets)
@@ -63,6 +67,7 @@ class SiteLinks:
         detail += "..." if len(names) > 200 else ""
         unusable = clean_problems(req.unusable)
         with self.cond:
+            self._check_holder(site, req.instance)
             self.sites.set_unusable(site, unusable)
         for p in unusable:
             log.warning("site_dataset_unusable", site=site, dataset=p.dataset, reason=p.reason)
@@ -77,22 +82,30 @@ class SiteLinks:
         sizes = row.sizes.get(dataset) if row is not None else None
         return Declared(*sizes) if sizes is not None else None
 
-    def open_stream(self, site: str, *, cert_pem: bytes = b"") -> SiteConn:
+    def open_stream(self, site: str, *, cert_pem: bytes = b"", instance: str = "") -> SiteConn:
         """Connect ``site``: its queue receives its tasks from now on.
 
         Args:
             cert_pem: the certificate the site opened the stream with (see ``drop_invalid``).
+            instance: the agent process's instance id (a reconnect of the same agent
+                replaces its stream; another agent's is refused while this one is open).
 
         Raises:
             PeerError: the site never registered (reason UNKNOWN_SITE).
+            Unauthorized: another agent holds the site's identity (IDENTITY_IN_USE).
         """
         row = self.store.site(site)
         if row is None:
             raise PeerError(f"{site!r} must Register first", reason=Reason.UNKNOWN_SITE)
         with self.cond:
+            self._check_holder(site, instance)
             old = self.sites.get(site)
             conn = self.sites.connect(
-                site, frozenset(row.datasets), now=self.clock(), cert_pem=cert_pem
+                site,
+                frozenset(row.datasets),
+                now=self.clock(),
+                cert_pem=cert_pem,
+                instance=instance,
             )
             for job_id, job in list(self.jobs.items()):
                 if old is not None:
@@ -101,6 +114,25 @@ class SiteLinks:
                     self.feed(job_id, r.SiteConnected(site))
             self.cond.notify_all()
         return conn
+
+    def _check_holder(self, site: str, instance: str) -> None:
+        """Refuse a second agent process presenting ``site``'s identity while one is connected.
+
+        Without this, two agents with one certificate replace each other's stream about twice
+        a second, each reconnecting at once, and neither ever finishes a round.
+
+        Raises:
+            Unauthorized: IDENTITY_IN_USE.
+        """
+        conn = self.sites.get(site)
+        if conn is None or not conn.instance or not instance or conn.instance == instance:
+            return
+        raise Unauthorized(
+            f"another agent is connected as {site!r} (heard from "
+            f"{max(0.0, self.clock() - conn.last_seen):.0f} s ago); a second agent with the "
+            "same identity is refused until that connection ends",
+            reason=Reason.IDENTITY_IN_USE,
+        )
 
     def close_stream(self, conn: SiteConn) -> None:
         """The site's stream ended (or was replaced): it is no longer eligible."""

@@ -1,5 +1,9 @@
 """``confide-aggregator --config FILE [--log-json]``: run the aggregator until SIGTERM/SIGINT.
 
+``confide-aggregator enroll --dir pki [--name aggregator]`` makes the aggregator's own keys and
+a CSR on the machine it runs on, for the CA holder to sign (``confide pki sign --role
+aggregator --dns HOST``): like a site's, its private keys never leave that machine.
+
 The only place in the aggregator that configures structlog (STYLE rule 9). A config error
 prints one line naming the key and exits 2; a signal stops the server gracefully, exit 0.
 """
@@ -14,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -23,6 +28,7 @@ from aggregator.server import build
 from confide import sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
+from confide.pki import Role, make_key_and_csr
 
 __all__ = ["main"]
 
@@ -89,9 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         argv: command-line arguments (default: ``sys.argv[1:]``).
     """
     parser = argparse.ArgumentParser(prog=_PROG, description="Confide federation aggregator")
-    parser.add_argument("--config", required=True, help="aggregator TOML file")
+    parser.add_argument("--config", help="aggregator TOML file (required to run)")
     parser.add_argument("--log-json", action="store_true", help="force JSON log lines")
+    sub = parser.add_subparsers(dest="command")
+    e = sub.add_parser("enroll", help="make this aggregator's keys and a CSR for the CA")
+    e.add_argument("--dir", type=Path, required=True, help="folder for the keys and the CSR")
+    e.add_argument("--name", default="aggregator", help="identity name (default: aggregator)")
     args = parser.parse_args(argv)
+    if args.command == "enroll":
+        return _enroll(args.dir, args.name)
+    if args.config is None:
+        parser.print_usage(sys.stderr)
+        print(f"{_PROG}: --config FILE is required", file=sys.stderr)
+        return 2
     libc = _libc()
     _tune_malloc(libc)
     try:
@@ -130,6 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     notify.stopping()
     agg.stop(grace=5.0)
     log.info("aggregator_stopped")
+    return 0
+
+
+def _enroll(directory: Path, name: str) -> int:
+    """Make the aggregator's TLS and signing keys (0600) and a CSR for role aggregator."""
+    try:
+        csr = make_key_and_csr(directory, name, role=Role.AGGREGATOR)
+    except ConfigError as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote keys and {csr}")
+    print(
+        f"next: send it to the CA holder: confide pki sign {csr.name} --role aggregator "
+        "--dns HOST (the name sites dial)"
+    )
     return 0
 
 

@@ -122,8 +122,12 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         """Stream the site's tasks until it disconnects or a newer stream replaces this one."""
         with self.guard.handling(context, "open_tasks_refused", request) as call:
             info = self.guard.peer(context, call, Role.SITE)
-            self.guard.open(request, info, stage=common_pb2.STAGE_OPEN_TASKS)
-            conn = self.coord.open_stream(info.name, cert_pem=info.pem)
+            req = decode(
+                federation_pb2.OpenTasksRequest,
+                self.guard.open(request, info, stage=common_pb2.STAGE_OPEN_TASKS),
+            )
+            bounds.check_open_tasks(req)
+            conn = self.coord.open_stream(info.name, cert_pem=info.pem, instance=req.instance)
         context.add_callback(lambda: self.coord.close_stream(conn))
         try:
             while (task := conn.queue.get()) is not None:

@@ -30,6 +30,7 @@ class SiteConn:
         datasets: dataset names the site registered.
         last_seen: unix seconds of the last heartbeat or stream open.
         cert_pem: the certificate the stream was opened with (re-checked on CRL changes).
+        instance: the agent process's random instance id ("" from an agent that sends none).
     """
 
     site: str
@@ -40,6 +41,7 @@ class SiteConn:
     current_task: str = ""
     resources: federation_pb2.Resources | None = None
     cert_pem: bytes = b""
+    instance: str = ""
 
 
 class SiteRegistry:
@@ -64,13 +66,19 @@ class SiteRegistry:
         ]
 
     def connect(
-        self, site: str, datasets: frozenset[str], *, now: float, cert_pem: bytes = b""
+        self,
+        site: str,
+        datasets: frozenset[str],
+        *,
+        now: float,
+        cert_pem: bytes = b"",
+        instance: str = "",
     ) -> SiteConn:
         """Open a stream for ``site``, ending the one it replaces."""
         old = self._conns.get(site)
         if old is not None:
             old.queue.put(None)
-        conn = SiteConn(site, next(self._ids), datasets, now, cert_pem=cert_pem)
+        conn = SiteConn(site, next(self._ids), datasets, now, cert_pem=cert_pem, instance=instance)
         self._conns[site] = conn
         return conn
 

@@ -58,6 +58,7 @@ class Reason(enum.Enum):
     BAD_CERTIFICATE = "bad_certificate"
     UNKNOWN_JOB = "unknown_job"
     PEER_LIMIT = "peer_limit"  # the peer went over its own quota (calls, streams, bytes, rate)
+    IDENTITY_IN_USE = "identity_in_use"
     # policy
     BUDGET_EXCEEDED = "budget_exceeded"
     UNKNOWN_DATASET = "unknown_dataset"

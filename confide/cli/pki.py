@@ -1,6 +1,7 @@
 """``confide pki``: run the federation CA from the command line.
 
-Subcommands: ``init``, ``issue``, ``sign``, ``revoke``, ``show``. Each handler is stored as
+Subcommands: ``init``, ``issue``, ``sign``, ``revoke``, ``show``, and ``enroll`` (run where the
+identity will live, not on the CA machine: keys and a CSR for the CA holder to ``sign``). Each handler is stored as
 ``func`` on the parsed namespace and returns an exit code: 0 on success, 2 for a
 ``ConfigError`` (one line on stderr naming the key or file), 1 for any other ``ConfideError``.
 """
@@ -14,7 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from confide.errors import ConfideError, ConfigError
-from confide.pki import Role, init_ca, issue, revoke, sign_csr, verify_certificate
+from confide.pki import (
+    Role,
+    init_ca,
+    issue,
+    make_key_and_csr,
+    revoke,
+    sign_csr,
+    verify_certificate,
+)
 from confide.pki import files as pki_files
 from confide.pki.certinfo import CertInfo, cert_info, load_pem_certificate
 
@@ -81,6 +90,14 @@ def _sign(args: argparse.Namespace) -> int:
     )
     pki_files.write_new(out, pem, mode=0o644)
     print(f"signed {args.role.value} certificate {out}")
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    """Make keys (0600) and a CSR here, for the CA holder to sign."""
+    csr = make_key_and_csr(args.dir, args.name, role=args.role)
+    print(f"wrote keys and {csr}")
+    print(f"next: send it to the CA holder: confide pki sign {csr.name} --role {args.role.value}")
     return 0
 
 
@@ -154,6 +171,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     p.set_defaults(func=_guarded(_sign))
+
+    p = sub.add_parser("enroll", help="make keys and a CSR here (operator, aggregator, site)")
+    p.add_argument("name")
+    p.add_argument("--role", type=_role, required=True, help="aggregator|operator|site")
+    p.add_argument("--dir", type=Path, default=Path("."), help="folder for keys and CSR")
+    p.set_defaults(func=_guarded(_enroll))
 
     p = sub.add_parser("revoke", help="revoke every certificate issued to NAME")
     p.add_argument("name")

@@ -30,18 +30,20 @@ TASK_KIND_CHECK_SHARES: TaskKind
 TASK_KIND_CONSISTENCY: TaskKind
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("agent_version", "datasets", "device", "dataset_sizes", "unusable")
+    __slots__ = ("agent_version", "datasets", "device", "dataset_sizes", "unusable", "instance")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DATASET_SIZES_FIELD_NUMBER: _ClassVar[int]
     UNUSABLE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     datasets: _containers.RepeatedScalarFieldContainer[str]
     device: str
     dataset_sizes: _containers.RepeatedCompositeFieldContainer[DatasetSize]
     unusable: _containers.RepeatedCompositeFieldContainer[DatasetProblem]
-    def __init__(self, agent_version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dataset_sizes: _Optional[_Iterable[_Union[DatasetSize, _Mapping]]] = ..., unusable: _Optional[_Iterable[_Union[DatasetProblem, _Mapping]]] = ...) -> None: ...
+    instance: str
+    def __init__(self, agent_version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., dataset_sizes: _Optional[_Iterable[_Union[DatasetSize, _Mapping]]] = ..., unusable: _Optional[_Iterable[_Union[DatasetProblem, _Mapping]]] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class DatasetSize(_message.Message):
     __slots__ = ("name", "train_records", "holdout_records")
@@ -96,8 +98,10 @@ class HeartbeatReply(_message.Message):
     def __init__(self) -> None: ...
 
 class OpenTasksRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("instance",)
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    instance: str
+    def __init__(self, instance: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("task_id", "job_id", "round", "kind", "signed_job", "signer_certificate", "model_version", "deadline_s", "share_keys", "masked_input", "unmask", "check_shares", "consistency", "lineage")

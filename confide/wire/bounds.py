@@ -34,6 +34,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "check_envelope",
     "check_heartbeat",
+    "check_open_tasks",
     "check_register",
     "check_report",
     "check_stage_message",
@@ -102,11 +103,21 @@ def check_register(req: federation_pb2.RegisterRequest) -> None:
         _text("dataset_sizes.name", d.name, MAX_NAME_BYTES)
         _records("dataset_sizes.train_records", d.train_records)
         _records("dataset_sizes.holdout_records", d.holdout_records)
+    _text("instance", req.instance, MAX_ID_BYTES)
     _count("unusable", len(req.unusable), MAX_DATASETS)
     for p in req.unusable:
         _text("unusable.dataset", p.dataset, MAX_NAME_BYTES)
         _text("unusable.reason", p.reason, MAX_REASON_BYTES)
         _text("unusable.detail", p.detail, MAX_TEXT_BYTES)
+
+
+def check_open_tasks(req: federation_pb2.OpenTasksRequest) -> None:
+    """Refuse a task-stream request with a long instance id.
+
+    Raises:
+        OversizedMessage: naming the field and its size.
+    """
+    _text("instance", req.instance, MAX_ID_BYTES)
 
 
 def check_heartbeat(hb: federation_pb2.Heartbeat) -> None:

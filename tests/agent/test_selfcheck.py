@@ -198,3 +198,24 @@ def test_check_command_reports_each_finding_and_exits_1_on_a_problem(tmp_path, p
         "from the file" in lines
     )
     assert lines[-1].startswith("runtime:   ok: torch ")
+
+
+def test_the_daemon_refuses_a_certificate_naming_another_site(tmp_path, pki):
+    """`site` in agent.toml that differs from the certificate's name: one line, exit 2."""
+    (tmp_path / "d.csv").write_text(GOOD)
+    cfg = _agent_config(
+        tmp_path,
+        pki.dir,
+        f'[datasets.t]\npath = "{tmp_path}/d.csv"\nfeatures = ["a", "b"]\nlabel = "y"\n',
+    )
+    cfg.write_text(
+        cfg.read_text().replace(
+            'federation = "testfed"', 'federation = "testfed"\nsite = "hospital-b"'
+        )
+    )
+    out = _agent("--config", str(cfg))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "confide-agent: config key 'site': is 'hospital-b' but tls.cert names site 'site-1': "
+        "is it another site's certificate?"
+    ]
