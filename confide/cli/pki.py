@@ -3,7 +3,8 @@
 Subcommands: ``init``, ``issue``, ``sign``, ``revoke``, ``show``, and ``enroll`` (run where the
 identity will live, not on the CA machine: keys and a CSR for the CA holder to ``sign``).
 Each handler is stored as ``func`` on the parsed namespace and returns an exit code: 0 on
-success, 2 for a ``ConfigError`` (one line on stderr naming the key or file), 1 for any other ``ConfideError``.
+success, 2 for a ``ConfigError`` (one line on stderr naming the key or file), 1 for any
+other ``ConfideError``.
 """
 
 from __future__ import annotations
