@@ -389,15 +389,14 @@ def _validate_secagg(spec: common_pb2.JobSpec) -> None:
         raise ConfigError(
             k + "threshold", f"count {int(sa.threshold)} exceeds min_sites {spec.min_sites}"
         )
-    if spec.min_sites < 2:
-        raise ConfigError("min_sites", "secure aggregation needs at least 2 sites")
     if sa.clip_range:
         _finite_positive(k + "clip_range", sa.clip_range)
     if sa.bits > 32:
         raise ConfigError(k + "bits", "must be between 1 and 32")
     if sa.stage_timeout_s:
         _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)
-    # Every round size the job allows, min_sites up to its max_sites (confide.secagg.params).
+    # Every round size the job allows, min_sites up to its max_sites (confide.secagg.params),
+    # the same rules the aggregator and every site apply: at least MIN_SECURE_SITES sites.
     job_rules(spec).validate()
     # The mechanism's parameters: the discrete one's grid fits the modulus, the continuous
     # one's clip cannot bite (names secure_aggregation.bits or .clip_range when not).

@@ -21,6 +21,7 @@ from typing import Any
 from confide.errors import InternalError
 from confide.jobspec import DEFAULT_LOSS_CLIP
 from confide.localfed import LocalFederation, partition_breast_cancer, partition_site
+from confide.secagg import MIN_SECURE_SITES
 from confide.v1 import admin_pb2, common_pb2
 
 __all__ = ["demo_job", "register", "run_demo"]
@@ -106,8 +107,8 @@ def _handle(args: argparse.Namespace) -> int:
     summary = run_demo(
         sites=args.sites,
         rounds=args.rounds,
-        # SecAgg+ needs at least 3 sites (a sum of 2 would reveal each to the other).
-        secure=not args.no_secure_aggregation and args.sites >= 3,
+        # The sum of two sites' updates would reveal each to the other (MIN_SECURE_SITES).
+        secure=not args.no_secure_aggregation and args.sites >= MIN_SECURE_SITES,
         private=not args.no_privacy,
         keep=args.keep,
         seed=args.seed,

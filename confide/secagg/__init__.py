@@ -23,7 +23,14 @@ from confide.secagg.client import (
     unmask,
 )
 from confide.secagg.graph import Graph, choose_degree, harary_graph
-from confide.secagg.params import RoundRules, SecAggParams, choose_params, job_params, job_rules
+from confide.secagg.params import (
+    MIN_SECURE_SITES,
+    RoundRules,
+    SecAggParams,
+    choose_params,
+    job_params,
+    job_rules,
+)
 from confide.secagg.prg import DEFAULT_CIPHER, PrgCipher, accumulate, expand
 from confide.secagg.quantize import Quantized, dequantize, quantize
 from confide.secagg.server import (
@@ -50,6 +57,7 @@ from confide.secagg.view import keys_digest, pair, session_id, view_digest
 
 __all__ = [
     "DEFAULT_CIPHER",
+    "MIN_SECURE_SITES",
     "AdvertisedKeys",
     "Attestation",
     "ClientStage",

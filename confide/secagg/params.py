@@ -49,12 +49,20 @@ __all__ = [
     "DEFAULT_CORRUPT_RATE",
     "DEFAULT_DROPOUT_RATE",
     "DEFAULT_THRESHOLD",
+    "MIN_SECURE_SITES",
     "RoundRules",
     "SecAggParams",
     "choose_params",
     "job_params",
     "job_rules",
 ]
+
+MIN_SECURE_SITES = 3
+"""The fewest sites a secure-aggregation round may sum, and so a secure job's least
+``min_sites``. With two, the sum the aggregator learns, less one site's own update, is the
+other's update: each site would learn the other's. This is the one place the rule lives;
+the job-file check (``confide.jobspec``), the aggregator and every site reach it through
+``RoundRules.params``."""
 
 DEFAULT_THRESHOLD = 2 / 3
 """t as a fraction of the k + 1 holders: above (1 + gamma)/2, below 1 - delta."""
@@ -133,8 +141,9 @@ class RoundRules:
         """The parameters of a round of n sites (see the module docstring).
 
         Raises:
-            ConfigError: naming ``secure_aggregation.{sites,neighbours,threshold,clip_range,
-                bits,dropout_rate,corrupt_rate}``.
+            ConfigError: naming ``min_sites`` (fewer than ``MIN_SECURE_SITES``) or
+                ``secure_aggregation.{neighbours,threshold,clip_range,bits,dropout_rate,
+                corrupt_rate}``.
         """
         return _params(self, n)
 
@@ -191,8 +200,12 @@ def _quorum(n: int, t: int, corrupt: float) -> int:
 
 
 def _check_common(rules: RoundRules, n: int) -> None:
-    if n < 3:
-        raise ConfigError("secure_aggregation.sites", f"need at least 3 sites, got {n}")
+    if n < MIN_SECURE_SITES:
+        raise ConfigError(
+            "min_sites",
+            f"secure aggregation needs at least {MIN_SECURE_SITES} sites, got {n}: with two, "
+            "the sum reveals each site's update to the other",
+        )
     if not 0 <= rules.dropout_rate < 1:
         raise ConfigError("secure_aggregation.dropout_rate", "must be in [0, 1)")
     if not 0 <= rules.corrupt_rate < 1:

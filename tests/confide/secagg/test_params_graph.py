@@ -67,7 +67,7 @@ def test_choose_params_defaults() -> None:
         ({"n": 10, "clip_range": 0.0}, "secure_aggregation.clip_range"),
         ({"n": 70_000, "bits": 16}, "secure_aggregation.bits"),
         ({"n": 10, "bits": 32}, "secure_aggregation.bits"),
-        ({"n": 2}, "secure_aggregation.sites"),
+        ({"n": 2}, "min_sites"),
         ({"n": 10, "dropout_rate": 1.0}, "secure_aggregation.dropout_rate"),
     ],
 )
