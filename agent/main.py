@@ -64,6 +64,7 @@ from confide import sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 from confide.pki import enroll, load_identity
+from confide.stdout import quiet_pipe
 from confide.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 __all__ = ["main"]
@@ -77,6 +78,10 @@ log = structlog.get_logger("confide.agent")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``confide-agent`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return quiet_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "enroll":

@@ -29,6 +29,7 @@ from confide import sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 from confide.pki import Role, make_key_and_csr
+from confide.stdout import quiet_pipe
 
 __all__ = ["main"]
 
@@ -94,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
     """
+    return quiet_pipe(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog=_PROG, description="Confide federation aggregator")
     parser.add_argument("--config", help="aggregator TOML file (required to run)")
     parser.add_argument("--log-json", action="store_true", help="force JSON log lines")

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from confide.errors import ConfideError, ConfigError
+from confide.stdout import quiet_pipe
 from confide.wire.status import error_from_rpc
 
 __all__ = ["build_parser", "main"]
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``confide`` command; config errors exit 2, other refusals exit 1."""
+    return quiet_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
