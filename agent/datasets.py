@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.standardize import Statistics, site_statistics
+from agent.standardize import apply as standardize
 from confide.config import Section
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
 from confide.v1 import common_pb2, federation_pb2
@@ -73,6 +75,8 @@ class DatasetConfig:
         label_type: ``int64`` or ``int32``.
         holdout_fraction: fraction of records kept for evaluation, in [0, 1).
         input_shape: when not empty, each record's features are reshaped to it (CNN).
+        standardize: centre and scale each feature by its mean and standard deviation over
+            this site's training records (``agent.standardize``).
     """
 
     name: str
@@ -84,6 +88,7 @@ class DatasetConfig:
     label_type: str = "int64"
     holdout_fraction: float = 0.2
     input_shape: tuple[int, ...] = field(default=())
+    standardize: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ def dataset_from_config(name: str, section: Section) -> DatasetConfig:
         isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape_raw
     ):
         raise ConfigError(section.key("input_shape"), "must be a list of positive integers")
+    standardize: bool = section.bool("standardize", False)
     section.done()
     return DatasetConfig(
         name=name,
@@ -159,6 +165,7 @@ def dataset_from_config(name: str, section: Section) -> DatasetConfig:
         label_type=label_type,
         holdout_fraction=holdout,
         input_shape=tuple(shape_raw),
+        standardize=standardize,
     )
 
 
@@ -204,6 +211,7 @@ def config_to_json(cfg: DatasetConfig) -> dict[str, Any]:
         "label_type": cfg.label_type,
         "holdout_fraction": cfg.holdout_fraction,
         "input_shape": list(cfg.input_shape),
+        "standardize": cfg.standardize,
     }
 
 
@@ -224,6 +232,7 @@ def config_from_json(data: dict[str, Any]) -> DatasetConfig:
             label_type=str(data["label_type"]),
             holdout_fraction=float(data["holdout_fraction"]),
             input_shape=tuple(int(d) for d in data["input_shape"]),
+            standardize=bool(data.get("standardize", False)),
         )
     except KeyError as exc:
         raise ConfigError(f"dataset.{exc.args[0]}", "is required but missing") from None
@@ -292,8 +301,11 @@ def _count_all(cfg: DatasetConfig) -> int:
     return n
 
 
-def load_arrays(cfg: DatasetConfig) -> LoadedData:
+def load_arrays(cfg: DatasetConfig, *, stats: Statistics | None = None) -> LoadedData:
     """Read the dataset file, check its columns and values, and split off the hold-out set.
+
+    Features are standardized with ``stats`` (the job's) when given, else with the site's
+    own training statistics when the dataset declares ``standardize`` (``agent.standardize``).
 
     Raises:
         PolicyRefusal: ``SCHEMA_MISMATCH``: a declared column is missing, or a value is not a
@@ -340,6 +352,13 @@ def load_arrays(cfg: DatasetConfig) -> LoadedData:
     perm = np.random.default_rng(seed).permutation(n)
     hold = np.sort(perm[:n_hold])
     train = np.sort(perm[n_hold:])
+    if stats is None and cfg.standardize:
+        stats = site_statistics(x32[train])
+    if stats is not None:
+        try:
+            x32 = np.ascontiguousarray(standardize(x32, stats), dtype=np.float32)
+        except ValueError as exc:
+            raise _mismatch(cfg, str(exc)) from None
     return LoadedData(x32[train], y[train], x32[hold], y[hold])
 
 

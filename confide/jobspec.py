@@ -15,6 +15,7 @@ e.g. ``privacy.sample.delta``; every table refuses keys it does not know, so a t
     [model]       kind = "logreg|mlp|cnn|fixed_delta"   hidden = [32]   fixed_delta_params = N
     [dataset]     name = "breast_cancer"  features = [...]  label = "target"  num_classes = 2
                   input_shape = [1, 8, 8]         # cnn only
+                  feature_mean = [...]  feature_scale = [...]   # standardization (optional)
     [training]    local_epochs = 1  batch_size = 32  learning_rate = 0.1  seed = 0
                   server_optimizer = "fedavg|fedadam"  server_learning_rate = 1.0  device = "auto"
     [privacy.sample]   # record-level DP-SGD in the worker (absent: none)
@@ -175,6 +176,8 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
     spec.dataset.label = d.str("label", "")
     spec.dataset.num_classes = d.int("num_classes", 2, min=0)
     spec.dataset.input_shape.extend(_uint_list(d, "input_shape"))
+    spec.dataset.feature_mean.extend(_float_list(d, "feature_mean"))
+    spec.dataset.feature_scale.extend(_float_list(d, "feature_scale"))
     d.done()
 
     t = root.section("training")
@@ -288,6 +291,30 @@ def attempt_limits(spec: common_pb2.JobSpec) -> tuple[int, int]:
     return per_round, retries
 
 
+def _float_list(s: Section, key: str) -> list[float]:
+    v = s.value(key, [])
+    if not isinstance(v, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+    ):
+        raise ConfigError(s.key(key), "must be a list of finite numbers")
+    return [float(x) for x in v]
+
+
+def _validate_standardization(ds: common_pb2.DatasetSpec) -> None:
+    """The job's feature means and scales: both or neither, one per column, scales > 0."""
+    mean, scale = list(ds.feature_mean), list(ds.feature_scale)
+    if not mean and not scale:
+        return
+    columns = math.prod(ds.input_shape) if ds.input_shape else len(ds.features)
+    for key, values in (("dataset.feature_mean", mean), ("dataset.feature_scale", scale)):
+        if len(values) != columns:
+            raise ConfigError(key, f"must give one value per feature column ({columns})")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(key, "must be finite numbers")
+    if any(v <= 0 for v in scale):
+        raise ConfigError("dataset.feature_scale", "must be > 0")
+
+
 def validate_job(spec: common_pb2.JobSpec) -> None:
     """Check a job as the aggregator receives it; every error names the job-file key.
 
@@ -308,6 +335,7 @@ def validate_job(spec: common_pb2.JobSpec) -> None:
         raise ConfigError("dataset.name", "must not be empty")
     _finite_positive("round_timeout_s", spec.round_timeout_s)
     parameter_shapes(spec.model, spec.dataset)
+    _validate_standardization(spec.dataset)
     if spec.model.kind != common_pb2.MODEL_KIND_FIXED_DELTA and not spec.dataset.label:
         raise ConfigError("dataset.label", "must name the label column")
     tr = spec.training

@@ -7,6 +7,7 @@ import os
 import torch
 
 from agent.datasets import DatasetConfig, load_arrays
+from agent.standardize import job_statistics
 from agent.training.device import resolve_device
 from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
 from agent.training.models import build_model, load_weights, weights_delta
@@ -38,7 +39,9 @@ class TorchJob:
     def __init__(self, job: common_pb2.JobSpec, dataset: DatasetConfig, device: str) -> None:
         self.job = job
         self.device = resolve_device(device)
-        data = load_arrays(dataset)
+        ds = job.dataset
+        stats = job_statistics(ds.feature_mean, ds.feature_scale) if ds.feature_mean else None
+        data = load_arrays(dataset, stats=stats)
         self.num_train = int(data.x_train.shape[0])
         self.num_holdout = int(data.x_holdout.shape[0])
         self.num_features = int(data.x_train[0].size) if self.num_train else 0

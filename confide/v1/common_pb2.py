@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63onfide/v1/common.proto\x12\nconfide.v1\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.confide.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"<\n\x06Tensor\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.confide.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"Z\n\nBlobHeader\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.confide.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"\xa9\x01\n\x08\x45nvelope\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12 \n\x05stage\x18\x05 \x01(\x0e\x32\x11.confide.v1.Stage\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x04\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"q\n\tModelSpec\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.confide.v1.ModelKind\x12\x0e\n\x06hidden\x18\x02 \x03(\r\x12\x1a\n\x12\x66ixed_delta_params\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ode_sha256\x18\x04 \x01(\x0c\"f\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x13\n\x0bnum_classes\x18\x04 \x01(\r\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\"\xa4\x01\n\rRecordPrivacy\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x03 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12*\n\naccountant\x18\x06 \x01(\x0e\x32\x16.confide.v1.Accountant\"{\n\rUpdatePrivacy\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12.\n\tmechanism\x18\x04 \x01(\x0e\x32\x1b.confide.v1.UpdateMechanism\"\x86\x01\n\x11SecureAggregation\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x12\n\nneighbours\x18\x03 \x01(\r\x12\x12\n\nclip_range\x18\x04 \x01(\x01\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x17\n\x0fstage_timeout_s\x18\x06 \x01(\x01\"V\n\x0e\x45valuationSpec\x12\x17\n\x0fmax_evaluations\x18\x01 \x01(\r\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x11\n\tloss_clip\x18\x03 \x01(\x01\"\xc2\x01\n\x0cTrainingSpec\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x35\n\x10server_optimizer\x18\x04 \x01(\x0e\x32\x1b.confide.v1.ServerOptimizer\x12\x1c\n\x14server_learning_rate\x18\x05 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"y\n\rAttemptLimits\x12\x1f\n\x12max_round_attempts\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0fmax_job_retries\x18\x02 \x01(\rH\x01\x88\x01\x01\x42\x15\n\x13_max_round_attemptsB\x12\n\x10_max_job_retries\"\x88\x01\n\x0f\x41ggregationSpec\x12)\n\x04rule\x18\x01 \x01(\x0e\x32\x1b.confide.v1.AggregationRule\x12\x15\n\rtrim_fraction\x18\x02 \x01(\x01\x12\x19\n\x11max_sample_weight\x18\x03 \x01(\x04\x12\x18\n\x10max_eval_samples\x18\x04 \x01(\x04\"\x98\x04\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.confide.v1.ModelSpec\x12(\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x17.confide.v1.DatasetSpec\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x11\n\tmin_sites\x18\x05 \x01(\r\x12\x17\n\x0fround_timeout_s\x18\x06 \x01(\x01\x12*\n\x08training\x18\x07 \x01(\x0b\x32\x18.confide.v1.TrainingSpec\x12\x31\n\x0erecord_privacy\x18\x08 \x01(\x0b\x32\x19.confide.v1.RecordPrivacy\x12\x31\n\x0eupdate_privacy\x18\t \x01(\x0b\x32\x19.confide.v1.UpdatePrivacy\x12\x39\n\x12secure_aggregation\x18\n \x01(\x0b\x32\x1d.confide.v1.SecureAggregation\x12\x17\n\x0ftarget_accuracy\x18\x0b \x01(\x01\x12+\n\x08\x61ttempts\x18\x0c \x01(\x0b\x32\x19.confide.v1.AttemptLimits\x12\x30\n\x0b\x61ggregation\x18\r \x01(\x0b\x32\x1b.confide.v1.AggregationSpec\x12.\n\nevaluation\x18\x0e \x01(\x0b\x32\x1a.confide.v1.EvaluationSpec*\x8a\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x12\x10\n\x0c\x44TYPE_UINT32\x10\x05\x12\x10\n\x0c\x44TYPE_UINT64\x10\x06*\xb7\x02\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTAGE_REGISTER\x10\x01\x12\x13\n\x0fSTAGE_HEARTBEAT\x10\x02\x12\x14\n\x10STAGE_OPEN_TASKS\x10\x03\x12\x15\n\x11STAGE_TASK_REPORT\x10\x04\x12\x10\n\x0cSTAGE_UPDATE\x10\x05\x12\x18\n\x14STAGE_ADVERTISE_KEYS\x10\x06\x12\x14\n\x10STAGE_SHARE_KEYS\x10\x07\x12\x16\n\x12STAGE_MASKED_INPUT\x10\x08\x12\x10\n\x0cSTAGE_UNMASK\x10\t\x12\r\n\tSTAGE_JOB\x10\n\x12\x15\n\x11STAGE_SECAGG_KEYS\x10\x0b\x12\x18\n\x14STAGE_SHARES_CHECKED\x10\x0c\x12\x15\n\x11STAGE_CONSISTENCY\x10\r*[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x13\n\x0fOUTCOME_REFUSED\x10\x03*\x82\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_KIND_LOGREG\x10\x01\x12\x12\n\x0eMODEL_KIND_MLP\x10\x02\x12\x12\n\x0eMODEL_KIND_CNN\x10\x03\x12\x1a\n\x16MODEL_KIND_FIXED_DELTA\x10\x04*n\n\x0fServerOptimizer\x12 \n\x1cSERVER_OPTIMIZER_UNSPECIFIED\x10\x00\x12\x1b\n\x17SERVER_OPTIMIZER_FEDAVG\x10\x01\x12\x1c\n\x18SERVER_OPTIMIZER_FEDADAM\x10\x02*P\n\nAccountant\x12\x1a\n\x16\x41\x43\x43OUNTANT_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43\x43OUNTANT_RDP\x10\x01\x12\x12\n\x0e\x41\x43\x43OUNTANT_PRV\x10\x02*\x85\x01\n\x0fUpdateMechanism\x12 \n\x1cUPDATE_MECHANISM_UNSPECIFIED\x10\x00\x12&\n\"UPDATE_MECHANISM_DISCRETE_GAUSSIAN\x10\x01\x12(\n$UPDATE_MECHANISM_CONTINUOUS_GAUSSIAN\x10\x02*\xab\x01\n\x0f\x41ggregationRule\x12 \n\x1c\x41GGREGATION_RULE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41GGREGATION_RULE_FEDAVG\x10\x01\x12\x19\n\x15\x41GGREGATION_RULE_MEAN\x10\x02\x12!\n\x1d\x41GGREGATION_RULE_TRIMMED_MEAN\x10\x03\x12\x1b\n\x17\x41GGREGATION_RULE_MEDIAN\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63onfide/v1/common.proto\x12\nconfide.v1\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.confide.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"<\n\x06Tensor\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.confide.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"Z\n\nBlobHeader\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.confide.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"\xa9\x01\n\x08\x45nvelope\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12 \n\x05stage\x18\x05 \x01(\x0e\x32\x11.confide.v1.Stage\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x04\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"q\n\tModelSpec\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.confide.v1.ModelKind\x12\x0e\n\x06hidden\x18\x02 \x03(\r\x12\x1a\n\x12\x66ixed_delta_params\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ode_sha256\x18\x04 \x01(\x0c\"\x93\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x13\n\x0bnum_classes\x18\x04 \x01(\r\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\x14\n\x0c\x66\x65\x61ture_mean\x18\x06 \x03(\x01\x12\x15\n\rfeature_scale\x18\x07 \x03(\x01\"\xa4\x01\n\rRecordPrivacy\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x03 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12*\n\naccountant\x18\x06 \x01(\x0e\x32\x16.confide.v1.Accountant\"{\n\rUpdatePrivacy\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12.\n\tmechanism\x18\x04 \x01(\x0e\x32\x1b.confide.v1.UpdateMechanism\"\x86\x01\n\x11SecureAggregation\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x12\n\nneighbours\x18\x03 \x01(\r\x12\x12\n\nclip_range\x18\x04 \x01(\x01\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x17\n\x0fstage_timeout_s\x18\x06 \x01(\x01\"V\n\x0e\x45valuationSpec\x12\x17\n\x0fmax_evaluations\x18\x01 \x01(\r\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x11\n\tloss_clip\x18\x03 \x01(\x01\"\xc2\x01\n\x0cTrainingSpec\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x35\n\x10server_optimizer\x18\x04 \x01(\x0e\x32\x1b.confide.v1.ServerOptimizer\x12\x1c\n\x14server_learning_rate\x18\x05 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"y\n\rAttemptLimits\x12\x1f\n\x12max_round_attempts\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0fmax_job_retries\x18\x02 \x01(\rH\x01\x88\x01\x01\x42\x15\n\x13_max_round_attemptsB\x12\n\x10_max_job_retries\"\x88\x01\n\x0f\x41ggregationSpec\x12)\n\x04rule\x18\x01 \x01(\x0e\x32\x1b.confide.v1.AggregationRule\x12\x15\n\rtrim_fraction\x18\x02 \x01(\x01\x12\x19\n\x11max_sample_weight\x18\x03 \x01(\x04\x12\x18\n\x10max_eval_samples\x18\x04 \x01(\x04\"\x98\x04\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.confide.v1.ModelSpec\x12(\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x17.confide.v1.DatasetSpec\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x11\n\tmin_sites\x18\x05 \x01(\r\x12\x17\n\x0fround_timeout_s\x18\x06 \x01(\x01\x12*\n\x08training\x18\x07 \x01(\x0b\x32\x18.confide.v1.TrainingSpec\x12\x31\n\x0erecord_privacy\x18\x08 \x01(\x0b\x32\x19.confide.v1.RecordPrivacy\x12\x31\n\x0eupdate_privacy\x18\t \x01(\x0b\x32\x19.confide.v1.UpdatePrivacy\x12\x39\n\x12secure_aggregation\x18\n \x01(\x0b\x32\x1d.confide.v1.SecureAggregation\x12\x17\n\x0ftarget_accuracy\x18\x0b \x01(\x01\x12+\n\x08\x61ttempts\x18\x0c \x01(\x0b\x32\x19.confide.v1.AttemptLimits\x12\x30\n\x0b\x61ggregation\x18\r \x01(\x0b\x32\x1b.confide.v1.AggregationSpec\x12.\n\nevaluation\x18\x0e \x01(\x0b\x32\x1a.confide.v1.EvaluationSpec*\x8a\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x12\x10\n\x0c\x44TYPE_UINT32\x10\x05\x12\x10\n\x0c\x44TYPE_UINT64\x10\x06*\xb7\x02\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTAGE_REGISTER\x10\x01\x12\x13\n\x0fSTAGE_HEARTBEAT\x10\x02\x12\x14\n\x10STAGE_OPEN_TASKS\x10\x03\x12\x15\n\x11STAGE_TASK_REPORT\x10\x04\x12\x10\n\x0cSTAGE_UPDATE\x10\x05\x12\x18\n\x14STAGE_ADVERTISE_KEYS\x10\x06\x12\x14\n\x10STAGE_SHARE_KEYS\x10\x07\x12\x16\n\x12STAGE_MASKED_INPUT\x10\x08\x12\x10\n\x0cSTAGE_UNMASK\x10\t\x12\r\n\tSTAGE_JOB\x10\n\x12\x15\n\x11STAGE_SECAGG_KEYS\x10\x0b\x12\x18\n\x14STAGE_SHARES_CHECKED\x10\x0c\x12\x15\n\x11STAGE_CONSISTENCY\x10\r*[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x13\n\x0fOUTCOME_REFUSED\x10\x03*\x82\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_KIND_LOGREG\x10\x01\x12\x12\n\x0eMODEL_KIND_MLP\x10\x02\x12\x12\n\x0eMODEL_KIND_CNN\x10\x03\x12\x1a\n\x16MODEL_KIND_FIXED_DELTA\x10\x04*n\n\x0fServerOptimizer\x12 \n\x1cSERVER_OPTIMIZER_UNSPECIFIED\x10\x00\x12\x1b\n\x17SERVER_OPTIMIZER_FEDAVG\x10\x01\x12\x1c\n\x18SERVER_OPTIMIZER_FEDADAM\x10\x02*P\n\nAccountant\x12\x1a\n\x16\x41\x43\x43OUNTANT_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43\x43OUNTANT_RDP\x10\x01\x12\x12\n\x0e\x41\x43\x43OUNTANT_PRV\x10\x02*\x85\x01\n\x0fUpdateMechanism\x12 \n\x1cUPDATE_MECHANISM_UNSPECIFIED\x10\x00\x12&\n\"UPDATE_MECHANISM_DISCRETE_GAUSSIAN\x10\x01\x12(\n$UPDATE_MECHANISM_CONTINUOUS_GAUSSIAN\x10\x02*\xab\x01\n\x0f\x41ggregationRule\x12 \n\x1c\x41GGREGATION_RULE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41GGREGATION_RULE_FEDAVG\x10\x01\x12\x19\n\x15\x41GGREGATION_RULE_MEAN\x10\x02\x12!\n\x1d\x41GGREGATION_RULE_TRIMMED_MEAN\x10\x03\x12\x1b\n\x17\x41GGREGATION_RULE_MEDIAN\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'confide.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2177
-  _globals['_DTYPE']._serialized_end=2315
-  _globals['_STAGE']._serialized_start=2318
-  _globals['_STAGE']._serialized_end=2629
-  _globals['_OUTCOME']._serialized_start=2631
-  _globals['_OUTCOME']._serialized_end=2722
-  _globals['_MODELKIND']._serialized_start=2725
-  _globals['_MODELKIND']._serialized_end=2855
-  _globals['_SERVEROPTIMIZER']._serialized_start=2857
-  _globals['_SERVEROPTIMIZER']._serialized_end=2967
-  _globals['_ACCOUNTANT']._serialized_start=2969
-  _globals['_ACCOUNTANT']._serialized_end=3049
-  _globals['_UPDATEMECHANISM']._serialized_start=3052
-  _globals['_UPDATEMECHANISM']._serialized_end=3185
-  _globals['_AGGREGATIONRULE']._serialized_start=3188
-  _globals['_AGGREGATIONRULE']._serialized_end=3359
+  _globals['_DTYPE']._serialized_start=2223
+  _globals['_DTYPE']._serialized_end=2361
+  _globals['_STAGE']._serialized_start=2364
+  _globals['_STAGE']._serialized_end=2675
+  _globals['_OUTCOME']._serialized_start=2677
+  _globals['_OUTCOME']._serialized_end=2768
+  _globals['_MODELKIND']._serialized_start=2771
+  _globals['_MODELKIND']._serialized_end=2901
+  _globals['_SERVEROPTIMIZER']._serialized_start=2903
+  _globals['_SERVEROPTIMIZER']._serialized_end=3013
+  _globals['_ACCOUNTANT']._serialized_start=3015
+  _globals['_ACCOUNTANT']._serialized_end=3095
+  _globals['_UPDATEMECHANISM']._serialized_start=3098
+  _globals['_UPDATEMECHANISM']._serialized_end=3231
+  _globals['_AGGREGATIONRULE']._serialized_start=3234
+  _globals['_AGGREGATIONRULE']._serialized_end=3405
   _globals['_TENSORSPEC']._serialized_start=39
   _globals['_TENSORSPEC']._serialized_end=114
   _globals['_TENSOR']._serialized_start=116
@@ -57,22 +57,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVELOPE']._serialized_end=440
   _globals['_MODELSPEC']._serialized_start=442
   _globals['_MODELSPEC']._serialized_end=555
-  _globals['_DATASETSPEC']._serialized_start=557
-  _globals['_DATASETSPEC']._serialized_end=659
-  _globals['_RECORDPRIVACY']._serialized_start=662
-  _globals['_RECORDPRIVACY']._serialized_end=826
-  _globals['_UPDATEPRIVACY']._serialized_start=828
-  _globals['_UPDATEPRIVACY']._serialized_end=951
-  _globals['_SECUREAGGREGATION']._serialized_start=954
-  _globals['_SECUREAGGREGATION']._serialized_end=1088
-  _globals['_EVALUATIONSPEC']._serialized_start=1090
-  _globals['_EVALUATIONSPEC']._serialized_end=1176
-  _globals['_TRAININGSPEC']._serialized_start=1179
-  _globals['_TRAININGSPEC']._serialized_end=1373
-  _globals['_ATTEMPTLIMITS']._serialized_start=1375
-  _globals['_ATTEMPTLIMITS']._serialized_end=1496
-  _globals['_AGGREGATIONSPEC']._serialized_start=1499
-  _globals['_AGGREGATIONSPEC']._serialized_end=1635
-  _globals['_JOBSPEC']._serialized_start=1638
-  _globals['_JOBSPEC']._serialized_end=2174
+  _globals['_DATASETSPEC']._serialized_start=558
+  _globals['_DATASETSPEC']._serialized_end=705
+  _globals['_RECORDPRIVACY']._serialized_start=708
+  _globals['_RECORDPRIVACY']._serialized_end=872
+  _globals['_UPDATEPRIVACY']._serialized_start=874
+  _globals['_UPDATEPRIVACY']._serialized_end=997
+  _globals['_SECUREAGGREGATION']._serialized_start=1000
+  _globals['_SECUREAGGREGATION']._serialized_end=1134
+  _globals['_EVALUATIONSPEC']._serialized_start=1136
+  _globals['_EVALUATIONSPEC']._serialized_end=1222
+  _globals['_TRAININGSPEC']._serialized_start=1225
+  _globals['_TRAININGSPEC']._serialized_end=1419
+  _globals['_ATTEMPTLIMITS']._serialized_start=1421
+  _globals['_ATTEMPTLIMITS']._serialized_end=1542
+  _globals['_AGGREGATIONSPEC']._serialized_start=1545
+  _globals['_AGGREGATIONSPEC']._serialized_end=1681
+  _globals['_JOBSPEC']._serialized_start=1684
+  _globals['_JOBSPEC']._serialized_end=2220
 # @@protoc_insertion_point(module_scope)

@@ -180,18 +180,22 @@ class ModelSpec(_message.Message):
     def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., hidden: _Optional[_Iterable[int]] = ..., fixed_delta_params: _Optional[int] = ..., code_sha256: _Optional[bytes] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "features", "label", "num_classes", "input_shape")
+    __slots__ = ("name", "features", "label", "num_classes", "input_shape", "feature_mean", "feature_scale")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MEAN_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SCALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     features: _containers.RepeatedScalarFieldContainer[str]
     label: str
     num_classes: int
     input_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    feature_mean: _containers.RepeatedScalarFieldContainer[float]
+    feature_scale: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_mean: _Optional[_Iterable[float]] = ..., feature_scale: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RecordPrivacy(_message.Message):
     __slots__ = ("enabled", "noise_multiplier", "target_epsilon", "max_grad_norm", "delta", "accountant")
