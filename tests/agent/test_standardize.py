@@ -16,7 +16,9 @@ from confide.jobspec import job_from_toml
 
 def _csv(tmp_path, x: np.ndarray, y: np.ndarray, **kw) -> DatasetConfig:
     path = tmp_path / "d.csv"
-    rows = "".join(",".join(f"{v:.9g}" for v in (*r, int(lab))) + "\n" for r, lab in zip(x, y))
+    rows = "".join(
+        ",".join(f"{v:.9g}" for v in (*r, int(lab))) + "\n" for r, lab in zip(x, y, strict=True)
+    )
     path.write_text("a,b,y\n" + rows)
     return DatasetConfig("d", path, DataFormat.CSV, ("a", "b"), "y", **kw)
 
