@@ -134,7 +134,7 @@ class Executor:
                 summary = failure_summary(self.store, job_id, rnd, attempt=attempt)
                 if not summary:  # none took part: say who has the dataset but cannot use it
                     reports = self.sites.unusable_reports(job.spec.dataset.name)
-                    summary = unusable_summary(reports)
+                    summary = unusable_summary(reports, details=False)
                 if summary:
                     error = f"{error}; {summary}"
             if a.phase is not r.RoundPhase.DONE:

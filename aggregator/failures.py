@@ -165,10 +165,15 @@ def clean_problems(
     return tuple(out)
 
 
-def unusable_summary(reports: list[tuple[str, federation_pb2.DatasetProblem]]) -> str:
-    """One line naming the sites that declared a job's dataset but found it unusable."""
+def unusable_summary(
+    reports: list[tuple[str, federation_pb2.DatasetProblem]], *, details: bool = True
+) -> str:
+    """One line naming the sites that declared a job's dataset but found it unusable, with
+    each one's detail, or (``details=False``, for a job's error) its reason code only."""
     parts = [
-        f"{site} has it but reports it unusable ({p.reason}: {p.detail})" for site, p in reports
+        f"{site} has it but reports it unusable ({p.reason}"
+        + (f": {p.detail})" if details else ")")
+        for site, p in reports
     ]
     if len(parts) > _MAX_IN_SUMMARY:
         parts = [*parts[:_MAX_IN_SUMMARY], f"and {len(parts) - _MAX_IN_SUMMARY} more sites"]

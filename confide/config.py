@@ -46,7 +46,11 @@ def parse_toml(text: str, *, source: str = "<config>") -> Section:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, f"not valid TOML: {exc}") from exc
-    return Section(data, base_dir=Path(source).parent if source != "<config>" else None)
+    # Absolute, so a path stays right for a process started elsewhere (the agent's worker
+    # runs in a sandbox with another working directory): `--config agent.toml` with
+    # `path = "heart.csv"` means the file beside agent.toml, wherever it is read from.
+    base_dir = Path(source).absolute().parent if source != "<config>" else None
+    return Section(data, base_dir=base_dir)
 
 
 class Section:

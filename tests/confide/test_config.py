@@ -59,3 +59,12 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[tls]\ncert = 'x.crt'\n")
     assert load_toml(p).section("tls").path("cert") == tmp_path / "x.crt"
+
+
+def test_relative_paths_resolve_to_absolute_ones_beside_the_config_file(tmp_path, monkeypatch):
+    """A config named by a relative path gives absolute paths: a worker elsewhere finds them."""
+    from confide.config import load_toml
+
+    (tmp_path / "agent.toml").write_text('path = "heart.csv"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_toml("agent.toml").path("path") == tmp_path / "heart.csv"
