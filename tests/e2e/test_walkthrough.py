@@ -86,7 +86,8 @@ def test_the_readme_walkthrough_runs_with_the_example_files(tmp_path):
         csr = str(agg / "pki" / "aggregator.csr")
         san = ["--dns", "localhost", "--ip", "127.0.0.1"]
         _run([*CONFIDE, "pki", "sign", csr, "--role", "aggregator", *san, "--dir", str(ca)])
-        shutil.copy(ca / "ca.crt", agg / "pki" / "ca.crt")
+        for name in ("ca.crt", "crl.pem"):
+            shutil.copy(ca / name, agg / "pki" / name)
         _run([*CONFIDE, "init", "aggregator", "--out", str(agg / "aggregator.toml")])
         _edit(agg / "aggregator.toml", ('listen = "0.0.0.0:7443"', 'listen = "127.0.0.1:0"'))
         with (agg / "log").open("wb") as log:
