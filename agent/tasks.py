@@ -64,7 +64,7 @@ from agent.site_policy import DatasetPolicy, PolicyHolder
 from agent.transport import Transport
 from agent.worker.protocol import EvalResult, WorkerFailed
 from agent.workers import WorkerFactory, WorkerHandle, WorkerPool, start_worker
-from confide.disclose import public_detail
+from confide.disclose import one_line, public_detail
 from confide.errors import (
     ConfideError,
     InternalError,
@@ -504,11 +504,20 @@ class TaskRunner:
                 # worker's stderr), so the aggregator gets the reason and, unless the error
                 # is marked public (it quotes no data), a fixed sentence; the full message is
                 # in this site's log (event task_failed).
-                message=public_detail(
-                    err, fallback=f"{what} ({cause}); details are in the site's log"
+                message=_detail(
+                    err, rule, fallback=f"{what} ({cause}); details are in the site's log"
                 ),
             ),
         )
+
+
+def _detail(err: ConfideError, rule: str, *, fallback: str) -> str:
+    """The report's one line: the error's public text with the refusing rule, or ``fallback``."""
+    if not err.public:
+        return public_detail(err, fallback=fallback)
+    return one_line(
+        f"{public_detail(err, fallback=fallback)}" + (f" (rule {rule})" if rule else "")
+    )
 
 
 def _check_ack(ack: federation_pb2.Ack, what: str) -> None:

@@ -19,7 +19,7 @@ def test_a_schema_refusal_tells_the_aggregator_which_feature(pki, runner, aggreg
     rep = report_of(pki, aggregator.reports[0])
     assert (rep.reason, rep.message) == (
         "schema_mismatch",
-        "dataset 'tabular': unknown feature 'zz'",
+        "dataset 'tabular': unknown feature 'zz' (rule datasets.tabular)",
     )
 
 
