@@ -20,7 +20,7 @@ import structlog
 
 from aggregator.config import load_config
 from aggregator.server import build
-from confide import sdnotify
+from confide import __version__, sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         argv: command-line arguments (default: ``sys.argv[1:]``).
     """
     parser = argparse.ArgumentParser(prog=_PROG, description="Confide federation aggregator")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", required=True, help="aggregator TOML file")
     parser.add_argument("--log-json", action="store_true", help="force JSON log lines")
     args = parser.parse_args(argv)
