@@ -194,6 +194,31 @@ def _maintainer_script(name: str, part: Part) -> str:
     return text.replace("@AGENT_CHECK@\n", _AGENT_CHECK + "\n" if part.name == "agent" else "")
 
 
+_SUMMARY = {
+    "confide-agent": "Confide site agent: the daemon and its local commands",
+    "confide-aggregator": "Confide federation aggregator",
+    "confide": "Confide operator command line",
+}
+
+
+def _manpage(cmd: str, pkg: str, help_text: str, ver: str, epoch: int) -> str:
+    """A short manual page: the command's own --help, and where the full docs are."""
+
+    def roff(line: str) -> str:
+        line = line.replace("\\", "\\e").replace("-", "\\-")
+        return "\\&" + line if line.startswith((".", "'")) else line
+
+    date = time.strftime("%Y-%m-%d", time.gmtime(epoch))
+    body = "\n".join(roff(ln) for ln in help_text.rstrip().splitlines())
+    return (
+        f'.TH {cmd.upper()} 1 "{date}" "confide {ver}" "Confide"\n'
+        f".SH NAME\n{roff(cmd)} \\- {_SUMMARY[cmd]}\n"
+        f".SH SYNOPSIS\n.nf\n{body}\n.fi\n"
+        f".SH SEE ALSO\n/usr/share/doc/{roff(pkg)}/README.md.gz,\n"
+        f"/usr/share/doc/{roff(pkg)}/packaging.md.gz\n"
+    )
+
+
 def _md5sums(root: Path, conffiles: set[str]) -> str:
     lines = []
     for path in sorted(root.rglob("*")):
@@ -237,6 +262,9 @@ def stage(part: Part, *, wheel: Path, work: Path, ver: str, arch: str) -> Path:
         link = root / "usr/bin" / cmd
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(f"{prefix}/bin/{cmd}")
+        helped = (work / "help" / f"{cmd}.txt").read_text()
+        page = _manpage(cmd, pkg, helped, ver, _epoch()).encode()
+        _gzip(root / "usr/share/man/man1" / f"{cmd}.1.gz", page)
 
     unit = f"{pkg}.service"
     _write(root / "lib/systemd/system" / unit, (ROOT / "systemd" / unit).read_text())

@@ -160,6 +160,8 @@ def build_venv(
     Installs the project wheel with the part's extras, pinned by constraints.txt, without pip
     in the venv (it is the package manager's, not for pip) and without bytecode (the
     package's postinst compiles it at the installed path; Debian packages ship no .pyc).
+    Then runs each kept command's ``--help`` at the installed path, which proves the venv
+    works there and leaves the text in ``work/help/COMMAND.txt`` for the manual pages.
 
     Args:
         part: ``agent`` or ``aggregator``.
@@ -185,8 +187,21 @@ def build_venv(
         ROOT / "constraints.txt",
         f"{wheel}{EXTRAS[part]}",
     ]
+    helps = work / "help"
+    helps.mkdir(exist_ok=True)
+    run_help = [
+        [
+            "sh",
+            "-c",
+            f"PYTHONDONTWRITEBYTECODE=1 COLUMNS=80 {target}/bin/{cmd} --help"
+            f" > {shlex.quote(str(helps / cmd))}.txt",
+        ]
+        for cmd in keep_commands
+    ]
     script = _namespace_script(
-        stage, target, [[DEBIAN_PYTHON, "-m", "venv", "--without-pip", target], install]
+        stage,
+        target,
+        [[DEBIAN_PYTHON, "-m", "venv", "--without-pip", target], install, *run_help],
     )
     unshare = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     run([*unshare, "sh", "-c", script])

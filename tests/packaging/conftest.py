@@ -14,12 +14,14 @@ Speed-ups for local runs (CI uses neither and builds everything from scratch):
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import os
 import re
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -176,11 +178,22 @@ class Chroot:
         _remove_root(self.path)
 
 
+# Two cores in CI: debootstrap (mostly download) and lintian (one core for minutes on the
+# agent's 1.2 GB) run in the background while the builds and installs use the other core.
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="packaging")
+
+
 @pytest.fixture(scope="session")
-def bookworm_tar() -> Path:
-    """The cached (or freshly made) minbase bookworm root as a tar."""
+def _bookworm_future() -> concurrent.futures.Future[Path]:
+    """debootstrap (or the day's cached tar), started as soon as any packaging test needs it."""
     need_packaging_host()
-    return _debootstrap_tar()
+    return _POOL.submit(_debootstrap_tar)
+
+
+@pytest.fixture(scope="session")
+def bookworm_tar(_bookworm_future: concurrent.futures.Future[Path]) -> Path:
+    """The cached (or freshly made) minbase bookworm root as a tar."""
+    return _bookworm_future.result(timeout=1800)
 
 
 def _dist_override() -> Path | None:
@@ -189,29 +202,49 @@ def _dist_override() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def debs(
+    tmp_path_factory: pytest.TempPathFactory, _bookworm_future: concurrent.futures.Future[Path]
+) -> dict[str, Path]:
     """Both .debs, built by packaging/build-deb (or taken from CONFIDE_PACKAGING_DIST)."""
-    need_packaging_host()
     out = _dist_override()
     if out is None:
         out = tmp_path_factory.mktemp("dist")
         work = tmp_path_factory.mktemp("work")
+        t0 = time.monotonic()
         sh([REPO / "packaging/build-deb", "--out", out, "--work", work], timeout=1800)
+        print(f"build-deb: {time.monotonic() - t0:.0f}s")
         _remove_root(work)
     found = {p: next(out.glob(f"confide-{p}_{VERSION}_*.deb"), None) for p in PARTS}
     assert all(found.values()), f"build-deb made {sorted(out.iterdir())}"
     return {p: path for p, path in found.items() if path is not None}
 
 
+def _lintian(deb: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    done = sh(["lintian", "--tag-display-limit", "0", deb], check=False, timeout=3600)
+    return done, time.monotonic() - t0
+
+
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lintian(
+    debs: dict[str, Path],
+) -> dict[str, concurrent.futures.Future[tuple[subprocess.CompletedProcess[str], float]]]:
+    """lintian's run on each .deb (output, seconds), started in the background once built."""
+    return {part: _POOL.submit(_lintian, deb) for part, deb in debs.items()}
+
+
+@pytest.fixture(scope="session")
+def bundle(
+    tmp_path_factory: pytest.TempPathFactory, _bookworm_future: concurrent.futures.Future[Path]
+) -> Path:
     """The offline bundle, built by packaging/build-bundle (or from CONFIDE_PACKAGING_DIST)."""
-    need_packaging_host()
     out = _dist_override()
     if out is None:
         out = tmp_path_factory.mktemp("bundle")
         work = tmp_path_factory.mktemp("bwork")
+        t0 = time.monotonic()
         sh([REPO / "packaging/build-bundle", "--out", out, "--work", work], timeout=1800)
+        print(f"build-bundle: {time.monotonic() - t0:.0f}s")
         shutil.rmtree(work)
     found = next(out.glob(f"confide-bundle-{VERSION}-*.tar"), None)
     assert found is not None, f"build-bundle made {sorted(out.iterdir())}"

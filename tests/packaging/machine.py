@@ -86,15 +86,23 @@ class Machine:
 
     def boot(self) -> str:
         """Wait until systemd reports the boot finished; unmask /proc as a host has it."""
-        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=180)
-        if state.stdout.strip() not in ("running", "degraded"):
-            raise BootError(f"system state {state.stdout.strip()!r}: {self.log()}")
+        deadline = time.monotonic() + 180
+        state = ""
+        while time.monotonic() < deadline:
+            # "offline" until systemd's socket exists; --wait then waits out "starting".
+            done = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=180)
+            state = done.stdout.strip()
+            if state not in ("offline", "initializing", "starting", ""):
+                break
+            time.sleep(0.5)  # polling for systemd's control socket, bounded by the deadline
+        if state not in ("running", "degraded"):
+            raise BootError(f"system state {state!r}: {self.log()}")
         for mask in ("/proc/kmsg", "/proc/sys/kernel/random/boot_id"):
             self.run("umount", mask, check=False)
         masks = self.run("findmnt", "-rno", "TARGET", "-R", "/proc").stdout.split()
         if masks != ["/proc"]:
             raise BootError(f"mounts over /proc remain: {masks}")
-        return state.stdout.strip()
+        return state
 
     def close(self) -> None:
         """Power the container off (SIGTERM to nspawn), killing it if it hangs."""
