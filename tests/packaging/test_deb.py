@@ -192,7 +192,7 @@ confide pki init --dir /root/ca --federation acme
 confide pki issue aggregator --role aggregator --dir /root/ca --dns localhost --ip 127.0.0.1
 confide pki issue alice --role operator --dir /root/ca
 install -o confide -g confide -m 0644 /root/ca/ca.crt /etc/confide/pki/ca.crt
-for f in aggregator.crt aggregator.key aggregator.sign.key; do
+for f in aggregator.crt aggregator.key aggregator.sign.key crl.pem; do
   install -o confide -g confide -m 0600 /root/ca/$f /etc/confide/pki/$f
 done
 runuser -u confide -- confide-agent enroll --dir /etc/confide/pki --name hospital-a
@@ -201,6 +201,7 @@ confide pki sign /etc/confide/pki/hospital-a.csr --role site --dir /root/ca \\
 chown confide:confide /etc/confide/pki/hospital-a.crt
 sed -i 's|^address = .*|address = "127.0.0.1:7443"|' /etc/confide/agent.toml
 sed -i 's|^listen = .*|listen = "127.0.0.1:7443"|' /etc/confide/aggregator.toml
+sed -i 's|^#* *crl = .*|crl = "pki/crl.pem"|' /etc/confide/aggregator.toml
 cat >> /etc/confide/agent.toml <<EOF
 
 [datasets.toy]
