@@ -2,7 +2,8 @@
 
 One module-scoped root gets both packages through ``apt-get install ./x.deb`` (so apt fetches
 exactly what Depends names and nothing else), then systemd, as a real host has. The tests
-run in file order and the last one removes and purges: nothing after it needs the packages.
+run in file order: the one that removes and purges comes after every test that needs the
+installed packages, and lintian's verdict (it runs in the background) is collected last.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def test_package_layout(debs: dict[str, Path], lintian, part: str) -> None:
         f"./usr/share/doc/confide-{part}/copyright",
         f"./usr/share/lintian/overrides/confide-{part}",
         *(f"./usr/bin/{cmd}" for cmd in COMMANDS[part]),
+        *(f"./usr/share/man/man1/{cmd}.1.gz" for cmd in COMMANDS[part]),
         f"{site}agent/main.py" if part == "agent" else f"{site}aggregator/main.py",
     ):
         assert needed in names, needed
