@@ -60,7 +60,7 @@ from agent.site_policy import DatasetPolicy, PolicyHolder, SitePolicy
 from agent.tasks import SiteContext, TaskRunner
 from agent.transport import GrpcTransport
 from agent.workers import WorkerFactory, WorkerHandle, worker_factory
-from confide import sdnotify
+from confide import __version__, sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 from confide.pki import enroll, load_identity
@@ -112,6 +112,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=_PROG, description="Confide site agent")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", type=Path, help="agent.toml")
     sub = p.add_subparsers(dest="command")
     e = sub.add_parser("enroll", help="make this site's keys and a CSR for the operator")

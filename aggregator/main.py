@@ -25,7 +25,7 @@ import structlog
 
 from aggregator.config import load_config
 from aggregator.server import build
-from confide import sdnotify
+from confide import __version__, sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
 from confide.pki import Role, make_key_and_csr
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog=_PROG, description="Confide federation aggregator")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help="aggregator TOML file (required to run)")
     parser.add_argument("--log-json", action="store_true", help="force JSON log lines")
     sub = parser.add_subparsers(dest="command")

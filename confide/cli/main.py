@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from confide import __version__
 from confide.errors import ConfideError, ConfigError
 from confide.stdout import quiet_pipe
 from confide.wire.status import error_from_rpc
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="confide", description="Federated learning for organizations that must not move data."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--config",
         type=Path,
