@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         for section, key, value in part.settings:
             text = set_key(text, section, key, value)
         (tree / "examples" / part.config).write_text(text)
-    operator = config_source("operator.toml")
-    if operator.is_file():
-        shutil.copy2(operator, tree / "examples" / "operator.toml")
+    shutil.copy2(config_source("operator.toml"), tree / "examples" / "operator.toml")
 
     files = sorted(p for p in tree.rglob("*") if p.is_file())
     sums = "".join(f"{sha256(p)}  {p.relative_to(tree).as_posix()}\n" for p in files)

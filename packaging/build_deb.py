@@ -98,11 +98,15 @@ _AGENT_CHECK = """\
 
 
 def config_source(name: str) -> Path:
-    """The commented example config: examples/ when the tree has it, else packaging/etc/."""
-    for candidate in (ROOT / "examples" / name, ROOT / "confide" / "examples" / name):
-        if candidate.is_file():
-            return candidate
-    return HERE / "etc" / name
+    """The commented example config the package ships: examples/<name>.
+
+    Raises:
+        SystemExit: the tree has no such example.
+    """
+    path = ROOT / "examples" / name
+    if not path.is_file():
+        sys.exit(f"{path} is missing: the packages ship the examples' configs")
+    return path
 
 
 def set_key(text: str, section: str, key: str, value: str) -> str:
@@ -284,9 +288,7 @@ def stage(part: Part, *, wheel: Path, work: Path, ver: str, arch: str) -> Path:
     for source, name in part.docs:
         _write(doc / "examples" / name, source.read_text())
     if part.name == "aggregator":
-        operator = config_source("operator.toml")
-        if operator.is_file():
-            _write(doc / "examples" / "operator.toml", operator.read_text())
+        _write(doc / "examples" / "operator.toml", config_source("operator.toml").read_text())
     _write(root / "usr/share/lintian/overrides" / pkg, _overrides(pkg))
 
     debian = root / "DEBIAN"
