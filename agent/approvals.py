@@ -32,6 +32,7 @@ from pathlib import Path
 from agent.policy import RuleRefusal
 from agent.site_audit import SiteAudit, code_hash
 from confide.errors import ConfideError, InternalError, Reason
+from confide.statefiles import open_database
 from confide.v1 import common_pb2, federation_pb2
 
 __all__ = [
@@ -161,14 +162,7 @@ class Approvals:
     ) -> None:
         if not (math.isfinite(expires_s) and expires_s > 0):
             raise ValueError("expires_s must be a positive number of seconds")
-        try:
-            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            if str(path) != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise InternalError(f"cannot open approvals in {path}: {exc}") from exc
+        self._conn = open_database(path, schema=_SCHEMA, what="approvals")
         self._lock = threading.Lock()
         self._expires_s = expires_s
         self._audit = audit

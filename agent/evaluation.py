@@ -50,6 +50,7 @@ from confide.dp.evaluation import (
     release_evaluation,
 )
 from confide.errors import InternalError, PolicyRefusal, Reason
+from confide.statefiles import open_database
 from confide.v1 import common_pb2, federation_pb2
 
 __all__ = ["EvaluationEvent", "Evaluations", "ledger_job_id"]
@@ -116,15 +117,7 @@ class Evaluations:
         versions: ModelVersions | None = None,
         audit: SiteAudit | None = None,
     ) -> None:
-        try:
-            self._conn = sqlite3.connect(
-                str(path), check_same_thread=False, isolation_level=None, timeout=30.0
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise InternalError(f"cannot open the evaluation log in {path}: {exc}") from exc
+        self._conn = open_database(path, schema=_SCHEMA, what="the evaluation log")
         self._privacy = privacy
         self.versions = versions if versions is not None else ModelVersions(path)
         self.audit = audit

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from confide.errors import InternalError, MalformedMessage, PolicyRefusal, Reason
 from confide.lineage import CHAIN_BYTES, chain_anchor, chain_link, initial_model_sha
+from confide.statefiles import open_database
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import encode_tensors
 from confide.wire.blob import NamedArrays
@@ -83,15 +84,7 @@ class ModelVersions:
     """
 
     def __init__(self, path: Path | str = ":memory:") -> None:
-        try:
-            self._conn = sqlite3.connect(
-                str(path), check_same_thread=False, isolation_level=None, timeout=30.0
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise InternalError(f"cannot open model versions in {path}: {exc}") from exc
+        self._conn = open_database(path, schema=_SCHEMA, what="model versions")
         self._lock = threading.Lock()
         self._initial: dict[bytes, str] = {}
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from confide.audit_chain import GENESIS, canonical_json, link_hash, verify_chain
 from confide.errors import InternalError
+from confide.statefiles import open_database
 from confide.v1 import common_pb2, federation_pb2
 
 __all__ = ["AUDIT_FILE", "SiteAudit", "SiteEntry", "code_hash"]
@@ -148,14 +149,7 @@ class SiteAudit:
     """
 
     def __init__(self, path: Path | str) -> None:
-        try:
-            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            if str(path) != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise InternalError(f"cannot open the audit log {path}: {exc}") from exc
+        self._conn = open_database(path, schema=_SCHEMA, what="the audit log")
         self._lock = threading.Lock()
         self._open: dict[str, _Facts] = {}
 

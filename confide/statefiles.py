@@ -10,9 +10,12 @@ gives its ``-wal`` and ``-shm`` files the database file's mode).
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "private_dir", "private_file"]
+from confide.errors import InternalError
+
+__all__ = ["DIR_MODE", "FILE_MODE", "open_database", "private_dir", "private_file"]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -59,3 +62,32 @@ def private_file(path: Path) -> Path:
         except FileNotFoundError:
             continue
     return path
+
+
+def open_database(path: Path | str, *, schema: str, what: str) -> sqlite3.Connection:
+    """Open (creating 0600) a daemon's SQLite state file: WAL, ``synchronous=FULL``, ``schema``.
+
+    Autocommit mode (callers open their own transactions); usable from several threads
+    (callers hold their own lock). ``":memory:"`` gives a private in-memory database (tests).
+
+    Args:
+        path: the database file, or ``":memory:"``.
+        schema: SQL run at open (``CREATE TABLE IF NOT EXISTS ...``).
+        what: what the file holds, for the error message (e.g. ``"the audit log"``).
+
+    Raises:
+        InternalError: the file cannot be created, opened or given its schema.
+    """
+    try:
+        if str(path) != ":memory:":
+            private_file(Path(path))
+        conn = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        if str(path) != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema)
+    except (OSError, sqlite3.Error) as exc:
+        raise InternalError(f"cannot open {what} in {path}: {exc}") from exc
+    return conn
