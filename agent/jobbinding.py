@@ -9,13 +9,12 @@ its own SQLite, next to the privacy ledger) and refuses the digest under any oth
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from confide.errors import InternalError, PolicyRefusal, Reason
-from confide.statefiles import private_file
+from confide.errors import PolicyRefusal, Reason
+from confide.statefiles import open_database
 from confide.v1 import common_pb2
 
 __all__ = ["JobBindings"]
@@ -37,14 +36,7 @@ class JobBindings:
     """
 
     def __init__(self, path: Path) -> None:
-        try:
-            private_file(path)  # 0600 under any umask (normally the ledger made it already)
-            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise InternalError(f"cannot open job bindings in {path}: {exc}") from exc
+        self._conn = open_database(path, schema=_SCHEMA, what="job bindings")
         self._lock = threading.Lock()
 
     def bind(self, signed_job: common_pb2.Envelope, job_id: str) -> None:
