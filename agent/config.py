@@ -1,7 +1,7 @@
 """The agent daemon's configuration (``agent.toml``), read once at start-up.
 
 The site policy (``[policy]``, ``[policy.datasets.NAME]``, ``[datasets.NAME]``, ``[sandbox]``;
-``agent.site_policy``) is read from here too, unless ``policy = "policy.toml"`` names a
+``agent.admission.site_policy``) is read from here too, unless ``policy = "policy.toml"`` names a
 separate policy file: then those tables must be in that file only (in ``agent.toml`` they are
 refused, naming the key), and SIGHUP reloads it without dropping the connection.
 
@@ -26,7 +26,7 @@ file at fault).
     [sandbox]     (P) allow_unsandboxed = false   # true: run workers unisolated where bwrap fails
                   memory_mb = 8192  cpu_seconds = 86400  processes = 512  open_files = 1024
                   threads = 0  tmp_mb = 1024  gpus = [0]   # GPU ids the worker may use
-    [datasets.NAME]          (P) ...    # agent.datasets.dataset_from_config reads the table
+    [datasets.NAME]          (P) ...    # agent.data.datasets.dataset_from_config reads the table
     [policy]      (P) trusted_signers = ["alice"]    # empty: any operator of the federation CA
                   allowed_models = ["logreg", "mlp"]    # built-in kinds (default: all)
                   allowed_bundles = ["<sha256 hex>"]    # or "trusted-signers"; default none
@@ -47,9 +47,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.approvals import ApprovalMode
-from agent.datasets import DatasetConfig
-from agent.site_policy import (
+from agent.admission.approvals import ApprovalMode
+from agent.admission.site_policy import (
     POLICY_TABLES,
     AttemptCaps,
     DatasetPolicy,
@@ -58,6 +57,7 @@ from agent.site_policy import (
     load_policy,
     policy_from_section,
 )
+from agent.data.datasets import DatasetConfig
 from confide.config import Section, load_toml
 from confide.errors import ConfigError
 
@@ -118,7 +118,7 @@ class AgentConfig:
         api_socket: the local control API's unix socket.
         device: where the worker trains: auto, cpu, cuda or cuda:N.
         task_timeout_s: the longest one worker call may take before the worker is killed.
-        policy: the site policy in force at start (``agent.site_policy``).
+        policy: the site policy in force at start (``agent.admission.site_policy``).
         policy_file: the ``policy.toml`` it came from (SIGHUP reloads it); None when the
             policy tables are in this file.
         log_level: minimum log level.

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.tasks import TaskRunner
-from agent.transport import Transport
+from agent.link.transport import Transport
+from agent.tasks.runner import TaskRunner
 from confide.errors import ConfigError
 from confide.v1 import federation_pb2
 

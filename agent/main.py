@@ -16,7 +16,7 @@
 
 A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2. So
 does a daemon that cannot work: its certificate is not this site's, the training runtime is
-not installed, or no exposed dataset passes the start-up check (``agent.selfcheck``).
+not installed, or no exposed dataset passes the start-up check (``agent.local.selfcheck``).
 This is the only module of the agent that configures structlog (STYLE rule 9).
 """
 
@@ -37,29 +37,29 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
-from agent.api import AgentApi, connect_api
-from agent.approvals import APPROVALS_FILE, ApprovalMode, Approvals
-from agent.approvals_cli import approve_command, deny_command, jobs_command
-from agent.checkcmd import problems, run_check
+from agent.admission.approvals import APPROVALS_FILE, ApprovalMode, Approvals
+from agent.admission.binding import JobBindings
+from agent.admission.site_policy import DatasetPolicy, PolicyHolder, SitePolicy
 from agent.config import AgentConfig, load_config
-from agent.datasets import DatasetConfig, declared_sizes
-from agent.evaluation import Evaluations
+from agent.data.datasets import DatasetConfig, declared_sizes
 from agent.faults import install_kill_point, kill_point_from_env
-from agent.jobbinding import JobBindings
-from agent.ledger import Ledger
-from agent.privacy import PrivacyPlan
-from agent.resources import ResourceProbe
-from agent.sandbox import Isolation
-from agent.sandbox import probe as probe_sandbox
-from agent.secure import install as install_secure_aggregation
-from agent.selfcheck import DatasetBook, check_identity, runtime_problem
-from agent.session import Session
-from agent.site_audit import AUDIT_FILE, SiteAudit
-from agent.site_audit_cli import audit_command
-from agent.site_policy import DatasetPolicy, PolicyHolder, SitePolicy
-from agent.tasks import SiteContext, TaskRunner
-from agent.transport import GrpcTransport
-from agent.workers import WorkerFactory, WorkerHandle, worker_factory
+from agent.link.session import Session
+from agent.link.transport import GrpcTransport
+from agent.local.api import AgentApi, connect_api
+from agent.local.approvals_cli import approve_command, deny_command, jobs_command
+from agent.local.audit import AUDIT_FILE, SiteAudit
+from agent.local.audit_cli import audit_command
+from agent.local.check import problems, run_check
+from agent.local.resources import ResourceProbe
+from agent.local.selfcheck import DatasetBook, check_identity, runtime_problem
+from agent.privacy.ledger import Ledger
+from agent.privacy.plan import PrivacyPlan
+from agent.tasks.evaluation import Evaluations
+from agent.tasks.runner import SiteContext, TaskRunner
+from agent.tasks.secure import install as install_secure_aggregation
+from agent.workers.pool import WorkerFactory, WorkerHandle, worker_factory
+from agent.workers.sandbox import Isolation
+from agent.workers.sandbox import probe as probe_sandbox
 from confide import __version__, sdnotify
 from confide.errors import ConfigError
 from confide.logs import configure_kwargs
@@ -281,7 +281,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         policy=holder,
         evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy, audit=audit),
     )
-    install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/secure.py)
+    install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/tasks/secure.py)
     kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)
     if kill_point is not None:
         install_kill_point(runner, kill_point)

@@ -380,7 +380,7 @@ def new_job(
     """
     shapes = parameter_shapes(spec.model, spec.dataset)
     secure = spec.secure_aggregation.enabled
-    # Sites refuse attempts past the signed limits (agent/joblimits.py): never ask for them.
+    # Sites refuse attempts past the signed limits (agent/admission/limits.py): never ask for them.
     per_round, job_retries = attempt_limits(spec)
     max_sites = rules_for(spec).max_sites() if secure else 0
     params = r.JobParams(

@@ -19,7 +19,7 @@ The two jobs, each audited against the adjacency its accountant claims:
 - ``dpsgd`` (record level): one site's breast_cancer training set (scikit-learn's bundled
   copy) plus the canaries, trained by the worker's DP-SGD (``agent.training.dpsgd.DpTrainer``,
   by default in the worker's fused mode; ``--mode hooks`` audits the Opacus path) with the q,
-  σ and steps the daemon plans (``agent.privacy.PrivacyPlan.plan``), for several rounds; the
+  σ and steps the daemon plans (``agent.privacy.plan.PrivacyPlan.plan``), for several rounds; the
   auditor sees the released model. Canary i is a record whose only non-zero feature is its
   own extra column, with value ``CANARY_VALUE`` and label 1 (a "Dirac" canary: no real record
   and no other canary touches that column's weights, so they move only by canary i's clipped
@@ -27,7 +27,8 @@ The two jobs, each audited against the adjacency its accountant claims:
   1 over the job. The accounted ε is the ledger's record-level ε for the job's rounds
   (``confide.dp.budget.cumulative_epsilon`` of the planned round costs).
 - ``update_noise`` (site level): m canary sites in every secure-aggregation round, each
-  daemon protecting its update with the daemon's own functions (``agent.privacy.protect_update``
+  daemon protecting its update with the daemon's own functions
+  (``agent.privacy.plan.protect_update``
   clips to C; ``confide.secagg.encoding.encode`` applies the job's mechanism, by default the
   distributed discrete Gaussian: rotation, conditional rounding, its share of the discrete
   noise), for several rounds; the auditor sees each round's decoded sum (what the aggregator
@@ -65,8 +66,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from agent.ledger import Ledger
-from agent.privacy import PrivacyPlan, RoundPrivacy, protect_update
+from agent.privacy.ledger import Ledger
+from agent.privacy.plan import PrivacyPlan, RoundPrivacy, protect_update
 from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
 from agent.training.models import build_model
 from bench.audit_bound import AuditOutcome, audit

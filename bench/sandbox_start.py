@@ -2,7 +2,7 @@
 
     python -m bench.sandbox_start [--repeat 7] [--model mlp|fixed_delta] [--json]
 
-Starts the real worker (``agent.worker.handle.Worker.start``: spawn, import, build the model,
+Starts the real worker (``agent.workers.handle.Worker.start``: spawn, import, build the model,
 load the breast_cancer CSV) ``--repeat`` times each way, alternating, and prints the median
 seconds of each and their difference. The sandbox is built once per job, like the worker,
 so the difference is paid once per job, not per round. With ``--json`` the last line is a
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from sklearn.datasets import load_breast_cancer
 
-from agent.datasets import DataFormat, DatasetConfig
-from agent.sandbox import Limits, probe
-from agent.worker.handle import Sandboxing, Worker
+from agent.data.datasets import DataFormat, DatasetConfig
+from agent.workers.handle import Sandboxing, Worker
+from agent.workers.sandbox import Limits, probe
 from confide.v1 import common_pb2
 
 _FEATURES = tuple(f"f{i}" for i in range(30))

@@ -4,7 +4,7 @@
 where the canonical JSON has sorted keys, no spaces and UTF-8 text. Changing, removing or
 reordering any stored entry changes every later hash, which ``verify_chain`` detects.
 
-Pure: the stores that keep the entries (``aggregator.store``, ``agent.site_audit``) own the
+Pure: the stores that keep the entries (``aggregator.store``, ``agent.local.audit``) own the
 files; this module only hashes and checks.
 """
 

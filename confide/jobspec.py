@@ -77,7 +77,7 @@ DEFAULT_JOB_RETRIES = 2
 """Attempts beyond one per round a site pays for over a whole job when the job names none.
 
 Small on purpose: a ``target_epsilon`` job's noise is planned for ``rounds + retries``
-attempts, so every allowed retry costs noise in every round (``agent.privacy``)."""
+attempts, so every allowed retry costs noise in every round (``agent.privacy.plan``)."""
 
 _SERVER_OPTIMIZERS = (
     common_pb2.SERVER_OPTIMIZER_UNSPECIFIED,

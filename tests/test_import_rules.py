@@ -27,7 +27,8 @@ def _modules_loaded_by(stmt: str) -> set[str]:
     "stmt",
     [
         "import aggregator.main, aggregator.server",
-        "import agent.main, agent.session, agent.tasks, agent.api, agent.worker.handle",
+        "import agent.main, agent.link.session, agent.tasks.runner, agent.local.api, "
+        "agent.workers.handle",
         "import confide.cli.main",
     ],
 )

@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from agent.datasets import DatasetConfig, load_arrays
-from agent.standardize import job_statistics
+from agent.data.datasets import DatasetConfig, load_arrays
+from agent.data.standardize import job_statistics
 from agent.training.device import resolve_device
 from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
 from agent.training.models import build_model, load_weights, weights_delta

@@ -9,7 +9,7 @@ travels with the weights::
     probabilities = model(torch.as_tensor(x, dtype=torch.float32)).softmax(dim=-1)
 
 ``x`` holds ``spec.dataset.features`` in that order, read and standardized as the site's
-dataset declares (``agent.datasets.load_arrays`` does both).
+dataset declares (``agent.data.datasets.load_arrays`` does both).
 """
 
 from __future__ import annotations

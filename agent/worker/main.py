@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from agent.datasets import config_from_json
+from agent.data.datasets import config_from_json
 from agent.worker.frames import pack_arrays, read_frame, unpack_arrays, write_frame
 from agent.worker.protocol import DpSgdParams
 from confide.errors import ConfideError, MalformedMessage, Reason

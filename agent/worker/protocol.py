@@ -3,7 +3,7 @@
 Ops (header ``"op"``) and their frames, each answered by one reply frame whose header has
 ``"ok": true`` or ``"ok": false, "reason": <confide.errors.Reason value>, "message": ...``:
 
-- ``init``: header ``job_id``, ``dataset`` (``agent.datasets.config_to_json``), ``device``;
+- ``init``: header ``job_id``, ``dataset`` (``agent.data.datasets.config_to_json``), ``device``;
   body = serialized ``JobSpec``. Reply: ``pid``, ``num_train``, ``num_holdout``,
   ``num_features``, ``device``, ``torch_loaded``.
 - ``evaluate``: header ``tensors``, ``loss_clip`` (L > 0: each record's loss is clipped to L,

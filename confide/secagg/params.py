@@ -7,7 +7,7 @@ refuses a round whose announced threshold differs from its own result (sites nev
 "any threshold at or above" theirs: the server must not pick).
 
 Monotone threshold. A site plans its update noise for ``planned_threshold`` = t at
-n = ``min_sites`` (``agent.privacy.planned_survivors``), so t(n) must never be below it:
+n = ``min_sites`` (``agent.privacy.plan.planned_survivors``), so t(n) must never be below it:
 ``params(n)`` takes the first degree, from the automatic (or configured) one upwards, whose
 threshold is at least the planned one and passes the tests of ``confide.secagg.graph``
 (raising t to the planned value when the fraction gives less). Rounds with fewer sites than

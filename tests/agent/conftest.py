@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.admission.rules import DEFAULT_MAX_MODEL_BYTES
 from agent.config import DatasetPolicy
-from agent.datasets import DataFormat, DatasetConfig
-from agent.policy import DEFAULT_MAX_MODEL_BYTES
-from agent.privacy import PrivacyPlan
-from agent.tasks import SiteContext, TaskRunner
+from agent.data.datasets import DataFormat, DatasetConfig
+from agent.privacy.plan import PrivacyPlan
+from agent.tasks.runner import SiteContext, TaskRunner
 from confide.lineage import chain_of
 from confide.models import initial_weights
 from confide.pki import Identity, Role, init_ca, issue, load_identity

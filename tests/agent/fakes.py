@@ -1,7 +1,7 @@
 """In-memory stand-ins for the aggregator and the worker, so agent tests need no network or torch.
 
 ``FakeAggregator`` is the plain-function side: it records what the agent sends and hands
-out ``FakeTransport``s (one per connection) implementing ``agent.transport.Transport``.
+out ``FakeTransport``s (one per connection) implementing ``agent.link.transport.Transport``.
 Tests wait on its condition variable (``wait_for``), never on sleeps. ``SessionHarness`` runs
 the real outbound session against it in a thread.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.session import Session
+from agent.link.session import Session
 from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerFailed, WorkerInfo
 from confide.errors import ConfideError, InternalError, Reason
 from confide.v1 import common_pb2, federation_pb2
@@ -170,7 +170,7 @@ class SessionHarness:
 
 
 class FakeWorker:
-    """A worker with the ``agent.worker.handle.Worker`` interface and fixed answers."""
+    """A worker with the ``agent.workers.handle.Worker`` interface and fixed answers."""
 
     def __init__(self, *, delta_value: float = 0.25, fail: bool = False) -> None:
         self.info = WorkerInfo(pid=1, num_train=10, num_holdout=5, num_features=2, device="cpu")

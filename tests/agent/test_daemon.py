@@ -15,7 +15,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
-from agent.api import connect_api
+from agent.local.api import connect_api
 from agent.main import _stop_session, main
 from tests.agent.conftest import FEDERATION
 

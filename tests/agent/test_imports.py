@@ -7,16 +7,16 @@ import sys
 
 DAEMON_MODULES = [
     "agent.main",
-    "agent.session",
-    "agent.tasks",
-    "agent.api",
-    "agent.transport",
+    "agent.link.session",
+    "agent.tasks.runner",
+    "agent.local.api",
+    "agent.link.transport",
     "agent.config",
-    "agent.jobs",
-    "agent.policy",
-    "agent.resources",
-    "agent.workers",
-    "agent.worker.handle",
+    "agent.admission.signed_job",
+    "agent.admission.rules",
+    "agent.local.resources",
+    "agent.workers.pool",
+    "agent.workers.handle",
 ]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.api import connect_api
-from agent.approvals_cli import approve_command
+from agent.local.api import connect_api
+from agent.local.approvals_cli import approve_command
 from agent.main import main
 from confide.cli.demo import demo_job
 from confide.v1 import admin_pb2, agent_pb2, agent_pb2_grpc

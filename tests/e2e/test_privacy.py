@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from agent.ledger import Ledger
-from agent.privacy import PrivacyPlan
+from agent.privacy.ledger import Ledger
+from agent.privacy.plan import PrivacyPlan
 from confide.cli.demo import demo_job
 from confide.dp.budget import cumulative_epsilon
 from confide.v1 import admin_pb2

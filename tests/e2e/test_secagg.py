@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from agent.datasets import dataset_from_config
+from agent.data.datasets import dataset_from_config
 from agent.faults import KILL_ON_TASK_ENV
-from agent.worker.handle import Worker
+from agent.workers.handle import Worker
 from confide.cli.demo import demo_job
 from confide.config import Section
 from confide.localfed import partition_breast_cancer

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from agent.datasets import DataFormat, DatasetConfig
+from agent.data.datasets import DataFormat, DatasetConfig
 from confide.v1 import common_pb2
 
 FEATURES = tuple(f"f{i}" for i in range(30))

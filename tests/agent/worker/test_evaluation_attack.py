@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from agent.config import DatasetPolicy
-from agent.datasets import DatasetConfig, load_arrays
-from agent.ledger import Ledger
-from agent.privacy import PrivacyPlan
-from agent.tasks import SiteContext, TaskOutcome, TaskRunner
+from agent.data.datasets import DatasetConfig, load_arrays
+from agent.privacy.ledger import Ledger
+from agent.privacy.plan import PrivacyPlan
+from agent.tasks.runner import SiteContext, TaskOutcome, TaskRunner
 from confide.lineage import chain_of
 from confide.models import initial_weights
 from confide.v1 import common_pb2, federation_pb2

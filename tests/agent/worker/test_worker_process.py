@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from agent.worker.handle import Worker, WorkerFailed
 from agent.worker.protocol import DpSgdParams
+from agent.workers.handle import Worker, WorkerFailed
 from confide.errors import PolicyRefusal, Reason
 from confide.models import initial_weights, parameter_shapes
 from confide.v1 import common_pb2
@@ -161,8 +161,8 @@ def test_hung_worker_times_out(bc_dataset, tmp_path):
 def test_daemon_side_imports_leave_torch_unloaded():
     """Importing the worker handle and the dataset module in a fresh process loads no torch."""
     code = (
-        "import sys, agent.worker.handle, agent.worker.frames, agent.worker.protocol, "
-        "agent.datasets; print('torch' in sys.modules, 'opacus' in sys.modules)"
+        "import sys, agent.workers.handle, agent.worker.frames, agent.worker.protocol, "
+        "agent.data.datasets; print('torch' in sys.modules, 'opacus' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

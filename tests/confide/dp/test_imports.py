@@ -11,7 +11,8 @@ def test_dp_does_not_import_torch():
     """Importing every confide.dp module and the ledger in a fresh process loads no torch."""
     code = (
         "import sys; import confide.dp.accountant, confide.dp.budget, confide.dp.prv, "
-        "confide.dp.rdp, confide.dp.update, confide.dp.ddg, confide.dp.discrete, agent.ledger, "
+        "confide.dp.rdp, confide.dp.update, confide.dp.ddg, confide.dp.discrete, "
+        "agent.privacy.ledger, "
         "confide.cli.privacy; "
         "bad = [m for m in ('torch', 'opacus') if m in sys.modules]; "
         "assert not bad, bad"

@@ -1,0 +1,4 @@
+"""What the site's own staff use.
+
+The local control API, resource probes, self-checks and the CLI commands.
+"""

@@ -1,0 +1,398 @@
+# Math notation (σ, ε, δ, q) in docstrings cites the formulas as written in confide.dp.
+# ruff: noqa: RUF002, RUF003
+"""The daemon's privacy step for one round: plan it, charge the ledger, protect the update.
+
+Two layers, both decided here by the trusted daemon and never by job code:
+
+- record level, inside the worker: DP-SGD (Abadi et al. 2016) with Poisson rate
+  q = batch_size / n_train, T = local_epochs · round(1/q) steps per round, per-record clip
+  ``max_grad_norm`` and noise multiplier σ. When the job gives ``target_epsilon`` the daemon
+  picks σ so that A·T steps spend at most that ε at the job's δ
+  (``confide.dp.accountant.noise_multiplier_for``, never overshooting), where A = rounds +
+  retries is every attempt the job may be charged at this site (``agent.admission.limits``): a
+  retried round costs as much as any other, so planning for ``rounds`` alone would overshoot
+  the target after the first retry. The ledger refuses any attempt past A, and any that
+  would pass the target anyway.
+- update level, in this process: the worker's delta Δ is clipped to L2 norm C and noised.
+  Without secure aggregation: Gaussian noise of std z·C (``confide.dp.update``), z the job's
+  ``update_privacy.noise_multiplier`` floored by the site policy's ``min_update_noise``.
+  With it (distributed DP, each site adds a share of std z·C/√m so m shares add up to z·C):
+  by default the distributed discrete Gaussian, added when the update is encoded for
+  masking (``confide.secagg.encoding``, accounted by Proposition 14 of Kairouz, Liu, Steinke
+  2021 in ``confide.dp.budget``); the continuous Gaussian only where the job's clip range
+  provably cannot cut it. A floor cannot be met by one site alone here (the sum carries the
+  other sites' shares of the job's z), so a secure job below the floor is refused.
+
+The round's cost (both layers) is reserved in the ledger, durably, before the worker trains,
+and marked sent just before the update leaves; a worker that fails before producing an
+update releases it. A crash in between leaves it counted: never undercounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.admission.limits import JobLimits
+from agent.config import DatasetPolicy
+from agent.privacy.ledger import Ledger, ReservationId
+from agent.worker.protocol import DpSgdParams
+from confide.dp.accountant import AccountantKind, noise_multiplier_for
+from confide.dp.budget import (
+    RecordCost,
+    RoundCost,
+    UpdateCost,
+    cumulative_epsilon,
+    discrete_update_cost,
+    round_cost,
+    update_cost,
+)
+from confide.dp.update import add_noise, clip, noise_std, system_rng, validate_record_privacy
+from confide.errors import PolicyRefusal, Reason
+from confide.jobspec import attempt_limits
+from confide.secagg.encoding import Mechanism, secure_encoding
+from confide.secagg.params import job_params
+from confide.v1 import common_pb2
+from confide.wire.blob import NamedArrays
+
+__all__ = [
+    "Charge",
+    "PrivacyPlan",
+    "RoundPrivacy",
+    "Unmetered",
+    "planned_survivors",
+    "protect_update",
+]
+
+
+@dataclass(frozen=True)
+class RoundPrivacy:
+    """What one round at this site does for privacy, and what it costs.
+
+    Args:
+        dp: DP-SGD parameters for the worker, or None when the job asks for none.
+        cost: the round's cost on both layers (what the ledger reserves).
+        clip_norm: C for the update, or None when the job sets no update privacy.
+        noise_std: the std of the continuous Gaussian noise ``protect_update`` adds (0 for
+            the discrete mechanism, whose noise is added when the update is encoded).
+    """
+
+    dp: DpSgdParams | None
+    cost: RoundCost
+    clip_norm: float | None
+    noise_std: float
+
+
+def planned_survivors(spec: common_pb2.JobSpec) -> int:
+    """Sites the update noise is planned to survive with: the fewest a round can sum.
+
+    Without secure aggregation a round needs ``min_sites`` updates. With it, the aggregator
+    unmasks a sum once t masked inputs arrived, where t is the SecAgg+ threshold count for
+    the smallest round the job allows (``choose_params(n=min_sites)``; a fraction threshold
+    is of a site's k + 1 share holders, so t can be well below ``min_sites``). If fewer
+    sites than ``min_sites`` survive, the sum carries less noise; the site plans for that
+    worst case, and refuses a SHARE_KEYS request whose threshold is below it.
+
+    Raises:
+        ConfigError: the job's secure-aggregation settings are invalid for ``min_sites``.
+    """
+    sa = spec.secure_aggregation
+    m = max(1, int(spec.min_sites))
+    if not sa.enabled:
+        return m
+    return max(1, min(m, job_params(spec, n=m).threshold))
+
+
+def _update_noise(spec: common_pb2.JobSpec, *, min_update_noise: float) -> tuple[float, UpdateCost]:
+    """The continuous noise std ``protect_update`` adds, and the round's update-level cost.
+
+    Raises:
+        PolicyRefusal: UNSAFE_REQUEST: a secure job's z is below ``min_update_noise``.
+        ConfigError: the job's secure-aggregation encoding is invalid.
+    """
+    up = spec.update_privacy
+    m = max(1, int(spec.min_sites))
+    if not spec.secure_aggregation.enabled:
+        z = max(up.noise_multiplier, min_update_noise)
+        std = noise_std(clip_norm=up.clip_norm, noise_multiplier=z, min_sites=m, distributed=False)
+        upd = update_cost(noise_multiplier=z, sites_survived=m, min_sites=m, distributed=False)
+        return std, upd
+    if up.noise_multiplier < min_update_noise:
+        raise PolicyRefusal(
+            f"the job's update noise z = {up.noise_multiplier:g} is below this dataset's floor "
+            f"{min_update_noise:g}; under secure aggregation one site cannot make it up alone",
+            reason=Reason.UNSAFE_REQUEST,
+        )
+    t = planned_survivors(spec)
+    enc = secure_encoding(spec)
+    if enc.mechanism is Mechanism.DISCRETE_GAUSSIAN and enc.ddg is not None:
+        return 0.0, discrete_update_cost(enc.ddg, summands=t)
+    z = up.noise_multiplier
+    std = noise_std(clip_norm=up.clip_norm, noise_multiplier=z, min_sites=m, distributed=True)
+    return std, update_cost(noise_multiplier=z, sites_survived=t, min_sites=m, distributed=True)
+
+
+class PrivacyPlan:
+    """Plans rounds and keeps each job's σ (finding σ for a target ε takes a while).
+
+    Args:
+        ledger: the site's privacy ledger.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._sigma: dict[tuple[str, int, int], float] = {}
+        self._lock = threading.Lock()
+
+    def plan(
+        self,
+        spec: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        num_train: int,
+        min_update_noise: float,
+        attempts: int | None = None,
+    ) -> RoundPrivacy:
+        """Decide a round's DP-SGD parameters, update noise and cost.
+
+        Args:
+            attempts: A, the attempts the job may be charged at this site, which a
+                ``target_epsilon`` is spread over (``JobLimits.max_job_attempts``); None:
+                the signed job's own ``rounds + max_job_retries``.
+
+        Raises:
+            ConfigError: the job's privacy parameters do not fit this dataset (e.g. δ not
+                below 1/n), naming the job-file key.
+            PolicyRefusal: UNSAFE_REQUEST: a secure job's z is below ``min_update_noise``.
+        """
+        record: RecordCost | None = None
+        dp: DpSgdParams | None = None
+        rp = spec.record_privacy
+        if rp.enabled:
+            n = max(1, num_train)
+            validate_record_privacy(
+                noise_multiplier=rp.noise_multiplier,
+                target_epsilon=rp.target_epsilon,
+                max_grad_norm=rp.max_grad_norm,
+                delta=rp.delta,
+                dataset_size=n,
+            )
+            q = min(1.0, spec.training.batch_size / n)
+            steps = max(1, int(spec.training.local_epochs) * max(1, round(1.0 / q)))
+            if attempts is None:
+                attempts = int(spec.rounds) + attempt_limits(spec)[1]
+            sigma = self._noise_multiplier(
+                spec, job_id=job_id, q=q, steps=steps, n=n, attempts=attempts
+            )
+            dp = DpSgdParams(
+                noise_multiplier=sigma, max_grad_norm=rp.max_grad_norm, sample_rate=q, steps=steps
+            )
+            record = RecordCost(sample_rate=q, noise_multiplier=sigma, steps=steps, delta=rp.delta)
+        up = spec.update_privacy
+        clip_norm: float | None = None
+        std = 0.0
+        upd = None
+        if up.clip_norm > 0:
+            clip_norm = up.clip_norm
+            std, upd = _update_noise(spec, min_update_noise=min_update_noise)
+        cost = round_cost(record=record, update=upd, delta=self.job_delta(spec))
+        return RoundPrivacy(dp=dp, cost=cost, clip_norm=clip_norm, noise_std=std)
+
+    def _noise_multiplier(
+        self,
+        spec: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        q: float,
+        steps: int,
+        n: int,
+        attempts: int,
+    ) -> float:
+        rp = spec.record_privacy
+        if rp.target_epsilon <= 0:
+            return float(rp.noise_multiplier)
+        key = (job_id, n, attempts)
+        with self._lock:
+            if key not in self._sigma:
+                kind = (
+                    AccountantKind.PRV
+                    if rp.accountant == common_pb2.ACCOUNTANT_PRV
+                    else AccountantKind.RDP
+                )
+                self._sigma[key] = noise_multiplier_for(
+                    kind=kind,
+                    target_epsilon=rp.target_epsilon,
+                    sample_rate=q,
+                    steps=steps * max(1, attempts),
+                    delta=rp.delta,
+                )
+            return self._sigma[key]
+
+    def plan_for_site(
+        self,
+        spec: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        dataset: str,
+        num_train: int,
+        policy: DatasetPolicy,
+        attempts: int | None = None,
+    ) -> RoundPrivacy:
+        """``plan`` under the site's policy for ``dataset`` (``attempts`` as in ``plan``).
+
+        Raises:
+            PolicyRefusal: UNSAFE_REQUEST when the policy sets a noise floor and the job sets
+                no update clipping (so no update noise at all).
+            ConfigError: the job's privacy parameters do not fit this dataset.
+        """
+        if policy.min_update_noise > 0 and spec.update_privacy.clip_norm <= 0:
+            raise PolicyRefusal(
+                f"dataset {dataset!r} requires update noise z >= {policy.min_update_noise}, "
+                "and this job sets no update clipping",
+                reason=Reason.UNSAFE_REQUEST,
+                public=True,
+            )
+        return self.plan(
+            spec,
+            job_id=job_id,
+            num_train=num_train,
+            min_update_noise=policy.min_update_noise,
+            attempts=attempts,
+        )
+
+    @contextlib.contextmanager
+    def charge(
+        self,
+        *,
+        dataset: str,
+        job_id: str,
+        task_id: str,
+        round: int,
+        plan: RoundPrivacy,
+        max_epsilon: float | None,
+        limits: JobLimits | None = None,
+    ) -> Iterator[Charge]:
+        """Reserve a round's cost durably for the block, released only if nothing left.
+
+        With ``limits`` the ledger also refuses what the signed job does not allow (rounds,
+        attempts, its ε target; ``agent.admission.limits``) in the same durable transaction.
+
+        The block calls ``Charge.mark_sent()`` just before the update leaves; an exception
+        before that releases the reservation (the worker produced nothing that was sent),
+        one after it keeps the cost counted. A crash anywhere keeps it counted.
+
+        Raises:
+            PolicyRefusal: BUDGET_EXCEEDED when the round would cross the cap; DENIED when
+                this task was already charged (e.g. re-sent after a reconnect);
+                ROUND_NOT_SIGNED or ATTEMPTS_EXCEEDED past the job's signed limits.
+        """
+        rid = self.ledger.reserve(
+            dataset=dataset,
+            # One entry per task: a retried round is a new task and a new release, so it is
+            # charged again; the same task re-sent after a reconnect is refused.
+            job_id=f"{job_id}/{task_id}",
+            round=round,
+            layer_costs=plan.cost,
+            max_epsilon=max_epsilon,
+            limits=limits,
+        )
+        charge = Charge(self, rid, dataset=dataset, job_id=job_id)
+        try:
+            yield charge
+        except BaseException:
+            if not charge.sent:
+                self.ledger.release_unsent(rid, proof="no update was produced")
+            raise
+
+    def job_delta(self, spec: common_pb2.JobSpec) -> float:
+        """The δ at which this site states and caps a job's cumulative ε.
+
+        The smallest δ the job names on a layer it uses (``privacy.sample.delta``,
+        ``privacy.update.delta``), and never more than the ledger's own δ, so a job cannot
+        enlarge a site's budget by naming a large δ. A job naming none gets the ledger's.
+        """
+        named = [self.ledger.delta]
+        if spec.record_privacy.enabled and spec.record_privacy.delta > 0:
+            named.append(spec.record_privacy.delta)
+        if spec.update_privacy.clip_norm > 0 and spec.update_privacy.delta > 0:
+            named.append(spec.update_privacy.delta)
+        return min(named)
+
+    def job_epsilon(self, *, dataset: str, job_id: str) -> tuple[float, float]:
+        """Cumulative (record-level, site-level) ε of this job's rounds on this dataset, at the
+        job's δ (``job_delta``)."""
+        entries = self.ledger.entries(dataset)
+        mine = [e for e in entries if e.job_id.startswith(job_id + "/")]  # "<job_id>/<task_id>"
+        at = min((e.cost.delta for e in mine), default=self.ledger.delta)
+        return cumulative_epsilon([e.cost for e in mine], delta=at)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job's cached σ."""
+        with self._lock:
+            for key in [k for k in self._sigma if k[0] == job_id]:
+                del self._sigma[key]
+
+
+class Charge:
+    """A reserved round cost; ``mark_sent`` makes it permanent and reports the job's ε."""
+
+    def __init__(self, plan: PrivacyPlan, rid: ReservationId, *, dataset: str, job_id: str) -> None:
+        self._plan = plan
+        self._rid = rid
+        self._dataset = dataset
+        self._job_id = job_id
+        self.sent = False
+
+    def mark_sent(self) -> tuple[float, float]:
+        """Count the cost for good (call just before the update leaves).
+
+        Returns:
+            The job's cumulative (record-level, update-level) ε at this site, this round in.
+        """
+        epsilons = self._plan.job_epsilon(dataset=self._dataset, job_id=self._job_id)
+        self._plan.ledger.mark_sent(self._rid)
+        self.sent = True
+        return epsilons
+
+
+class Unmetered:
+    """The charge of a non-private job run without a ledger (unit tests): nothing to count."""
+
+    sent = False
+
+    def mark_sent(self) -> tuple[float, float]:
+        """Nothing is counted; no ε is reported."""
+        return 0.0, 0.0
+
+
+def protect_update(
+    delta: NamedArrays, plan: RoundPrivacy, *, rng: np.random.Generator | None = None
+) -> NamedArrays:
+    """Clip the whole update to L2 norm C and add this site's Gaussian noise share.
+
+    Args:
+        delta: the worker's checked float32 update.
+        plan: the round's plan (C and the noise std).
+        rng: randomness for the noise; a fresh OS-seeded generator when None.
+    """
+    if plan.clip_norm is None:
+        return delta
+    flat = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for _, a in delta])
+    clipped, _norm = clip(flat, clip_norm=plan.clip_norm)
+    noisy = (
+        add_noise(clipped, std=plan.noise_std, rng=rng if rng is not None else system_rng())
+        if plan.noise_std > 0
+        else clipped
+    )
+    out: NamedArrays = []
+    offset = 0
+    for name, a in delta:
+        size = int(np.prod(a.shape))
+        part = np.asarray(noisy[offset : offset + size], dtype=np.float32).reshape(a.shape)
+        out.append((name, part))
+        offset += size
+    return out

@@ -1,0 +1,221 @@
+"""The daemon's worker processes: what it needs from one, and one per running job.
+
+A job's worker (``agent.workers.handle.Worker``) is started on the job's first task and reused
+for all its rounds (starting one imports torch and loads the data: seconds). It is stopped on
+JOB_DONE, on shutdown, or after it failed; the next task then starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import structlog
+
+from agent.data.datasets import DatasetConfig
+from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerInfo
+from agent.workers.sandbox import Isolation, Limits
+from confide.errors import PolicyRefusal, Reason
+from confide.v1 import common_pb2
+from confide.wire.blob import NamedArrays
+
+__all__ = ["WorkerFactory", "WorkerHandle", "WorkerPool", "start_worker", "worker_factory"]
+
+log = structlog.get_logger("confide.agent")
+
+
+class WorkerHandle(Protocol):
+    """What the daemon needs from a job's worker process (``agent.workers.handle.Worker``)."""
+
+    @property
+    def info(self) -> WorkerInfo | None:
+        """What the worker reported after start-up (train/hold-out sizes, device)."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker process is still running."""
+        ...
+
+    def evaluate(self, weights: NamedArrays, *, loss_clip: float | None = None) -> EvalResult:
+        """Evaluate weights on the hold-out split (per-record loss clipped to ``loss_clip``).
+
+        Raises ``WorkerFailed``.
+        """
+        ...
+
+    def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
+        """Train one round from ``weights`` and return the delta. Raises ``WorkerFailed``."""
+        ...
+
+    def stop(self) -> None:
+        """End the worker process."""
+        ...
+
+
+class WorkerFactory(Protocol):
+    """Starts a job's worker (``start_worker`` in the daemon, a fake in unit tests)."""
+
+    def __call__(
+        self,
+        *,
+        job: common_pb2.JobSpec,
+        job_id: str,
+        dataset: DatasetConfig,
+        device: str,
+        timeout: float,
+    ) -> WorkerHandle:
+        """Start a worker for ``job`` on ``dataset``. Raises ``WorkerFailed``."""
+        ...
+
+
+def start_worker(
+    *,
+    job: common_pb2.JobSpec,
+    job_id: str,
+    dataset: DatasetConfig,
+    device: str,
+    timeout: float,
+) -> WorkerHandle:
+    """Start the real worker process for a job, without a sandbox (tests and trusted code).
+
+    The daemon uses ``worker_factory``, which sandboxes it.
+
+    Args:
+        timeout: seconds one worker operation may take before the worker is killed.
+
+    Raises:
+        WorkerFailed: the worker could not start.
+        PolicyRefusal: the data does not match the declared schema.
+    """
+    # Imported here so tests with a fake worker never load the worker package; the handle
+    # itself imports no torch (tests/agent/test_imports.py checks it in a fresh process).
+    from agent.workers.handle import Worker
+
+    return Worker.start(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
+
+
+def worker_factory(
+    isolation: Isolation, *, limits: Limits, gpus: tuple[int, ...], allow_unsandboxed: bool
+) -> WorkerFactory:
+    """How the daemon starts workers on this host: in the sandbox, or as the policy allows.
+
+    Args:
+        isolation: what ``agent.workers.sandbox.probe`` found on this host.
+        limits: resource limits per worker.
+        gpus: GPU ids a worker may use.
+        allow_unsandboxed: run workers unisolated where the sandbox cannot be built.
+    """
+    from agent.workers.handle import Sandboxing, Worker
+
+    if isolation.sandboxed and isolation.bwrap is not None:
+        sandbox = Sandboxing(bwrap=isolation.bwrap, limits=limits, gpus=gpus)
+
+        def sandboxed(
+            *,
+            job: common_pb2.JobSpec,
+            job_id: str,
+            dataset: DatasetConfig,
+            device: str,
+            timeout: float,
+        ) -> WorkerHandle:
+            return Worker.start(
+                job=job,
+                job_id=job_id,
+                dataset=dataset,
+                device=device,
+                timeout=timeout,
+                sandbox=sandbox,
+            )
+
+        return sandboxed
+    if allow_unsandboxed:
+        return start_worker
+
+    def refuse(
+        *,
+        job: common_pb2.JobSpec,
+        job_id: str,
+        dataset: DatasetConfig,
+        device: str,
+        timeout: float,
+    ) -> WorkerHandle:
+        raise PolicyRefusal(
+            f"job {job_id}: this site runs workers only in a sandbox and cannot build one: "
+            f"{isolation.detail} (or set [sandbox] allow_unsandboxed = true)",
+            reason=Reason.SANDBOX_UNAVAILABLE,
+        )
+
+    return refuse
+
+
+class WorkerPool:
+    """At most one running worker per job id; thread-safe.
+
+    Args:
+        start: starts a worker.
+        device: where workers train (auto, cpu, cuda, cuda:N).
+        timeout: seconds one worker operation may take.
+    """
+
+    def __init__(self, start: WorkerFactory, *, device: str, timeout: float) -> None:
+        self._start = start
+        self._device = device
+        self._timeout = timeout
+        self._workers: dict[str, WorkerHandle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, job: common_pb2.JobSpec, dataset: DatasetConfig) -> WorkerHandle:
+        """The job's running worker, started (or restarted after it died) when needed.
+
+        Raises:
+            WorkerFailed: the worker could not start.
+        """
+        with self._lock:
+            worker = self._workers.get(job_id)
+        if worker is not None and worker.alive:
+            return worker
+        if worker is not None:
+            log.warning("worker_restart", reason="worker_not_alive")
+            self.drop(job_id)
+        worker = self._start(
+            job=job, job_id=job_id, dataset=dataset, device=self._device, timeout=self._timeout
+        )
+        with self._lock:
+            self._workers[job_id] = worker
+        info = worker.info
+        if info is not None:
+            log.info(
+                "worker_started",
+                num_train=info.num_train,
+                num_holdout=info.num_holdout,
+                device=info.device,
+            )
+        return worker
+
+    def drop(self, job_id: str) -> None:
+        """Stop and forget the job's worker, if any."""
+        with self._lock:
+            worker = self._workers.pop(job_id, None)
+        if worker is not None:
+            _stop_quietly(worker)
+
+    def stop_all(self) -> None:
+        """Stop every worker (idempotent)."""
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for w in workers:
+            _stop_quietly(w)
+
+    @property
+    def jobs(self) -> list[str]:
+        """Job ids with a worker."""
+        with self._lock:
+            return sorted(self._workers)
+
+
+def _stop_quietly(worker: WorkerHandle) -> None:
+    try:
+        worker.stop()
+    except Exception:  # a dying worker must not take the daemon's shutdown down with it
+        log.warning("worker_stop_failed", exc_info=True)
