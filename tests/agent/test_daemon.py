@@ -15,8 +15,9 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
+from agent.assembly import _stop_session
 from agent.local.api import connect_api
-from agent.main import _stop_session, main
+from agent.main import main
 from tests.agent.conftest import FEDERATION
 
 

@@ -171,7 +171,7 @@ def test_reload_swaps_the_whole_policy_or_keeps_the_old_one(tmp_path):
 
 def test_reload_policy_logs_and_audits_both_outcomes(tmp_path):
     """The daemon's reload appends policy_reloaded, or policy_reload_refused naming the key."""
-    from agent.main import reload_policy
+    from agent.assembly import reload_policy
 
     _files(tmp_path)
     holder = PolicyHolder(load_policy(tmp_path / "policy.toml"), path=tmp_path / "policy.toml")
