@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.config import AttemptCaps
+from agent.admission.site_policy import AttemptCaps
 from confide.dp.accountant import AccountantKind, epsilon
 from confide.dp.budget import RoundCost, cumulative_epsilon
 from confide.errors import PolicyRefusal, Reason

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.admission.limits import JobLimits
-from agent.config import DatasetPolicy
+from agent.admission.site_policy import DatasetPolicy
 from agent.privacy.ledger import Ledger, ReservationId
 from agent.worker.protocol import DpSgdParams
 from confide.dp.accountant import AccountantKind, noise_multiplier_for

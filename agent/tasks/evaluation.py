@@ -39,7 +39,7 @@ from pathlib import Path
 import structlog
 
 from agent.admission.lineage import ModelVersions, PinnedModel, Purpose
-from agent.config import DatasetPolicy
+from agent.admission.site_policy import DatasetPolicy
 from agent.data.datasets import DatasetConfig, declared_sizes
 from agent.local.audit import SiteAudit
 from agent.privacy.plan import PrivacyPlan

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.admission.rules import DEFAULT_MAX_MODEL_BYTES
-from agent.config import DatasetPolicy
+from agent.admission.site_policy import DatasetPolicy
 from agent.data.datasets import DataFormat, DatasetConfig
 from agent.privacy.plan import PrivacyPlan
 from agent.tasks.runner import SiteContext, TaskRunner

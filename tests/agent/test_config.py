@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AttemptCaps, LogLevel, load_config
+from agent.admission.site_policy import AttemptCaps
+from agent.config import LogLevel, load_config
 from agent.main import main
 from confide.errors import ConfigError, Reason
 

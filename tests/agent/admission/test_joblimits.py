@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from agent.admission.binding import JobBindings
 from agent.admission.limits import JobLimits, check_charge, job_epsilon, job_limits
-from agent.config import AttemptCaps, DatasetPolicy
+from agent.admission.site_policy import AttemptCaps, DatasetPolicy
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
 from agent.tasks.runner import TaskOutcome, TaskRunner

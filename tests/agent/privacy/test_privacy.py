@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from agent.config import DatasetPolicy
+from agent.admission.site_policy import DatasetPolicy
 from agent.data.datasets import DataFormat, DatasetConfig, count_train_records
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan, planned_survivors, protect_update

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agent.config import DatasetPolicy
+from agent.admission.site_policy import DatasetPolicy
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
 from agent.tasks.evaluation import Evaluations, ledger_job_id

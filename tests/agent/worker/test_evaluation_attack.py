@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from agent.config import DatasetPolicy
+from agent.admission.site_policy import DatasetPolicy
 from agent.data.datasets import DatasetConfig, load_arrays
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
