@@ -25,10 +25,17 @@ from aggregator.coordinator import Coordinator
 from aggregator.failures import add_failures, waiting_line
 from aggregator.guard import Guard, decode
 from aggregator.round_types import RoundPhase
-from aggregator.rows import FailureRow, RoundRow, SiteRoundRow, SiteRow
 from aggregator.servicer import model_parts
 from aggregator.sites import SiteConn, SiteProblem
-from aggregator.store import AuditNote, JobRow, ModelRow
+from aggregator.store import (
+    AuditNote,
+    FailureRow,
+    JobRow,
+    ModelRow,
+    RoundRow,
+    SiteRoundRow,
+    SiteRow,
+)
 from aggregator.versions import model_versions
 from confide.errors import ConfigError, PeerError, Reason
 from confide.jobspec import validate_job
@@ -113,17 +120,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             now = self.guard.clock()
             self.store.add_job(
                 JobRow(
-                    job_id,
-                    spec.SerializeToString(),
-                    request.SerializeToString(),
-                    info.pem,
-                    "running",
-                    "",
-                    info.name,
-                    now,
+                    id=job_id,
+                    spec=spec.SerializeToString(),
+                    signed_job=request.SerializeToString(),
+                    signer_cert=info.pem,
+                    state="running",
+                    error="",
+                    submitted_by=info.name,
+                    created=now,
                 ),
-                ModelRow(job_id, 0, sha, "", now),
-                audit=AuditNote("job_submitted", info.name, now, job_id, 0, "", spec.name),
+                ModelRow(job=job_id, version_no=0, sha256=sha, optimizer_state="", created=now),
+                audit=AuditNote(
+                    event="job_submitted", actor=info.name, at=now, job=job_id, detail=spec.name
+                ),
             )
             try:
                 self.coord.add_job(job_id, spec, request, info.pem, model_version=sha)
@@ -193,7 +202,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             self._status(request.job_id)  # refuses an unknown job
             if self.coord.cancel(request.job_id):
                 self.store.audit(
-                    AuditNote("job_cancel_requested", info.name, self.guard.clock(), request.job_id)
+                    AuditNote(
+                        event="job_cancel_requested",
+                        actor=info.name,
+                        at=self.guard.clock(),
+                        job=request.job_id,
+                    )
                 )
             return self._status(request.job_id)
         raise AssertionError("unreachable")  # pragma: no cover

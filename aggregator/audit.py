@@ -15,7 +15,7 @@ from confide.audit_chain import GENESIS, AuditTampered, canonical_json, link_has
 __all__ = ["GENESIS", "AuditEntry", "AuditTampered", "entry_hash", "verify_chain"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuditEntry:
     """One audit record as stored.
 

@@ -19,6 +19,9 @@ Example::
     [state]
     dir = "state"                  # aggregator.db and blobs/ live here
 
+    [store]
+    backend = "sqlite"             # the Store implementation (only sqlite today)
+
     [rounds]
     heartbeat_interval_s = 5
     site_timeout_s = 30
@@ -52,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregator.quota import CALL_POOL, Limits
+from aggregator.store import StoreBackend, StoreConfig
 from confide.config import Section, load_toml, parse_toml
 from confide.errors import ConfigError, Reason
 
@@ -82,6 +86,7 @@ class AggregatorConfig:
         crl: the CA's revocation list, re-read when it changes; None only when the config
             said ``crl = "none"``.
         state_dir: folder holding ``aggregator.db`` and ``blobs/``.
+        store: which ``Store`` implementation holds the rows (``[store]``).
         heartbeat_interval_s: how often sites are told to heartbeat.
         site_timeout_s: a site silent this long is disconnected.
         max_round_retries: failed attempts of one round before its job fails.
@@ -111,6 +116,7 @@ class AggregatorConfig:
     log_json: bool | None = None
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     limits: Limits = field(default_factory=Limits)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def load_config(path: str | Path) -> AggregatorConfig:
@@ -151,6 +157,9 @@ def _from_section(root: Section) -> AggregatorConfig:
     state = root.section("state", required=True)
     state_dir = state.path("dir")
     state.done()
+    store = root.section("store")
+    backend = store.choice("backend", StoreBackend, StoreBackend.SQLITE)
+    store.done()
     rounds = root.section("rounds")
     hb = rounds.float("heartbeat_interval_s", 5.0, min=0.0, min_exclusive=True)
     timeout = rounds.float("site_timeout_s", 30.0, min=0.0, min_exclusive=True)
@@ -186,6 +195,7 @@ def _from_section(root: Section) -> AggregatorConfig:
         log_json=log_json,
         max_model_bytes=max_model_bytes,
         limits=limits,
+        store=StoreConfig(backend=backend),
     )
 
 

@@ -26,7 +26,6 @@ import structlog
 
 from aggregator import rounds as r
 from aggregator.admission import Declared, check_claims
-from aggregator.blobs import BlobStore
 from aggregator.execute import Executor
 from aggregator.failures import record_report
 from aggregator.jobs import KIND_OF, Job, UploadTarget
@@ -34,7 +33,7 @@ from aggregator.links import SiteLinks
 from aggregator.restore import build_job, mark_failed, rebuild_job
 from aggregator.secure import stage_message
 from aggregator.sites import SiteConn, SiteProblem, SiteRegistry
-from aggregator.store import AuditNote, Store
+from aggregator.store import AuditNote, BlobStore, Store
 from aggregator.timer import DeadlineTimer
 from confide.errors import PeerError, Reason, ReplayedMessage
 from confide.pki import CertInfo
@@ -302,7 +301,9 @@ class Coordinator:
                 sec = job.secure
                 self.store.record_site(
                     job.accepted_row(site, rnd, sec.info[site]),
-                    audit=AuditNote("masked_input_accepted", site, now, job_id, rnd),
+                    audit=AuditNote(
+                        event="masked_input_accepted", actor=site, at=now, job=job_id, round=rnd
+                    ),
                     before_commit=lambda: sec.masked(site, arrays),  # the modular sum; not kept
                 )
                 self._feed(job_id, r.SecAggReceived(site, rnd, r.RoundPhase.MASKED_INPUT))
@@ -310,7 +311,14 @@ class Coordinator:
             admitted = job.admit(header, arrays, declared=self._declared(site, job))
             self.store.record_site(
                 job.accepted_row(site, rnd, header, admitted),
-                audit=AuditNote("update_accepted", site, now, job_id, rnd, "", admitted.describe()),
+                audit=AuditNote(
+                    event="update_accepted",
+                    actor=site,
+                    at=now,
+                    job=job_id,
+                    round=rnd,
+                    detail=admitted.describe(),
+                ),
             )
             job.apply(admitted, header)
             self._feed(job_id, r.UpdateReceived(site, rnd))
@@ -348,7 +356,15 @@ class Coordinator:
             final = kind is r.TaskKind.EVALUATE
             self.store.record_site(
                 job.report_row(site, 0 if final else rnd, rep),
-                audit=AuditNote("task_report", site, now, job_id, rnd, rep.reason, outcome),
+                audit=AuditNote(
+                    event="task_report",
+                    actor=site,
+                    at=now,
+                    job=job_id,
+                    round=rnd,
+                    reason=rep.reason,
+                    detail=outcome,
+                ),
             )
             at = (0 if final else rnd, job.state.attempt)
             record_report(self.store, job_id, at[0], attempt=at[1], site=site, report=rep, now=now)
@@ -397,7 +413,13 @@ class Coordinator:
             now = self.clock()
             sec.take(info, env, msg, now=now)
             self.store.audit(
-                AuditNote(f"secagg_{phase.value}", info.name, now, env.job_id, env.round)
+                AuditNote(
+                    event=f"secagg_{phase.value}",
+                    actor=info.name,
+                    at=now,
+                    job=env.job_id,
+                    round=env.round,
+                )
             )
             self._feed(env.job_id, r.SecAggReceived(info.name, env.round, phase))
 

@@ -23,12 +23,11 @@ from collections.abc import Callable
 import structlog
 
 from aggregator import rounds as r
-from aggregator.blobs import BlobStore
 from aggregator.failures import failure_summary, record_silent, unusable_summary
 from aggregator.jobs import Job
 from aggregator.secure import SecureRound, rules_for
 from aggregator.sites import SiteRegistry
-from aggregator.store import AuditNote, ModelRow, Store
+from aggregator.store import AuditNote, BlobStore, ModelRow, Store
 from confide import secagg
 from confide.errors import Reason
 from confide.secagg.encoding import secure_encoding
@@ -105,13 +104,13 @@ class Executor:
                 "failed",
                 at=now,
                 audit=AuditNote(
-                    "round_failed",
-                    "aggregator",
-                    now,
-                    job_id,
-                    a.round,
-                    a.reason.value,
-                    f"attempt {a.attempt}; retry={a.retry}",
+                    event="round_failed",
+                    actor="aggregator",
+                    at=now,
+                    job=job_id,
+                    round=a.round,
+                    reason=a.reason.value,
+                    detail=f"attempt {a.attempt}; retry={a.retry}",
                 ),
             )
             record_silent(self.store, job_id, a, now=now)
@@ -146,7 +145,13 @@ class Executor:
                 error=error,
                 final_metrics=final,
                 audit=AuditNote(
-                    f"job_{state}", "aggregator", now, job_id, job.state.round, a.reason, error
+                    event=f"job_{state}",
+                    actor="aggregator",
+                    at=now,
+                    job=job_id,
+                    round=job.state.round,
+                    reason=a.reason,
+                    detail=error,
                 ),
             )
             log.info("job_finished", job=job_id, state=state, reason=a.reason, error=error)
@@ -180,7 +185,13 @@ class Executor:
             "failed",
             error=error,
             audit=AuditNote(
-                "job_failed", "aggregator", now, job_id, rnd, Reason.INTERNAL.value, error
+                event="job_failed",
+                actor="aggregator",
+                at=now,
+                job=job_id,
+                round=rnd,
+                reason=Reason.INTERNAL.value,
+                detail=error,
             ),
         )
 
@@ -193,7 +204,12 @@ class Executor:
             model_in=a.model_version,
             at=now,
             audit=AuditNote(
-                "round_started", "aggregator", now, job_id, a.round, "", ",".join(a.sites)
+                event="round_started",
+                actor="aggregator",
+                at=now,
+                job=job_id,
+                round=a.round,
+                detail=",".join(a.sites),
             ),
         )
         log.info("round_started", job=job_id, round=a.round, attempt=a.attempt, sites=len(a.sites))
@@ -261,13 +277,13 @@ class Executor:
             )
             self.store.audit(
                 AuditNote(
-                    "secagg_share_rejected",
-                    rej.site,
-                    now,
-                    job_id,
-                    a.round,
-                    rej.reason,
-                    f"share from {rej.sender}",
+                    event="secagg_share_rejected",
+                    actor=rej.site,
+                    at=now,
+                    job=job_id,
+                    round=a.round,
+                    reason=rej.reason,
+                    detail=f"share from {rej.sender}",
                 )
             )
 
@@ -286,7 +302,13 @@ class Executor:
             self.store.record_site(
                 job.left_out_row(site, a.round, reason),
                 audit=AuditNote(
-                    "secagg_site_left_out", site, now, job_id, a.round, reason, "too few partners"
+                    event="secagg_site_left_out",
+                    actor=site,
+                    at=now,
+                    job=job_id,
+                    round=a.round,
+                    reason=reason,
+                    detail="too few partners",
                 ),
             )
 
@@ -299,9 +321,22 @@ class Executor:
         self.store.complete_round(
             job_id,
             a.round,
-            model=ModelRow(job_id, job.version_no, sha, opt_sha, now),
+            model=ModelRow(
+                job=job_id,
+                version_no=job.version_no,
+                sha256=sha,
+                optimizer_state=opt_sha,
+                created=now,
+            ),
             metrics=job.round_metrics(updates=updates, now=now),
-            audit=AuditNote("round_completed", "aggregator", now, job_id, a.round, "", sha),
+            audit=AuditNote(
+                event="round_completed",
+                actor="aggregator",
+                at=now,
+                job=job_id,
+                round=a.round,
+                detail=sha,
+            ),
         )
         log.info(
             "round_completed",

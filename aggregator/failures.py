@@ -67,14 +67,14 @@ def record_report(
     outcome = "refused" if report.outcome == common_pb2.OUTCOME_REFUSED else "failed"
     store.record_failure(
         FailureRow(
-            job_id,
-            rnd,
-            site,
-            attempt,
-            outcome,
-            reason_code(report.reason),
-            one_line(report.message),
-            now,
+            job=job_id,
+            round=rnd,
+            site=site,
+            attempt=attempt,
+            outcome=outcome,
+            reason=reason_code(report.reason),
+            detail=one_line(report.message),
+            at=now,
         )
     )
 
@@ -96,14 +96,14 @@ def record_silent(store: Store, job_id: str, failed: r.RoundFailed, *, now: floa
             detail = f"no {stage} message before the stage's deadline"
         store.record_failure(
             FailureRow(
-                job_id,
-                failed.round,
-                site,
-                failed.attempt,
-                "silent",
-                Reason.UNAVAILABLE.value,
-                detail,
-                now,
+                job=job_id,
+                round=failed.round,
+                site=site,
+                attempt=failed.attempt,
+                outcome="silent",
+                reason=Reason.UNAVAILABLE.value,
+                detail=detail,
+                at=now,
             )
         )
 

@@ -209,13 +209,13 @@ class Guard:
         try:
             self.store.audit(
                 AuditNote(
-                    event,
-                    call.site or "unknown",
-                    self.clock(),
-                    _short(call.job),
-                    call.round,
-                    exc.reason.value,
-                    f"{error} ({seen})" if seen else error,
+                    event=event,
+                    actor=call.site or "unknown",
+                    at=self.clock(),
+                    job=_short(call.job),
+                    round=call.round,
+                    reason=exc.reason.value,
+                    detail=f"{error} ({seen})" if seen else error,
                 )
             )
         except Exception as audit_exc:  # the refusal must still reach the peer

@@ -26,11 +26,10 @@ from aggregator.admission import (
     eval_weight,
     rule_of,
 )
-from aggregator.blobs import BlobStore
 from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
 from aggregator.robust import Accumulator, HeldUpdates, Rule
-from aggregator.rows import SiteRoundRow
 from aggregator.secure import SecureRound, rules_for, stage_timeout
+from aggregator.store import BlobStore, SiteRoundRow
 from confide.jobspec import attempt_limits
 from confide.lineage import chain_link, chain_of
 from confide.models import parameter_shapes
@@ -221,15 +220,15 @@ class Job:
         AdvertiseKeys (never the input; its weight is 1: secure sums are uniform).
         """
         return SiteRoundRow(
-            self.job_id,
-            rnd,
-            site,
-            "ok",
-            "",
-            int(figures.num_samples),
-            figures.epsilon,
-            figures.update_epsilon,
-            dict(figures.metrics),
+            job=self.job_id,
+            round=rnd,
+            site=site,
+            outcome="ok",
+            reason="",
+            num_samples=int(figures.num_samples),
+            epsilon=figures.epsilon,
+            update_epsilon=figures.update_epsilon,
+            metrics=dict(figures.metrics),
             weight=float(admitted.weight) if admitted else 1.0,
             update_norm=admitted.norm if admitted else 0.0,
             clipped=admitted.clipped if admitted else False,
@@ -241,30 +240,30 @@ class Job:
         figures = self.secure.info.get(site) if self.secure is not None else None
         figures = figures or federation_pb2.AdvertiseKeys()
         return SiteRoundRow(
-            self.job_id,
-            rnd,
-            site,
-            "failed",
-            reason,
-            int(figures.num_samples),
-            figures.epsilon,
-            figures.update_epsilon,
-            {},
+            job=self.job_id,
+            round=rnd,
+            site=site,
+            outcome="failed",
+            reason=reason,
+            num_samples=int(figures.num_samples),
+            epsilon=figures.epsilon,
+            update_epsilon=figures.update_epsilon,
+            metrics={},
         )
 
     def report_row(self, site: str, rnd: int, rep: federation_pb2.TaskReport) -> SiteRoundRow:
         """The store row for a task report (``rnd`` 0: the final evaluation)."""
         outcome = common_pb2.Outcome.Name(rep.outcome).removeprefix("OUTCOME_").lower()
         return SiteRoundRow(
-            self.job_id,
-            rnd,
-            site,
-            outcome,
-            rep.reason,
-            int(rep.num_samples),
-            0.0,
-            0.0,
-            dict(rep.metrics),
+            job=self.job_id,
+            round=rnd,
+            site=site,
+            outcome=outcome,
+            reason=rep.reason,
+            num_samples=int(rep.num_samples),
+            epsilon=0.0,
+            update_epsilon=0.0,
+            metrics=dict(rep.metrics),
         )
 
     def reset_round(self) -> None:

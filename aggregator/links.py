@@ -72,8 +72,15 @@ class SiteLinks:
         for p in unusable:
             log.warning("site_dataset_unusable", site=site, dataset=p.dataset, reason=p.reason)
         self.store.upsert_site(
-            SiteRow(site, list(req.datasets), req.device, req.agent_version, now, sizes),
-            audit=AuditNote("site_registered", site, now, detail=detail),
+            SiteRow(
+                id=site,
+                datasets=list(req.datasets),
+                device=req.device,
+                agent_version=req.agent_version,
+                last_heartbeat=now,
+                sizes=sizes,
+            ),
+            audit=AuditNote(event="site_registered", actor=site, at=now, detail=detail),
         )
 
     def declared(self, site: str, dataset: str) -> Declared | None:
@@ -161,9 +168,9 @@ class SiteLinks:
                 log.warning("site_certificate_invalid", site=conn.site, error=str(exc))
                 self.store.audit(
                     AuditNote(
-                        "site_stream_closed",
-                        conn.site,
-                        self.clock(),
+                        event="site_stream_closed",
+                        actor=conn.site,
+                        at=self.clock(),
                         reason=exc.reason.value,
                         detail=str(exc),
                     )

@@ -13,11 +13,9 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from aggregator import rounds as r
-from aggregator.blobs import BlobStore
 from aggregator.jobs import Job, new_job, resume_point
-from aggregator.rows import JobRow
 from aggregator.sites import SiteRegistry
-from aggregator.store import AuditNote, Store
+from aggregator.store import AuditNote, BlobStore, JobRow, Store
 from confide.errors import ConfideError, Reason
 from confide.v1 import common_pb2
 
@@ -110,5 +108,12 @@ def mark_failed(
         job_id,
         "failed",
         error=error,
-        audit=AuditNote("job_failed", "aggregator", now, job_id, 0, reason.value, error),
+        audit=AuditNote(
+            event="job_failed",
+            actor="aggregator",
+            at=now,
+            job=job_id,
+            reason=reason.value,
+            detail=error,
+        ),
     )

@@ -23,14 +23,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.admin import AdminServicer
-from aggregator.blobs import BlobStore
 from aggregator.config import AggregatorConfig
 from aggregator.coordinator import Coordinator
 from aggregator.guard import Guard
 from aggregator.interceptor import QuotaInterceptor, make_pools
 from aggregator.quota import Quotas
 from aggregator.servicer import FederationServicer
-from aggregator.store import AuditNote, Store
+from aggregator.store import AuditNote, Store, open_blobs, open_store
 from confide.errors import ConfigError
 from confide.pki import Identity, load_identity, server_credentials
 from confide.v1 import admin_pb2_grpc, federation_pb2_grpc
@@ -104,8 +103,8 @@ def build(
             ca=config.ca,
             crl=config.crl,
         )
-    store = Store(config.state_dir / "aggregator.db")
-    blobs = BlobStore(config.state_dir / "blobs")
+    store = open_store(config.store, state_dir=config.state_dir)
+    blobs = open_blobs(config.store, state_dir=config.state_dir)
     coord = Coordinator(
         store,
         blobs,
@@ -138,7 +137,9 @@ def build(
 
     def audit_refused(peer: str, reason: str, count: int) -> None:
         note = f"{count} calls refused since the last entry"
-        store.audit(AuditNote("peer_throttled", peer, clock(), "", 0, reason, note))
+        store.audit(
+            AuditNote(event="peer_throttled", actor=peer, at=clock(), reason=reason, detail=note)
+        )
 
     interceptor = QuotaInterceptor(quotas, make_pools(quotas), on_refused=audit_refused)
     server = grpc.server(

@@ -15,11 +15,10 @@ from contextlib import contextmanager
 import grpc
 import structlog
 
-from aggregator.blobs import BlobStore
 from aggregator.coordinator import Coordinator, UploadTarget
 from aggregator.guard import Guard, check_figures, decode
 from aggregator.quota import Quotas
-from aggregator.store import AuditNote, Store
+from aggregator.store import AuditNote, BlobStore, Store
 from confide.errors import (
     InternalError,
     MalformedMessage,
@@ -250,13 +249,11 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         try:
             self.guard.store.audit(
                 AuditNote(
-                    "upload_expired",
-                    site,
-                    self.coord.clock(),
-                    job_id,
-                    0,
-                    "",
-                    "the phase closed while the upload was still streaming",
+                    event="upload_expired",
+                    actor=site,
+                    at=self.coord.clock(),
+                    job=job_id,
+                    detail="the phase closed while the upload was still streaming",
                 )
             )
         finally:

@@ -70,6 +70,7 @@ def aggregator_toml(d: Path) -> dict[str, Any]:
         "server": {"listen": "127.0.0.1:0", "max_update_bytes": 1 << 20},
         "tls": _tls(d, "aggregator"),
         "state": {"dir": str(d / "agg")},
+        "store": {"backend": "sqlite"},
         "rounds": {"heartbeat_interval_s": 5, "max_round_retries": 2, "retry_backoff_s": 1},
         "limits": {"max_model_bytes": 1 << 20, "peer_calls": 4, "stream_idle_s": 10},
         "log": {"level": "info", "json": True},

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from aggregator.blobs import BlobStore
 from aggregator.coordinator import Coordinator
-from aggregator.store import AuditNote, JobRow, ModelRow, Store
+from aggregator.store import AuditNote, JobRow, ModelRow
+from aggregator.store.blobs import FileBlobStore
+from aggregator.store.sqlite import SqliteStore
 from confide.models import initial_weights
 from confide.v1 import common_pb2, federation_pb2
 from tests.aggregator.fakes import tiny_spec
@@ -18,8 +19,8 @@ from tests.aggregator.fakes import tiny_spec
 
 @pytest.fixture
 def coord(tmp_path):
-    store = Store(tmp_path / "a.db")
-    blobs = BlobStore(tmp_path / "blobs")
+    store = SqliteStore(tmp_path / "a.db")
+    blobs = FileBlobStore(tmp_path / "blobs")
     c = Coordinator(store, blobs, heartbeat_interval_s=5.0, site_timeout_s=60.0, max_retries=0)
     c.start()
     yield c
@@ -38,9 +39,18 @@ def _connect(coord: Coordinator, *sites: str) -> list:
 def _submit(coord: Coordinator, job_id: str, spec: common_pb2.JobSpec) -> None:
     sha, _ = coord.blobs.put(initial_weights(spec.model, spec.dataset, seed=1))
     coord.store.add_job(
-        JobRow(job_id, spec.SerializeToString(), b"", b"", "running", "", "alice", time.time()),
-        ModelRow(job_id, 0, sha, "", time.time()),
-        audit=AuditNote("job_submitted", "alice", time.time(), job_id),
+        JobRow(
+            id=job_id,
+            spec=spec.SerializeToString(),
+            signed_job=b"",
+            signer_cert=b"",
+            state="running",
+            error="",
+            submitted_by="alice",
+            created=time.time(),
+        ),
+        ModelRow(job=job_id, version_no=0, sha256=sha, optimizer_state="", created=time.time()),
+        audit=AuditNote(event="job_submitted", actor="alice", at=time.time(), job=job_id),
     )
     coord.add_job(job_id, spec, common_pb2.Envelope(), b"", model_version=sha)
 

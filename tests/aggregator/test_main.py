@@ -13,6 +13,7 @@ import pytest
 from aggregator.config import DEFAULT_MAX_MODEL_BYTES, parse_config
 from aggregator.main import main
 from aggregator.quota import Limits
+from aggregator.store import StoreBackend, StoreConfig
 from confide.errors import ConfigError, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,8 @@ def test_config_defaults(pki, tmp_path):
         ("[rounds]\nsite_timeout_s = 1", "rounds.site_timeout_s"),
         ("[log]\nlevel = 'loud'", "log.level"),
         ("bogus = 1", "state.bogus"),
+        ("[store]\nbackend = 'postgresql'", "store.backend"),
+        ("[store]\nbackend = 1", "store.backend"),
     ],
 )
 def test_config_errors_name_the_key(pki, tmp_path, extra, key):
@@ -72,6 +75,26 @@ def test_main_config_error_exits_2(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "a.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["confide-aggregator: config key 'federation': must be a string, got int"]
+
+
+def test_main_exits_2_naming_an_unknown_store_backend(pki, tmp_path, capsys):
+    """A store backend this aggregator lacks is one line naming store.backend, exit 2, and
+    nothing is created in the state folder."""
+    text = _toml(pki, tmp_path / "state", "[store]\nbackend = 'mysql'")
+    (tmp_path / "a.toml").write_text(text)
+    assert main(["--config", str(tmp_path / "a.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "confide-aggregator: config key 'store.backend': must be one of sqlite; got 'mysql'"
+    ]
+    assert not (tmp_path / "state").exists()
+
+
+def test_store_backend_defaults_to_sqlite_and_can_be_named(pki, tmp_path):
+    """Without [store] the backend is SQLite; naming it explicitly gives the same."""
+    assert parse_config(_toml(pki, tmp_path)).store == StoreConfig(backend=StoreBackend.SQLITE)
+    named = parse_config(_toml(pki, tmp_path, "[store]\nbackend = 'sqlite'"))
+    assert named.store.backend is StoreBackend.SQLITE
 
 
 def test_import_does_not_pull_torch():

@@ -108,17 +108,33 @@ def test_a_downloaded_model_loads_into_pytorch(clients, operator_toml, tmp_path)
 
 def test_a_long_jobs_status_lists_the_newest_versions_and_the_best_one():
     """Past MAX_VERSIONS the list keeps the newest versions and the best evaluated one."""
-    from aggregator.rows import ModelRow, RoundRow
+    from aggregator.store import ModelRow, RoundRow
     from aggregator.versions import MAX_VERSIONS, model_versions
 
     n = MAX_VERSIONS + 500
-    models = [ModelRow("j", v, f"{v:064x}", "", 0.0) for v in range(n + 1)]
+    models = [
+        ModelRow(job="j", version_no=v, sha256=f"{v:064x}", optimizer_state="", created=0.0)
+        for v in range(n + 1)
+    ]
     acc = {3: 0.99}  # round 3 evaluated version 2 best
 
     def metrics(r: int) -> dict[str, float]:
         return {"accuracy": acc.get(r, 0.5), "eval_samples": 10}
 
-    rounds = [RoundRow("j", r, "done", 1, "", "", metrics(r), 0.0, 0.0) for r in range(1, n + 1)]
+    rounds = [
+        RoundRow(
+            job="j",
+            round=r,
+            state="done",
+            attempt=1,
+            model_version_in="",
+            model_version_out="",
+            metrics=metrics(r),
+            started=0.0,
+            finished=0.0,
+        )
+        for r in range(1, n + 1)
+    ]
     versions = model_versions(models, rounds, {})
     assert len(versions) == MAX_VERSIONS
     assert versions[0].version == 2 and versions[0].accuracy == pytest.approx(0.99)

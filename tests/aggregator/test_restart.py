@@ -7,7 +7,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from aggregator.server import build
-from aggregator.store import AuditNote, JobRow, ModelRow, Store
+from aggregator.store import AuditNote, JobRow, ModelRow, open_store
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FakeSite, Operator, delta_like, tiny_spec
@@ -89,11 +89,20 @@ def test_job_with_unknown_optimizer_is_refused_before_it_is_stored(pki, tmp_path
 def test_unrestorable_job_is_marked_failed_and_startup_goes_on(pki, tmp_path):
     """A stored running job that cannot be rebuilt is marked failed with a reason at startup."""
     cfg = make_config(pki, tmp_path / "state")
-    store = Store(cfg.state_dir / "aggregator.db")
+    store = open_store(cfg.store, state_dir=cfg.state_dir)
     store.add_job(
-        JobRow("bad", _bad_optimizer_spec().SerializeToString(), b"", b"", "running", "", "x", 1.0),
-        ModelRow("bad", 0, "00" * 32, "", 1.0),
-        audit=AuditNote("job_submitted", "alice", 1.0, "bad"),
+        JobRow(
+            id="bad",
+            spec=_bad_optimizer_spec().SerializeToString(),
+            signed_job=b"",
+            signer_cert=b"",
+            state="running",
+            error="",
+            submitted_by="x",
+            created=1.0,
+        ),
+        ModelRow(job="bad", version_no=0, sha256="00" * 32, optimizer_state="", created=1.0),
+        audit=AuditNote(event="job_submitted", actor="alice", at=1.0, job="bad"),
     )
     store.close()
     with capture_logs() as logs:

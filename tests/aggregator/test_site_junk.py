@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from aggregator.pages import REPLY_BUDGET
-from aggregator.rows import AuditNote, JobRow, ModelRow, SiteRoundRow
+from aggregator.store import AuditNote, JobRow, ModelRow, SiteRoundRow
 from confide.cli.main import main as confide_main
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from confide.wire.bounds import MAX_NAME_BYTES
@@ -108,10 +108,27 @@ def _add_rounds(store: Any, job: str, *, rounds: int, sites: int) -> None:
     now = time.time()
     for r in range(1, rounds + 1):
         store.start_round(
-            job, r, attempt=1, model_in="0" * 64, at=now, audit=AuditNote("round_started", "t", now)
+            job,
+            r,
+            attempt=1,
+            model_in="0" * 64,
+            at=now,
+            audit=AuditNote(event="round_started", actor="t", at=now),
         )
         for s in range(sites):
-            store.record_site(SiteRoundRow(job, r, f"site-{s}", "ok", "", 10, 0.5, 0.0, metrics))
+            store.record_site(
+                SiteRoundRow(
+                    job=job,
+                    round=r,
+                    site=f"site-{s}",
+                    outcome="ok",
+                    reason="",
+                    num_samples=10,
+                    epsilon=0.5,
+                    update_epsilon=0.0,
+                    metrics=metrics,
+                )
+            )
 
 
 def test_listings_are_paged_within_the_reply_budget(server, clients, pki, tmp_path, capsys):
@@ -125,9 +142,20 @@ def test_listings_are_paged_within_the_reply_budget(server, clients, pki, tmp_pa
     ids = [op.submit(tiny_spec(name=f"j{i}")) for i in range(5)]
     spec = tiny_spec().SerializeToString()
     agg.store.add_job(
-        JobRow("many", spec, b"", b"", "done", "", "alice", time.time()),
-        ModelRow("many", 0, "0" * 64, "", time.time()),
-        audit=AuditNote("job_submitted", "alice", time.time(), "many"),
+        JobRow(
+            id="many",
+            spec=spec,
+            signed_job=b"",
+            signer_cert=b"",
+            state="done",
+            error="",
+            submitted_by="alice",
+            created=time.time(),
+        ),
+        ModelRow(
+            job="many", version_no=0, sha256="0" * 64, optimizer_state="", created=time.time()
+        ),
+        audit=AuditNote(event="job_submitted", actor="alice", at=time.time(), job="many"),
     )
     _add_rounds(agg.store, "many", rounds=40, sites=8)
 

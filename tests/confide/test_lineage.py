@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aggregator.blobs import BlobStore
+from aggregator.store.blobs import FileBlobStore
 from confide.errors import MalformedMessage
 from confide.lineage import chain_anchor, chain_link, chain_of, initial_model_sha
 from confide.models import initial_weights
@@ -97,6 +97,6 @@ def test_malformed_link_inputs_are_refused(parent, version, sha):
 def test_initial_model_sha_is_what_the_aggregator_stores_as_version_0(tmp_path):
     """The site's recomputed version 0 has the name the aggregator's blob store gives it."""
     spec = _spec(seed=5)
-    sha, _ = BlobStore(tmp_path).put(initial_weights(spec.model, spec.dataset, seed=5))
+    sha, _ = FileBlobStore(tmp_path).put(initial_weights(spec.model, spec.dataset, seed=5))
     assert initial_model_sha(spec) == sha
     assert initial_model_sha(_spec(seed=6)) != sha

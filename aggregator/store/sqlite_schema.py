@@ -1,10 +1,12 @@
-"""The aggregator database's schema and its upgrades (``PRAGMA user_version``).
+"""The SQLite store's schema and its upgrades (``PRAGMA user_version``).
 
 Version 1: sites, jobs, rounds, round_sites, model_versions, audit.
 Version 2: sites.sizes (declared dataset sizes, JSON); round_sites.weight, update_norm and
 clipped (what the aggregator did with a site's update); round_failures (why a site gave a
-round attempt no update, created when missing). Columns are added at the end of their
-table, so ``SELECT *`` rows read the same on a new and on an upgraded database.
+round attempt no update, created when missing).
+
+``aggregator.store.sqlite`` names every column it reads and writes, so a column's position
+in its table means nothing: an upgrade adds columns wherever ``ALTER TABLE`` puts them.
 """
 
 from __future__ import annotations

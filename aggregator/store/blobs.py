@@ -1,9 +1,10 @@
-"""Content-addressed model blobs on disk: ``blobs/ab/abcdef...`` plus its header next to it.
+"""The ``BlobStore`` on a local disk: ``blobs/ab/abcdef...`` plus its header next to it.
 
 A blob file holds the raw concatenated little-endian tensor bytes (what travels in chunks);
 ``<sha>.header`` holds the serialized ``BlobHeader``. Files are written to a temporary name,
 fsynced, then renamed (and the folder fsynced), so a blob that exists is complete: the store
-marks a round done only after its model blob is durable.
+marks a round done only after its model blob is durable. Whatever the ``Store`` backend,
+blobs live here, in the state folder, until another ``BlobStore`` is written.
 """
 
 from __future__ import annotations
@@ -11,23 +12,19 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy.typing as npt
-
+from aggregator.store.interface import Arrays
 from confide.errors import InternalError, Reason
 from confide.statefiles import private_dir
 from confide.v1 import common_pb2
 from confide.wire.blob import CHUNK_BYTES, NamedArrays, decode_tensors, encode_tensors
 
-__all__ = ["BlobStore"]
-
-Arrays = Sequence[tuple[str, npt.NDArray[Any]]]
+__all__ = ["FileBlobStore"]
 
 
-class BlobStore:
+class FileBlobStore:
     """Model versions on disk, named by the hex SHA-256 of their bytes.
 
     Args:

@@ -1,10 +1,11 @@
-"""The aggregator's one persistence interface: SQLite in WAL mode, one file, one lock.
+"""The ``Store`` in SQLite: WAL mode, one file, one connection behind one lock.
 
-Every state transition commits with ``synchronous=FULL`` before the aggregator acts on it, so
-a killed aggregator restarts with every completed round and model version (an in-progress
-round restarts from its input model). Model bytes live in ``BlobStore``; rows hold their hex
-SHA-256. The audit log is a hash chain (``aggregator.audit``) appended in the same transaction
-as the change it records. ``PRAGMA user_version`` versions the schema.
+Every transaction commits with ``synchronous=FULL`` before the method returns, so a killed
+aggregator restarts with every completed round and model version (an in-progress round
+restarts from its input model). Every statement names its columns and every row is read by
+column name (``sqlite3.Row``), so the physical column order of a table, which differs
+between a fresh and an upgraded file, never matters. ``aggregator.store.sqlite_schema``
+holds the tables and their upgrades, ``aggregator.store.sqlite_rows`` each row's columns.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from aggregator.audit import GENESIS, AuditEntry, entry_hash, verify_chain
-from aggregator.rows import (
+from aggregator.audit import GENESIS, AuditEntry, verify_chain
+from aggregator.store.rows import (
     AuditNote,
     FailureRow,
     JobRow,
@@ -26,47 +26,66 @@ from aggregator.rows import (
     RoundRow,
     SiteRoundRow,
     SiteRow,
+)
+from aggregator.store.sqlite_rows import (
+    AUDIT,
+    FAILURES,
+    JOBS,
+    MODELS,
+    ROUND_SITES,
+    ROUNDS,
+    SITES,
     audit_entry,
+    audit_params,
+    failure_params,
     failure_row,
+    job_params,
     job_row,
+    model_params,
     model_row,
+    round_params,
     round_row,
+    site_params,
+    site_round_params,
     site_round_row,
     site_row,
 )
-from aggregator.schema import SCHEMA_VERSION, open_schema
-from confide.statefiles import private_dir, private_file
+from aggregator.store.sqlite_schema import open_schema
+from confide.statefiles import open_database, private_dir
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "AuditNote",
-    "FailureRow",
-    "JobRow",
-    "ModelRow",
-    "RoundRow",
-    "SiteRoundRow",
-    "SiteRow",
-    "Store",
-]
+__all__ = ["SqliteStore"]
 
 
-class Store:
-    """SQLite-backed state of the aggregator; every method is thread-safe.
+def _select(table: str, columns: Sequence[str]) -> str:
+    return f"SELECT {', '.join(columns)} FROM {table}"
+
+
+def _insert(table: str, columns: Sequence[str], *, verb: str = "INSERT") -> str:
+    names = ", ".join(columns)
+    values = ", ".join(f":{c}" for c in columns)
+    return f"{verb} INTO {table} ({names}) VALUES ({values})"
+
+
+def _no_limit(limit: int) -> int:
+    return limit if limit > 0 else -1  # SQLite's LIMIT -1: all rows
+
+
+class SqliteStore:
+    """The aggregator's rows in one SQLite file; every method is thread-safe.
 
     Args:
         path: the database file (created 0600 with its schema when missing, in a folder
-            created 0700).
+            created 0700); an older schema is upgraded in place.
 
     Raises:
-        InternalError: the file has a newer schema than this code knows.
+        InternalError: the file cannot be opened, or has a newer schema than this code knows.
     """
 
     def __init__(self, path: Path) -> None:
-        private_file(private_dir(path.parent) / path.name)  # 0700/0600 under any umask
+        private_dir(path.parent)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_database(path, schema="", what="the aggregator's store")
+        self._db.row_factory = sqlite3.Row
         open_schema(self._db, path)
 
     def close(self) -> None:
@@ -86,32 +105,20 @@ class Store:
                 raise
             cur.execute("COMMIT")
 
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
+            return list(self._db.execute(sql, tuple(args)).fetchall())
 
     # ----- audit -----
 
     def _append(self, cur: sqlite3.Cursor, note: AuditNote) -> AuditEntry:
-        row = cur.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (int(row[0]) + 1, bytes(row[1])) if row else (1, GENESIS)
-        e = AuditEntry(
-            seq,
-            note.at,
-            note.event,
-            note.actor,
-            note.job,
-            note.round,
-            note.reason,
-            note.detail,
-            prev,
-        )
-        h = entry_hash(prev, e)
-        cur.execute(
-            "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (seq, e.at, e.event, e.actor, e.job, e.round, e.reason, e.detail, prev, h),
-        )
-        return AuditEntry(**{**e.__dict__, "hash": h})
+        last = cur.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if last is None:
+            entry = note.link(seq=1, prev_hash=GENESIS)
+        else:
+            entry = note.link(seq=int(last["seq"]) + 1, prev_hash=bytes(last["hash"]))
+        cur.execute(_insert("audit", AUDIT), audit_params(entry))
+        return entry
 
     def audit(self, note: AuditNote) -> AuditEntry:
         """Append one audit entry on its own."""
@@ -121,8 +128,8 @@ class Store:
     def audit_entries(self, *, after_seq: int = 0, limit: int = 0) -> list[AuditEntry]:
         """Audit entries with ``seq > after_seq``, oldest first (``limit`` 0: all)."""
         rows = self._query(
-            "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit if limit > 0 else -1),
+            _select("audit", AUDIT) + " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, _no_limit(limit)),
         )
         return [audit_entry(r) for r in rows]
 
@@ -139,17 +146,7 @@ class Store:
     def upsert_site(self, row: SiteRow, *, audit: AuditNote | None = None) -> None:
         """Record a site's registration."""
         with self._tx() as cur:
-            cur.execute(
-                "INSERT OR REPLACE INTO sites VALUES (?,?,?,?,?,?)",
-                (
-                    row.id,
-                    json.dumps(row.datasets),
-                    row.device,
-                    row.agent_version,
-                    row.last_heartbeat,
-                    json.dumps(row.sizes),
-                ),
-            )
+            cur.execute(_insert("sites", SITES, verb="INSERT OR REPLACE"), site_params(row))
             if audit:
                 self._append(cur, audit)
 
@@ -160,17 +157,15 @@ class Store:
 
     def sites(self, *, after: str = "", limit: int = 0) -> list[SiteRow]:
         """Registered sites with an id after ``after``, by id (``limit`` 0: all)."""
-        return [
-            site_row(r)
-            for r in self._query(
-                "SELECT * FROM sites WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit if limit > 0 else -1),
-            )
-        ]
+        rows = self._query(
+            _select("sites", SITES) + " WHERE id > ? ORDER BY id LIMIT ?",
+            (after, _no_limit(limit)),
+        )
+        return [site_row(r) for r in rows]
 
     def site(self, site: str) -> SiteRow | None:
         """One registered site, or None."""
-        rows = self._query("SELECT * FROM sites WHERE id = ?", (site,))
+        rows = self._query(_select("sites", SITES) + " WHERE id = ?", (site,))
         return site_row(rows[0]) if rows else None
 
     # ----- jobs -----
@@ -178,21 +173,8 @@ class Store:
     def add_job(self, row: JobRow, model: ModelRow, *, audit: AuditNote) -> None:
         """Record a submitted job with its version-0 model, atomically."""
         with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    row.id,
-                    row.spec,
-                    row.signed_job,
-                    row.signer_cert,
-                    row.state,
-                    row.error,
-                    row.submitted_by,
-                    row.created,
-                    json.dumps(row.final_metrics),
-                ),
-            )
-            self._add_model(cur, model)
+            cur.execute(_insert("jobs", JOBS), job_params(row))
+            cur.execute(_insert("model_versions", MODELS), model_params(model))
             self._append(cur, audit)
 
     def set_job_state(
@@ -217,20 +199,18 @@ class Store:
 
     def jobs(self, job: str | None = None) -> list[JobRow]:
         """Every job (or just ``job``), oldest first."""
-        sql, args = "SELECT * FROM jobs", ()
-        if job is not None:
-            sql, args = sql + " WHERE id = ?", (job,)  # type: ignore[assignment]
-        return [job_row(r) for r in self._query(sql + " ORDER BY created, id", args)]
+        where, args = ("", ()) if job is None else (" WHERE id = ?", (job,))
+        rows = self._query(_select("jobs", JOBS) + where + " ORDER BY created, id", args)
+        return [job_row(r) for r in rows]
 
     def jobs_page(self, *, after: int, limit: int) -> list[tuple[int, JobRow]]:
         """Up to ``limit`` jobs submitted after the one with row number ``after``, with their
-        row numbers (submission order; a listing's keys)."""
-        return [
-            (int(r[0]), job_row(r[1:]))
-            for r in self._query(
-                "SELECT rowid, * FROM jobs WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, limit)
-            )
-        ]
+        row numbers (SQLite's rowid: submission order)."""
+        rows = self._query(
+            _select("jobs", ("rowid AS row_no", *JOBS)) + " WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        )
+        return [(int(r["row_no"]), job_row(r)) for r in rows]
 
     def job(self, job: str) -> JobRow | None:
         """One job, or None."""
@@ -239,27 +219,20 @@ class Store:
 
     # ----- models -----
 
-    def _add_model(self, cur: sqlite3.Cursor, m: ModelRow) -> None:
-        cur.execute(
-            "INSERT INTO model_versions VALUES (?,?,?,?,?)",
-            (m.job, m.version_no, m.sha256, m.optimizer_state, m.created),
-        )
-
     def latest_model(self, job: str) -> ModelRow | None:
         """A job's newest model version, or None."""
         rows = self._query(
-            "SELECT * FROM model_versions WHERE job = ? ORDER BY version_no DESC LIMIT 1", (job,)
+            _select("model_versions", MODELS) + " WHERE job = ? ORDER BY version_no DESC LIMIT 1",
+            (job,),
         )
         return model_row(rows[0]) if rows else None
 
     def models(self, job: str) -> list[ModelRow]:
         """A job's model versions, oldest first."""
-        return [
-            model_row(r)
-            for r in self._query(
-                "SELECT * FROM model_versions WHERE job = ? ORDER BY version_no", (job,)
-            )
-        ]
+        rows = self._query(
+            _select("model_versions", MODELS) + " WHERE job = ? ORDER BY version_no", (job,)
+        )
+        return [model_row(r) for r in rows]
 
     # ----- rounds -----
 
@@ -267,12 +240,20 @@ class Store:
         self, job: str, round: int, *, attempt: int, model_in: str, at: float, audit: AuditNote
     ) -> None:
         """Record that an attempt of a round started (forgetting an earlier attempt's sites)."""
+        row = RoundRow(
+            job=job,
+            round=round,
+            state="collecting",
+            attempt=attempt,
+            model_version_in=model_in,
+            model_version_out="",
+            metrics={},
+            started=at,
+            finished=0.0,
+        )
         with self._tx() as cur:
             cur.execute("DELETE FROM round_sites WHERE job = ? AND round = ?", (job, round))
-            cur.execute(
-                "INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?,?,?,?)",
-                (job, round, "collecting", attempt, model_in, "", "{}", at, 0.0),
-            )
+            cur.execute(_insert("rounds", ROUNDS, verb="INSERT OR REPLACE"), round_params(row))
             self._append(cur, audit)
 
     def set_round_state(
@@ -302,7 +283,7 @@ class Store:
         The model blob must already be durable on disk.
         """
         with self._tx() as cur:
-            self._add_model(cur, model)
+            cur.execute(_insert("model_versions", MODELS), model_params(model))
             cur.execute(
                 "UPDATE rounds SET state = 'done', model_version_out = ?, metrics = ?, "
                 "finished = ? WHERE job = ? AND round = ?",
@@ -326,29 +307,13 @@ class Store:
             before_commit: run inside the transaction after the writes; if it raises, the
                 row and audit entry are rolled back.
         """
+        replaced = ", ".join(f"{c} = excluded.{c}" for c in ROUND_SITES[3:])
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO round_sites VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (job, round, site) DO UPDATE SET outcome = excluded.outcome, "
-                "reason = excluded.reason, num_samples = excluded.num_samples, "
-                "epsilon = excluded.epsilon, update_epsilon = excluded.update_epsilon, "
-                "metrics = excluded.metrics, weight = excluded.weight, "
-                "update_norm = excluded.update_norm, clipped = excluded.clipped "
+                _insert("round_sites", ROUND_SITES)
+                + f" ON CONFLICT (job, round, site) DO UPDATE SET {replaced} "
                 "WHERE round_sites.outcome != 'ok' OR excluded.outcome = 'ok'",
-                (
-                    row.job,
-                    row.round,
-                    row.site,
-                    row.outcome,
-                    row.reason,
-                    row.num_samples,
-                    row.epsilon,
-                    row.update_epsilon,
-                    json.dumps(row.metrics),
-                    row.weight,
-                    row.update_norm,
-                    int(row.clipped),
-                ),
+                site_round_params(row),
             )
             if audit:
                 self._append(cur, audit)
@@ -361,66 +326,45 @@ class Store:
         """A job's rounds numbered above ``after``, in order (``limit`` 0: all); ``newest``:
         the last ``limit`` of them, newest first."""
         order = "DESC" if newest else "ASC"
-        return [
-            round_row(r)
-            for r in self._query(
-                f"SELECT * FROM rounds WHERE job = ? AND round > ? ORDER BY round {order} LIMIT ?",
-                (job, after, limit if limit > 0 else -1),
-            )
-        ]
+        rows = self._query(
+            _select("rounds", ROUNDS)
+            + f" WHERE job = ? AND round > ? ORDER BY round {order} LIMIT ?",
+            (job, after, _no_limit(limit)),
+        )
+        return [round_row(r) for r in rows]
 
     def count_rounds(self, job: str) -> int:
         """How many rounds of ``job`` are recorded."""
-        return int(self._query("SELECT COUNT(*) FROM rounds WHERE job = ?", (job,))[0][0])
+        rows = self._query("SELECT COUNT(*) AS n FROM rounds WHERE job = ?", (job,))
+        return int(rows[0]["n"])
 
     def round_sites(self, job: str, *, lo: int = 0, hi: int = -1) -> list[SiteRoundRow]:
         """A job's site answers of rounds ``lo``..``hi`` (-1: no upper end), by round then site
         (round 0 holds the final evaluation)."""
-        return [
-            site_round_row(r)
-            for r in self._query(
-                "SELECT * FROM round_sites WHERE job = ? AND round >= ? AND (? < 0 OR round <= ?) "
-                "ORDER BY round, site",
-                (job, lo, hi, hi),
-            )
-        ]
+        rows = self._query(
+            _select("round_sites", ROUND_SITES)
+            + " WHERE job = ? AND round >= ? AND (? < 0 OR round <= ?) ORDER BY round, site",
+            (job, lo, hi, hi),
+        )
+        return [site_round_row(r) for r in rows]
 
     def epsilon_by_site(self, job: str) -> dict[str, float]:
-        """Each site's largest reported ε over its accepted updates in ``job``.
-
-        Sites report the job's cumulative ε (their ledger composes the rounds by RDP), so the
-        job's figure per site is the latest, i.e. the largest.
-        """
-        return {
-            str(r[0]): float(r[1])
-            for r in self._query(
-                "SELECT site, MAX(epsilon) FROM round_sites "
-                "WHERE job = ? AND round > 0 AND outcome = 'ok' GROUP BY site ORDER BY site",
-                (job,),
-            )
-        }
+        """Each site's largest reported ε over its accepted updates in ``job``."""
+        rows = self._query(
+            "SELECT site, MAX(epsilon) AS epsilon FROM round_sites "
+            "WHERE job = ? AND round > 0 AND outcome = 'ok' GROUP BY site ORDER BY site",
+            (job,),
+        )
+        return {str(r["site"]): float(r["epsilon"]) for r in rows}
 
     # ----- failure reasons -----
 
     def record_failure(self, row: FailureRow) -> None:
-        """Record why a site gave a round attempt no update (replacing an earlier attempt's).
-
-        One row per (job, round, site), so a site cannot grow the table beyond the rounds
-        it takes part in; ``row.detail`` is bounded by the caller.
-        """
+        """Record why a site gave a round attempt no update (replacing an earlier attempt's)."""
         with self._tx() as cur:
             cur.execute(
-                "INSERT OR REPLACE INTO round_failures VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    row.job,
-                    row.round,
-                    row.site,
-                    row.attempt,
-                    row.outcome,
-                    row.reason,
-                    row.detail,
-                    row.at,
-                ),
+                _insert("round_failures", FAILURES, verb="INSERT OR REPLACE"),
+                failure_params(row),
             )
 
     def failures(
@@ -430,11 +374,9 @@ class Store:
         end), by round then site."""
         if round is not None:
             lo = hi = round
-        return [
-            failure_row(r)
-            for r in self._query(
-                "SELECT * FROM round_failures WHERE job = ? AND round >= ? "
-                "AND (? < 0 OR round <= ?) ORDER BY round, site",
-                (job, lo, hi, hi),
-            )
-        ]
+        rows = self._query(
+            _select("round_failures", FAILURES)
+            + " WHERE job = ? AND round >= ? AND (? < 0 OR round <= ?) ORDER BY round, site",
+            (job, lo, hi, hi),
+        )
+        return [failure_row(r) for r in rows]

@@ -1,14 +1,15 @@
-"""Plain rows the store reads and writes (one dataclass per table, plus an audit note), and
-the functions that build each from a ``SELECT *`` database row."""
+"""The plain rows the store reads and writes: one dataclass per table, plus an audit note.
+
+They carry no storage detail (no column order, no encoding), so every ``Store``
+implementation builds and returns the same values. Every field is keyword-only: a row is
+never built by position, so adding a column cannot shift another's value.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
-from aggregator.audit import AuditEntry
+from aggregator.audit import AuditEntry, entry_hash
 
 __all__ = [
     "AuditNote",
@@ -18,19 +19,10 @@ __all__ = [
     "RoundRow",
     "SiteRoundRow",
     "SiteRow",
-    "audit_entry",
-    "failure_row",
-    "job_row",
-    "model_row",
-    "round_row",
-    "site_round_row",
-    "site_row",
 ]
 
-DbRow = Sequence[Any]
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuditNote:
     """An audit entry to append together with a change (seq and hashes are assigned)."""
 
@@ -42,8 +34,28 @@ class AuditNote:
     reason: str = ""
     detail: str = ""
 
+    def link(self, *, seq: int, prev_hash: bytes) -> AuditEntry:
+        """The chain entry this note becomes at position ``seq`` after ``prev_hash``, hashed.
 
-@dataclass(frozen=True)
+        Args:
+            seq: the entry's position in the chain, from 1.
+            prev_hash: the previous entry's hash (``GENESIS`` for the first).
+        """
+        entry = AuditEntry(
+            seq=seq,
+            at=self.at,
+            event=self.event,
+            actor=self.actor,
+            job=self.job,
+            round=self.round,
+            reason=self.reason,
+            detail=self.detail,
+            prev_hash=prev_hash,
+        )
+        return replace(entry, hash=entry_hash(prev_hash, entry))
+
+
+@dataclass(frozen=True, kw_only=True)
 class SiteRow:
     """A registered site (connection state is in memory only).
 
@@ -60,7 +72,7 @@ class SiteRow:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class JobRow:
     """A submitted job: its spec, the operator's signed envelope and certificate."""
 
@@ -75,7 +87,7 @@ class JobRow:
     final_metrics: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RoundRow:
     """One round of a job (the latest attempt)."""
 
@@ -90,7 +102,7 @@ class RoundRow:
     finished: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SiteRoundRow:
     """What one site did in one round.
 
@@ -114,7 +126,7 @@ class SiteRoundRow:
     clipped: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelRow:
     """A global model version: its blob and the server optimizer's state blob ("" if none)."""
 
@@ -125,88 +137,13 @@ class ModelRow:
     created: float
 
 
-def site_row(r: DbRow) -> SiteRow:
-    """A ``sites`` row."""
-    sizes = {str(k): (int(v[0]), int(v[1])) for k, v in json.loads(str(r[5])).items()}
-    return SiteRow(str(r[0]), json.loads(str(r[1])), str(r[2]), str(r[3]), float(r[4]), sizes)
-
-
-def job_row(r: DbRow) -> JobRow:
-    """A ``jobs`` row."""
-    return JobRow(
-        str(r[0]),
-        bytes(r[1]),
-        bytes(r[2]),
-        bytes(r[3]),
-        str(r[4]),
-        str(r[5]),
-        str(r[6]),
-        float(r[7]),
-        json.loads(str(r[8])),
-    )
-
-
-def round_row(r: DbRow) -> RoundRow:
-    """A ``rounds`` row."""
-    return RoundRow(
-        str(r[0]),
-        int(r[1]),
-        str(r[2]),
-        int(r[3]),
-        str(r[4]),
-        str(r[5]),
-        json.loads(str(r[6])),
-        float(r[7]),
-        float(r[8]),
-    )
-
-
-def site_round_row(r: DbRow) -> SiteRoundRow:
-    """A ``round_sites`` row."""
-    return SiteRoundRow(
-        str(r[0]),
-        int(r[1]),
-        str(r[2]),
-        str(r[3]),
-        str(r[4]),
-        int(r[5]),
-        float(r[6]),
-        float(r[7]),
-        json.loads(str(r[8])),
-        float(r[9]),
-        float(r[10]),
-        bool(r[11]),
-    )
-
-
-def model_row(r: DbRow) -> ModelRow:
-    """A ``model_versions`` row."""
-    return ModelRow(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]))
-
-
-def audit_entry(r: DbRow) -> AuditEntry:
-    """An ``audit`` row."""
-    return AuditEntry(
-        int(r[0]),
-        float(r[1]),
-        str(r[2]),
-        str(r[3]),
-        str(r[4]),
-        int(r[5]),
-        str(r[6]),
-        str(r[7]),
-        bytes(r[8]),
-        bytes(r[9]),
-    )
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FailureRow:
     """Why one site gave a round attempt no update: its report, or silence.
 
     Args:
         attempt: the round attempt (only the round's latest attempt is shown).
-        outcome: ``refused`` or ``failed``.
+        outcome: ``refused``, ``failed`` or ``silent`` (no report).
         reason: the ``confide.errors.Reason`` value.
         detail: one line, already bounded (``confide.disclose.one_line``); never data.
         at: unix seconds.
@@ -220,10 +157,3 @@ class FailureRow:
     reason: str
     detail: str
     at: float
-
-
-def failure_row(r: DbRow) -> FailureRow:
-    """A ``round_failures`` row."""
-    return FailureRow(
-        str(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5]), str(r[6]), float(r[7])
-    )

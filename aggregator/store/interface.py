@@ -1,0 +1,284 @@
+"""What the aggregator asks of its persistent state: ``Store`` (rows) and ``BlobStore`` (bytes).
+
+Callers type against these Protocols only; ``aggregator.store.open_store`` picks the
+implementation that ``[store].backend`` names (SQLite today, ``aggregator.store.sqlite``). A
+new backend passes ``tests/aggregator/store_contract.py`` and is added to the factory; no
+caller changes.
+
+The contract every implementation keeps:
+
+- Durability: a method that changes state returns only once the change is durable, so an
+  aggregator killed at any instant restarts with every change whose call returned.
+- Atomicity: each method is one transaction; the rows it writes and the audit entry passed
+  with them are committed together or not at all. A method that fails raises (an
+  ``InternalError``, or the backend's own error, e.g. ``sqlite3.Error``) and changes nothing;
+  callers treat any exception from the store that way and never name a backend's type.
+- Thread safety: any method may be called from any thread at any time.
+- The audit log is a hash chain (``aggregator.audit``): entries are numbered from 1 without
+  gaps, each linking to its predecessor; a stored entry that was altered, removed or
+  reordered makes ``verify_audit_chain`` raise ``AuditTampered``.
+- Model bytes are never in the ``Store``: rows carry a blob's hex SHA-256, and its bytes are
+  in the ``BlobStore`` (written durably before the row that names them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy.typing as npt
+
+from aggregator.audit import AuditEntry
+from aggregator.store.rows import (
+    AuditNote,
+    FailureRow,
+    JobRow,
+    ModelRow,
+    RoundRow,
+    SiteRoundRow,
+    SiteRow,
+)
+from confide.v1 import common_pb2
+from confide.wire.blob import CHUNK_BYTES, NamedArrays
+
+__all__ = ["Arrays", "BlobStore", "Store"]
+
+Arrays = Sequence[tuple[str, npt.NDArray[Any]]]
+"""Named tensors, in model order."""
+
+
+class Store(Protocol):
+    """The aggregator's rows: sites, jobs, rounds, site answers, model versions, audit.
+
+    ``limit`` 0 means no limit wherever a method takes one.
+    """
+
+    def close(self) -> None:
+        """Release the store; no other method may be called after (closing again is harmless)."""
+        ...
+
+    # ----- audit -----
+
+    def audit(self, note: AuditNote) -> AuditEntry:
+        """Append one audit entry on its own; returns it as stored (seq and hashes set)."""
+        ...
+
+    def audit_entries(self, *, after_seq: int = 0, limit: int = 0) -> list[AuditEntry]:
+        """Audit entries with ``seq > after_seq``, oldest first."""
+        ...
+
+    def verify_audit_chain(self) -> int:
+        """Check the whole audit chain; returns the number of entries.
+
+        Raises:
+            AuditTampered: an entry was altered, removed or reordered.
+        """
+        ...
+
+    # ----- sites -----
+
+    def upsert_site(self, row: SiteRow, *, audit: AuditNote | None = None) -> None:
+        """Record a site's registration (replacing its earlier one)."""
+        ...
+
+    def set_heartbeat(self, site: str, at: float) -> None:
+        """Record when a site was last heard from (an unknown site: nothing)."""
+        ...
+
+    def sites(self, *, after: str = "", limit: int = 0) -> list[SiteRow]:
+        """Registered sites with an id after ``after``, by id."""
+        ...
+
+    def site(self, site: str) -> SiteRow | None:
+        """One registered site, or None."""
+        ...
+
+    # ----- jobs -----
+
+    def add_job(self, row: JobRow, model: ModelRow, *, audit: AuditNote) -> None:
+        """Record a submitted job with its version-0 model, atomically.
+
+        Raises:
+            the backend's error: a job with that id, or that job's version 0, exists
+                (nothing is recorded).
+        """
+        ...
+
+    def set_job_state(
+        self,
+        job: str,
+        state: str,
+        *,
+        error: str = "",
+        final_metrics: dict[str, float] | None = None,
+        audit: AuditNote | None = None,
+    ) -> None:
+        """Move a job to ``state`` with its ``error`` (and its final metrics, when given)."""
+        ...
+
+    def jobs(self, job: str | None = None) -> list[JobRow]:
+        """Every job (or just ``job``), by creation time then id."""
+        ...
+
+    def jobs_page(self, *, after: int, limit: int) -> list[tuple[int, JobRow]]:
+        """Up to ``limit`` jobs submitted after the one keyed ``after``, with their keys.
+
+        Keys are positive integers increasing in submission order (a listing's page tokens;
+        0 is before the first job).
+        """
+        ...
+
+    def job(self, job: str) -> JobRow | None:
+        """One job, or None."""
+        ...
+
+    # ----- models -----
+
+    def latest_model(self, job: str) -> ModelRow | None:
+        """A job's newest model version, or None."""
+        ...
+
+    def models(self, job: str) -> list[ModelRow]:
+        """A job's model versions, oldest first."""
+        ...
+
+    # ----- rounds -----
+
+    def start_round(
+        self, job: str, round: int, *, attempt: int, model_in: str, at: float, audit: AuditNote
+    ) -> None:
+        """Record that an attempt of a round started ``collecting`` from ``model_in``.
+
+        Replaces the round's earlier attempt and forgets that attempt's site answers.
+        """
+        ...
+
+    def set_round_state(
+        self, job: str, round: int, state: str, *, at: float, audit: AuditNote | None = None
+    ) -> None:
+        """Move a round to ``state`` (failed, cancelled, ...) finished at ``at``; a done round
+        stays done (the audit entry is still appended)."""
+        ...
+
+    def complete_round(
+        self,
+        job: str,
+        round: int,
+        *,
+        model: ModelRow,
+        metrics: dict[str, float],
+        audit: AuditNote,
+    ) -> None:
+        """Record a round's new model version and mark the round done, atomically.
+
+        The model blob must already be durable in the ``BlobStore``.
+        """
+        ...
+
+    def record_site(
+        self,
+        row: SiteRoundRow,
+        *,
+        audit: AuditNote | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """Record one site's answer in a round (round 0: the final evaluation).
+
+        A row with outcome ``ok`` is never replaced by a later failure: the accepted update
+        (and the epsilon it spent) stays on record. A later ``ok`` replaces it.
+
+        Args:
+            before_commit: run inside the transaction after the writes; if it raises, the
+                row and audit entry are rolled back and the exception propagates.
+        """
+        ...
+
+    def rounds(
+        self, job: str, *, after: int = 0, limit: int = 0, newest: bool = False
+    ) -> list[RoundRow]:
+        """A job's rounds numbered above ``after``, in order; ``newest``: the last ``limit``
+        of them, newest first."""
+        ...
+
+    def count_rounds(self, job: str) -> int:
+        """How many rounds of ``job`` are recorded."""
+        ...
+
+    def round_sites(self, job: str, *, lo: int = 0, hi: int = -1) -> list[SiteRoundRow]:
+        """A job's site answers of rounds ``lo``..``hi`` (-1: no upper end), by round then site
+        (round 0 holds the final evaluation)."""
+        ...
+
+    def epsilon_by_site(self, job: str) -> dict[str, float]:
+        """Each site's largest reported ε over its accepted (``ok``) updates of rounds >= 1
+        in ``job``, by site.
+
+        Sites report the job's cumulative ε (their ledger composes the rounds by RDP), so the
+        job's figure per site is the latest, i.e. the largest.
+        """
+        ...
+
+    # ----- failure reasons -----
+
+    def record_failure(self, row: FailureRow) -> None:
+        """Record why a site gave a round attempt no update (replacing an earlier attempt's).
+
+        One row per (job, round, site), so a site cannot grow the table beyond the rounds
+        it takes part in; ``row.detail`` is bounded by the caller.
+        """
+        ...
+
+    def failures(
+        self, job: str, *, round: int | None = None, lo: int = 0, hi: int = -1
+    ) -> list[FailureRow]:
+        """A job's failure reasons of one ``round``, or of rounds ``lo``..``hi`` (-1: no upper
+        end), by round then site."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Model versions, content-addressed by the hex SHA-256 of their tensor bytes.
+
+    A blob that ``has`` reports is complete and durable (header and bytes); a name that is
+    not 64 lowercase hex digits names no blob.
+    """
+
+    def has(self, sha_hex: str) -> bool:
+        """Whether the blob and its header are stored."""
+        ...
+
+    def put(self, arrays: Arrays) -> tuple[str, common_pb2.BlobHeader]:
+        """Store tensors durably (once: the same tensors again are a no-op); returns the
+        blob's hex SHA-256 and header.
+
+        Raises:
+            OSError: the storage refused the write.
+        """
+        ...
+
+    def header(self, sha_hex: str) -> common_pb2.BlobHeader:
+        """The stored header of a blob.
+
+        Raises:
+            FileNotFoundError: no such blob.
+            InternalError: ``sha_hex`` is not a blob name (reason ``UNKNOWN_JOB``).
+        """
+        ...
+
+    def load(self, sha_hex: str) -> NamedArrays:
+        """The blob's tensors (read-only).
+
+        Raises:
+            FileNotFoundError: no such blob.
+            InternalError: ``sha_hex`` is not a blob name (reason ``UNKNOWN_JOB``).
+        """
+        ...
+
+    def chunks(self, sha_hex: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The blob's bytes in chunks of at most ``chunk_bytes``, for streaming.
+
+        Raises:
+            FileNotFoundError: no such blob.
+            InternalError: ``sha_hex`` is not a blob name (reason ``UNKNOWN_JOB``).
+        """
+        ...
