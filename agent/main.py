@@ -45,10 +45,9 @@ from agent.local.check import run_check
 from agent.local.selfcheck import DatasetBook, check_identity, runtime_problem
 from agent.local.status_cli import budget_command, status_command
 from confide import __version__, sdnotify
-from confide.errors import ConfigError
+from confide.exits import run_command
 from confide.logs import configure_kwargs
 from confide.pki import enroll, load_identity
-from confide.stdout import quiet_pipe
 
 __all__ = ["main", "serve"]
 
@@ -60,36 +59,32 @@ log = structlog.get_logger("confide.agent")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``confide-agent`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    return quiet_pipe(lambda: _main(argv))
+    return run_command(_PROG, lambda: _main(argv))
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        if args.command == "enroll":
-            return _enroll(args.dir, args.name)
-        if args.config is None:
-            print(f"{_PROG}: --config FILE is required", file=sys.stderr)
-            return 2
-        cfg = load_config(args.config)
-        if args.command == "status":
-            return status_command(cfg.api_socket)
-        if args.command == "budget":
-            return budget_command(cfg.api_socket)
-        if args.command == "jobs":
-            return jobs_command(cfg.api_socket, include_decided=args.all)
-        if args.command == "approve":
-            return approve_command(cfg.api_socket, args.job)
-        if args.command == "deny":
-            return deny_command(cfg.api_socket, args.job, reason=args.reason)
-        if args.command == "audit":
-            return audit_command(cfg.state_dir / AUDIT_FILE, args.action)
-        if args.command == "check":
-            return run_check(cfg)
-        return _run_daemon(cfg)  # no command or "run"
-    except ConfigError as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
+    if args.command == "enroll":
+        return _enroll(args.dir, args.name)
+    if args.config is None:
+        print(f"{_PROG}: --config FILE is required", file=sys.stderr)
         return 2
+    cfg = load_config(args.config)
+    if args.command == "status":
+        return status_command(cfg.api_socket)
+    if args.command == "budget":
+        return budget_command(cfg.api_socket)
+    if args.command == "jobs":
+        return jobs_command(cfg.api_socket, include_decided=args.all)
+    if args.command == "approve":
+        return approve_command(cfg.api_socket, args.job)
+    if args.command == "deny":
+        return deny_command(cfg.api_socket, args.job, reason=args.reason)
+    if args.command == "audit":
+        return audit_command(cfg.state_dir / AUDIT_FILE, args.action)
+    if args.command == "check":
+        return run_check(cfg)
+    return _run_daemon(cfg)  # no command or "run"
 
 
 def _parser() -> argparse.ArgumentParser:

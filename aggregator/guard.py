@@ -4,6 +4,9 @@
 the RPC only (``bound_contextvars``), and turns any ``ConfideError`` into one structured log
 event, one audit entry and a gRPC status from ``confide.wire.status`` (details = the reason).
 Unexpected exceptions become INTERNAL with a log line, never a traceback to the peer.
+``Guard.streaming`` does the same for each message of a response stream (OpenTasks,
+Download), so a stream that fails after its first message is refused, logged and audited
+like a call refused at its start, under the same bound context.
 
 A refusal's record is short whatever was refused (issue 9.7): the reason, the error text and
 job id cut to ``_NOTE_CHARS``, and the refused request's size and SHA-256 — never its payload.
@@ -179,16 +182,25 @@ class Guard:
 
     @contextmanager
     def handling(
-        self, context: grpc.ServicerContext, event: str, request: Message | None = None
+        self,
+        context: grpc.ServicerContext,
+        event: str,
+        request: Message | None = None,
+        *,
+        call: Call | None = None,
     ) -> Iterator[Call]:
         """Run a handler body; refuse any error with log, audit and a gRPC status.
 
         Args:
             event: the stable log/audit event name for a refusal, e.g. ``update_refused``.
             request: the request, whose size and digest a refusal records.
+            call: what an earlier part of the same RPC learned about its caller (a stream's
+                opening), bound again here; None starts with nothing known.
         """
-        call = Call(request=request)
-        with structlog.contextvars.bound_contextvars(site="", job="", round=0):
+        call = call if call is not None else Call(request=request)
+        with structlog.contextvars.bound_contextvars(
+            site=call.site, job=call.job, round=call.round
+        ):
             try:
                 yield call
             except ConfideError as exc:
@@ -199,6 +211,30 @@ class Guard:
                     raise
                 log.error("internal_error", rpc_event=event, error=repr(exc))
                 self._refuse(context, event, call, InternalError("internal error"))
+
+    def streaming(
+        self, context: grpc.ServicerContext, event: str, call: Call, messages: Iterator[M]
+    ) -> Iterator[M]:
+        """A response stream's ``messages``, each made under ``handling`` with ``call``.
+
+        A message that fails to come (a blob file gone, the store failing) is refused as the
+        stream's opening would have been: the ``event`` log line and audit entry, with the
+        caller's site, job and round, and a gRPC status ending the stream. The context is
+        bound only while a message is made, never across the ``yield`` that hands it to gRPC,
+        so no key stays bound on the pool thread while the stream waits on its peer.
+
+        Args:
+            event: the stream's refusal event, e.g. ``download_refused``.
+            call: what the stream's opening learned about its caller.
+            messages: the stream's remaining messages.
+        """
+        while True:
+            with self.handling(context, event, call=call):
+                try:
+                    message = next(messages)
+                except StopIteration:
+                    return
+            yield message
 
     def _refuse(
         self, context: grpc.ServicerContext, event: str, call: Call, exc: ConfideError

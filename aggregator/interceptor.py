@@ -12,10 +12,12 @@ behind them. ``QuotaInterceptor`` wraps each method's handler so that:
   streaming request is read;
 - a stream that waits on its peer longer than ``Limits.stream_idle_s`` (the next upload
   message never comes, or the peer stops taking the messages sent) is cancelled by a
-  watchdog, so an idle stream gives its thread back.
+  watchdog, so an idle stream gives its thread back. That is the peer's fault mid-stream,
+  so it is counted as a refusal with ``PEER_LIMIT`` like a call refused at its start.
 
 Quota refusals are logged (and audited) once per peer per ``_REPORT_EVERY_S`` with the
-count refused since, so a flood cannot flood the log and the audit trail too.
+count refused since, so a flood cannot flood the log and the audit trail too. A refusal
+by the servicer itself, at a stream's start or in its middle, is ``Guard``'s to log.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from aggregator.quota import (
     Ticket,
     classify,
 )
-from confide.errors import ConfideError
+from confide.errors import ConfideError, PeerError, Reason
 from confide.wire.status import status_for
 
 __all__ = ["QuotaInterceptor", "make_pools"]
@@ -278,6 +280,11 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     t.cancel()
                 except Exception as exc:  # the call may be ending on its own
                     log.info("stream_cancel_failed", error=repr(exc))
+                idle_error = PeerError(
+                    f"its {t.kind.value} stream waited on it over {idle} s",
+                    reason=Reason.PEER_LIMIT,
+                )
+                self._note_refusal(t.peer, idle_error)
 
 
 def _identity(context: grpc.ServicerContext) -> str:

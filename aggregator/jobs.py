@@ -193,8 +193,8 @@ class Job:
 
         Raises:
             MalformedMessage: wrong shapes, a bad count or accuracy.
-            OversizedMessage: a count above the site's declaration, or the round's memory
-                bound reached (reason UNAVAILABLE).
+            OversizedMessage: a count above the site's declaration.
+            InternalError: the round's memory bound reached (reason UNAVAILABLE).
             NonFiniteValue: the update's norm overflows.
         """
         self.check_claims(header, declared=declared)

@@ -4,8 +4,10 @@
 a CSR on the machine it runs on, for the CA holder to sign (``confide pki sign --role
 aggregator --dns HOST``): like a site's, its private keys never leave that machine.
 
-The only place in the aggregator that configures structlog (STYLE rule 9). A config error
-prints one line naming the key and exits 2; a signal stops the server gracefully, exit 0.
+The only place in the aggregator that configures structlog (STYLE rule 9). An error ends it
+as every Confide command does (``confide.exits``): a config error prints one line naming the
+key and exits 2, any other error one line with its reason and exits 1; a signal stops the
+server gracefully, exit 0.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ import structlog
 from aggregator.config import load_config
 from aggregator.server import build
 from confide import __version__, sdnotify
-from confide.errors import ConfigError
+from confide.exits import run_command
 from confide.logs import configure_kwargs
 from confide.pki import Role, make_key_and_csr
-from confide.stdout import quiet_pipe
 
 __all__ = ["main"]
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
     """
-    return quiet_pipe(lambda: _main(argv))
+    return run_command(_PROG, lambda: _main(argv))
 
 
 def _main(argv: list[str] | None) -> int:
@@ -116,11 +117,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     libc = _libc()
     _tune_malloc(libc)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     structlog.configure(
         **configure_kwargs(json=True if args.log_json else config.log_json, level=config.log_level)
     )
@@ -132,11 +129,7 @@ def _main(argv: list[str] | None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    try:
-        agg, port = build(config)
-    except ConfigError as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 2
+    agg, port = build(config)
     host = config.listen.rpartition(":")[0]
     log.info("aggregator_listening", address=f"{host}:{port}", federation=config.federation)
     notify = sdnotify.from_environ()
@@ -157,11 +150,7 @@ def _main(argv: list[str] | None) -> int:
 
 def _enroll(directory: Path, name: str) -> int:
     """Make the aggregator's TLS and signing keys (0600) and a CSR for role aggregator."""
-    try:
-        csr = make_key_and_csr(directory, name, role=Role.AGGREGATOR)
-    except ConfigError as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 2
+    csr = make_key_and_csr(directory, name, role=Role.AGGREGATOR)
     print(f"wrote keys and {csr}")
     print(
         f"next: send it to the CA holder: confide pki sign {csr.name} --role aggregator "

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from confide.errors import MalformedMessage, OversizedMessage, Reason
+from confide.errors import InternalError, MalformedMessage, Reason
 from confide.jobspec import HELD_UPDATES_MAX_BYTES
 from confide.wire.blob import NamedArrays
 
@@ -126,11 +126,13 @@ class HeldUpdates:
 
         Raises:
             MalformedMessage: names or shapes differ from the model's.
-            OversizedMessage: ``capacity`` updates are held already (reason UNAVAILABLE).
+            InternalError: ``capacity`` updates are held already (reason UNAVAILABLE): the
+                server's memory bound for the round, not the sender's fault, and not
+                ``server_busy`` either, since it does not free up before the round ends.
         """
         check_shapes(arrays, self.shapes)
         if self.count >= self.capacity:
-            raise OversizedMessage(
+            raise InternalError(
                 f"the round already holds {self.count} updates, its memory bound",
                 reason=Reason.UNAVAILABLE,
             )

@@ -2,7 +2,9 @@
 
 Every handler requires a ``site`` certificate, opens the signed envelope against the binding
 the coordinator expects (signature before decoding), then calls the coordinator. Refusals go
-through ``Guard.handling`` (log event + audit entry + gRPC status), never a traceback.
+through ``Guard.handling`` (log event + audit entry + gRPC status), never a traceback; the
+response streams (OpenTasks, Download) go on through ``Guard.streaming``, so one that fails
+after its first message is refused the same way, under the same event name.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             conn = self.coord.open_stream(info.name, cert_pem=info.pem, instance=req.instance)
         context.add_callback(lambda: self.coord.close_stream(conn))
         try:
-            while (task := conn.queue.get()) is not None:
-                yield task
+            yield from self.guard.streaming(
+                context, "open_tasks_refused", call, iter(conn.queue.get, None)
+            )
         finally:
             self.coord.close_stream(conn)
 
@@ -144,7 +147,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             parts = model_parts(self.guard.store, self.coord.blobs, request)
             first = next(parts)
         yield first
-        yield from parts
+        yield from self.guard.streaming(context, "download_refused", call, parts)
 
     def Upload(
         self, request_iterator: Iterator[federation_pb2.UploadPart], context: grpc.ServicerContext

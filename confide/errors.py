@@ -12,10 +12,17 @@
     │   ├── NonFiniteValue       NaN or infinity in a tensor
     │   └── Unauthorized         identity or role not allowed to do this
     ├── PolicyRefusal            a site's policy says no (budget, dataset, signer, ...)
-    └── InternalError            our own bug or environment failure
+    └── InternalError            our own bug, environment failure or capacity
+
+Whose fault decides the class where an error is raised. A peer over its own quota (calls,
+streams, bytes, rate) is a ``PeerError`` with ``PEER_LIMIT``; a server whose shared capacity
+is taken by everyone together raises ``InternalError`` with ``SERVER_BUSY`` (the caller did
+nothing wrong and may retry later) or, when retrying cannot help this round (its phase
+closed, its memory bound reached), with ``UNAVAILABLE``.
 
 Tests assert ``err.reason``, never the message text. The gRPC boundary maps this tree to
-status codes in exactly one table (``confide.wire.status``).
+status codes in exactly one table (``confide.wire.status``); a command line maps it to exit
+codes with ``exit_code`` (``confide.exits`` prints the one line).
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "BadSignature",
     "ConfideError",
     "ConfigError",
@@ -35,7 +45,15 @@ __all__ = [
     "Reason",
     "ReplayedMessage",
     "Unauthorized",
+    "exit_code",
 ]
+
+EXIT_FAILED = 1
+"""A command that was refused or failed: a peer's, a policy's or our own error."""
+EXIT_CONFIG = 2
+"""A command whose configuration or arguments are wrong (the line names the key)."""
+EXIT_INTERRUPTED = 130
+"""A command stopped by Ctrl-C (128 + SIGINT, as a shell reports it)."""
 
 
 class Reason(enum.Enum):
@@ -83,7 +101,7 @@ class Reason(enum.Enum):
     TRAINING_FAILED = "training_failed"
     ROUND_ABORTED = "round_aborted"
     UNAVAILABLE = "unavailable"
-    SERVER_BUSY = "server_busy"  # the server's own capacity is taken: not the caller's fault
+    SERVER_BUSY = "server_busy"  # the server's shared capacity is taken: retry later
 
 
 class ConfideError(Exception):
@@ -180,3 +198,17 @@ class InternalError(ConfideError):
     """Our own failure: a bug, a crashed worker, a full disk."""
 
     default_reason = Reason.INTERNAL
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of a command that ``exc`` ended, the same for every Confide command.
+
+    ``EXIT_CONFIG`` (2) for a ``ConfigError``, ``EXIT_INTERRUPTED`` (130) for Ctrl-C,
+    ``EXIT_FAILED`` (1) for anything else: every other ``ConfideError`` (whoever's fault)
+    and a failed call the caller did not turn into one.
+    """
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED

@@ -1,4 +1,4 @@
 """The agent's one outbound link to the aggregator.
 
-The session loop and its gRPC + mTLS transport.
+The session loop, its backoff and its gRPC + mTLS transport.
 """

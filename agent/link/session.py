@@ -4,9 +4,13 @@ The agent always dials out (docs/protocol.md, "Connection"). One connection is: 
 ``Register``; a signed ``OpenTasks`` whose server stream delivers tasks, run one at a time by
 ``TaskRunner``; and a heartbeat thread sending signed ``Heartbeat``s every
 ``heartbeat_interval_s``. When anything fails, the connection is dropped and re-made after an
-exponential backoff with full jitter (base 0.5 s, factor 2, cap 30 s), reset after each
-successful ``Register``. The randomness and the sleep are parameters (STYLE rule 3), so tests
-check the delays without sleeping.
+exponential backoff with full jitter (``agent.link.backoff``: base 0.5 s, factor 2, cap 30 s),
+reset after each successful ``Register``, except when the aggregator ended the connection
+for want of capacity: ``server_busy`` (its shared capacity is taken, nobody's fault) or
+``peer_limit`` (this site is over its own quota) say "retry later", so the delay keeps
+growing although the ``Register`` before went through; a busy aggregator is not hammered by
+every site twice a second. The randomness and the sleep are parameters (STYLE rule 3), so
+tests check the delays without sleeping.
 
 ``stop()`` (SIGTERM) makes the current task stop at its next step, stops every worker, closes
 the connection (cancelling a download or an upload in flight, so a stalled aggregator cannot
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 import structlog
 from google.protobuf.message import Message
 
+from agent.link.backoff import Backoff
 from agent.link.transport import TaskStream, Transport
 from agent.tasks.runner import TaskOutcome, TaskRunner
 from confide.errors import ConfideError, Reason
@@ -41,43 +46,8 @@ _MIN_HEARTBEAT_S = 0.05
 
 log = structlog.get_logger("confide.agent")
 
-
-class Backoff:
-    """Exponential backoff with full jitter: try k waits ``U(0,1) * min(cap, base * factor**k)``.
-
-    Full jitter ("Exponential Backoff And Jitter", AWS Architecture Blog, 2015) spreads the
-    reconnects of many sites after an aggregator restart instead of synchronising them.
-
-    Args:
-        rng: returns a uniform number in [0, 1) (``random.random`` in the daemon).
-        base: the first ceiling, seconds.
-        factor: growth of the ceiling per attempt.
-        cap: the largest ceiling, seconds.
-    """
-
-    def __init__(
-        self,
-        rng: Callable[[], float],
-        *,
-        base: float = 0.5,
-        factor: float = 2.0,
-        cap: float = 30.0,
-    ) -> None:
-        self._rng = rng
-        self.base = base
-        self.factor = factor
-        self.cap = cap
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call counts one more failure."""
-        ceiling = min(self.cap, self.base * self.factor ** min(self.attempt, 64))
-        self.attempt += 1
-        return self._rng() * ceiling
-
-    def reset(self) -> None:
-        """Start again from ``base`` (after a successful register)."""
-        self.attempt = 0
+_RETRY_LATER = frozenset({Reason.SERVER_BUSY, Reason.PEER_LIMIT})
+"""Reasons the aggregator gives when it has no room for this site now: back off further."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +120,7 @@ class Session:
         self._sleep = sleep if sleep is not None else self._stopping.wait
         self._on_connection = on_connection
         self.backoff = Backoff(rng)
+        self._registered = False  # this connection's Register went through (run's thread)
         self._lock = threading.Lock()
         self._stream: TaskStream | None = None
         self._transport: Transport | None = None
@@ -166,10 +137,13 @@ class Session:
         """Serve until ``stop()``: connect, run tasks, and reconnect after every failure."""
         while not self._stopping.is_set():
             reason, detail = "stream_ended", ""
+            self._registered = False
+            busy = False
             try:
                 self._serve_once()
             except ConfideError as exc:
                 reason, detail = exc.reason.value, exc.message
+                busy = exc.reason in _RETRY_LATER
                 if exc.reason is Reason.IDENTITY_IN_USE:
                     log.error(
                         "identity_in_use",
@@ -184,6 +158,8 @@ class Session:
                 self._set_connected(False)
             if self._stopping.is_set():
                 break
+            if self._registered and not busy:
+                self.backoff.reset()  # the aggregator took this site: start again from base
             delay = self.backoff.next_delay()
             log.info("disconnected", reason=reason, error=detail, retry_in_s=round(delay, 3))
             self._sleep(delay)
@@ -242,7 +218,7 @@ class Session:
                     ),
                 )
             )
-            self.backoff.reset()
+            self._registered = True
             stream = transport.open_tasks(
                 self._signed(
                     common_pb2.STAGE_OPEN_TASKS,

@@ -6,13 +6,13 @@ stopped and does not take the daemon's word for what the file holds.
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.local.audit import SiteAudit, SiteEntry
 from confide.audit_chain import AuditTampered
 from confide.errors import InternalError
+from confide.exits import fail
 
 __all__ = ["audit_command", "format_entry"]
 
@@ -29,8 +29,7 @@ def audit_command(path: Path, action: str) -> int:
     try:
         audit = SiteAudit.read_only(path)
     except InternalError as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, prog=_PROG)
     try:
         if action == "show":
             for entry in audit.entries():
@@ -38,8 +37,7 @@ def audit_command(path: Path, action: str) -> int:
         n = audit.verify()
         head = audit.head()
     except (AuditTampered, InternalError) as exc:
-        print(f"{_PROG}: audit log {path}: {exc}", file=sys.stderr)
-        return 1
+        return fail(InternalError(f"audit log {path}: {exc}", reason=exc.reason), prog=_PROG)
     finally:
         audit.close()
     # The head hash is the officer's anchor: a plain chain cannot show that its newest

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from agent.admission.rules import (
 from agent.admission.signed_job import VerifiedJob, verify_job
 from agent.admission.site_policy import DatasetPolicy, PolicyHolder
 from agent.data.datasets import DatasetConfig, count_train_records
+from agent.link.backoff import Backoff
 from agent.link.transport import Transport
 from agent.local.audit import SiteAudit, code_hash
 from agent.privacy.plan import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
@@ -88,6 +90,9 @@ log = structlog.get_logger("confide.agent")
 
 T = TypeVar("T")
 
+_BUSY_WAIT_S = 300.0
+"""How long a transfer refused ``server_busy`` is retried when the task names no deadline."""
+
 
 class TaskRunner:
     """Runs tasks by kind and answers each one; holds the running workers, one per job.
@@ -108,6 +113,8 @@ class TaskRunner:
         evaluations: each job's pinned model versions, released hold-out figures and their
             gate (default: in memory, charging ``privacy``'s ledger; the daemon keeps them in
             its state file).
+        rng: uniform [0, 1) numbers for the jitter of transfers retried while the
+            aggregator is busy (``served``).
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class TaskRunner:
         approvals: Approvals | None = None,
         policy: PolicyHolder | None = None,
         evaluations: Evaluations | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.site = site
         self.policy = policy
@@ -131,6 +139,8 @@ class TaskRunner:
         self.approvals = approvals
         self.evaluations = evaluations or Evaluations(privacy=privacy, audit=self.audit)
         self._clock = clock
+        self._rng = rng
+        self._busy_until = 0.0  # the running task's deadline for transfers refused busy
         self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
         self._abandon = threading.Event()
         self.handlers: dict[int, Handler] = {
@@ -158,6 +168,8 @@ class TaskRunner:
             job=task.job_id, round=task.round, site=self.site.site, task=task.task_id, kind=kind
         ):
             log.info("task_received")
+            wait = task.deadline_s if task.deadline_s > 0 else _BUSY_WAIT_S
+            self._busy_until = self._clock() + wait
             if self.policy is not None:
                 # One snapshot per task; tasks run one at a time on the session thread.
                 self.site = self.site.with_policy(self.policy.current())
@@ -269,6 +281,39 @@ class TaskRunner:
         """
         return self.workers.get(task.job_id, job.spec, dataset)
 
+    def served(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, a transfer, tried again while the aggregator answers ``server_busy``.
+
+        Busy is the aggregator's shared capacity, not this site's failure, so the task is not
+        failed for it: the transfer is tried again after a jittered backoff
+        (``agent.link.backoff``) until the task's deadline (``Task.deadline_s`` from its
+        arrival), and only then fails ``server_busy``. A download comes before anything is
+        spent; an upload sends the same update again (re-signed now), so no second release.
+
+        Args:
+            what: the transfer, for the log (``download``, ``upload``, ``masked input``).
+            call: the transport call.
+
+        Raises:
+            ConfideError: the call's error when it is not ``server_busy`` or the deadline
+                would pass; ``round_aborted`` when the agent shuts down while it waits.
+        """
+        backoff = Backoff(self._rng)
+        while True:
+            try:
+                return call()
+            except ConfideError as exc:
+                if exc.reason is not Reason.SERVER_BUSY:
+                    raise
+                delay = backoff.next_delay()
+                if self._clock() + delay > self._busy_until:
+                    raise
+                log.info("aggregator_busy", transfer=what, retry_in_s=round(delay, 3))
+                if self._abandon.wait(delay):
+                    raise InternalError(
+                        "the agent is shutting down", reason=Reason.ROUND_ABORTED
+                    ) from exc
+
     def seal(self, task: federation_pb2.Task, stage: int, payload: Message) -> common_pb2.Envelope:
         """Sign ``payload`` as this site, bound to the task's job, round and ``stage``."""
         return seal(
@@ -288,8 +333,7 @@ class TaskRunner:
         """Send a signed ``TaskReport`` for ``task``."""
         report.task_id = task.task_id
         report.kind = task.kind
-        ack = transport.report(self.seal(task, common_pb2.STAGE_TASK_REPORT, report))
-        _check_ack(ack, "report")
+        transport.report(self.seal(task, common_pb2.STAGE_TASK_REPORT, report))
 
     # ----- handlers -----
 
@@ -356,8 +400,10 @@ class TaskRunner:
             epsilon=epsilon,
             update_epsilon=update_epsilon,
         )
-        ack = transport.upload(self.seal(task, common_pb2.STAGE_UPDATE, header), buffers)
-        _check_ack(ack, "upload")
+        self.served(
+            "upload",
+            lambda: transport.upload(self.seal(task, common_pb2.STAGE_UPDATE, header), buffers),
+        )
         log.info(
             "update_sent",
             num_samples=num_train,
@@ -458,7 +504,9 @@ class TaskRunner:
 
     def _download(self, task: federation_pb2.Task, transport: Transport) -> NamedArrays:
         """The task's model, refused unless its bytes hash to the version the task names."""
-        weights = transport.download(task.job_id, task.model_version)
+        weights = self.served(
+            "download", lambda: transport.download(task.job_id, task.model_version)
+        )
         check_model_bytes(weights, model_sha=task.model_version)
         return weights
 
@@ -518,16 +566,3 @@ def _detail(err: ConfideError, rule: str, *, fallback: str) -> str:
     return one_line(
         f"{public_detail(err, fallback=fallback)}" + (f" (rule {rule})" if rule else "")
     )
-
-
-def _check_ack(ack: federation_pb2.Ack, what: str) -> None:
-    if not ack.accepted:
-        reason = _reason_or(ack.reason, Reason.INTERNAL)
-        raise InternalError(f"aggregator did not accept the {what}: {ack.reason}", reason=reason)
-
-
-def _reason_or(value: str, default: Reason) -> Reason:
-    try:
-        return Reason(value)
-    except ValueError:
-        return default

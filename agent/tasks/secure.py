@@ -149,7 +149,7 @@ class SecureSite:
             task_id=task.task_id,
             keys=self.runner.seal(task, common_pb2.STAGE_SECAGG_KEYS, round_keys),
         )
-        self._send(task, transport, common_pb2.STAGE_ADVERTISE_KEYS, msg, "advertise")
+        self._send(task, transport, common_pb2.STAGE_ADVERTISE_KEYS, msg)
         # The count of coordinates clipped to [-r, r] stays here: sent in plaintext it would
         # reveal a per-site figure beside the masked input.
         log.info(
@@ -198,7 +198,7 @@ class SecureSite:
             ],
             task_id=task.task_id,
         )
-        self._send(task, transport, common_pb2.STAGE_SHARE_KEYS, msg, "share keys")
+        self._send(task, transport, common_pb2.STAGE_SHARE_KEYS, msg)
         log.info("secagg_shared", sites=len(roster), neighbours=len(shares))
 
     def _verified_keys(
@@ -273,7 +273,7 @@ class SecureSite:
                 for s, why in sorted(rejected.items())
             ],
         )
-        self._send(task, transport, common_pb2.STAGE_SHARES_CHECKED, msg, "share check")
+        self._send(task, transport, common_pb2.STAGE_SHARES_CHECKED, msg)
         for sender, why in sorted(rejected.items()):
             log.warning("secagg_share_rejected", sender=sender, reason=why.value)
         log.info("secagg_shares_checked", kept=len(state.held), rejected=len(rejected))
@@ -298,10 +298,12 @@ class SecureSite:
             blob=blob,
             num_samples=entry.num_samples,
         )
-        ack = transport.upload(
-            self.runner.seal(task, common_pb2.STAGE_MASKED_INPUT, header), buffers
+        self.runner.served(
+            "masked input",
+            lambda: transport.upload(
+                self.runner.seal(task, common_pb2.STAGE_MASKED_INPUT, header), buffers
+            ),
         )
-        _check_ack(ack, "masked input")
         log.info("secagg_masked_input_sent", bytes=blob.total_bytes, partners=len(state.partners))
 
     # ----- stage 4 -----
@@ -318,7 +320,7 @@ class SecureSite:
         msg = federation_pb2.ConsistencySignature(
             task_id=task.task_id, session_id=state.session, view_sha256=view
         )
-        self._send(task, transport, common_pb2.STAGE_CONSISTENCY, msg, "consistency signature")
+        self._send(task, transport, common_pb2.STAGE_CONSISTENCY, msg)
         log.info("secagg_view_signed", survivors=len(state.survivors))
 
     # ----- stage 5 -----
@@ -346,7 +348,7 @@ class SecureSite:
             task_id=task.task_id,
         )
         self.forget(task.job_id)
-        self._send(task, transport, common_pb2.STAGE_UNMASK, msg, "unmask shares")
+        self._send(task, transport, common_pb2.STAGE_UNMASK, msg)
         log.info("secagg_unmasked", seeds=len(reply.seed_shares), keys=len(reply.key_shares))
 
     def _attestation(
@@ -421,10 +423,8 @@ class SecureSite:
         | federation_pb2.SharesChecked
         | federation_pb2.ConsistencySignature
         | federation_pb2.UnmaskShares,
-        what: str,
     ) -> None:
-        ack = transport.secagg(self.runner.seal(task, stage, msg))
-        _check_ack(ack, what)
+        transport.secagg(self.runner.seal(task, stage, msg))
 
 
 def _attempt_of(task_id: str) -> str:
@@ -439,12 +439,6 @@ def _attempt_of(task_id: str) -> str:
 def _attempt(task: federation_pb2.Task) -> str:
     """The round attempt ``task`` belongs to (see ``_attempt_of``)."""
     return _attempt_of(task.task_id)
-
-
-def _check_ack(ack: federation_pb2.Ack, what: str) -> None:
-    """Raise when the aggregator answered without accepting (it normally aborts instead)."""
-    if not ack.accepted:
-        raise PeerError(f"aggregator did not accept the {what}: {ack.reason}")
 
 
 def install(runner: TaskRunner, *, clock: Callable[[], float] = time.time) -> SecureSite:

@@ -7,12 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
-
 from confide import __version__
-from confide.errors import ConfideError, ConfigError
-from confide.stdout import quiet_pipe
-from confide.wire.status import error_from_rpc
+from confide.exits import run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -42,26 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``confide`` command; config errors exit 2, other refusals exit 1."""
-    return quiet_pipe(lambda: _main(argv))
+    """Run one ``confide`` command; config errors exit 2, other errors 1 (``confide.exits``)."""
+    return run_command("confide", lambda: _run(argv))
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-        return code
-    except ConfigError as exc:
-        print(f"confide: {exc}", file=sys.stderr)
-        return 2
-    except ConfideError as exc:
-        print(f"confide: {exc} ({exc.reason.value})", file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        print(f"confide: {error_from_rpc(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    code: int = args.func(args)
+    return code
 
 
 if __name__ == "__main__":

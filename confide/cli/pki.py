@@ -2,20 +2,18 @@
 
 Subcommands: ``init``, ``issue``, ``sign``, ``revoke``, ``show``, and ``enroll`` (run where the
 identity will live, not on the CA machine: keys and a CSR for the CA holder to ``sign``).
-Each handler is stored as ``func`` on the parsed namespace and returns an exit code: 0 on
-success, 2 for a ``ConfigError`` (one line on stderr naming the key or file), 1 for any
-other ``ConfideError``.
+Each handler is stored as ``func`` on the parsed namespace and returns 0 on success; an
+error propagates to ``confide``'s one handler (``confide.exits``): exit 2 for a
+``ConfigError`` (one line on stderr naming the key or file), 1 for any other.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confide.errors import ConfideError, ConfigError
 from confide.pki import (
     Role,
     init_ca,
@@ -31,23 +29,6 @@ from confide.pki.certinfo import CertInfo, cert_info, load_pem_certificate
 __all__ = ["register"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _guarded(handler: Handler) -> Handler:
-    """Turn a ``ConfideError`` into one line on stderr and exit code 2 (config) or 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except ConfigError as exc:
-            print(f"confide pki: {exc}", file=sys.stderr)
-            return 2
-        except ConfideError as exc:
-            print(f"confide pki: {exc} [{exc.reason.value}]", file=sys.stderr)
-            return 1
-
-    run.__doc__ = handler.__doc__
-    return run
 
 
 def _role(value: str) -> Role:
@@ -152,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("init", help="create the federation CA")
     _add_dir(p)
     p.add_argument("--federation", required=True, help="federation name")
-    p.set_defaults(func=_guarded(_init))
+    p.set_defaults(func=_init)
 
     p = sub.add_parser("issue", help="make keys and a certificate (aggregator, operator)")
     p.add_argument("name")
@@ -161,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--dns", action="append", default=[], help="extra DNS name (repeatable)")
     p.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    p.set_defaults(func=_guarded(_issue))
+    p.set_defaults(func=_issue)
 
     p = sub.add_parser("sign", help="sign a CSR made by `confide-agent enroll`")
     p.add_argument("csr", type=Path)
@@ -171,21 +152,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--dns", action="append", default=[], help="extra DNS name (repeatable)")
     p.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    p.set_defaults(func=_guarded(_sign))
+    p.set_defaults(func=_sign)
 
     p = sub.add_parser("enroll", help="make keys and a CSR here (operator, aggregator, site)")
     p.add_argument("name")
     p.add_argument("--role", type=_role, required=True, help="aggregator|operator|site")
     p.add_argument("--dir", type=Path, default=Path("."), help="folder for keys and CSR")
-    p.set_defaults(func=_guarded(_enroll))
+    p.set_defaults(func=_enroll)
 
     p = sub.add_parser("revoke", help="revoke every certificate issued to NAME")
     p.add_argument("name")
     _add_dir(p)
-    p.set_defaults(func=_guarded(_revoke))
+    p.set_defaults(func=_revoke)
 
     p = sub.add_parser("show", help="print what a certificate binds")
     p.add_argument("cert", type=Path)
     p.add_argument("--ca", type=Path, default=None, help="verify against this CA certificate")
     p.add_argument("--crl", type=Path, default=None, help="and this revocation list")
-    p.set_defaults(func=_guarded(_show))
+    p.set_defaults(func=_show)

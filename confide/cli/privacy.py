@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from typing import Any
 
 from confide.dp.accountant import AccountantKind, epsilon, noise_multiplier_for
-from confide.errors import ConfideError, ConfigError
+from confide.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -54,40 +53,36 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _epsilon(args: argparse.Namespace) -> int:
-    def run() -> None:
-        q, steps, delta, kind = _checked(args)
-        z = float(args.noise_multiplier)
-        if not (math.isfinite(z) and z >= 0.0):
-            raise ConfigError("--noise-multiplier", f"must be a finite number >= 0, got {z}")
-        eps = epsilon(kind=kind, sample_rate=q, noise_multiplier=z, steps=steps, delta=delta)
-        print(f"{eps:.6g}")
-
-    return _guarded(run)
+    q, steps, delta, kind = _checked(args)
+    z = float(args.noise_multiplier)
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ConfigError("--noise-multiplier", f"must be a finite number >= 0, got {z}")
+    eps = epsilon(kind=kind, sample_rate=q, noise_multiplier=z, steps=steps, delta=delta)
+    print(f"{eps:.6g}")
+    return 0
 
 
 def _noise(args: argparse.Namespace) -> int:
-    def run() -> None:
-        q, steps, delta, kind = _checked(args)
-        target = float(args.target_epsilon)
-        if not (math.isfinite(target) and target > 0.0):
-            raise ConfigError("--target-epsilon", f"must be a finite number > 0, got {target}")
-        tol = float(args.tolerance)
-        if not (math.isfinite(tol) and tol > 0.0):
-            raise ConfigError("--tolerance", f"must be a finite number > 0, got {tol}")
-        try:
-            z = noise_multiplier_for(
-                kind=kind,
-                target_epsilon=target,
-                sample_rate=q,
-                steps=steps,
-                delta=delta,
-                tolerance=tol,
-            )
-        except ValueError as exc:
-            raise ConfigError("--target-epsilon", str(exc)) from exc
-        print(f"{z:.6g}")
-
-    return _guarded(run)
+    q, steps, delta, kind = _checked(args)
+    target = float(args.target_epsilon)
+    if not (math.isfinite(target) and target > 0.0):
+        raise ConfigError("--target-epsilon", f"must be a finite number > 0, got {target}")
+    tol = float(args.tolerance)
+    if not (math.isfinite(tol) and tol > 0.0):
+        raise ConfigError("--tolerance", f"must be a finite number > 0, got {tol}")
+    try:
+        z = noise_multiplier_for(
+            kind=kind,
+            target_epsilon=target,
+            sample_rate=q,
+            steps=steps,
+            delta=delta,
+            tolerance=tol,
+        )
+    except ValueError as exc:
+        raise ConfigError("--target-epsilon", str(exc)) from exc
+    print(f"{z:.6g}")
+    return 0
 
 
 def _checked(args: argparse.Namespace) -> tuple[float, int, float, AccountantKind]:
@@ -107,16 +102,3 @@ def _checked(args: argparse.Namespace) -> tuple[float, int, float, AccountantKin
             raise ConfigError("--epochs", f"must be a finite number > 0, got {epochs}")
         steps = max(1, math.ceil(epochs / q - 1e-9))
     return q, steps, delta, AccountantKind(args.accountant)
-
-
-def _guarded(run: Any) -> int:
-    """Run a command body: ConfigError exits 2, any other ConfideError 1, one line each."""
-    try:
-        run()
-    except ConfigError as exc:
-        print(f"confide privacy: {exc}", file=sys.stderr)
-        return 2
-    except ConfideError as exc:
-        print(f"confide privacy: {exc} ({exc.reason.value})", file=sys.stderr)
-        return 1
-    return 0

@@ -2,7 +2,8 @@
 
 Servicers raise ``ConfideError``s; ``abort_with`` turns one into a gRPC status whose details
 string is the ``Reason`` value, so peers learn little (the local log says everything).
-Clients call ``error_from_rpc`` to rebuild the matching error from a ``grpc.RpcError``.
+Clients call ``error_from_rpc`` to rebuild the matching error from a ``grpc.RpcError`` (and
+``error_from_reason`` from a refusal said in-band, without a status).
 
 One exception: a ``ConfigError`` is about what the caller itself sent (a job key that the
 aggregator refuses), so its one-line message travels too, in the trailing metadata key
@@ -19,7 +20,14 @@ from confide import errors
 from confide.disclose import one_line
 from confide.errors import ConfideError, Reason
 
-__all__ = ["DETAIL_KEY", "STATUS_FOR", "abort_with", "error_from_rpc", "status_for"]
+__all__ = [
+    "DETAIL_KEY",
+    "STATUS_FOR",
+    "abort_with",
+    "error_from_reason",
+    "error_from_rpc",
+    "status_for",
+]
 
 DETAIL_KEY = "confide-detail-bin"
 """Trailing metadata key of a refused config's message (binary, so any UTF-8 travels)."""
@@ -101,7 +109,25 @@ def error_from_rpc(err: grpc.RpcError) -> ConfideError:
     detail = _detail(err)
     if detail:
         return cls(f"aggregator refused it: {detail}", reason=reason)
-    return cls(f"aggregator answered {code.name}: {details}", reason=reason)
+    if reason is not None and details == reason.value:
+        return cls(f"aggregator answered {code.name}", reason=reason)  # the reason says it
+    return cls(f"aggregator answered {code.name}: {one_line(details)}", reason=reason)
+
+
+def error_from_reason(value: str, message: str) -> ConfideError:
+    """Rebuild a ConfideError from a refusal said in-band (no status code), e.g. an ``Ack``.
+
+    Args:
+        value: the peer's reason; kept when it is a known ``Reason`` (``internal`` otherwise).
+        message: what was refused, e.g. ``aggregator did not accept the upload``.
+    """
+    try:
+        reason: Reason | None = Reason(value)
+    except ValueError:
+        reason = None
+    cls = _CLASS_FOR_REASON.get(reason, errors.InternalError) if reason else errors.InternalError
+    said = f": {one_line(value, limit=_MAX_DETAIL)}" if value and reason is None else ""
+    return cls(f"{message}{said}", reason=reason)
 
 
 def _detail(err: grpc.RpcError) -> str:

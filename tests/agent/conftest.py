@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,6 +208,7 @@ def make_runner(
     privacy: PrivacyPlan | None = None,
     policy: DatasetPolicy | None = None,
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    rng: Callable[[], float] = random.random,
 ) -> TaskRunner:
     """A TaskRunner for site-1 exposing ``dataset``, with fake workers.
 
@@ -226,7 +229,7 @@ def make_runner(
         policies={DATASET: policy},
         max_model_bytes=max_model_bytes,
     )
-    return TaskRunner(site, start_worker=workers, privacy=privacy)
+    return TaskRunner(site, start_worker=workers, privacy=privacy, rng=rng)
 
 
 def report_of(pki: Pki, env: common_pb2.Envelope) -> federation_pb2.TaskReport:

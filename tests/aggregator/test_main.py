@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,27 @@ def test_store_backend_defaults_to_sqlite_and_can_be_named(pki, tmp_path):
     assert parse_config(_toml(pki, tmp_path)).store == StoreConfig(backend=StoreBackend.SQLITE)
     named = parse_config(_toml(pki, tmp_path, "[store]\nbackend = 'sqlite'"))
     assert named.store.backend is StoreBackend.SQLITE
+
+
+def test_a_failure_at_start_is_one_line_with_its_reason_and_exit_1(pki, tmp_path):
+    """A state file from a newer version stops the process with one line ending in its
+    reason and exit 1, as every Confide command reports a non-config error; no traceback."""
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / "aggregator.db") as db:
+        db.execute("PRAGMA user_version = 99")
+    (tmp_path / "a.toml").write_text(_toml(pki, state))
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator.main", "--config", str(tmp_path / "a.toml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("confide-aggregator: ") and line.endswith("(internal)")
+    assert "schema 99" in line
 
 
 def test_import_does_not_pull_torch():

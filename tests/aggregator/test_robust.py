@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from aggregator.admission import Bounds, admit_update, eval_weight, norm_bound
 from aggregator.robust import HeldUpdates, Rule
-from confide.errors import OversizedMessage, Reason
+from confide.errors import InternalError, Reason
 from confide.v1 import common_pb2
 
 SHAPES = [("w", (3, 7000)), ("b", (5,))]  # 21005 values: blocks cross the first tensor
@@ -86,7 +86,7 @@ def test_held_updates_refuse_past_their_memory_bound():
     for u in _updates(2, 0):
         held.check(u)
         held.add(u, weight=1)
-    with pytest.raises(OversizedMessage) as err:
+    with pytest.raises(InternalError) as err:  # the server's bound: not the sender's fault
         held.check(_updates(1, 1)[0])
     assert err.value.reason is Reason.UNAVAILABLE
     held.reset()

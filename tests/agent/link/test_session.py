@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.link.session import Backoff
-from confide.errors import InternalError, Reason
+from confide.errors import InternalError, PeerError, Reason
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
 from tests.agent.conftest import DATASET, FEDERATION, signed_task
@@ -78,6 +78,31 @@ def test_reconnects_after_transport_errors_with_backoff(pki, runner, aggregator)
         assert h.delays == [0.5, 1, 2, 0.5]
         aggregator.stream.push(signed_task(pki.alice))
         aggregator.wait_for(lambda: aggregator.uploads)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        InternalError("all task streams are taken", reason=Reason.SERVER_BUSY),
+        PeerError("this site holds too many streams", reason=Reason.PEER_LIMIT),
+    ],
+    ids=["server_busy", "peer_limit"],
+)
+def test_a_connection_refused_for_capacity_keeps_backing_off(pki, runner, aggregator, refusal):
+    """A stream refused server_busy or peer_limit after a good register does not reset the
+    backoff (0.5, 1, 2 s): the aggregator asked for later; a lost connection then resets it."""
+    with capture_logs() as logs, SessionHarness(runner, aggregator) as h:
+        for n in (1, 2, 3):
+            aggregator.wait_for(lambda n=n: len(aggregator.streams) == n)
+            aggregator.stream.fail(refusal)
+        aggregator.wait_for(lambda: len(aggregator.streams) == 4)
+        assert h.delays == [0.5, 1, 2] and len(aggregator.registers) == 4
+        aggregator.stream.fail(InternalError("stream broke", reason=Reason.UNAVAILABLE))
+        aggregator.wait_for(lambda: len(aggregator.streams) == 5)
+        assert h.delays == [0.5, 1, 2, 0.5]
+    told = [e for e in logs if e["event"] == "disconnected"]
+    assert [e["reason"] for e in told[:3]] == [refusal.reason.value] * 3
+    assert not any(e["event"] == "session_error" for e in logs)
 
 
 def test_heartbeats_are_signed_and_carry_resources(pki, runner, aggregator):

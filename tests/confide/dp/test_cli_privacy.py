@@ -8,14 +8,14 @@ import pytest
 
 from confide.cli import privacy
 from confide.dp.accountant import AccountantKind, epsilon
+from confide.exits import run_command
 
 
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="confide")
     privacy.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return run_command("confide", lambda: args.func(args))
 
 
 def test_epsilon_prints_the_accountants_value(capsys):

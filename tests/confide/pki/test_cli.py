@@ -10,14 +10,15 @@ import pytest
 
 from confide import pki
 from confide.cli import pki as cli
+from confide.exits import run_command
 
 
 def _run(*argv: str) -> int:
-    """Parse ``argv`` the way ``confide`` will and run the chosen handler."""
+    """Parse ``argv`` the way ``confide`` will and run the chosen handler as it does."""
     parser = argparse.ArgumentParser(prog="confide")
     cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["pki", *argv])
-    rc = args.func(args)
+    rc = run_command("confide", lambda: args.func(args))
     assert isinstance(rc, int)
     return rc
 
