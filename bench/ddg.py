@@ -29,9 +29,8 @@ import time
 
 import numpy as np
 
-from confide.dp.budget import discrete_update_cost, round_cost
+from confide.dp.budget import discrete_update_cost, round_cost, update_cost
 from confide.dp.discrete import discrete_gaussian
-from confide.dp.update import update_epsilon
 from confide.secagg.encoding import decode, encode, secure_encoding
 from confide.secagg.params import job_params
 from confide.secagg.rotation import rotation_seed
@@ -97,14 +96,8 @@ def run(*, dim: int, sites: int, min_sites: int, z: float) -> dict[str, object]:
 
     t = max(1, min(min_sites, job_params(spec, n=min_sites).threshold))
     disc = round_cost(record=None, update=discrete_update_cost(p, summands=t), delta=1e-5)
-    cont = update_epsilon(
-        noise_multiplier=z,
-        rounds=1,
-        delta=1e-5,
-        sites_survived=t,
-        min_sites=min_sites,
-        distributed=True,
-    )
+    gauss = update_cost(noise_multiplier=z, sites_survived=t, min_sites=min_sites, distributed=True)
+    cont = round_cost(record=None, update=gauss, delta=1e-5).update_epsilon
     return {
         "dim": dim,
         "padded_dim": p.dim,

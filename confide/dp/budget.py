@@ -12,8 +12,13 @@ Two guarantees are tracked per dataset:
   same mechanism at every α, so the round's curve is their pointwise minimum; rounds compose
   by adding curves (Mironov 2017, Prop. 1).
 - site-level ε (the site's whole update added or removed): the update-level Gaussian with
-  sensitivity C, ρ(α) = α/(2σ_eff²), σ_eff = z / k with k the sensitivity factor
-  √(m / min(s, m)) (see ``confide.dp.update``).
+  sensitivity C (Dwork & Roth 2014, Section 3.5.3), q = 1, ρ(α) = α/(2σ_eff²) per round
+  (Mironov 2017, Prop. 7), σ_eff = z / k with k the sensitivity factor √(m / min(s, m)):
+  m shares of std z·C/√m sum to z·C, and s < m survivors to z·C·√(s/m)
+  (``confide.dp.update`` adds them). Rounds compose by adding curves, converted to ε with
+  Balle et al. 2020. This is the one formula for σ_eff. It assumes the other sites' noise
+  stays secret: a coalition of c sites that reveals its own noise lowers σ_eff to
+  z·√((s - c)/m).
 
 With secure aggregation the update noise is by default the distributed discrete Gaussian
 (``confide.dp.ddg``): its round's curve is Proposition 14 of Kairouz, Liu, Steinke 2021 with
@@ -108,7 +113,19 @@ class RoundCost:
 def update_cost(
     *, noise_multiplier: float, sites_survived: int, min_sites: int, distributed: bool
 ) -> UpdateCost:
-    """The update-level cost for survivors s of m sites planned (plan with s = threshold t).
+    """The update-level cost of one continuous-Gaussian round: z and k = √(m / min(s, m)).
+
+    Distributed (secure aggregation): σ_eff = z / k = z·√(min(s, m)/m). More than m survivors
+    would add noise, but the daemon never claims credit for sites beyond the plan; it plans
+    with s = the secure-aggregation threshold t (the fewest survivors for which the sum can be
+    unmasked at all), so the bound holds however many sites drop. Local (no secure
+    aggregation): k = 1, σ_eff = z.
+
+    Args:
+        noise_multiplier: z >= 0 asked by the job (0: an infinite curve, ε = ∞).
+        sites_survived: s >= 1, the survivors to account for (the threshold t as the plan).
+        min_sites: m >= 1, the sites the noise shares were sized for.
+        distributed: whether secure aggregation hides single updates.
 
     Raises:
         ValueError: z < 0, or m or s < 1.

@@ -4,13 +4,13 @@
 
 Symbols:
 
-- ``Δ``: a site's model update (flattened), ``n``: the number of records in the dataset;
+- ``Δ``: a site's model update (flattened);
 - ``C`` (``clip_norm``): the L2 bound every released update is clipped to (the sensitivity of
   one site's contribution to the sum);
 - ``z`` (``noise_multiplier``): noise std of the *sum* divided by C;
 - ``m`` (``min_sites``): sites a round is planned for; ``s`` (``sites_survived``): sites whose
   update enters the sum;
-- ``σ_eff``: the noise multiplier the sum actually carries; ``T`` (``rounds``); ``δ``.
+- ``σ_eff``: the noise multiplier the sum actually carries.
 
 Mechanism: each site releases clip(Δ) + N(0, std²·I). With secure aggregation on (distributed
 DP: Kairouz, Liu, Steinke 2021, "The Distributed Discrete Gaussian Mechanism for Federated
@@ -20,11 +20,8 @@ std = z·C/√m, so a sum of m sites carries std z·C: a Gaussian mechanism with
 carries std z·C·√(s/m): σ_eff = z·√(s/m). Without secure aggregation the aggregator sees each
 site's update alone, so each site adds the full std z·C and σ_eff = z.
 
-Accounting (``update_epsilon``) is site-level: the adjacency is adding or removing one site's
-update, sensitivity C, q = 1, composed over T rounds by RDP of the Gaussian mechanism
-(Mironov 2017, Prop. 7: ρ(α) = α/(2σ_eff²) per round) and converted with Balle et al. 2020.
-It assumes the other sites' noise stays secret: a coalition of c sites that reveals its own
-noise lowers σ_eff to z·√((s - c)/m).
+Accounting lives in ``confide.dp.budget`` (``update_cost``, ``site_curve``): one formula for
+σ_eff, used by the daemon's ledger and tested there.
 
 Noise is drawn in float64 by NumPy; like Opacus without secure_mode, this is not hardened
 against the floating-point attack of Mironov 2012 ("On Significance of the Least Significant
@@ -40,19 +37,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from confide.dp.accountant import SampledGaussian, compose_rdp
-from confide.errors import ConfigError, NonFiniteValue
+from confide.errors import NonFiniteValue
 
-__all__ = [
-    "add_noise",
-    "clip",
-    "effective_noise_multiplier",
-    "noise_std",
-    "system_rng",
-    "update_epsilon",
-    "validate_record_privacy",
-    "validate_update_privacy",
-]
+__all__ = ["add_noise", "clip", "noise_std", "system_rng"]
 
 _TINY = 1e-12
 
@@ -140,123 +127,6 @@ def system_rng() -> np.random.Generator:
     """A Philox generator keyed with 256 bits from os.urandom, for the daemon's noise."""
     seed = np.random.SeedSequence(int.from_bytes(os.urandom(32), "little"))
     return np.random.Generator(np.random.Philox(seed))
-
-
-def effective_noise_multiplier(
-    *, noise_multiplier: float, sites_survived: int, min_sites: int, distributed: bool
-) -> float:
-    """σ_eff, the noise multiplier the released sum carries for one site's update.
-
-    Distributed: z·√(min(s, m)/m). More than m survivors would add noise, but the daemon
-    never claims credit for sites beyond the plan. The daemon plans with s = the secure-
-    aggregation threshold t (the fewest survivors for which the sum can be unmasked at all),
-    so the bound holds however many sites drop. Local: z.
-
-    Raises:
-        ValueError: z < 0, m < 1, or s < 1.
-    """
-    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0.0):
-        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier}")
-    if min_sites < 1 or sites_survived < 1:
-        raise ValueError("min_sites and sites_survived must be >= 1")
-    if not distributed:
-        return noise_multiplier
-    return noise_multiplier * math.sqrt(min(sites_survived, min_sites) / min_sites)
-
-
-def update_epsilon(
-    *,
-    noise_multiplier: float,
-    rounds: int,
-    delta: float,
-    sites_survived: int,
-    min_sites: int,
-    distributed: bool,
-) -> float:
-    """Site-level ε at δ after T rounds of clipped, noised updates (see the module docstring).
-
-    Args:
-        noise_multiplier: z >= 0 asked by the job (0 gives ε = ∞).
-        rounds: T >= 0 rounds this site took part in.
-        delta: δ in (0, 1).
-        sites_survived: s, the survivors to account for; pass the threshold t as the plan.
-        min_sites: m, the sites the noise shares were sized for.
-        distributed: whether secure aggregation hides single updates.
-
-    Raises:
-        ValueError: a parameter is out of range.
-    """
-    sigma = effective_noise_multiplier(
-        noise_multiplier=noise_multiplier,
-        sites_survived=sites_survived,
-        min_sites=min_sites,
-        distributed=distributed,
-    )
-    return compose_rdp([SampledGaussian(1.0, sigma, rounds)], delta)
-
-
-def validate_record_privacy(
-    *,
-    noise_multiplier: float,
-    target_epsilon: float,
-    max_grad_norm: float,
-    delta: float,
-    dataset_size: int | None = None,
-    prefix: str = "privacy.sample",
-) -> None:
-    """Check DP-SGD parameters; 0 means "not given" for noise_multiplier and target_epsilon.
-
-    δ must lie in (0, 1) and, when the dataset size n is known, below 1/n: a δ of 1/n or more
-    allows a mechanism that publishes one whole record outright ("just release one record at
-    random" is (0, 1/n)-DP), so such δ gives no meaningful guarantee (Dwork & Roth 2014, 2.3).
-
-    Raises:
-        ConfigError: naming ``<prefix>.<field>`` for the first invalid field.
-    """
-    z_key, e_key = f"{prefix}.noise_multiplier", f"{prefix}.target_epsilon"
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0.0:
-        raise ConfigError(z_key, f"must be a finite number >= 0, got {noise_multiplier}")
-    if not math.isfinite(target_epsilon) or target_epsilon < 0.0:
-        raise ConfigError(e_key, f"must be a finite number > 0, got {target_epsilon}")
-    if noise_multiplier == 0.0 and target_epsilon == 0.0:
-        raise ConfigError(z_key, "give one of noise_multiplier and target_epsilon")
-    if noise_multiplier > 0.0 and target_epsilon > 0.0:
-        raise ConfigError(z_key, "give only one of noise_multiplier and target_epsilon, not both")
-    if not math.isfinite(max_grad_norm) or max_grad_norm <= 0.0:
-        raise ConfigError(
-            f"{prefix}.max_grad_norm", f"must be a finite number > 0, got {max_grad_norm}"
-        )
-    _check_delta(f"{prefix}.delta", delta, dataset_size)
-
-
-def validate_update_privacy(
-    *,
-    clip_norm: float,
-    noise_multiplier: float,
-    delta: float,
-    prefix: str = "privacy.update",
-) -> None:
-    """Check update-level parameters: C > 0, z >= 0 (0 = clip only), δ in (0, 1).
-
-    Raises:
-        ConfigError: naming ``<prefix>.<field>`` for the first invalid field.
-    """
-    if not math.isfinite(clip_norm) or clip_norm <= 0.0:
-        raise ConfigError(f"{prefix}.clip_norm", f"must be a finite number > 0, got {clip_norm}")
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0.0:
-        raise ConfigError(
-            f"{prefix}.noise_multiplier", f"must be a finite number >= 0, got {noise_multiplier}"
-        )
-    _check_delta(f"{prefix}.delta", delta, None)
-
-
-def _check_delta(key: str, delta: float, dataset_size: int | None) -> None:
-    if not (math.isfinite(delta) and 0.0 < delta < 1.0):
-        raise ConfigError(key, f"must be in (0, 1), got {delta}")
-    if dataset_size is not None and dataset_size > 0 and delta >= 1.0 / dataset_size:
-        raise ConfigError(
-            key, f"must be below 1/n = {1.0 / dataset_size:.3g} for a dataset of {dataset_size}"
-        )
 
 
 def _l2(x: npt.NDArray[Any]) -> float:

@@ -19,6 +19,7 @@ from confide.dp.budget import (
     record_curve,
     round_cost,
     site_curve,
+    update_cost,
 )
 from confide.dp.ddg import (
     DEFAULT_BETA,
@@ -32,7 +33,6 @@ from confide.dp.ddg import (
     wrap_probability,
 )
 from confide.dp.rdp import DEFAULT_ORDERS
-from confide.dp.update import update_epsilon
 
 
 def _tau(sigma: float, n: int) -> float:
@@ -132,9 +132,8 @@ def test_the_continuous_gaussian_is_the_limit(z, m, t, d):
     never below it (rounding only inflates the sensitivity)."""
     p = ddg_params(clip_norm=1.0, noise_std=z / math.sqrt(m), dim=d, max_summands=65537)
     cost = round_cost(record=None, update=discrete_update_cost(p, summands=t), delta=1e-5)
-    cont = update_epsilon(
-        noise_multiplier=z, rounds=1, delta=1e-5, sites_survived=t, min_sites=m, distributed=True
-    )
+    gauss = update_cost(noise_multiplier=z, sites_survived=t, min_sites=m, distributed=True)
+    cont = round_cost(record=None, update=gauss, delta=1e-5).update_epsilon
     assert cost.update_epsilon == pytest.approx(cont, rel=1e-4)
     assert cost.update_epsilon >= cont
 
