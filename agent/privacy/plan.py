@@ -51,8 +51,8 @@ from confide.dp.budget import (
     round_cost,
     update_cost,
 )
-from confide.dp.update import add_noise, clip, noise_std, system_rng, validate_record_privacy
-from confide.errors import PolicyRefusal, Reason
+from confide.dp.update import add_noise, clip, noise_std, system_rng
+from confide.errors import ConfigError, PolicyRefusal, Reason
 from confide.jobspec import attempt_limits
 from confide.secagg.encoding import Mechanism, secure_encoding
 from confide.secagg.params import job_params
@@ -64,6 +64,7 @@ __all__ = [
     "PrivacyPlan",
     "RoundPrivacy",
     "Unmetered",
+    "dpsgd_schedule",
     "planned_survivors",
     "protect_update",
 ]
@@ -105,6 +106,41 @@ def planned_survivors(spec: common_pb2.JobSpec) -> int:
     if not sa.enabled:
         return m
     return max(1, min(m, job_params(spec, n=m).threshold))
+
+
+def dpsgd_schedule(training: common_pb2.TrainingSpec, *, num_train: int) -> tuple[float, int]:
+    """The DP-SGD schedule of one round: (q, T) with q = min(1, B / n), T = E · max(1, round(1/q)).
+
+    B is the job's ``training.batch_size`` (validated >= 1, no default: a job file's is 32),
+    E its ``local_epochs`` and n the site's training records. Poisson sampling at rate q
+    sees each record once per round(1/q) steps in expectation, so T is E epochs (Abadi et al.
+    2016, Section 3.1). The one schedule: the daemon computes it here, sends it to the
+    worker in ``DpSgdParams`` and charges the ledger for the same numbers.
+
+    Args:
+        training: the job's training block.
+        num_train: n >= 1, the training records the daemon counted.
+    """
+    q = min(1.0, training.batch_size / num_train)
+    steps = max(1, int(training.local_epochs) * max(1, round(1.0 / q)))
+    return q, steps
+
+
+def _check_delta_fits(delta: float, *, n: int) -> None:
+    """The one record-privacy rule only a site can check: δ < 1/n for its n records.
+
+    The job's own rules (``confide.jobspec.validate_job``) ran when the signed job was
+    verified; this adds what needs the dataset. A δ of 1/n or more allows a mechanism that
+    publishes one whole record outright ("release one record at random" is (0, 1/n)-DP), so
+    it gives no meaningful guarantee (Dwork & Roth 2014, Section 2.3).
+
+    Raises:
+        ConfigError: ``privacy.sample.delta`` is not below 1/n.
+    """
+    if delta >= 1.0 / n:
+        raise ConfigError(
+            "privacy.sample.delta", f"must be below 1/n = {1.0 / n:.3g} for a dataset of {n}"
+        )
 
 
 def _update_noise(spec: common_pb2.JobSpec, *, min_update_noise: float) -> tuple[float, UpdateCost]:
@@ -174,15 +210,8 @@ class PrivacyPlan:
         rp = spec.record_privacy
         if rp.enabled:
             n = max(1, num_train)
-            validate_record_privacy(
-                noise_multiplier=rp.noise_multiplier,
-                target_epsilon=rp.target_epsilon,
-                max_grad_norm=rp.max_grad_norm,
-                delta=rp.delta,
-                dataset_size=n,
-            )
-            q = min(1.0, spec.training.batch_size / n)
-            steps = max(1, int(spec.training.local_epochs) * max(1, round(1.0 / q)))
+            _check_delta_fits(rp.delta, n=n)
+            q, steps = dpsgd_schedule(spec.training, num_train=n)
             if attempts is None:
                 attempts = int(spec.rounds) + attempt_limits(spec)[1]
             sigma = self._noise_multiplier(
@@ -191,7 +220,14 @@ class PrivacyPlan:
             dp = DpSgdParams(
                 noise_multiplier=sigma, max_grad_norm=rp.max_grad_norm, sample_rate=q, steps=steps
             )
-            record = RecordCost(sample_rate=q, noise_multiplier=sigma, steps=steps, delta=rp.delta)
+            # The ledger charges exactly what the worker is told to run: the cost is read
+            # back from ``dp``, never recomputed.
+            record = RecordCost(
+                sample_rate=dp.sample_rate,
+                noise_multiplier=dp.noise_multiplier,
+                steps=dp.steps,
+                delta=rp.delta,
+            )
         up = spec.update_privacy
         clip_norm: float | None = None
         std = 0.0

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from confide.errors import InternalError, MalformedMessage, Reason
-from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
 __all__ = ["DpSgdParams", "EvalResult", "TrainResult", "WorkerFailed", "WorkerInfo"]
@@ -50,8 +49,8 @@ class DpSgdParams:
     Args:
         noise_multiplier: sigma, the noise std in units of C (>= 0).
         max_grad_norm: C, the per-record gradient clipping bound (> 0).
-        sample_rate: q in (0, 1], normally batch_size / num_train.
-        steps: optimizer steps this round, normally local_epochs * round(1 / q).
+        sample_rate: q in (0, 1] (``agent.privacy.plan.dpsgd_schedule``).
+        steps: optimizer steps this round (``agent.privacy.plan.dpsgd_schedule``).
     """
 
     noise_multiplier: float
@@ -64,27 +63,6 @@ class DpSgdParams:
             raise MalformedMessage("dp: noise_multiplier must be >= 0 and max_grad_norm > 0")
         if not (0.0 < self.sample_rate <= 1.0) or self.steps < 1:
             raise MalformedMessage("dp: sample_rate must be in (0, 1] and steps >= 1")
-
-    @classmethod
-    def for_job(
-        cls, job: common_pb2.JobSpec, *, num_train: int, noise_multiplier: float
-    ) -> DpSgdParams:
-        """The standard schedule for a job: q = batch_size / num_train, local_epochs * round(1/q).
-
-        Args:
-            job: the job; its ``record_privacy.max_grad_norm`` and ``training`` are used.
-            num_train: local training records (``Worker.info.num_train``).
-            noise_multiplier: sigma as the daemon's accountant resolved it.
-        """
-        batch = max(1, int(job.training.batch_size) or 64)
-        q = min(1.0, batch / max(1, num_train))
-        epochs = max(1, int(job.training.local_epochs))
-        return cls(
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=float(job.record_privacy.max_grad_norm) or 1.0,
-            sample_rate=q,
-            steps=epochs * max(1, round(1.0 / q)),
-        )
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form carried in a ``train`` frame."""

@@ -87,6 +87,62 @@ def test_validate_job_refuses_what_the_wire_can_carry():
     assert ei.value.key == "training.learning_rate"
 
 
+GOOD_RECORD = {"noise_multiplier": 1.0, "target_epsilon": 0.0, "max_grad_norm": 1.0, "delta": 1e-5}
+
+
+def _with_record(**fields):
+    spec = _job()
+    spec.record_privacy.CopyFrom(common_pb2.RecordPrivacy(enabled=True, **fields))
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"noise_multiplier": -0.1}, "privacy.sample.noise_multiplier"),
+        ({"noise_multiplier": 0.0}, "privacy.sample.noise_multiplier"),
+        ({"target_epsilon": 3.0}, "privacy.sample.noise_multiplier"),
+        ({"noise_multiplier": 0.0, "target_epsilon": -1.0}, "privacy.sample.target_epsilon"),
+        ({"max_grad_norm": 0.0}, "privacy.sample.max_grad_norm"),
+        ({"max_grad_norm": -1.0}, "privacy.sample.max_grad_norm"),
+        ({"delta": 1.0}, "privacy.sample.delta"),
+        ({"delta": 0.0}, "privacy.sample.delta"),
+    ],
+)
+def test_validate_record_privacy_names_the_key(change, key):
+    """Each invalid DP-SGD parameter on the wire raises ConfigError whose key names the field
+    (the site's own δ < 1/n rule is tested with its plan, tests/agent/privacy)."""
+    with pytest.raises(ConfigError) as info:
+        validate_job(_with_record(**{**GOOD_RECORD, **change}))
+    assert info.value.key == key
+
+
+def test_validate_record_privacy_accepts_good_values():
+    """Valid DP-SGD parameters pass, with either a noise multiplier or a target ε."""
+    validate_job(_with_record(**GOOD_RECORD))
+    validate_job(_with_record(**{**GOOD_RECORD, "noise_multiplier": 0.0, "target_epsilon": 2.0}))
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"clip_norm": 0.0}, "privacy.update.clip_norm"),
+        ({"clip_norm": -1.0}, "privacy.update.clip_norm"),
+        ({"noise_multiplier": -1.0}, "privacy.update.noise_multiplier"),
+        ({"delta": 1.0}, "privacy.update.delta"),
+        ({"delta": -1e-5}, "privacy.update.delta"),
+    ],
+)
+def test_validate_update_privacy_names_the_key(change, key):
+    """Each invalid update-level parameter on the wire raises ConfigError naming the field."""
+    spec = _job()
+    good = {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}
+    spec.update_privacy.CopyFrom(common_pb2.UpdatePrivacy(**{**good, **change}))
+    with pytest.raises(ConfigError) as info:
+        validate_job(spec)
+    assert info.value.key == key
+
+
 PLAIN = BASE.split("[secure_aggregation]")[0]
 
 

@@ -12,10 +12,10 @@ import pytest
 from agent.admission.site_policy import DatasetPolicy
 from agent.data.datasets import DataFormat, DatasetConfig, count_train_records
 from agent.privacy.ledger import Ledger
-from agent.privacy.plan import PrivacyPlan, planned_survivors, protect_update
+from agent.privacy.plan import PrivacyPlan, dpsgd_schedule, planned_survivors, protect_update
 from agent.tasks.runner import TaskOutcome, TaskRunner
 from confide.dp.budget import cumulative_epsilon, discrete_update_cost
-from confide.errors import PolicyRefusal, Reason
+from confide.errors import ConfigError, PolicyRefusal, Reason
 from confide.secagg import job_params
 from confide.secagg.encoding import decode, secure_encoding
 from confide.secagg.rotation import rotation_seed
@@ -245,6 +245,61 @@ def test_update_is_clipped_noised_and_training_figures_are_withheld_under_dp(
     # The worker was told the daemon's own q (batch / records it counted).
     [dp] = workers.started[0].dp
     assert dp is not None and dp.sample_rate == pytest.approx(min(1.0, 32 / 40))
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "local_epochs", "z", "target"),
+    [(32, 1, 1.0, 0.0), (7, 3, 0.0, 4.0), (64, 2, 0.8, 0.0)],
+)
+def test_the_ledger_charges_the_schedule_the_worker_runs(
+    pki, dataset, workers, aggregator, tmp_path, batch_size, local_epochs, z, target
+):
+    """The (q, σ, T) the ledger stores for a round are exactly the DpSgdParams the worker was
+    sent, and both are ``dpsgd_schedule`` of the job for the records the daemon counted."""
+    ledger = Ledger.open(tmp_path / "l.db")
+    runner = make_runner(
+        pki, dataset, workers, privacy=PrivacyPlan(ledger), policy=DatasetPolicy(max_epsilon=1e3)
+    )
+    spec = job_spec()
+    spec.training.batch_size = batch_size
+    spec.training.local_epochs = local_epochs
+    spec.record_privacy.CopyFrom(
+        common_pb2.RecordPrivacy(
+            enabled=True, noise_multiplier=z, target_epsilon=target, max_grad_norm=1.0, delta=1e-5
+        )
+    )
+    spec.evaluation.noise_multiplier = 10.0
+    assert runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator)) is (
+        TaskOutcome.OK
+    )
+    [dp] = workers.started[0].dp
+    [entry] = [e for e in ledger.entries(DATASET) if not e.cost.evaluation]
+    rec = entry.cost.record
+    assert dp is not None and rec is not None
+    assert (rec.sample_rate, rec.noise_multiplier, rec.steps) == (
+        dp.sample_rate,
+        dp.noise_multiplier,
+        dp.steps,
+    )
+    assert (dp.sample_rate, dp.steps) == dpsgd_schedule(
+        spec.training, num_train=count_train_records(dataset)
+    )
+    assert dp.noise_multiplier > 0 and dp.max_grad_norm == 1.0
+
+
+def test_record_delta_must_be_below_one_over_n(tmp_path):
+    """The site's own rule on top of the job's: δ >= 1/n for its n records is refused naming
+    privacy.sample.delta; δ just below 1/n passes."""
+    plan = PrivacyPlan(Ledger.open(tmp_path / "l.db"))
+    spec = job_spec()
+    spec.record_privacy.CopyFrom(
+        common_pb2.RecordPrivacy(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3)
+    )
+    with pytest.raises(ConfigError) as info:
+        plan.plan(spec, job_id="j", num_train=1000, min_update_noise=0.0)
+    assert info.value.key == "privacy.sample.delta"
+    spec.record_privacy.delta = 1e-5
+    assert plan.plan(spec, job_id="j", num_train=99_999, min_update_noise=0.0).dp is not None
 
 
 def test_failure_reports_carry_the_reason_but_no_data(pki, dataset, workers, aggregator):

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from agent.privacy.plan import dpsgd_schedule
 from agent.worker.protocol import DpSgdParams
 from agent.workers.handle import Worker, WorkerFailed
 from confide.errors import PolicyRefusal, Reason
@@ -59,7 +60,13 @@ def test_dp_sgd_runs_exact_steps_and_differs_from_plain(mlp_worker):
     job, worker = mlp_worker
     weights = initial_weights(job.model, job.dataset, seed=2)
     plain = worker.train(weights, dp=None, round=3)
-    dp = DpSgdParams.for_job(job, num_train=455, noise_multiplier=1.1)
+    q, steps = dpsgd_schedule(job.training, num_train=455)
+    dp = DpSgdParams(
+        noise_multiplier=1.1,
+        max_grad_norm=job.record_privacy.max_grad_norm,
+        sample_rate=q,
+        steps=steps,
+    )
     assert dp.steps == 2 * round(455 / 32)
     private = worker.train(weights, dp=dp, round=3)
     assert private.steps == dp.steps

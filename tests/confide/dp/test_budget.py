@@ -48,9 +48,7 @@ def test_site_epsilon_matches_opacus(vectors):
     """T rounds of update noise z without secure aggregation cost what Opacus's RDP
     accountant gives for T full-batch Gaussian steps (pinned reference, q = 1)."""
     v = next(e for e in vectors["epsilon"] if e["sample_rate"] == 1.0)
-    ours = _site_epsilon(
-        z=v["noise_multiplier"], rounds=v["steps"], s=3, m=3, distributed=False
-    )
+    ours = _site_epsilon(z=v["noise_multiplier"], rounds=v["steps"], s=3, m=3, distributed=False)
     assert ours == pytest.approx(v["rdp_epsilon"], rel=1e-6)
 
 

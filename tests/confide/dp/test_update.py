@@ -1,5 +1,4 @@
 # Math notation in docstrings follows the papers.
-# ruff: noqa: RUF002
 """Daemon-side update protection: clipping and calibrated noise."""
 
 from __future__ import annotations
