@@ -28,9 +28,9 @@ from aggregator.admission import (
 )
 from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
 from aggregator.robust import Accumulator, HeldUpdates, Rule
-from aggregator.secure import SecureRound, rules_for, stage_timeout
+from aggregator.secure import SecureRound, rules_for
 from aggregator.store import BlobStore, SiteRoundRow
-from confide.jobspec import attempt_limits
+from confide.jobspec import attempt_limits, normalize
 from confide.lineage import chain_link, chain_of
 from confide.models import parameter_shapes
 from confide.secagg.encoding import secure_encoding
@@ -377,6 +377,8 @@ def new_job(
         ConfigError: the spec's model does not fit its dataset, its optimizer is unknown, or
             its SecAgg+ settings are invalid.
     """
+    # Every default resolved once (confide.jobspec.normalize); the job runs on this copy.
+    spec = normalize(spec)
     shapes = parameter_shapes(spec.model, spec.dataset)
     secure = spec.secure_aggregation.enabled
     # Sites refuse attempts past the signed limits (agent/admission/limits.py): never ask for them.
@@ -389,7 +391,7 @@ def new_job(
         float(spec.round_timeout_s),
         min(max_retries, per_round - 1),
         secure=secure,
-        stage_timeout_s=stage_timeout(spec) if secure else 0.0,
+        stage_timeout_s=spec.secure_aggregation.stage_timeout_s if secure else 0.0,
         max_job_retries=job_retries,
         retry_backoff_s=retry_backoff_s,
         max_sites=max_sites,

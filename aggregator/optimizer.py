@@ -207,17 +207,19 @@ class FedAdam:
 
 
 def make_optimizer(training: common_pb2.TrainingSpec) -> ServerOptimizer:
-    """The job's server optimizer (FedAvg when unspecified).
+    """The job's server optimizer, from a normalized job's training block.
+
+    The rules (a known optimizer, a learning rate > 0) are ``confide.jobspec.validate_job``'s
+    and the FedAvg default is ``confide.jobspec.normalize``'s; this only builds.
 
     Raises:
-        ConfigError: an unknown optimizer or a negative learning rate.
+        ConfigError: an optimizer this aggregator cannot build (e.g. a stored job from a newer
+            version).
     """
     lr = float(training.server_learning_rate)
-    if lr < 0:
-        raise ConfigError("training.server_learning_rate", "must be >= 0")
     kind = training.server_optimizer
-    if kind in (common_pb2.SERVER_OPTIMIZER_UNSPECIFIED, common_pb2.SERVER_OPTIMIZER_FEDAVG):
-        return FedAvg(lr=lr or 1.0)
+    if kind == common_pb2.SERVER_OPTIMIZER_FEDAVG:
+        return FedAvg(lr=lr)
     if kind == common_pb2.SERVER_OPTIMIZER_FEDADAM:
-        return FedAdam(lr=lr or 1e-2)
+        return FedAdam(lr=lr)
     raise ConfigError("training.server_optimizer", f"unknown server optimizer {kind}")

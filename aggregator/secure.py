@@ -34,7 +34,6 @@ from confide.errors import MalformedMessage, ReplayedMessage
 from confide.pki import CertInfo
 from confide.secagg.encoding import SecureEncoding
 from confide.secagg.encoding import decode as decode_sum
-from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, canonical_bytes, open_envelope
 from confide.wire.blob import NamedArrays
@@ -43,24 +42,9 @@ __all__ = [
     "Rejection",
     "SecureRound",
     "StageMessage",
-    "quantization",
     "rules_for",
     "stage_message",
-    "stage_timeout",
 ]
-
-_DEFAULT_STAGE_TIMEOUT_S = 60.0
-
-
-def quantization(spec: common_pb2.JobSpec) -> tuple[float, int]:
-    """The job's clip range r and bits b (``confide.secagg.quantize`` defaults when unset)."""
-    sa = spec.secure_aggregation
-    return (sa.clip_range or DEFAULT_CLIP_RANGE, sa.bits or DEFAULT_BITS)
-
-
-def stage_timeout(spec: common_pb2.JobSpec) -> float:
-    """Seconds each SecAgg+ stage after ADVERTISE waits (default 60 s when unset)."""
-    return spec.secure_aggregation.stage_timeout_s or _DEFAULT_STAGE_TIMEOUT_S
 
 
 def rules_for(spec: common_pb2.JobSpec) -> secagg.RoundRules:

@@ -45,7 +45,8 @@ from confide.config import Section
 from confide.errors import ConfigError
 from confide.models import parameter_shapes
 from confide.secagg.encoding import secure_encoding
-from confide.secagg.params import job_rules
+from confide.secagg.params import DEFAULT_THRESHOLD, job_rules
+from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2
 from confide.wire.bounds import MAX_RECORDS
 
@@ -54,11 +55,13 @@ __all__ = [
     "DEFAULT_JOB_RETRIES",
     "DEFAULT_LOSS_CLIP",
     "DEFAULT_ROUND_ATTEMPTS",
+    "DEFAULT_STAGE_TIMEOUT_S",
     "HELD_UPDATES_MAX_BYTES",
     "MAX_ROUNDS",
     "ModelName",
     "attempt_limits",
     "job_from_toml",
+    "normalize",
     "validate_aggregation",
     "validate_job",
 ]
@@ -78,6 +81,9 @@ DEFAULT_JOB_RETRIES = 2
 
 Small on purpose: a ``target_epsilon`` job's noise is planned for ``rounds + retries``
 attempts, so every allowed retry costs noise in every round (``agent.privacy.plan``)."""
+
+DEFAULT_STAGE_TIMEOUT_S = 60.0
+"""Seconds each SecAgg+ stage after ADVERTISE waits when a secure job names none."""
 
 _SERVER_OPTIMIZERS = (
     common_pb2.SERVER_OPTIMIZER_UNSPECIFIED,
@@ -233,9 +239,11 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
             raise ConfigError(
                 sa.key("neighbours"), f'must be "auto" or a count >= 1, got {neighbours!r}'
             )
-        g.clip_range = sa.float("clip_range", 1.0)
-        g.bits = sa.int("bits", 16, min=1, max=32)
-        g.stage_timeout_s = sa.float("stage_timeout_s", 60.0, min=0.0, min_exclusive=True)
+        g.clip_range = sa.float("clip_range", DEFAULT_CLIP_RANGE)
+        g.bits = sa.int("bits", DEFAULT_BITS, min=1, max=32)
+        g.stage_timeout_s = sa.float(
+            "stage_timeout_s", DEFAULT_STAGE_TIMEOUT_S, min=0.0, min_exclusive=True
+        )
     _aggregation_from_toml(root.section("aggregation"), spec.aggregation)
     _evaluation_from_toml(root.section("evaluation"), spec)
     root.done()  # every table above, read or not: an unknown key anywhere is refused
@@ -289,6 +297,43 @@ def attempt_limits(spec: common_pb2.JobSpec) -> tuple[int, int]:
     )
     retries = int(at.max_job_retries) if at.HasField("max_job_retries") else DEFAULT_JOB_RETRIES
     return per_round, retries
+
+
+def normalize(spec: common_pb2.JobSpec) -> common_pb2.JobSpec:
+    """A copy of a received job with every wire default resolved: the one place they are.
+
+    On the wire 0 (or an absent optional field) means "the documented default" for these
+    fields. The aggregator (building a job) and every site (having verified the signed job)
+    work on this copy, so no reader substitutes a default of its own:
+
+    - ``attempts``: ``DEFAULT_ROUND_ATTEMPTS`` and ``DEFAULT_JOB_RETRIES`` (``attempt_limits``);
+    - ``training.server_optimizer``: FedAvg;
+    - a secure job's ``secure_aggregation``: threshold ``DEFAULT_THRESHOLD`` (2/3; a job
+      file's own default is 0.66, written into the signed spec), clip_range
+      ``DEFAULT_CLIP_RANGE``, bits ``DEFAULT_BITS``, stage_timeout_s
+      ``DEFAULT_STAGE_TIMEOUT_S``.
+
+    Batch size, epochs, learning rates and clip norms have no wire default: ``validate_job``
+    requires them. The signed envelope and the stored spec stay as submitted; only this copy
+    runs. Normalizing twice changes nothing.
+
+    Args:
+        spec: a job that passed ``validate_job``.
+    """
+    out = common_pb2.JobSpec()
+    out.CopyFrom(spec)
+    per_round, retries = attempt_limits(spec)
+    out.attempts.max_round_attempts = per_round
+    out.attempts.max_job_retries = retries
+    if out.training.server_optimizer == common_pb2.SERVER_OPTIMIZER_UNSPECIFIED:
+        out.training.server_optimizer = common_pb2.SERVER_OPTIMIZER_FEDAVG
+    sa = out.secure_aggregation
+    if sa.enabled:
+        sa.threshold = sa.threshold or DEFAULT_THRESHOLD
+        sa.clip_range = sa.clip_range or DEFAULT_CLIP_RANGE
+        sa.bits = sa.bits or DEFAULT_BITS
+        sa.stage_timeout_s = sa.stage_timeout_s or DEFAULT_STAGE_TIMEOUT_S
+    return out
 
 
 def _float_list(s: Section, key: str) -> list[float]:
@@ -424,11 +469,13 @@ def _validate_secagg(spec: common_pb2.JobSpec) -> None:
     if sa.stage_timeout_s:
         _finite_positive(k + "stage_timeout_s", sa.stage_timeout_s)
     # Every round size the job allows, min_sites up to its max_sites (confide.secagg.params),
-    # the same rules the aggregator and every site apply: at least MIN_SECURE_SITES sites.
-    job_rules(spec).validate()
+    # the same rules the aggregator and every site apply (on the same normalized copy): at
+    # least MIN_SECURE_SITES sites.
+    resolved = normalize(spec)
+    job_rules(resolved).validate()
     # The mechanism's parameters: the discrete one's grid fits the modulus, the continuous
     # one's clip cannot bite (names secure_aggregation.bits or .clip_range when not).
-    secure_encoding(spec)
+    secure_encoding(resolved)
 
 
 def validate_aggregation(spec: common_pb2.JobSpec) -> None:

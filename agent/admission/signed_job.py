@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from agent.admission.rules import check_signer
 from confide.errors import ConfigError, MalformedMessage, PolicyRefusal, Reason
-from confide.jobspec import validate_job
+from confide.jobspec import normalize, validate_job
 from confide.pki import BadCertificate, CertInfo, verify_certificate
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
@@ -30,7 +30,7 @@ class VerifiedJob:
     """A job whose signature and signer were checked.
 
     Args:
-        spec: the decoded job.
+        spec: the decoded job, validated and normalized (``confide.jobspec.normalize``).
         signer: the verified certificate facts of the operator who signed it.
     """
 
@@ -99,8 +99,10 @@ def verify_job(
     except DecodeError as exc:
         raise MalformedMessage("signed job payload is not a JobSpec") from exc
     try:
-        # The aggregator validated it at submit; the site does not take that on trust.
+        # The aggregator validated it at submit; the site does not take that on trust. The
+        # rules are the job file's own (confide.jobspec); the site's policy comes on top.
         validate_job(spec)
     except ConfigError as exc:
         raise PolicyRefusal(f"invalid job: {exc}", reason=Reason.INVALID_JOB, public=True) from exc
-    return VerifiedJob(spec, signer)
+    # Every default resolved once: the site plans, encodes and trains on this copy.
+    return VerifiedJob(normalize(spec), signer)

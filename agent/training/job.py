@@ -13,13 +13,11 @@ from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
 from agent.training.models import build_model, load_weights, weights_delta
 from agent.training.train import evaluate, train_plain
 from agent.worker.protocol import DpSgdParams
+from confide.errors import MalformedMessage
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
 __all__ = ["TorchJob"]
-
-DEFAULT_LR = 0.05
-DEFAULT_BATCH = 64
 
 
 class TorchJob:
@@ -32,11 +30,16 @@ class TorchJob:
 
     Raises:
         ConfigError: the model spec or device is invalid.
+        MalformedMessage: the training block lacks a learning rate, batch size or epochs.
         PolicyRefusal: the data does not match its declared schema.
         InternalError: the dataset file is unreadable.
     """
 
     def __init__(self, job: common_pb2.JobSpec, dataset: DatasetConfig, device: str) -> None:
+        t = job.training
+        # The daemon sends a validated, normalized job: no default is substituted here.
+        if not (t.learning_rate > 0 and t.batch_size >= 1 and t.local_epochs >= 1):
+            raise MalformedMessage("training needs learning_rate > 0, batch_size and epochs >= 1")
         self.job = job
         self.device = resolve_device(device)
         ds = job.dataset
@@ -52,10 +55,9 @@ class TorchJob:
         self.y_holdout = torch.from_numpy(data.y_holdout).to(dev)
         self.model = build_model(job.model, job.dataset).to(dev)
         self._dp: DpTrainer | None = None
-        t = job.training
-        self.lr = float(t.learning_rate) if t.learning_rate > 0 else DEFAULT_LR
-        self.batch_size = int(t.batch_size) or DEFAULT_BATCH
-        self.epochs = int(t.local_epochs) or 1
+        self.lr = float(t.learning_rate)
+        self.batch_size = int(t.batch_size)
+        self.epochs = int(t.local_epochs)
         self.seed = int(t.seed)
 
     def evaluate(

@@ -47,12 +47,7 @@ from confide.dp.discrete import _discrete_gaussian_from_parts
 from confide.dp.update import clip, noise_std, system_rng
 from confide.errors import ConfigError, InternalError
 from confide.models import parameter_shapes
-from confide.secagg.quantize import (
-    DEFAULT_BITS,
-    DEFAULT_CLIP_RANGE,
-    _quantize_from_parts,
-    dequantize,
-)
+from confide.secagg.quantize import _quantize_from_parts, dequantize
 from confide.secagg.rotation import rotate, unrotate
 from confide.v1 import common_pb2
 
@@ -139,6 +134,10 @@ def continuous_clip_range(*, clip_norm: float, noise_std: float, dim: int) -> fl
 def secure_encoding(spec: common_pb2.JobSpec) -> SecureEncoding:
     """The encoding of a secure job's updates, checked (the aggregator calls it at submit).
 
+    Args:
+        spec: a normalized secure job (``confide.jobspec.normalize``: clip range and bits
+            filled in; unset ones are refused, never defaulted).
+
     Raises:
         ConfigError: naming ``privacy.update.mechanism`` (not a secure job),
             ``secure_aggregation.clip_range`` (the continuous mechanism's clip could bite) or
@@ -149,8 +148,9 @@ def secure_encoding(spec: common_pb2.JobSpec) -> SecureEncoding:
     if not sa.enabled:
         raise ConfigError("privacy.update.mechanism", "the job does not use secure aggregation")
     dim = sum(math.prod(s) for _, s in parameter_shapes(spec.model, spec.dataset))
-    r = sa.clip_range or DEFAULT_CLIP_RANGE
-    bits = sa.bits or DEFAULT_BITS
+    r, bits = sa.clip_range, sa.bits
+    if not (math.isfinite(r) and r > 0):
+        raise ConfigError("secure_aggregation.clip_range", f"must be > 0, got {r}")
     if not 1 <= bits < 32:
         raise ConfigError("secure_aggregation.bits", f"must be in [1, 31], got {bits}")
     if up.clip_norm <= 0:

@@ -337,7 +337,11 @@ def choose_params(
 
 
 def job_rules(spec: common_pb2.JobSpec) -> RoundRules:
-    """A job's SecAgg+ rules (defaults when unset), as the aggregator and every site read them.
+    """A job's SecAgg+ rules, as the aggregator and every site read them.
+
+    Args:
+        spec: a normalized job (``confide.jobspec.normalize``: its defaults filled in; an
+            unset threshold, clip range or bits is refused by ``params``, never defaulted).
 
     Raises:
         ConfigError: naming the ``secure_aggregation.`` key at fault.
@@ -345,10 +349,10 @@ def job_rules(spec: common_pb2.JobSpec) -> RoundRules:
     sa = spec.secure_aggregation
     return RoundRules(
         min_sites=int(spec.min_sites),
-        threshold=sa.threshold or DEFAULT_THRESHOLD,
+        threshold=sa.threshold,
         neighbours=int(sa.neighbours),
-        clip_range=sa.clip_range or DEFAULT_CLIP_RANGE,
-        bits=sa.bits or DEFAULT_BITS,
+        clip_range=sa.clip_range,
+        bits=sa.bits,
     )
 
 
