@@ -7,9 +7,10 @@ import pytest
 
 import aggregator.admin
 import confide.cli.jobs
+from aggregator.jobs import new_job
 from confide import jobspec
 from confide.errors import ConfigError
-from confide.v1 import admin_pb2
+from confide.v1 import admin_pb2, common_pb2
 from tests.aggregator.fakes import tiny_spec
 
 
@@ -49,3 +50,23 @@ def test_what_job_check_refuses_submit_job_refuses_naming_the_same_key(clients, 
     assert remote.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     last = op.admin.ListAudit(admin_pb2.AuditRequest()).entries[-1]
     assert last.event == "job_refused" and f"config key '{key}'" in last.detail
+
+
+def test_the_aggregator_runs_the_normalized_job():
+    """A secure job sent with its defaults unset runs at the aggregator as
+    confide.jobspec.normalize resolves it (the same copy every site runs), stage timeout too."""
+    spec = tiny_spec(min_sites=3)
+    spec.secure_aggregation.enabled = True
+    jobspec.validate_job(spec)
+    job = new_job(
+        "j",
+        spec,
+        common_pb2.Envelope(),
+        b"",
+        model_version="0" * 64,
+        version_no=0,
+        max_retries=2,
+        eligible=frozenset(),
+    )
+    assert job.spec == jobspec.normalize(spec) != spec
+    assert job.state.params.stage_timeout_s == jobspec.DEFAULT_STAGE_TIMEOUT_S

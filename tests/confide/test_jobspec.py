@@ -6,7 +6,16 @@ import pytest
 
 from confide.config import parse_toml
 from confide.errors import ConfigError
-from confide.jobspec import job_from_toml, validate_job
+from confide.jobspec import (
+    DEFAULT_STAGE_TIMEOUT_S,
+    attempt_limits,
+    job_from_toml,
+    normalize,
+    validate_job,
+)
+from confide.secagg.encoding import secure_encoding
+from confide.secagg.params import DEFAULT_THRESHOLD, job_rules
+from confide.secagg.quantize import DEFAULT_BITS, DEFAULT_CLIP_RANGE
 from confide.v1 import common_pb2
 
 BASE = """
@@ -251,3 +260,51 @@ def test_validate_job_refuses_a_crafted_evaluation_block(field, value, key):
     assert ei.value.key == key
     spec.evaluation.max_evaluations = 0  # asks for none: the rest is not looked at
     validate_job(spec)
+
+
+def _wire_secure_job() -> common_pb2.JobSpec:
+    """A secure job as a client other than the job-file reader may send it: defaults unset."""
+    spec = _job()
+    spec.secure_aggregation.CopyFrom(common_pb2.SecureAggregation(enabled=True))
+    spec.ClearField("attempts")
+    spec.training.server_optimizer = common_pb2.SERVER_OPTIMIZER_UNSPECIFIED
+    return spec
+
+
+def test_normalize_resolves_every_wire_default_once():
+    """normalize fills the secure-aggregation, attempt and optimizer defaults, leaves what the
+    job names, does not touch its input, and normalizing twice changes nothing."""
+    raw = _wire_secure_job()
+    validate_job(raw)
+    before = raw.SerializeToString()
+    out = normalize(raw)
+    assert raw.SerializeToString() == before
+    sa = out.secure_aggregation
+    assert (sa.threshold, sa.clip_range, sa.bits, sa.stage_timeout_s) == (
+        DEFAULT_THRESHOLD,
+        DEFAULT_CLIP_RANGE,
+        DEFAULT_BITS,
+        DEFAULT_STAGE_TIMEOUT_S,
+    )
+    assert attempt_limits(out) == attempt_limits(raw) == (3, 2)
+    assert out.attempts.HasField("max_round_attempts") and out.attempts.HasField("max_job_retries")
+    assert out.training.server_optimizer == common_pb2.SERVER_OPTIMIZER_FEDAVG
+    assert normalize(out) == out
+    named = _job()  # the job file names threshold 0.66, clip range 1.0, 16 bits, 60 s
+    assert normalize(named).secure_aggregation == named.secure_aggregation
+    plain = _job(PLAIN)
+    assert normalize(plain).secure_aggregation == plain.secure_aggregation
+
+
+def test_readers_refuse_an_unnormalized_job_rather_than_default():
+    """The SecAgg+ rules and the encoding read a normalized job; given zeros they raise,
+    naming the key, and never substitute a default of their own."""
+    raw = _wire_secure_job()
+    with pytest.raises(ConfigError) as info:
+        secure_encoding(raw)
+    assert info.value.key == "secure_aggregation.clip_range"
+    with pytest.raises(ConfigError) as info:
+        job_rules(raw).validate()
+    assert info.value.key.startswith("secure_aggregation.")
+    job_rules(normalize(raw)).validate()
+    assert secure_encoding(normalize(raw)).clip_range == DEFAULT_CLIP_RANGE

@@ -15,7 +15,7 @@ import pytest
 from agent.privacy.plan import dpsgd_schedule
 from agent.worker.protocol import DpSgdParams
 from agent.workers.handle import Worker, WorkerFailed
-from confide.errors import PolicyRefusal, Reason
+from confide.errors import MalformedMessage, PolicyRefusal, Reason
 from confide.models import initial_weights, parameter_shapes
 from confide.v1 import common_pb2
 from tests.agent.worker.conftest import add, make_job
@@ -322,3 +322,16 @@ def test_an_invalid_loss_clip_fails_the_op_and_the_worker_keeps_serving(mlp_work
         worker.evaluate(weights, loss_clip=clip)
     assert info.value.reason is Reason.MALFORMED
     assert worker.alive and worker.evaluate(weights).num_samples == 114
+
+
+@pytest.mark.parametrize("field", ["batch_size", "learning_rate", "local_epochs"])
+def test_the_worker_substitutes_no_training_default(bc_dataset, field):
+    """A training block without a batch size, learning rate or epochs (the daemon sends a
+    validated job) is refused MALFORMED, never run with a default of the worker's own."""
+    pytest.importorskip("torch")
+    from agent.training.job import TorchJob
+
+    job = make_job()
+    job.training.ClearField(field)
+    with pytest.raises(MalformedMessage):
+        TorchJob(job, bc_dataset, "cpu")
