@@ -31,6 +31,7 @@ import numpy as np
 
 from confide.dp.budget import discrete_update_cost, round_cost, update_cost
 from confide.dp.discrete import discrete_gaussian
+from confide.jobspec import normalize
 from confide.secagg.encoding import decode, encode, secure_encoding
 from confide.secagg.params import job_params
 from confide.secagg.rotation import rotation_seed
@@ -38,18 +39,23 @@ from confide.v1 import common_pb2
 
 
 def _spec(*, dim: int, min_sites: int, z: float) -> common_pb2.JobSpec:
-    return common_pb2.JobSpec(
-        name="bench-ddg",
-        rounds=1,
-        min_sites=min_sites,
-        round_timeout_s=60.0,
-        model=common_pb2.ModelSpec(kind=common_pb2.MODEL_KIND_FIXED_DELTA, fixed_delta_params=dim),
-        dataset=common_pb2.DatasetSpec(name="bench", features=["a"], label="y", num_classes=2),
-        training=common_pb2.TrainingSpec(
-            local_epochs=1, batch_size=8, learning_rate=0.1, server_learning_rate=1.0
-        ),
-        update_privacy=common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=z, delta=1e-5),
-        secure_aggregation=common_pb2.SecureAggregation(enabled=True, threshold=0.66, bits=16),
+    """The benchmark's secure job, normalized as the aggregator and the sites run it."""
+    return normalize(
+        common_pb2.JobSpec(
+            name="bench-ddg",
+            rounds=1,
+            min_sites=min_sites,
+            round_timeout_s=60.0,
+            model=common_pb2.ModelSpec(
+                kind=common_pb2.MODEL_KIND_FIXED_DELTA, fixed_delta_params=dim
+            ),
+            dataset=common_pb2.DatasetSpec(name="bench", features=["a"], label="y", num_classes=2),
+            training=common_pb2.TrainingSpec(
+                local_epochs=1, batch_size=8, learning_rate=0.1, server_learning_rate=1.0
+            ),
+            update_privacy=common_pb2.UpdatePrivacy(clip_norm=1.0, noise_multiplier=z, delta=1e-5),
+            secure_aggregation=common_pb2.SecureAggregation(enabled=True, threshold=0.66, bits=16),
+        )
     )
 
 

@@ -72,6 +72,7 @@ from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
 from agent.training.models import build_model
 from bench.audit_bound import AuditOutcome, audit
 from confide.dp.budget import cumulative_epsilon
+from confide.jobspec import normalize
 from confide.localfed.data import breast_cancer_arrays
 from confide.secagg.encoding import _encode_from_parts, decode, secure_encoding
 from confide.secagg.rotation import rotation_seed
@@ -165,7 +166,7 @@ def _dpsgd_spec(
     rp.noise_multiplier = sigma
     rp.max_grad_norm = 1.0
     rp.delta = DELTA
-    return spec
+    return normalize(spec)  # as the site runs it (agent.admission.signed_job)
 
 
 def audit_dpsgd(
@@ -259,7 +260,7 @@ def _update_spec(*, sites: int, rounds: int, z: float) -> common_pb2.JobSpec:
     sa.enabled = True
     sa.threshold = 0.9
     sa.neighbours = sites - 1
-    return spec
+    return normalize(spec)  # as the site runs it (agent.admission.signed_job)
 
 
 def audit_update_noise(
