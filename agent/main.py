@@ -13,6 +13,7 @@
     confide-agent audit show|verify --config agent.toml   the site's audit trail (exit 1:
                                                     the chain was edited, removed or reordered)
     confide-agent check --config agent.toml         identity, datasets, runtime (exit 1: a problem)
+    confide-agent doctor --config agent.toml        every check, with fixes (agent.local.doctor)
 
 A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2. So
 does a daemon that cannot work: its certificate is not this site's, the training runtime is
@@ -42,6 +43,7 @@ from agent.local.approvals_cli import approve_command, deny_command, jobs_comman
 from agent.local.audit import AUDIT_FILE
 from agent.local.audit_cli import audit_command
 from agent.local.check import run_check
+from agent.local.doctor import HANDSHAKE_TIMEOUT_S, doctor_command
 from agent.local.selfcheck import DatasetBook, check_identity, runtime_problem
 from agent.local.status_cli import budget_command, status_command
 from confide import __version__, sdnotify
@@ -69,6 +71,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.config is None:
         print(f"{_PROG}: --config FILE is required", file=sys.stderr)
         return 2
+    if args.command == "doctor":  # before load_config: a config error is one of its lines
+        return doctor_command(args.config, timeout_s=args.timeout)
     cfg = load_config(args.config)
     if args.command == "status":
         return status_command(cfg.api_socket)
@@ -113,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     dn.add_argument("job", help="the job id `confide-agent jobs` shows")
     dn.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     dn.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    d = sub.add_parser("doctor", help="check config, identity, aggregator, host; print fixes")
+    d.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    d.add_argument("--timeout", type=float, default=HANDSHAKE_TIMEOUT_S, help="handshake, s")
     a = sub.add_parser("audit", help="show or verify the site's audit trail")
     a.add_argument("action", choices=("show", "verify"))
     a.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")

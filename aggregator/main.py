@@ -4,6 +4,9 @@
 a CSR on the machine it runs on, for the CA holder to sign (``confide pki sign --role
 aggregator --dns HOST``): like a site's, its private keys never leave that machine.
 
+``confide-aggregator doctor --config FILE`` checks the config, identity files, listening
+address, disk and state without starting (``aggregator.doctor``; exit 1: a check failed).
+
 The only place in the aggregator that configures structlog (STYLE rule 9). An error ends it
 as every Confide command does (``confide.exits``): a config error prints one line naming the
 key and exits 2, any other error one line with its reason and exits 1; a signal stops the
@@ -26,6 +29,7 @@ from types import FrameType
 import structlog
 
 from aggregator.config import load_config
+from aggregator.doctor import HANDSHAKE_TIMEOUT_S, doctor_command
 from aggregator.server import build
 from confide import __version__, sdnotify
 from confide.exits import run_command
@@ -108,6 +112,9 @@ def _main(argv: list[str] | None) -> int:
     e = sub.add_parser("enroll", help="make this aggregator's keys and a CSR for the CA")
     e.add_argument("--dir", type=Path, required=True, help="folder for the keys and the CSR")
     e.add_argument("--name", default="aggregator", help="identity name (default: aggregator)")
+    d = sub.add_parser("doctor", help="check config, identity, address, state; print fixes")
+    d.add_argument("--config", default=argparse.SUPPRESS, help="aggregator TOML file")
+    d.add_argument("--timeout", type=float, default=HANDSHAKE_TIMEOUT_S, help="handshake, s")
     args = parser.parse_args(argv)
     if args.command == "enroll":
         return _enroll(args.dir, args.name)
@@ -115,6 +122,8 @@ def _main(argv: list[str] | None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{_PROG}: --config FILE is required", file=sys.stderr)
         return 2
+    if args.command == "doctor":
+        return doctor_command(Path(args.config), timeout_s=args.timeout)
     libc = _libc()
     _tune_malloc(libc)
     config = load_config(args.config)

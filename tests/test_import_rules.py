@@ -54,7 +54,15 @@ def test_agent_and_aggregator_do_not_import_each_other():
 
 
 @pytest.mark.parametrize(
-    "pkg", ["confide.wire", "confide.pki", "confide.dp", "confide.secagg", "confide.localfed"]
+    "pkg",
+    [
+        "confide.wire",
+        "confide.pki",
+        "confide.dp",
+        "confide.secagg",
+        "confide.localfed",
+        "confide.doctor",
+    ],
 )
 def test_subpackage_all_is_exact(pkg):
     """Each confide subpackage's __all__ lists exactly its public names, each one defined."""

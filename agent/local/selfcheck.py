@@ -37,6 +37,7 @@ from confide.errors import ConfideError, ConfigError, InternalError, Reason
 from confide.pki import CertInfo, Role
 
 __all__ = [
+    "INSTALL_HINT",
     "RUNTIME_MODULES",
     "DatasetBook",
     "DatasetHealth",
@@ -54,7 +55,7 @@ INSTALL_HINT = "pip install -c constraints.txt 'confide[agent]' (README: Install
 _PROBE = (
     "import json, torch, opacus, agent.training.job\n"
     "print(json.dumps({'torch': torch.__version__, 'opacus': opacus.__version__,"
-    " 'cuda': torch.cuda.is_available()}))"
+    " 'cuda': torch.cuda.is_available(), 'devices': torch.cuda.device_count()}))"
 )
 
 
@@ -211,7 +212,9 @@ def probe_runtime(*, timeout: float = 300.0) -> dict[str, object]:
     """Import the worker's runtime in a child process, as a worker would, and report it.
 
     Returns:
-        ``torch`` and ``opacus`` versions and whether CUDA is available.
+        ``torch`` and ``opacus`` versions, whether CUDA is available and how many CUDA
+        devices the runtime sees (``devices``; ``confide-agent doctor`` checks the GPUs the
+        config asks for against it).
 
     Raises:
         InternalError: WORKER_FAILED, with the child's last line of error output.
