@@ -22,10 +22,12 @@ from __future__ import annotations
 import enum
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Handshake", "Outcome", "handshake", "split_address"]
 
@@ -108,7 +110,7 @@ def handshake(
     except ValueError as exc:
         return done(Outcome.UNREACHABLE, str(exc))
     try:
-        raw = socket.create_connection((host, port), timeout=left())
+        raw = _connect(host, port, left=left)
     except socket.gaierror as exc:
         return done(Outcome.UNREACHABLE, f"cannot resolve {host!r}: {exc.strerror}")
     except TimeoutError:
@@ -122,6 +124,50 @@ def handshake(
         return done(
             Outcome.UNREACHABLE, f"{address} accepted TCP but TLS did not finish in {timeout_s:g} s"
         )
+
+
+def _connect(host: str, port: int, *, left: Callable[[], float]) -> socket.socket:
+    """A TCP connection to ``host:port`` within the deadline, the name lookup included.
+
+    ``getaddrinfo`` takes no timeout (a dead resolver can hold it for tens of seconds), so it
+    runs on a daemon thread that the deadline abandons.
+
+    Raises:
+        socket.gaierror: the name does not resolve.
+        TimeoutError: the deadline passed.
+        OSError: no address accepted the connection (the last address's error).
+    """
+    found: list[list[tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]]] = []
+    failed: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            found.append(list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=lookup, name="doctor-dns", daemon=True)
+    thread.start()
+    thread.join(left())
+    if failed:
+        raise failed[0]
+    if not found:
+        raise TimeoutError(f"resolving {host!r}")
+    error: OSError = OSError(f"{host!r} has no address")
+    for family, kind, proto, _, addr in found[0]:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left())
+            sock.connect(addr)
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error
 
 
 def _tls(

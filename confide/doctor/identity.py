@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.doctor.checklist import Finding
-from confide.doctor.expiry import Validity, expiry
+from confide.doctor.expiry import EXPIRY_WARN_DAYS, Validity, expiry
 from confide.errors import ConfideError
 from confide.pki import files
 from confide.pki.certinfo import BadCertificate, CertInfo, cert_info, verify_certificate
@@ -265,7 +265,7 @@ def expiry_finding(paths: IdentityPaths, *, now: datetime) -> Finding:
     if worst[0] == 0:
         return Finding.ok(check, "; ".join(parts))
     if worst[0] == 1:
-        return Finding.warn(check, f"{worst[1]}: renew it within days", worst[2])
+        return Finding.warn(check, f"{worst[1]}: under {EXPIRY_WARN_DAYS} days", worst[2])
     return Finding.fail(check, worst[1], worst[2])
 
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -276,6 +277,19 @@ def test_an_unreachable_aggregator_fails(tmp_path, world):
         _doctor(_config(tmp_path, world, address=f"127.0.0.1:{port}"), world), "aggregator"
     )
     assert ": unreachable: " in line.detail and "firewall" in line.fix
+
+
+def test_a_silent_aggregator_fails_within_the_timeout(tmp_path, world):
+    """A server that accepts TCP and never speaks TLS: the handshake gives up at --timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        cfg = _config(tmp_path, world, address=f"127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        line = _only_failure(_doctor(cfg, world, handshake_timeout_s=0.3), "aggregator")
+        elapsed = time.monotonic() - started
+    assert "accepted TCP but TLS did not finish in 0.3 s" in line.detail
+    assert elapsed < 5.0
 
 
 def test_a_wrong_server_name_is_a_name_mismatch(tmp_path, world):
