@@ -340,6 +340,7 @@ def test_a_runtime_that_does_not_start_fails(tmp_path, world):
     assert "libtorch_cpu.so" in line.detail and "pip install" in line.fix
 
 
+@pytest.mark.slow  # the real probe imports torch in a child process: seconds of CPU
 def test_gpus_asked_for_but_not_seen_fail(tmp_path, world):
     """worker.device = cuda:999: the real runtime sees fewer devices, so the gpu line fails."""
     cfg = _config(tmp_path, world, device="cuda:999")
