@@ -7,6 +7,10 @@ aggregator --dns HOST``): like a site's, its private keys never leave that machi
 ``confide-aggregator doctor --config FILE`` checks the config, identity files, listening
 address, disk and state without starting (``aggregator.doctor``; exit 1: a check failed).
 
+``confide-aggregator backup --to DIR --config FILE`` copies the state online (while the
+aggregator runs); ``confide-aggregator restore --from DIR --config FILE [--force]`` puts it
+back while it is stopped (``aggregator.backup``).
+
 The only place in the aggregator that configures structlog (STYLE rule 9). An error ends it
 as every Confide command does (``confide.exits``): a config error prints one line naming the
 key and exits 2, any other error one line with its reason and exits 1; a signal stops the
@@ -28,6 +32,7 @@ from types import FrameType
 
 import structlog
 
+from aggregator.backup import backup_command, restore_command
 from aggregator.config import load_config
 from aggregator.doctor import HANDSHAKE_TIMEOUT_S, doctor_command
 from aggregator.server import build
@@ -115,6 +120,13 @@ def _main(argv: list[str] | None) -> int:
     d = sub.add_parser("doctor", help="check config, identity, address, state; print fixes")
     d.add_argument("--config", default=argparse.SUPPRESS, help="aggregator TOML file")
     d.add_argument("--timeout", type=float, default=HANDSHAKE_TIMEOUT_S, help="handshake, s")
+    b = sub.add_parser("backup", help="copy the state (store, model blobs) online into a folder")
+    b.add_argument("--to", type=Path, required=True, help="a new or empty folder")
+    b.add_argument("--config", default=argparse.SUPPRESS, help="aggregator TOML file")
+    r = sub.add_parser("restore", help="put a backup back into the (stopped) aggregator's state")
+    r.add_argument("--from", dest="source", type=Path, required=True, help="the backup folder")
+    r.add_argument("--force", action="store_true", help="move a non-empty state folder aside")
+    r.add_argument("--config", default=argparse.SUPPRESS, help="aggregator TOML file")
     args = parser.parse_args(argv)
     if args.command == "enroll":
         return _enroll(args.dir, args.name)
@@ -124,6 +136,10 @@ def _main(argv: list[str] | None) -> int:
         return 2
     if args.command == "doctor":
         return doctor_command(Path(args.config), timeout_s=args.timeout)
+    if args.command == "backup":
+        return backup_command(Path(args.config), args.to)
+    if args.command == "restore":
+        return restore_command(Path(args.config), args.source, force=args.force)
     libc = _libc()
     _tune_malloc(libc)
     config = load_config(args.config)

@@ -102,6 +102,10 @@ class Reason(enum.Enum):
     ROUND_ABORTED = "round_aborted"
     UNAVAILABLE = "unavailable"
     SERVER_BUSY = "server_busy"  # the server's shared capacity is taken: retry later
+    # state files (backup, restore, upgrade)
+    BACKUP_DAMAGED = "backup_damaged"  # a backup's file is missing, altered or unexpected
+    SCHEMA_TOO_NEW = "schema_too_new"  # a state file written by a newer release than this one
+    STATE_NOT_EMPTY = "state_not_empty"  # a restore would replace state (or state in use)
 
 
 class ConfideError(Exception):

@@ -16,8 +16,21 @@ from typing import assert_never
 from aggregator.store.blobs import FileBlobStore
 from aggregator.store.interface import BlobStore, Store
 from aggregator.store.sqlite import SqliteStore
+from aggregator.store.sqlite_backup import restore_sqlite, sqlite_in_use
+from aggregator.store.sqlite_schema import SCHEMA_VERSION
+from confide.errors import InternalError, Reason
+from confide.statefiles import private_dir
 
-__all__ = ["DB_FILE", "StoreBackend", "StoreConfig", "open_blobs", "open_store"]
+__all__ = [
+    "DB_FILE",
+    "StoreBackend",
+    "StoreConfig",
+    "open_blobs",
+    "open_store",
+    "restore_store",
+    "schema_version",
+    "store_in_use",
+]
 
 DB_FILE = "aggregator.db"
 """The SQLite backend's file in the state folder."""
@@ -43,19 +56,64 @@ class StoreConfig:
     backend: StoreBackend = StoreBackend.SQLITE
 
 
-def open_store(config: StoreConfig, *, state_dir: Path) -> Store:
+def open_store(config: StoreConfig, *, state_dir: Path, create: bool = True) -> Store:
     """Open (creating or upgrading) the store that ``config`` names.
 
     Args:
         config: the ``[store]`` table.
         state_dir: the aggregator's state folder (``[state].dir``).
+        create: False: open an existing store as it is, to back it up while the daemon runs
+            (nothing is created or upgraded).
 
     Raises:
-        InternalError: the store cannot be opened, or holds a newer schema than this code.
+        InternalError: the store cannot be opened, or holds a newer schema than this code
+            (``SCHEMA_TOO_NEW``), or does not exist (without ``create``).
     """
     match config.backend:
         case StoreBackend.SQLITE:
-            return SqliteStore(state_dir / DB_FILE)
+            return SqliteStore(state_dir / DB_FILE, create=create)
+        case _:
+            assert_never(config.backend)
+
+
+def schema_version(config: StoreConfig) -> int:
+    """The newest schema version of the store that this code reads (and writes)."""
+    match config.backend:
+        case StoreBackend.SQLITE:
+            return SCHEMA_VERSION
+        case _:
+            assert_never(config.backend)
+
+
+def store_in_use(config: StoreConfig, *, state_dir: Path) -> bool:
+    """Whether a running aggregator has the store open (a restore must not replace it)."""
+    match config.backend:
+        case StoreBackend.SQLITE:
+            return sqlite_in_use(state_dir / DB_FILE)
+        case _:
+            assert_never(config.backend)
+
+
+def restore_store(config: StoreConfig, *, source: Path, files: list[str], state_dir: Path) -> None:
+    """Put back the rows that ``Store.backup`` wrote into ``source`` as the store of
+    ``state_dir``, which has none yet; ``open_store`` then upgrades an older schema.
+
+    Args:
+        files: the files ``Store.backup`` wrote, relative to ``source``.
+
+    Raises:
+        InternalError: a newer schema than this code's (``SCHEMA_TOO_NEW``), files that are
+            not this backend's (``BACKUP_DAMAGED``), or the store cannot be written.
+    """
+    match config.backend:
+        case StoreBackend.SQLITE:
+            if files != [DB_FILE]:
+                raise InternalError(
+                    f"{source} holds {files}, not a SQLite store's {DB_FILE}",
+                    reason=Reason.BACKUP_DAMAGED,
+                )
+            private_dir(state_dir)
+            restore_sqlite(source / DB_FILE, state_dir / DB_FILE)
         case _:
             assert_never(config.backend)
 

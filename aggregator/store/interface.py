@@ -19,11 +19,16 @@ The contract every implementation keeps:
   reordered makes ``verify_audit_chain`` raise ``AuditTampered``.
 - Model bytes are never in the ``Store``: rows carry a blob's hex SHA-256, and its bytes are
   in the ``BlobStore`` (written durably before the row that names them).
+- Backup: ``backup`` copies the rows online, as of one instant, while other calls go on; a
+  backend brings its own way (SQLite's backup API; ``pg_dump`` for PostgreSQL) and its own
+  ``restore_store`` case in ``aggregator.store.factory``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy.typing as npt
@@ -41,10 +46,26 @@ from aggregator.store.rows import (
 from confide.v1 import common_pb2
 from confide.wire.blob import CHUNK_BYTES, NamedArrays
 
-__all__ = ["Arrays", "BlobStore", "Store"]
+__all__ = ["Arrays", "BlobStore", "Store", "StoreBackup"]
 
 Arrays = Sequence[tuple[str, npt.NDArray[Any]]]
 """Named tensors, in model order."""
+
+
+@dataclass(frozen=True)
+class StoreBackup:
+    """What ``Store.backup`` wrote.
+
+    Args:
+        files: the files it wrote, relative to the backup's folder.
+        schema: the schema version of the copy (the backend's, e.g. SQLite's ``user_version``).
+        blobs: the hex SHA-256 of every blob the copied rows name (model versions and
+            optimizer states): the blobs a restore needs.
+    """
+
+    files: tuple[str, ...]
+    schema: int
+    blobs: frozenset[str]
 
 
 class Store(Protocol):
@@ -55,6 +76,19 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the store; no other method may be called after (closing again is harmless)."""
+        ...
+
+    def backup(self, into: Path) -> StoreBackup:
+        """Copy every row into the empty folder ``into``, as of one instant, online.
+
+        Other calls, from this process or another, go on meanwhile. The copy holds every
+        change whose call returned before ``backup`` was called, and each transaction whole
+        or not at all; the blobs its rows name were durable before those rows were written.
+        Works on a store opened with ``create=False`` whatever its schema version.
+
+        Raises:
+            InternalError: the copy cannot be written.
+        """
         ...
 
     # ----- audit -----

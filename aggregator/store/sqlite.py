@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from aggregator.audit import GENESIS, AuditEntry, verify_chain
+from aggregator.store.interface import StoreBackup
 from aggregator.store.rows import (
     AuditNote,
     FailureRow,
@@ -27,6 +28,7 @@ from aggregator.store.rows import (
     SiteRoundRow,
     SiteRow,
 )
+from aggregator.store.sqlite_backup import backup_sqlite
 from aggregator.store.sqlite_rows import (
     AUDIT,
     FAILURES,
@@ -51,6 +53,7 @@ from aggregator.store.sqlite_rows import (
     site_row,
 )
 from aggregator.store.sqlite_schema import open_schema
+from confide.errors import InternalError
 from confide.statefiles import open_database, private_dir
 
 __all__ = ["SqliteStore"]
@@ -76,14 +79,31 @@ class SqliteStore:
     Args:
         path: the database file (created 0600 with its schema when missing, in a folder
             created 0700); an older schema is upgraded in place.
+        create: False: open an existing file as it is, to back it up while a daemon runs:
+            nothing is created, no schema is run or upgraded (other methods may then fail on
+            a file of another schema version).
 
     Raises:
-        InternalError: the file cannot be opened, or has a newer schema than this code knows.
+        InternalError: the file cannot be opened, or has a newer schema than this code knows
+            (with ``create``), or does not exist (without).
     """
 
-    def __init__(self, path: Path) -> None:
-        private_dir(path.parent)
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self._lock = threading.Lock()
+        self._path = path
+        if not create:
+            if not path.is_file():
+                raise InternalError(f"there is no aggregator store at {path}")
+            self._db = sqlite3.connect(
+                f"file:{path}?mode=rw",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=30.0,
+            )
+            self._db.row_factory = sqlite3.Row
+            return
+        private_dir(path.parent)
         self._db = open_database(path, schema="", what="the aggregator's store")
         self._db.row_factory = sqlite3.Row
         open_schema(self._db, path)
@@ -92,6 +112,12 @@ class SqliteStore:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+    def backup(self, into: Path) -> StoreBackup:
+        """Copy the database to ``into/<its file name>`` as of one instant (SQLite's backup
+        API); writers in other processes go on meanwhile, this store's wait for the copy."""
+        with self._lock:
+            return backup_sqlite(self._db, into=into, name=self._path.name)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from confide.errors import InternalError
+from confide.errors import InternalError, Reason
 
 __all__ = ["SCHEMA_VERSION", "open_schema"]
 
@@ -68,7 +68,10 @@ def open_schema(db: sqlite3.Connection, path: Path) -> None:
     """
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
-        raise InternalError(f"{path} has schema {version}; this aggregator knows {SCHEMA_VERSION}")
+        raise InternalError(
+            f"{path} has schema {version}; this aggregator knows {SCHEMA_VERSION}",
+            reason=Reason.SCHEMA_TOO_NEW,
+        )
     db.executescript(_SCHEMA)
     for table, column, decl in _ADDED:
         have = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
