@@ -14,6 +14,8 @@
                                                     the chain was edited, removed or reordered)
     confide-agent check --config agent.toml         identity, datasets, runtime (exit 1: a problem)
     confide-agent doctor --config agent.toml        every check, with fixes (agent.local.doctor)
+    confide-agent backup --to DIR --config agent.toml     copy the state files online
+    confide-agent restore --from DIR [--force] --config agent.toml   put them back (stopped)
 
 A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2. So
 does a daemon that cannot work: its certificate is not this site's, the training runtime is
@@ -42,6 +44,7 @@ from agent.config import AgentConfig, load_config
 from agent.local.approvals_cli import approve_command, deny_command, jobs_command
 from agent.local.audit import AUDIT_FILE
 from agent.local.audit_cli import audit_command
+from agent.local.backup import backup_command, restore_command
 from agent.local.check import run_check
 from agent.local.doctor import HANDSHAKE_TIMEOUT_S, doctor_command
 from agent.local.selfcheck import DatasetBook, check_identity, runtime_problem
@@ -88,6 +91,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return audit_command(cfg.state_dir / AUDIT_FILE, args.action)
     if args.command == "check":
         return run_check(cfg)
+    if args.command == "backup":
+        return backup_command(cfg, args.to)
+    if args.command == "restore":
+        return restore_command(cfg, args.source, force=args.force)
     return _run_daemon(cfg)  # no command or "run"
 
 
@@ -123,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="show or verify the site's audit trail")
     a.add_argument("action", choices=("show", "verify"))
     a.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    b = sub.add_parser("backup", help="copy the state (ledger, audit, approvals) online")
+    b.add_argument("--to", type=Path, required=True, help="a new or empty folder")
+    b.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
+    r = sub.add_parser("restore", help="put a backup back into the (stopped) agent's state")
+    r.add_argument("--from", dest="source", type=Path, required=True, help="the backup folder")
+    r.add_argument("--force", action="store_true", help="move a non-empty state folder aside")
+    r.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent.toml")
     return p
 
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.audit import AuditTampered
 from aggregator.config import AggregatorConfig, load_config
 from aggregator.store import open_blobs, open_store
 from aggregator.store.blobs import FileBlobStore
@@ -203,7 +204,12 @@ def _check(config: AggregatorConfig, stage: Path) -> int:
     store = open_store(config.store, state_dir=stage)
     blobs = open_blobs(config.store, state_dir=stage)
     try:
-        entries = store.verify_audit_chain()
+        try:
+            entries = store.verify_audit_chain()
+        except AuditTampered as exc:
+            raise InternalError(
+                f"the restored audit chain does not verify: {exc}", reason=Reason.BACKUP_DAMAGED
+            ) from exc
         for job in store.jobs():
             for model in store.models(job.id):
                 for sha in (model.sha256, model.optimizer_state):
