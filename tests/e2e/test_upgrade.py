@@ -55,7 +55,8 @@ def test_the_previous_releases_state_upgrades_and_the_federation_resumes(federat
     with Ledger.open(scratch_path) as scratch:
         prior = [e.cost for e in scratch.entries("breast_cancer")]
         num_train = bc3.sizes[0] - round(bc3.sizes[0] * 0.25)
-        plan = PrivacyPlan(scratch).plan(spec, job_id="x", num_train=num_train, min_update_noise=0.0)
+        planner = PrivacyPlan(scratch)
+        plan = planner.plan(spec, job_id="x", num_train=num_train, min_update_noise=0.0)
         alone, _ = cumulative_epsilon([plan.cost], delta=scratch.delta)
         on_top, _ = cumulative_epsilon([*prior, plan.cost], delta=scratch.delta)
     assert len(prior) == 2 and alone < on_top
