@@ -362,14 +362,11 @@ def load_arrays(cfg: DatasetConfig, *, stats: Statistics | None = None) -> Loade
     return LoadedData(x32[train], y[train], x32[hold], y[hold])
 
 
-def _mismatch(cfg: DatasetConfig, detail: str, *, public: str | None = None) -> PolicyRefusal:
-    """A schema refusal; ``detail`` is public (names, counts, row numbers) unless ``public``
-    gives the text to send instead (``detail`` quotes a value)."""
-    message = f"dataset {cfg.name!r}: {detail}"
+def _mismatch(cfg: DatasetConfig, detail: str) -> PolicyRefusal:
+    """A schema refusal; ``detail`` names columns, counts and row numbers, never a value, so
+    it is public and may be logged."""
     return PolicyRefusal(
-        message,
-        reason=Reason.SCHEMA_MISMATCH,
-        public=True if public is None else f"dataset {cfg.name!r}: {public}",
+        f"dataset {cfg.name!r}: {detail}", reason=Reason.SCHEMA_MISMATCH, public=True
     )
 
 
@@ -379,11 +376,9 @@ def _labels(cfg: DatasetConfig, raw: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     as_float = raw.astype(np.float64, copy=False)
     bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.round(as_float)) | (as_float < 0))
     if bad.size:
-        raise _mismatch(
-            cfg,
-            f"record {int(bad[0]) + 1}: label {raw[bad[0]]!r} is not a class index",
-            public=f"record {int(bad[0]) + 1}: the label is not a class index 0, 1, ...",
-        )
+        # The value is never quoted: this message goes to the site's logs (journald, which
+        # may be shipped elsewhere), and a record's values stay in the dataset's file.
+        raise _mismatch(cfg, f"record {int(bad[0]) + 1}: the label is not a class index 0, 1, ...")
     return as_float.astype(np.int64)
 
 
@@ -418,11 +413,8 @@ def _read_csv(cfg: DatasetConfig) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
                 try:
                     float(v)
                 except ValueError:
-                    raise _mismatch(
-                        cfg,
-                        f"row {r + 2} column {c!r}: {v[:40]!r} is not a number",
-                        public=f"row {r + 2} column {c!r} is not a number",
-                    ) from None
+                    # Row and column, never the value (see _labels).
+                    raise _mismatch(cfg, f"row {r + 2} column {c!r} is not a number") from None
         raise
     return values[:, :-1], values[:, -1]
 

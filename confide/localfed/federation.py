@@ -112,6 +112,8 @@ class LocalFederation:
         root: a scratch folder (the caller removes it).
         federation: the federation's name.
         env: extra environment for the daemons.
+        log_json: the daemons' ``[log] json``; None leaves it out, so they choose (JSON, as
+            their output goes to a file, not a terminal).
     """
 
     def __init__(
@@ -121,10 +123,14 @@ class LocalFederation:
         federation: str = "demo",
         log_level: str = "info",
         env: Mapping[str, str] | None = None,
+        log_json: bool | None = True,
     ) -> None:
         self.root = root
         self.federation = federation
         self.log_level = log_level
+        self._log: dict[str, Any] = {"level": log_level}
+        if log_json is not None:
+            self._log["json"] = log_json
         self.ca_dir = root / "ca"
         self.aggregator_dir = root / "aggregator"
         self.address = ""
@@ -216,7 +222,7 @@ class LocalFederation:
             "server": {"listen": listen},
             "tls": self._tls(self.ca_dir, "aggregator"),
             "state": {"dir": str(state)},
-            "log": {"level": self.log_level, "json": True},
+            "log": dict(self._log),
         }
         for k, v in (extra or {}).items():
             cfg[k] = {**cfg.get(k, {}), **v}
@@ -269,7 +275,7 @@ class LocalFederation:
             "sandbox": {"allow_unsandboxed": shutil.which("bwrap") is None},
             "datasets": site.datasets,
             "policy": site.policy,
-            "log": {"level": self.log_level, "json": True},
+            "log": dict(self._log),
         }
         if policy_file:
             tables = {k: cfg.pop(k) for k in ("sandbox", "datasets", "policy")}

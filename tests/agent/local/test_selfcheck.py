@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,9 @@ def test_a_broken_dataset_is_found_with_a_detail_that_quotes_no_value(
     health = check_dataset(cfg)
     assert not health.usable and (health.reason, health.detail) == (reason, detail)
     assert "SECRET" not in health.detail and "x9" not in health.detail
+    # Nor does the full message the daemon logs (dataset_unusable): logs quote no data.
+    assert health.error is not None
+    assert not {"SECRET", "x9", "0.5"} & set(re.findall(r"[\w.]+", health.error.message))
 
 
 def test_a_good_dataset_is_usable_with_its_record_count(tmp_path):
