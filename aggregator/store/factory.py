@@ -66,8 +66,8 @@ def open_store(config: StoreConfig, *, state_dir: Path, create: bool = True) -> 
             (nothing is created or upgraded).
 
     Raises:
-        InternalError: the store cannot be opened, or holds a newer schema than this code
-            (``SCHEMA_TOO_NEW``), or does not exist (without ``create``).
+        InternalError: the store cannot be opened, holds a newer schema than this code
+            (with ``create``), or does not exist (without ``create``).
     """
     match config.backend:
         case StoreBackend.SQLITE:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from confide.errors import InternalError, Reason
+from confide.errors import InternalError
 
 __all__ = ["SCHEMA_VERSION", "open_schema"]
 
@@ -68,10 +68,7 @@ def open_schema(db: sqlite3.Connection, path: Path) -> None:
     """
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
-        raise InternalError(
-            f"{path} has schema {version}; this aggregator knows {SCHEMA_VERSION}",
-            reason=Reason.SCHEMA_TOO_NEW,
-        )
+        raise InternalError(f"{path} has schema {version}; this aggregator knows {SCHEMA_VERSION}")
     db.executescript(_SCHEMA)
     for table, column, decl in _ADDED:
         have = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
