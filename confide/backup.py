@@ -14,11 +14,7 @@ copies anything, and refuses a missing, altered or unexpected file by name
 edit); they do not stop someone who rewrites the manifest too: keep backups where only the
 operator can write.
 
-SQLite files are copied online with SQLite's backup API (``sqlite3.Connection.backup``) in
-one step (``pages=-1``), which reads the whole source inside one read transaction: the copy
-is the database as of one instant, every transaction committed before it is in, none that
-commits during it is, and in WAL mode the daemon's writers are not blocked meanwhile
-(sqlite.org/backup.html). The copy is left in rollback-journal mode, one self-contained file.
+SQLite files are copied online, each as of one instant, by ``confide.statecopy``.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -43,9 +38,6 @@ __all__ = [
     "BackupKind",
     "FileDigest",
     "Manifest",
-    "copy_connection",
-    "copy_database",
-    "database_in_use",
     "in_use_error",
     "match_owner",
     "move_into",
@@ -53,7 +45,6 @@ __all__ = [
     "read_backup",
     "restore_target",
     "staging_dir",
-    "user_version",
     "write_manifest",
 ]
 
@@ -62,7 +53,6 @@ MANIFEST = "manifest.json"
 
 _FORMAT = 1
 _STAGING_PREFIX = ".restore-"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _SHA_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -117,92 +107,6 @@ def new_backup_dir(path: Path) -> Path:
         return private_dir(path)
     except OSError as exc:
         raise InternalError(f"cannot create {path}: {exc.strerror}") from exc
-
-
-def copy_database(src: Path, dest: Path) -> int:
-    """Copy the SQLite file ``src`` to ``dest`` (0600) online; returns the copy's schema version.
-
-    ``src`` may be in use by a daemon: see the module docstring for why the copy is one
-    consistent instant. Nothing in ``src`` is created or changed (no schema is run).
-
-    Raises:
-        InternalError: ``src`` is missing or not a SQLite database, or ``dest`` cannot be written.
-    """
-    if not src.is_file():
-        raise InternalError(f"{src} does not exist: nothing to back up there")
-    try:
-        source = sqlite3.connect(f"file:{src}?mode=rw", uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise InternalError(f"cannot open {src}: {exc}") from exc
-    try:
-        return copy_connection(source, dest)
-    finally:
-        source.close()
-
-
-def copy_connection(source: sqlite3.Connection, dest: Path) -> int:
-    """Copy the database behind ``source`` to the new file ``dest`` (0600) in one step.
-
-    Returns the copy's schema version. The caller keeps other threads off ``source``
-    meanwhile; other processes and connections may go on writing.
-
-    Raises:
-        InternalError: the copy failed (``source`` is not a database, ``dest`` not writable).
-    """
-    try:
-        private_file(dest)
-        copy = sqlite3.connect(str(dest), isolation_level=None)
-        try:
-            source.backup(copy, pages=-1)
-            copy.execute("PRAGMA journal_mode=DELETE")
-            return int(copy.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            copy.close()
-    except (sqlite3.Error, OSError) as exc:
-        raise InternalError(f"cannot copy a database to {dest}: {exc}") from exc
-
-
-def user_version(path: Path) -> int:
-    """The schema version (``PRAGMA user_version``) of a SQLite file no process is writing.
-
-    Raises:
-        InternalError: the file is not a SQLite database (``BACKUP_DAMAGED``).
-    """
-    with path.open("rb") as f:
-        if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
-            raise InternalError(f"{path} is not a SQLite database", reason=Reason.BACKUP_DAMAGED)
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-        try:
-            return int(conn.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise InternalError(f"cannot read {path}: {exc}", reason=Reason.BACKUP_DAMAGED) from exc
-
-
-def database_in_use(path: Path) -> bool:
-    """Whether another process has the SQLite file ``path`` open (a running daemon).
-
-    A connection in WAL mode holds a shared lock on its file for as long as it is open, so
-    an exclusive lock cannot be had while any other connection lives; the probe asks for one
-    without waiting and lets it go at once.
-    """
-    if not path.is_file():
-        return False
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=0, isolation_level=None)
-    except sqlite3.Error:
-        return True
-    try:
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        conn.execute("BEGIN EXCLUSIVE")
-        conn.execute("ROLLBACK")
-        return False
-    except sqlite3.OperationalError:
-        return True
-    finally:
-        conn.close()
 
 
 def write_manifest(

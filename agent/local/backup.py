@@ -4,7 +4,7 @@ The agent's state folder holds SQLite files only: ``ledger.db`` (the privacy led
 beside it the job bindings, the model versions shown and the evaluation log), ``audit.db``
 (the site's audit trail) and, with manual approval, ``approvals.db``. A backup copies each
 ``*.db`` file online, while the daemon runs, with SQLite's backup API
-(``confide.backup.copy_database``), each as of one instant; the ledger is copied last, so
+(``confide.statecopy.copy_database``), each as of one instant; the ledger is copied last, so
 it holds every charge the other files mention. The folder::
 
     DIR/manifest.json    every file's SHA-256 and schema version (``confide.backup``)
@@ -40,8 +40,6 @@ from confide import __version__
 from confide.backup import (
     BackupKind,
     Manifest,
-    copy_database,
-    database_in_use,
     in_use_error,
     match_owner,
     move_into,
@@ -49,10 +47,10 @@ from confide.backup import (
     read_backup,
     restore_target,
     staging_dir,
-    user_version,
     write_manifest,
 )
 from confide.errors import InternalError, Reason
+from confide.statecopy import copy_database, database_in_use, user_version
 
 __all__ = ["LEDGER_FILE", "Restored", "backup_command", "backup_state", "restore_command"]
 

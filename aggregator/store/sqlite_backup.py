@@ -1,7 +1,7 @@
 """Backup and restore of the SQLite store: the online copy, the schema check, the put-back.
 
 ``SqliteStore.backup`` copies its open connection's database with SQLite's backup API
-(``confide.backup.copy_connection``: one step, one read transaction, so one instant) and
+(``confide.statecopy.copy_connection``: one step, one read transaction, so one instant) and
 reads from the copy, not the live file, which blobs its rows name. ``restore_sqlite`` puts a
 copy back as a new database file, refusing one whose schema is newer than this code's;
 opening it afterwards upgrades an older one (``aggregator.store.sqlite_schema``).
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from aggregator.store.interface import StoreBackup
 from aggregator.store.sqlite_schema import SCHEMA_VERSION
-from confide.backup import copy_connection, copy_database, database_in_use, user_version
 from confide.errors import InternalError, Reason
+from confide.statecopy import copy_connection, copy_database, database_in_use, user_version
 
 __all__ = ["backup_sqlite", "restore_sqlite", "sqlite_in_use"]
 
