@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -13,44 +14,170 @@ import pytest
 import confide
 
 
-def _modules_loaded_by(stmt: str) -> set[str]:
+@functools.cache
+def _modules_loaded_by(stmt: str) -> frozenset[str]:
+    """The modules a fresh interpreter holds after running ``stmt`` (cached: one run each)."""
     out = subprocess.run(
         [sys.executable, "-c", f"{stmt}\nimport sys\nprint('\\n'.join(sys.modules))"],
         capture_output=True,
         text=True,
         check=True,
     )
-    return set(out.stdout.split())
+    return frozenset(out.stdout.split())
 
 
-@pytest.mark.parametrize(
-    "stmt",
-    [
-        "import aggregator.main, aggregator.server",
-        "import agent.main, agent.link.session, agent.tasks.runner, agent.local.api, "
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+# --- Rule: the daemons never load torch (this rule's only home) -----------------------------
+
+_TORCH = ("torch", "opacus", "onnxruntime")
+
+_NOT_WALKED = ("confide.v1", "agent.training")
+"""Generated messages (loaded by what uses them), and the worker's training code, which only
+the worker process imports (the one place torch loads)."""
+
+
+def _import_every_module_of(package: str) -> str:
+    """A statement importing the package and every module under it, but its ``__main__``
+    (which would run) and ``_NOT_WALKED``."""
+    root = importlib.import_module(package)
+    walked = [m.name for m in pkgutil.walk_packages(root.__path__, package + ".")]
+    names = [package] + [n for n in walked if not n.endswith(".__main__")]
+    return "\n".join(f"import {n}" for n in names if not _within(n, _NOT_WALKED))
+
+
+_NAMED_BY_THE_OLD_COPIES = {
+    "aggregator": {"aggregator.main", "aggregator.server"},
+    "agent": {
+        "agent.main",
+        "agent.config",
+        "agent.link.session",
+        "agent.link.transport",
+        "agent.tasks.runner",
+        "agent.local.api",
+        "agent.local.resources",
+        "agent.admission.signed_job",
+        "agent.admission.rules",
+        "agent.workers.pool",
         "agent.workers.handle",
-        "import confide.cli.main",
-    ],
-)
-def test_daemons_never_import_torch(stmt):
-    """The aggregator, the agent daemon and the operator CLI run without torch or opacus."""
-    mods = _modules_loaded_by(stmt)
-    assert "torch" not in mods and "opacus" not in mods and "onnxruntime" not in mods
+        "agent.privacy.ledger",
+        "agent.data.datasets",
+    },
+    "confide": {
+        "confide.cli.main",
+        "confide.cli.privacy",
+        "confide.dp.accountant",
+        "confide.dp.budget",
+        "confide.dp.ddg",
+        "confide.dp.discrete",
+        "confide.dp.prv",
+        "confide.dp.rdp",
+        "confide.dp.update",
+    },
+}
+"""The modules the rule's former copies named one by one; the walk must still reach them."""
+
+
+@pytest.mark.parametrize("package", sorted(_NAMED_BY_THE_OLD_COPIES))
+def test_daemons_never_import_torch(package):
+    """Every module of the aggregator, the agent daemon and the shared library (the operator
+    CLI's code) loads without torch, opacus or onnxruntime: only the worker process trains."""
+    mods = _modules_loaded_by(_import_every_module_of(package))
+    assert _NAMED_BY_THE_OLD_COPIES[package] <= mods
+    assert sorted(m for m in mods if _within(m, _TORCH)) == []
+
+
+# --- end of the torch rule -------------------------------------------------------------------
 
 
 def test_confide_never_imports_agent_or_aggregator():
     """The shared library imports neither daemon (the dependency points one way)."""
-    names = [m.name for m in pkgutil.walk_packages(confide.__path__, "confide.")]
-    stmt = "\n".join(f"import {n}" for n in names if not n.startswith("confide.v1"))
-    mods = _modules_loaded_by(stmt)
+    mods = _modules_loaded_by(_import_every_module_of(confide.__name__))
     assert not any(m == "agent" or m.startswith("agent.") for m in mods)
     assert not any(m == "aggregator" or m.startswith("aggregator.") for m in mods)
 
 
 def test_agent_and_aggregator_do_not_import_each_other():
     """agent never imports aggregator and vice versa."""
-    assert not any(m.startswith("aggregator") for m in _modules_loaded_by("import agent.main"))
-    assert not any(m.startswith("agent") for m in _modules_loaded_by("import aggregator.main"))
+    agent = _modules_loaded_by(_import_every_module_of("agent"))
+    aggregator = _modules_loaded_by(_import_every_module_of("aggregator"))
+    assert "agent.main" in agent and "aggregator.main" in aggregator
+    assert not any(m.startswith("aggregator") for m in agent)
+    assert not any(m.startswith("agent") for m in aggregator)
+
+
+# --- Rule: `__all__` is exact; where an API was agreed, it is pinned here (its only home) ----
+
+_PINNED_API = {
+    "confide.pki": {
+        "BadCertificate",
+        "CertInfo",
+        "Identity",
+        "Role",
+        "channel_credentials",
+        "enroll",
+        "init_ca",
+        "issue",
+        "load_identity",
+        "make_key_and_csr",
+        "peer_info",
+        "require_role",
+        "revoke",
+        "server_credentials",
+        "sign_csr",
+        "verify_certificate",
+    },
+    "confide.dp.rdp": {"DEFAULT_ORDERS", "epsilon_from_rdp", "rdp"},
+    "confide.dp.prv": {"EpsilonBounds", "prv_epsilon", "prv_epsilon_bounds"},
+    "confide.dp.accountant": {
+        "AccountantKind",
+        "SampledGaussian",
+        "compose_rdp",
+        "epsilon",
+        "noise_multiplier_for",
+        "rdp_curve",
+    },
+    "confide.dp.budget": {
+        "RecordCost",
+        "RoundCost",
+        "UpdateCost",
+        "cumulative_epsilon",
+        "discrete_update_cost",
+        "record_curve",
+        "round_cost",
+        "site_curve",
+        "update_cost",
+    },
+    "confide.dp.discrete": {"MAX_SIGMA", "discrete_gaussian"},
+    "confide.dp.ddg": {
+        "DEFAULT_BETA",
+        "DEFAULT_WRAP_PROBABILITY",
+        "MIN_LEVELS",
+        "DdgParams",
+        "ddg_params",
+        "ddg_rdp",
+        "rounded_norm_bound_sq",
+        "scaled_rdp",
+        "sum_tau",
+        "wrap_probability",
+    },
+    "confide.dp.update": {"add_noise", "clip", "noise_std", "system_rng"},
+}
+"""The agreed public names of a package or module: adding or dropping one is a decision."""
+
+
+@pytest.mark.parametrize("name", sorted(_PINNED_API))
+def test_pinned_api_is_exact(name):
+    """The module's __all__ lists exactly its agreed names, once each, and each one resolves."""
+    mod = importlib.import_module(name)
+    assert sorted(mod.__all__) == sorted(_PINNED_API[name])
+    for attr in mod.__all__:
+        assert getattr(mod, attr) is not None
+
+
+# --- end of the pinned API ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -68,6 +195,7 @@ def test_subpackage_all_is_exact(pkg):
     """Each confide subpackage's __all__ lists exactly its public names, each one defined."""
     mod = importlib.import_module(pkg)
     declared = set(mod.__all__)
+    assert len(mod.__all__) == len(declared)  # each name once
     public = {n for n, v in vars(mod).items() if not n.startswith("_") and not inspect.ismodule(v)}
     assert declared == public - {"annotations"}
     for name in declared:
