@@ -85,7 +85,7 @@ def test_refuses_a_socket_another_agent_serves(api):
 
 
 def test_replaces_a_stale_socket(tmp_path):
-    """A socket left by a killed agent (nobody listening) is replaced."""
+    """A socket left by a killed agent (nobody listening) is replaced by one that answers."""
     import socket
 
     p = tmp_path / "agent.sock"
@@ -94,7 +94,13 @@ def test_replaces_a_stale_socket(tmp_path):
     s.close()
     server = AgentApi(p, status=_status)
     server.start()
-    server.stop(grace=0)
+    try:
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o660
+        with connect_api(p) as ch:
+            st = agent_pb2_grpc.AgentControlStub(ch).Status(agent_pb2.StatusRequest(), timeout=5)
+        assert st.site_id == "site-1"
+    finally:
+        server.stop(grace=0)
 
 
 def _config(tmp_path, sock) -> str:

@@ -94,7 +94,11 @@ def test_bad_identity_names_are_refused(site_dir: Path, name: str) -> None:
 
 def test_name_length_limit_is_inclusive(site_dir: Path) -> None:
     """A 63-character name is accepted (one below the refused 64)."""
-    pki.enroll(site_dir, "s" * 63)
+    from cryptography import x509
+
+    csr = x509.load_pem_x509_csr(pki.enroll(site_dir, "s" * 63).read_bytes())
+    (cn,) = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert cn.value == "s" * 63
 
 
 def test_signing_key_file_is_hex_seed(site_dir: Path) -> None:

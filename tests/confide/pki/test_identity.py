@@ -78,7 +78,7 @@ def test_loose_key_mode_names_file(fed: Federation, site: Path, which: str, mode
 def test_stricter_key_mode_is_accepted(fed: Federation, site: Path) -> None:
     """A key with mode 0400 (stricter than 0600) is fine."""
     os.chmod(site / "site-1.key", 0o400)
-    _load(fed, site)
+    assert _load(fed, site).info.name == "site-1"
 
 
 @pytest.mark.parametrize("which", ["cert", "key", "signing_key", "ca", "crl"])
@@ -129,7 +129,7 @@ def test_copy_preserving_mode_still_loads(fed: Federation, site: Path, tmp_path:
     """Keys copied with their 0600 mode (as an installer would) still load."""
     dest = tmp_path / "copy"
     shutil.copytree(site, dest)
-    _load(fed, dest)
+    assert _load(fed, dest).info.name == "site-1"
 
 
 def test_crl_from_another_ca_names_crl_file(
