@@ -86,7 +86,13 @@ class FakeAggregator:
     def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
         with self.cond:
             if not self.cond.wait_for(pred, timeout=timeout):
-                raise AssertionError("condition not reached in time")
+                seen = {
+                    k: len(getattr(self, k))
+                    for k in ("registers", "streams", "heartbeats", "uploads", "reports")
+                }
+                raise AssertionError(
+                    f"condition not reached in {timeout:g}s; the fake aggregator saw {seen}"
+                )
 
     def record(self, items: list, item: object) -> None:
         with self.cond:

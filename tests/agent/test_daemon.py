@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -19,14 +18,15 @@ from agent.assembly import _stop_session
 from agent.local.api import connect_api
 from agent.main import main
 from tests.agent.conftest import FEDERATION
+from tests.support.wait import wait_for
 
 
-def _wait(cond, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+def _wait(cond, timeout: float, proc: subprocess.Popen, log: Path, *, what: str) -> None:
+    def observe() -> bool:
+        assert proc.poll() is None, log.read_text()  # the daemon died: fail now, with its log
+        return cond()
+
+    wait_for(observe, timeout=timeout, what=what)
 
 
 def _config(tmp_path: Path, pki_dir: Path) -> Path:
@@ -70,7 +70,7 @@ def test_daemon_serves_api_and_exits_0_on_sigterm(tmp_path, pki, capsys):
             cwd=Path(__file__).parents[2],
         )
     try:
-        _wait(sock.exists, 60, proc, log)
+        _wait(sock.exists, 60, proc, log, what="the API socket")
         with connect_api(sock) as ch:  # the socket exists from bind; wait until it serves
             health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True
@@ -159,7 +159,7 @@ def test_state_is_private_under_umask_0(tmp_path, pki):
             umask=0,
         )
     try:
-        _wait((state / "agent.sock").exists, 60, proc, log)
+        _wait((state / "agent.sock").exists, 60, proc, log, what="the API socket")
         assert oct(os.stat(state).st_mode & 0o777) == oct(0o700)
         files = [p for p in state.iterdir() if p.name.startswith("ledger.db")]
         assert state / "ledger.db" in files

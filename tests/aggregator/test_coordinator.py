@@ -15,6 +15,7 @@ from aggregator.store.sqlite import SqliteStore
 from confide.models import initial_weights
 from confide.v1 import common_pb2, federation_pb2
 from tests.aggregator.fakes import tiny_spec
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -74,14 +75,13 @@ def _tasks(conn) -> list[federation_pb2.Task]:
     return out
 
 
-def _wait_state(coord: Coordinator, job_id: str, state: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = coord.store.job(job_id)
-        if row is not None and row.state == state:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} never became {state}")
+def _wait_state(coord: Coordinator, job_id: str, state: str) -> None:
+    wait_for(
+        lambda: getattr(coord.store.job(job_id), "state", None),
+        until=lambda s: s == state,
+        timeout=30,
+        what=f"job {job_id} to become {state}",
+    )
 
 
 def test_an_action_error_fails_the_job_not_the_rpc(coord, monkeypatch):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from confide.wire.status import error_from_rpc
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FakeSite, Operator, tiny_spec
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -34,14 +33,13 @@ def fed(pki, tmp_path):
     agg.stop(grace=0)
 
 
-def _wait_state(op: Operator, job_id: str, state: int, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = op.admin.GetJob(admin_pb2.JobRef(job_id=job_id), timeout=10)
-        if st.state == state:
-            return st
-        assert time.monotonic() < deadline, f"job stayed {st.state}: {st.error}"
-        time.sleep(0.02)
+def _wait_state(op: Operator, job_id: str, state: int):
+    return wait_for(
+        lambda: op.admin.GetJob(admin_pb2.JobRef(job_id=job_id), timeout=10),
+        until=lambda st: st.state == state,
+        timeout=30,
+        what=f"job {job_id} to reach state {state}",
+    )
 
 
 def _zeros(site: FakeSite, job_id: str, task: federation_pb2.Task):

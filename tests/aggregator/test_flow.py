@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from tests.aggregator.fakes import delta_like, tiny_spec
+from tests.support.wait import wait_for
 
 
 def _run_round(sites, job_id, value=0.1):
@@ -57,10 +56,10 @@ def test_site_listing_shows_connection(clients):
     s1 = site("site-1")
     s1.connect()
     op = operator()
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        sites = {s.site_id: s for s in op.admin.ListSites(admin_pb2.ListSitesRequest()).sites}
-        if "site-1" in sites and sites["site-1"].connected:
-            break
-        time.sleep(0.05)
+    sites = wait_for(
+        lambda: {s.site_id: s for s in op.admin.ListSites(admin_pb2.ListSitesRequest()).sites},
+        until=lambda sites: "site-1" in sites and sites["site-1"].connected,
+        timeout=30,
+        what="ListSites to show site-1 connected",
+    )
     assert sites["site-1"].connected and list(sites["site-1"].datasets) == ["tab"]

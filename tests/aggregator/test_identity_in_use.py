@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 
 from confide.v1 import common_pb2, federation_pb2
+from tests.support.wait import wait_for
 
 
 def _register(site, instance: str):
@@ -22,11 +21,8 @@ def _open(site, instance: str):
     return site.fed.OpenTasks(site.seal(common_pb2.STAGE_OPEN_TASKS, req.SerializeToString()))
 
 
-def _wait(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+def _wait_connected(agg, until, what: str) -> None:
+    wait_for(lambda: set(agg.coordinator.connected()), until=until, timeout=30, what=what)
 
 
 def test_a_second_agent_with_the_same_identity_is_refused_until_the_first_leaves(server, clients):
@@ -36,7 +32,7 @@ def test_a_second_agent_with_the_same_identity_is_refused_until_the_first_leaves
     first, second = site("site-1"), site("site-1")
     _register(first, "aaaa")
     stream = _open(first, "aaaa")
-    _wait(lambda: "site-1" in agg.coordinator.connected())
+    _wait_connected(agg, lambda c: "site-1" in c, "the first agent's stream")
     for call in (lambda: _register(second, "bbbb"), lambda: next(iter(_open(second, "bbbb")))):
         with pytest.raises(grpc.RpcError) as err:
             call()
@@ -47,9 +43,9 @@ def test_a_second_agent_with_the_same_identity_is_refused_until_the_first_leaves
     refusals = [e for e in agg.store.audit_entries() if e.reason == "identity_in_use"]
     assert refusals and "another agent is connected as 'site-1'" in refusals[0].detail
     stream.cancel()
-    _wait(lambda: "site-1" not in agg.coordinator.connected())
+    _wait_connected(agg, lambda c: "site-1" not in c, "the first agent's stream to end")
     _register(second, "bbbb")
     second_stream = _open(second, "bbbb")
-    _wait(lambda: "site-1" in agg.coordinator.connected())
+    _wait_connected(agg, lambda c: "site-1" in c, "the second agent's stream")
     assert agg.coordinator.connected()["site-1"].instance == "bbbb"
     second_stream.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import pytest
@@ -21,6 +20,7 @@ from confide.errors import ConfideError, InternalError, PeerError, Reason
 from confide.v1 import common_pb2
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FakeSite
+from tests.support.wait import wait_for
 
 
 class Clock:
@@ -44,13 +44,6 @@ def _refused(fn) -> ConfideError:
 
 def _nop() -> None:
     return None
-
-
-def _wait_until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 def test_methods_fall_into_their_classes():
@@ -167,7 +160,8 @@ def test_a_waiting_reservation_proceeds_when_bytes_come_free():
 
         t = threading.Thread(target=wait)
         t.start()
-        assert not got.wait(0.2)
+        wait_for(lambda: adm.held("b")[2], timeout=30, what="b's bytes to be counted")
+        assert not got.wait(0.2)  # counted, and still waiting while a holds the budget
     t.join(timeout=10)
     assert got.is_set()
 
@@ -178,7 +172,12 @@ def test_a_full_server_says_server_busy_on_a_stream(pki, tmp_path):
     s1, s2 = FakeSite(pki, "site-1", port), FakeSite(pki, "site-2", port)
     try:
         s1.connect()
-        _wait_until(lambda: "site-1" in agg.coordinator.connected())
+        wait_for(
+            lambda: set(agg.coordinator.connected()),
+            until=lambda c: "site-1" in c,
+            timeout=30,
+            what="site-1's task stream",
+        )
         s2.register()
         stream = s2.fed.OpenTasks(s2.seal(common_pb2.STAGE_OPEN_TASKS, b""))
         with pytest.raises(grpc.RpcError) as err:

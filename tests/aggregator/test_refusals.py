@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import grpc
@@ -12,8 +11,10 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from aggregator import servicer
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from tests.aggregator.fakes import delta_like, tiny_spec
+from tests.support.wait import wait_for
 
 
 def _start_round(clients: Any, **spec: Any) -> tuple[Any, str, Any, Any, Any, Any, Any]:
@@ -330,11 +331,19 @@ def test_evaluate_report_with_non_finite_metrics_is_refused(last_round):
     assert (st.state, st.final_accuracy) == (admin_pb2.JOB_STATE_DONE, 1.0)
 
 
-def test_second_concurrent_upload_of_a_site_is_refused(round1):
+def test_second_concurrent_upload_of_a_site_is_refused(round1, monkeypatch):
     """While a site's upload for a job is in flight, a second one from it is REPLAYED."""
     op, s1, s2, t1, t2, model = round1[:6]
     parts = s1.upload_parts(t1, delta_like(model, 0.1))
     release = threading.Event()
+    assembling: list[int] = []  # an upload builds its assembler once it holds its slot
+    real = servicer.BlobAssembler
+
+    def counting(*args, **kwargs):
+        assembling.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(servicer, "BlobAssembler", counting)
 
     def stalled():
         yield parts[0]
@@ -342,7 +351,7 @@ def test_second_concurrent_upload_of_a_site_is_refused(round1):
 
     first = s1.fed.Upload.future(stalled(), timeout=30)
     try:
-        time.sleep(0.3)  # the stalled upload's header has been checked and holds its slot
+        wait_for(lambda: assembling, timeout=30, what="the stalled upload to hold its slot")
         _refused(
             op,
             lambda: s1.upload(t1, delta_like(model, 0.1)),
@@ -351,18 +360,15 @@ def test_second_concurrent_upload_of_a_site_is_refused(round1):
             "update_refused",
         )
     finally:
-        first.cancel()
-        release.set()
-    _wait_until(first.done)
-    time.sleep(0.2)  # the server sees the cancellation and frees the site's slot
+        with capture_logs() as logs:  # the handler logs the cancel once it freed the slot
+            first.cancel()
+            release.set()
+            wait_for(
+                lambda: [e for e in logs if e["event"] == "rpc_cancelled"],
+                timeout=30,
+                what="the server to end the cancelled upload",
+            )
     _still_serving(op, s1, s2, t1, t2, model)
-
-
-def _wait_until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 def test_update_with_an_infinite_epsilon_is_accepted(round1):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 import tomllib
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from confide.pki import Role, init_ca, issue, revoke
 from confide.v1 import admin_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FEDERATION, FakeSite, Operator, tiny_spec
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -43,11 +43,8 @@ def fed(pki_crl, tmp_path):
     agg.stop(grace=0)
 
 
-def _wait_until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
+def _wait_connected(agg, until, what: str) -> None:
+    wait_for(lambda: set(agg.coordinator.connected()), until=until, timeout=30, what=what)
 
 
 def test_revoked_site_loses_its_task_stream_at_its_next_heartbeat(pki_crl, fed):
@@ -59,12 +56,13 @@ def test_revoked_site_loses_its_task_stream_at_its_next_heartbeat(pki_crl, fed):
     s2.connect()
     s1.heartbeat()
     # Task streams and heartbeats run on separate handler pools: wait for both streams.
-    _wait_until(lambda: set(agg.coordinator.connected()) == {"site-1", "site-2"})
+    _wait_connected(agg, lambda c: c == {"site-1", "site-2"}, "both task streams")
     revoke(pki_crl, "site-1")
     with pytest.raises(grpc.RpcError) as err:
         s1.heartbeat()
     assert err.value.details() == "bad_certificate"
-    _wait_until(lambda: "site-1" not in agg.coordinator.connected())
+    _wait_connected(agg, lambda c: "site-1" not in c, "site-1's stream to be dropped")
+    wait_for(s1._stream.done, timeout=30, what="site-1's task stream to end at the site")
     assert "site-2" in agg.coordinator.connected()
     s2.heartbeat()
     with pytest.raises(grpc.RpcError) as err:
@@ -84,7 +82,7 @@ def test_revoked_site_gets_no_more_tasks_after_any_call_notices_the_crl(pki_crl,
         s.connect()
     revoke(pki_crl, "site-3")
     s1.heartbeat()  # another site's call notices the new CRL
-    _wait_until(lambda: "site-3" not in agg.coordinator.connected())
+    _wait_connected(agg, lambda c: "site-3" not in c, "site-3's stream to be dropped")
     op.submit(tiny_spec())
     s1.next_task(federation_pb2.TASK_KIND_TRAIN)
     assert s3.tasks.empty()

@@ -18,6 +18,7 @@ from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from confide.wire import canonical_bytes
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FEDERATION, FakeSite, Operator
+from tests.support.wait import wait_for
 
 SITES = [f"site-{i}" for i in range(1, 6)]
 D = 256
@@ -217,13 +218,12 @@ def expected_model(model0, in_sum):
 
 
 def wait_job(op, job_id, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = op.admin.GetJob(admin_pb2.JobRef(job_id=job_id))
-        if st.state in (admin_pb2.JOB_STATE_DONE, admin_pb2.JOB_STATE_FAILED):
-            return st
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
+    return wait_for(
+        lambda: op.admin.GetJob(admin_pb2.JobRef(job_id=job_id)),
+        until=lambda st: st.state in (admin_pb2.JOB_STATE_DONE, admin_pb2.JOB_STATE_FAILED),
+        timeout=timeout,
+        what=f"job {job_id} to finish",
+    )
 
 
 def start(fed, n=5, junk=(), **kw):

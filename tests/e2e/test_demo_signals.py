@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -76,10 +77,11 @@ def test_sigterm_mid_job_stops_the_aggregator_the_agents_and_their_workers():
         assert proc.stdout is not None
         root = Path(proc.stdout.readline().rsplit(" ", 1)[-1].strip())
         _read_until(proc, "job ")
-        deadline = time.monotonic() + 120
-        while not any(c.children() for c in _descendants(proc.pid)):  # a worker is training
-            assert time.monotonic() < deadline, "no worker started"
-            time.sleep(0.1)
+        wait_for(
+            lambda: [w for c in _descendants(proc.pid) for w in c.children()],
+            timeout=120,
+            what="a worker to start training",
+        )
         assert len(_descendants(proc.pid)) >= 4  # aggregator, two agents, a worker at least
         _stop_and_check(proc, signal.SIGTERM, root)
     finally:

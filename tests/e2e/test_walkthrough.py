@@ -12,11 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -63,13 +64,6 @@ def _heart_csv(path: Path, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _wait(cond, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
 def test_the_readme_walkthrough_runs_with_the_example_files(tmp_path):
     """CA, aggregator and two sites each enroll; init files run a job; the model downloads.
 
@@ -94,7 +88,11 @@ def test_the_readme_walkthrough_runs_with_the_example_files(tmp_path):
             cmd = [*AGGREGATOR, "--config", "aggregator.toml"]
             procs.append(subprocess.Popen(cmd, cwd=agg, stdout=log, stderr=log))
         address_file = agg / "state" / "address"
-        _wait(lambda: address_file.exists() and address_file.read_text().strip(), "aggregator")
+        wait_for(
+            lambda: address_file.exists() and address_file.read_text().strip(),
+            timeout=120,
+            what="the aggregator's address file",
+        )
         address = address_file.read_text().strip()
         # 3. Each site: keys and CSR, signed; agent.toml from init; check; run.
         for i, site in enumerate(["hospital-a", "hospital-b"]):
@@ -125,21 +123,23 @@ def test_the_readme_walkthrough_runs_with_the_example_files(tmp_path):
         _edit(op / "operator.toml", ('address = "agg.example.org:7443"', f'address = "{address}"'))
         cli = [*CONFIDE, "--config", str(op / "operator.toml")]
 
-        def both_connected() -> bool:
+        def connected() -> int:
             sites = json.loads(_run([*cli, "sites", "--json"]))
-            return sum(s.get("connected", False) for s in sites) == 2
+            return sum(s.get("connected", False) for s in sites)
 
-        _wait(both_connected, "both sites")
+        wait_for(
+            connected, until=lambda n: n == 2, timeout=120, what="both sites", longest_pause=0.5
+        )
         _run([*CONFIDE, "init", "job", "--out", str(op / "job.toml")])
         _edit(op / "job.toml", ("rounds = 20", "rounds = 2"))
         job_id = _run([*cli, "job", "submit", str(op / "job.toml")]).strip()
 
-        def done() -> bool:
+        def state() -> str:
             state = json.loads(_run([*cli, "job", "status", job_id, "--json"]))["state"]
             assert state in ("running", "done"), _run([*cli, "job", "status", job_id])
-            return state == "done"
+            return str(state)
 
-        _wait(done, "the job", timeout=300)
+        wait_for(state, until=lambda s: s == "done", timeout=300, what="the job", longest_pause=0.5)
         status = json.loads(_run([*cli, "job", "status", job_id, "--json"]))
         assert [v["version"] for v in status["versions"]] == [0, 1, 2]
         _run([*cli, "model", "download", job_id, "--out", str(op / "model.safetensors")])

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
+
+from tests.support.wait import wait_for
 
 _PATH = "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV = ["env", "-i", _PATH, "HOME=/root", "LANG=C.UTF-8"]
@@ -52,16 +53,21 @@ class Machine:
         self.leader = self._wait_leader(timeout=60)
 
     def _wait_leader(self, *, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def systemd_pid() -> int | None:
             if self.proc.poll() is not None:
                 raise BootError(f"systemd-nspawn exited {self.proc.returncode}: {self.log()}")
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
             for pid in children.read_text().split() if children.exists() else []:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
                     return int(pid)
-            time.sleep(0.2)  # polling for the container's init to appear, bounded above
-        raise BootError(f"no systemd inside the container after {timeout}s: {self.log()}")
+            return None
+
+        try:
+            pid = wait_for(systemd_pid, timeout=timeout, what="systemd inside the container")
+        except AssertionError as exc:
+            raise BootError(f"{exc}: {self.log()}") from exc
+        assert pid is not None
+        return pid
 
     def log(self) -> str:
         """The container's console output so far (the tail)."""
@@ -86,15 +92,19 @@ class Machine:
 
     def boot(self) -> str:
         """Wait until systemd reports the boot finished; unmask /proc as a host has it."""
-        deadline = time.monotonic() + 180
-        state = ""
-        while time.monotonic() < deadline:
+        try:
             # "offline" until systemd's socket exists; --wait then waits out "starting".
-            done = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=180)
-            state = done.stdout.strip()
-            if state not in ("offline", "initializing", "starting", ""):
-                break
-            time.sleep(0.5)  # polling for systemd's control socket, bounded by the deadline
+            state = wait_for(
+                lambda: self.run(
+                    "systemctl", "is-system-running", "--wait", check=False, timeout=180
+                ).stdout.strip(),
+                until=lambda s: s not in ("offline", "initializing", "starting", ""),
+                timeout=180,
+                what="systemd to finish booting",
+                longest_pause=0.5,
+            )
+        except AssertionError as exc:
+            raise BootError(f"{exc}: {self.log()}") from exc
         if state not in ("running", "degraded"):
             raise BootError(f"system state {state!r}: {self.log()}")
         for mask in ("/proc/kmsg", "/proc/sys/kernel/random/boot_id"):

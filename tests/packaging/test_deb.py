@@ -20,6 +20,7 @@ import pytest
 from tests.packaging.conftest import PARTS, REPO, VERSION, Chroot, need, sh
 from tests.packaging.machine import Machine
 from tests.packaging.test_units import LIMITS
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -252,18 +253,6 @@ EOF
 """
 
 
-def _wait_for(check, *, timeout: float, what: str) -> str:
-    """Poll ``check`` (returns text or None) until it gives text; the timeout bounds the wait."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if isinstance(last, str):
-            return last
-        time.sleep(1)  # polling a condition, bounded by the deadline
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 def test_units_run_a_sandboxed_job_under_systemd(installed: Installed, tmp_path: Path) -> None:
     """Under a real systemd both hardened units start, and a job trains in a bubblewrap worker.
 
@@ -291,13 +280,18 @@ def test_units_run_a_sandboxed_job_under_systemd(installed: Installed, tmp_path:
                 "journalctl", "-u", f"confide-{part}", "--no-pager", check=False
             ).stdout[-4000:]
 
-        def connected() -> str | None:
-            out = machine.run(
+        def agent_status() -> str:
+            return machine.run(
                 "confide-agent", "status", "--config", "/etc/confide/agent.toml", check=False
             ).stdout
-            return out if "(connected)" in out else None
 
-        status = _wait_for(connected, timeout=90, what="the agent to connect")
+        status = wait_for(
+            agent_status,
+            until=lambda out: "(connected)" in out,
+            timeout=90,
+            what="the agent to connect",
+            longest_pause=1.0,
+        )
         isolation = next(ln for ln in status.splitlines() if ln.startswith("isolation:"))
         assert "workers run in bubblewrap" in isolation, status
 
@@ -305,17 +299,21 @@ def test_units_run_a_sandboxed_job_under_systemd(installed: Installed, tmp_path:
             "sh", "-c", "cd /root && confide --config operator.toml job submit job.toml"
         ).stdout.strip()
 
-        def finished() -> str | None:
-            out = machine.run(
+        def job_status() -> str:
+            return machine.run(
                 "sh",
                 "-c",
                 f"cd /root && confide --config operator.toml job status {job} --json",
                 check=False,
             ).stdout
-            state = json.loads(out)["state"] if out.strip() else None
-            return out if state in ("done", "failed") else None
 
-        final = json.loads(_wait_for(finished, timeout=300, what=f"job {job}"))
+        def finished(out: str) -> bool:
+            return bool(out.strip()) and json.loads(out)["state"] in ("done", "failed")
+
+        out = wait_for(
+            job_status, until=finished, timeout=300, what=f"job {job}", longest_pause=1.0
+        )
+        final = json.loads(out)
         journal = machine.run("journalctl", "-u", "confide-agent", "--no-pager").stdout
         assert final["state"] == "done", journal[-6000:]
         assert '"event": "worker_started"' in journal and '"event": "update_sent"' in journal

@@ -68,9 +68,10 @@ class _Federation(federation_pb2_grpc.FederationServicer):
         if request.model_version == STALL:  # the header, then nothing until the client leaves
             header, _ = encode_tensors(self.model)
             yield federation_pb2.BlobPart(header=header)
-            self.stalled.set()
-            while context.is_active():
-                time.sleep(0.02)
+            left = threading.Event()
+            if context.add_callback(left.set):  # False: the client has already gone
+                self.stalled.set()
+                left.wait(timeout=60)
             return
         if request.model_version != sha_of(self.model):
             context.abort(grpc.StatusCode.NOT_FOUND, Reason.UNKNOWN_JOB.value)

@@ -237,7 +237,7 @@ def test_a_fork_bomb_stops_at_the_process_limit(site):
                 pid = os.fork()
                 if pid == 0:
                     import time
-                    time.sleep(30)
+                    time.sleep(30)  # the child keeps its pid while the parent forks on
                     os._exit(0)
                 children.append(pid)
                 out["forked"] += 1
