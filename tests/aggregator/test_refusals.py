@@ -363,8 +363,9 @@ def test_second_concurrent_upload_of_a_site_is_refused(round1, monkeypatch):
         with capture_logs() as logs:  # the handler logs the cancel once it freed the slot
             first.cancel()
             release.set()
+            ended = {"event": "rpc_cancelled", "rpc_event": "update_refused"}
             wait_for(
-                lambda: [e for e in logs if e["event"] == "rpc_cancelled"],
+                lambda: [e for e in logs if ended.items() <= e.items()],
                 timeout=30,
                 what="the server to end the cancelled upload",
             )

@@ -127,9 +127,7 @@ def test_the_readme_walkthrough_runs_with_the_example_files(tmp_path):
             sites = json.loads(_run([*cli, "sites", "--json"]))
             return sum(s.get("connected", False) for s in sites)
 
-        wait_for(
-            connected, until=lambda n: n == 2, timeout=120, what="both sites", longest_pause=0.5
-        )
+        wait_for(connected, until=lambda n: n == 2, timeout=120, what="both sites")
         _run([*CONFIDE, "init", "job", "--out", str(op / "job.toml")])
         _edit(op / "job.toml", ("rounds = 20", "rounds = 2"))
         job_id = _run([*cli, "job", "submit", str(op / "job.toml")]).strip()
@@ -139,7 +137,7 @@ def test_the_readme_walkthrough_runs_with_the_example_files(tmp_path):
             assert state in ("running", "done"), _run([*cli, "job", "status", job_id])
             return str(state)
 
-        wait_for(state, until=lambda s: s == "done", timeout=300, what="the job", longest_pause=0.5)
+        wait_for(state, until=lambda s: s == "done", timeout=300, what="the job")
         status = json.loads(_run([*cli, "job", "status", job_id, "--json"]))
         assert [v["version"] for v in status["versions"]] == [0, 1, 2]
         _run([*cli, "model", "download", job_id, "--out", str(op / "model.safetensors")])

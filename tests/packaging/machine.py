@@ -101,7 +101,6 @@ class Machine:
                 until=lambda s: s not in ("offline", "initializing", "starting", ""),
                 timeout=180,
                 what="systemd to finish booting",
-                longest_pause=0.5,
             )
         except AssertionError as exc:
             raise BootError(f"{exc}: {self.log()}") from exc

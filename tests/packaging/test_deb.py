@@ -290,7 +290,6 @@ def test_units_run_a_sandboxed_job_under_systemd(installed: Installed, tmp_path:
             until=lambda out: "(connected)" in out,
             timeout=90,
             what="the agent to connect",
-            longest_pause=1.0,
         )
         isolation = next(ln for ln in status.splitlines() if ln.startswith("isolation:"))
         assert "workers run in bubblewrap" in isolation, status
@@ -310,9 +309,7 @@ def test_units_run_a_sandboxed_job_under_systemd(installed: Installed, tmp_path:
         def finished(out: str) -> bool:
             return bool(out.strip()) and json.loads(out)["state"] in ("done", "failed")
 
-        out = wait_for(
-            job_status, until=finished, timeout=300, what=f"job {job}", longest_pause=1.0
-        )
+        out = wait_for(job_status, until=finished, timeout=300, what=f"job {job}")
         final = json.loads(out)
         journal = machine.run("journalctl", "-u", "confide-agent", "--no-pager").stdout
         assert final["state"] == "done", journal[-6000:]

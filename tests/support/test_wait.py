@@ -38,3 +38,17 @@ def test_an_error_while_observing_fails_at_once():
     with pytest.raises(AssertionError, match="the process exited"):
         wait_for(dead, timeout=30, what="a process that died")
     assert time.monotonic() - t0 < 5
+
+
+def test_a_costly_observation_is_not_repeated_back_to_back():
+    """The pause is at least as long as the observation took, so it runs half the time at most."""
+    calls: list[float] = []
+
+    def costly() -> bool:
+        calls.append(time.monotonic())
+        time.sleep(0.05)  # stands for a command the observation runs
+        return False
+
+    with pytest.raises(AssertionError):
+        wait_for(costly, timeout=0.5, what="never")
+    assert 2 <= len(calls) <= 6  # back to back, 0.5 s holds 10 of them

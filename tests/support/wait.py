@@ -24,15 +24,14 @@ def wait_for(
     timeout: float,
     what: str,
     until: Callable[[T], bool] = bool,
-    longest_pause: float = _LONGEST_PAUSE_S,
 ) -> T:
     """Call ``observe`` until ``until`` holds for its value (by default: the value is truthy).
 
     Returns the value that satisfied the condition. An exception from ``observe`` propagates at
     once (use it to fail fast, e.g. when the process being watched has died). The pause between
-    observations starts at 5 ms and doubles up to ``longest_pause`` (100 ms unless told; more
-    when observing is itself costly, e.g. runs a command), so a quick condition costs little
-    wall time and a slow one little CPU.
+    observations starts at 5 ms and doubles up to 100 ms, and is never shorter than the last
+    observation took: a quick condition costs little wall time, a slow one little CPU, and a
+    costly observation (one that runs a command) at most half of the machine's time.
 
     Raises:
         AssertionError: ``timeout`` seconds passed; the message names ``what`` and the last
@@ -41,12 +40,14 @@ def wait_for(
     deadline = time.monotonic() + timeout
     pause = _FIRST_PAUSE_S
     while True:
+        began = time.monotonic()
         value = observe()
         if until(value):
             return value
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             raise AssertionError(
                 f"timed out after {timeout:g}s waiting for {what}; last observed: {value!r}"
             )
-        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
-        pause = min(pause * 2, longest_pause)
+        time.sleep(min(max(pause, now - began), deadline - now))
+        pause = min(pause * 2, _LONGEST_PAUSE_S)
