@@ -4,7 +4,7 @@ One place shows what runs in ``confide-agent``: the ledger, audit trail and appr
 the state folder, the policy holder, the task runner (with SecAgg+ and its workers), the
 session that dials the aggregator, and the local control API. ``agent.main`` checks the site
 first (identity, runtime, datasets), builds the parts here, then serves them: ``Agent.start``,
-``reload_policy`` on SIGHUP, ``Agent.stop`` on SIGTERM/SIGINT.
+``reload_policy`` and ``reload_identity`` on SIGHUP, ``Agent.stop`` on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import structlog
 
@@ -23,13 +24,14 @@ from agent.admission.site_policy import DatasetPolicy, PolicyHolder, SitePolicy
 from agent.config import AgentConfig
 from agent.data.datasets import DatasetConfig, declared_sizes
 from agent.faults import install_kill_point, kill_point_from_env
+from agent.link.identity import IdentityHolder
 from agent.link.session import Session
 from agent.link.transport import GrpcTransport
 from agent.local.api import AgentApi
 from agent.local.audit import AUDIT_FILE, SiteAudit
 from agent.local.check import problems
 from agent.local.resources import ResourceProbe
-from agent.local.selfcheck import DatasetBook
+from agent.local.selfcheck import DatasetBook, check_identity
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
 from agent.tasks.evaluation import Evaluations
@@ -39,10 +41,10 @@ from agent.workers.pool import WorkerFactory, WorkerHandle, worker_factory
 from agent.workers.sandbox import Isolation
 from agent.workers.sandbox import probe as probe_sandbox
 from confide.errors import ConfigError
-from confide.pki import Identity
+from confide.pki import Identity, load_identity
 from confide.v1 import agent_pb2, common_pb2
 
-__all__ = ["Agent", "build_agent", "reload_policy", "resolve_device"]
+__all__ = ["Agent", "build_agent", "reload_identity", "reload_policy", "resolve_device"]
 
 log = structlog.get_logger("confide.agent")
 
@@ -53,7 +55,7 @@ class Agent:
 
     Args:
         config: the ``agent.toml`` it was built from.
-        identity: the site's loaded federation identity.
+        identities: the owner of the site's federation identity in force (SIGHUP reloads it).
         book: the start-up dataset check (re-checks a dataset whose file changed).
         device: the device announced to the aggregator (``auto`` resolved).
         policy: the owner of the site policy in force (SIGHUP reloads it).
@@ -66,7 +68,7 @@ class Agent:
     """
 
     config: AgentConfig
-    identity: Identity
+    identities: IdentityHolder
     book: DatasetBook
     device: str
     policy: PolicyHolder
@@ -77,6 +79,11 @@ class Agent:
     session: Session
     api: AgentApi
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+
+    @property
+    def identity(self) -> Identity:
+        """The site's identity in force."""
+        return self.identities.current()
 
     def start(self) -> None:
         """Serve the local API, then run the session on its own thread."""
@@ -102,7 +109,8 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
 
     Args:
         cfg: the daemon's configuration.
-        identity: the site's identity, loaded and checked against ``cfg``.
+        identity: the site's identity, loaded and checked against ``cfg`` (it may have
+            expired: the session then waits for a reload with a renewed one).
         book: the start-up dataset check, with at least one usable dataset (or none exposed).
 
     Raises:
@@ -132,6 +140,17 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         if cfg.approval is ApprovalMode.MANUAL or cfg.policy_file is not None
         else None
     )
+    identities = IdentityHolder(
+        identity,
+        load=lambda: load_identity(
+            cert=cfg.tls.cert,
+            key=cfg.tls.key,
+            signing_key=cfg.tls.signing_key,
+            ca=cfg.tls.ca,
+            crl=cfg.tls.crl,
+        ),
+        check=lambda new: check_identity(new.info, federation=cfg.federation, site=cfg.site),
+    )
     privacy = PrivacyPlan(ledger)
     runner = TaskRunner(
         SiteContext(
@@ -153,6 +172,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         start_worker=_policy_workers(isolation, holder),
         policy=holder,
         evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy, audit=audit),
+        trust=identities.trust,
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/tasks/secure.py)
     kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)
@@ -198,14 +218,23 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         )
 
     api = AgentApi(cfg.api_socket, status=status, budget=budget, approvals=approvals)
-    session = Session(
-        runner=runner,
-        connect=lambda: GrpcTransport.from_identity(
-            identity,
+
+    def connect() -> GrpcTransport:
+        # The identity in force when the connection opens: its certificate for the TLS
+        # handshake, its key for every signature on this connection (a reload waits for
+        # the next one). An expired certificate raises CertificateExpired: not dialled.
+        current = identities.for_connection(now=datetime.now(UTC))
+        runner.use_identity(current)
+        return GrpcTransport.from_identity(
+            current,
             address=cfg.aggregator_address,
             server_name=cfg.server_name,
             max_model_bytes=holder.current().max_model_bytes,
-        ),
+        )
+
+    session = Session(
+        runner=runner,
+        connect=connect,
         # Announced at each (re)connection: a reload's datasets show from the next one.
         datasets=usable,
         device=device,
@@ -218,7 +247,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
     )
     return Agent(
         config=cfg,
-        identity=identity,
+        identities=identities,
         book=book,
         device=device,
         policy=holder,
@@ -251,7 +280,8 @@ def reload_policy(
         The policy now in force if the reload succeeded, else None.
     """
     if holder.path is None:
-        log.warning("policy_reload_refused", reason="agent.toml names no policy file")
+        # SIGHUP also reloads the identity; without a policy file there is no policy to reload.
+        log.info("policy_reload_skipped", reason="agent.toml names no policy file")
         return None
     try:
         policy = holder.reload()
@@ -276,6 +306,46 @@ def reload_policy(
     )
     audit.append("policy_reloaded", at=now, detail=f"from {holder.path}")
     return policy
+
+
+def reload_identity(identities: IdentityHolder, *, audit: SiteAudit, now: float) -> Identity | None:
+    """Reload the site's certificate, keys, CA and CRL (SIGHUP), or keep the ones in force.
+
+    Logs and audits either way: ``identity_reloaded``, or ``identity_reload_refused`` naming
+    the file or key at fault. The connection to the aggregator is not touched: the next
+    connection presents (and signs with) the new identity, the next task verifies job
+    signers against its CA and CRL.
+
+    Returns:
+        The identity now in force if the reload succeeded, else None.
+    """
+    try:
+        new = identities.reload()
+    except ConfigError as exc:
+        log.error(
+            "identity_reload_refused", key=exc.key, error=exc.problem, kept="the identity in force"
+        )
+        audit.append(
+            "identity_reload_refused",
+            at=now,
+            reason=exc.reason.value,
+            rule=exc.key,
+            detail=exc.problem,
+        )
+        return None
+    info = new.info
+    log.info(
+        "identity_reloaded",
+        serial=f"{info.serial:x}",
+        not_after=info.not_after.isoformat(),
+        applies="certificate from the next connection, CA and CRL from the next task",
+    )
+    audit.append(
+        "identity_reloaded",
+        at=now,
+        detail=f"certificate serial {info.serial:x}, valid until {info.not_after:%Y-%m-%d}",
+    )
+    return new
 
 
 def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory:

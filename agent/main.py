@@ -3,7 +3,8 @@
 ::
 
     confide-agent --config agent.toml               run the daemon (SIGTERM/SIGINT: clean stop, 0;
-                                                    SIGHUP: reload policy.toml, if it names one)
+                                                    SIGHUP: reload policy.toml, if it names one,
+                                                    and the [tls] certificate, keys, CA and CRL)
     confide-agent enroll --dir pki --name site-1    make keys + CSR for the operator to sign
     confide-agent status --config agent.toml        ask the running daemon (exit 1: not running)
     confide-agent budget --config agent.toml        per-dataset privacy budget lines
@@ -20,6 +21,10 @@
 A configuration error prints one line ``confide-agent: config key 'X': ...`` and exits 2. So
 does a daemon that cannot work: its certificate is not this site's, the training runtime is
 not installed, or no exposed dataset passes the start-up check (``agent.local.selfcheck``).
+A certificate that has expired is not such a problem: the daemon starts, says so in one line
+(``certificate_expired``, with the date and the fix) and keeps trying to connect on its backoff
+until SIGHUP brings a renewed certificate. One that ends within 14 days is warned about at
+start and once a day (``certificate_expiring``; ``confide.pki.expiry``).
 This module is the command line and the daemon's lifetime (signals, systemd notification);
 the daemon's parts are put together in ``agent.assembly``, the commands that ask the running
 daemon or read its files live in ``agent.local``. This is the only module of the agent that
@@ -34,12 +39,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 import structlog
 
-from agent.assembly import Agent, build_agent, reload_policy
+from agent.assembly import Agent, build_agent, reload_identity, reload_policy
 from agent.config import AgentConfig, load_config
 from agent.local.approvals_cli import approve_command, deny_command, jobs_command
 from agent.local.audit import AUDIT_FILE
@@ -53,11 +59,14 @@ from confide import __version__, sdnotify
 from confide.exits import run_command
 from confide.logs import configure_kwargs
 from confide.pki import enroll, load_identity
+from confide.pki.certinfo import load_pem_certificate
+from confide.pki.expiry import Certificate, ExpiryReminder
 
 __all__ = ["main", "serve"]
 
 _PROG = "confide-agent"
 _STOP_JOIN_S = 60.0
+_EXPIRY_EVERY_TURNS = 10  # the certificates' expiry is looked at every 10th turn (5 s)
 
 log = structlog.get_logger("confide.agent")
 
@@ -159,6 +168,7 @@ def _run_daemon(cfg: AgentConfig) -> int:
         signing_key=cfg.tls.signing_key,
         ca=cfg.tls.ca,
         crl=cfg.tls.crl,
+        allow_expired=True,  # said in the log, and the session waits for a renewed one
     )
     check_identity(identity.info, federation=cfg.federation, site=cfg.site)
     problem = runtime_problem()
@@ -176,8 +186,10 @@ def _run_daemon(cfg: AgentConfig) -> int:
 def serve(agent: Agent) -> int:
     """Run ``agent`` until SIGTERM or SIGINT (or its session ends); returns exit code 0.
 
-    SIGHUP reloads the policy file on this loop, never in the handler. systemd hears READY
-    once the control API serves, a watchdog ping each turn, and STOPPING on the way out.
+    SIGHUP reloads the policy file and the identity (``reload_identity``) on this loop, never
+    in the handler. Certificates that end within 14 days are warned about at start and then
+    once a day. systemd hears READY once the control API serves, a watchdog ping each turn,
+    and STOPPING on the way out.
     """
     cfg = agent.config
     stop = threading.Event()
@@ -203,14 +215,21 @@ def serve(agent: Agent) -> int:
     )
     notify = sdnotify.from_environ()
     notify.ready(f"site {site}: control socket {cfg.api_socket}")
+    reminder = ExpiryReminder()
+    _warn_expiry(agent, reminder)
+    turns = 0
     try:
         while not stop.wait(0.5) and agent.running():
             notify.watchdog()
+            turns += 1
             if hup.is_set():
                 hup.clear()
                 reload_policy(
                     agent.policy, audit=agent.audit, approvals=agent.approvals, now=time.time()
                 )
+                reload_identity(agent.identities, audit=agent.audit, now=time.time())
+            if turns % _EXPIRY_EVERY_TURNS == 0:
+                _warn_expiry(agent, reminder)
     finally:
         log.info("agent_stopping")
         notify.stopping()
@@ -219,6 +238,18 @@ def serve(agent: Agent) -> int:
             signal.signal(s, h)
     log.info("agent_stopped")
     return 0
+
+
+def _warn_expiry(agent: Agent, reminder: ExpiryReminder) -> None:
+    """Log each certificate in force (the site's, the CA's) that ends within 14 days or has
+    ended: the first time, then once a day (``certificate_expiring``/``certificate_expired``)."""
+    identity = agent.identity
+    certs: dict[str, Certificate] = {
+        "certificate": identity.info,
+        "ca": load_pem_certificate(identity.ca_pem),
+    }
+    for notice in reminder.due(certs, now=datetime.now(UTC)):
+        (log.error if notice.expired else log.warning)(notice.event, **notice.fields())
 
 
 def _datasets_usable(book: DatasetBook, cfg: AgentConfig) -> bool:

@@ -14,6 +14,7 @@ job id cut to ``_NOTE_CHARS``, and the refused request's size and SHA-256 — ne
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -30,7 +31,15 @@ from google.protobuf.message import DecodeError, Message
 
 from aggregator.store import AuditNote, Store
 from confide.errors import ConfideError, InternalError, MalformedMessage, NonFiniteValue
-from confide.pki import CertInfo, Role, peer_info, require_role, verify_certificate
+from confide.pki import (
+    BadCertificate,
+    CertInfo,
+    Role,
+    peer_info,
+    require_role,
+    verify_certificate,
+)
+from confide.pki.crl import check_crl
 from confide.v1 import common_pb2
 from confide.wire import Binding, open_envelope
 from confide.wire.bounds import check_envelope, fingerprint
@@ -80,7 +89,9 @@ class Guard:
         ca_pem, crl_pem: to re-verify each peer certificate (gRPC does not read the CRL).
         clock: unix-seconds clock.
         crl_path: the CRL file ``crl_pem`` came from; re-read whenever it changes (mtime,
-            size or inode), so a revocation takes effect without a restart.
+            size or inode), so a revocation takes effect without a restart. A new file is
+            put in force only if ``check_crl`` accepts it (this CA's, not older than the
+            one in force); one it refuses is logged once and the CRL in force stays.
         on_crl_change: called (outside any lock) after a changed CRL was read, e.g. to
             close the task streams of sites whose certificate it revokes.
     """
@@ -109,10 +120,11 @@ class Guard:
             BadCertificate: the certificate is not valid now (expired, revoked, foreign).
             Unauthorized: no certificate, or a role not in ``roles``.
         """
+        ca_pem, crl_pem = self._trust()
         info = peer_info(
             context,
-            ca_pem=self.ca_pem,
-            crl_pem=self.current_crl(),
+            ca_pem=ca_pem,
+            crl_pem=crl_pem,
             now=datetime.fromtimestamp(self.clock(), UTC),
         )
         call.bind(site=info.name)
@@ -125,15 +137,19 @@ class Guard:
         Raises:
             BadCertificate: it is revoked, expired or otherwise no longer valid.
         """
+        ca_pem, crl_pem = self._trust()
         verify_certificate(
-            pem,
-            ca_pem=self.ca_pem,
-            crl_pem=self.current_crl(),
-            now=datetime.fromtimestamp(self.clock(), UTC),
+            pem, ca_pem=ca_pem, crl_pem=crl_pem, now=datetime.fromtimestamp(self.clock(), UTC)
         )
 
+    def _trust(self) -> tuple[bytes, bytes | None]:
+        """The CA and CRL in force, taken together (a reload replaces both at once)."""
+        self.current_crl()
+        with self._crl_lock:
+            return self.ca_pem, self.crl_pem
+
     def current_crl(self) -> bytes | None:
-        """The CRL as last read, re-read first when its file changed since."""
+        """The CRL in force, after re-reading its file first if it changed since."""
         if self.crl_path is None:
             return self.crl_pem
         try:
@@ -142,21 +158,59 @@ class Guard:
             # Being replaced, or removed: keep the revocations already known (fail closed).
             log.warning("crl_unreadable", error=repr(exc))
             return self.crl_pem
+        refused = ""
         with self._crl_lock:
             changed = stamp != self._crl_stamp
             if changed:
                 try:
-                    self.crl_pem = self.crl_path.read_bytes()
+                    new = self.crl_path.read_bytes()
                 except OSError as exc:
                     log.warning("crl_unreadable", error=repr(exc))
                     return self.crl_pem
-                self._crl_stamp = stamp
+                self._crl_stamp = stamp  # a refused file is said once, not at every call
+                try:
+                    check_crl(new, ca_pem=self.ca_pem, in_force=self.crl_pem)
+                    self.crl_pem = new
+                except BadCertificate as exc:
+                    refused, changed = str(exc), False
             crl = self.crl_pem
+        if refused:
+            log.error(
+                "crl_reload_refused",
+                path=str(self.crl_path),
+                error=refused,
+                kept="the revocation list in force",
+            )
         if changed:
             log.info("crl_reloaded", path=str(self.crl_path))
             if self.on_crl_change is not None:
                 self.on_crl_change()
         return crl
+
+    def check_trust(self, *, ca_pem: bytes, crl_pem: bytes | None) -> None:
+        """Whether ``use_trust`` may put this CA and CRL in force (a reload checks first).
+
+        Raises:
+            BadCertificate: the CRL is not the CA's, or older than the one in force.
+        """
+        if crl_pem is not None:
+            with self._crl_lock:
+                in_force = self.crl_pem
+            check_crl(crl_pem, ca_pem=ca_pem, in_force=in_force)
+
+    def use_trust(self, *, ca_pem: bytes, crl_pem: bytes | None) -> None:
+        """Verify peers against this CA and CRL from now on (a reload), and re-check streams.
+
+        The caller checked them first (``check_trust``, ``load_identity``); every open task
+        stream whose certificate they refuse is ended (``on_crl_change``).
+        """
+        with self._crl_lock:
+            self.ca_pem, self.crl_pem = ca_pem, crl_pem
+            if self.crl_path is not None:
+                with contextlib.suppress(OSError):
+                    self._crl_stamp = _stamp(self.crl_path)
+        if self.on_crl_change is not None:
+            self.on_crl_change()
 
     def open(
         self,

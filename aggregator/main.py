@@ -1,5 +1,11 @@
 """``confide-aggregator --config FILE [--log-json]``: run the aggregator until SIGTERM/SIGINT.
 
+SIGHUP reloads the certificate, keys, CA and CRL named in ``[tls]`` (``ServerTls``): new
+connections get the new certificate, established ones stay, and a file that does not check
+is refused with ``tls_reload_refused`` while the old material keeps serving. A certificate
+(its own, or the CA's) that ends within 14 days is warned about at start and once a day
+(``certificate_expiring``; ``confide.pki.expiry``).
+
 ``confide-aggregator enroll --dir pki [--name aggregator]`` makes the aggregator's own keys and
 a CSR on the machine it runs on, for the CA holder to sign (``confide pki sign --role
 aggregator --dns HOST``): like a site's, its private keys never leave that machine.
@@ -27,6 +33,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -35,11 +42,13 @@ import structlog
 from aggregator.backup import backup_command, restore_command
 from aggregator.config import load_config
 from aggregator.doctor import HANDSHAKE_TIMEOUT_S, doctor_command
-from aggregator.server import build
+from aggregator.server import Aggregator, build
 from confide import __version__, sdnotify
 from confide.exits import run_command
 from confide.logs import configure_kwargs
 from confide.pki import Role, make_key_and_csr
+from confide.pki.certinfo import load_pem_certificate
+from confide.pki.expiry import Certificate, ExpiryReminder
 
 __all__ = ["main"]
 
@@ -148,29 +157,55 @@ def _main(argv: list[str] | None) -> int:
     )
     log = structlog.get_logger("aggregator")
     stop = threading.Event()
+    hup = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def _on_hup(signum: int, frame: FrameType | None) -> None:
+        hup.set()  # the reload runs on the main loop, never in the handler
+
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_hup)
     agg, port = build(config)
     host = config.listen.rpartition(":")[0]
     log.info("aggregator_listening", address=f"{host}:{port}", federation=config.federation)
+    status = f"serving federation {config.federation} on {host}:{port}"
     notify = sdnotify.from_environ()
-    notify.ready(f"serving federation {config.federation} on {host}:{port}")
+    notify.ready(status)
+    reminder = ExpiryReminder()
+    _warn_expiry(agg, reminder)
     trim = _trimmer(libc)
     ticks = 0
     while not stop.wait(_TICK_S):
         notify.watchdog()
         ticks += 1
+        if hup.is_set():
+            hup.clear()
+            notify.status(f"{status}; reloading TLS material")
+            agg.reload_tls()
+            notify.status(status)
         if ticks % _TRIM_EVERY_TICKS == 0:
             trim()
+            _warn_expiry(agg, reminder)
     log.info("aggregator_stopping")
     notify.stopping()
     agg.stop(grace=5.0)
     log.info("aggregator_stopped")
     return 0
+
+
+def _warn_expiry(agg: Aggregator, reminder: ExpiryReminder) -> None:
+    """Log each certificate in force (own, CA) that ends within 14 days: first, then daily."""
+    log = structlog.get_logger("aggregator")
+    identity = agg.tls.current()
+    certs: dict[str, Certificate] = {
+        "certificate": identity.info,
+        "ca": load_pem_certificate(identity.ca_pem),
+    }
+    for notice in reminder.due(certs, now=datetime.now(UTC)):
+        (log.error if notice.expired else log.warning)(notice.event, **notice.fields())
 
 
 def _enroll(directory: Path, name: str) -> int:

@@ -4,6 +4,9 @@
 serves, the bound ``host:port`` is written atomically to ``<state.dir>/address`` so tests and
 ``confide demo`` can find it (and know it is up, also after a restart on a fixed port).
 
+The TLS material comes from ``ServerTls`` (``aggregator.credentials``): SIGHUP reloads the
+certificate, keys, CA and CRL (``Aggregator.reload_tls``) without a restart.
+
 Every call goes through ``QuotaInterceptor`` (per-peer limits, one handler pool per class
 of call, idle streams cancelled). The HTTP/2 option ``grpc.max_concurrent_streams`` bounds
 the streams one connection may have open at the server, so a peer that queues thousands of
@@ -25,13 +28,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from aggregator.admin import AdminServicer
 from aggregator.config import AggregatorConfig
 from aggregator.coordinator import Coordinator
+from aggregator.credentials import ServerTls
 from aggregator.guard import Guard
 from aggregator.interceptor import QuotaInterceptor, make_pools
 from aggregator.quota import Quotas
 from aggregator.servicer import FederationServicer
 from aggregator.store import AuditNote, Store, open_blobs, open_store
 from confide.errors import ConfigError
-from confide.pki import Identity, load_identity, server_credentials
+from confide.pki import Identity, load_identity
 from confide.v1 import admin_pb2_grpc, federation_pb2_grpc
 from confide.wire.blob import MAX_MESSAGE_BYTES
 
@@ -54,6 +58,11 @@ class Aggregator:
     coordinator: Coordinator
     store: Store
     interceptor: QuotaInterceptor
+    tls: ServerTls
+
+    def reload_tls(self) -> bool:
+        """Reload certificate, keys, CA and CRL (SIGHUP); False: refused, the old stay."""
+        return self.tls.reload()
 
     def stop(self, grace: float | None = 5.0) -> None:
         """End task streams, stop serving (waiting ``grace`` seconds), close the store."""
@@ -95,14 +104,18 @@ def build(
         ConfigError: PKI files are unusable (naming the file) or ``server.listen`` cannot be
             bound.
     """
-    if identity is None:
-        identity = load_identity(
+
+    def load() -> Identity:
+        return load_identity(
             cert=config.cert,
             key=config.key,
             signing_key=config.signing_key,
             ca=config.ca,
             crl=config.crl,
         )
+
+    if identity is None:
+        identity = load()
     store = open_store(config.store, state_dir=config.state_dir)
     blobs = open_blobs(config.store, state_dir=config.state_dir)
     coord = Coordinator(
@@ -124,6 +137,9 @@ def build(
         crl_path=config.crl,
     )
     guard.on_crl_change = lambda: coord.drop_invalid(guard.check_cert)
+    tls = ServerTls(
+        identity, load=load, federation=config.federation, guard=guard, store=store, clock=clock
+    )
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -163,7 +179,7 @@ def build(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
-        port = server.add_secure_port(config.listen, server_credentials(identity))
+        port = server.add_secure_port(config.listen, tls.credentials())
     except RuntimeError as exc:
         interceptor.stop()
         store.close()
@@ -178,7 +194,7 @@ def build(
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     host = config.listen.rpartition(":")[0]
     _write_atomic(config.state_dir / "address", f"{host}:{port}\n")
-    return Aggregator(server, coord, store, interceptor), port
+    return Aggregator(server, coord, store, interceptor, tls), port
 
 
 def _write_atomic(path: os.PathLike[str], text: str) -> None:

@@ -48,7 +48,15 @@ class Part:
 
 
 # manylinux wheels may link only these system libraries (PEP 600); the rest are vendored.
-_BASE_DEPENDS = ("python3.11", "adduser", "libc6 (>= 2.28)", "libgcc-s1", "libstdc++6")
+# procps: /bin/kill, which the units' ExecReload= runs (systemctl reload sends SIGHUP).
+_BASE_DEPENDS = (
+    "python3.11",
+    "adduser",
+    "procps",
+    "libc6 (>= 2.28)",
+    "libgcc-s1",
+    "libstdc++6",
+)
 
 PARTS = {
     "agent": Part(

@@ -10,7 +10,10 @@ for want of capacity: ``server_busy`` (its shared capacity is taken, nobody's fa
 ``peer_limit`` (this site is over its own quota) say "retry later", so the delay keeps
 growing although the ``Register`` before went through; a busy aggregator is not hammered by
 every site twice a second. The randomness and the sleep are parameters (STYLE rule 3), so
-tests check the delays without sleeping.
+tests check the delays without sleeping. A connection that cannot be made because the site's
+certificate has expired (``connect`` raises ``CertificateExpired``) is tried again on the same
+backoff without a ``disconnected`` line each time: the daemon says it once
+(``certificate_expired``), and a reload with a renewed certificate lets the next try through.
 
 ``stop()`` (SIGTERM) makes the current task stop at its next step, stops every worker, closes
 the connection (cancelling a download or an upload in flight, so a stalled aggregator cannot
@@ -35,6 +38,7 @@ from agent.link.backoff import Backoff
 from agent.link.transport import TaskStream, Transport
 from agent.tasks.runner import TaskOutcome, TaskRunner
 from confide.errors import ConfideError, Reason
+from confide.pki import CertificateExpired
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import seal
 
@@ -138,9 +142,13 @@ class Session:
         while not self._stopping.is_set():
             reason, detail = "stream_ended", ""
             self._registered = False
-            busy = False
+            busy = expired = False
             try:
                 self._serve_once()
+            except CertificateExpired as exc:
+                # Not dialled: the daemon's expiry reminder says so in one line (with the
+                # date and the fix), so each attempt is not another line.
+                reason, detail, expired = exc.reason.value, exc.message, True
             except ConfideError as exc:
                 reason, detail = exc.reason.value, exc.message
                 busy = exc.reason in _RETRY_LATER
@@ -161,7 +169,10 @@ class Session:
             if self._registered and not busy:
                 self.backoff.reset()  # the aggregator took this site: start again from base
             delay = self.backoff.next_delay()
-            log.info("disconnected", reason=reason, error=detail, retry_in_s=round(delay, 3))
+            if expired:
+                log.debug("not_connecting", reason="certificate_expired", retry_in_s=delay)
+            else:
+                log.info("disconnected", reason=reason, error=detail, retry_in_s=round(delay, 3))
             self._sleep(delay)
         self._runner.stop_workers()
         log.info("session_stopped")

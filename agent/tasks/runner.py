@@ -74,6 +74,7 @@ from confide.errors import (
     PolicyRefusal,
     Reason,
 )
+from confide.pki import Identity
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import encode_tensors, seal
 from confide.wire.blob import NamedArrays
@@ -115,6 +116,8 @@ class TaskRunner:
             its state file).
         rng: uniform [0, 1) numbers for the jitter of transfers retried while the
             aggregator is busy (``served``).
+        trust: the CA and CRL in force (``IdentityHolder.trust``), taken at each task so a
+            reloaded CRL refuses a revoked job signer from the next task on; None: ``site``'s.
     """
 
     def __init__(
@@ -130,8 +133,10 @@ class TaskRunner:
         policy: PolicyHolder | None = None,
         evaluations: Evaluations | None = None,
         rng: Callable[[], float] = random.random,
+        trust: Callable[[], tuple[bytes, bytes | None]] | None = None,
     ) -> None:
         self.site = site
+        self.trust = trust
         self.policy = policy
         self.privacy = privacy
         self.job_bindings = job_bindings
@@ -173,6 +178,8 @@ class TaskRunner:
             if self.policy is not None:
                 # One snapshot per task; tasks run one at a time on the session thread.
                 self.site = self.site.with_policy(self.policy.current())
+            if self.trust is not None:
+                self.site = self.site.with_trust(*self.trust())
             try:
                 self.audit.seen(task, now=self._clock())
                 handler = self.handlers.get(task.kind)
@@ -213,6 +220,10 @@ class TaskRunner:
             log.info("task_done")
             self.audit.ended(task.task_id, outcome=TaskOutcome.OK.value, now=self._clock())
             return TaskOutcome.OK
+
+    def use_identity(self, identity: Identity) -> None:
+        """Sign as ``identity`` from now on (a new connection's; called between tasks)."""
+        self.site = self.site.with_identity(identity)
 
     def abandon(self) -> None:
         """Shut down: the current task stops at its next step and every worker is stopped."""

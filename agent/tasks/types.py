@@ -20,6 +20,7 @@ from agent.admission.site_policy import AttemptCaps, DatasetPolicy, SitePolicy
 from agent.admission.timewindows import TimeWindow
 from agent.data.datasets import DatasetConfig
 from agent.link.transport import Transport
+from confide.pki import Identity
 from confide.v1 import federation_pb2
 from confide.wire.blob import NamedArrays
 
@@ -92,6 +93,21 @@ class SiteContext:
             time_windows=policy.time_windows,
             approval=policy.approval,
         )
+
+    def with_identity(self, identity: Identity) -> SiteContext:
+        """This site signing with ``identity``'s key and trusting its CA and CRL (taken at
+        each connection: the aggregator checks the signatures on a connection against the
+        certificate that opened it)."""
+        return replace(
+            self,
+            signing_key=identity.signing_key,
+            ca_pem=identity.ca_pem,
+            crl_pem=identity.crl_pem,
+        )
+
+    def with_trust(self, ca_pem: bytes, crl_pem: bytes | None) -> SiteContext:
+        """This site verifying job signers and other sites against this CA and CRL."""
+        return replace(self, ca_pem=ca_pem, crl_pem=crl_pem)
 
 
 Handler = Callable[[federation_pb2.Task, Transport], None]

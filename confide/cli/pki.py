@@ -1,7 +1,8 @@
 """``confide pki``: run the federation CA from the command line.
 
-Subcommands: ``init``, ``issue``, ``sign``, ``revoke``, ``show``, and ``enroll`` (run where the
-identity will live, not on the CA machine: keys and a CSR for the CA holder to ``sign``).
+Subcommands: ``init``, ``issue``, ``sign``, ``renew`` (a new certificate for existing keys),
+``revoke``, ``show``, and ``enroll`` (run where the identity will live, not on the CA machine:
+keys and a CSR for the CA holder to ``sign``).
 Each handler is stored as ``func`` on the parsed namespace and returns 0 on success; an
 error propagates to ``confide``'s one handler (``confide.exits``): exit 2 for a
 ``ConfigError`` (one line on stderr naming the key or file), 1 for any other.
@@ -14,17 +15,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from confide.pki import (
     Role,
     init_ca,
     issue,
     make_key_and_csr,
+    renew,
     revoke,
     sign_csr,
     verify_certificate,
 )
 from confide.pki import files as pki_files
 from confide.pki.certinfo import CertInfo, cert_info, load_pem_certificate
+from confide.pki.renew import latest_issued
 
 __all__ = ["register"]
 
@@ -75,6 +80,26 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _renew(args: argparse.Namespace) -> int:
+    """Issue a new certificate for an existing certificate's keys (or a CSR made with them)."""
+    source: str = args.source
+    path = Path(source)
+    if path.is_file():
+        pem = pki_files.read_bytes(path)
+    else:  # an identity name: the latest certificate this CA issued to it
+        pem = latest_issued(args.dir, source).public_bytes(serialization.Encoding.PEM)
+    new = renew(args.dir, pem, days=args.days)
+    info = cert_info(load_pem_certificate(new))
+    out: Path = args.out if args.out is not None else Path(f"{info.name}.renewed.crt")
+    pki_files.refuse_existing(out)
+    pki_files.write_new(out, new, mode=0o644)
+    print(f"renewed {info.role.value} certificate of {info.name!r}: {out}")
+    print(f"serial {info.serial:x}, valid until {info.not_after:%Y-%m-%d}; same keys, same names")
+    print("next: move it over the identity's [tls] cert file (mv, same folder), then reload")
+    print("the daemon: systemctl reload confide-agent (or confide-aggregator), or kill -HUP")
+    return 0
+
+
 def _enroll(args: argparse.Namespace) -> int:
     """Make keys (0600) and a CSR here, for the CA holder to sign."""
     csr = make_key_and_csr(args.dir, args.name, role=args.role)
@@ -88,7 +113,8 @@ def _revoke(args: argparse.Namespace) -> int:
     revoke(args.dir, args.name)
     crl = args.dir / pki_files.CRL
     print(f"revoked {args.name!r} in {crl}; copy it to every [tls] crl path that is not this")
-    print("file (the aggregator re-reads it when it changes; agents read it when they start)")
+    print("file (the aggregator re-reads it when it changes); reload each agent to apply it")
+    print("there: systemctl reload confide-agent (or kill -HUP)")
     return 0
 
 
@@ -153,6 +179,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     p.set_defaults(func=_sign)
+
+    p = sub.add_parser("renew", help="a new certificate for an identity's existing keys")
+    p.add_argument(
+        "source",
+        help="the certificate to renew (it may have expired), a CSR made with its keys, "
+        "or an identity name (the latest certificate this CA issued to it)",
+    )
+    _add_dir(p)
+    p.add_argument(
+        "--out", type=Path, default=None, help="certificate file (default: NAME.renewed.crt)"
+    )
+    p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    p.set_defaults(func=_renew)
 
     p = sub.add_parser("enroll", help="make keys and a CSR here (operator, aggregator, site)")
     p.add_argument("name")

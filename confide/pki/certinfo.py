@@ -32,6 +32,7 @@ __all__ = [
     "OID_SIGNING_KEY",
     "BadCertificate",
     "CertInfo",
+    "CertificateExpired",
     "Role",
     "cert_info",
     "decode_role",
@@ -63,6 +64,19 @@ class BadCertificate(PeerError):
     """A certificate is not one this federation's CA issued, or is expired, revoked or malformed."""
 
     default_reason = Reason.BAD_CERTIFICATE
+
+
+class CertificateExpired(BadCertificate):
+    """A certificate's validity has ended; a renewed one (``confide pki renew``) fixes it.
+
+    Args:
+        message: what expired and when.
+        not_after: the end of its validity, timezone-aware UTC.
+    """
+
+    def __init__(self, message: str, *, not_after: datetime) -> None:
+        super().__init__(message)
+        self.not_after = not_after
 
 
 @dataclass(frozen=True)
@@ -239,7 +253,9 @@ def verify_certificate(
         now: the time to check validity at, timezone-aware.
 
     Raises:
-        BadCertificate: any check fails; the message says which.
+        CertificateExpired: the leaf's validity ended before ``now`` (raised after the CA
+            signature check, before the federation, constraint and revocation checks).
+        BadCertificate: any other check fails; the message says which.
     """
     ca = load_pem_certificate(ca_pem)
     cert = load_pem_certificate(pem)
@@ -252,6 +268,11 @@ def verify_certificate(
     for what, c in (("CA certificate", ca), ("certificate", cert)):
         if now < c.not_valid_before_utc:
             raise BadCertificate(f"{what} is not valid before {c.not_valid_before_utc.isoformat()}")
+        if now > c.not_valid_after_utc and c is cert:
+            raise CertificateExpired(
+                f"{what} expired at {c.not_valid_after_utc.isoformat()}",
+                not_after=c.not_valid_after_utc,
+            )
         if now > c.not_valid_after_utc:
             raise BadCertificate(f"{what} expired at {c.not_valid_after_utc.isoformat()}")
     info = cert_info(cert)

@@ -1,8 +1,9 @@
 """The federation's revocation list ``crl.pem``: write it, and add certificates to it.
 
 gRPC does not read CRLs, so revocation is enforced by ``verify_certificate`` (called by
-``peer_info`` on every RPC). Daemons re-read ``crl.pem`` as their config says; the file is
-replaced atomically, so a reader never sees half of it.
+``peer_info`` on every RPC). Daemons re-read ``crl.pem`` when told to (SIGHUP; the aggregator
+also when the file changes); the file is replaced atomically, so a reader never sees half of
+it, and ``check_crl`` decides whether a new one may replace the one in force.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from confide.errors import ConfigError
 from confide.pki import files
 from confide.pki.certinfo import BadCertificate, load_pem_certificate
 
-__all__ = ["CRL_DAYS", "revoke", "write_crl"]
+__all__ = ["CRL_DAYS", "check_crl", "revoke", "write_crl"]
 
 CRL_DAYS = 3650
 """``nextUpdate`` of the CRL; the CRL is replaced whenever a certificate is revoked."""
@@ -64,6 +65,46 @@ def write_crl(
         builder = builder.add_revoked_certificate(entry)
     crl = builder.sign(ca_key, hashes.SHA256())
     files.replace_public(directory / files.CRL, crl.public_bytes(serialization.Encoding.PEM))
+
+
+def check_crl(crl_pem: bytes, *, ca_pem: bytes, in_force: bytes | None = None) -> None:
+    """Accept a revocation list to put in force in place of ``in_force``.
+
+    It must be a PEM CRL issued and signed by the CA, and, when ``in_force`` is the same
+    CA's, not older than it (``lastUpdate``): an old copy of the file would otherwise
+    un-revoke every certificate revoked since.
+
+    Args:
+        crl_pem: the new revocation list, PEM.
+        ca_pem: the CA certificate it must come from, PEM.
+        in_force: the revocation list it replaces, PEM, or None.
+
+    Raises:
+        BadCertificate: not a PEM CRL, not this CA's, or older than the one in force.
+    """
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError:
+        raise BadCertificate("revocation list is not a PEM CRL") from None
+    ca = load_pem_certificate(ca_pem)
+    key = ca.public_key()
+    if (
+        crl.issuer != ca.subject
+        or not isinstance(key, ec.EllipticCurvePublicKey)
+        or not crl.is_signature_valid(key)
+    ):
+        raise BadCertificate("revocation list is not signed by the configured CA")
+    if in_force is None:
+        return
+    try:
+        old = x509.load_pem_x509_crl(in_force)
+    except ValueError:
+        return  # nothing sound in force: anything this CA signed is better
+    if old.issuer == crl.issuer and crl.last_update_utc < old.last_update_utc:
+        raise BadCertificate(
+            f"revocation list of {crl.last_update_utc.isoformat()} is older than the one in "
+            f"force ({old.last_update_utc.isoformat()})"
+        )
 
 
 def _issued_to(ca_directory: Path, name: str) -> list[x509.Certificate]:

@@ -19,7 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.errors import ConfigError
 from confide.pki import files
-from confide.pki.certinfo import BadCertificate, CertInfo, verify_certificate
+from confide.pki.certinfo import (
+    BadCertificate,
+    CertificateExpired,
+    CertInfo,
+    verify_certificate,
+)
 
 __all__ = ["Identity", "load_identity"]
 
@@ -86,6 +91,7 @@ def load_identity(
     ca: Path,
     crl: Path | None = None,
     now: datetime | None = None,
+    allow_expired: bool = False,
 ) -> Identity:
     """Load and cross-check an identity's files.
 
@@ -96,6 +102,10 @@ def load_identity(
         ca: the federation CA certificate.
         crl: the CA's revocation list, if any.
         now: when to check validity; defaults to the current UTC time.
+        allow_expired: load a certificate whose only fault is that it has expired, checked
+            as of the last moment it was valid (a site daemon keeps running with it, says
+            so and waits for a renewed one; ``info.not_after`` tells). Off: expired is an
+            error like any other.
 
     Raises:
         ConfigError: naming the file that is missing, unreadable, group/world readable,
@@ -113,9 +123,16 @@ def load_identity(
         _check_crl_file(crl, crl_pem, ca_cert)
     cert_pem = files.read_bytes(cert)
     try:
-        info = verify_certificate(
-            cert_pem, ca_pem=ca_pem, crl_pem=crl_pem, now=now or datetime.now(UTC)
-        )
+        try:
+            info = verify_certificate(
+                cert_pem, ca_pem=ca_pem, crl_pem=crl_pem, now=now or datetime.now(UTC)
+            )
+        except CertificateExpired as expired:
+            if not allow_expired:
+                raise
+            info = verify_certificate(
+                cert_pem, ca_pem=ca_pem, crl_pem=crl_pem, now=expired.not_after
+            )
     except BadCertificate as exc:
         raise ConfigError(str(cert), f"{exc} (CA {ca})") from None
     tls_key_pem = _read_private(key)
