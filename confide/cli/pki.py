@@ -109,8 +109,10 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    """Revoke every certificate issued to a name."""
-    revoke(args.dir, args.name)
+    """Revoke every certificate issued to a name, or one certificate given as a file."""
+    path = Path(args.name)
+    # A file: just that certificate (e.g. the one a renewal replaced); a name: all of them.
+    revoke(args.dir, path if path.is_file() else args.name)
     crl = args.dir / pki_files.CRL
     print(f"revoked {args.name!r} in {crl}; copy it to every [tls] crl path that is not this")
     print("file (the aggregator re-reads it when it changes); reload each agent to apply it")
@@ -199,8 +201,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--dir", type=Path, default=Path("."), help="folder for keys and CSR")
     p.set_defaults(func=_enroll)
 
-    p = sub.add_parser("revoke", help="revoke every certificate issued to NAME")
-    p.add_argument("name")
+    p = sub.add_parser(
+        "revoke", help="revoke every certificate issued to NAME, or one certificate FILE"
+    )
+    p.add_argument("name", metavar="NAME|FILE")
     _add_dir(p)
     p.set_defaults(func=_revoke)
 

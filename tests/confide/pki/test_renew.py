@@ -199,3 +199,15 @@ def test_cli_renews_by_file_and_by_name_and_refuses_a_revoked_one(
     assert confide_main(again) == 1
     assert "revoked" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_revokes_one_certificate_given_as_a_file_and_keeps_its_renewal(
+    fed: Federation, site_dir: Path, tmp_path: Path, now: datetime
+) -> None:
+    """`confide pki revoke FILE` revokes that certificate only: the renewal stays valid."""
+    old = fed.enroll_site(site_dir, "renew-superseded")
+    new_pem = pki.renew(fed.ca_dir, old.read_bytes(), now=now)
+    assert confide_main(["pki", "revoke", str(old), "--dir", str(fed.ca_dir)]) == 0
+    with pytest.raises(pki.BadCertificate, match="revoked"):
+        pki.verify_certificate(old.read_bytes(), ca_pem=fed.ca_pem, crl_pem=fed.crl_pem, now=now)
+    pki.verify_certificate(new_pem, ca_pem=fed.ca_pem, crl_pem=fed.crl_pem, now=now)
