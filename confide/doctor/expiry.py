@@ -12,9 +12,11 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from confide.pki.expiry import EXPIRY_WARNING
+
 __all__ = ["EXPIRY_WARN_DAYS", "Expiry", "Validity", "expiry"]
 
-EXPIRY_WARN_DAYS = 14
+EXPIRY_WARN_DAYS = EXPIRY_WARNING.days  # one number for doctor, logs and metrics
 """Warn this many days before a certificate ends: two weeks leaves time for a CSR round trip
 to the operator (``confide pki renew``, issue 13 item 6) over holidays."""
 

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 EXPIRY_WARNING = timedelta(days=14)
-"""A certificate that ends within this is warned about (logs, doctor, metrics alerts)."""
+"""A certificate with less than this left is warned about (logs, doctor, metrics alerts)."""
 
 REMIND_EVERY = timedelta(days=1)
 """A running daemon repeats the warning this often while it holds."""
@@ -96,7 +96,10 @@ def seconds_until_expiry(cert: Certificate, *, now: datetime) -> float:
 
 
 def check_expiry(cert: Certificate, *, now: datetime, within: timedelta = EXPIRY_WARNING) -> None:
-    """Pass when ``cert`` stays valid for longer than ``within`` after ``now``.
+    """Pass when ``cert`` stays valid for at least ``within`` after ``now``.
+
+    The doctor's classification (``confide.doctor.expiry``) draws the same lines: expiring
+    with less than ``within`` left, expired once ``now`` is past ``not_after``.
 
     Args:
         cert: a parsed certificate or the ``CertInfo`` of a verified one.
@@ -109,12 +112,12 @@ def check_expiry(cert: Certificate, *, now: datetime, within: timedelta = EXPIRY
     """
     end = _not_after(cert)
     left = end - now
-    if left < timedelta(0):
+    if now > end:
         raise CertificateExpired(
             f"certificate of {_name(cert)!r} expired on {end:%Y-%m-%d %H:%M} UTC; {RENEW_FIX}",
             not_after=end,
         )
-    if left <= within:
+    if left < within:
         raise CertificateExpiresSoon(
             f"certificate of {_name(cert)!r} expires on {end:%Y-%m-%d %H:%M} UTC, in "
             f"{left.days} days; {RENEW_FIX}",
@@ -184,7 +187,7 @@ class ExpiryReminder:
         notices = []
         for which, cert in certs.items():
             left = seconds_until_expiry(cert, now=now)
-            if left > self.within.total_seconds():
+            if left >= self.within.total_seconds():
                 continue
             event = "certificate_expired" if left < 0 else "certificate_expiring"
             key = (which, _serial(cert), event)

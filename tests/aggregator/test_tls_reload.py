@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from confide.pki.ca import build_leaf
 from confide.pki.certinfo import cert_info
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FEDERATION, FakeSite
+from tests.support.wait import wait_for
 
 
 def served_serial(port: int, pki: Path, name: str) -> int:
@@ -49,13 +49,6 @@ def replace_file(path: Path, data: bytes) -> None:
 
 def _serial(path: Path) -> int:
     return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
-
-
-def _wait_until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -91,7 +84,9 @@ def test_renewed_certificate_serves_new_connections_and_open_streams_stay(pki, f
     s1 = FakeSite(pki, "site-1", port)
     made.append(s1)
     s1.connect()
-    _wait_until(lambda: "site-1" in agg.coordinator.connected())
+    wait_for(
+        agg.coordinator.connected, timeout=10, what="site-1's stream", until=lambda c: "site-1" in c
+    )
     old = served_serial(port, pki, "site-2")
     assert old == _serial(pki / "aggregator.crt")
     replace_file(pki / "aggregator.crt", renew(pki, (pki / "aggregator.crt").read_bytes()))
@@ -105,7 +100,12 @@ def test_renewed_certificate_serves_new_connections_and_open_streams_stay(pki, f
     s2 = FakeSite(pki, "site-2", port)
     made.append(s2)
     s2.connect()
-    _wait_until(lambda: set(agg.coordinator.connected()) == {"site-1", "site-2"})
+    wait_for(
+        agg.coordinator.connected,
+        timeout=10,
+        what="both sites' streams",
+        until=lambda c: set(c) == {"site-1", "site-2"},
+    )
     events = [(e.event, e.actor) for e in agg.store.audit_entries()]
     assert ("tls_reloaded", "aggregator") in events
     assert ("site_stream_closed", "site-1") not in events
@@ -181,7 +181,12 @@ def test_reload_applies_a_new_crl_at_once_ending_a_revoked_sites_stream(pki, fed
     made += [s1, s2]
     s1.connect()
     s2.connect()
-    _wait_until(lambda: set(agg.coordinator.connected()) == {"site-1", "site-2"})
+    wait_for(
+        agg.coordinator.connected,
+        timeout=10,
+        what="both sites' streams",
+        until=lambda c: set(c) == {"site-1", "site-2"},
+    )
     revoke(pki, "site-1")
     assert agg.reload_tls() is True
     assert set(agg.coordinator.connected()) == {"site-2"}

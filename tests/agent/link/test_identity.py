@@ -33,6 +33,7 @@ from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
 from tests.agent.conftest import FEDERATION, Pki, signed_task
 from tests.agent.fakes import FakeAggregator
+from tests.support.wait import wait_for
 
 NAME = "site-1"
 
@@ -171,13 +172,6 @@ def _session(runner, aggregator: FakeAggregator, holder: IdentityHolder, now, de
     )
 
 
-def _wait(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.01)
-
-
 def test_an_expired_site_keeps_retrying_quietly_and_connects_after_a_reload(
     pki: Pki, site: Path, runner, aggregator: FakeAggregator
 ) -> None:
@@ -191,13 +185,13 @@ def test_an_expired_site_keeps_retrying_quietly_and_connects_after_a_reload(
     thread = threading.Thread(target=session.run, daemon=True)
     with capture_logs() as logs:
         thread.start()
-        _wait(lambda: len(delays) >= 4)
+        wait_for(lambda: len(delays), timeout=10, what="four tries", until=lambda n: n >= 4)
         assert aggregator.connects == 0
         assert delays[:4] == [0.5, 1, 2, 4]
         renewed = renew(pki.dir, (site / f"{NAME}.crt").read_bytes(), days=800)
         _replace(site / f"{NAME}.crt", renewed)
         holder.reload()
-        _wait(lambda: bool(aggregator.streams))
+        wait_for(lambda: aggregator.streams, timeout=10, what="a connection after the reload")
         session.stop()
         thread.join(timeout=10)
     assert not [

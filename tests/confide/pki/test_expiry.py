@@ -9,6 +9,7 @@ import pytest
 from cryptography import x509
 
 from confide import pki
+from confide.doctor.expiry import Validity, expiry
 from confide.errors import ConfigError
 from confide.pki.crl import check_crl
 from confide.pki.expiry import ExpiryReminder, check_expiry
@@ -38,11 +39,11 @@ def test_seconds_until_expiry_counts_to_not_after_and_goes_negative(
 def test_check_expiry_on_both_sides_of_the_14_day_window_and_of_the_end(
     op: x509.Certificate,
 ) -> None:
-    """More than 14 days left passes; exactly 14 days warns; a second past the end is expired."""
+    """14 days left passes; a second less warns; a second past the end is expired."""
     end = op.not_valid_after_utc
-    check_expiry(op, now=end - timedelta(days=14, seconds=1))
+    check_expiry(op, now=end - timedelta(days=14))
     with pytest.raises(pki.CertificateExpiresSoon) as soon:
-        check_expiry(op, now=end - timedelta(days=14))
+        check_expiry(op, now=end - timedelta(days=14) + timedelta(seconds=1))
     assert soon.value.not_after == end and "confide pki renew" in soon.value.message
     check_expiry(op, now=end - timedelta(days=2), within=timedelta(days=1))
     with pytest.raises(pki.CertificateExpiresSoon):
@@ -151,3 +152,22 @@ def test_check_crl_refuses_garbage_foreign_and_older_lists(
         check_crl(foreign.crl_pem, ca_pem=fed.ca_pem, in_force=newer)
     with pytest.raises(pki.BadCertificate):
         check_crl(b"-----BEGIN X509 CRL-----\nnope\n", ca_pem=fed.ca_pem)
+
+
+def test_the_doctor_and_the_daemons_draw_the_same_lines(op: x509.Certificate) -> None:
+    """confide.doctor.expiry and check_expiry agree on either side of 14 days and of the end."""
+    end = op.not_valid_after_utc
+    classes = {
+        Validity.VALID: None,
+        Validity.EXPIRING: pki.CertificateExpiresSoon,
+        Validity.EXPIRED: pki.CertificateExpired,
+    }
+    for delta in (14 * 86400 + 1, 14 * 86400, 14 * 86400 - 1, 1, 0, -1, -86400):
+        now = end - timedelta(seconds=delta)
+        verdict = expiry(not_before=op.not_valid_before_utc, not_after=end, now=now).validity
+        raised = None
+        try:
+            check_expiry(op, now=now)
+        except (pki.CertificateExpiresSoon, pki.CertificateExpired) as exc:
+            raised = type(exc)
+        assert raised is classes[verdict], (delta, verdict, raised)
