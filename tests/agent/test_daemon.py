@@ -81,6 +81,14 @@ def test_daemon_serves_api_and_exits_0_on_sigterm(tmp_path, pki, capsys):
         assert oct(os.stat(sock).st_mode & 0o777) == oct(0o660)
         rss = psutil.Process(proc.pid).memory_info().rss
         assert rss < 100 * 2**20, f"idle RSS {rss / 2**20:.1f} MiB"
+        # The first failed dial is logged after the API is up; under load it may lag.
+        _wait(
+            lambda: '"event": "disconnected"' in log.read_text(),
+            30,
+            proc,
+            log,
+            what="the daemon logging its failed dial",
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
