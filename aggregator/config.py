@@ -44,6 +44,10 @@ Example::
     level = "info"
     json = true                    # optional; default: JSON unless stderr is a TTY
 
+    [metrics]                      # optional; absent: no metrics endpoint
+    listen = "127.0.0.1:9464"      # Prometheus text over plain HTTP; port 0: a free one
+    allow_non_loopback = false     # true: listen may be an address beyond this host
+
 Revocation is on by default: ``[tls].crl`` is required (``confide pki init`` writes
 ``crl.pem`` and ``confide pki revoke`` updates it). Running without one must be said with
 ``crl = "none"``, so a forgotten key can never mean that a revoked site registers.
@@ -58,6 +62,7 @@ from aggregator.quota import CALL_POOL, Limits
 from aggregator.store import StoreBackend, StoreConfig
 from confide.config import Section, load_toml, parse_toml
 from confide.errors import ConfigError, Reason
+from confide.metrics import MetricsConfig, metrics_config
 
 __all__ = ["DEFAULT_MAX_MODEL_BYTES", "NO_CRL", "AggregatorConfig", "load_config", "parse_config"]
 
@@ -96,6 +101,7 @@ class AggregatorConfig:
         log_json: force JSON logs (True), console (False) or decide by TTY (None).
         max_model_bytes: the largest job model SubmitJob accepts, in bytes.
         limits: what one peer, and all peers together, may hold of the server.
+        metrics: where the Prometheus endpoint listens; None: no endpoint (the default).
     """
 
     federation: str
@@ -117,6 +123,7 @@ class AggregatorConfig:
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     limits: Limits = field(default_factory=Limits)
     store: StoreConfig = field(default_factory=StoreConfig)
+    metrics: MetricsConfig | None = None
 
 
 def load_config(path: str | Path) -> AggregatorConfig:
@@ -175,6 +182,7 @@ def _from_section(root: Section) -> AggregatorConfig:
     log_json = log.bool("json", None)
     log.done()
     max_model_bytes, limits = _limits(root.section("limits"))
+    metrics = metrics_config(root.section("metrics"))
     root.done()
     return AggregatorConfig(
         federation=federation,
@@ -196,6 +204,7 @@ def _from_section(root: Section) -> AggregatorConfig:
         max_model_bytes=max_model_bytes,
         limits=limits,
         store=StoreConfig(backend=backend),
+        metrics=metrics,
     )
 
 

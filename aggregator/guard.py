@@ -2,7 +2,8 @@
 
 ``Guard.handling`` wraps a handler body: it binds ``site``/``job``/``round`` log context for
 the RPC only (``bound_contextvars``), and turns any ``ConfideError`` into one structured log
-event, one audit entry and a gRPC status from ``confide.wire.status`` (details = the reason).
+event, one audit entry, one count in the metrics (``refusals_total{event,reason}``) and a
+gRPC status from ``confide.wire.status`` (details = the reason).
 Unexpected exceptions become INTERNAL with a log line, never a traceback to the peer.
 ``Guard.streaming`` does the same for each message of a response stream (OpenTasks,
 Download), so a stream that fails after its first message is refused, logged and audited
@@ -29,6 +30,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError, Message
 
+from aggregator.metrics import AggregatorMetrics
 from aggregator.store import AuditNote, Store
 from confide.errors import ConfideError, InternalError, MalformedMessage, NonFiniteValue
 from confide.pki import (
@@ -94,6 +96,8 @@ class Guard:
             one in force); one it refuses is logged once and the CRL in force stays.
         on_crl_change: called (outside any lock) after a changed CRL was read, e.g. to
             close the task streams of sites whose certificate it revokes.
+        metrics: where each refusal is counted, by event and reason (default: a registry of
+            its own, read by nobody).
     """
 
     def __init__(
@@ -106,8 +110,10 @@ class Guard:
         clock: Callable[[], float],
         crl_path: Path | None = None,
         on_crl_change: Callable[[], None] | None = None,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         self.store, self.federation = store, federation
+        self.metrics = metrics if metrics is not None else AggregatorMetrics()
         self.ca_pem, self.crl_pem, self.clock = ca_pem, crl_pem, clock
         self.crl_path, self.on_crl_change = crl_path, on_crl_change
         self._crl_lock = threading.Lock()
@@ -296,6 +302,7 @@ class Guard:
         error = _short(str(exc))
         seen = fingerprint(call.request.SerializeToString()) if call.request is not None else ""
         log.warning(event, reason=exc.reason.value, error=error, request=seen)
+        self.metrics.refused(event, exc.reason)
         try:
             self.store.audit(
                 AuditNote(

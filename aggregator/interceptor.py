@@ -16,8 +16,10 @@ behind them. ``QuotaInterceptor`` wraps each method's handler so that:
   so it is counted as a refusal with ``PEER_LIMIT`` like a call refused at its start.
 
 Quota refusals are logged (and audited) once per peer per ``_REPORT_EVERY_S`` with the
-count refused since, so a flood cannot flood the log and the audit trail too. A refusal
-by the servicer itself, at a stream's start or in its middle, is ``Guard``'s to log.
+count refused since, so a flood cannot flood the log and the audit trail too; each one is
+counted in the metrics (event ``call_refused``). A refusal by the servicer itself, at a
+stream's start or in its middle, is ``Guard``'s to log. Every message in or out of a
+wrapped call adds its protobuf size to the metrics' bytes received or sent, by method.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import grpc
 import structlog
 
+from aggregator.metrics import AggregatorMetrics
 from aggregator.quota import (
     CALL_POOL,
     CONTROL_POOL,
@@ -79,6 +82,8 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         on_refused: told ``(peer, reason, count)`` at most once per peer per 10 s while
             that peer's calls are being refused (e.g. to write an audit entry).
         clock: monotonic seconds.
+        metrics: where refusals and message bytes are counted (default: a registry of its
+            own, read by nobody).
     """
 
     def __init__(
@@ -88,8 +93,10 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         *,
         on_refused: Callable[[str, str, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         self.quotas, self.pools = quotas, pools
+        self.metrics = metrics if metrics is not None else AggregatorMetrics()
         self._on_refused, self._clock = on_refused, clock
         self._lock = threading.Lock()
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -113,7 +120,7 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None:
             return None
-        wrapped = self._wrap(handler, classify(method))
+        wrapped = self._wrap(handler, method)
         with self._lock:
             self._handlers[method] = wrapped
         return wrapped
@@ -126,27 +133,28 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     # ----- wrapping -----
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, kind: CallClass) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        kind = classify(method)
         pool = self.pools[kind]
         req_stream, resp_stream = handler.request_streaming, handler.response_streaming
         if req_stream and resp_stream:
             fn, make = (
-                self._stream_stream(handler.stream_stream, kind),
+                self._stream_stream(handler.stream_stream, kind, method),
                 grpc.stream_stream_rpc_method_handler,
             )
         elif req_stream:
             fn, make = (
-                self._stream_unary(handler.stream_unary, kind),
+                self._stream_unary(handler.stream_unary, kind, method),
                 grpc.stream_unary_rpc_method_handler,
             )
         elif resp_stream:
             fn, make = (
-                self._unary_stream(handler.unary_stream, kind),
+                self._unary_stream(handler.unary_stream, kind, method),
                 grpc.unary_stream_rpc_method_handler,
             )
         else:
             fn, make = (
-                self._unary_unary(handler.unary_unary, kind),
+                self._unary_unary(handler.unary_unary, kind, method),
                 grpc.unary_unary_rpc_method_handler,
             )
         fn.experimental_thread_pool = pool  # type: ignore[attr-defined]
@@ -156,51 +164,57 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             response_serializer=handler.response_serializer,
         )
 
-    def _unary_unary(self, behavior: Behavior, kind: CallClass) -> Behavior:
+    def _unary_unary(self, behavior: Behavior, kind: CallClass, method: str) -> Behavior:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             ticket = self._admit(context, kind)
             try:
-                return behavior(request, context)
+                self.metrics.received(method, _size(request))
+                response = behavior(request, context)
+                self.metrics.sent(method, _size(response))
+                return response
             finally:
                 self.quotas.release(ticket)
 
         return run
 
-    def _stream_unary(self, behavior: Behavior, kind: CallClass) -> Behavior:
+    def _stream_unary(self, behavior: Behavior, kind: CallClass, method: str) -> Behavior:
         def run(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             ticket = self._admit(context, kind)
             try:
                 with self._watched(ticket):
-                    return behavior(self._reading(requests, ticket), context)
+                    response = behavior(self._reading(requests, ticket, method), context)
+                    self.metrics.sent(method, _size(response))
+                    return response
             finally:
                 self.quotas.release(ticket)
 
         return run
 
-    def _unary_stream(self, behavior: Behavior, kind: CallClass) -> Behavior:
+    def _unary_stream(self, behavior: Behavior, kind: CallClass, method: str) -> Behavior:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             ticket = self._admit(context, kind)
             try:
+                self.metrics.received(method, _size(request))
                 with self._watched(ticket):
-                    yield from self._writing(behavior(request, context), ticket)
+                    yield from self._writing(behavior(request, context), ticket, method)
             finally:
                 self.quotas.release(ticket)
 
         return run
 
-    def _stream_stream(self, behavior: Behavior, kind: CallClass) -> Behavior:
+    def _stream_stream(self, behavior: Behavior, kind: CallClass, method: str) -> Behavior:
         def run(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             ticket = self._admit(context, kind)
             try:
                 with self._watched(ticket):
-                    responses = behavior(self._reading(requests, ticket), context)
-                    yield from self._writing(responses, ticket)
+                    responses = behavior(self._reading(requests, ticket, method), context)
+                    yield from self._writing(responses, ticket, method)
             finally:
                 self.quotas.release(ticket)
 
         return run
 
-    def _reading(self, requests: Iterator[Any], ticket: Ticket) -> Iterator[Any]:
+    def _reading(self, requests: Iterator[Any], ticket: Ticket, method: str) -> Iterator[Any]:
         """The request stream, marking the time spent waiting for the peer's next message."""
         while True:
             ticket.waiting_since = self._clock()
@@ -210,15 +224,17 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return
             finally:
                 ticket.waiting_since = None
+            self.metrics.received(method, _size(message))
             yield message
 
-    def _writing(self, responses: Iterator[Any], ticket: Ticket) -> Iterator[Any]:
+    def _writing(self, responses: Iterator[Any], ticket: Ticket, method: str) -> Iterator[Any]:
         """The response stream, marking the time until gRPC asks for the next message.
 
         gRPC asks for the next response only once the last one was sent, so a peer that
         stops reading leaves ``waiting_since`` set until the watchdog cancels the call.
         """
         for message in responses:
+            self.metrics.sent(method, _size(message))
             ticket.waiting_since = self._clock()
             yield message
             ticket.waiting_since = None
@@ -241,6 +257,7 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             count += 1
             due = now - since >= _REPORT_EVERY_S
             self._refused[peer] = (now, 0) if due else (since, count)
+        self.metrics.refused("call_refused", exc.reason)
         log.debug("call_refused", site=peer, reason=exc.reason.value, error=str(exc))
         if due:
             log.warning("peer_throttled", site=peer, reason=exc.reason.value, refused=count)
@@ -285,6 +302,12 @@ class QuotaInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     reason=Reason.PEER_LIMIT,
                 )
                 self._note_refusal(t.peer, idle_error)
+
+
+def _size(message: Any) -> int:
+    """A message's serialized size in bytes (protobuf's ``ByteSize``; 0 for anything else)."""
+    size = getattr(message, "ByteSize", None)
+    return int(size()) if callable(size) else 0
 
 
 def _identity(context: grpc.ServicerContext) -> str:

@@ -171,6 +171,8 @@ def _main(argv: list[str] | None) -> int:
     agg, port = build(config)
     host = config.listen.rpartition(":")[0]
     log.info("aggregator_listening", address=f"{host}:{port}", federation=config.federation)
+    if agg.metrics_server is not None:
+        log.info("metrics_listening", address=agg.metrics_server.address)
     status = f"serving federation {config.federation} on {host}:{port}"
     notify = sdnotify.from_environ()
     notify.ready(status)

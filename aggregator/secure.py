@@ -22,6 +22,7 @@ quantize`` for r, b and the error bound n * 2r / (2^b - 1) on the sum).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,7 @@ from confide.wire import Binding, canonical_bytes, open_envelope
 from confide.wire.blob import NamedArrays
 
 __all__ = [
+    "DropoutObserver",
     "Rejection",
     "SecureRound",
     "StageMessage",
@@ -74,6 +76,11 @@ _STAGE_MESSAGE: dict[int, type[StageMessage]] = {
     common_pb2.STAGE_CONSISTENCY: federation_pb2.ConsistencySignature,
     common_pb2.STAGE_UNMASK: federation_pb2.UnmaskShares,
 }
+
+
+DropoutObserver = Callable[[secagg.ServerStage, int], None]
+"""Told, as each SecAgg+ stage closes, how many of the sites asked for it did not answer it
+(``AggregatorMetrics.dropped_out``)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,9 @@ class SecureRound:
         rejections: the rejected shares reported at the share check.
         signatures: signer -> its consistency signature envelope, forwarded at unmask.
         replies: signer -> its checked unmask reply.
+        sites: the sites the round's tasks went to (asked to advertise); empty: not known, and
+            the advertise stage's dropouts are not reported.
+        on_dropouts: told each stage's dropouts as it closes (``dropouts``); None: nobody.
     """
 
     server: secagg.ServerRound
@@ -124,6 +134,8 @@ class SecureRound:
     rejections: list[Rejection] = field(default_factory=list)
     signatures: dict[str, common_pb2.Envelope] = field(default_factory=dict)
     replies: dict[str, secagg.UnmaskReply] = field(default_factory=dict)
+    sites: frozenset[str] = frozenset()
+    on_dropouts: DropoutObserver | None = None
 
     @classmethod
     def start(
@@ -136,9 +148,15 @@ class SecureRound:
         shapes: list[tuple[str, tuple[int, ...]]],
         encoding: SecureEncoding,
         seed: bytes,
+        sites: Iterable[str] = (),
+        on_dropouts: DropoutObserver | None = None,
     ) -> SecureRound:
         """A new round accepting advertised keys for a model of ``shapes``, whose sites mask
         ``encoding.length`` words each.
+
+        Args:
+            sites: the sites asked to train and advertise (for the advertise stage's dropouts).
+            on_dropouts: told each stage's dropouts as it closes (the aggregator's metrics).
 
         Raises:
             ValueError: the encoding is not of a vector of the model's length.
@@ -148,7 +166,15 @@ class SecureRound:
             raise ValueError(f"encoding of {encoding.dim} coordinates for a model of {dim}")
         round_id = f"{federation}/{job_id}/{round}"
         server = secagg.new_round(round_id=round_id, rules=rules, dim=encoding.length)
-        return cls(server, shapes, encoding, seed, federation)
+        return cls(
+            server,
+            shapes,
+            encoding,
+            seed,
+            federation,
+            sites=frozenset(sites),
+            on_dropouts=on_dropouts,
+        )
 
     @property
     def dim(self) -> int:
@@ -285,6 +311,38 @@ class SecureRound:
 
     # ----- closing stages -----
 
+    def dropouts(self, stage: secagg.ServerStage) -> int:
+        """How many sites asked for ``stage`` have not answered it (at its close: dropped out).
+
+        The sites asked for a stage are those the stage before left in it: U1 for the share
+        stage, U2 for the check, the masking sites for the masked input, U3 for the
+        consistency stage, U4 for unmasking; the advertise stage's are ``sites`` (0 when not
+        known).
+        """
+        s = self.server
+        asked: Iterable[str]
+        answered: Iterable[str]
+        if stage is secagg.ServerStage.ADVERTISE:
+            asked, answered = self.sites, s.keys
+        elif stage is secagg.ServerStage.SHARE_KEYS:
+            asked, answered = s.keys, s.shared
+        elif stage is secagg.ServerStage.CHECK_SHARES:
+            asked, answered = s.shared, s.checked
+        elif stage is secagg.ServerStage.MASKED_INPUT:
+            asked, answered = s.masking, s.survivors
+        elif stage is secagg.ServerStage.CONSISTENCY:
+            asked, answered = s.survivors, s.signers
+        elif stage is secagg.ServerStage.UNMASK:
+            asked, answered = s.signers, self.replies
+        else:
+            return 0
+        return len(set(asked) - set(answered))
+
+    def _report_dropouts(self, stage: secagg.ServerStage) -> None:
+        """Tell ``on_dropouts`` the stage's dropouts, before its close can abort the round."""
+        if self.on_dropouts is not None:
+            self.on_dropouts(stage, self.dropouts(stage))
+
     def close(
         self, closing: secagg.ServerStage
     ) -> tuple[dict[str, federation_pb2.Task], frozenset[str]]:
@@ -298,6 +356,8 @@ class SecureRound:
             RoundAborted: too few sites completed the stage.
         """
         s = self.server
+        if s.stage is closing:  # a stage is closed once; a stray second close raises below
+            self._report_dropouts(closing)
         tasks: dict[str, federation_pb2.Task] = {}
         left: frozenset[str] = frozenset()
         K = federation_pb2
@@ -352,6 +412,8 @@ class SecureRound:
         Raises:
             RoundAborted: too few unmask replies, or shares that do not rebuild a secret.
         """
+        if self.server.stage is secagg.ServerStage.UNMASK:
+            self._report_dropouts(secagg.ServerStage.UNMASK)
         total = secagg.finish(self.server, self.replies)
         n = len(self.server.survivors)
         mean: NDArray[np.float64] = decode_sum(total, self.encoding, n=n, seed=self.seed) / n

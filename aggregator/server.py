@@ -7,6 +7,11 @@ serves, the bound ``host:port`` is written atomically to ``<state.dir>/address``
 The TLS material comes from ``ServerTls`` (``aggregator.credentials``): SIGHUP reloads the
 certificate, keys, CA and CRL (``Aggregator.reload_tls``) without a restart.
 
+With ``[metrics] listen`` set, the Prometheus endpoint (``aggregator.metrics``) is bound
+before the server starts, so a bad address stops the start (exit 2) rather than leaving the
+server running without the metrics the operator asked for; its bound address is written to
+``<state.dir>/metrics-address``.
+
 Every call goes through ``QuotaInterceptor`` (per-peer limits, one handler pool per class
 of call, idle streams cancelled). The HTTP/2 option ``grpc.max_concurrent_streams`` bounds
 the streams one connection may have open at the server, so a peer that queues thousands of
@@ -31,10 +36,12 @@ from aggregator.coordinator import Coordinator
 from aggregator.credentials import ServerTls
 from aggregator.guard import Guard
 from aggregator.interceptor import QuotaInterceptor, make_pools
+from aggregator.metrics import AggregatorMetrics
 from aggregator.quota import Quotas
 from aggregator.servicer import FederationServicer
 from aggregator.store import AuditNote, Store, open_blobs, open_store
 from confide.errors import ConfigError
+from confide.metrics import MetricsServer, serve_metrics
 from confide.pki import Identity, load_identity
 from confide.v1 import admin_pb2_grpc, federation_pb2_grpc
 from confide.wire.blob import MAX_MESSAGE_BYTES
@@ -59,6 +66,8 @@ class Aggregator:
     store: Store
     interceptor: QuotaInterceptor
     tls: ServerTls
+    metrics: AggregatorMetrics
+    metrics_server: MetricsServer | None = None
 
     def reload_tls(self) -> bool:
         """Reload certificate, keys, CA and CRL (SIGHUP); False: refused, the old stay."""
@@ -68,6 +77,8 @@ class Aggregator:
         """End task streams, stop serving (waiting ``grace`` seconds), close the store."""
         self.coordinator.stop()
         self.server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.interceptor.stop()
         self.store.close()
 
@@ -128,6 +139,7 @@ def build(
         federation=config.federation,
         clock=clock,
     )
+    metrics = AggregatorMetrics()
     guard = Guard(
         store,
         federation=config.federation,
@@ -135,10 +147,17 @@ def build(
         crl_pem=identity.crl_pem,
         clock=clock,
         crl_path=config.crl,
+        metrics=metrics,
     )
     guard.on_crl_change = lambda: coord.drop_invalid(guard.check_cert)
     tls = ServerTls(
         identity, load=load, federation=config.federation, guard=guard, store=store, clock=clock
+    )
+    metrics.watch(
+        store=store,
+        connected=lambda: len(coord.connected()),
+        certificate=lambda: tls.current().cert_pem,  # after a SIGHUP reload: the new one
+        clock=clock,
     )
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -157,7 +176,9 @@ def build(
             AuditNote(event="peer_throttled", actor=peer, at=clock(), reason=reason, detail=note)
         )
 
-    interceptor = QuotaInterceptor(quotas, make_pools(quotas), on_refused=audit_refused)
+    interceptor = QuotaInterceptor(
+        quotas, make_pools(quotas), on_refused=audit_refused, metrics=metrics
+    )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),
         options=options,
@@ -188,13 +209,19 @@ def build(
         interceptor.stop()
         store.close()
         raise ConfigError("server.listen", f"cannot bind {config.listen}")
+    try:
+        metrics_server = serve_metrics(metrics.registry, config.metrics, state_dir=config.state_dir)
+    except ConfigError:
+        interceptor.stop()
+        store.close()
+        raise
     coord.start()
     server.start()
     for service in ("", "confide.v1.Federation", "confide.v1.Admin"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     host = config.listen.rpartition(":")[0]
     _write_atomic(config.state_dir / "address", f"{host}:{port}\n")
-    return Aggregator(server, coord, store, interceptor, tls), port
+    return Aggregator(server, coord, store, interceptor, tls, metrics, metrics_server), port
 
 
 def _write_atomic(path: os.PathLike[str], text: str) -> None:
