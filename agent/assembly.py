@@ -2,7 +2,8 @@
 
 One place shows what runs in ``confide-agent``: the ledger, audit trail and approvals store in
 the state folder, the policy holder, the task runner (with SecAgg+ and its workers), the
-session that dials the aggregator, and the local control API. ``agent.main`` checks the site
+session that dials the aggregator, the local control API, and the Prometheus endpoint when
+``[metrics] listen`` asks for one (``agent.local.metrics``). ``agent.main`` checks the site
 first (identity, runtime, datasets), builds the parts here, then serves them: ``Agent.start``,
 ``reload_policy`` and ``reload_identity`` on SIGHUP, ``Agent.stop`` on SIGTERM/SIGINT.
 """
@@ -30,9 +31,10 @@ from agent.link.transport import GrpcTransport
 from agent.local.api import AgentApi
 from agent.local.audit import AUDIT_FILE, SiteAudit
 from agent.local.check import problems
+from agent.local.metrics import AgentMetrics
 from agent.local.resources import ResourceProbe
 from agent.local.selfcheck import DatasetBook, check_identity
-from agent.privacy.ledger import Ledger
+from agent.privacy.ledger import Budget, Ledger
 from agent.privacy.plan import PrivacyPlan
 from agent.tasks.evaluation import Evaluations
 from agent.tasks.runner import SiteContext, TaskRunner
@@ -41,6 +43,7 @@ from agent.workers.pool import WorkerFactory, WorkerHandle, worker_factory
 from agent.workers.sandbox import Isolation
 from agent.workers.sandbox import probe as probe_sandbox
 from confide.errors import ConfigError
+from confide.metrics import MetricsServer, serve_metrics
 from confide.pki import Identity, load_identity
 from confide.v1 import agent_pb2, common_pb2
 
@@ -65,6 +68,7 @@ class Agent:
         runner: runs each task under the policy.
         session: the connection to the aggregator and its task stream.
         api: the local control API on the unix socket.
+        metrics: the daemon's metrics (served by ``start`` when the config asks).
     """
 
     config: AgentConfig
@@ -78,6 +82,8 @@ class Agent:
     runner: TaskRunner
     session: Session
     api: AgentApi
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
+    metrics_server: MetricsServer | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     @property
@@ -86,7 +92,22 @@ class Agent:
         return self.identities.current()
 
     def start(self) -> None:
-        """Serve the local API, then run the session on its own thread."""
+        """Serve the metrics (when asked) and the local API, then run the session on its own
+        thread.
+
+        Raises:
+            ConfigError: ``metrics.listen`` cannot be bound (nothing was started, and the
+                control socket is removed).
+        """
+        try:
+            self.metrics_server = serve_metrics(
+                self.metrics.registry, self.config.metrics, state_dir=self.config.state_dir
+            )
+        except ConfigError:
+            self.api.stop(grace=0)  # its socket was bound at build: remove it again
+            raise
+        if self.metrics_server is not None:
+            log.info("metrics_listening", address=self.metrics_server.address)
         self.api.start()
         self._thread = threading.Thread(
             target=self.session.run, name="confide-session", daemon=True
@@ -98,8 +119,11 @@ class Agent:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, *, join_s: float) -> None:
-        """Stop the session (closing the ledger once it has ended), then the local API."""
+        """Stop the metrics endpoint, the session (closing the ledger once it has ended), then
+        the local API."""
         assert self._thread is not None, "stop() before start()"
+        if self.metrics_server is not None:  # first: a scrape reads the ledger closed below
+            self.metrics_server.stop()
         _stop_session(self.session.stop, self._thread, self.ledger.close, join_s=join_s)
         self.api.stop()
 
@@ -152,6 +176,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         check=lambda new: check_identity(new.info, federation=cfg.federation, site=cfg.site),
     )
     privacy = PrivacyPlan(ledger)
+    metrics = AgentMetrics()
     runner = TaskRunner(
         SiteContext(
             federation=cfg.federation,
@@ -173,6 +198,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         policy=holder,
         evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy, audit=audit),
         trust=identities.trust,
+        metrics=metrics,
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/tasks/secure.py)
     kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)
@@ -199,9 +225,12 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
             unusable=problems(book),
         )
 
-    def budget() -> agent_pb2.BudgetReply:
+    def budgets() -> list[Budget]:
         now = holder.current()
         policies = {name: now.dataset_policies.get(name, DatasetPolicy()) for name in now.datasets}
+        return ledger.budgets(policies)
+
+    def budget() -> agent_pb2.BudgetReply:
         return agent_pb2.BudgetReply(
             datasets=[
                 agent_pb2.DatasetBudget(
@@ -213,7 +242,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
                     spent_update_epsilon=b.update_epsilon,
                     rounds=b.rounds,
                 )
-                for b in ledger.budgets(policies)
+                for b in budgets()
             ]
         )
 
@@ -245,6 +274,11 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         ),
         unusable=problems(book),
     )
+    metrics.watch(
+        connected=lambda: session is not None and session.status().connected,
+        budgets=budgets,
+        certificate=lambda: identities.current().cert_pem,  # after a SIGHUP reload: the new one
+    )
     return Agent(
         config=cfg,
         identities=identities,
@@ -257,6 +291,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         runner=runner,
         session=session,
         api=api,
+        metrics=metrics,
     )
 
 

@@ -37,6 +37,8 @@ file at fault).
                   approval_expires_s = 604800   # an unanswered request expires after this
     [policy.datasets.NAME]   (P) max_epsilon = 8.0   min_update_noise = 0.5
     [log]         level = "info"   json = true   # json absent: JSON unless stderr is a TTY
+    [metrics]     listen = "127.0.0.1:9465"   # optional: Prometheus endpoint (off by default)
+                  allow_non_loopback = false   # true: listen may be beyond this host
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from agent.admission.site_policy import (
 from agent.data.datasets import DatasetConfig
 from confide.config import Section, load_toml
 from confide.errors import ConfigError
+from confide.metrics import MetricsConfig, metrics_config
 
 __all__ = [
     "DEFAULT_AGGREGATOR",
@@ -120,6 +123,7 @@ class AgentConfig:
         log_level: minimum log level.
         log_json: JSON log lines (True), console (False), or by TTY (None).
         site: the site name the operator expects the certificate to carry (None: any).
+        metrics: where the Prometheus endpoint listens; None: no endpoint (the default).
     """
 
     federation: str
@@ -135,6 +139,7 @@ class AgentConfig:
     log_level: LogLevel = LogLevel.INFO
     log_json: bool | None = None
     site: str | None = None
+    metrics: MetricsConfig | None = None
 
     # The policy at start, under the names the daemon and its tests have always used.
 
@@ -261,6 +266,8 @@ def config_from_section(root: Section) -> AgentConfig:
     log_json: bool | None = log.bool("json", None)
     log.done()
 
+    metrics = metrics_config(root.section("metrics"))
+
     root.done()
     return AgentConfig(
         federation=federation,
@@ -276,4 +283,5 @@ def config_from_section(root: Section) -> AgentConfig:
         log_level=level,
         log_json=log_json,
         site=site,
+        metrics=metrics,
     )

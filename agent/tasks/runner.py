@@ -61,6 +61,7 @@ from agent.data.datasets import DatasetConfig, count_train_records
 from agent.link.backoff import Backoff
 from agent.link.transport import Transport
 from agent.local.audit import SiteAudit, code_hash
+from agent.local.metrics import AgentMetrics
 from agent.privacy.plan import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
 from agent.tasks.evaluation import Evaluations
 from agent.tasks.types import Handler, SecureUpdate, SiteContext, TaskOutcome
@@ -118,6 +119,8 @@ class TaskRunner:
             aggregator is busy (``served``).
         trust: the CA and CRL in force (``IdentityHolder.trust``), taken at each task so a
             reloaded CRL refuses a revoked job signer from the next task on; None: ``site``'s.
+        metrics: where task outcomes, worker starts and training times are counted
+            (default: a registry of its own, read by nobody).
     """
 
     def __init__(
@@ -134,9 +137,11 @@ class TaskRunner:
         evaluations: Evaluations | None = None,
         rng: Callable[[], float] = random.random,
         trust: Callable[[], tuple[bytes, bytes | None]] | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.site = site
         self.trust = trust
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.policy = policy
         self.privacy = privacy
         self.job_bindings = job_bindings
@@ -146,7 +151,12 @@ class TaskRunner:
         self._clock = clock
         self._rng = rng
         self._busy_until = 0.0  # the running task's deadline for transfers refused busy
-        self.workers = WorkerPool(start_worker, device=site.device, timeout=site.task_timeout_s)
+        self.workers = WorkerPool(
+            start_worker,
+            device=site.device,
+            timeout=site.task_timeout_s,
+            on_started=self.metrics.worker_started,
+        )
         self._abandon = threading.Event()
         self.handlers: dict[int, Handler] = {
             federation_pb2.TASK_KIND_TRAIN: self._train,
@@ -199,6 +209,7 @@ class TaskRunner:
                     error=err.message,
                     exc_info=not isinstance(exc, ConfideError),
                 )
+                self.metrics.task_ended(task.kind, outcome, err.reason)
                 self.audit.ended(
                     task.task_id,
                     outcome=outcome.value,
@@ -218,6 +229,7 @@ class TaskRunner:
                     )
                 return outcome
             log.info("task_done")
+            self.metrics.task_ended(task.kind, TaskOutcome.OK)
             self.audit.ended(task.task_id, outcome=TaskOutcome.OK.value, now=self._clock())
             return TaskOutcome.OK
 
@@ -379,7 +391,9 @@ class TaskRunner:
             )
             self._check_abandon()
             dp = plan.dp if plan is not None else None
+            began = time.monotonic()
             tr = self._guarded(task, lambda: worker.train(weights, dp=dp, round=task.round))
+            self.metrics.trained(time.monotonic() - began)
             self._check_abandon()
             check_delta(tr.delta, weights)
             delta = protect_update(tr.delta, plan) if plan is not None else tr.delta

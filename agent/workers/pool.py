@@ -8,6 +8,8 @@ JOB_DONE, on shutdown, or after it failed; the next task then starts a fresh one
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -156,10 +158,19 @@ class WorkerPool:
         start: starts a worker.
         device: where workers train (auto, cpu, cuda, cuda:N).
         timeout: seconds one worker operation may take.
+        on_started: told how many seconds each worker took to start (the daemon's metrics).
     """
 
-    def __init__(self, start: WorkerFactory, *, device: str, timeout: float) -> None:
+    def __init__(
+        self,
+        start: WorkerFactory,
+        *,
+        device: str,
+        timeout: float,
+        on_started: Callable[[float], None] | None = None,
+    ) -> None:
         self._start = start
+        self._on_started = on_started
         self._device = device
         self._timeout = timeout
         self._workers: dict[str, WorkerHandle] = {}
@@ -178,11 +189,15 @@ class WorkerPool:
         if worker is not None:
             log.warning("worker_restart", reason="worker_not_alive")
             self.drop(job_id)
+        began = time.monotonic()
         worker = self._start(
             job=job, job_id=job_id, dataset=dataset, device=self._device, timeout=self._timeout
         )
+        seconds = time.monotonic() - began
         with self._lock:
             self._workers[job_id] = worker
+        if self._on_started is not None:
+            self._on_started(seconds)
         info = worker.info
         if info is not None:
             log.info(
@@ -190,6 +205,7 @@ class WorkerPool:
                 num_train=info.num_train,
                 num_holdout=info.num_holdout,
                 device=info.device,
+                start_s=round(seconds, 3),
             )
         return worker
 
