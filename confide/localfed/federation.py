@@ -248,6 +248,7 @@ class LocalFederation:
         ca: Path | None = None,
         env: Mapping[str, str] | None = None,
         policy_file: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start one site's agent with its datasets and policy.
 
@@ -257,6 +258,7 @@ class LocalFederation:
             env: extra environment for this agent only (e.g. a test's kill point).
             policy_file: write the datasets, policy and sandbox tables to ``policy.toml``
                 (which agent.toml names; SIGHUP reloads it) instead of agent.toml.
+            extra: more agent.toml tables (e.g. ``{"metrics": {"listen": ...}}``).
         """
         d = self.site_dirs[site.name]
         tls = self._tls(d, site.name)
@@ -276,6 +278,7 @@ class LocalFederation:
             "datasets": site.datasets,
             "policy": site.policy,
             "log": dict(self._log),
+            **(extra or {}),
         }
         if policy_file:
             tables = {k: cfg.pop(k) for k in ("sandbox", "datasets", "policy")}
