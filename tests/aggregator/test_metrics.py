@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 
 import grpc
@@ -22,7 +21,8 @@ from confide.secagg.encoding import Mechanism, SecureEncoding
 from confide.v1 import common_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FakeSite, Operator, delta_like, tiny_spec
-from tests.scrape import Samples, metrics_address, scrape
+from tests.support.scrape import Samples, metrics_address, scrape
+from tests.support.wait import wait_for
 
 UPLOAD = "/confide.v1.Federation/Upload"
 DOWNLOAD = "/confide.v1.Federation/Download"
@@ -43,14 +43,9 @@ def _toml(pki, extra: str = "") -> str:
     return f'federation = "testfed"\n[tls]\n{tls}\n[state]\ndir = "state"\n{extra}\n'
 
 
-def _until(read: Callable[[], Samples], cond: Callable[[Samples], bool]) -> Samples:
-    """Scrape until ``cond`` holds (the round's last actions may finish after the Ack)."""
-    deadline = time.monotonic() + 10
-    while True:
-        s = read()
-        if cond(s) or time.monotonic() > deadline:
-            return s
-        time.sleep(0.02)
+def _scraped(address: str, what: str, until: Callable[[Samples], bool]) -> Samples:
+    """Scrape until ``until`` holds (a round's last actions may finish after its Ack)."""
+    return wait_for(lambda: scrape(address), timeout=10, what=what, until=until)
 
 
 def _round(sites: list[FakeSite], job_id: str) -> int:
@@ -84,12 +79,12 @@ def test_a_scrape_during_a_job_shows_sites_rounds_bytes_jobs_and_refusals(pki, t
 
         for s in sites:
             s.connect()
-        _until(lambda: scrape(address), lambda s: s.get(f"{A}_connected_sites") == 2)
+        _scraped(address, "2 connected sites", lambda s: s.get(f"{A}_connected_sites") == 2)
         job_id = op.submit(tiny_spec())
         with pytest.raises(grpc.RpcError):  # an upload that does not start with its header
             sites[0].fed.Upload(iter([federation_pb2.UploadPart(chunk=b"x")]), timeout=10)
         nbytes = _round(sites, job_id)
-        mid = _until(lambda: scrape(address), lambda s: s.get(f"{A}_round_seconds_count") == 1)
+        mid = _scraped(address, "round 1", lambda s: s.get(f"{A}_round_seconds_count") == 1)
         assert mid.get(f"{A}_connected_sites") == 2
         assert mid.get(f"{A}_jobs", state="running") == 1
         assert mid.get(f"{A}_rounds_total", state="done") == 1
@@ -101,7 +96,7 @@ def test_a_scrape_during_a_job_shows_sites_rounds_bytes_jobs_and_refusals(pki, t
         for s in sites:
             t = s.next_task(federation_pb2.TASK_KIND_EVALUATE)
             s.report(t, metrics={"accuracy": 0.5, "loss": 0.1}, num_samples=10)
-        done = _until(lambda: scrape(address), lambda s: s.get(f"{A}_jobs", state="done") == 1)
+        done = _scraped(address, "the job done", lambda s: s.get(f"{A}_jobs", state="done") == 1)
         assert done.get(f"{A}_jobs", state="done") == 1
         assert done.get(f"{A}_jobs", state="running") == 0
         assert done.get(f"{A}_rounds_total", state="done") == 2

@@ -23,7 +23,7 @@ from confide.metrics import (
     metrics_config,
     serve_metrics,
 )
-from tests.scrape import metrics_address, scrape
+from tests.support.scrape import metrics_address, scrape
 
 
 def _read(text: str) -> MetricsConfig | None:

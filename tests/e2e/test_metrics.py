@@ -8,7 +8,7 @@ import pytest
 
 from confide.cli.demo import demo_job
 from confide.v1 import admin_pb2
-from tests.scrape import Samples, metrics_address, scrape
+from tests.support.scrape import Samples, metrics_address, scrape
 
 from .conftest import site_setup
 

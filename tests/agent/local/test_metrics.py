@@ -141,7 +141,9 @@ def test_a_daemon_whose_metrics_address_is_taken_exits_2_naming_the_key(tmp_path
             cwd=Path(__file__).parents[3],
         )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "confide-agent: config key 'metrics.listen': cannot bind 127.0.0.1:"
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("confide-agent: config key 'metrics.listen': cannot bind 127.0.0.1:")
     )
     assert not (tmp_path / "state" / "agent.sock").exists()
