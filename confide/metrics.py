@@ -12,9 +12,10 @@ Each daemon builds its own ``CollectorRegistry`` (``aggregator.metrics``,
 ``agent.local.metrics``); nothing here touches prometheus_client's global default registry,
 so two daemons built in one process (the tests) never collide.
 
-``CertificateCollector`` reports the certificate in force at each scrape, judged by the one
-expiry rule the doctor and the logs use (``confide.doctor.expiry``): seconds left, and
-whether it is valid, expiring (less than 14 days left: renew), expired or not yet valid.
+``CertificateCollector`` reports the certificate in force at each scrape with the functions
+the doctor and the logs use: seconds left (``confide.pki.seconds_until_expiry``), and
+whether it is valid, expiring (less than 14 days left: renew), expired or not yet valid
+(``confide.doctor.expiry``, whose 14 days are ``confide.pki.expiry.EXPIRY_WARNING``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric, StateSetMetricFami
 from confide.config import Section
 from confide.doctor.expiry import Validity, expiry
 from confide.errors import ConfigError
+from confide.pki import seconds_until_expiry
 
 __all__ = [
     "ADDRESS_FILE",
@@ -211,7 +213,7 @@ class CertificateCollector:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._namespace, self._certificate, self._clock = namespace, certificate, clock
-        self._parsed: tuple[bytes, datetime, datetime] | None = None
+        self._parsed: tuple[bytes, x509.Certificate] | None = None
 
     def describe(self) -> Iterator[Metric]:
         """The metrics' names, for the registry's duplicate check (no samples)."""
@@ -220,12 +222,14 @@ class CertificateCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Yield the two metrics for the certificate in force now."""
-        not_before, not_after = self._window(self._certificate())
+        cert = self._parse(self._certificate())
         now = datetime.fromtimestamp(self._clock(), UTC)
-        e = expiry(not_before=not_before, not_after=not_after, now=now)
         seconds = self._seconds()
-        seconds.add_metric([], e.seconds_left)
+        seconds.add_metric([], seconds_until_expiry(cert, now=now))
         yield seconds
+        e = expiry(
+            not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, now=now
+        )
         validity = self._validity()
         validity.add_metric([], {v.value: v is e.validity for v in Validity})
         yield validity
@@ -243,10 +247,10 @@ class CertificateCollector:
             "not yet valid.",
         )
 
-    def _window(self, pem: bytes) -> tuple[datetime, datetime]:
+    def _parse(self, pem: bytes) -> x509.Certificate:
+        """The parsed certificate, parsed again only when another PEM is in force."""
         parsed = self._parsed
         if parsed is None or parsed[0] != pem:
-            cert = x509.load_pem_x509_certificate(pem)
-            parsed = (pem, cert.not_valid_before_utc, cert.not_valid_after_utc)
+            parsed = (pem, x509.load_pem_x509_certificate(pem))
             self._parsed = parsed
-        return parsed[1], parsed[2]
+        return parsed[1]

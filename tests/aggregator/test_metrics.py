@@ -17,10 +17,11 @@ from aggregator.store import AuditNote, JobRow, ModelRow, StoreConfig, open_stor
 from confide import secagg
 from confide.errors import ConfigError
 from confide.metrics import ADDRESS_FILE, MetricsConfig
+from confide.pki import Role, init_ca, issue, renew
 from confide.secagg.encoding import Mechanism, SecureEncoding
 from confide.v1 import common_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
-from tests.aggregator.fakes import FakeSite, Operator, delta_like, tiny_spec
+from tests.aggregator.fakes import FEDERATION, FakeSite, Operator, delta_like, tiny_spec
 from tests.support.scrape import Samples, metrics_address, scrape
 from tests.support.wait import wait_for
 
@@ -288,4 +289,26 @@ def test_a_site_dropping_out_of_a_secure_round_is_counted_at_its_stage(pki, tmp_
             s.disconnect()
             s.close()
         op.close()
+        agg.stop(grace=0)
+
+
+def test_the_certificate_figures_follow_a_sighup_reload(tmp_path):
+    """After a TLS reload the endpoint reports the certificate now in force: one renewed for
+    five days shows as expiring, with about five days left."""
+    d = tmp_path / "pki"
+    init_ca(d, federation=FEDERATION)
+    issue(d, "aggregator", role=Role.AGGREGATOR, dns=["localhost"], ips=["127.0.0.1"])
+    state = tmp_path / "state"
+    agg, _ = build(make_config(d, state, metrics=MetricsConfig("127.0.0.1", 0)))
+    try:
+        address = metrics_address(state)
+        validity = {f"{A}_certificate_validity": "expiring"}
+        assert scrape(address).get(f"{A}_certificate_validity", **validity) == 0
+        renewed = renew(d, (d / "aggregator.crt").read_bytes(), days=5)
+        (d / "aggregator.crt").write_bytes(renewed)
+        assert agg.reload_tls() is True
+        after = scrape(address)
+        assert after.get(f"{A}_certificate_validity", **validity) == 1
+        assert after.get(f"{A}_certificate_expiry_seconds") == pytest.approx(5 * 86400, abs=120)
+    finally:
         agg.stop(grace=0)
