@@ -10,7 +10,6 @@ first (identity, runtime, datasets), builds the parts here, then serves them: ``
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,6 @@ from agent.admission.binding import JobBindings
 from agent.admission.site_policy import DatasetPolicy, PolicyHolder, SitePolicy
 from agent.config import AgentConfig
 from agent.data.datasets import DatasetConfig, declared_sizes
-from agent.faults import install_kill_point, kill_point_from_env
 from agent.link.identity import IdentityHolder
 from agent.link.session import Session
 from agent.link.transport import GrpcTransport
@@ -201,9 +199,6 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         metrics=metrics,
     )
     install_secure_aggregation(runner)  # SecAgg+ stages 0-3 (agent/tasks/secure.py)
-    kill_point = kill_point_from_env(os.environ)  # end-to-end tests only (agent/faults.py)
-    if kill_point is not None:
-        install_kill_point(runner, kill_point)
     started = time.time()
     session: Session | None = None
 

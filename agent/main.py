@@ -38,7 +38,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -55,6 +55,7 @@ from agent.local.check import run_check
 from agent.local.doctor import HANDSHAKE_TIMEOUT_S, doctor_command
 from agent.local.selfcheck import DatasetBook, check_identity, runtime_problem
 from agent.local.status_cli import budget_command, status_command
+from agent.tasks.runner import TaskRunner
 from confide import __version__, sdnotify
 from confide.exits import run_command
 from confide.logs import configure_kwargs
@@ -71,12 +72,22 @@ _EXPIRY_EVERY_TURNS = 10  # the certificates' expiry is looked at every 10th tur
 log = structlog.get_logger("confide.agent")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``confide-agent`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    return run_command(_PROG, lambda: _main(argv))
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    extend_runner: Callable[[TaskRunner], None] | None = None,
+) -> int:
+    """Run ``confide-agent`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Args:
+        extend_runner: called with the daemon's task runner once every handler is installed,
+            before the session starts (a development harness's fault injection,
+            ``confide_dev.faulty_agent``); ``confide-agent`` itself passes none.
+    """
+    return run_command(_PROG, lambda: _main(argv, extend_runner))
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, extend_runner: Callable[[TaskRunner], None] | None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "enroll":
         return _enroll(args.dir, args.name)
@@ -104,7 +115,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return backup_command(cfg, args.to)
     if args.command == "restore":
         return restore_command(cfg, args.source, force=args.force)
-    return _run_daemon(cfg)  # no command or "run"
+    return _run_daemon(cfg, extend_runner)  # no command or "run"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,7 +171,7 @@ def _enroll(directory: Path, name: str) -> int:
 # ----- the daemon -----
 
 
-def _run_daemon(cfg: AgentConfig) -> int:
+def _run_daemon(cfg: AgentConfig, extend_runner: Callable[[TaskRunner], None] | None) -> int:
     """Check the site, configure logging, then build the daemon and serve it until a signal."""
     identity = load_identity(
         cert=cfg.tls.cert,
@@ -180,7 +191,10 @@ def _run_daemon(cfg: AgentConfig) -> int:
     book = DatasetBook.check(cfg.datasets)
     if not _datasets_usable(book, cfg):
         return 2
-    return serve(build_agent(cfg, identity=identity, book=book))
+    agent = build_agent(cfg, identity=identity, book=book)
+    if extend_runner is not None:
+        extend_runner(agent.runner)
+    return serve(agent)
 
 
 def serve(agent: Agent) -> int:

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from confide.cli.demo import demo_job
-from confide.localfed import LocalFederation, partition_breast_cancer, partition_site
+from confide_dev.demo import demo_job
+from confide_dev.localfed import LocalFederation, partition_breast_cancer, partition_site
 
 
 def run_point(target: float, *, sites: int, rounds: int, seed: int) -> dict[str, Any]:

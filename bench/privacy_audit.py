@@ -73,10 +73,10 @@ from agent.training.models import build_model
 from bench.audit_bound import AuditOutcome, audit
 from confide.dp.budget import cumulative_epsilon
 from confide.jobspec import normalize
-from confide.localfed.data import breast_cancer_arrays
 from confide.secagg.encoding import _encode_from_parts, decode, secure_encoding
 from confide.secagg.rotation import rotation_seed
 from confide.v1 import common_pb2
+from confide_dev.localfed.data import breast_cancer_arrays
 
 __all__ = [
     "FULL",

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from confide.localfed import LocalFederation, SiteSetup
 from confide.v1 import common_pb2
+from confide_dev.localfed import LocalFederation, SiteSetup
 
 
 def _proc_mb(pid: int, field: str) -> float:

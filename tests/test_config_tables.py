@@ -16,8 +16,8 @@ from confide.cli.operator import load_operator_config
 from confide.config import load_toml
 from confide.errors import ConfigError, Reason
 from confide.jobspec import job_from_toml
-from confide.localfed.federation import toml_text
 from confide.pki import Role, init_ca, issue
+from confide_dev.localfed.federation import toml_text
 
 NAME_TABLES = {("datasets",), ("policy", "datasets")}
 """Tables whose keys are names of sub-tables: a stray scalar there is named as not a table."""

@@ -1,17 +1,23 @@
-"""The house import rules, as tests: daemons never load torch; exports are exact."""
+"""The house import rules, as tests: daemons never load torch nor development code; exports
+are exact."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import inspect
 import pkgutil
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
 import confide
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @functools.cache
@@ -193,7 +199,7 @@ def test_pinned_api_is_exact(name):
         "confide.pki",
         "confide.dp",
         "confide.secagg",
-        "confide.localfed",
+        "confide_dev.localfed",
         "confide.doctor",
     ],
 )
@@ -206,3 +212,90 @@ def test_subpackage_all_is_exact(pkg):
     assert declared == public - {"annotations"}
     for name in declared:
         assert getattr(mod, name) is not None
+
+
+PRODUCTION = ("confide", "agent", "aggregator")
+"""The packages the wheel ships (pyproject.toml), and so every .deb and the offline bundle."""
+
+_DEV_ONLY = ("confide_dev", "bench", "tests", "confide.localfed", "agent.faults")
+"""Development code: the harness (dev/), benchmarks, tests, and the harness's old homes."""
+
+_IMPORTERS = ("import_module", "__import__", "find_spec")
+
+
+def _production_sources() -> list[Path]:
+    return sorted(
+        p
+        for pkg in PRODUCTION
+        for p in (ROOT / pkg).rglob("*.py")
+        if not p.is_relative_to(ROOT / "confide" / "v1")
+    )
+
+
+def _is_dev(name: str) -> bool:
+    return any(name == d or name.startswith(f"{d}.") for d in _DEV_ONLY)
+
+
+def _imported_names(tree: ast.AST) -> list[str]:
+    """Every module an import statement or an importlib call with a literal name imports."""
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if called in _IMPORTERS and isinstance(first, ast.Constant):
+                names.append(str(first.value))
+    return names
+
+
+def test_production_packages_never_import_development_code():
+    """No module of confide, agent or aggregator imports the harness, benchmarks or tests,
+    even lazily, nor reads a test switch (CONFIDE_TEST_*) from the environment."""
+    sources = _production_sources()
+    assert len(sources) > 100  # the scan sees the packages
+    found = []
+    for path in sources:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        found += [(str(path.relative_to(ROOT)), n) for n in _imported_names(tree) if _is_dev(n)]
+        found += [
+            (str(path.relative_to(ROOT)), node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "CONFIDE_TEST_" in node.value
+        ]
+    assert found == []
+    for package in PRODUCTION:  # and loaded: every module walked (cached from the torch rule)
+        loaded = _modules_loaded_by(_import_every_module_of(package))
+        assert sorted(m for m in loaded if _is_dev(m)) == []
+
+
+def test_the_wheel_holds_the_production_packages_only():
+    """pyproject's package discovery finds confide, agent and aggregator, never dev/ or bench/."""
+    found = pyproject_packages()
+    assert {p.split(".")[0] for p in found} == set(PRODUCTION)
+    assert {"confide.cli", "agent.worker", "aggregator"} <= set(found)
+
+
+def pyproject_packages() -> list[str]:
+    """The packages setuptools puts in the wheel, found as pyproject.toml tells it to."""
+    from setuptools import find_namespace_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    options = find["packages"]["find"]
+    return find_namespace_packages(
+        where=str(ROOT), include=options["include"], exclude=options.get("exclude", ())
+    )
+
+
+def test_the_dev_distribution_pins_this_checkouts_confide():
+    """dev/pyproject.toml has the project's version and requires exactly that confide."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    dev = tomllib.loads((ROOT / "dev" / "pyproject.toml").read_text())["project"]
+    assert dev["version"] == version
+    assert f"confide[agent]=={version}" in dev["dependencies"]

@@ -1,12 +1,18 @@
-"""The end-to-end tests' kill point: parsed from the environment, fires on one task only."""
+"""The fault tests' kill point: read from --kill-on, fires on one task only."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.faults import KILL_ON_TASK_ENV, KillPoint, install_kill_point, kill_point_from_env
 from confide.errors import ConfigError
 from confide.v1 import federation_pb2
+from confide_dev.faulty_agent import (
+    KILL_ON_OPTION,
+    KillPoint,
+    install_kill_point,
+    kill_point_from_text,
+    main,
+)
 
 from .conftest import signed_task
 from .fakes import FakeTransport
@@ -16,12 +22,17 @@ class _Killed(BaseException):
     """Stands for the SIGKILL: nothing after it may run, and the runner must not catch it."""
 
 
-def test_unset_means_no_kill_point():
-    assert kill_point_from_env({}) is None
+def test_without_kill_on_the_faulty_agent_refuses_to_start(capsys):
+    """The wrapper has no default kill point: without --kill-on it exits 2 naming the option."""
+    with pytest.raises(SystemExit) as ended:
+        main(["--config", "agent.toml"])
+    assert ended.value.code == 2
+    assert KILL_ON_OPTION in capsys.readouterr().err
 
 
 def test_parses_kind_and_round():
-    point = kill_point_from_env({KILL_ON_TASK_ENV: "TASK_KIND_UNMASK:4"})
+    """KIND:ROUND names a task kind and a round."""
+    point = kill_point_from_text("TASK_KIND_UNMASK:4")
     assert point == KillPoint(kind=federation_pb2.TASK_KIND_UNMASK, round=4)
 
 
@@ -36,13 +47,17 @@ def test_parses_kind_and_round():
         "TASK_KIND_UNSPECIFIED:1",
     ],
 )
-def test_a_bad_value_names_the_variable(raw):
+def test_a_bad_value_names_the_option(raw, capsys):
+    """A malformed kill point is a ConfigError naming --kill-on, and the wrapper exits 2."""
     with pytest.raises(ConfigError) as err:
-        kill_point_from_env({KILL_ON_TASK_ENV: raw})
-    assert err.value.key == KILL_ON_TASK_ENV
+        kill_point_from_text(raw)
+    assert err.value.key == KILL_ON_OPTION
+    assert main([f"{KILL_ON_OPTION}={raw}", "--config", "agent.toml"]) == 2
+    assert KILL_ON_OPTION in capsys.readouterr().err
 
 
 def test_kills_on_its_round_only_and_before_the_task_runs(pki, runner, aggregator, workers):
+    """The wrapped handler kills on its round's task before acting, and passes others through."""
     kills: list[int] = []
 
     def kill() -> None:

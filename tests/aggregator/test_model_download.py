@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from confide.cli.main import main as confide
-from confide.localfed.federation import toml_text
 from confide.v1 import federation_pb2
 from confide.wire.safetensors import read_safetensors
+from confide_dev.localfed.federation import toml_text
 from tests.aggregator.fakes import FEDERATION, delta_like, tiny_spec
 
 

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from aggregator.server import build
-from confide.localfed import LocalFederation
 from confide.pki import Role, init_ca, issue, revoke
 from confide.v1 import admin_pb2, federation_pb2
+from confide_dev.localfed import LocalFederation
 from tests.aggregator.conftest import make_config
 from tests.aggregator.fakes import FEDERATION, FakeSite, Operator, tiny_spec
 from tests.support.wait import wait_for

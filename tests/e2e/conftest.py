@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from confide.localfed import (
+from confide.v1 import federation_pb2
+from confide.wire.blob import BlobAssembler, NamedArrays
+from confide_dev.localfed import (
     DatasetFiles,
     LocalFederation,
     SiteSetup,
     partition_breast_cancer,
     partition_site,
 )
-from confide.v1 import federation_pb2
-from confide.wire.blob import BlobAssembler, NamedArrays
 
 
 def site_setup(

@@ -8,8 +8,8 @@ import pytest
 from agent.local.api import connect_api
 from agent.local.approvals_cli import approve_command
 from agent.main import main
-from confide.cli.demo import demo_job
 from confide.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
+from confide_dev.demo import demo_job
 
 from .conftest import site_setup
 

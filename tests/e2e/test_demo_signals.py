@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import psutil
 import pytest
 
+from confide.cli.main import COMMANDS_GROUP, build_parser
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -111,5 +113,26 @@ def test_the_demo_without_scikit_learn_says_what_to_install():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "confide demo: needs scikit-learn; install them with: pip install -c constraints.txt "
-        "'confide[demo]' (README: Install)"
+        "-e '.[dev]' -e ./dev (README: Try it)"
     ]
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "--sites", "2", "--json"], ["demo", "-h"]])
+def test_without_the_dev_harness_confide_demo_names_the_install(argv, capsys):
+    """A production install (no confide-dev) answers `confide demo` with the checkout install
+    it needs, in one line, exit 2, whatever options follow."""
+    args = build_parser(extensions=()).parse_args(argv)
+    assert args.func(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "confide demo: the demo comes with the development harness (confide-dev), which "
+        "production installs do not ship; from a checkout: pip install -c constraints.txt "
+        "-e '.[dev]' -e ./dev (README: Try it)"
+    ]
+
+
+def test_the_dev_harness_adds_the_demo_through_its_entry_point():
+    """Installed, confide-dev's entry point gives `confide demo` its real options."""
+    (demo,) = [e for e in entry_points(group=COMMANDS_GROUP) if e.name == "demo"]
+    assert demo.value == "confide_dev.demo:register"
+    args = build_parser(extensions=[demo]).parse_args(["demo", "--sites", "4"])
+    assert args.sites == 4 and args.func is not None

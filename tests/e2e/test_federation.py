@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from confide.cli.demo import demo_job
-from confide.localfed import SiteSetup
 from confide.v1 import admin_pb2, common_pb2
+from confide_dev.demo import demo_job
+from confide_dev.localfed import SiteSetup
 
 from .conftest import download_model, site_setup, start_sites
 

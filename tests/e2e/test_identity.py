@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from confide.localfed import LocalFederation
-from confide.localfed.federation import _AGENT
+from confide_dev.localfed import LocalFederation
+from confide_dev.localfed.federation import _AGENT
 
 from .conftest import site_setup
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from confide.cli.demo import demo_job
+
 from confide.v1 import admin_pb2
 from tests.support.scrape import Samples, metrics_address, scrape
 

@@ -9,9 +9,9 @@ import pytest
 
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
-from confide.cli.demo import demo_job
 from confide.dp.budget import cumulative_epsilon
 from confide.v1 import admin_pb2
+from confide_dev.demo import demo_job
 
 from .conftest import site_setup
 

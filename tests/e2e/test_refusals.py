@@ -8,9 +8,9 @@ import signal
 import pytest
 
 from confide import pki
-from confide.cli.demo import demo_job
-from confide.localfed import LocalFederation
 from confide.v1 import admin_pb2
+from confide_dev.demo import demo_job
+from confide_dev.localfed import LocalFederation
 
 from .conftest import site_setup
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-
 from confide.cli.demo import demo_job
 from confide.localfed import LocalFederation
+from cryptography import x509
+
 from confide.pki import renew, revoke
 from confide.v1 import admin_pb2
 from tests.aggregator.test_tls_reload import replace_file, served_serial

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from agent.data.datasets import dataset_from_config
-from agent.faults import KILL_ON_TASK_ENV
 from agent.workers.handle import Worker
-from confide.cli.demo import demo_job
 from confide.config import Section
-from confide.localfed import partition_breast_cancer
 from confide.models import initial_weights
 from confide.secagg.quantize import quantization_step
 from confide.v1 import admin_pb2, common_pb2
 from confide.wire.blob import NamedArrays
+from confide_dev.demo import demo_job
+from confide_dev.localfed import partition_breast_cancer
 
 from .conftest import download_model, site_setup
 
@@ -56,8 +55,8 @@ def test_ten_sites_survive_a_sigkill_at_each_secagg_stage(federation, tmp_path):
 
     Victims: round 1 on TRAIN (advertise), round 2 on SHARE_KEYS, round 3 on MASKED_INPUT,
     round 4 on UNMASK (its masked input is already in the sum, so its self mask is recovered
-    from the others' shares). The kill point (agent/faults.py) makes the stage exact instead
-    of racing it from outside. The plaintext run: each survivor's real worker process trains
+    from the others' shares). The kill point (confide_dev.faulty_agent) makes the stage exact
+    instead of racing it from outside. The plaintext run: each survivor's real worker process trains
     the round's input model on the site's data (plain SGD is seeded by job and round, so it
     repeats the agent's training exactly); the unmasked mean must equal the survivors' mean
     within the quantization step, and be far from the mean with the victim put back (or, in
@@ -70,8 +69,8 @@ def test_ten_sites_survive_a_sigkill_at_each_secagg_stage(federation, tmp_path):
     federation.start_aggregator()
     for i, n in enumerate(names):
         rounds = [r for r, v in victims.items() if v == n]
-        env = {KILL_ON_TASK_ENV: f"{KILL_KINDS[rounds[0] - 1]}:{rounds[0]}"} if rounds else None
-        federation.start_agent(site_setup(n, data, i), env=env)
+        kill_on = f"{KILL_KINDS[rounds[0] - 1]}:{rounds[0]}" if rounds else None
+        federation.start_agent(site_setup(n, data, i), kill_on=kill_on)
     federation.wait_for_sites(10, timeout=180)
     spec = demo_job(sites=6, rounds=4, features=data.features, secure=True, private=False, seed=0)
     spec.round_timeout_s = 90.0

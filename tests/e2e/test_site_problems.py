@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from confide.localfed import SiteSetup
 from confide.v1 import admin_pb2
+from confide_dev.localfed import SiteSetup
 
 from .conftest import site_setup
 

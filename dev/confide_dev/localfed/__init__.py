@@ -5,8 +5,8 @@ agents as separate OS processes on 127.0.0.1 over mutual TLS), so what it shows 
 sites get.
 """
 
-from confide.localfed.data import DatasetFiles, partition_breast_cancer
-from confide.localfed.federation import LocalFederation, SiteSetup, partition_site
+from confide_dev.localfed.data import DatasetFiles, partition_breast_cancer
+from confide_dev.localfed.federation import LocalFederation, SiteSetup, partition_site
 
 __all__ = [
     "DatasetFiles",

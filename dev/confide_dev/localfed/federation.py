@@ -18,14 +18,16 @@ import grpc
 from confide import pki
 from confide.cli.operator import OperatorConfig, connect, load_operator_config
 from confide.errors import InternalError
-from confide.localfed.data import DatasetFiles
 from confide.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from confide.wire.envelope import seal
+from confide_dev.localfed.data import DatasetFiles
 
 __all__ = ["LocalFederation", "SiteSetup", "partition_site", "toml_text"]
 
-_AGGREGATOR = "import sys; from aggregator.main import main; sys.exit(main(sys.argv[1:]))"
-_AGENT = "import sys; from agent.main import main; sys.exit(main(sys.argv[1:]))"
+# How each daemon is started: ``sys.executable`` followed by these arguments.
+_AGGREGATOR = ("-c", "import sys; from aggregator.main import main; sys.exit(main(sys.argv[1:]))")
+_AGENT = ("-c", "import sys; from agent.main import main; sys.exit(main(sys.argv[1:]))")
+_FAULTY_AGENT = ("-m", "confide_dev.faulty_agent")
 _TERMINAL = (admin_pb2.JOB_STATE_DONE, admin_pb2.JOB_STATE_FAILED, admin_pb2.JOB_STATE_CANCELLED)
 
 
@@ -187,11 +189,15 @@ class LocalFederation:
     # ----- processes -----
 
     def _spawn(
-        self, code: str, config: Path, log: Path, env: Mapping[str, str] | None = None
+        self,
+        command: Sequence[str],
+        config: Path,
+        log: Path,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-c", code, "--config", str(config)],
+                [sys.executable, *command, "--config", str(config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -249,16 +255,19 @@ class LocalFederation:
         env: Mapping[str, str] | None = None,
         policy_file: bool = False,
         extra: Mapping[str, Any] | None = None,
+        kill_on: str | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start one site's agent with its datasets and policy.
 
         Args:
             ca: the CA certificate the site trusts (default: the federation's); its CRL is
                 the ``crl.pem`` next to it.
-            env: extra environment for this agent only (e.g. a test's kill point).
+            env: extra environment for this agent only (e.g. a test's NOTIFY_SOCKET).
             policy_file: write the datasets, policy and sandbox tables to ``policy.toml``
                 (which agent.toml names; SIGHUP reloads it) instead of agent.toml.
             extra: more agent.toml tables (e.g. ``{"metrics": {"listen": ...}}``).
+            kill_on: ``TASK_KIND_NAME:ROUND``: run ``confide_dev.faulty_agent`` instead, which
+                SIGKILLs itself on receiving that task.
         """
         d = self.site_dirs[site.name]
         tls = self._tls(d, site.name)
@@ -285,7 +294,8 @@ class LocalFederation:
             (d / "policy.toml").write_text(toml_text(tables))
             cfg = {"policy": "policy.toml", **cfg}
         (d / "agent.toml").write_text(toml_text(cfg))
-        proc = self._spawn(_AGENT, d / "agent.toml", d / "agent.log", env)
+        command = _AGENT if kill_on is None else (*_FAULTY_AGENT, "--kill-on", kill_on)
+        proc = self._spawn(command, d / "agent.toml", d / "agent.log", env)
         self.agents[site.name] = proc
         return proc
 

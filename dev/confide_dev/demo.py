@@ -4,6 +4,8 @@ It makes a throw-away federation in a temp dir (CA; site certificates through th
 flow), starts one aggregator and N agents as separate OS processes on 127.0.0.1 over mutual
 TLS, gives each agent a different non-IID partition of scikit-learn's bundled breast_cancer
 data, runs a job, shows a progress bar and a per-round table, stops everything, and exits 0.
+This distribution adds it to the ``confide`` CLI (``confide.commands`` entry point in
+``dev/pyproject.toml``); production installs have no demo.
 
 Stopped by SIGTERM or Ctrl-C (SIGINT) it stops every process it started before it exits
 (128 + the signal number); a second signal during that stop is ignored, so the stop (which
@@ -28,11 +30,12 @@ from typing import Any
 
 import psutil
 
+from confide.cli.main import DEV_INSTALL
 from confide.errors import InternalError
 from confide.jobspec import DEFAULT_LOSS_CLIP
-from confide.localfed import LocalFederation, partition_breast_cancer, partition_site
 from confide.secagg import MIN_SECURE_SITES
 from confide.v1 import admin_pb2, common_pb2
+from confide_dev.localfed import LocalFederation, partition_breast_cancer, partition_site
 
 __all__ = ["demo_job", "register", "run_demo"]
 
@@ -151,8 +154,7 @@ def _handle(args: argparse.Namespace) -> int:
     if missing:
         names = ", ".join("scikit-learn" if m == "sklearn" else m for m in missing)
         print(
-            f"confide demo: needs {names}; install them with: "
-            "pip install -c constraints.txt 'confide[demo]' (README: Install)",
+            f"confide demo: needs {names}; install them with: {DEV_INSTALL} (README: Try it)",
             file=sys.stderr,
         )
         return 2
