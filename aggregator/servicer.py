@@ -188,7 +188,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 arrays = asm.finish()
                 check_finite(arrays)
                 self.coord.accept_update(info.name, env.job_id, target.round, header, arrays)
-            return federation_pb2.Ack(accepted=True)
+            return federation_pb2.Ack()
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
@@ -283,7 +283,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             bounds.check_report(rep)
             check_figures(rep.metrics)
             self.coord.report(info.name, request.job_id, rnd, rep)
-            return federation_pb2.Ack(accepted=True)
+            return federation_pb2.Ack()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def SecAgg(
@@ -308,7 +308,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 request, info, stage=request.stage, job_id=request.job_id, round=rnd
             )
             self.coord.secagg(info, request, payload)
-            return federation_pb2.Ack(accepted=True)
+            return federation_pb2.Ack()
         raise AssertionError("unreachable")  # pragma: no cover
 
 

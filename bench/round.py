@@ -75,7 +75,6 @@ def run(sites: int, params: int, rounds: int) -> dict[str, float]:
                     batch_size=8,
                     learning_rate=0.1,
                     server_learning_rate=1.0,
-                    device="cpu",
                 ),
             )
             t0 = time.monotonic()

@@ -7,17 +7,22 @@ is refused before any site sees it), every site calls it again on the signed job
 e.g. ``privacy.sample.delta``; every table refuses keys it does not know, so a typo such as
 ``noise_multipler`` is an error, never a silent "no noise".
 
+A key that would be accepted and then do nothing is refused the same way, on the wire too:
+``training.device`` (each site trains where its own ``worker.device`` says),
+``target_accuracy`` (acceptance criteria are not implemented) and ``model.code_sha256``
+(code bundles are not supported yet); and a ``JobSpec`` carrying a field this version does
+not know (a newer operator's key) is refused, never ignored.
+
 ::
 
     name = "breast-cancer"        rounds = 5        min_sites = 3      round_timeout_s = 120
-    target_accuracy = 0.9                         # acceptance criterion (optional)
     max_round_attempts = 3    max_job_retries = 2 # what a site pays for (defaults shown)
     [model]       kind = "logreg|mlp|cnn|fixed_delta"   hidden = [32]   fixed_delta_params = N
     [dataset]     name = "breast_cancer"  features = [...]  label = "target"  num_classes = 2
                   input_shape = [1, 8, 8]         # cnn only
                   feature_mean = [...]  feature_scale = [...]   # standardization (optional)
     [training]    local_epochs = 1  batch_size = 32  learning_rate = 0.1  seed = 0
-                  server_optimizer = "fedavg|fedadam"  server_learning_rate = 1.0  device = "auto"
+                  server_optimizer = "fedavg|fedadam"  server_learning_rate = 1.0
     [privacy.sample]   # record-level DP-SGD in the worker (absent: none)
                   noise_multiplier = 1.1 | target_epsilon = 3.0   max_grad_norm = 1.0
                   delta = 1e-5   accountant = "rdp|prv"
@@ -41,8 +46,11 @@ from __future__ import annotations
 import enum
 import math
 
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from confide.config import Section
-from confide.errors import ConfigError
+from confide.errors import ConfigError, Reason
 from confide.models import parameter_shapes
 from confide.secagg.encoding import secure_encoding
 from confide.secagg.params import DEFAULT_THRESHOLD, job_rules
@@ -157,12 +165,20 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
     Raises:
         ConfigError: a key is missing, unknown or invalid; names the key.
     """
+    try:
+        return _job_from_toml(root)
+    except ConfigError as exc:
+        if exc.reason is Reason.UNKNOWN_KEY and exc.key in _RETIRED:  # say why it is unread
+            raise ConfigError(exc.key, _RETIRED[exc.key], reason=Reason.UNKNOWN_KEY) from None
+        raise
+
+
+def _job_from_toml(root: Section) -> common_pb2.JobSpec:
     spec = common_pb2.JobSpec(
         name=root.str("name"),
         rounds=root.int("rounds", min=1, max=MAX_ROUNDS),
         min_sites=root.int("min_sites", 1, min=1),
         round_timeout_s=root.float("round_timeout_s", 300.0, min=0.0, min_exclusive=True),
-        target_accuracy=root.float("target_accuracy", 0.0, min=0.0, max=1.0),
     )
     if root.has("max_round_attempts"):
         spec.attempts.max_round_attempts = root.int(
@@ -198,7 +214,6 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
     spec.training.server_learning_rate = t.float(
         "server_learning_rate", 1.0, min=0.0, min_exclusive=True
     )
-    spec.training.device = t.str("device", "auto")
     spec.training.seed = t.int("seed", 0, min=0)
     t.done()
 
@@ -249,6 +264,62 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
     root.done()  # every table above, read or not: an unknown key anywhere is refused
     validate_job(spec)
     return spec
+
+
+_RETIRED = {
+    "training.device": (
+        "a job does not choose the device: each site trains where its agent.toml "
+        "[worker] device says; remove the key"
+    ),
+    "target_accuracy": (
+        "acceptance criteria are not implemented, so the job would run as if it were "
+        "absent; remove the key"
+    ),
+}
+"""Keys Confide once read and ignored, with why a job naming one is refused."""
+
+_RETIRED_FIELDS = {
+    ("confide.v1.TrainingSpec", 6): "training.device",
+    ("confide.v1.JobSpec", 11): "target_accuracy",
+}
+"""The reserved ``common.proto`` field numbers of the retired keys."""
+
+_CODE_BUNDLES_UNSUPPORTED = (
+    "code bundles are not supported yet; a job runs a built-in model (model.kind)"
+)
+
+_TABLE_OF_FIELD = {"record_privacy": "privacy.sample", "update_privacy": "privacy.update"}
+"""Job-file tables whose JobSpec field has another name; the others share theirs."""
+
+
+def _refuse_unknown_fields(msg: Message, path: str) -> None:
+    """Refuse fields of ``msg`` (and the messages it holds) that this version does not know.
+
+    A newer operator's key, or a retired one, would otherwise be parsed into the message's
+    unknown fields and silently ignored by every site.
+
+    Raises:
+        ConfigError: ``UNKNOWN_KEY``, naming the retired key or the table and field number.
+    """
+    unknowns = UnknownFieldSet(msg)
+    if len(unknowns):
+        number = int(unknowns[0].field_number)
+        retired = _RETIRED_FIELDS.get((msg.DESCRIPTOR.full_name, number))
+        if retired is not None:
+            raise ConfigError(retired, _RETIRED[retired], reason=Reason.UNKNOWN_KEY)
+        raise ConfigError(
+            path or "job",
+            f"field number {number} of {msg.DESCRIPTOR.name} is not known to "
+            "this version of Confide; refused rather than ignored",
+            reason=Reason.UNKNOWN_KEY,
+        )
+    for field, value in msg.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue  # a JobSpec holds no map of messages
+        name = _TABLE_OF_FIELD.get(field.name, field.name)
+        child = f"{path}.{name}" if path else name
+        for item in value if field.is_repeated else [value]:
+            _refuse_unknown_fields(item, child)
 
 
 def _aggregation_from_toml(a: Section, out: common_pb2.AggregationSpec) -> None:
@@ -370,6 +441,9 @@ def validate_job(spec: common_pb2.JobSpec) -> None:
     Raises:
         ConfigError: the first invalid field, named as in the job file.
     """
+    _refuse_unknown_fields(spec, "")
+    if spec.model.code_sha256:
+        raise ConfigError("model.code_sha256", _CODE_BUNDLES_UNSUPPORTED)
     if not spec.name.strip():
         raise ConfigError("name", "must not be empty")
     if not 1 <= spec.rounds <= MAX_ROUNDS:
@@ -390,10 +464,6 @@ def validate_job(spec: common_pb2.JobSpec) -> None:
         raise ConfigError("training.local_epochs", "must be >= 1")
     _finite_positive("training.learning_rate", tr.learning_rate)
     _finite_positive("training.server_learning_rate", tr.server_learning_rate)
-    if tr.device not in ("", "auto", "cpu", "cuda") and not (
-        tr.device.startswith("cuda:") and tr.device[5:].isdigit()
-    ):
-        raise ConfigError("training.device", "must be auto, cpu, cuda or cuda:N")
     if tr.server_optimizer not in _SERVER_OPTIMIZERS:
         raise ConfigError("training.server_optimizer", f"unknown optimizer {tr.server_optimizer}")
     at = spec.attempts

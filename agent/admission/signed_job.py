@@ -20,7 +20,7 @@ from confide.pki import BadCertificate, CertInfo, verify_certificate
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
 
-__all__ = ["JOB_MAX_AGE_S", "VerifiedJob", "verify_job"]
+__all__ = ["JOB_MAX_AGE_S", "VerifiedJob", "check_job", "verify_job"]
 
 JOB_MAX_AGE_S = 30 * 24 * 3600.0
 """How old a signed job may be: jobs run for days, so the envelope skew bound is wide."""
@@ -30,7 +30,8 @@ class VerifiedJob:
     """A job whose signature and signer were checked.
 
     Args:
-        spec: the decoded job, validated and normalized (``confide.jobspec.normalize``).
+        spec: the decoded job; validated and normalized (``confide.jobspec.normalize``) once
+            ``check_job`` has returned it.
         signer: the verified certificate facts of the operator who signed it.
     """
 
@@ -98,11 +99,21 @@ def verify_job(
         spec.ParseFromString(payload)
     except DecodeError as exc:
         raise MalformedMessage("signed job payload is not a JobSpec") from exc
+    return VerifiedJob(spec, signer)
+
+
+def check_job(job: VerifiedJob) -> VerifiedJob:
+    """Validate a verified job as the aggregator did at submit (the site does not take that
+    on trust) and return it normalized. Separate from ``verify_job`` so that the site's audit
+    names the signer and the code of an authentic job it refuses as invalid. The rules are the
+    job file's own (``confide.jobspec``); the site's policy comes on top.
+
+    Raises:
+        PolicyRefusal: ``INVALID_JOB``, with ``validate_job``'s message naming the key.
+    """
     try:
-        # The aggregator validated it at submit; the site does not take that on trust. The
-        # rules are the job file's own (confide.jobspec); the site's policy comes on top.
-        validate_job(spec)
+        validate_job(job.spec)
     except ConfigError as exc:
         raise PolicyRefusal(f"invalid job: {exc}", reason=Reason.INVALID_JOB, public=True) from exc
     # Every default resolved once: the site plans, encodes and trains on this copy.
-    return VerifiedJob(normalize(spec), signer)
+    return VerifiedJob(normalize(job.spec), job.signer)

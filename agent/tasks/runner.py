@@ -55,7 +55,7 @@ from agent.admission.rules import (
     check_time_window,
     exposed_dataset,
 )
-from agent.admission.signed_job import VerifiedJob, verify_job
+from agent.admission.signed_job import VerifiedJob, check_job, verify_job
 from agent.admission.site_policy import DatasetPolicy, PolicyHolder
 from agent.data.datasets import DatasetConfig, count_train_records
 from agent.link.backoff import Backoff
@@ -253,8 +253,9 @@ class TaskRunner:
 
         Raises:
             PolicyRefusal: signer untrusted, signature or binding bad (the peer's reason is
-                kept), model over ``policy.max_model_bytes``, dataset not exposed, schema
-                mismatch, or the dataset unusable now.
+                kept), job invalid (``confide.jobspec.validate_job``), model over
+                ``policy.max_model_bytes``, dataset not exposed, schema mismatch, or the dataset
+                unusable now.
         """
         try:
             job = verify_job(
@@ -276,6 +277,7 @@ class TaskRunner:
             "dataset": job.spec.dataset.name,
         }
         self.audit.identified(task.task_id, **facts)
+        job = check_job(job)
         check_code_allowed(
             job.spec.model,
             allowed_models=self.site.allowed_models,

@@ -114,7 +114,7 @@ class SecureSite:
 
         Raises:
             ConfigError: the job's secure-aggregation settings or encoding are invalid.
-            InternalError: the aggregator did not accept the keys.
+            ConfideError: the aggregator refused the keys (the RPC's status, mapped).
         """
         rules = secagg.job_rules(job.spec)
         rules.validate()

@@ -129,14 +129,6 @@ class TensorSpec(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class Tensor(_message.Message):
-    __slots__ = ("spec", "data")
-    SPEC_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    spec: TensorSpec
-    data: bytes
-    def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
-
 class BlobHeader(_message.Message):
     __slots__ = ("tensors", "total_bytes", "sha256")
     TENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -252,22 +244,20 @@ class EvaluationSpec(_message.Message):
     def __init__(self, max_evaluations: _Optional[int] = ..., noise_multiplier: _Optional[float] = ..., loss_clip: _Optional[float] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "server_optimizer", "server_learning_rate", "device", "seed")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "server_optimizer", "server_learning_rate", "seed")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SERVER_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     SERVER_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
     server_optimizer: ServerOptimizer
     server_learning_rate: float
-    device: str
     seed: int
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., server_optimizer: _Optional[_Union[ServerOptimizer, str]] = ..., server_learning_rate: _Optional[float] = ..., device: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., server_optimizer: _Optional[_Union[ServerOptimizer, str]] = ..., server_learning_rate: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class AttemptLimits(_message.Message):
     __slots__ = ("max_round_attempts", "max_job_retries")
@@ -290,7 +280,7 @@ class AggregationSpec(_message.Message):
     def __init__(self, rule: _Optional[_Union[AggregationRule, str]] = ..., trim_fraction: _Optional[float] = ..., max_sample_weight: _Optional[int] = ..., max_eval_samples: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "target_accuracy", "attempts", "aggregation", "evaluation")
+    __slots__ = ("name", "model", "dataset", "rounds", "min_sites", "round_timeout_s", "training", "record_privacy", "update_privacy", "secure_aggregation", "attempts", "aggregation", "evaluation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -301,7 +291,6 @@ class JobSpec(_message.Message):
     RECORD_PRIVACY_FIELD_NUMBER: _ClassVar[int]
     UPDATE_PRIVACY_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
-    TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
@@ -315,8 +304,7 @@ class JobSpec(_message.Message):
     record_privacy: RecordPrivacy
     update_privacy: UpdatePrivacy
     secure_aggregation: SecureAggregation
-    target_accuracy: float
     attempts: AttemptLimits
     aggregation: AggregationSpec
     evaluation: EvaluationSpec
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., target_accuracy: _Optional[float] = ..., attempts: _Optional[_Union[AttemptLimits, _Mapping]] = ..., aggregation: _Optional[_Union[AggregationSpec, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., rounds: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., record_privacy: _Optional[_Union[RecordPrivacy, _Mapping]] = ..., update_privacy: _Optional[_Union[UpdatePrivacy, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ..., attempts: _Optional[_Union[AttemptLimits, _Mapping]] = ..., aggregation: _Optional[_Union[AggregationSpec, _Mapping]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from confide.v1 import common_pb2 as confide_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63onfide/v1/federation.proto\x12\nconfide.v1\x1a\x17\x63onfide/v1/common.proto\"\xba\x01\n\x0fRegisterRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12.\n\rdataset_sizes\x18\x04 \x03(\x0b\x32\x17.confide.v1.DatasetSize\x12,\n\x08unusable\x18\x05 \x03(\x0b\x32\x1a.confide.v1.DatasetProblem\x12\x10\n\x08instance\x18\x06 \x01(\t\"K\n\x0b\x44\x61tasetSize\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rtrain_records\x18\x02 \x01(\x04\x12\x17\n\x0fholdout_records\x18\x03 \x01(\x04\"A\n\x0e\x44\x61tasetProblem\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\">\n\rRegisterReply\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"Y\n\tResources\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x11\n\trss_bytes\x18\x02 \x01(\x04\x12\x16\n\x0ememory_percent\x18\x03 \x01(\x01\x12\x0c\n\x04gpus\x18\x04 \x03(\t\"K\n\tHeartbeat\x12\x14\n\x0c\x63urrent_task\x18\x01 \x01(\t\x12(\n\tresources\x18\x02 \x01(\x0b\x32\x15.confide.v1.Resources\"\x10\n\x0eHeartbeatReply\"$\n\x10OpenTasksRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"\x87\x04\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.confide.v1.TaskKind\x12(\n\nsigned_job\x18\x05 \x01(\x0b\x32\x14.confide.v1.Envelope\x12\x1a\n\x12signer_certificate\x18\x06 \x01(\x0c\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x12\n\ndeadline_s\x18\x08 \x01(\x01\x12\x32\n\nshare_keys\x18\n \x01(\x0b\x32\x1c.confide.v1.ShareKeysRequestH\x00\x12\x36\n\x0cmasked_input\x18\x0b \x01(\x0b\x32\x1e.confide.v1.MaskedInputRequestH\x00\x12+\n\x06unmask\x18\x0c \x01(\x0b\x32\x19.confide.v1.UnmaskRequestH\x00\x12\x36\n\x0c\x63heck_shares\x18\r \x01(\x0b\x32\x1e.confide.v1.CheckSharesRequestH\x00\x12\x35\n\x0b\x63onsistency\x18\x0e \x01(\x0b\x32\x1e.confide.v1.ConsistencyRequestH\x00\x12)\n\x07lineage\x18\x0f \x01(\x0b\x32\x18.confide.v1.ModelLineageB\x07\n\x05stage\"5\n\x0cModelLineage\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0cparent_chain\x18\x02 \x01(\x0c\"8\n\x0f\x44ownloadRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"M\n\x08\x42lobPart\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.confide.v1.BlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"M\n\nUploadPart\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.confide.v1.EnvelopeH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xff\x01\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x16.confide.v1.BlobHeader\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.confide.v1.UpdateHeader.MetricsEntry\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x16\n\x0eupdate_epsilon\x18\x06 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x07\x10\x08R\x0cout_of_range\"\x83\x02\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.confide.v1.TaskKind\x12$\n\x07outcome\x18\x03 \x01(\x0e\x32\x13.confide.v1.Outcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.confide.v1.TaskReport.MetricsEntry\x12\x13\n\x0bnum_samples\x18\x07 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\'\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"P\n\tRoundKeys\x12\x19\n\x11\x63ipher_public_key\x18\x01 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x02 \x01(\x0c\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"\xf7\x01\n\rAdvertiseKeys\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x37\n\x07metrics\x18\x04 \x03(\x0b\x32&.confide.v1.AdvertiseKeys.MetricsEntry\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x16\n\x0eupdate_epsilon\x18\x06 \x01(\x01\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12\"\n\x04keys\x18\x08 \x01(\x0b\x32\x14.confide.v1.Envelope\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"_\n\rNeighbourKeys\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12(\n\nadvertised\x18\x02 \x01(\x0b\x32\x14.confide.v1.Envelope\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"e\n\x10ShareKeysRequest\x12(\n\x05sites\x18\x01 \x03(\x0b\x32\x19.confide.v1.NeighbourKeys\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x14\n\x0cnum_selected\x18\x03 \x01(\r\"5\n\x0e\x45ncryptedShare\x12\x0f\n\x07to_site\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"H\n\tShareKeys\x12*\n\x06shares\x18\x01 \x03(\x0b\x32\x1a.confide.v1.EncryptedShare\x12\x0f\n\x07task_id\x18\x02 \x01(\t\";\n\x12\x45ncryptedShareFrom\x12\x11\n\tfrom_site\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"T\n\x12\x43heckSharesRequest\x12.\n\x06shares\x18\x01 \x03(\x0b\x32\x1e.confide.v1.EncryptedShareFrom\x12\x0e\n\x06shared\x18\x02 \x03(\t\"2\n\rRejectedShare\x12\x11\n\tfrom_site\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"M\n\rSharesChecked\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.confide.v1.RejectedShare\" \n\x08SitePair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\"B\n\x12MaskedInputRequest\x12&\n\x08\x65xcluded\x18\x02 \x03(\x0b\x32\x14.confide.v1.SitePairJ\x04\x08\x01\x10\x02\"\'\n\x12\x43onsistencyRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\"P\n\x14\x43onsistencySignature\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\x13\n\x0bview_sha256\x18\x03 \x01(\x0c\"E\n\rUnmaskRequest\x12(\n\nsignatures\x18\x03 \x03(\x0b\x32\x14.confide.v1.EnvelopeJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"/\n\rRevealedShare\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"~\n\x0cUnmaskShares\x12.\n\x0bseed_shares\x18\x01 \x03(\x0b\x32\x19.confide.v1.RevealedShare\x12-\n\nkey_shares\x18\x02 \x03(\x0b\x32\x19.confide.v1.RevealedShare\x12\x0f\n\x07task_id\x18\x03 \x01(\t*\xed\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x18\n\x14TASK_KIND_SHARE_KEYS\x10\x03\x12\x1a\n\x16TASK_KIND_MASKED_INPUT\x10\x04\x12\x14\n\x10TASK_KIND_UNMASK\x10\x05\x12\x16\n\x12TASK_KIND_JOB_DONE\x10\x06\x12\x1a\n\x16TASK_KIND_CHECK_SHARES\x10\x07\x12\x19\n\x15TASK_KIND_CONSISTENCY\x10\x08\x32\x97\x03\n\nFederation\x12;\n\x08Register\x12\x14.confide.v1.Envelope\x1a\x19.confide.v1.RegisterReply\x12=\n\tHeartbeat\x12\x14.confide.v1.Envelope\x1a\x1a.confide.v1.HeartbeatReply\x12\x35\n\tOpenTasks\x12\x14.confide.v1.Envelope\x1a\x10.confide.v1.Task0\x01\x12?\n\x08\x44ownload\x12\x1b.confide.v1.DownloadRequest\x1a\x14.confide.v1.BlobPart0\x01\x12\x33\n\x06Upload\x12\x16.confide.v1.UploadPart\x1a\x0f.confide.v1.Ack(\x01\x12/\n\x06Report\x12\x14.confide.v1.Envelope\x1a\x0f.confide.v1.Ack\x12/\n\x06SecAgg\x12\x14.confide.v1.Envelope\x1a\x0f.confide.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63onfide/v1/federation.proto\x12\nconfide.v1\x1a\x17\x63onfide/v1/common.proto\"\xba\x01\n\x0fRegisterRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12.\n\rdataset_sizes\x18\x04 \x03(\x0b\x32\x17.confide.v1.DatasetSize\x12,\n\x08unusable\x18\x05 \x03(\x0b\x32\x1a.confide.v1.DatasetProblem\x12\x10\n\x08instance\x18\x06 \x01(\t\"K\n\x0b\x44\x61tasetSize\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rtrain_records\x18\x02 \x01(\x04\x12\x17\n\x0fholdout_records\x18\x03 \x01(\x04\"A\n\x0e\x44\x61tasetProblem\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\">\n\rRegisterReply\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"Y\n\tResources\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x11\n\trss_bytes\x18\x02 \x01(\x04\x12\x16\n\x0ememory_percent\x18\x03 \x01(\x01\x12\x0c\n\x04gpus\x18\x04 \x03(\t\"K\n\tHeartbeat\x12\x14\n\x0c\x63urrent_task\x18\x01 \x01(\t\x12(\n\tresources\x18\x02 \x01(\x0b\x32\x15.confide.v1.Resources\"\x10\n\x0eHeartbeatReply\"$\n\x10OpenTasksRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"\x87\x04\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.confide.v1.TaskKind\x12(\n\nsigned_job\x18\x05 \x01(\x0b\x32\x14.confide.v1.Envelope\x12\x1a\n\x12signer_certificate\x18\x06 \x01(\x0c\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x12\n\ndeadline_s\x18\x08 \x01(\x01\x12\x32\n\nshare_keys\x18\n \x01(\x0b\x32\x1c.confide.v1.ShareKeysRequestH\x00\x12\x36\n\x0cmasked_input\x18\x0b \x01(\x0b\x32\x1e.confide.v1.MaskedInputRequestH\x00\x12+\n\x06unmask\x18\x0c \x01(\x0b\x32\x19.confide.v1.UnmaskRequestH\x00\x12\x36\n\x0c\x63heck_shares\x18\r \x01(\x0b\x32\x1e.confide.v1.CheckSharesRequestH\x00\x12\x35\n\x0b\x63onsistency\x18\x0e \x01(\x0b\x32\x1e.confide.v1.ConsistencyRequestH\x00\x12)\n\x07lineage\x18\x0f \x01(\x0b\x32\x18.confide.v1.ModelLineageB\x07\n\x05stage\"5\n\x0cModelLineage\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0cparent_chain\x18\x02 \x01(\x0c\"8\n\x0f\x44ownloadRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"M\n\x08\x42lobPart\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.confide.v1.BlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"M\n\nUploadPart\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.confide.v1.EnvelopeH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xff\x01\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x16.confide.v1.BlobHeader\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.confide.v1.UpdateHeader.MetricsEntry\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x16\n\x0eupdate_epsilon\x18\x06 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x07\x10\x08R\x0cout_of_range\"\x83\x02\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.confide.v1.TaskKind\x12$\n\x07outcome\x18\x03 \x01(\x0e\x32\x13.confide.v1.Outcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.confide.v1.TaskReport.MetricsEntry\x12\x13\n\x0bnum_samples\x18\x07 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"#\n\x03\x41\x63kJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03R\x08\x61\x63\x63\x65ptedR\x06reason\"P\n\tRoundKeys\x12\x19\n\x11\x63ipher_public_key\x18\x01 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x02 \x01(\x0c\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"\xf7\x01\n\rAdvertiseKeys\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x37\n\x07metrics\x18\x04 \x03(\x0b\x32&.confide.v1.AdvertiseKeys.MetricsEntry\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x16\n\x0eupdate_epsilon\x18\x06 \x01(\x01\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12\"\n\x04keys\x18\x08 \x01(\x0b\x32\x14.confide.v1.Envelope\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"_\n\rNeighbourKeys\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12(\n\nadvertised\x18\x02 \x01(\x0b\x32\x14.confide.v1.Envelope\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"e\n\x10ShareKeysRequest\x12(\n\x05sites\x18\x01 \x03(\x0b\x32\x19.confide.v1.NeighbourKeys\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x14\n\x0cnum_selected\x18\x03 \x01(\r\"5\n\x0e\x45ncryptedShare\x12\x0f\n\x07to_site\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"H\n\tShareKeys\x12*\n\x06shares\x18\x01 \x03(\x0b\x32\x1a.confide.v1.EncryptedShare\x12\x0f\n\x07task_id\x18\x02 \x01(\t\";\n\x12\x45ncryptedShareFrom\x12\x11\n\tfrom_site\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"T\n\x12\x43heckSharesRequest\x12.\n\x06shares\x18\x01 \x03(\x0b\x32\x1e.confide.v1.EncryptedShareFrom\x12\x0e\n\x06shared\x18\x02 \x03(\t\"2\n\rRejectedShare\x12\x11\n\tfrom_site\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"M\n\rSharesChecked\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.confide.v1.RejectedShare\" \n\x08SitePair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\"B\n\x12MaskedInputRequest\x12&\n\x08\x65xcluded\x18\x02 \x03(\x0b\x32\x14.confide.v1.SitePairJ\x04\x08\x01\x10\x02\"\'\n\x12\x43onsistencyRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\"P\n\x14\x43onsistencySignature\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\x13\n\x0bview_sha256\x18\x03 \x01(\x0c\"E\n\rUnmaskRequest\x12(\n\nsignatures\x18\x03 \x03(\x0b\x32\x14.confide.v1.EnvelopeJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"/\n\rRevealedShare\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"~\n\x0cUnmaskShares\x12.\n\x0bseed_shares\x18\x01 \x03(\x0b\x32\x19.confide.v1.RevealedShare\x12-\n\nkey_shares\x18\x02 \x03(\x0b\x32\x19.confide.v1.RevealedShare\x12\x0f\n\x07task_id\x18\x03 \x01(\t*\xed\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x18\n\x14TASK_KIND_SHARE_KEYS\x10\x03\x12\x1a\n\x16TASK_KIND_MASKED_INPUT\x10\x04\x12\x14\n\x10TASK_KIND_UNMASK\x10\x05\x12\x16\n\x12TASK_KIND_JOB_DONE\x10\x06\x12\x1a\n\x16TASK_KIND_CHECK_SHARES\x10\x07\x12\x19\n\x15TASK_KIND_CONSISTENCY\x10\x08\x32\x97\x03\n\nFederation\x12;\n\x08Register\x12\x14.confide.v1.Envelope\x1a\x19.confide.v1.RegisterReply\x12=\n\tHeartbeat\x12\x14.confide.v1.Envelope\x1a\x1a.confide.v1.HeartbeatReply\x12\x35\n\tOpenTasks\x12\x14.confide.v1.Envelope\x1a\x10.confide.v1.Task0\x01\x12?\n\x08\x44ownload\x12\x1b.confide.v1.DownloadRequest\x1a\x14.confide.v1.BlobPart0\x01\x12\x33\n\x06Upload\x12\x16.confide.v1.UploadPart\x1a\x0f.confide.v1.Ack(\x01\x12/\n\x06Report\x12\x14.confide.v1.Envelope\x1a\x0f.confide.v1.Ack\x12/\n\x06SecAgg\x12\x14.confide.v1.Envelope\x1a\x0f.confide.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREPORT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_ADVERTISEKEYS_METRICSENTRY']._loaded_options = None
   _globals['_ADVERTISEKEYS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=3456
-  _globals['_TASKKIND']._serialized_end=3693
+  _globals['_TASKKIND']._serialized_start=3452
+  _globals['_TASKKIND']._serialized_end=3689
   _globals['_REGISTERREQUEST']._serialized_start=69
   _globals['_REGISTERREQUEST']._serialized_end=255
   _globals['_DATASETSIZE']._serialized_start=257
@@ -75,43 +75,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREPORT_METRICSENTRY']._serialized_start=1672
   _globals['_TASKREPORT_METRICSENTRY']._serialized_end=1718
   _globals['_ACK']._serialized_start=2002
-  _globals['_ACK']._serialized_end=2041
-  _globals['_ROUNDKEYS']._serialized_start=2043
-  _globals['_ROUNDKEYS']._serialized_end=2123
-  _globals['_ADVERTISEKEYS']._serialized_start=2126
-  _globals['_ADVERTISEKEYS']._serialized_end=2373
+  _globals['_ACK']._serialized_end=2037
+  _globals['_ROUNDKEYS']._serialized_start=2039
+  _globals['_ROUNDKEYS']._serialized_end=2119
+  _globals['_ADVERTISEKEYS']._serialized_start=2122
+  _globals['_ADVERTISEKEYS']._serialized_end=2369
   _globals['_ADVERTISEKEYS_METRICSENTRY']._serialized_start=1672
   _globals['_ADVERTISEKEYS_METRICSENTRY']._serialized_end=1718
-  _globals['_NEIGHBOURKEYS']._serialized_start=2375
-  _globals['_NEIGHBOURKEYS']._serialized_end=2470
-  _globals['_SHAREKEYSREQUEST']._serialized_start=2472
-  _globals['_SHAREKEYSREQUEST']._serialized_end=2573
-  _globals['_ENCRYPTEDSHARE']._serialized_start=2575
-  _globals['_ENCRYPTEDSHARE']._serialized_end=2628
-  _globals['_SHAREKEYS']._serialized_start=2630
-  _globals['_SHAREKEYS']._serialized_end=2702
-  _globals['_ENCRYPTEDSHAREFROM']._serialized_start=2704
-  _globals['_ENCRYPTEDSHAREFROM']._serialized_end=2763
-  _globals['_CHECKSHARESREQUEST']._serialized_start=2765
-  _globals['_CHECKSHARESREQUEST']._serialized_end=2849
-  _globals['_REJECTEDSHARE']._serialized_start=2851
-  _globals['_REJECTEDSHARE']._serialized_end=2901
-  _globals['_SHARESCHECKED']._serialized_start=2903
-  _globals['_SHARESCHECKED']._serialized_end=2980
-  _globals['_SITEPAIR']._serialized_start=2982
-  _globals['_SITEPAIR']._serialized_end=3014
-  _globals['_MASKEDINPUTREQUEST']._serialized_start=3016
-  _globals['_MASKEDINPUTREQUEST']._serialized_end=3082
-  _globals['_CONSISTENCYREQUEST']._serialized_start=3084
-  _globals['_CONSISTENCYREQUEST']._serialized_end=3123
-  _globals['_CONSISTENCYSIGNATURE']._serialized_start=3125
-  _globals['_CONSISTENCYSIGNATURE']._serialized_end=3205
-  _globals['_UNMASKREQUEST']._serialized_start=3207
-  _globals['_UNMASKREQUEST']._serialized_end=3276
-  _globals['_REVEALEDSHARE']._serialized_start=3278
-  _globals['_REVEALEDSHARE']._serialized_end=3325
-  _globals['_UNMASKSHARES']._serialized_start=3327
-  _globals['_UNMASKSHARES']._serialized_end=3453
-  _globals['_FEDERATION']._serialized_start=3696
-  _globals['_FEDERATION']._serialized_end=4103
+  _globals['_NEIGHBOURKEYS']._serialized_start=2371
+  _globals['_NEIGHBOURKEYS']._serialized_end=2466
+  _globals['_SHAREKEYSREQUEST']._serialized_start=2468
+  _globals['_SHAREKEYSREQUEST']._serialized_end=2569
+  _globals['_ENCRYPTEDSHARE']._serialized_start=2571
+  _globals['_ENCRYPTEDSHARE']._serialized_end=2624
+  _globals['_SHAREKEYS']._serialized_start=2626
+  _globals['_SHAREKEYS']._serialized_end=2698
+  _globals['_ENCRYPTEDSHAREFROM']._serialized_start=2700
+  _globals['_ENCRYPTEDSHAREFROM']._serialized_end=2759
+  _globals['_CHECKSHARESREQUEST']._serialized_start=2761
+  _globals['_CHECKSHARESREQUEST']._serialized_end=2845
+  _globals['_REJECTEDSHARE']._serialized_start=2847
+  _globals['_REJECTEDSHARE']._serialized_end=2897
+  _globals['_SHARESCHECKED']._serialized_start=2899
+  _globals['_SHARESCHECKED']._serialized_end=2976
+  _globals['_SITEPAIR']._serialized_start=2978
+  _globals['_SITEPAIR']._serialized_end=3010
+  _globals['_MASKEDINPUTREQUEST']._serialized_start=3012
+  _globals['_MASKEDINPUTREQUEST']._serialized_end=3078
+  _globals['_CONSISTENCYREQUEST']._serialized_start=3080
+  _globals['_CONSISTENCYREQUEST']._serialized_end=3119
+  _globals['_CONSISTENCYSIGNATURE']._serialized_start=3121
+  _globals['_CONSISTENCYSIGNATURE']._serialized_end=3201
+  _globals['_UNMASKREQUEST']._serialized_start=3203
+  _globals['_UNMASKREQUEST']._serialized_end=3272
+  _globals['_REVEALEDSHARE']._serialized_start=3274
+  _globals['_REVEALEDSHARE']._serialized_end=3321
+  _globals['_UNMASKSHARES']._serialized_start=3323
+  _globals['_UNMASKSHARES']._serialized_end=3449
+  _globals['_FEDERATION']._serialized_start=3692
+  _globals['_FEDERATION']._serialized_end=4099
 # @@protoc_insertion_point(module_scope)

@@ -216,12 +216,8 @@ class TaskReport(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., outcome: _Optional[_Union[_common_pb2.Outcome, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_samples: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("accepted", "reason")
-    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    accepted: bool
-    reason: str
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class RoundKeys(_message.Message):
     __slots__ = ("cipher_public_key", "mask_public_key", "task_id")

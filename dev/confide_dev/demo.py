@@ -84,7 +84,6 @@ def demo_job(
             learning_rate=0.2,
             server_optimizer=common_pb2.SERVER_OPTIMIZER_FEDAVG,
             server_learning_rate=1.0,
-            device="cpu",
             seed=seed,
         ),
         evaluation=common_pb2.EvaluationSpec(

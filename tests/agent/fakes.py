@@ -134,14 +134,14 @@ class FakeTransport:
 
     def upload(self, header, buffers):
         self.agg.record(self.agg.uploads, Upload(header, b"".join(iter_chunks(buffers))))
-        return federation_pb2.Ack(accepted=True)
+        return federation_pb2.Ack()
 
     def report(self, envelope):
         self.agg.record(self.agg.reports, envelope)
-        return federation_pb2.Ack(accepted=True)
+        return federation_pb2.Ack()
 
     def secagg(self, envelope):
-        return federation_pb2.Ack(accepted=True)
+        return federation_pb2.Ack()
 
     def close(self):
         self.closed = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import grpc
 import pytest
 
@@ -30,11 +32,25 @@ def _bad(field: str):
     elif field == "secure_aggregation.threshold":
         spec.secure_aggregation.enabled = True
         spec.secure_aggregation.threshold = 5.0
+    elif field == "model.code_sha256":
+        spec.model.code_sha256 = bytes(32)
+    elif field == "training.device":  # the retired field 6, as an older client still sends it
+        spec.training.MergeFromString(b"\x32\x03cpu")
+    elif field == "target_accuracy":  # the retired field 11 (a double)
+        spec.MergeFromString(b"\x59" + struct.pack("<d", 0.9))
     return spec
 
 
 @pytest.mark.parametrize(
-    "key", ["max_round_attempts", "training.server_optimizer", "secure_aggregation.threshold"]
+    "key",
+    [
+        "max_round_attempts",
+        "training.server_optimizer",
+        "secure_aggregation.threshold",
+        "model.code_sha256",
+        "training.device",
+        "target_accuracy",
+    ],
 )
 def test_what_job_check_refuses_submit_job_refuses_naming_the_same_key(clients, key):
     """A crafted spec refused by validate_job with key K is refused INVALID_ARGUMENT at

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from confide.config import parse_toml
-from confide.errors import ConfigError
+from confide.errors import ConfigError, Reason
 from confide.jobspec import (
     DEFAULT_STAGE_TIMEOUT_S,
     attempt_limits,
@@ -308,3 +310,73 @@ def test_readers_refuse_an_unnormalized_job_rather_than_default():
     assert info.value.key.startswith("secure_aggregation.")
     job_rules(normalize(raw)).validate()
     assert secure_encoding(normalize(raw)).clip_range == DEFAULT_CLIP_RANGE
+
+
+@pytest.mark.parametrize(
+    "old, new, key, why",
+    [
+        ("name = ", "target_accuracy = 0.9\nname = ", "target_accuracy", "not implemented"),
+        ("[dataset]", '[training]\ndevice = "cuda"\n[dataset]', "training.device", "worker"),
+    ],
+)
+def test_a_retired_key_in_a_job_file_is_refused_saying_why(old, new, key, why):
+    """Keys Confide once accepted and ignored are refused by name, with the reason."""
+    with pytest.raises(ConfigError) as err:
+        _job(BASE.replace(old, new, 1))
+    assert err.value.key == key and why in err.value.problem
+    assert err.value.reason is Reason.UNKNOWN_KEY
+
+
+def test_a_code_bundle_is_refused_until_bundles_are_supported():
+    """A JobSpec naming a code bundle by hash is refused, saying bundles are not supported."""
+    spec = _job()
+    spec.model.code_sha256 = bytes(range(32))
+    with pytest.raises(ConfigError) as err:
+        validate_job(spec)
+    assert err.value.key == "model.code_sha256"
+    assert "code bundles are not supported yet" in err.value.problem
+
+
+def _with_raw_field(spec: common_pb2.JobSpec, path: str, raw: bytes) -> common_pb2.JobSpec:
+    """The spec, reparsed from bytes with ``raw`` (a field this version may not know) added to
+    the message at ``path`` (``""``: the JobSpec itself)."""
+    target = spec
+    for name in filter(None, path.split(".")):
+        target = getattr(target, name)
+    target.MergeFromString(raw)
+    return common_pb2.JobSpec.FromString(spec.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "path, raw, key",
+    [
+        ("training", b"\x32\x04auto", "training.device"),  # field 6, string
+        ("", b"\x59" + struct.pack("<d", 0.9), "target_accuracy"),  # field 11, double
+    ],
+)
+def test_a_retired_field_on_the_wire_is_refused_naming_its_key(path, raw, key):
+    """A JobSpec from an older client that still carries a retired field is refused by key."""
+    spec = _with_raw_field(_job(), path, raw)
+    with pytest.raises(ConfigError) as err:
+        validate_job(spec)
+    assert err.value.key == key and err.value.reason is Reason.UNKNOWN_KEY
+
+
+@pytest.mark.parametrize(
+    "path, key",
+    [
+        ("", "job"),
+        ("record_privacy", "privacy.sample"),
+        ("update_privacy", "privacy.update"),
+        ("secure_aggregation", "secure_aggregation"),
+        ("dataset", "dataset"),
+    ],
+)
+def test_a_field_this_version_does_not_know_is_refused_not_ignored(path, key):
+    """An unknown field (a newer operator's key) anywhere in a JobSpec is refused, naming the
+    table and the field number, instead of being dropped by every site."""
+    spec = _with_raw_field(_job(), path, b"\xa2\x06\x03new")  # field 100, string
+    with pytest.raises(ConfigError) as err:
+        validate_job(spec)
+    assert err.value.key == key and "field number 100" in err.value.problem
+    assert err.value.reason is Reason.UNKNOWN_KEY

@@ -123,7 +123,7 @@ def test_a_200mb_model_passes_through_chunked_streams(federation, bc3):
             name="breast_cancer", features=bc3.features, label="target", num_classes=2
         ),
         training=common_pb2.TrainingSpec(
-            local_epochs=1, batch_size=8, learning_rate=0.1, server_learning_rate=1.0, device="cpu"
+            local_epochs=1, batch_size=8, learning_rate=0.1, server_learning_rate=1.0
         ),
     )
     status = federation.wait_job(federation.submit(spec), timeout=300)

@@ -8,9 +8,11 @@ python3.11-venv added, as an air-gapped site would install them from its own med
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import shutil
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,8 +33,19 @@ def _pins() -> dict[str, str]:
     return pins
 
 
+def _wheel_packages(bundle: Path, member: str) -> set[str]:
+    """The top-level packages of one wheel inside the bundle (its .dist-info left out)."""
+    with tarfile.open(bundle) as tar:
+        data = tar.extractfile(member)
+        assert data is not None
+        with zipfile.ZipFile(io.BytesIO(data.read())) as wheel:
+            tops = {n.split("/", 1)[0] for n in wheel.namelist()}
+    return {t for t in tops if not t.endswith(".dist-info")}
+
+
 def test_bundle_is_complete_and_pinned(bundle: Path) -> None:
-    """The archive's SHA256SUMS cover every file, and its wheels are exactly the pinned versions."""
+    """The archive's SHA256SUMS cover every file, its wheels are exactly the pinned versions,
+    and the project's wheel holds confide, agent and aggregator only (no bench, no harness)."""
     sidecar = bundle.with_name(bundle.name + ".sha256").read_text().split()
     assert sidecar == [hashlib.sha256(bundle.read_bytes()).hexdigest(), bundle.name]
     top = f"confide-{VERSION}/"
@@ -54,6 +67,13 @@ def test_bundle_is_complete_and_pinned(bundle: Path) -> None:
         dist, ver = wheel.split("-")[:2]
         names[re.sub(r"[-_.]+", "-", dist).lower()] = ver
     assert names.pop("confide") == VERSION
+    assert "confide-dev" not in names and "scikit-learn" not in names
+    (confide_wheel,) = [w for w in wheels if w.startswith(f"confide-{VERSION}-")]
+    assert _wheel_packages(bundle, top + "wheelhouse/" + confide_wheel) == {
+        "confide",
+        "agent",
+        "aggregator",
+    }
     for dist, ver in names.items():
         assert ver.split("+")[0] == pins[dist].split("+")[0], dist  # torch: 2.13.0+cpu
     assert {"torch", "opacus", "onnxruntime", "grpcio", "numpy"} <= set(names)

@@ -63,6 +63,10 @@ def test_package_layout(debs: dict[str, Path], lintian, part: str) -> None:
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("./var/", "./run/"))]  # state: postinst, systemd
     assert any(n.startswith(f"{site}torch/") for n in names) == (part == "agent")
+    # What ships is what runs: no benchmarks, no development harness, no tests.
+    dev = ("bench/", "confide_dev/", "tests/", "confide/localfed/", "confide/cli/demo.py")
+    assert not [n for n in names if n.startswith(tuple(site + d for d in dev))]
+    assert not [n for n in names if "confide_dev" in n or "confide-dev" in n]
 
 
 class Installed:

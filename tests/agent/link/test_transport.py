@@ -85,7 +85,7 @@ class _Federation(federation_pb2_grpc.FederationServicer):
         with self.cond:
             self.uploads.append(parts)
             self.cond.notify_all()
-        return federation_pb2.Ack(accepted=True)
+        return federation_pb2.Ack()
 
     def Report(self, request, context):
         if self.ack_refusal is not None:
@@ -93,7 +93,7 @@ class _Federation(federation_pb2_grpc.FederationServicer):
         with self.cond:
             self.reports.append(request)
             self.cond.notify_all()
-        return federation_pb2.Ack(accepted=True)
+        return federation_pb2.Ack()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ class RecordingTransport(FakeTransport):
 
     def secagg(self, envelope):
         self.secagg_sent.append(envelope)
-        return K.Ack(accepted=True)
+        return K.Ack()
 
 
 def _spec() -> common_pb2.JobSpec:
