@@ -23,7 +23,7 @@ from confide.pki import Identity, channel_credentials
 from confide.pki.tls import TARGET_NAME_OVERRIDE
 from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 from confide.wire.blob import MAX_MESSAGE_BYTES, BlobAssembler, NamedArrays, iter_chunks
-from confide.wire.status import error_from_reason, error_from_rpc
+from confide.wire.status import error_from_rpc
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -32,7 +32,6 @@ __all__ = [
     "TaskStream",
     "Transport",
     "channel_options",
-    "check_ack",
 ]
 
 MAX_MODEL_BYTES = DEFAULT_MAX_MODEL_BYTES
@@ -92,17 +91,17 @@ class Transport(Protocol):
     ) -> federation_pb2.Ack:
         """Stream a signed ``UpdateHeader`` envelope, then the blob's bytes in chunks.
 
-        Returns only an accepted ``Ack``; one that is not accepted raises (``check_ack``).
+        Returns the ``Ack``: the aggregator took it. A refusal is the call's status, raised.
         """
         ...
 
     def report(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
-        """Send ``Envelope[TASK_REPORT, TaskReport]``; returns only an accepted ``Ack``."""
+        """Send ``Envelope[TASK_REPORT, TaskReport]``; a refusal raises."""
         ...
 
     def secagg(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
         """Send a secure-aggregation stage message (AdvertiseKeys, ShareKeys, UnmaskShares);
-        returns only an accepted ``Ack``."""
+        a refusal raises."""
         ...
 
     def close(self) -> None:
@@ -151,21 +150,6 @@ def _error(exc: grpc.RpcError) -> ConfideError:
     if code in _LOCAL_GIVE_UP and err.reason is Reason.INTERNAL:
         return InternalError(err.message, reason=Reason.UNAVAILABLE)
     return err
-
-
-def check_ack(ack: federation_pb2.Ack, what: str) -> federation_pb2.Ack:
-    """``ack`` when the aggregator accepted ``what``; else the refusal it carries, raised.
-
-    The aggregator refuses by aborting the call (a status ``error_from_rpc`` reads); an
-    ``Ack`` that is not accepted is the same refusal said in-band, and is read the same way:
-    its reason when it is a known ``Reason`` (``internal`` otherwise), by the one table.
-
-    Raises:
-        ConfideError: ``ack.accepted`` is false.
-    """
-    if ack.accepted:
-        return ack
-    raise error_from_reason(ack.reason, f"aggregator did not accept the {what}")
 
 
 def _closed_error() -> InternalError:
@@ -305,17 +289,17 @@ class GrpcTransport:
 
         with self._guarded():
             ack: federation_pb2.Ack = self._stub.Upload(parts(), timeout=_UNARY_TIMEOUT_S * 10)
-        return check_ack(ack, "upload")
+        return ack
 
     def report(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
         with self._guarded():
             ack: federation_pb2.Ack = self._stub.Report(envelope, timeout=_UNARY_TIMEOUT_S)
-        return check_ack(ack, "report")
+        return ack
 
     def secagg(self, envelope: common_pb2.Envelope) -> federation_pb2.Ack:
         with self._guarded():
             ack: federation_pb2.Ack = self._stub.SecAgg(envelope, timeout=_UNARY_TIMEOUT_S)
-        return check_ack(ack, "secure-aggregation message")
+        return ack
 
     def close(self) -> None:
         with self._lock:

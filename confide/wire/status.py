@@ -2,8 +2,8 @@
 
 Servicers raise ``ConfideError``s; ``abort_with`` turns one into a gRPC status whose details
 string is the ``Reason`` value, so peers learn little (the local log says everything).
-Clients call ``error_from_rpc`` to rebuild the matching error from a ``grpc.RpcError`` (and
-``error_from_reason`` from a refusal said in-band, without a status).
+Clients call ``error_from_rpc`` to rebuild the matching error from a ``grpc.RpcError``; a
+refusal is never said in-band (``Ack`` carries no verdict).
 
 One exception: a ``ConfigError`` is about what the caller itself sent (a job key that the
 aggregator refuses), so its one-line message travels too, in the trailing metadata key
@@ -24,7 +24,6 @@ __all__ = [
     "DETAIL_KEY",
     "STATUS_FOR",
     "abort_with",
-    "error_from_reason",
     "error_from_rpc",
     "status_for",
 ]
@@ -112,22 +111,6 @@ def error_from_rpc(err: grpc.RpcError) -> ConfideError:
     if reason is not None and details == reason.value:
         return cls(f"aggregator answered {code.name}", reason=reason)  # the reason says it
     return cls(f"aggregator answered {code.name}: {one_line(details)}", reason=reason)
-
-
-def error_from_reason(value: str, message: str) -> ConfideError:
-    """Rebuild a ConfideError from a refusal said in-band (no status code), e.g. an ``Ack``.
-
-    Args:
-        value: the peer's reason; kept when it is a known ``Reason`` (``internal`` otherwise).
-        message: what was refused, e.g. ``aggregator did not accept the upload``.
-    """
-    try:
-        reason: Reason | None = Reason(value)
-    except ValueError:
-        reason = None
-    cls = _CLASS_FOR_REASON.get(reason, errors.InternalError) if reason else errors.InternalError
-    said = f": {one_line(value, limit=_MAX_DETAIL)}" if value and reason is None else ""
-    return cls(f"{message}{said}", reason=reason)
 
 
 def _detail(err: grpc.RpcError) -> str:

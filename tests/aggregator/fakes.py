@@ -17,6 +17,9 @@ from confide.v1 import admin_pb2_grpc, common_pb2, federation_pb2, federation_pb
 from confide.wire import encode_tensors, iter_chunks, seal
 from confide.wire.blob import MAX_MESSAGE_BYTES, BlobAssembler
 
+ACK = federation_pb2.Ack()
+"""What the aggregator answers a message it took; a refusal is the RPC's error instead."""
+
 FEDERATION = "testfed"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from confide.v1 import admin_pb2, federation_pb2
-from tests.aggregator.fakes import delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, delta_like, tiny_spec
 
 
 def test_an_update_whose_row_the_database_refuses_never_reaches_the_model(
@@ -43,8 +43,8 @@ def test_an_update_whose_row_the_database_refuses_never_reaches_the_model(
     db.execute("DROP TRIGGER refuse")
     db.close()
     # The refused +1000 is not in the sum: the retry is accepted, and the mean is exactly 0.1.
-    assert s1.upload(t1, delta_like(model, 0.1)).accepted
-    assert s2.upload(t2, delta_like(model, 0.1)).accepted
+    assert s1.upload(t1, delta_like(model, 0.1)) == ACK
+    assert s2.upload(t2, delta_like(model, 0.1)) == ACK
     st = op.admin.GetJob(admin_pb2.JobRef(job_id=job))
     assert st.rounds[0].aggregated == 2
     new = s1.download(job, st.rounds[0].model_version)

@@ -11,7 +11,7 @@ from confide.disclose import MAX_DETAIL
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from confide.wire.status import error_from_rpc
 from tests.aggregator.conftest import make_config
-from tests.aggregator.fakes import FakeSite, Operator, tiny_spec
+from tests.aggregator.fakes import ACK, FakeSite, Operator, tiny_spec
 from tests.support.wait import wait_for
 
 
@@ -55,7 +55,7 @@ def test_a_refusal_reason_and_detail_reach_the_status_and_the_jobs_error(fed):
     job_id = op.submit(tiny_spec(rounds=1))
     t1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
     t2 = s2.next_task(federation_pb2.TASK_KIND_TRAIN)
-    assert s1.upload(t1, _zeros(s1, job_id, t1)).accepted
+    assert s1.upload(t1, _zeros(s1, job_id, t1)) == ACK
     s2.report(
         t2,
         outcome=common_pb2.OUTCOME_REFUSED,
@@ -86,7 +86,7 @@ def test_a_silent_site_is_named_when_its_round_fails(fed):
     job_id = op.submit(tiny_spec(rounds=1, round_timeout_s=0.5))
     t1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
     s2.next_task(federation_pb2.TASK_KIND_TRAIN)
-    assert s1.upload(t1, _zeros(s1, job_id, t1)).accepted
+    assert s1.upload(t1, _zeros(s1, job_id, t1)) == ACK
     st = _wait_state(op, job_id, admin_pb2.JOB_STATE_FAILED)
     assert st.error == (
         "round 1 got fewer than 2 updates in 1 attempts; site-2: no update before the round's "

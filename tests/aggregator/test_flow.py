@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
-from tests.aggregator.fakes import delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, delta_like, tiny_spec
 from tests.support.wait import wait_for
 
 
@@ -14,7 +14,7 @@ def _run_round(sites, job_id, value=0.1):
     tasks = [s.next_task(federation_pb2.TASK_KIND_TRAIN) for s in sites]
     model = sites[0].download(job_id, tasks[0].model_version)
     for s, t in zip(sites, tasks, strict=True):
-        assert s.upload(t, delta_like(model, value)).accepted
+        assert s.upload(t, delta_like(model, value)) == ACK
     return tasks, model
 
 

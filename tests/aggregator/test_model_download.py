@@ -11,7 +11,7 @@ from confide.cli.main import main as confide
 from confide.v1 import federation_pb2
 from confide.wire.safetensors import read_safetensors
 from confide_dev.localfed.federation import toml_text
-from tests.aggregator.fakes import FEDERATION, delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, FEDERATION, delta_like, tiny_spec
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def _finish_job(clients) -> tuple[str, list]:
         models.append(model)
         metrics = {"eval_accuracy": accuracy, "eval_loss": 1 - accuracy, "eval_samples": 10.0}
         for s, t in zip((s1, s2), tasks, strict=True):
-            assert s.upload(t, delta_like(model, 0.5), metrics=metrics).accepted
+            assert s.upload(t, delta_like(model, 0.5), metrics=metrics) == ACK
     for s in (s1, s2):
         t = s.next_task(federation_pb2.TASK_KIND_EVALUATE)
         s.report(t, metrics={"accuracy": 0.7, "loss": 0.4}, num_samples=10)

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from aggregator import servicer
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
-from tests.aggregator.fakes import delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, delta_like, tiny_spec
 from tests.support.wait import wait_for
 
 
@@ -72,7 +72,7 @@ def test_mis_signed_update(round1):
 def test_replayed_update(round1):
     """A second update from the same site in the same round is refused as replayed."""
     op, s1, s2, t1, t2, model = round1[:6]
-    assert s1.upload(t1, delta_like(model, 0.1)).accepted
+    assert s1.upload(t1, delta_like(model, 0.1)) == ACK
     _refused(
         op,
         lambda: s1.upload(t1, delta_like(model, 0.1)),
@@ -80,7 +80,7 @@ def test_replayed_update(round1):
         "replayed",
         "update_refused",
     )
-    assert s2.upload(t2, delta_like(model, 0.1)).accepted
+    assert s2.upload(t2, delta_like(model, 0.1)) == ACK
 
 
 def test_envelope_for_another_round(round1):
@@ -222,8 +222,8 @@ def test_invalid_job_refused(clients):
 
 
 def _finish_round(s1, s2, t1, t2, model):
-    assert s1.upload(t1, delta_like(model, 0.1)).accepted
-    assert s2.upload(t2, delta_like(model, 0.1)).accepted
+    assert s1.upload(t1, delta_like(model, 0.1)) == ACK
+    assert s2.upload(t2, delta_like(model, 0.1)) == ACK
 
 
 @pytest.fixture
@@ -278,7 +278,7 @@ def test_evaluate_report_during_a_round_is_refused_and_not_counted(round1):
 def test_late_failure_report_does_not_overwrite_an_accepted_update(round1):
     """A FAILED report after a site's update was accepted is refused; its ok row and ε stay."""
     op, s1, _s2, t1, _t2, model = round1[:6]
-    assert s1.upload(t1, delta_like(model, 0.1), epsilon=0.75).accepted
+    assert s1.upload(t1, delta_like(model, 0.1), epsilon=0.75) == ACK
     _refused(
         op,
         lambda: s1.report(t1, outcome=common_pb2.OUTCOME_FAILED),
@@ -375,5 +375,5 @@ def test_second_concurrent_upload_of_a_site_is_refused(round1, monkeypatch):
 def test_update_with_an_infinite_epsilon_is_accepted(round1):
     """An epsilon of +inf (no finite DP guarantee) is a valid report, not a refusal."""
     _op, s1, s2, t1, t2, model = round1[:6]
-    assert s1.upload(t1, delta_like(model, 0.1), epsilon=float("inf")).accepted
-    assert s2.upload(t2, delta_like(model, 0.1)).accepted
+    assert s1.upload(t1, delta_like(model, 0.1), epsilon=float("inf")) == ACK
+    assert s2.upload(t2, delta_like(model, 0.1)) == ACK

@@ -13,7 +13,7 @@ from aggregator.server import build
 from confide.errors import Reason
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
-from tests.aggregator.fakes import delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, delta_like, tiny_spec
 
 P = r.JobParams(
     "job",
@@ -153,8 +153,8 @@ def _attempt(job_id, s1, s2, *, reason: str) -> None:
     """One attempt: site-1 sends its update, site-2 refuses with ``reason``."""
     t1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
     t2 = s2.next_task(federation_pb2.TASK_KIND_TRAIN)
-    assert s1.upload(t1, delta_like(s1.download(job_id, t1.model_version), 0.1)).accepted
-    assert s2.report(t2, outcome=common_pb2.OUTCOME_REFUSED, reason=reason).accepted
+    assert s1.upload(t1, delta_like(s1.download(job_id, t1.model_version), 0.1)) == ACK
+    assert s2.report(t2, outcome=common_pb2.OUTCOME_REFUSED, reason=reason) == ACK
 
 
 def _failed_job(clients, *, reason: str) -> tuple[admin_pb2.JobStatus, list]:

@@ -17,7 +17,7 @@ from confide.pki import Role, init_ca, issue
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
 from confide.wire import canonical_bytes
 from tests.aggregator.conftest import make_config
-from tests.aggregator.fakes import FEDERATION, FakeSite, Operator
+from tests.aggregator.fakes import ACK, FEDERATION, FakeSite, Operator
 from tests.support.wait import wait_for
 
 SITES = [f"site-{i}" for i in range(1, 6)]
@@ -204,7 +204,7 @@ def run_round(sites, *, drop: dict[str, str] | None = None, skip: dict[str, str]
             if drop.get(s.name) == step or skip.get(s.name) == step:
                 continue
             task = s.next_task(kind)
-            assert getattr(s, step)(task).accepted
+            assert getattr(s, step)(task) == ACK
             nxt.append(s)
         alive = nxt
 
@@ -274,13 +274,13 @@ def test_a_dropped_task_stream_counts_as_a_dropout_without_waiting(fed):
     """A site whose stream ends during a stage is dropped at once, not at the stage deadline."""
     sites, op, job_id, model0, _ = start(fed, stage_timeout_s=30.0)
     for s in sites[:4]:
-        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)) == ACK
     sites[4].next_task(K.TASK_KIND_TRAIN)
     sites[4].disconnect()
     t0 = time.monotonic()
     for kind, step in STAGES[1:]:
         for s in sites[:4]:
-            assert getattr(s, step)(s.next_task(kind)).accepted
+            assert getattr(s, step)(s.next_task(kind)) == ACK
     assert time.monotonic() - t0 < 10
     _, model1 = finish(sites[:4], op, job_id)
     np.testing.assert_array_equal(model1, expected_model(model0, sites[:4]))
@@ -290,7 +290,7 @@ def test_fewer_than_t_aborts_the_attempt_and_the_round_is_retried(fed):
     """Only 2 of 5 sites advertise (t=3): the attempt fails cleanly, the retry completes."""
     sites, op, job_id, model0, _ = start(fed, round_timeout_s=3.0)
     for s in sites[:2]:
-        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)) == ACK
     for s in sites[2:]:
         s.next_task(K.TASK_KIND_TRAIN)  # never answered
     retry = [s.next_task(K.TASK_KIND_TRAIN, timeout=30) for s in sites]
@@ -315,7 +315,7 @@ def test_replayed_wrong_stage_and_unselected_messages_are_refused(fed):
     site, op, _ = fed
     sites, op, job_id, _, _ = start(fed)
     t = sites[0].next_task(K.TASK_KIND_TRAIN)
-    assert sites[0].advertise(t).accepted
+    assert sites[0].advertise(t) == ACK
     env = sites[0].sent["STAGE_ADVERTISE_KEYS"]
     _refused(lambda: sites[0].fed.SecAgg(env, timeout=10), "replayed")
     early = sites[1].seal(
@@ -360,7 +360,7 @@ def test_advertised_keys_with_a_non_finite_epsilon_are_refused(fed):
     neg = K.AdvertiseKeys(task_id=t.task_id, keys=keys)
     neg.metrics["eval_samples"] = -1.0
     _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, neg), "malformed")
-    assert sites[0].advertise(t).accepted
+    assert sites[0].advertise(t) == ACK
 
 
 def _round_keys(site: SecSite, task, *, task_id=None, signer=None) -> common_pb2.Envelope:
@@ -387,14 +387,14 @@ def test_round_keys_not_signed_by_the_sender_or_for_another_task_are_refused(fed
     _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, other), "replayed")
     missing = K.AdvertiseKeys(task_id=t.task_id)
     _refused(lambda: sites[0].secagg_send(t, common_pb2.STAGE_ADVERTISE_KEYS, missing), "malformed")
-    assert sites[0].advertise(t).accepted
+    assert sites[0].advertise(t) == ACK
 
 
 def test_advertised_keys_of_an_earlier_attempt_are_refused(fed):
     """A late AdvertiseKeys answering attempt 1's TRAIN task is REPLAYED in attempt 2."""
     sites, op, _job_id, _, _ = start(fed, round_timeout_s=2.0)
     for s in sites[:2]:
-        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)) == ACK
     stale = sites[2].next_task(K.TASK_KIND_TRAIN)  # answered only after the attempt failed
     for s in sites[3:]:
         s.next_task(K.TASK_KIND_TRAIN)
@@ -402,7 +402,7 @@ def test_advertised_keys_of_an_earlier_attempt_are_refused(fed):
     assert retry[2].task_id != stale.task_id and retry[2].round == stale.round
     _refused(lambda: sites[2].advertise(stale), "replayed")
     for s, t in zip(sites, retry, strict=True):
-        assert s.advertise(t).accepted
+        assert s.advertise(t) == ACK
     events = [(e.event, e.reason) for e in op.admin.ListAudit(admin_pb2.AuditRequest()).entries]
     assert ("secagg_refused", "replayed") in events
 
@@ -433,7 +433,7 @@ def test_other_sites_get_only_signed_keys_never_the_advertised_figures(fed):
     no sample count, metric or epsilon of another site reaches a site (issue 8.5)."""
     sites, _op, _job_id, _, _ = start(fed)
     for s in sites:
-        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)).accepted
+        assert s.advertise(s.next_task(K.TASK_KIND_TRAIN)) == ACK
     task = sites[0].next_task(K.TASK_KIND_SHARE_KEYS)
     assert [e.site_id for e in task.share_keys.sites] == SITES
     for e in task.share_keys.sites:
@@ -455,16 +455,16 @@ def test_a_consistency_signature_on_another_view_is_refused(fed):
     sites, op, job_id, model0, _ = start(fed)
     for kind, step in STAGES[:4]:
         for s in sites:
-            assert getattr(s, step)(s.next_task(kind)).accepted
+            assert getattr(s, step)(s.next_task(kind)) == ACK
     t = sites[4].next_task(K.TASK_KIND_CONSISTENCY)
     bad = K.ConsistencySignature(task_id=t.task_id, session_id=b"s" * 32, view_sha256=b"v" * 32)
     _refused(lambda: sites[4].secagg_send(t, common_pb2.STAGE_CONSISTENCY, bad), "malformed")
     for s in sites[:4]:
-        assert s.sign(s.next_task(K.TASK_KIND_CONSISTENCY)).accepted
+        assert s.sign(s.next_task(K.TASK_KIND_CONSISTENCY)) == ACK
     for s in sites[:4]:
         task = s.next_task(K.TASK_KIND_UNMASK)
         assert sorted(e.sender for e in task.unmask.signatures) == SITES[:4]
-        assert s.unmask(task).accepted
+        assert s.unmask(task) == ACK
     _st, model1 = finish(sites, op, job_id)
     np.testing.assert_array_equal(model1, expected_model(model0, sites))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from confide.v1 import admin_pb2, common_pb2, federation_pb2
-from tests.aggregator.fakes import delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, delta_like, tiny_spec
 
 NAMES = ("site-1", "site-2", "site-3", "site-4", "site-5")
 TRAIN = federation_pb2.TASK_KIND_TRAIN
@@ -67,9 +67,9 @@ def test_capped_fedavg_and_norm_clip_bound_a_hostile_site(clients):
     _refused(
         lambda: hostile.upload(task, delta_like(model, 1000.0), num_samples=2**63 - 1), "oversized"
     )
-    assert hostile.upload(task, delta_like(model, 1000.0), num_samples=2**40).accepted
+    assert hostile.upload(task, delta_like(model, 1000.0), num_samples=2**40) == ACK
     for s, t in zip(sites[:-1], tasks[:-1], strict=True):
-        assert s.upload(t, delta_like(model, 0.1), num_samples=100).accepted
+        assert s.upload(t, delta_like(model, 0.1), num_samples=100) == ACK
     got, st = _delta(op, sites[0], job, model)
     d = got.size
     # Hostile: weight capped at W = 100, update scaled from norm 1000·√d to B = C = 1.
@@ -99,9 +99,9 @@ def test_robust_rules_keep_the_model_within_the_honest_range(clients, rule, host
         clients, aggregation=common_pb2.AggregationSpec(rule=rule, trim_fraction=trim)
     )
     honest = (0.1, 0.2, 0.3, 0.4)
-    assert sites[-1].upload(tasks[-1], delta_like(model, hostile), num_samples=2**40).accepted
+    assert sites[-1].upload(tasks[-1], delta_like(model, hostile), num_samples=2**40) == ACK
     for s, t, v in zip(sites[:-1], tasks[:-1], honest, strict=True):
-        assert s.upload(t, delta_like(model, v), num_samples=1).accepted
+        assert s.upload(t, delta_like(model, v), num_samples=1) == ACK
     got, _ = _delta(op, sites[0], job, model)
     assert np.all(got >= min(honest) - 1e-6) and np.all(got <= max(honest) + 1e-6)
     np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -118,10 +118,10 @@ def test_forged_evaluation_counts_move_reported_accuracy_by_at_most_one_site_sha
         ),
         "malformed",
     )
-    assert hostile.upload(tasks[-1], delta_like(model, 0.1), metrics=lie).accepted
+    assert hostile.upload(tasks[-1], delta_like(model, 0.1), metrics=lie) == ACK
     truth = {"eval_accuracy": 0.45, "eval_loss": 1.0, "eval_samples": 50.0}
     for s, t in zip(sites[:-1], tasks[:-1], strict=True):
-        assert s.upload(t, delta_like(model, 0.1), metrics=truth).accepted
+        assert s.upload(t, delta_like(model, 0.1), metrics=truth) == ACK
     evals = [s.next_task(EVALUATE) for s in sites]
     hostile.report(evals[-1], metrics={"accuracy": 1.0, "loss": 0.0}, num_samples=2**40)
     for s, t in zip(sites[:-1], evals[:-1], strict=True):
@@ -141,9 +141,10 @@ def test_counts_beyond_the_declared_dataset_are_refused(clients):
         lambda: s.upload(t, delta_like(model, 0.1), metrics={"eval_samples": 21.0}), "oversized"
     )
     for s, t in zip(sites, tasks, strict=True):
-        assert s.upload(
-            t, delta_like(model, 0.1), num_samples=100, metrics={"eval_samples": 20.0}
-        ).accepted
+        assert (
+            s.upload(t, delta_like(model, 0.1), num_samples=100, metrics={"eval_samples": 20.0})
+            == ACK
+        )
     e = sites[0].next_task(EVALUATE)
     _refused(lambda: sites[0].report(e, metrics={"accuracy": 0.5}, num_samples=21), "oversized")
     sites[0].report(e, metrics={"accuracy": 0.5}, num_samples=20)

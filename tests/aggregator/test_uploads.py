@@ -12,7 +12,7 @@ from aggregator import servicer
 from aggregator.server import build
 from confide.v1 import federation_pb2
 from tests.aggregator.conftest import make_config
-from tests.aggregator.fakes import FakeSite, Operator, delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, FakeSite, Operator, delta_like, tiny_spec
 from tests.support.wait import wait_for
 
 
@@ -84,8 +84,8 @@ def test_a_stalled_upload_is_cut_off_at_its_deadline_and_frees_its_slot(pki, tmp
         r1 = s1.next_task(federation_pb2.TASK_KIND_TRAIN)
         r2 = s2.next_task(federation_pb2.TASK_KIND_TRAIN)
         assert r1.task_id.split("/")[2] == "2"
-        assert s1.upload(r1, delta_like(model, 0.1)).accepted
-        assert s2.upload(r2, delta_like(model, 0.1)).accepted
+        assert s1.upload(r1, delta_like(model, 0.1)) == ACK
+        assert s2.upload(r2, delta_like(model, 0.1)) == ACK
         events = [e.event for e in agg.store.audit_entries()]
         assert "upload_expired" in events
     finally:

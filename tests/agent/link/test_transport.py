@@ -43,7 +43,6 @@ class _Federation(federation_pb2_grpc.FederationServicer):
         self.cond = threading.Condition()
         self.stalled = threading.Event()
         self.announce = 0
-        self.ack_refusal: str | None = None  # answer reports with a not-accepted Ack saying it
 
     def Register(self, request, context):
         return federation_pb2.RegisterReply(site_id=request.sender, heartbeat_interval_s=3600)
@@ -88,8 +87,6 @@ class _Federation(federation_pb2_grpc.FederationServicer):
         return federation_pb2.Ack()
 
     def Report(self, request, context):
-        if self.ack_refusal is not None:
-            return federation_pb2.Ack(accepted=False, reason=self.ack_refusal)
         with self.cond:
             self.reports.append(request)
             self.cond.notify_all()
@@ -136,27 +133,6 @@ def test_rpc_errors_map_to_confide_errors(pki, server):
     finally:
         t.close()
     assert info.value.reason is Reason.UNKNOWN_JOB
-
-
-def test_an_ack_that_is_not_accepted_is_a_refusal_with_its_reason(pki, server):
-    """A not-accepted Ack over gRPC raises like an aborted call: a known reason is kept, an
-    unknown one is internal and quoted on one line."""
-    servicer, address = server
-    t = GrpcTransport.from_identity(pki.site, address=address, server_name="aggregator")
-    try:
-        servicer.ack_refusal = "replayed"
-        with pytest.raises(ConfideError) as known:
-            t.report(common_pb2.Envelope())
-        servicer.ack_refusal = "no\nthanks"
-        with pytest.raises(ConfideError) as unknown:
-            t.report(common_pb2.Envelope())
-        servicer.ack_refusal = None
-        assert t.report(common_pb2.Envelope()).accepted
-    finally:
-        t.close()
-    assert known.value.reason is Reason.REPLAYED
-    assert unknown.value.reason is Reason.INTERNAL
-    assert unknown.value.message == "aggregator did not accept the report: no thanks"
 
 
 def _grpc_session(pki: Any, address: str, runner: Any) -> Session:
