@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from confide.cli.demo import demo_job
 
 from agent.local.api import connect_api
 from confide.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
+from confide_dev.demo import demo_job
 
 from .conftest import download_model, site_setup, start_sites
 

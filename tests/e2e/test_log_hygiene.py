@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confide.cli.demo import demo_job
-from confide.localfed import LocalFederation
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.v1 import admin_pb2
+from confide_dev.demo import demo_job
+from confide_dev.localfed import LocalFederation
 
 from .conftest import site_setup
 

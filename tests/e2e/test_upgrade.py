@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from confide.cli.demo import demo_job
 
 from agent.local.api import connect_api
 from agent.privacy.ledger import Ledger
@@ -20,6 +19,7 @@ from agent.privacy.plan import PrivacyPlan
 from aggregator.store import StoreConfig, open_store
 from confide.dp.budget import cumulative_epsilon
 from confide.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
+from confide_dev.demo import demo_job
 
 from .conftest import download_model, site_setup
 
