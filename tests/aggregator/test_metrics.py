@@ -21,7 +21,7 @@ from confide.pki import Role, init_ca, issue, renew
 from confide.secagg.encoding import Mechanism, SecureEncoding
 from confide.v1 import common_pb2, federation_pb2
 from tests.aggregator.conftest import make_config
-from tests.aggregator.fakes import FEDERATION, FakeSite, Operator, delta_like, tiny_spec
+from tests.aggregator.fakes import ACK, FEDERATION, FakeSite, Operator, delta_like, tiny_spec
 from tests.support.scrape import Samples, metrics_address, scrape
 from tests.support.wait import wait_for
 
@@ -54,7 +54,7 @@ def _round(sites: list[FakeSite], job_id: str) -> int:
     tasks = [s.next_task(federation_pb2.TASK_KIND_TRAIN) for s in sites]
     model = sites[0].download(job_id, tasks[0].model_version)
     for s, t in zip(sites, tasks, strict=True):
-        assert s.upload(t, delta_like(model, 0.25)).accepted
+        assert s.upload(t, delta_like(model, 0.25)) == ACK
     return sum(a.nbytes for _, a in model)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from confide.cli.demo import demo_job
 
 from confide.v1 import admin_pb2
+from confide_dev.demo import demo_job
 from tests.support.scrape import Samples, metrics_address, scrape
 
 from .conftest import site_setup

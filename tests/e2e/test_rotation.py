@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from confide.cli.demo import demo_job
-from confide.localfed import LocalFederation
 from cryptography import x509
 
 from confide.pki import renew, revoke
 from confide.v1 import admin_pb2
+from confide_dev.demo import demo_job
+from confide_dev.localfed import LocalFederation
 from tests.aggregator.test_tls_reload import replace_file, served_serial
 
 from .conftest import site_setup
