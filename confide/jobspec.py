@@ -292,20 +292,23 @@ _TABLE_OF_FIELD = {"record_privacy": "privacy.sample", "update_privacy": "privac
 """Job-file tables whose JobSpec field has another name; the others share theirs."""
 
 
-def _refuse_unknown_fields(msg: Message, path: str) -> None:
+def _refuse_unknown_fields(msg: Message, path: str, *, retired_ok: bool) -> None:
     """Refuse fields of ``msg`` (and the messages it holds) that this version does not know.
 
     A newer operator's key, or a retired one, would otherwise be parsed into the message's
-    unknown fields and silently ignored by every site.
+    unknown fields and silently ignored by every site. With ``retired_ok`` the retired fields
+    alone pass (see ``validate_job``).
 
     Raises:
         ConfigError: ``UNKNOWN_KEY``, naming the retired key or the table and field number.
     """
     unknowns = UnknownFieldSet(msg)
-    if len(unknowns):
-        number = int(unknowns[0].field_number)
+    for i in range(len(unknowns)):
+        number = int(unknowns[i].field_number)
         retired = _RETIRED_FIELDS.get((msg.DESCRIPTOR.full_name, number))
         if retired is not None:
+            if retired_ok:
+                continue
             raise ConfigError(retired, _RETIRED[retired], reason=Reason.UNKNOWN_KEY)
         raise ConfigError(
             path or "job",
@@ -319,7 +322,7 @@ def _refuse_unknown_fields(msg: Message, path: str) -> None:
         name = _TABLE_OF_FIELD.get(field.name, field.name)
         child = f"{path}.{name}" if path else name
         for item in value if field.is_repeated else [value]:
-            _refuse_unknown_fields(item, child)
+            _refuse_unknown_fields(item, child, retired_ok=retired_ok)
 
 
 def _aggregation_from_toml(a: Section, out: common_pb2.AggregationSpec) -> None:
@@ -431,17 +434,26 @@ def _validate_standardization(ds: common_pb2.DatasetSpec) -> None:
         raise ConfigError("dataset.feature_scale", "must be > 0")
 
 
-def validate_job(spec: common_pb2.JobSpec) -> None:
+def validate_job(spec: common_pb2.JobSpec, *, signed_before_upgrade: bool = False) -> None:
     """Check a job as the aggregator receives it; every error names the job-file key.
 
     Everything a running job builds from its spec (model shapes, server optimizer, SecAgg+
     parameters for ``min_sites``) is checked here once, so a job that passes cannot fail
     later at the aggregator, after the store already holds it.
 
+    Args:
+        spec: the job.
+        signed_before_upgrade: a site checking a job the aggregator already admitted. The
+            previous release wrote ``training.device`` into every job and read it nowhere;
+            the aggregator now refuses the retired keys at submit, so only a job signed before
+            the upgrade can still carry one, and it must keep running: the site lets those
+            retired fields (and no other unknown field) pass, meaning what they always meant:
+            nothing.
+
     Raises:
         ConfigError: the first invalid field, named as in the job file.
     """
-    _refuse_unknown_fields(spec, "")
+    _refuse_unknown_fields(spec, "", retired_ok=signed_before_upgrade)
     if spec.model.code_sha256:
         raise ConfigError("model.code_sha256", _CODE_BUNDLES_UNSUPPORTED)
     if not spec.name.strip():

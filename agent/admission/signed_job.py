@@ -112,7 +112,9 @@ def check_job(job: VerifiedJob) -> VerifiedJob:
         PolicyRefusal: ``INVALID_JOB``, with ``validate_job``'s message naming the key.
     """
     try:
-        validate_job(job.spec)
+        # The aggregator refused retired keys at submit; a job still carrying one was signed
+        # by the previous release and keeps running across the upgrade.
+        validate_job(job.spec, signed_before_upgrade=True)
     except ConfigError as exc:
         raise PolicyRefusal(f"invalid job: {exc}", reason=Reason.INVALID_JOB, public=True) from exc
     # Every default resolved once: the site plans, encodes and trains on this copy.
