@@ -29,6 +29,7 @@ from aggregator.servicer import model_parts
 from aggregator.sites import SiteConn, SiteProblem
 from aggregator.store import (
     AuditNote,
+    BlobStore,
     FailureRow,
     JobRow,
     ModelRow,
@@ -83,7 +84,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     Args:
         guard: authentication and refusal handling.
-        coordinator: active jobs and connected sites.
+        coordinator: the round engine (active jobs and connected sites).
+        blobs: where a submitted job's initial model goes, and DownloadModel reads.
         max_model_bytes: the largest job model accepted (``limits.max_model_bytes``).
         new_id: job-id factory (a parameter so tests pin it).
     """
@@ -92,11 +94,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self,
         guard: Guard,
         coordinator: Coordinator,
+        blobs: BlobStore,
         *,
         max_model_bytes: int,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
     ) -> None:
-        self.guard, self.coord, self.new_id = guard, coordinator, new_id
+        self.guard, self.coord, self.blobs, self.new_id = guard, coordinator, blobs, new_id
         self.max_model_bytes = max_model_bytes
         self.store = guard.store
 
@@ -114,7 +117,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             check_model_size(spec, max_bytes=self.max_model_bytes)
             job_id = self.new_id()
             call.bind(job=job_id)
-            sha, _ = self.coord.blobs.put(
+            sha, _ = self.blobs.put(
                 initial_weights(spec.model, spec.dataset, seed=int(spec.training.seed))
             )
             now = self.guard.clock()
@@ -240,7 +243,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         with self.guard.handling(context, "download_refused") as call:
             self.guard.peer(context, call, Role.OPERATOR)
             call.bind(job=request.job_id)
-            parts = model_parts(self.store, self.coord.blobs, request)
+            parts = model_parts(self.store, self.blobs, request)
             first = next(parts)
         yield first
         yield from parts

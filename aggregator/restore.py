@@ -4,17 +4,20 @@ A new job is eligible to the connected sites holding its dataset. At startup eac
 is rebuilt from its last stored model and optimizer state and resumes where
 ``jobs.resume_point`` says; a job that cannot be rebuilt is marked failed in the store, so one
 bad job never keeps the aggregator down.
+
+These functions read the store and build ``Job`` objects; they hold no lock and keep no
+state. The round engine (``aggregator.coordinator``) calls them, passing a snapshot of the
+connected sites, and is the only owner of the jobs they return.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from aggregator import rounds as r
 from aggregator.jobs import Job, new_job, resume_point
-from aggregator.sites import SiteRegistry
 from aggregator.store import AuditNote, BlobStore, JobRow, Store
 from confide.errors import ConfideError, Reason
 from confide.v1 import common_pb2
@@ -25,7 +28,7 @@ log = structlog.get_logger("aggregator.coordinator")
 
 
 def build_job(
-    sites: SiteRegistry,
+    connected: Mapping[str, frozenset[str]],
     job_id: str,
     spec: common_pb2.JobSpec,
     signed: common_pb2.Envelope,
@@ -39,10 +42,13 @@ def build_job(
 ) -> Job:
     """An active job, eligible to the connected sites that hold its dataset.
 
+    Args:
+        connected: each connected site's registered dataset names.
+
     Raises:
         ConfigError: the spec's model does not fit its dataset, or its optimizer is unknown.
     """
-    eligible = frozenset(c.site for c in sites.all() if spec.dataset.name in c.datasets)
+    eligible = frozenset(site for site, ds in connected.items() if spec.dataset.name in ds)
     return new_job(
         job_id,
         spec,
@@ -60,18 +66,22 @@ def build_job(
 def rebuild_job(
     store: Store,
     blobs: BlobStore,
-    sites: SiteRegistry,
+    connected: Mapping[str, frozenset[str]],
     row: JobRow,
     *,
     max_retries: int,
     retry_backoff_s: float = 0.0,
 ) -> tuple[Job, r.Event]:
-    """A stored running job rebuilt from its last model, and the event that resumes it."""
+    """A stored running job rebuilt from its last model, and the event that resumes it.
+
+    Args:
+        connected: each connected site's registered dataset names.
+    """
     spec = common_pb2.JobSpec.FromString(row.spec)
     models = store.models(row.id)
     last = models[-1]
     job = build_job(
-        sites,
+        connected,
         row.id,
         spec,
         common_pb2.Envelope.FromString(row.signed_job),

@@ -132,7 +132,6 @@ def build(
     coord = Coordinator(
         store,
         blobs,
-        heartbeat_interval_s=config.heartbeat_interval_s,
         site_timeout_s=config.site_timeout_s,
         max_retries=config.max_round_retries,
         retry_backoff_s=config.retry_backoff_s,
@@ -188,14 +187,16 @@ def build(
         FederationServicer(
             guard,
             coord,
+            blobs,
             quotas,
             max_update_bytes=config.max_update_bytes,
             max_concurrent_uploads=config.max_concurrent_uploads,
+            heartbeat_interval_s=config.heartbeat_interval_s,
         ),
         server,
     )
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(guard, coord, max_model_bytes=config.max_model_bytes), server
+        AdminServicer(guard, coord, blobs, max_model_bytes=config.max_model_bytes), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

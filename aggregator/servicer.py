@@ -55,23 +55,28 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
 
     Args:
         guard: authentication and refusal handling.
-        coordinator: jobs, rounds and site queues.
+        coordinator: the round engine (jobs, rounds and site queues).
+        blobs: the model blobs a Download streams.
         quotas: per-peer and server-wide budgets; an upload reserves its model's bytes.
         max_update_bytes: the largest update blob accepted.
         max_concurrent_uploads: uploads received at once (others wait up to 120 s, or
             until the phase they belong to closes).
+        heartbeat_interval_s: told to sites at register.
     """
 
     def __init__(
         self,
         guard: Guard,
         coordinator: Coordinator,
+        blobs: BlobStore,
         quotas: Quotas,
         *,
         max_update_bytes: int,
         max_concurrent_uploads: int,
+        heartbeat_interval_s: float,
     ) -> None:
-        self.guard, self.coord, self.quotas = guard, coordinator, quotas
+        self.guard, self.coord, self.blobs, self.quotas = guard, coordinator, blobs, quotas
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.max_update_bytes = max_update_bytes
         self._uploads = threading.BoundedSemaphore(max_concurrent_uploads)
         self._lock = threading.Lock()
@@ -90,7 +95,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             bounds.check_register(req)
             self.coord.register(info.name, req)
             return federation_pb2.RegisterReply(
-                site_id=info.name, heartbeat_interval_s=self.coord.heartbeat_interval_s
+                site_id=info.name, heartbeat_interval_s=self.heartbeat_interval_s
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -144,7 +149,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         with self.guard.handling(context, "download_refused") as call:
             self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id)
-            parts = model_parts(self.guard.store, self.coord.blobs, request)
+            parts = model_parts(self.guard.store, self.blobs, request)
             first = next(parts)
         yield first
         yield from self.guard.streaming(context, "download_refused", call, parts)
@@ -221,7 +226,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         try:
             left = _UPLOAD_WAIT_S
             if target.deadline is not None:
-                left = max(0.0, target.deadline - self.coord.clock())
+                left = max(0.0, target.deadline - self.guard.clock())
             t0 = time.monotonic()
             if not self._uploads.acquire(timeout=min(_UPLOAD_WAIT_S, left)):
                 raise InternalError("too many uploads at once", reason=Reason.UNAVAILABLE)
@@ -254,7 +259,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
                 AuditNote(
                     event="upload_expired",
                     actor=site,
-                    at=self.coord.clock(),
+                    at=self.guard.clock(),
                     job=job_id,
                     detail="the phase closed while the upload was still streaming",
                 )

@@ -1,9 +1,10 @@
-"""The coordinator's one timer thread: round deadlines and site timeouts, without polling.
+"""The round engine's timer thread: it sleeps until the next deadline, then asks the engine to fire.
 
-It holds the coordinator's lock except while it waits on the lock's condition until the
-earliest round deadline or site timeout; whoever moves one (a round event, a heartbeat, a
-new stream) notifies the condition. A due deadline is fed as ``DeadlinePassed``; a site
-silent for ``site_timeout_s`` has its stream closed (``SiteDisconnected``).
+It shares no lock or state with the engine. Each turn it calls ``fire`` (the engine feeds
+``DeadlinePassed`` to each job whose deadline passed and closes the streams of silent sites),
+then ``next_deadline`` (unix seconds of the earliest round deadline or site timeout; None:
+none), and waits on its own condition until then, or until the engine ``poke``s it because a
+deadline may have moved earlier. Without a deadline it sleeps until poked: no polling.
 """
 
 from __future__ import annotations
@@ -12,10 +13,6 @@ import threading
 from collections.abc import Callable
 
 import structlog
-
-from aggregator import rounds as r
-from aggregator.jobs import Job
-from aggregator.sites import SiteConn, SiteRegistry
 
 __all__ = ["DeadlineTimer"]
 
@@ -26,67 +23,67 @@ _TIMER_RETRY_S = 1.0
 
 
 class DeadlineTimer:
-    """Fires due round deadlines and site timeouts from its thread (``thread``).
+    """One daemon thread that wakes the engine at its deadlines.
 
     Args:
-        cond: the coordinator's lock (held while firing, waited on in between).
-        jobs: the coordinator's active jobs.
-        sites: the connected sites' task streams.
-        feed: feeds an event into a job's state machine (``Coordinator._feed``).
-        fail_job: fails a job whose deadline could not be handled (``Coordinator._fail_job``).
-        close_stream: ends a timed-out site's stream (``SiteLinks.close_stream``).
-        site_timeout_s: a site silent this long is disconnected.
-        clock: unix seconds.
+        fire: fires what is due (``Coordinator.fire_due``).
+        next_deadline: unix seconds of the engine's next deadline, or None
+            (``Coordinator.next_deadline``).
+        clock: unix seconds (the engine's clock).
     """
 
     def __init__(
         self,
-        cond: threading.Condition,
-        jobs: dict[str, Job],
-        sites: SiteRegistry,
         *,
-        feed: Callable[[str, r.Event], None],
-        fail_job: Callable[..., None],
-        close_stream: Callable[[SiteConn], None],
-        site_timeout_s: float,
+        fire: Callable[[], None],
+        next_deadline: Callable[[], float | None],
         clock: Callable[[], float],
     ) -> None:
-        self.cond, self.jobs, self.sites = cond, jobs, sites
-        self.feed, self.fail_job, self.close_stream = feed, fail_job, close_stream
-        self.site_timeout_s, self.clock = site_timeout_s, clock
-        self.stopping = False
-        """Set (under ``cond``, then notified) to end the thread."""
-        self.thread = threading.Thread(target=self._run, name="round-timer", daemon=True)
+        self._fire, self._next_deadline, self._clock = fire, next_deadline, clock
+        self._cond = threading.Condition(threading.Lock())
+        self._poked = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="round-timer", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        """End the thread (waiting up to ``timeout`` seconds for it)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+
+    def is_alive(self) -> bool:
+        """Whether the thread is running."""
+        return self._thread.is_alive()
+
+    def poke(self) -> None:
+        """A deadline may have moved earlier: ask the engine again before sleeping on.
+
+        Called by the engine under its own lock; takes only the timer's, which the timer
+        never holds while it calls the engine, so the two cannot deadlock.
+        """
+        with self._cond:
+            self._poked = True
+            self._cond.notify_all()
 
     def _run(self) -> None:
-        with self.cond:
-            while not self.stopping:
-                try:
-                    timeout = self._tick()
-                except Exception as exc:
-                    # The timer must outlive any one failure, or no deadline fires again.
-                    log.error("timer_failed", exc_info=exc)
-                    timeout = _TIMER_RETRY_S
-                self.cond.wait(timeout)
-
-    def _tick(self) -> float | None:
-        """Fire due deadlines and site timeouts; returns seconds until the next (None: none)."""
-        now = self.clock()
-        for job_id in [
-            j
-            for j, job in self.jobs.items()
-            if job.state.deadline is not None and job.state.deadline <= now
-        ]:
-            job = self.jobs[job_id]
+        while True:
             try:
-                self.feed(job_id, r.DeadlinePassed())
+                self._fire()
+                nxt = self._next_deadline()
+                wait = None if nxt is None else max(0.0, nxt - self._clock())
             except Exception as exc:
-                self.fail_job(job_id, job, exc, action="DeadlinePassed")
-        for conn in self.sites.expired(now=now, timeout_s=self.site_timeout_s):
-            log.warning("site_timed_out", site=conn.site)
-            self.close_stream(conn)
-        wake = [j.state.deadline for j in self.jobs.values() if j.state.deadline is not None]
-        nxt = self.sites.next_expiry(timeout_s=self.site_timeout_s)
-        if nxt is not None:
-            wake.append(nxt)
-        return max(0.0, min(wake) - self.clock()) if wake else None
+                # The timer must outlive any one failure, or no deadline fires again.
+                log.error("timer_failed", exc_info=exc)
+                wait = _TIMER_RETRY_S
+            with self._cond:
+                if not self._poked and not self._stopping:
+                    self._cond.wait(wait)
+                if self._stopping:
+                    return
+                self._poked = False

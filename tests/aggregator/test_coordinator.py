@@ -1,17 +1,21 @@
-"""The coordinator in-process (no gRPC): an error in an action fails only its own job."""
+"""The round engine in-process (no gRPC): one flat loop, its timer, and failures kept to one job."""
 
 from __future__ import annotations
 
+import inspect
+import queue
 import time
 
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from aggregator import rounds as r
 from aggregator.coordinator import Coordinator
 from aggregator.store import AuditNote, JobRow, ModelRow
 from aggregator.store.blobs import FileBlobStore
 from aggregator.store.sqlite import SqliteStore
+from aggregator.timer import DeadlineTimer
 from confide.models import initial_weights
 from confide.v1 import common_pb2, federation_pb2
 from tests.aggregator.fakes import tiny_spec
@@ -22,7 +26,7 @@ from tests.support.wait import wait_for
 def coord(tmp_path):
     store = SqliteStore(tmp_path / "a.db")
     blobs = FileBlobStore(tmp_path / "blobs")
-    c = Coordinator(store, blobs, heartbeat_interval_s=5.0, site_timeout_s=60.0, max_retries=0)
+    c = Coordinator(store, blobs, site_timeout_s=60.0, max_retries=0)
     c.start()
     yield c
     c.stop()
@@ -57,7 +61,7 @@ def _submit(coord: Coordinator, job_id: str, spec: common_pb2.JobSpec) -> None:
 
 
 def _update(coord: Coordinator, site: str, task: federation_pb2.Task) -> None:
-    zeros = [(n, np.zeros(s, dtype=np.float32)) for n, s in coord._jobs[task.job_id].shapes]
+    zeros = [(n, np.zeros(s, dtype=np.float32)) for n, s in coord.upload_target(task.job_id).shapes]
     header = federation_pb2.UpdateHeader(task_id=task.task_id, num_samples=10)
     coord.accept_update(site, task.job_id, task.round, header, zeros)
 
@@ -127,3 +131,76 @@ def test_cancel_ends_the_open_round_row(coord):
     assert coord.cancel("j1")
     assert coord.store.job("j1").state == "cancelled"
     assert coord.store.rounds("j1")[0].state == "cancelled"
+
+
+def test_actions_return_events_and_never_reenter_the_loop(coord, monkeypatch):
+    """A round's follow-up event (ModelStored) is advanced by the same flat loop, not from inside
+    the action that produced it: at the same stack depth as the update that led to it."""
+    depths: list[tuple[str, int]] = []
+    advance = r.advance
+
+    def tracked(state, event, *, now):
+        depths.append((type(event).__name__, len(inspect.stack(0))))
+        return advance(state, event, now=now)
+
+    monkeypatch.setattr(r, "advance", tracked)
+    c1, c2 = _connect(coord, "site-1", "site-2")
+    _submit(coord, "j1", tiny_spec())
+    _update(coord, "site-1", c1.queue.get())
+    depths.clear()
+    _update(coord, "site-2", c2.queue.get())  # aggregates; round 2 starts from ModelStored
+    assert [name for name, _ in depths] == ["UpdateReceived", "ModelStored"]
+    assert depths[0][1] == depths[1][1]
+    assert coord.live_state("j1").round == 2
+    assert [t.round for t in _tasks(c1)] == [2]
+
+
+def test_the_engine_tells_the_timer_its_next_deadline_and_fires_what_is_due(tmp_path):
+    """``next_deadline`` is the earliest round deadline or site timeout; ``fire_due`` acts on it."""
+    now = [1000.0]
+    store = SqliteStore(tmp_path / "a.db")
+    engine = Coordinator(
+        store,
+        FileBlobStore(tmp_path / "blobs"),
+        site_timeout_s=60.0,
+        max_retries=0,
+        clock=lambda: now[0],
+    )  # not started: this test is the timer
+    try:
+        assert engine.next_deadline() is None
+        _connect(engine, "site-1", "site-2")
+        assert engine.next_deadline() == 1060.0  # the sites' timeout
+        _submit(engine, "j1", tiny_spec(round_timeout_s=30.0))
+        assert engine.next_deadline() == 1030.0  # the round's deadline
+        now[0] = 1029.9
+        engine.fire_due()
+        assert engine.live_state("j1").phase is r.RoundPhase.COLLECTING
+        now[0] = 1030.0
+        engine.fire_due()  # no update by the deadline, no retries: the job fails
+        assert store.job("j1").state == "failed"
+        assert engine.next_deadline() == 1060.0
+        now[0] = 1060.0
+        engine.fire_due()
+        assert engine.connected() == {}
+        assert engine.next_deadline() is None
+    finally:
+        engine.stop()
+        store.close()
+
+
+def test_a_poke_makes_the_timer_ask_again_before_its_deadline():
+    """The timer sleeps without a deadline until poked, then fires and asks again; stop ends it."""
+    turns: queue.SimpleQueue[str] = queue.SimpleQueue()
+    timer = DeadlineTimer(
+        fire=lambda: turns.put("fire"), next_deadline=lambda: None, clock=time.time
+    )
+    timer.start()
+    try:
+        assert turns.get(timeout=5) == "fire"
+        with pytest.raises(queue.Empty):
+            turns.get(timeout=0.2)  # no deadline: it sleeps
+        timer.poke()
+        assert turns.get(timeout=5) == "fire"
+    finally:
+        timer.stop()
+    assert not timer.is_alive()
