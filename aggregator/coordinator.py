@@ -281,7 +281,8 @@ class Coordinator:
                     self._events.append((job_id, r.SiteDisconnected(site)))
                 if job.spec.dataset.name in conn.datasets:
                     self._events.append((job_id, r.SiteConnected(site)))
-            self._drain()  # pokes the timer: the new stream has a timeout
+            self._drain()
+            self._timer.poke()  # the new stream has a timeout
         return conn
 
     def close_stream(self, conn: SiteConn) -> None:
@@ -622,15 +623,20 @@ class Coordinator:
         An action that fails unexpectedly (our bug or our disk) fails its job, never the
         caller (an RPC whose message was accepted, or the timer) and never the other jobs.
         ``advance`` itself raises only for an event its caller already checked; should it,
-        the queue is emptied and the error reaches that caller.
+        the queue is emptied and the error reaches that caller. The timer is poked only when
+        a job got a new deadline: one that went away or a job that ended never makes the
+        timer's next wake-up earlier.
         """
+        moved = False
         try:
             while self._events:
                 job_id, event = self._events.popleft()
                 job = self._jobs.get(job_id)
                 if job is None:
                     continue  # the job ended (done, cancelled or failed) on an earlier event
+                before = job.state.deadline
                 job.state, actions = r.advance(job.state, event, now=self.clock())
+                moved |= job.state.deadline is not None and job.state.deadline != before
                 for action in actions:
                     try:
                         follow = self._execute(job_id, job, action)
@@ -645,7 +651,8 @@ class Coordinator:
                         break
         finally:
             self._events.clear()
-            self._timer.poke()
+            if moved:
+                self._timer.poke()
 
     def _execute(self, job_id: str, job: Job, a: r.Action) -> list[r.Event]:
         """Carry out one action of ``job``; the events it produced, to be fed next."""
