@@ -60,7 +60,7 @@ from aggregator.failures import (
 )
 from aggregator.jobs import KIND_OF, Job, UploadTarget
 from aggregator.restore import build_job, mark_failed, rebuild_job
-from aggregator.secure import SecureRound, rules_for, stage_message
+from aggregator.secure import DropoutObserver, SecureRound, rules_for, stage_message
 from aggregator.sites import SiteConn, SiteProblem, SiteRegistry
 from aggregator.store import AuditNote, BlobStore, ModelRow, SiteRow, Store
 from aggregator.timer import DeadlineTimer
@@ -113,6 +113,7 @@ class Coordinator:
         retry_backoff_s: the wait before retrying a round a site refused (doubling).
         federation: the federation name (part of every SecAgg+ round id).
         clock: unix-seconds clock (a parameter for tests).
+        on_dropouts: told each SecAgg+ stage's dropouts as it closes (the metrics).
     """
 
     def __init__(
@@ -125,8 +126,10 @@ class Coordinator:
         retry_backoff_s: float = 0.0,
         federation: str = "",
         clock: Callable[[], float] = time.time,
+        on_dropouts: DropoutObserver | None = None,
     ) -> None:
         self.store, self.blobs = store, blobs
+        self._on_dropouts = on_dropouts
         self.site_timeout_s = site_timeout_s
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
@@ -752,6 +755,8 @@ class Coordinator:
             seed=rotation_seed(
                 federation=self.federation, attempt=f"{job_id}/{a.round}/{a.attempt}"
             ),
+            sites=a.sites,
+            on_dropouts=self._on_dropouts,
         )
         log.info("secagg_started", job=job_id, round=a.round, sites=len(a.sites))
 

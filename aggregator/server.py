@@ -129,6 +129,7 @@ def build(
         identity = load()
     store = open_store(config.store, state_dir=config.state_dir)
     blobs = open_blobs(config.store, state_dir=config.state_dir)
+    metrics = AggregatorMetrics()
     coord = Coordinator(
         store,
         blobs,
@@ -137,8 +138,8 @@ def build(
         retry_backoff_s=config.retry_backoff_s,
         federation=config.federation,
         clock=clock,
+        on_dropouts=metrics.dropped_out,
     )
-    metrics = AggregatorMetrics()
     guard = Guard(
         store,
         federation=config.federation,

@@ -257,11 +257,6 @@ def test_each_stages_dropouts_are_its_asked_sites_less_its_answers(stage, asked,
     assert unmask.dropouts(secagg.ServerStage.ADVERTISE) == 0  # the round's sites not known
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the round engine does not pass sites= and on_dropouts= to SecureRound.start yet "
-    "(issue 13 item 4: one line at the engine's round start); remove this mark once it does",
-)
 def test_a_site_dropping_out_of_a_secure_round_is_counted_at_its_stage(pki, tmp_path):
     """A site that never answers the share check of a real SecAgg+ round over mTLS shows as
     one check_shares dropout on the aggregator's metrics."""
