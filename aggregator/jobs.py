@@ -26,6 +26,7 @@ from aggregator.admission import (
     eval_weight,
     rule_of,
 )
+from aggregator.eval_sums import EvalSums
 from aggregator.optimizer import RunningSum, ServerOptimizer, make_optimizer
 from aggregator.robust import Accumulator, HeldUpdates, Rule
 from aggregator.secure import SecureRound, rules_for
@@ -76,9 +77,9 @@ class Job:
     Args:
         running: the round's plaintext updates (a streaming sum, or held for a robust rule).
         bounds: what one site's update and figures may weigh (``aggregator.admission``).
-        sums: weighted metric sums of the current round (``acc``, ``loss``, weight ``v``,
-            capped hold-out count ``es``) and of the final evaluation (``f_acc``, ``f_loss``,
-            ``f_v``, ``f_n``); weights are ``admission.eval_weight``.
+        round_sums: the sites' weighted hold-out figures of the current round's input model
+            (``aggregator.eval_sums``; weights are ``admission.eval_weight``).
+        final_sums: the same for the final model's evaluation.
         secure: the current SecAgg+ round attempt (memory only), None for plaintext jobs.
         chain: the model-version hash chain, chain_k at index k (``confide.lineage``); tasks
             carry the head's place in it so sites can pin every version to one model.
@@ -94,7 +95,8 @@ class Job:
     version_no: int
     running: Accumulator
     bounds: Bounds
-    sums: dict[str, float] = field(default_factory=dict)
+    round_sums: EvalSums = field(default_factory=EvalSums)
+    final_sums: EvalSums = field(default_factory=EvalSums)
     secure: SecureRound | None = None
     chain: list[bytes] = field(default_factory=list)
 
@@ -141,6 +143,7 @@ class Job:
             model_version=a.model_version,
             deadline_s=a.deadline_s,
             lineage=self.lineage(),
+            attempt=a.attempt,
         )
 
     def lineage(self) -> federation_pb2.ModelLineage:
@@ -270,59 +273,49 @@ class Job:
         """Forget the running sum, the SecAgg+ round and the round's metric sums."""
         self.running.reset()
         self.secure = None
-        self.sums = {k: v for k, v in self.sums.items() if k.startswith("f_")}
+        self.round_sums = EvalSums()
 
     def add_update_metrics(self, m: Mapping[str, float]) -> None:
         """Add an update's hold-out metrics of the round's input model, by bounded weight."""
         es = float(m.get("eval_samples", 0.0))
-        v = eval_weight(self.bounds, es)
-        self._add(
-            acc=m.get("eval_accuracy", 0.0) * v,
-            loss=m.get("eval_loss", 0.0) * v,
-            v=v,
-            es=self._capped(es),
+        self.round_sums.add(
+            accuracy=m.get("eval_accuracy", 0.0),
+            loss=m.get("eval_loss", 0.0),
+            weight=eval_weight(self.bounds, es),
+            samples=self._capped(es),
         )
 
     def add_final_metrics(self, rep: federation_pb2.TaskReport) -> None:
         """Add one site's evaluation of the final model, by bounded weight."""
         n = float(rep.num_samples)
-        v = eval_weight(self.bounds, n)
-        self._add(
-            f_acc=rep.metrics.get("accuracy", 0.0) * v,
-            f_loss=rep.metrics.get("loss", 0.0) * v,
-            f_v=v,
-            f_n=self._capped(n),
+        self.final_sums.add(
+            accuracy=rep.metrics.get("accuracy", 0.0),
+            loss=rep.metrics.get("loss", 0.0),
+            weight=eval_weight(self.bounds, n),
+            samples=self._capped(n),
         )
 
     def _capped(self, n: float) -> float:
         cap = self.bounds.max_eval_samples
         return min(n, float(cap)) if cap else n
 
-    def _add(self, **values: float) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-
     def round_metrics(self, *, updates: int, now: float) -> dict[str, float]:
         """The round's recorded metrics: sample-weighted accuracy and loss, count, duration."""
-        s, v = self.sums, self.sums.get("v", 0.0)
+        s = self.round_sums
         return {
             "aggregated": float(updates),
             "seconds": now - self.state.started_at,
-            "accuracy": s.get("acc", 0.0) / v if v else 0.0,
-            "loss": s.get("loss", 0.0) / v if v else 0.0,
-            "eval_samples": s.get("es", 0.0),
+            "accuracy": s.accuracy,
+            "loss": s.loss,
+            "eval_samples": s.samples,
         }
 
     def final_metrics(self) -> dict[str, float]:
         """The final evaluation's weighted accuracy and loss (empty if none reported)."""
-        s, v = self.sums, self.sums.get("f_v", 0.0)
-        if not v:
+        s = self.final_sums
+        if not s.weight:
             return {}
-        return {
-            "accuracy": s.get("f_acc", 0.0) / v,
-            "loss": s.get("f_loss", 0.0) / v,
-            "eval_samples": s.get("f_n", 0.0),
-        }
+        return {"accuracy": s.accuracy, "loss": s.loss, "eval_samples": s.samples}
 
     def aggregate(self, blobs: BlobStore) -> tuple[str, str]:
         """Apply the optimizer to the running sum; store model and optimizer state durably.

@@ -64,7 +64,7 @@ from agent.local.audit import SiteAudit, code_hash
 from agent.local.metrics import AgentMetrics
 from agent.privacy.plan import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
 from agent.tasks.evaluation import Evaluations
-from agent.tasks.types import Handler, SecureUpdate, SiteContext, TaskOutcome
+from agent.tasks.types import Handler, JobEpsilon, SecureUpdate, SiteContext, TaskOutcome
 from agent.worker.protocol import EvalResult, WorkerFailed
 from agent.workers.pool import WorkerFactory, WorkerHandle, WorkerPool, start_worker
 from confide.disclose import one_line, public_detail
@@ -82,6 +82,7 @@ from confide.wire.blob import NamedArrays
 
 __all__ = [
     "Handler",
+    "JobEpsilon",
     "SecureUpdate",
     "SiteContext",
     "TaskOutcome",
@@ -406,16 +407,21 @@ class TaskRunner:
             metrics = released_metrics(ev, tr, record_private=claims_dp)
             # Counted before anything leaves: from here on the cost can never be released.
             epsilon, update_epsilon = charge.mark_sent()
+            spent = JobEpsilon(epsilon=epsilon, update_epsilon=update_epsilon)
             self.audit.charged(
                 task.task_id,
                 epsilon=plan.cost.epsilon if plan is not None else 0.0,
-                job_epsilon=epsilon,
+                job_epsilon=spent.epsilon,
             )
         if secure and self.secure_update is not None:
-            metrics["epsilon"] = epsilon
-            metrics["update_epsilon"] = update_epsilon
             self.secure_update(
-                task, transport, job=job, delta=delta, num_samples=num_train, metrics=metrics
+                task,
+                transport,
+                job=job,
+                delta=delta,
+                num_samples=num_train,
+                metrics=metrics,
+                spent=spent,
             )
             return
         blob, buffers = encode_tensors(delta)
@@ -424,8 +430,8 @@ class TaskRunner:
             blob=blob,
             num_samples=num_train,
             metrics=metrics,
-            epsilon=epsilon,
-            update_epsilon=update_epsilon,
+            epsilon=spent.epsilon,
+            update_epsilon=spent.update_epsilon,
         )
         self.served(
             "upload",

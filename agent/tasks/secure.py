@@ -26,10 +26,13 @@ signatures, signs and sends.
 
 The ``ClientState`` and the encoded vector live in memory only, keyed by (job, round): a
 site that crashes is simply a dropout, and no secret ever reaches the disk. Each state also
-remembers its round attempt (its TRAIN task id without the kind: ``job/round/attempt``);
-a stage task of another attempt is refused, and every stage message names the task it
-answers (``task_id``), so the aggregator refuses one that reaches a later attempt: keys of
-two attempts never mix, or the masks would not cancel.
+remembers its round attempt (its TRAIN task's ``Task.attempt``); a stage task of another
+attempt is refused, the signed ``RoundKeys`` and ``ConsistencySignature`` name their attempt
+(other sites refuse another's), and every stage message names the task it answers
+(``task_id``), so the aggregator refuses one that reaches a later attempt: keys of two
+attempts never mix, or the masks would not cancel. Task ids are compared, never parsed. The
+attempt is the aggregator's word, trusted for nothing that costs privacy: which attempts a
+job is charged for is the ledger's count (``agent.admission.limits``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from agent.admission.signed_job import VerifiedJob
 from agent.link.transport import Transport
 from agent.privacy.plan import planned_survivors
 from agent.tasks.runner import TaskRunner
+from agent.tasks.types import JobEpsilon
 from confide import secagg
 from confide.errors import ConfigError, PeerError, PolicyRefusal, Reason, ReplayedMessage
 from confide.pki import Role, verify_certificate
@@ -75,7 +79,7 @@ class _Round:
     num_samples: int
     rules: secagg.RoundRules
     planned_survivors: int
-    attempt: str
+    attempt: int
     verify_keys: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -109,6 +113,7 @@ class SecureSite:
         delta: NamedArrays,
         num_samples: int,
         metrics: dict[str, float],
+        spent: JobEpsilon,
     ) -> None:
         """Encode the protected delta, keep it with fresh keys, send ``AdvertiseKeys``.
 
@@ -119,12 +124,12 @@ class SecureSite:
         rules = secagg.job_rules(job.spec)
         rules.validate()
         flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for _, a in delta])
-        seed = rotation_seed(federation=self.site.federation, attempt=_attempt(task))
+        # The attempt named as the aggregator names it (aggregator/execute.py), from the
+        # task's typed fields: job/round/attempt.
+        attempt = f"{task.job_id}/{task.round}/{task.attempt}"
+        seed = rotation_seed(federation=self.site.federation, attempt=attempt)
         q = encode(flat, secure_encoding(job.spec), seed=seed)
         state, keys = secagg.advertise(site_id=self.site.site, round_id=self.round_id(task))
-        metrics = dict(metrics)
-        epsilon = metrics.pop("epsilon", 0.0)
-        update_epsilon = metrics.pop("update_epsilon", 0.0)
         with self._lock:
             for key in [k for k in self._rounds if k[0] == task.job_id]:
                 del self._rounds[key]  # an older round or attempt of this job is over
@@ -134,18 +139,19 @@ class SecureSite:
                 num_samples,
                 rules,
                 planned_survivors(job.spec),
-                _attempt(task),
+                task.attempt,
             )
         round_keys = federation_pb2.RoundKeys(
             cipher_public_key=keys.cipher_public_key,
             mask_public_key=keys.mask_public_key,
             task_id=task.task_id,
+            attempt=task.attempt,
         )
         msg = federation_pb2.AdvertiseKeys(
             num_samples=num_samples,
             metrics=metrics,
-            epsilon=epsilon,
-            update_epsilon=update_epsilon,
+            epsilon=spent.epsilon,
+            update_epsilon=spent.update_epsilon,
             task_id=task.task_id,
             keys=self.runner.seal(task, common_pb2.STAGE_SECAGG_KEYS, round_keys),
         )
@@ -227,7 +233,7 @@ class SecureSite:
                 max_skew_s=_SIGNED_SKEW_S,
             )
             keys = federation_pb2.RoundKeys.FromString(payload)
-            if _attempt_of(keys.task_id) != entry.attempt:
+            if keys.attempt != entry.attempt:
                 raise ReplayedMessage(f"keys of {nb.site_id!r} answer another round attempt")
         except (PeerError, PolicyRefusal) as exc:
             raise PolicyRefusal(
@@ -318,7 +324,7 @@ class SecureSite:
         state, view = secagg.consistency(entry.state, survivors=list(task.consistency.survivors))
         entry.state = state
         msg = federation_pb2.ConsistencySignature(
-            task_id=task.task_id, session_id=state.session, view_sha256=view
+            task_id=task.task_id, session_id=state.session, view_sha256=view, attempt=task.attempt
         )
         self._send(task, transport, common_pb2.STAGE_CONSISTENCY, msg)
         log.info("secagg_view_signed", survivors=len(state.survivors))
@@ -370,7 +376,7 @@ class SecureSite:
                 max_skew_s=_SIGNED_SKEW_S,
             )
             sig = federation_pb2.ConsistencySignature.FromString(payload)
-            if _attempt_of(sig.task_id) != entry.attempt:
+            if sig.attempt != entry.attempt:
                 raise ReplayedMessage("signature of another round attempt")
         except (PeerError, PolicyRefusal) as exc:
             log.warning("secagg_signature_refused", signer=env.sender, reason=exc.reason.value)
@@ -405,10 +411,10 @@ class SecureSite:
                 "no secure-aggregation state for this round (not advertised, or forgotten)",
                 reason=Reason.UNSAFE_REQUEST,
             )
-        if entry.attempt != _attempt(task):
+        if entry.attempt != task.attempt:
             raise PolicyRefusal(
-                f"task {task.task_id!r} is not of the attempt this site advertised in "
-                f"({entry.attempt!r})",
+                f"task {task.task_id!r} is of attempt {task.attempt}, not the attempt this "
+                f"site advertised in ({entry.attempt})",
                 reason=Reason.REPLAYED,
             )
         return entry
@@ -425,20 +431,6 @@ class SecureSite:
         | federation_pb2.UnmaskShares,
     ) -> None:
         transport.secagg(self.runner.seal(task, stage, msg))
-
-
-def _attempt_of(task_id: str) -> str:
-    """The round attempt a task id belongs to: the id without the kind (``job/round/attempt``).
-
-    The aggregator names every task of an attempt ``job/round/attempt/kind``
-    (docs/protocol.md), so a SecAgg+ attempt's TRAIN and stage tasks share this prefix.
-    """
-    return task_id.rpartition("/")[0]
-
-
-def _attempt(task: federation_pb2.Task) -> str:
-    """The round attempt ``task`` belongs to (see ``_attempt_of``)."""
-    return _attempt_of(task.task_id)
 
 
 def install(runner: TaskRunner, *, clock: Callable[[], float] = time.time) -> SecureSite:

@@ -24,7 +24,7 @@ from confide.pki import Identity
 from confide.v1 import federation_pb2
 from confide.wire.blob import NamedArrays
 
-__all__ = ["Handler", "SecureUpdate", "SiteContext", "TaskOutcome"]
+__all__ = ["Handler", "JobEpsilon", "SecureUpdate", "SiteContext", "TaskOutcome"]
 
 
 class TaskOutcome(enum.Enum):
@@ -110,6 +110,22 @@ class SiteContext:
         return replace(self, ca_pem=ca_pem, crl_pem=crl_pem)
 
 
+@dataclass(frozen=True, slots=True)
+class JobEpsilon:
+    """A job's cumulative ε at this site through the round being sent, as the ledger counts it.
+
+    Sent beside an update (``UpdateHeader``, ``AdvertiseKeys``) in their own typed fields,
+    never inside the metrics map, where a hostile job's figure could take its name.
+
+    Args:
+        epsilon: record-level ε (both layers, ``confide.dp.budget``) at the job's δ.
+        update_epsilon: site-level ε of the update noise alone, at the same δ.
+    """
+
+    epsilon: float
+    update_epsilon: float
+
+
 Handler = Callable[[federation_pb2.Task, Transport], None]
 """Runs one task; returns when it is done (and answered), raises ``ConfideError`` if not."""
 
@@ -130,6 +146,8 @@ class SecureUpdate(Protocol):
         delta: NamedArrays,
         num_samples: int,
         metrics: dict[str, float],
+        spent: JobEpsilon,
     ) -> None:
-        """Quantize/mask-to-be ``delta`` and send ``AdvertiseKeys`` for ``task``'s round."""
+        """Quantize/mask-to-be ``delta`` and send ``AdvertiseKeys`` for ``task``'s round, with
+        its hold-out ``metrics`` and the job's ``spent`` ε."""
         ...

@@ -104,7 +104,7 @@ class OpenTasksRequest(_message.Message):
     def __init__(self, instance: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "kind", "signed_job", "signer_certificate", "model_version", "deadline_s", "share_keys", "masked_input", "unmask", "check_shares", "consistency", "lineage")
+    __slots__ = ("task_id", "job_id", "round", "kind", "signed_job", "signer_certificate", "model_version", "deadline_s", "share_keys", "masked_input", "unmask", "check_shares", "consistency", "lineage", "attempt")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class Task(_message.Message):
     CHECK_SHARES_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -133,7 +134,8 @@ class Task(_message.Message):
     check_shares: CheckSharesRequest
     consistency: ConsistencyRequest
     lineage: ModelLineage
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., signed_job: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., signer_certificate: _Optional[bytes] = ..., model_version: _Optional[str] = ..., deadline_s: _Optional[float] = ..., share_keys: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., check_shares: _Optional[_Union[CheckSharesRequest, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., lineage: _Optional[_Union[ModelLineage, _Mapping]] = ...) -> None: ...
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., signed_job: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., signer_certificate: _Optional[bytes] = ..., model_version: _Optional[str] = ..., deadline_s: _Optional[float] = ..., share_keys: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., check_shares: _Optional[_Union[CheckSharesRequest, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., lineage: _Optional[_Union[ModelLineage, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ModelLineage(_message.Message):
     __slots__ = ("version", "parent_chain")
@@ -220,14 +222,16 @@ class Ack(_message.Message):
     def __init__(self) -> None: ...
 
 class RoundKeys(_message.Message):
-    __slots__ = ("cipher_public_key", "mask_public_key", "task_id")
+    __slots__ = ("cipher_public_key", "mask_public_key", "task_id", "attempt")
     CIPHER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     cipher_public_key: bytes
     mask_public_key: bytes
     task_id: str
-    def __init__(self, cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., task_id: _Optional[str] = ...) -> None: ...
+    attempt: int
+    def __init__(self, cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class AdvertiseKeys(_message.Message):
     __slots__ = ("num_samples", "metrics", "epsilon", "update_epsilon", "task_id", "keys")
@@ -341,14 +345,16 @@ class ConsistencyRequest(_message.Message):
     def __init__(self, survivors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConsistencySignature(_message.Message):
-    __slots__ = ("task_id", "session_id", "view_sha256")
+    __slots__ = ("task_id", "session_id", "view_sha256", "attempt")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VIEW_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     session_id: bytes
     view_sha256: bytes
-    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., view_sha256: _Optional[bytes] = ...) -> None: ...
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., view_sha256: _Optional[bytes] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class UnmaskRequest(_message.Message):
     __slots__ = ("signatures",)

@@ -50,7 +50,9 @@ PARAMS = secagg.job_params(_spec(), n=3)
 
 
 def _task(pki: Pki, kind: int, *, attempt: int = 1, **payload) -> K.Task:
-    task = signed_task(pki.alice, kind=kind, spec=_spec(), task_id=f"job-1/1/{attempt}/{kind}")
+    task = signed_task(
+        pki.alice, kind=kind, spec=_spec(), task_id=f"job-1/1/{attempt}/{kind}", attempt=attempt
+    )
     for k, v in payload.items():
         getattr(task, k).CopyFrom(v)
     return task
@@ -84,6 +86,7 @@ class Peer:
             cipher_public_key=keys.cipher_public_key,
             mask_public_key=keys.mask_public_key,
             task_id=f"job-1/1/{attempt}/{K.TASK_KIND_TRAIN}",
+            attempt=attempt,
         )
         env = _seal(who, common_pb2.STAGE_SECAGG_KEYS, rk, signer=signer)
         return cls(
@@ -158,7 +161,9 @@ def test_training_a_secure_job_advertises_keys_instead_of_uploading(secure, aggr
         "cipher_public_key",
         "mask_public_key",
         "task_id",
+        "attempt",
     }
+    assert forwarded.attempt == 1
     assert aggregator.uploads == []
 
 
@@ -263,6 +268,7 @@ def _sign(p: Peer, survivors) -> common_pb2.Envelope:
         task_id=f"job-1/1/1/{K.TASK_KIND_CONSISTENCY}",
         session_id=p.state.session,
         view_sha256=view,
+        attempt=1,
     )
     return _seal(p.who, common_pb2.STAGE_CONSISTENCY, sig)
 
@@ -294,9 +300,13 @@ def test_full_stages_reveal_only_with_a_quorum_of_valid_signatures(secure, pki, 
             task_id=f"job-1/1/1/{K.TASK_KIND_CONSISTENCY}",
             session_id=b"s" * 32,
             view_sha256=b"v" * 32,
+            attempt=1,
         ),
     )
-    for bad in ([good], [forged, good], [other_view, good], [good, good]):
+    late_sig = K.ConsistencySignature.FromString(forged.payload)
+    late_sig.attempt = 2  # a valid signature on this view, of another attempt
+    late = _seal(peers[1].who, common_pb2.STAGE_CONSISTENCY, late_sig)
+    for bad in ([good], [forged, good], [other_view, good], [good, good], [late, good]):
         task = _task(pki, K.TASK_KIND_UNMASK, unmask=K.UnmaskRequest(signatures=bad))
         _refused(runner, task, transport, aggregator, "unsafe_request")
     ok = _task(pki, K.TASK_KIND_UNMASK, unmask=K.UnmaskRequest(signatures=[own, good]))
@@ -361,3 +371,15 @@ def test_a_stage_task_of_another_attempt_is_refused(secure, pki, aggregator):
     assert runner.run(task, transport) is TaskOutcome.REFUSED
     assert _last_report(aggregator).reason == "replayed"
     assert len(transport.secagg_sent) == 1  # nothing but the advertisement left the site
+
+
+def test_the_attempt_field_not_the_task_id_names_a_tasks_attempt(secure, pki, aggregator):
+    """A stage task whose id reads like the advertised attempt but whose attempt field says 2
+    is refused replayed: the site never parses task ids."""
+    runner, transport = secure
+    task = _task(pki, K.TASK_KIND_SHARE_KEYS, share_keys=K.ShareKeysRequest(threshold=2))
+    task.attempt = 2
+    assert task.task_id == _task(pki, K.TASK_KIND_SHARE_KEYS).task_id
+    assert runner.run(task, transport) is TaskOutcome.REFUSED
+    assert _last_report(aggregator).reason == "replayed"
+    assert len(transport.secagg_sent) == 1
