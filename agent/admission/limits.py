@@ -38,6 +38,7 @@ from confide.dp.accountant import AccountantKind, epsilon
 from confide.dp.budget import RoundCost, cumulative_epsilon
 from confide.errors import PolicyRefusal, Reason
 from confide.jobspec import attempt_limits
+from confide.types import JobId
 from confide.v1 import common_pb2
 
 __all__ = ["JobLimits", "check_charge", "check_round", "job_epsilon", "job_limits"]
@@ -52,7 +53,7 @@ class JobLimits:
     """What one job may cost this site, from its signed spec and the site's caps.
 
     Args:
-        job_id: the job (its entries in the ledger carry it).
+        job_id: the job (its entries in the ledger carry it in their ``job_id`` column).
         rounds: the signed number of rounds.
         max_round_attempts: charged attempts of one round, at most.
         max_job_retries: charged attempts beyond one per round, over the whole job.
@@ -62,7 +63,7 @@ class JobLimits:
         accountant: the accountant the job's σ was planned with.
     """
 
-    job_id: str
+    job_id: JobId
     rounds: int
     max_round_attempts: int
     max_job_retries: int
@@ -76,7 +77,7 @@ class JobLimits:
         return self.rounds + self.max_job_retries
 
 
-def job_limits(spec: common_pb2.JobSpec, *, job_id: str, caps: AttemptCaps) -> JobLimits:
+def job_limits(spec: common_pb2.JobSpec, *, job_id: JobId, caps: AttemptCaps) -> JobLimits:
     """The limits of a verified job at this site: the signed ones, lowered by the site's caps."""
     per_round, retries = attempt_limits(spec)
     if caps.max_round_attempts is not None:

@@ -14,18 +14,27 @@ An entry's life::
 fsynced) before it returns, and the caller sends nothing before it returns. A 'reserved'
 entry whose process died stays counted: the update may have left, so the ledger never
 undercounts. ``release_unsent`` is for the one case the site can prove nothing left (the
-worker failed before producing an update). One (dataset, job, round) can be reserved once,
-unless released: a second release of the same round would be a second mechanism.
+worker failed before producing an update).
 
-An entry reserved with ``JobLimits`` also records its job (column ``job``), and the
-reservation is refused, in the same transaction, when the job's signed rounds, attempts or ε
-target do not allow it (``agent.admission.limits.check_charge``): what one job may spend is as
-durable as what a dataset has spent.
+An entry is keyed by columns, never by a joined string: its dataset, its job (``job_id``), its
+kind, what it charges (``task_id``: the TRAIN task's id for a round; the evaluated model's
+SHA-256 for a hold-out evaluation) and its round. One such key can be reserved once, unless
+released: the same task re-sent after a reconnect would be a second mechanism. A reservation
+made with ``JobLimits`` is refused, in the same transaction, when the job's signed rounds,
+attempts or ε target do not allow it (``agent.admission.limits.check_charge``, over the job's
+round entries): what one job may spend is as durable as what a dataset has spent.
 
 A hold-out evaluation (``agent.tasks.evaluation``) is an entry of kind ``evaluation``, reserved
-without ``JobLimits``: it counts against the dataset's cap and, its job id being
-``<job id>/evaluation/<model>``, in the job's reported ε, but not as an attempt of the job nor
-against its signed training ε target (its own bound is signed too: ``evaluation.*``).
+without ``JobLimits``: it counts against the dataset's cap and in its job's reported ε, but not
+as an attempt of the job nor against its signed training ε target (its own bound is signed
+too: ``evaluation.*``).
+
+The file is upgraded in place when opened (``_upgrade``, under ``BEGIN IMMEDIATE``: another
+process may be opening it too). The entries table is versioned by its columns rather than
+``PRAGMA user_version``, which belongs to the whole file, and the daemon keeps other tables
+(evaluations, model versions, job bindings) in the same file: a table without ``task_id`` is
+of the first layout, whose ``job_id`` joined ``<job>/<task>`` (``<job>/evaluation/<model>``
+for an evaluation), and is rebuilt into the current one, every entry, id and cost kept.
 
 The math lives in ``confide.dp``; this module only stores parameters and calls it.
 """
@@ -46,6 +55,7 @@ from agent.admission.limits import JobLimits, check_charge
 from confide.dp.budget import RecordCost, RoundCost, UpdateCost, cumulative_epsilon
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
 from confide.statefiles import private_file
+from confide.types import JobId
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -107,11 +117,18 @@ class Budget:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Entry:
-    """One stored round."""
+    """One stored round or evaluation.
+
+    Args:
+        job_id: the job it was charged to.
+        task_id: what it charges: a round's TRAIN task id, an evaluation's model SHA-256.
+        round: the round (for an evaluation, the evaluated model's version).
+    """
 
     id: ReservationId
     dataset: str
-    job_id: str
+    job_id: JobId
+    task_id: str
     round: int
     state: str
     cost: RoundCost
@@ -119,11 +136,13 @@ class Entry:
     updated_at: float
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
+_TABLE = """
+CREATE TABLE entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     dataset TEXT NOT NULL,
     job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('round', 'evaluation')),
     round INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('reserved', 'sent', 'released')),
     rec_sample_rate REAL, rec_noise_multiplier REAL, rec_steps INTEGER, rec_delta REAL,
@@ -132,27 +151,32 @@ CREATE TABLE IF NOT EXISTS entries (
     epsilon REAL NOT NULL, update_epsilon REAL NOT NULL, cost_delta REAL NOT NULL,
     release_proof TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    job TEXT
+    updated_at REAL NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS entries_live_round
-    ON entries (dataset, job_id, round) WHERE state != 'released';
 """
 
-_KIND_COLUMN = "ALTER TABLE entries ADD COLUMN kind TEXT NOT NULL DEFAULT 'round'"
-"""Added for hold-out evaluations ('evaluation': record level only, see confide.dp.budget);
-a ledger written before it gets the column, every existing entry being a round."""
-
-
-_COLUMNS = (
-    "id, dataset, job_id, round, state, rec_sample_rate, rec_noise_multiplier, rec_steps, "
-    "rec_delta, upd_noise_multiplier, upd_sensitivity_factor, upd_tau, upd_dim, upd_l1_ratio, "
-    "epsilon, update_epsilon, cost_delta, created_at, updated_at, kind"
+_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS entries_live_task "
+    "ON entries (dataset, job_id, kind, task_id, round) WHERE state != 'released'",
+    "CREATE INDEX IF NOT EXISTS entries_job ON entries (dataset, job_id, kind)",
 )
 
-_ADDED_COLUMNS = (("upd_tau", "REAL"), ("upd_dim", "INTEGER"), ("upd_l1_ratio", "REAL"))
-"""Columns added after the first schema (discrete-Gaussian rounds); a ledger file from before
-gets them as NULL, which reads as the continuous Gaussian its rows were charged for."""
+_COLUMNS = (
+    "id, dataset, job_id, task_id, round, state, rec_sample_rate, rec_noise_multiplier, "
+    "rec_steps, rec_delta, upd_noise_multiplier, upd_sensitivity_factor, upd_tau, upd_dim, "
+    "upd_l1_ratio, epsilon, update_epsilon, cost_delta, created_at, updated_at, kind"
+)
+
+_FIRST_LAYOUT_LATER_COLUMNS = {
+    "upd_tau": "NULL",
+    "upd_dim": "NULL",
+    "upd_l1_ratio": "NULL",
+    "kind": "'round'",
+    "job": "NULL",
+}
+"""Columns the first layout gained over time, and what a file from before each reads as: NULL
+discrete-Gaussian columns are the continuous Gaussian its rows were charged for, every entry
+before ``kind`` was a round, and a NULL ``job`` is an entry made before per-job limits."""
 
 
 class Ledger:
@@ -202,11 +226,7 @@ class Ledger:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
-            _add_job_column(conn)
-            _add_discrete_columns(conn)
-            if "kind" not in {r[1] for r in conn.execute("PRAGMA table_info(entries)")}:
-                conn.execute(_KIND_COLUMN)
+            _upgrade(conn)
         except (sqlite3.Error, OSError) as exc:
             raise InternalError(f"cannot open privacy ledger {path}: {exc}") from exc
         return cls(conn, delta=delta, default_max_epsilon=default_max_epsilon)
@@ -226,7 +246,8 @@ class Ledger:
         self,
         *,
         dataset: str,
-        job_id: str,
+        job_id: JobId,
+        task_id: str,
         round: int,
         layer_costs: RoundCost,
         max_epsilon: float | None = None,
@@ -244,38 +265,46 @@ class Ledger:
         Args:
             dataset: the site's dataset name.
             job_id: the job.
-            round: the round number.
+            task_id: what is charged: the round's TRAIN task id, or for an evaluation
+                (``layer_costs.evaluation``) the evaluated model's SHA-256.
+            round: the round number (an evaluation's: the model's version).
             layer_costs: the round's parameters on both layers.
             max_epsilon: the policy's record-level cap; None: the ledger's default.
             max_update_epsilon: an optional site-level cap.
-            limits: the signed job's limits at this site (``agent.admission.limits``); the entry is
-                recorded under ``limits.job_id`` and counted against them.
+            limits: the signed job's limits at this site (``agent.admission.limits``), which
+                the job's round entries (``job_id``, that of ``limits``) are counted against.
 
         Raises:
             PolicyRefusal: BUDGET_EXCEEDED when a cap (the dataset's, or the job's signed ε
-                target) would be crossed; DENIED when this round of this job is already
-                reserved or sent for the dataset; ROUND_NOT_SIGNED or ATTEMPTS_EXCEEDED when
-                the job's signed rounds or the attempts it may be charged do not allow it.
+                target) would be crossed; DENIED when this task (round, or evaluated model)
+                of this job is already reserved or sent for the dataset; ROUND_NOT_SIGNED or
+                ATTEMPTS_EXCEEDED when the job's signed rounds or the attempts it may be
+                charged do not allow it.
+            ValueError: ``limits`` are for another job than ``job_id``.
         """
+        if limits is not None and limits.job_id != job_id:
+            raise ValueError(f"limits of job {limits.job_id!r} for an entry of job {job_id!r}")
         cap = self.default_max_epsilon if max_epsilon is None else float(max_epsilon)
         now = time.time()
         rec, upd = layer_costs.record, layer_costs.update
+        kind = "evaluation" if layer_costs.evaluation else "round"
         with self._write() as conn:
             live = conn.execute(
-                "SELECT state FROM entries WHERE dataset=? AND job_id=? AND round=? "
-                "AND state != 'released'",
-                (dataset, job_id, round),
+                "SELECT state FROM entries WHERE dataset=? AND job_id=? AND kind=? "
+                "AND task_id=? AND round=? AND state != 'released'",
+                (dataset, job_id, kind, task_id, round),
             ).fetchone()
             if live is not None:
                 raise PolicyRefusal(
-                    f"dataset '{dataset}': round {round} of job {job_id} is already {live[0]}",
+                    f"dataset '{dataset}': {kind} {round} of job {job_id} (task {task_id!r}) "
+                    f"is already {live[0]}",
                     reason=Reason.DENIED,
                 )
             if limits is not None:
                 charged = conn.execute(
-                    f"SELECT {_COLUMNS} FROM entries WHERE dataset=? AND job=? "
-                    "AND state != 'released' ORDER BY id",
-                    (dataset, limits.job_id),
+                    f"SELECT {_COLUMNS} FROM entries WHERE dataset=? AND job_id=? "
+                    "AND kind='round' AND state != 'released' ORDER BY id",
+                    (dataset, job_id),
                 ).fetchall()
                 check_charge(
                     limits,
@@ -304,12 +333,11 @@ class Ledger:
             rec_cols = (None,) * 4 if rec is None else dataclasses.astuple(rec)
             upd_cols = (None,) * 5 if upd is None else dataclasses.astuple(upd)
             eps_cols = (layer_costs.epsilon, layer_costs.update_epsilon, layer_costs.delta)
-            job = None if limits is None else limits.job_id
-            kind = "evaluation" if layer_costs.evaluation else "round"
+            key = (dataset, job_id, task_id, int(round))
             cur = conn.execute(
-                f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}, job) "
-                f"VALUES (?, ?, ?, 'reserved', {', '.join('?' * 16)})",
-                (dataset, job_id, int(round), *rec_cols, *upd_cols, *eps_cols, now, now, kind, job),
+                f"INSERT INTO entries ({_COLUMNS.partition(', ')[2]}) "
+                f"VALUES (?, ?, ?, ?, 'reserved', {', '.join('?' * 15)})",
+                (*key, *rec_cols, *upd_cols, *eps_cols, now, now, kind),
             )
             rid = cur.lastrowid
         if rid is None:  # pragma: no cover - sqlite always sets it after an INSERT
@@ -437,40 +465,69 @@ class Ledger:
         return [_entry(r) for r in rows]
 
 
-def _add_job_column(conn: sqlite3.Connection) -> None:
-    """Give a ledger written before per-job limits its ``job`` column, filled in.
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Create the entries table, or rebuild one of the first layout into the current one.
 
-    Those entries were keyed ``<job id>/<task id>`` (``agent.privacy.plan``), so a job still running
-    across the upgrade keeps every attempt it was charged.
+    The first layout keyed an entry by one string in ``job_id``: ``<job>/<task id>`` for a
+    round, ``<job>/evaluation/<model>`` for an evaluation (``_split_key`` takes them apart).
+    Ids, states, costs and times are copied as they are, so a reservation id held across the
+    upgrade still names its entry and nothing already counted stops counting.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if "job" not in {row[1] for row in conn.execute("PRAGMA table_info(entries)")}:
-            conn.execute("ALTER TABLE entries ADD COLUMN job TEXT")
-            conn.execute(
-                "UPDATE entries SET job = substr(job_id, 1, instr(job_id, '/') - 1) "
-                "WHERE instr(job_id, '/') > 1"
-            )
-        conn.execute("CREATE INDEX IF NOT EXISTS entries_job ON entries (dataset, job)")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _add_discrete_columns(conn: sqlite3.Connection) -> None:
-    """Give a ledger written before discrete-Gaussian rounds their columns (``_ADDED_COLUMNS``);
-    its rows keep NULL there, which reads as the continuous Gaussian they were charged for."""
     conn.execute("BEGIN IMMEDIATE")  # another process may be upgrading the same file
     try:
         have = {str(row[1]) for row in conn.execute("PRAGMA table_info(entries)")}
-        for name, kind in _ADDED_COLUMNS:
-            if name not in have:
-                conn.execute(f"ALTER TABLE entries ADD COLUMN {name} {kind}")
+        rows: list[tuple[Any, ...]] = []
+        if have and "task_id" not in have:
+            picked = ", ".join(
+                c if c in have else f"{default} AS {c}"
+                for c, default in _FIRST_LAYOUT_LATER_COLUMNS.items()
+            )
+            rows = conn.execute(
+                "SELECT id, dataset, job_id, round, state, rec_sample_rate, "
+                "rec_noise_multiplier, rec_steps, rec_delta, upd_noise_multiplier, "
+                "upd_sensitivity_factor, epsilon, update_epsilon, cost_delta, release_proof, "
+                f"created_at, updated_at, {picked} FROM entries ORDER BY id"
+            ).fetchall()
+            conn.execute("DROP TABLE entries")  # its indexes go with it
+        if not have or "task_id" not in have:
+            conn.execute(_TABLE)
+        for row in rows:
+            (rid, ds, key, rnd, *middle, tau, dim, l1, kind, job) = row
+            job_id, task_id = _split_key(str(key), job=job, kind=str(kind))
+            conn.execute(
+                "INSERT INTO entries (id, dataset, job_id, task_id, round, state, "
+                "rec_sample_rate, rec_noise_multiplier, rec_steps, rec_delta, "
+                "upd_noise_multiplier, upd_sensitivity_factor, epsilon, update_epsilon, "
+                "cost_delta, release_proof, created_at, updated_at, upd_tau, upd_dim, "
+                f"upd_l1_ratio, kind) VALUES ({', '.join('?' * 22)})",
+                (rid, ds, job_id, task_id, rnd, *middle, tau, dim, l1, kind),
+            )
+        for index in _INDEXES:  # not executescript: it would commit the transaction
+            conn.execute(index)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _split_key(key: str, *, job: str | None, kind: str) -> tuple[str, str]:
+    """(job id, task id) of a first-layout entry keyed ``key``.
+
+    An evaluation's key is ``<job>/evaluation/<model SHA-256>``; a round's is ``<job>/<task
+    id>``, where ``job`` (the column added with per-job limits) says where the job id ends,
+    and before that column the job id ends at the first ``/`` (as its upgrade then read it).
+    A key with no ``/`` (entries from before task ids) is the job's, with no task id.
+    """
+    if kind == "evaluation":
+        job_id, sep, model = key.rpartition("/evaluation/")
+        if sep:
+            return job_id, model
+    if job and key.startswith(job + "/"):
+        return job, key[len(job) + 1 :]
+    job_id, sep, task_id = key.partition("/")
+    if sep and job_id:
+        return job_id, task_id
+    return key, ""
 
 
 def _entry(r: Any) -> Entry:
@@ -478,6 +535,7 @@ def _entry(r: Any) -> Entry:
         rid,
         ds,
         job,
+        task,
         rnd,
         state,
         q,
@@ -503,7 +561,9 @@ def _entry(r: Any) -> Entry:
         else UpdateCost(float(uz), float(uk), float(ut or 0.0), int(ud or 0), float(ul1 or 0.0))
     )
     cost = RoundCost(record, update, float(eps), float(ueps), float(cdelta), kind == "evaluation")
-    return Entry(ReservationId(rid), ds, job, int(rnd), state, cost, float(ca), float(ua))
+    return Entry(
+        ReservationId(rid), ds, JobId(job), str(task), int(rnd), state, cost, float(ca), float(ua)
+    )
 
 
 def _fmt(x: float) -> str:

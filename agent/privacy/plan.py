@@ -56,6 +56,7 @@ from confide.errors import ConfigError, PolicyRefusal, Reason
 from confide.jobspec import attempt_limits
 from confide.secagg.encoding import Mechanism, secure_encoding
 from confide.secagg.params import job_params
+from confide.types import JobId, RoundNo, TaskId
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
@@ -305,9 +306,9 @@ class PrivacyPlan:
         self,
         *,
         dataset: str,
-        job_id: str,
-        task_id: str,
-        round: int,
+        job_id: JobId,
+        task_id: TaskId,
+        round: RoundNo,
         plan: RoundPrivacy,
         max_epsilon: float | None,
         limits: JobLimits | None = None,
@@ -330,7 +331,8 @@ class PrivacyPlan:
             dataset=dataset,
             # One entry per task: a retried round is a new task and a new release, so it is
             # charged again; the same task re-sent after a reconnect is refused.
-            job_id=f"{job_id}/{task_id}",
+            job_id=job_id,
+            task_id=task_id,
             round=round,
             layer_costs=plan.cost,
             max_epsilon=max_epsilon,
@@ -359,10 +361,10 @@ class PrivacyPlan:
         return min(named)
 
     def job_epsilon(self, *, dataset: str, job_id: str) -> tuple[float, float]:
-        """Cumulative (record-level, site-level) ε of this job's rounds on this dataset, at the
-        job's δ (``job_delta``)."""
+        """Cumulative (record-level, site-level) ε of this job's rounds and evaluations on this
+        dataset, at the job's δ (``job_delta``)."""
         entries = self.ledger.entries(dataset)
-        mine = [e for e in entries if e.job_id.startswith(job_id + "/")]  # "<job_id>/<task_id>"
+        mine = [e for e in entries if e.job_id == job_id]
         at = min((e.cost.delta for e in mine), default=self.ledger.delta)
         return cumulative_epsilon([e.cost for e in mine], delta=at)
 

@@ -52,9 +52,10 @@ from confide.dp.evaluation import (
 )
 from confide.errors import InternalError, PolicyRefusal, Reason
 from confide.statefiles import open_database
+from confide.types import JobId
 from confide.v1 import common_pb2, federation_pb2
 
-__all__ = ["EvaluationEvent", "Evaluations", "ledger_job_id"]
+__all__ = ["EvaluationEvent", "Evaluations"]
 
 log = structlog.get_logger("confide.agent")
 
@@ -92,11 +93,6 @@ class EvaluationEvent:
     model_sha256: str
     outcome: str
     reason: str
-
-
-def ledger_job_id(job_id: str, model_sha256: str) -> str:
-    """The ledger's job id for the evaluation of one model: under the job, so in its ε."""
-    return f"{job_id}/evaluation/{model_sha256}"
 
 
 class Evaluations:
@@ -335,19 +331,25 @@ class Evaluations:
         assert self._privacy is not None
         ledger, name = self._privacy.ledger, dataset.name
         cost = evaluation_cost(noise_multiplier=z, delta=self._privacy.job_delta(spec))
-        key = ledger_job_id(model.job_id, model.sha256)
+        # Under the job, so in its ε; keyed by the model, so released once per model.
+        key = (JobId(model.job_id), model.sha256, model.version)
         try:
             rid = ledger.reserve(
                 dataset=name,
-                job_id=key,
-                round=model.version,
+                job_id=key[0],
+                task_id=key[1],
+                round=key[2],
                 layer_costs=cost,
                 max_epsilon=policy.max_epsilon,
             )
         except PolicyRefusal as exc:
             if exc.reason is not Reason.DENIED:
                 raise
-            left = [e for e in ledger.entries(name) if (e.job_id, e.round) == (key, model.version)]
+            left = [
+                e
+                for e in ledger.entries(name)
+                if e.cost.evaluation and (e.job_id, e.task_id, e.round) == key
+            ]
             if not left:
                 raise
             rid = left[0].id

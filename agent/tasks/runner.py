@@ -76,6 +76,7 @@ from confide.errors import (
     Reason,
 )
 from confide.pki import Identity
+from confide.types import JobId, RoundNo, TaskId
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import encode_tensors, seal
 from confide.wire.blob import NamedArrays
@@ -372,7 +373,7 @@ class TaskRunner:
                 reason=Reason.UNSAFE_REQUEST,
                 public=True,
             )
-        limits = job_limits(job.spec, job_id=task.job_id, caps=self.site.attempt_caps)
+        limits = job_limits(job.spec, job_id=JobId(task.job_id), caps=self.site.attempt_caps)
         check_round(limits, task.round)
         model = self.evaluations.pin(task, spec=job.spec, purpose=Purpose.TRAIN)
         weights = self._download(task, transport)
@@ -490,11 +491,14 @@ class TaskRunner:
         (nothing to charge without a ledger)."""
         if plan is None or self.privacy is None:
             return contextlib.nullcontext(Unmetered())
+        # The ledger keys the charge by the task id the aggregator chose, compared, never
+        # parsed: what the job may be charged is counted against ``limits``, whatever
+        # the id or ``task.attempt`` say.
         return self.privacy.charge(
             dataset=dataset.name,
-            job_id=task.job_id,
-            task_id=task.task_id,
-            round=task.round,
+            job_id=limits.job_id,
+            task_id=TaskId(task.task_id),
+            round=RoundNo(task.round),
             plan=plan,
             max_epsilon=self._policy(dataset).max_epsilon,
             limits=limits,

@@ -41,7 +41,9 @@ class DdgSite(SecSite):
     def advertise(self, task: federation_pb2.Task) -> federation_pb2.Ack:
         rng = np.random.default_rng(int(self.name.rpartition("-")[2]))
         self.update = rng.normal(size=D) * 0.02
-        self.seed = rotation_seed(federation=FEDERATION, attempt=f"{task.job_id}/{task.round}/{task.attempt}")
+        self.seed = rotation_seed(
+            federation=FEDERATION, attempt=f"{task.job_id}/{task.round}/{task.attempt}"
+        )
         self.x = _encode_from_parts(
             self.update, secure_encoding(_spec()), seed=self.seed, rng=rng
         ).values

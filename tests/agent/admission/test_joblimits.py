@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +24,7 @@ from confide.jobspec import DEFAULT_JOB_RETRIES, DEFAULT_ROUND_ATTEMPTS
 from confide.v1 import common_pb2, federation_pb2
 from tests.agent.conftest import DATASET, job_spec, make_runner, report_of, signed_task
 from tests.agent.fakes import FakeTransport, SessionHarness
+from tests.agent.privacy.first_layout import OldEntry, write_first_layout
 
 TARGET = 3.0
 
@@ -55,7 +55,7 @@ def _site(pki, dataset, workers, path, *, caps: AttemptCaps | None = None) -> Ta
 def _hostile_tasks(pki, spec, *, rounds: int, attempts: int) -> list[federation_pb2.Task]:
     """TRAIN tasks for rounds 1..``rounds``, ``attempts`` of each, all with fresh task ids."""
     return [
-        signed_task(pki.alice, spec=spec, round=r, task_id=f"job-1/{r}/{a}/train")
+        signed_task(pki.alice, spec=spec, round=r, task_id=f"job-1/{r}/{a}/train", attempt=a)
         for r in range(1, rounds + 1)
         for a in range(1, attempts + 1)
     ]
@@ -129,6 +129,25 @@ def test_two_retries_stay_within_the_target_a_third_is_refused(
     assert dp.noise_multiplier > naive
 
 
+def test_the_attempt_field_buys_no_extra_charge(pki, dataset, workers, aggregator, tmp_path):
+    """Task.attempt is the aggregator's word and limits nothing: four tasks of round 1 whose
+    ids name attempts 1-4 while their fields say 99, 1, 1, 1 are charged by the ledger's
+    count, so the first three train and the fourth is refused attempts_exceeded."""
+    spec = _private_spec(rounds=2)
+    runner = _site(pki, dataset, workers, tmp_path / "ledger.db")
+    t = FakeTransport(aggregator)
+    tasks = [
+        signed_task(pki.alice, spec=spec, round=1, task_id=f"job-1/1/{a}/train", attempt=field)
+        for a, field in zip((1, 2, 3, 4), (99, 1, 1, 1), strict=True)
+    ]
+    outcomes = [runner.run(task, t) for task in tasks]
+    assert outcomes == [TaskOutcome.OK] * DEFAULT_ROUND_ATTEMPTS + [TaskOutcome.REFUSED]
+    assert _reasons(pki, aggregator) == ["attempts_exceeded"]
+    assert [e.task_id for e in runner.privacy.ledger.entries(DATASET)] == [
+        f"job-1/1/{a}/train" for a in (1, 2, 3)
+    ]
+
+
 def test_the_refusals_survive_a_restart_of_the_site(pki, dataset, workers, aggregator, tmp_path):
     """After a restart (new ledger, runner and planner on the same file) the job's spent
     attempts are still counted: a further retry is refused, the next round still runs."""
@@ -143,7 +162,8 @@ def test_the_refusals_survive_a_restart_of_the_site(pki, dataset, workers, aggre
     plan = first.privacy.plan(spec, job_id="job-1", num_train=40, min_update_noise=0.0)
     first.privacy.ledger.reserve(
         dataset=DATASET,
-        job_id="job-1/crashed",
+        job_id="job-1",
+        task_id="crashed",
         round=2,
         layer_costs=plan.cost,
         limits=job_limits(spec, job_id="job-1", caps=AttemptCaps()),
@@ -218,16 +238,22 @@ def test_a_ledger_from_before_job_limits_keeps_counting_its_jobs_attempts(tmp_pa
     """An old ledger file (entries keyed '<job>/<task>', no job column) is upgraded in place:
     the attempts a running job was already charged count against its limits."""
     path = tmp_path / "old.db"
-    with Ledger.open(path) as ledger:
-        for task in ("job-1/1/1/train", "job-1/1/2/train"):
-            ledger.reserve(dataset=DATASET, job_id=f"job-1/{task}", round=1, layer_costs=_cost(4))
-    with sqlite3.connect(path) as conn:
-        conn.execute("DROP INDEX entries_job")
-        conn.execute("ALTER TABLE entries DROP COLUMN job")
+    record = RecordCost(0.5, 4.0, 10, 1e-5)
+    write_first_layout(
+        path,
+        [OldEntry(f"job-1/job-1/1/{a}/train", 1, record, 1.0) for a in (1, 2)],
+        dataset=DATASET,
+        job_column=False,
+    )
     limits = JobLimits("job-1", rounds=3, max_round_attempts=2, max_job_retries=5)
     with Ledger.open(path) as ledger, pytest.raises(PolicyRefusal) as err:
         ledger.reserve(
-            dataset=DATASET, job_id="job-1/t3", round=1, layer_costs=_cost(4), limits=limits
+            dataset=DATASET,
+            job_id="job-1",
+            task_id="t3",
+            round=1,
+            layer_costs=_cost(4),
+            limits=limits,
         )
     assert err.value.reason is Reason.ATTEMPTS_EXCEEDED
 

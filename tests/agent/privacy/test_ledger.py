@@ -17,7 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.admission.limits import JobLimits
 from agent.privacy.ledger import Ledger, ReservationId
+from agent.privacy.plan import PrivacyPlan
 from confide.dp.budget import (
     RecordCost,
     cumulative_epsilon,
@@ -26,11 +28,14 @@ from confide.dp.budget import (
     update_cost,
 )
 from confide.dp.ddg import ddg_params
+from confide.dp.evaluation import evaluation_cost
 from confide.errors import InternalError, PolicyRefusal, Reason
+from tests.agent.privacy.first_layout import OldEntry, write_first_layout
 
 REPO = Path(__file__).resolve().parents[3]
+RECORD = RecordCost(sample_rate=0.01, noise_multiplier=1.0, steps=100, delta=1e-5)
 COST = round_cost(
-    record=RecordCost(sample_rate=0.01, noise_multiplier=1.0, steps=100, delta=1e-5),
+    record=RECORD,
     update=update_cost(noise_multiplier=1.0, sites_survived=3, min_sites=3, distributed=True),
     delta=1e-5,
 )
@@ -57,10 +62,14 @@ def test_refuses_the_round_that_would_cross_the_cap(ledger):
     n = _fits(cap)
     assert n >= 2
     for r in range(n):
-        ledger.reserve(dataset="ds", job_id="j", round=r + 1, layer_costs=COST, max_epsilon=cap)
+        ledger.reserve(
+            dataset="ds", job_id="j", task_id="t", round=r + 1, layer_costs=COST, max_epsilon=cap
+        )
     before = ledger.spent("ds")
     with pytest.raises(PolicyRefusal) as info:
-        ledger.reserve(dataset="ds", job_id="j", round=n + 1, layer_costs=COST, max_epsilon=cap)
+        ledger.reserve(
+            dataset="ds", job_id="j", task_id="t", round=n + 1, layer_costs=COST, max_epsilon=cap
+        )
     assert info.value.reason is Reason.BUDGET_EXCEEDED
     assert "ds" in str(info.value) and "1.5" in str(info.value)
     assert ledger.spent("ds") == before
@@ -70,7 +79,9 @@ def test_refuses_the_round_that_would_cross_the_cap(ledger):
 def test_spent_is_exact_composition_not_a_sum(ledger):
     """spent() equals RDP composition over the entries and is below the sum of per-round ε."""
     for r in range(4):
-        ledger.reserve(dataset="ds", job_id="j", round=r, layer_costs=COST, max_epsilon=100)
+        ledger.reserve(
+            dataset="ds", job_id="j", task_id="t", round=r, layer_costs=COST, max_epsilon=100
+        )
     spent = ledger.spent("ds")
     assert (spent.epsilon, spent.update_epsilon) == cumulative_epsilon([COST] * 4, delta=1e-5)
     assert spent.epsilon < 4 * COST.epsilon
@@ -92,9 +103,13 @@ def test_the_cap_is_checked_at_the_jobs_delta(ledger):
     eps_strict = cumulative_epsilon([strict], delta=1e-9)[0]
     cap = (eps_loose + eps_strict) / 2
     with pytest.raises(PolicyRefusal) as info:
-        ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=strict, max_epsilon=cap)
+        ledger.reserve(
+            dataset="ds", job_id="j", task_id="t", round=1, layer_costs=strict, max_epsilon=cap
+        )
     assert info.value.reason is Reason.BUDGET_EXCEEDED and "δ=1e-09" in str(info.value)
-    ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=_cost_at(1e-5), max_epsilon=cap)
+    ledger.reserve(
+        dataset="ds", job_id="j", task_id="t", round=1, layer_costs=_cost_at(1e-5), max_epsilon=cap
+    )
 
 
 def test_a_large_job_delta_cannot_loosen_the_cap(ledger):
@@ -103,7 +118,9 @@ def test_a_large_job_delta_cannot_loosen_the_cap(ledger):
     cap = cumulative_epsilon([loose], delta=1e-5)[0] * 0.9
     assert cumulative_epsilon([loose], delta=0.1)[0] < cap  # it would fit at its own δ
     with pytest.raises(PolicyRefusal) as info:
-        ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=loose, max_epsilon=cap)
+        ledger.reserve(
+            dataset="ds", job_id="j", task_id="t", round=1, layer_costs=loose, max_epsilon=cap
+        )
     assert "δ=1e-05" in str(info.value)
 
 
@@ -113,6 +130,7 @@ def test_update_level_cap(ledger):
         ledger.reserve(
             dataset="ds",
             job_id="j",
+            task_id="t",
             round=1,
             layer_costs=COST,
             max_epsilon=100,
@@ -128,7 +146,7 @@ from agent.privacy.ledger import Ledger
 from confide.dp.budget import RecordCost, round_cost
 cost = round_cost(record=RecordCost(0.01, 1.0, 100, 1e-5), update=None, delta=1e-5)
 led = Ledger.open({path!r})
-led.reserve(dataset="ds", job_id="j", round=1, layer_costs=cost, max_epsilon=10)
+led.reserve(dataset="ds", job_id="j", task_id="t", round=1, layer_costs=cost, max_epsilon=10)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -149,7 +167,7 @@ def test_reservation_survives_kill_9(tmp_path):
 
 def test_release_after_sent_is_refused(ledger):
     """release_unsent is refused once the reservation was marked sent."""
-    rid = ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=COST)
+    rid = ledger.reserve(dataset="ds", job_id="j", task_id="t", round=1, layer_costs=COST)
     ledger.mark_sent(rid)
     ledger.mark_sent(rid)  # idempotent
     with pytest.raises(PolicyRefusal) as info:
@@ -160,7 +178,7 @@ def test_release_after_sent_is_refused(ledger):
 
 def test_release_unsent_gives_the_budget_back(ledger):
     """An unsent reservation released with a proof stops counting and cannot be sent."""
-    rid = ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=COST)
+    rid = ledger.reserve(dataset="ds", job_id="j", task_id="t", round=1, layer_costs=COST)
     with pytest.raises(ValueError):
         ledger.release_unsent(rid, proof=" ")
     ledger.release_unsent(rid, proof="worker exited 1 before producing an update")
@@ -169,17 +187,17 @@ def test_release_unsent_gives_the_budget_back(ledger):
         ledger.mark_sent(rid)
     with pytest.raises(PolicyRefusal):
         ledger.release_unsent(rid, proof="again")
-    again = ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=COST)
+    again = ledger.reserve(dataset="ds", job_id="j", task_id="t", round=1, layer_costs=COST)
     assert again != rid
 
 
 def test_same_round_cannot_be_reserved_twice(ledger):
-    """A second live reservation of one (dataset, job, round) is refused."""
-    ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=COST)
+    """A second live reservation of one (dataset, job, task, round) is refused."""
+    ledger.reserve(dataset="ds", job_id="j", task_id="t", round=1, layer_costs=COST)
     with pytest.raises(PolicyRefusal) as info:
-        ledger.reserve(dataset="ds", job_id="j", round=1, layer_costs=COST)
+        ledger.reserve(dataset="ds", job_id="j", task_id="t", round=1, layer_costs=COST)
     assert info.value.reason is Reason.DENIED
-    ledger.reserve(dataset="other", job_id="j", round=1, layer_costs=COST)
+    ledger.reserve(dataset="other", job_id="j", task_id="t", round=1, layer_costs=COST)
 
 
 def test_unknown_reservation_is_an_internal_error(ledger):
@@ -199,7 +217,12 @@ def test_concurrent_reserves_never_overspend(ledger):
         for r in range(6):
             try:
                 ledger.reserve(
-                    dataset="ds", job_id=f"j{t}", round=r, layer_costs=COST, max_epsilon=cap
+                    dataset="ds",
+                    job_id=f"j{t}",
+                    task_id="t",
+                    round=r,
+                    layer_costs=COST,
+                    max_epsilon=cap,
                 )
                 with lock:
                     accepted.append(t)
@@ -224,7 +247,7 @@ class _Policy:
 
 def test_budgets_lists_policy_and_ledger_datasets(ledger):
     """budgets() reports every dataset of the policy or the ledger with spent and remaining."""
-    ledger.reserve(dataset="b", job_id="j", round=1, layer_costs=COST, max_epsilon=5)
+    ledger.reserve(dataset="b", job_id="j", task_id="t", round=1, layer_costs=COST, max_epsilon=5)
     rows = ledger.budgets({"a": _Policy(3.0), "b": _Policy(None)})
     assert [r.dataset for r in rows] == ["a", "b"]
     assert rows[0].max_epsilon == 3.0 and rows[0].spent_epsilon == 0 and rows[0].rounds == 0
@@ -237,7 +260,7 @@ def test_reopen_keeps_entries_and_parameters(tmp_path):
     """Entries and their parameters survive close and reopen."""
     path = tmp_path / "ledger.sqlite"
     with Ledger.open(path) as led:
-        rid = led.reserve(dataset="ds", job_id="j", round=3, layer_costs=COST)
+        rid = led.reserve(dataset="ds", job_id="j", task_id="t", round=3, layer_costs=COST)
         led.mark_sent(rid)
     with Ledger.open(path) as led:
         (entry,) = led.entries("ds")
@@ -272,7 +295,9 @@ def test_a_ledger_from_before_discrete_rounds_opens_and_keeps_its_costs(tmp_path
     with Ledger.open(path) as led:
         (entry,) = led.entries("ds")
         assert entry.cost.record == COST.record and entry.cost.update == COST.update
-        led.reserve(dataset="ds", job_id="j/u", round=2, layer_costs=discrete, max_epsilon=1e3)
+        led.reserve(
+            dataset="ds", job_id="j", task_id="u", round=2, layer_costs=discrete, max_epsilon=1e3
+        )
     with Ledger.open(path) as led:
         old, new = led.entries("ds")
         assert old.cost.update == COST.update and new.cost.update == discrete.update
@@ -304,7 +329,12 @@ def test_budget_is_never_overspent(plan, cap):
             cost = round_cost(record=RecordCost(q, z, steps, 1e-5), update=None, delta=1e-5)
             try:
                 last = led.reserve(
-                    dataset="ds", job_id="j", round=i, layer_costs=cost, max_epsilon=cap
+                    dataset="ds",
+                    job_id="j",
+                    task_id="t",
+                    round=i,
+                    layer_costs=cost,
+                    max_epsilon=cap,
                 )
             except PolicyRefusal as exc:
                 assert exc.reason is Reason.BUDGET_EXCEEDED
@@ -319,14 +349,12 @@ def test_budget_is_never_overspent(plan, cap):
 
 def test_an_evaluation_entry_keeps_its_kind_and_counts_at_record_level_only(tmp_path):
     """An evaluation entry survives reopening as one; it adds record ε, no rounds, no site ε."""
-    from confide.dp.evaluation import evaluation_cost
-
     path = tmp_path / "ledger.sqlite"
     ev = evaluation_cost(noise_multiplier=10.0, delta=1e-5)
     with Ledger.open(path) as led:
-        led.reserve(dataset="ds", job_id="j", round=1, layer_costs=COST)
+        led.reserve(dataset="ds", job_id="j", task_id="t", round=1, layer_costs=COST)
         before = led.spent("ds")
-        led.mark_sent(led.reserve(dataset="ds", job_id="j/evaluation/x", round=1, layer_costs=ev))
+        led.mark_sent(led.reserve(dataset="ds", job_id="j", task_id="x", round=1, layer_costs=ev))
     with Ledger.open(path) as led:
         kinds = [e.cost.evaluation for e in led.entries("ds")]
         after = led.spent("ds")
@@ -338,21 +366,90 @@ def test_an_evaluation_entry_keeps_its_kind_and_counts_at_record_level_only(tmp_
 
 def test_a_ledger_written_before_evaluation_entries_opens_with_its_rounds(tmp_path):
     """An older ledger file (no kind column) gains it on open; its entries stay rounds."""
-    import sqlite3
-
-    from agent.privacy import ledger as ledger_module
-
     path = tmp_path / "old.sqlite"
-    conn = sqlite3.connect(path)
-    conn.executescript(ledger_module._SCHEMA)
-    conn.execute(
-        "INSERT INTO entries (dataset, job_id, round, state, rec_sample_rate, "
-        "rec_noise_multiplier, rec_steps, rec_delta, epsilon, update_epsilon, cost_delta, "
-        "created_at, updated_at) VALUES ('ds', 'j', 1, 'sent', 0.01, 1.0, 100, 1e-5, 1, 1, "
-        "1e-5, 0, 0)"
-    )
-    conn.commit()
-    conn.close()
+    write_first_layout(path, [OldEntry("j", 1, RECORD, 1.0)], kind_column=False)
     with Ledger.open(path) as led:
         [entry] = led.entries("ds")
         assert entry.cost.evaluation is False and led.spent("ds").rounds == 1
+
+
+def test_a_first_layout_ledger_is_rebuilt_keyed_by_job_and_task(tmp_path):
+    """A ledger keyed by joined '<job>/<task>' strings opens keyed by job and task columns:
+    every entry keeps its id, state and cost; live tasks stay taken, charged attempts and
+    evaluations still count for their job, and a job id that prefixes another's stays apart."""
+    ev = evaluation_cost(noise_multiplier=10.0, delta=1e-5)
+    assert ev.record is not None
+    model = "ab" * 32
+    path = tmp_path / "old.sqlite"
+    write_first_layout(
+        path,
+        [
+            OldEntry("job-1/job-1/1/1/train", 1, RECORD, 1.0, job="job-1"),
+            OldEntry("job-1/job-1/1/2/train", 1, RECORD, 1.0, state="released", job="job-1"),
+            OldEntry("job-1/job-1/1/3/train", 1, RECORD, 1.0, state="reserved", job="job-1"),
+            OldEntry(f"job-1/evaluation/{model}", 0, ev.record, ev.epsilon, kind="evaluation"),
+            OldEntry("a/b/c", 2, RECORD, 1.0, job="a/b"),
+            OldEntry("legacy", 1, RECORD, 1.0),
+        ],
+    )
+    want = [
+        (1, "job-1", "job-1/1/1/train", 1, "sent", False),
+        (2, "job-1", "job-1/1/2/train", 1, "released", False),
+        (3, "job-1", "job-1/1/3/train", 1, "reserved", False),
+        (4, "job-1", model, 0, "sent", True),
+        (5, "a/b", "c", 2, "sent", False),
+        (6, "legacy", "", 1, "sent", False),
+    ]
+    for _ in range(2):  # the second open finds the current layout and changes nothing
+        with Ledger.open(path) as led:
+            entries = led.entries("ds", include_released=True)
+            got = [
+                (e.id, e.job_id, e.task_id, e.round, e.state, e.cost.evaluation) for e in entries
+            ]
+            assert got == want
+            assert [e.cost.record for e in entries] == [RECORD] * 3 + [ev.record] + [RECORD] * 2
+    with Ledger.open(path) as led:
+        with pytest.raises(PolicyRefusal) as taken:
+            led.reserve(
+                dataset="ds", job_id="job-1", task_id="job-1/1/3/train", round=1, layer_costs=COST
+            )
+        assert taken.value.reason is Reason.DENIED
+        limits = JobLimits("job-1", rounds=3, max_round_attempts=2, max_job_retries=5)
+        with pytest.raises(PolicyRefusal) as attempts:
+            led.reserve(
+                dataset="ds",
+                job_id="job-1",
+                task_id="job-1/1/4/train",
+                round=1,
+                layer_costs=COST,
+                limits=limits,
+            )
+        assert attempts.value.reason is Reason.ATTEMPTS_EXCEEDED
+        plan = PrivacyPlan(led)
+        rnd = round_cost(record=RECORD, update=None, delta=1e-5)
+        assert plan.job_epsilon(dataset="ds", job_id="job-1") == cumulative_epsilon(
+            [rnd, rnd, ev], delta=1e-5
+        )
+        assert plan.job_epsilon(dataset="ds", job_id="a") == (0.0, 0.0)
+        assert led.reserve(dataset="ds", job_id="n", task_id="t", round=1, layer_costs=COST) == 7
+
+
+def test_a_job_id_extending_another_with_a_slash_is_another_job(ledger):
+    """Job 'a' task 'b/c' and job 'a/b' task 'c' (one joined key before) are two entries,
+    each counted for its own job only: an aggregator cannot make two jobs' charges collide."""
+    ledger.reserve(dataset="ds", job_id="a", task_id="b/c", round=1, layer_costs=COST)
+    ledger.reserve(dataset="ds", job_id="a/b", task_id="c", round=1, layer_costs=COST)
+    plan = PrivacyPlan(ledger)
+    one = cumulative_epsilon([COST], delta=1e-5)
+    assert plan.job_epsilon(dataset="ds", job_id="a") == one
+    assert plan.job_epsilon(dataset="ds", job_id="a/b") == one
+
+
+def test_limits_of_another_job_are_refused(ledger):
+    """Reserving under one job with another job's limits is a programming error."""
+    limits = JobLimits("other", rounds=3, max_round_attempts=2, max_job_retries=5)
+    with pytest.raises(ValueError):
+        ledger.reserve(
+            dataset="ds", job_id="j", task_id="t", round=1, layer_costs=COST, limits=limits
+        )
+    assert ledger.entries("ds") == []

@@ -9,7 +9,7 @@ import pytest
 from agent.admission.site_policy import DatasetPolicy
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
-from agent.tasks.evaluation import Evaluations, ledger_job_id
+from agent.tasks.evaluation import Evaluations
 from agent.tasks.runner import TaskOutcome
 from confide.dp.budget import cumulative_epsilon
 from confide.dp.evaluation import evaluation_cost
@@ -182,7 +182,7 @@ def test_noised_figures_are_charged_once_per_model_and_count_in_the_jobs_epsilon
     )
     assert report_of(pki, aggregator.reports[-2]).metrics == first.metrics
     charged = site.charged()
-    assert [e.job_id for e in charged] == [ledger_job_id("job-1", s) for s in h.shas]
+    assert [(e.job_id, e.task_id) for e in charged] == [("job-1", s) for s in h.shas]
     assert all(e.state == "sent" and e.cost.record.noise_multiplier == 10.0 for e in charged)
     assert site.outcomes() == [("released", "")] * 4 + [("repeated", "")] * 2
     released = site.audited("evaluation_released")
@@ -275,7 +275,8 @@ def test_a_charge_left_by_a_crash_is_not_charged_twice(pki, site_with, aggregato
     h = History(pki, aggregator, _spec(z=10.0))
     site.ledger.reserve(
         dataset=DATASET,
-        job_id=ledger_job_id("job-1", h.shas[2]),
+        job_id="job-1",
+        task_id=h.shas[2],
         round=2,
         layer_costs=evaluation_cost(noise_multiplier=10.0, delta=1e-5),
     )
