@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aggregator.round_types import SECURE_PHASES, RoundPhase, RoundState, TaskKind
 from confide.errors import Reason, ReplayedMessage, Unauthorized
+from confide.types import TaskId
 
 __all__ = ["STAGE_TASK", "check_report", "check_secagg", "check_update", "task_id"]
 
@@ -26,9 +27,13 @@ STAGE_TASK = {
 """The task kind whose reports each phase accepts."""
 
 
-def task_id(job_id: str, round: int, attempt: int, kind: TaskKind) -> str:
-    """The id of the task of ``kind`` for an attempt of a round (the same for every site)."""
-    return f"{job_id}/{round}/{attempt}/{kind.value}"
+def task_id(job_id: str, round: int, attempt: int, kind: TaskKind) -> TaskId:
+    """The id of the task of ``kind`` for an attempt of a round (the same for every site).
+
+    Unique per (job, round, attempt, kind), which is all a site relies on: it compares ids
+    and keys its ledger by them, never parses them (the attempt travels as ``Task.attempt``).
+    """
+    return TaskId(f"{job_id}/{round}/{attempt}/{kind.value}")
 
 
 def check_update(state: RoundState, *, site: str, round: int) -> None:

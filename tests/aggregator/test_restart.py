@@ -141,6 +141,7 @@ def test_restart_mid_round_resends_train_with_a_fresh_task_id(pki, tmp_path):
         assert after.round == before.round == 1
         assert after.task_id != before.task_id
         assert after.task_id.split("/")[2] == "2"
+        assert (before.attempt, after.attempt) == (1, 2)  # the typed field the sites read
     finally:
         for c in (s1, s2):
             c.disconnect()
