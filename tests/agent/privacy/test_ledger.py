@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -432,6 +434,24 @@ def test_a_first_layout_ledger_is_rebuilt_keyed_by_job_and_task(tmp_path):
         )
         assert plan.job_epsilon(dataset="ds", job_id="a") == (0.0, 0.0)
         assert led.reserve(dataset="ds", job_id="n", task_id="t", round=1, layer_costs=COST) == 7
+
+
+def test_the_previous_releases_ledger_opens_keyed_by_job_and_task(tmp_path):
+    """The ledger file the previous release wrote (tests/fixtures/prev_release) opens with its
+    two rounds under the job's id and their TRAIN task ids, and the same spend as it read."""
+    prev = REPO / "tests" / "fixtures" / "prev_release"
+    facts = json.loads((prev / "facts.json").read_text())
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(prev / "site-1" / "ledger.db", path)
+    job = facts["job_id"]
+    with Ledger.open(path) as led:
+        entries = led.entries("breast_cancer")
+        assert [(e.job_id, e.task_id, e.round) for e in entries] == [
+            (job, f"{job}/{r}/1/train", r) for r in (1, 2)
+        ]
+        assert led.spent("breast_cancer").epsilon == pytest.approx(
+            facts["spent"]["site-1"], rel=1e-9
+        )
 
 
 def test_a_job_id_extending_another_with_a_slash_is_another_job(ledger):
