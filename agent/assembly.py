@@ -22,7 +22,7 @@ from agent.admission.approvals import APPROVALS_FILE, ApprovalMode, Approvals
 from agent.admission.binding import JobBindings
 from agent.admission.site_policy import DatasetPolicy, PolicyHolder, SitePolicy
 from agent.config import AgentConfig
-from agent.data.datasets import DatasetConfig, declared_sizes
+from agent.data.declared import declared_sizes
 from agent.link.identity import IdentityHolder
 from agent.link.session import Session
 from agent.link.transport import GrpcTransport
@@ -40,12 +40,13 @@ from agent.tasks.secure import install as install_secure_aggregation
 from agent.workers.pool import WorkerFactory, WorkerHandle, worker_factory
 from agent.workers.sandbox import Isolation
 from agent.workers.sandbox import probe as probe_sandbox
+from confide.data.datasets import DatasetDescription
 from confide.errors import ConfigError
 from confide.metrics import MetricsServer, serve_metrics
 from confide.pki import Identity, load_identity
 from confide.v1 import agent_pb2, common_pb2
 
-__all__ = ["Agent", "build_agent", "reload_identity", "reload_policy", "resolve_device"]
+__all__ = ["Agent", "announced_device", "build_agent", "reload_identity", "reload_policy"]
 
 log = structlog.get_logger("confide.agent")
 
@@ -144,7 +145,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
     except OSError as exc:
         raise ConfigError("state.dir", f"cannot create {cfg.state_dir}: {exc.strerror}") from exc
     probe = ResourceProbe()
-    device = resolve_device(cfg.device, probe.gpus)
+    device = announced_device(cfg.device, probe.gpus)
     isolation = probe_sandbox()
     if isolation.sandboxed:
         log.info("sandbox_ready", detail=isolation.detail)
@@ -290,7 +291,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
     )
 
 
-def resolve_device(device: str, gpus: Sequence[str]) -> str:
+def announced_device(device: str, gpus: Sequence[str]) -> str:
     """The device to announce for ``auto`` without importing torch (GPU seen: cuda:0)."""
     if device != "auto":
         return device
@@ -385,7 +386,7 @@ def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory
         *,
         job: common_pb2.JobSpec,
         job_id: str,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         device: str,
         timeout: float,
     ) -> WorkerHandle:

@@ -26,7 +26,7 @@ file at fault).
     [sandbox]     (P) allow_unsandboxed = false   # true: run workers unisolated where bwrap fails
                   memory_mb = 8192  cpu_seconds = 86400  processes = 512  open_files = 1024
                   threads = 0  tmp_mb = 1024  gpus = [0]   # GPU ids the worker may use
-    [datasets.NAME]          (P) ...    # agent.data.datasets.dataset_from_config reads the table
+    [datasets.NAME]          (P) ...    # agent.data.declared.dataset_from_config reads the table
     [policy]      (P) trusted_signers = ["alice"]    # empty: any operator of the federation CA
                   allowed_models = ["logreg", "mlp"]    # built-in kinds (default: all)
                   allowed_bundles = ["<sha256 hex>"]    # or "trusted-signers"; default none
@@ -59,8 +59,8 @@ from agent.admission.site_policy import (
     load_policy,
     policy_from_section,
 )
-from agent.data.datasets import DatasetConfig
 from confide.config import Section, load_toml
+from confide.data.datasets import DatasetDescription
 from confide.errors import ConfigError
 from confide.metrics import MetricsConfig, metrics_config
 
@@ -149,7 +149,7 @@ class AgentConfig:
         return self.policy.sandbox
 
     @property
-    def datasets(self) -> Mapping[str, DatasetConfig]:
+    def datasets(self) -> Mapping[str, DatasetDescription]:
         """``policy.datasets``."""
         return self.policy.datasets
 

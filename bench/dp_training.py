@@ -6,7 +6,7 @@ Workloads (fixed): logreg and MLP (hidden 32) on scikit-learn's breast_cancer (5
 standardized), the CNN on scikit-learn's digits (1797 x 1x8x8, scaled to [0, 1]); batch 64,
 the same epochs for plain and DP (DP: q = 64/N, steps = epochs * round(1/q), sigma = 1,
 C = 1). Times are the best of ``--repeats`` after one warm-up round, through the worker's own
-training code (``agent.training``). ``ratio`` = DP time / plain time per sample. The table
+training code (``confide_worker.training``). ``ratio`` = DP time / plain time per sample. The table
 lists every mode; ``mode`` is the fastest one, and with ``--json`` the last line maps each
 model to ``{plain_samples_per_s, dp_samples_per_s, ratio, mode, modes}``.
 """
@@ -22,10 +22,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from agent.training.dpsgd import DpTrainer, GradSampleMode
-from agent.training.models import build_model
-from agent.training.train import train_plain
 from confide.v1 import common_pb2
+from confide_worker.training.dpsgd import DpTrainer, GradSampleMode
+from confide_worker.training.models import build_model
+from confide_worker.training.train import train_plain
 
 BATCH = 64
 LR = 0.05

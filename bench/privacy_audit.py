@@ -17,7 +17,8 @@ stderr and exits 1. It is a bug to report, not a figure to tune.
 The two jobs, each audited against the adjacency its accountant claims:
 
 - ``dpsgd`` (record level): one site's breast_cancer training set (scikit-learn's bundled
-  copy) plus the canaries, trained by the worker's DP-SGD (``agent.training.dpsgd.DpTrainer``,
+  copy) plus the canaries, trained by the worker's DP-SGD
+  (``confide_worker.training.dpsgd.DpTrainer``,
   by default in the worker's fused mode; ``--mode hooks`` audits the Opacus path) with the q,
   σ and steps the daemon plans (``agent.privacy.plan.PrivacyPlan.plan``), for several rounds; the
   auditor sees the released model. Canary i is a record whose only non-zero feature is its
@@ -68,8 +69,6 @@ import torch
 
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan, RoundPrivacy, protect_update
-from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
-from agent.training.models import build_model
 from bench.audit_bound import AuditOutcome, audit
 from confide.dp.budget import cumulative_epsilon
 from confide.jobspec import normalize
@@ -77,6 +76,8 @@ from confide.secagg.encoding import _encode_from_parts, decode, secure_encoding
 from confide.secagg.rotation import rotation_seed
 from confide.v1 import common_pb2
 from confide_dev.localfed.data import breast_cancer_arrays
+from confide_worker.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
+from confide_worker.training.models import build_model
 
 __all__ = [
     "FULL",

@@ -23,15 +23,15 @@ from pathlib import Path
 
 from sklearn.datasets import load_breast_cancer
 
-from agent.data.datasets import DataFormat, DatasetConfig
 from agent.workers.handle import Sandboxing, Worker
 from agent.workers.sandbox import Limits, probe
+from confide.data.datasets import DataFormat, DatasetDescription
 from confide.v1 import common_pb2
 
 _FEATURES = tuple(f"f{i}" for i in range(30))
 
 
-def _dataset(root: Path) -> DatasetConfig:
+def _dataset(root: Path) -> DatasetDescription:
     data = load_breast_cancer()
     path = root / "bc.csv"
     with path.open("w", newline="") as fh:
@@ -39,7 +39,7 @@ def _dataset(root: Path) -> DatasetConfig:
         w.writerow([*_FEATURES, "label"])
         for row, y in zip(data.data, data.target, strict=True):
             w.writerow([*(f"{v:.6g}" for v in row), int(y)])
-    return DatasetConfig("bc", path, DataFormat.CSV, _FEATURES, "label")
+    return DatasetDescription("bc", path, DataFormat.CSV, _FEATURES, "label")
 
 
 def _job(model: str) -> common_pb2.JobSpec:
@@ -60,7 +60,7 @@ def _job(model: str) -> common_pb2.JobSpec:
 
 
 def _start_once(
-    job: common_pb2.JobSpec, dataset: DatasetConfig, sandbox: Sandboxing | None
+    job: common_pb2.JobSpec, dataset: DatasetDescription, sandbox: Sandboxing | None
 ) -> float:
     t0 = time.perf_counter()
     worker = Worker.start(

@@ -8,7 +8,10 @@ python3.11 under ``/opt/confide/<part>`` (pinned by constraints.txt), its system
 conffile, docs under ``/usr/share/doc``, and maintainer scripts that create the ``confide``
 system user and delete state (``/var/lib/confide/<part>``) only on purge. The agent package
 carries the worker runtime too (torch CPU, Opacus, onnxruntime) and depends on bubblewrap;
-the aggregator package carries no torch and the operator CLI ``confide``.
+the aggregator package carries no torch and the operator CLI ``confide``. The worker runtime
+is the ``confide_worker`` package in the agent's venv, which the daemon starts per job as
+``/opt/confide/agent/bin/python -m confide_worker``; its ``confide-worker`` script stays in
+that venv and is not linked into /usr/bin (it is no command for people).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Part:
     description: str
     depends: tuple[str, ...]
     commands: tuple[str, ...]  # linked into /usr/bin
+    internal: tuple[str, ...]  # kept in the venv only, not linked: what the daemon itself runs
     config: str  # examples/<config>, installed as /etc/confide/<config>
     settings: tuple[tuple[str, str, str], ...]  # (section, key, value) set in the conffile
     docs: tuple[tuple[Path, str], ...]  # (source, name under /usr/share/doc/<pkg>/examples)
@@ -72,6 +76,9 @@ PARTS = {
         ),
         depends=(*_BASE_DEPENDS, "bubblewrap"),
         commands=("confide-agent",),
+        # The worker runtime's script (package confide_worker, which the daemon starts per job
+        # as `python -m confide_worker` inside the sandbox): in the venv, not in /usr/bin.
+        internal=("confide-worker",),
         config="agent.toml",
         settings=(
             ("state", "dir", "/var/lib/confide/agent"),
@@ -91,6 +98,7 @@ PARTS = {
         ),
         depends=_BASE_DEPENDS,
         commands=("confide-aggregator", "confide"),
+        internal=(),
         config="aggregator.toml",
         settings=(("state", "dir", "/var/lib/confide/aggregator"),),
         docs=(),
@@ -268,6 +276,7 @@ def stage(part: Part, *, wheel: Path, work: Path, ver: str, arch: str) -> Path:
         stage=root / "opt/confide" / part.name,
         work=work,
         keep_commands=part.commands,
+        internal_commands=part.internal,
     )
 
     for cmd in part.commands:

@@ -153,7 +153,13 @@ def _namespace_script(stage: Path, target: str, commands: Iterable[Sequence[str 
 
 
 def build_venv(
-    *, part: str, wheel: Path, stage: Path, work: Path, keep_commands: Sequence[str]
+    *,
+    part: str,
+    wheel: Path,
+    stage: Path,
+    work: Path,
+    keep_commands: Sequence[str],
+    internal_commands: Sequence[str] = (),
 ) -> str:
     """Build ``PREFIX/part`` (a venv of Debian's python3.11) into ``stage``; returns the prefix.
 
@@ -169,6 +175,8 @@ def build_venv(
         stage: an empty folder that receives the venv's files.
         work: scratch folder (holds the tools venv).
         keep_commands: the console scripts this part ships (others are removed).
+        internal_commands: console scripts kept in the venv that are no user command (no
+            ``--help`` run, no manual page): the agent's worker runtime, ``confide-worker``.
     """
     target = f"{PREFIX}/{part}"
     stage.mkdir(parents=True, exist_ok=True)
@@ -205,7 +213,7 @@ def build_venv(
     )
     unshare = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     run([*unshare, "sh", "-c", script])
-    _scrub_venv(stage, keep_commands=keep_commands)
+    _scrub_venv(stage, keep_commands=(*keep_commands, *internal_commands))
     return target
 
 
@@ -226,7 +234,7 @@ def _scrub_venv(venv: Path, *, keep_commands: Sequence[str]) -> None:
         kept = [ln for ln in record.read_text().splitlines() if "/direct_url.json," not in ln]
         record.write_text("\n".join(kept) + "\n")
         direct.unlink()
-    for script in ("confide", "confide-agent", "confide-aggregator"):
+    for script in ("confide", "confide-agent", "confide-aggregator", "confide-worker"):
         if script not in keep_commands:
             (venv / "bin" / script).unlink(missing_ok=True)
     for path in (venv / "lib").rglob("*"):

@@ -1,5 +1,5 @@
-"""The house import rules, as tests: daemons never load torch nor development code; exports
-are exact."""
+"""The house import rules, as tests: daemons never load torch nor development code; the worker
+runtime stands apart; exports are exact."""
 
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def _within(name: str, packages: tuple[str, ...]) -> bool:
 
 _TORCH = ("torch", "opacus", "onnxruntime")
 
-_NOT_WALKED = ("confide.v1", "agent.training")
-"""Generated messages (loaded by what uses them), and the worker's training code, which only
-the worker process imports (the one place torch loads)."""
+_NOT_WALKED = ("confide.v1",)
+"""Generated messages (loaded by what uses them). The worker's training code, the one place
+torch loads, is ``confide_worker``: a package of its own, never imported by these."""
 
 
 def _import_every_module_of(package: str) -> str:
@@ -69,11 +69,12 @@ _NAMED_BY_THE_OLD_COPIES = {
         "agent.workers.pool",
         "agent.workers.handle",
         "agent.privacy.ledger",
-        "agent.data.datasets",
+        "agent.data.declared",
     },
     "confide": {
         "confide.cli.main",
         "confide.cli.privacy",
+        "confide.data.datasets",
         "confide.dp.accountant",
         "confide.dp.budget",
         "confide.dp.ddg",
@@ -103,6 +104,39 @@ def test_confide_never_imports_agent_or_aggregator():
     mods = _modules_loaded_by(_import_every_module_of(confide.__name__))
     assert not any(m == "agent" or m.startswith("agent.") for m in mods)
     assert not any(m == "aggregator" or m.startswith("aggregator.") for m in mods)
+
+
+# --- Rule: the worker runtime stands apart from the daemons --------------------------------
+
+_WORKER_MAY_IMPORT = ("confide.wire", "confide.models", "confide.errors", "confide.data")
+"""What the worker runtime may use of confide (besides the generated messages they load)."""
+
+
+def test_worker_runtime_imports_nothing_of_the_daemons():
+    """Every confide_worker module loads neither agent nor aggregator, and of confide only
+    its wire, models, errors and data (and the generated messages they use)."""
+    mods = _modules_loaded_by(_import_every_module_of("confide_worker"))
+    assert "confide_worker.training.job" in mods  # torch's side was imported too
+    assert sorted(m for m in mods if _within(m, ("agent", "aggregator"))) == []
+    allowed = (*_WORKER_MAY_IMPORT, "confide.v1")
+    used = [m for m in mods if m.startswith("confide.")]
+    assert sorted(m for m in used if not _within(m, allowed)) == []
+
+
+@pytest.mark.parametrize("package", ["agent", "aggregator", "confide"])
+def test_daemons_never_import_the_worker_runtime(package):
+    """No module of agent, aggregator or confide loads confide_worker: the daemon starts it as
+    a process (the same walks as the torch rule, so no extra interpreter)."""
+    mods = _modules_loaded_by(_import_every_module_of(package))
+    assert sorted(m for m in mods if _within(m, ("confide_worker",))) == []
+
+
+def test_the_daemon_finds_the_worker_runtime_without_importing_it():
+    """agent.workers.handle.worker_package_dir looks the package up; nothing of it loads."""
+    stmt = "from agent.workers.handle import worker_package_dir\nprint(worker_package_dir())"
+    mods = _modules_loaded_by(stmt)
+    assert "agent.workers.handle" in mods
+    assert sorted(m for m in mods if _within(m, ("confide_worker",))) == []
 
 
 def test_agent_and_aggregator_do_not_import_each_other():
@@ -214,7 +248,7 @@ def test_subpackage_all_is_exact(pkg):
         assert getattr(mod, name) is not None
 
 
-PRODUCTION = ("confide", "agent", "aggregator")
+PRODUCTION = ("confide", "confide_worker", "agent", "aggregator")
 """The packages the wheel ships (pyproject.toml), and so every .deb and the offline bundle."""
 
 _DEV_ONLY = ("confide_dev", "bench", "tests", "confide.localfed", "agent.faults")
@@ -254,8 +288,8 @@ def _imported_names(tree: ast.AST) -> list[str]:
 
 
 def test_production_packages_never_import_development_code():
-    """No module of confide, agent or aggregator imports the harness, benchmarks or tests,
-    even lazily, nor reads a test switch (CONFIDE_TEST_*) from the environment."""
+    """No module of confide, confide_worker, agent or aggregator imports the harness, benchmarks
+    or tests, even lazily, nor reads a test switch (CONFIDE_TEST_*) from the environment."""
     sources = _production_sources()
     assert len(sources) > 100  # the scan sees the packages
     found = []
@@ -276,10 +310,11 @@ def test_production_packages_never_import_development_code():
 
 
 def test_the_wheel_holds_the_production_packages_only():
-    """pyproject's package discovery finds confide, agent and aggregator, never dev/ or bench/."""
+    """pyproject's package discovery finds confide, confide_worker, agent and aggregator, never
+    dev/ or bench/."""
     found = pyproject_packages()
     assert {p.split(".")[0] for p in found} == set(PRODUCTION)
-    assert {"confide.cli", "agent.worker", "aggregator"} <= set(found)
+    assert {"confide.cli", "confide_worker.training", "agent.workers", "aggregator"} <= set(found)
 
 
 def pyproject_packages() -> list[str]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-from agent.worker.protocol import TrainResult
 from confide.dp.evaluation import ReleasedEvaluation
 from confide.errors import InternalError, PeerError, Reason
 from confide.wire.blob import NamedArrays, check_finite
+from confide.wire.worker import TrainResult
 
 __all__ = ["TRAIN_METRICS", "check_delta", "released_metrics"]
 

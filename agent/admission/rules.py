@@ -10,7 +10,8 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from agent.admission.timewindows import TimeWindow, in_any_window
-from agent.data.datasets import DatasetConfig, check_schema
+from agent.data.declared import check_schema
+from confide.data.datasets import DatasetDescription
 from confide.errors import ConfigError, PolicyRefusal, Reason
 from confide.models import parameter_bytes
 from confide.pki import CertInfo, Role
@@ -86,8 +87,8 @@ def check_signer(signer: CertInfo, *, trusted_signers: Collection[str]) -> None:
 
 
 def exposed_dataset(
-    spec: common_pb2.DatasetSpec, *, datasets: Mapping[str, DatasetConfig]
-) -> DatasetConfig:
+    spec: common_pb2.DatasetSpec, *, datasets: Mapping[str, DatasetDescription]
+) -> DatasetDescription:
     """The site dataset a job asks for, after checking it is exposed with that schema.
 
     Args:

@@ -15,7 +15,7 @@ restart. ``policy.toml`` holds the same tables::
                   approval = "auto"   approval_expires_s = 604800
     [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
                              max_evaluations = 50   exact_evaluation = false   # per job
-    [datasets.NAME]          ...   # agent.data.datasets.dataset_from_config reads the table
+    [datasets.NAME]          ...   # agent.data.declared.dataset_from_config reads the table
     [sandbox]     allow_unsandboxed = false  memory_mb = 8192  cpu_seconds = 86400
                   processes = 512  open_files = 1024  threads = 0  tmp_mb = 1024  gpus = [0]
 
@@ -36,9 +36,10 @@ from pathlib import Path
 from agent.admission.approvals import DEFAULT_EXPIRES_S, ApprovalMode
 from agent.admission.rules import ANY_TRUSTED_BUNDLE, DEFAULT_MAX_MODEL_BYTES
 from agent.admission.timewindows import TimeWindow, parse_window
-from agent.data.datasets import DatasetConfig, dataset_from_config
+from agent.data.declared import dataset_from_config
 from agent.workers.sandbox import Limits
 from confide.config import Section, load_toml
+from confide.data.datasets import DatasetDescription
 from confide.errors import ConfigError
 from confide.v1 import common_pb2
 
@@ -151,7 +152,7 @@ class SitePolicy:
     """
 
     trusted_signers: tuple[str, ...] = ()
-    datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
+    datasets: Mapping[str, DatasetDescription] = field(default_factory=dict)
     dataset_policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
     attempt_caps: AttemptCaps = field(default_factory=AttemptCaps)
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
@@ -192,7 +193,7 @@ def policy_from_section(root: Section) -> SitePolicy:
     sandbox = _sandbox(root.section("sandbox"))
 
     ds_root = root.section("datasets")
-    datasets: dict[str, DatasetConfig] = {}
+    datasets: dict[str, DatasetDescription] = {}
     for name, table in ds_root.tables().items():
         datasets[name] = dataset_from_config(name, table)
     ds_root.done()

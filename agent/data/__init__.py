@@ -1,1 +1,1 @@
-"""Site datasets: what the site declares and how it is read into arrays."""
+"""Site datasets as the daemon declares them; the reader they share is ``confide.data``."""

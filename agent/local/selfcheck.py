@@ -6,7 +6,7 @@ these checks at start (and ``confide-agent check`` runs them on demand):
 
 - the certificate is a ``site`` certificate of the configured federation, naming the
   configured ``site`` when one is set (``check_identity``);
-- each dataset loads with the same rules the worker uses (``agent.data.datasets.load_arrays``:
+- each dataset loads with the same rules the worker uses (``confide.data.datasets.load_arrays``:
   file, columns, numbers, whole class indices, NaN), so a broken one is known, logged,
   shown in ``confide-agent status``, reported to the aggregator at register and refused at
   a task's admission with its public reason; ``DatasetBook`` re-checks a dataset whose file
@@ -31,7 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.data.datasets import DatasetConfig, load_arrays
+from agent.workers.handle import WORKER_PACKAGE, worker_package_dir
+from confide.data.datasets import DatasetDescription, load_arrays
 from confide.disclose import public_detail
 from confide.errors import ConfideError, ConfigError, InternalError, Reason
 from confide.pki import CertInfo, Role
@@ -47,13 +48,13 @@ __all__ = [
     "runtime_problem",
 ]
 
-RUNTIME_MODULES = ("torch", "opacus")
-"""What the worker imports to train a built-in model."""
+RUNTIME_MODULES = ("torch", "opacus", WORKER_PACKAGE)
+"""What the worker imports to train a built-in model (and the worker runtime itself)."""
 
 INSTALL_HINT = "pip install -c constraints.txt 'confide[agent]' (README: Install)"
 
 _PROBE = (
-    "import json, torch, opacus, agent.training.job\n"
+    "import json, torch, opacus, confide_worker.training.job\n"
     "print(json.dumps({'torch': torch.__version__, 'opacus': opacus.__version__,"
     " 'cuda': torch.cuda.is_available(), 'devices': torch.cuda.device_count()}))"
 )
@@ -121,7 +122,7 @@ def check_identity(
         )
 
 
-def check_dataset(cfg: DatasetConfig) -> DatasetHealth:
+def check_dataset(cfg: DatasetDescription) -> DatasetHealth:
     """Load the dataset as the worker would and say whether jobs can use it."""
     stamp = _stamp_or_none(cfg.path)  # before reading: a change while it reads is noticed
     try:
@@ -154,14 +155,14 @@ class DatasetBook:
     """
 
     def __init__(
-        self, datasets: Mapping[str, DatasetConfig], checked: Iterable[DatasetHealth]
+        self, datasets: Mapping[str, DatasetDescription], checked: Iterable[DatasetHealth]
     ) -> None:
         self._datasets = dict(datasets)
         self._health = {h.name: h for h in checked}
         self._lock = threading.Lock()
 
     @classmethod
-    def check(cls, datasets: Mapping[str, DatasetConfig]) -> DatasetBook:
+    def check(cls, datasets: Mapping[str, DatasetDescription]) -> DatasetBook:
         """Check every dataset now."""
         return cls(datasets, [check_dataset(cfg) for cfg in datasets.values()])
 
@@ -178,7 +179,7 @@ class DatasetBook:
         """The names of the datasets found unusable at their latest check."""
         return {h.name for h in self.all() if not h.usable}
 
-    def require(self, cfg: DatasetConfig) -> None:
+    def require(self, cfg: DatasetDescription) -> None:
         """Refuse a task on a dataset that is unusable now (re-checked if its file changed).
 
         Raises:
@@ -219,8 +220,8 @@ def probe_runtime(*, timeout: float = 300.0) -> dict[str, object]:
     Raises:
         InternalError: WORKER_FAILED, with the child's last line of error output.
     """
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     try:
+        env = {**os.environ, "PYTHONPATH": str(worker_package_dir().parent)}
         done = subprocess.run(
             [sys.executable, "-c", _PROBE],
             capture_output=True,

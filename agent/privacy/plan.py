@@ -40,7 +40,6 @@ import numpy as np
 from agent.admission.limits import JobLimits
 from agent.admission.site_policy import DatasetPolicy
 from agent.privacy.ledger import Ledger, ReservationId
-from agent.worker.protocol import DpSgdParams
 from confide.dp.accountant import AccountantKind, noise_multiplier_for
 from confide.dp.budget import (
     RecordCost,
@@ -59,6 +58,7 @@ from confide.secagg.params import job_params
 from confide.types import JobId, RoundNo, TaskId
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
+from confide.wire.worker import DpSgdParams
 
 __all__ = [
     "Charge",

@@ -40,10 +40,10 @@ import structlog
 
 from agent.admission.lineage import ModelVersions, PinnedModel, Purpose
 from agent.admission.site_policy import DatasetPolicy
-from agent.data.datasets import DatasetConfig, declared_sizes
+from agent.data.declared import declared_sizes
 from agent.local.audit import SiteAudit
 from agent.privacy.plan import PrivacyPlan
-from agent.worker.protocol import EvalResult
+from confide.data.datasets import DatasetDescription
 from confide.dp.evaluation import (
     ReleasedEvaluation,
     counts_from_means,
@@ -54,6 +54,7 @@ from confide.errors import InternalError, PolicyRefusal, Reason
 from confide.statefiles import open_database
 from confide.types import JobId
 from confide.v1 import common_pb2, federation_pb2
+from confide.wire.worker import EvalResult
 
 __all__ = ["EvaluationEvent", "Evaluations"]
 
@@ -154,7 +155,7 @@ class Evaluations:
         self,
         *,
         spec: common_pb2.JobSpec,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
@@ -179,7 +180,7 @@ class Evaluations:
         self,
         *,
         spec: common_pb2.JobSpec,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
@@ -246,7 +247,7 @@ class Evaluations:
     def _release(
         self,
         spec: common_pb2.JobSpec,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
@@ -287,7 +288,7 @@ class Evaluations:
             num_samples=result.num_samples,
             loss_clip=clip,
         )
-        # The hold-out size is public (declared at register, agent.data.datasets.declared_sizes):
+        # The hold-out size is public (declared at register, agent.data.declared.declared_sizes):
         # the released count is clamped to it, post-processing with public information.
         declared = declared_sizes([dataset])
         public = declared[0].holdout_records if declared else None
@@ -318,7 +319,7 @@ class Evaluations:
     def _charge(
         self,
         spec: common_pb2.JobSpec,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         policy: DatasetPolicy,
         model: PinnedModel,
         z: float,

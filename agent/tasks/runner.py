@@ -57,7 +57,6 @@ from agent.admission.rules import (
 )
 from agent.admission.signed_job import VerifiedJob, check_job, verify_job
 from agent.admission.site_policy import DatasetPolicy, PolicyHolder
-from agent.data.datasets import DatasetConfig, count_train_records
 from agent.link.backoff import Backoff
 from agent.link.transport import Transport
 from agent.local.audit import SiteAudit, code_hash
@@ -65,8 +64,9 @@ from agent.local.metrics import AgentMetrics
 from agent.privacy.plan import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
 from agent.tasks.evaluation import Evaluations
 from agent.tasks.types import Handler, JobEpsilon, SecureUpdate, SiteContext, TaskOutcome
-from agent.worker.protocol import EvalResult, WorkerFailed
+from agent.workers.handle import WorkerFailed
 from agent.workers.pool import WorkerFactory, WorkerHandle, WorkerPool, start_worker
+from confide.data.datasets import DatasetDescription, count_train_records
 from confide.disclose import one_line, public_detail
 from confide.errors import (
     ConfideError,
@@ -80,6 +80,7 @@ from confide.types import JobId, RoundNo, TaskId
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import encode_tensors, seal
 from confide.wire.blob import NamedArrays
+from confide.wire.worker import EvalResult
 
 __all__ = [
     "Handler",
@@ -250,7 +251,7 @@ class TaskRunner:
 
     # ----- building blocks (shared with the SecAgg+ handlers) -----
 
-    def admit(self, task: federation_pb2.Task) -> tuple[VerifiedJob, DatasetConfig]:
+    def admit(self, task: federation_pb2.Task) -> tuple[VerifiedJob, DatasetDescription]:
         """Verify the task's signed job and the site policy for it.
 
         Raises:
@@ -299,7 +300,7 @@ class TaskRunner:
         return job, dataset
 
     def worker_for(
-        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetConfig
+        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetDescription
     ) -> WorkerHandle:
         """The job's running worker, started (or restarted after a crash) when needed.
 
@@ -445,14 +446,14 @@ class TaskRunner:
             eval_accuracy=metrics.get("eval_accuracy"),
         )
 
-    def _policy(self, dataset: DatasetConfig) -> DatasetPolicy:
+    def _policy(self, dataset: DatasetDescription) -> DatasetPolicy:
         return self.site.policies.get(dataset.name, DatasetPolicy())
 
     def _plan(
         self,
         task: federation_pb2.Task,
         job: VerifiedJob,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         num_train: int,
         *,
         attempts: int,
@@ -483,7 +484,7 @@ class TaskRunner:
     def _charge(
         self,
         task: federation_pb2.Task,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         plan: RoundPrivacy | None,
         limits: JobLimits,
     ) -> AbstractContextManager[Unmetered | Charge]:

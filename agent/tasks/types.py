@@ -18,8 +18,8 @@ from agent.admission.rules import DEFAULT_MAX_MODEL_BYTES
 from agent.admission.signed_job import VerifiedJob
 from agent.admission.site_policy import AttemptCaps, DatasetPolicy, SitePolicy
 from agent.admission.timewindows import TimeWindow
-from agent.data.datasets import DatasetConfig
 from agent.link.transport import Transport
+from confide.data.datasets import DatasetDescription
 from confide.pki import Identity
 from confide.v1 import federation_pb2
 from confide.wire.blob import NamedArrays
@@ -67,7 +67,7 @@ class SiteContext:
     ca_pem: bytes
     crl_pem: bytes | None
     trusted_signers: tuple[str, ...]
-    datasets: Mapping[str, DatasetConfig]
+    datasets: Mapping[str, DatasetDescription]
     device: str = "auto"
     task_timeout_s: float = 3600.0
     policies: Mapping[str, DatasetPolicy] = field(default_factory=dict)
@@ -77,7 +77,7 @@ class SiteContext:
     allowed_bundles: frozenset[str] = frozenset()
     time_windows: tuple[TimeWindow, ...] = ()
     approval: ApprovalMode = ApprovalMode.MANUAL
-    check_dataset: Callable[[DatasetConfig], None] | None = None
+    check_dataset: Callable[[DatasetDescription], None] | None = None
 
     def with_policy(self, policy: SitePolicy) -> SiteContext:
         """This site under ``policy`` (a snapshot taken once per task)."""

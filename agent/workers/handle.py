@@ -1,9 +1,12 @@
 """Daemon side of the worker: start it once per job, send ops, stop it (never imports torch).
 
-A ``Worker`` owns one ``python -m agent.worker.main`` child with a minimal environment. Ops
-run one at a time (a lock) under a timeout; a timed-out op kills the child. Every failure of
-the child (death, timeout, broken protocol, an op that failed inside it) surfaces as a
-``ConfideError`` with a reason, never as a traceback, and the daemon stays up:
+A ``Worker`` owns one ``python -m confide_worker`` child (the worker runtime, its own
+package: the daemon locates it but never imports it) with a minimal environment, and offers
+``confide.wire.worker.WorkerContract`` by sending each call as a frame
+(``confide.wire.worker_ops``). Ops run one at a time (a lock) under a timeout; a timed-out op
+kills the child. Every failure of the child (death, timeout, broken protocol, an op that
+failed inside it) surfaces as a ``ConfideError`` with a reason, never as a traceback, and the
+daemon stays up:
 
 - ``PolicyRefusal`` when the worker refused for a policy reason (``schema_mismatch``, ...);
 - ``WorkerFailed`` (an ``InternalError``) otherwise, carrying the worker's reason
@@ -18,8 +21,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import importlib.util
 import itertools
-import math
 import os
 import subprocess
 import sys
@@ -28,24 +31,29 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import agent
-from agent.data.datasets import DatasetConfig, config_to_json
-from agent.worker.frames import (
-    DEFAULT_MAX_BODY_BYTES,
-    Frame,
-    pack_arrays,
-    read_frame,
-    unpack_arrays,
-    write_frame,
-)
-from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerFailed, WorkerInfo
+import confide
 from agent.workers.sandbox import Limits, SandboxSpec, runtime_paths
 from agent.workers.sandbox import start as start_sandbox
-from confide.errors import ConfideError, MalformedMessage, PolicyRefusal, Reason
+from confide.data.datasets import DatasetDescription
+from confide.errors import ConfideError, InternalError, MalformedMessage, PolicyRefusal, Reason
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
+from confide.wire.frames import DEFAULT_MAX_BODY_BYTES, Buffer, Frame, read_frame, write_frame
+from confide.wire.worker import DpSgdParams, EvalResult, TrainResult, WorkerInfo
+from confide.wire.worker_ops import (
+    EvaluateRequest,
+    InitRequest,
+    Op,
+    TrainRequest,
+    decode_eval_result,
+    decode_info,
+    decode_train_result,
+)
 
-__all__ = ["Sandboxing", "Worker", "WorkerFailed"]
+__all__ = ["WORKER_PACKAGE", "Sandboxing", "Worker", "WorkerFailed", "worker_package_dir"]
+
+WORKER_PACKAGE = "confide_worker"
+"""The worker runtime's package, run as ``python -m confide_worker``."""
 
 _POLICY_REASONS = {
     Reason.SCHEMA_MISMATCH,
@@ -55,6 +63,31 @@ _POLICY_REASONS = {
 }
 _STDERR_TAIL = 8192
 _PASS_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TMPDIR", "LANG")
+
+
+class WorkerFailed(InternalError):
+    """The worker process died, timed out, broke the protocol or failed an op.
+
+    The message carries the tail of the worker's stderr when the process died.
+    """
+
+    default_reason = Reason.WORKER_FAILED
+
+
+def worker_package_dir() -> Path:
+    """Where the worker runtime's package is, found the way the worker's interpreter finds it.
+
+    A lookup (``importlib.util.find_spec``), not an import: the daemon never loads the worker's
+    code. Its parent goes on the worker's ``PYTHONPATH``; inside the sandbox, it and
+    ``confide`` are the only code bound besides the interpreter's own packages.
+
+    Raises:
+        WorkerFailed: the package is not installed next to the daemon.
+    """
+    spec = importlib.util.find_spec(WORKER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkerFailed(f"the worker runtime ({WORKER_PACKAGE}) is not installed here")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,13 +103,11 @@ def _start_sandboxed(
     command: list[str],
     sandbox: Sandboxing,
     job_id: str,
-    dataset: DatasetConfig,
+    dataset: DatasetDescription,
     env: Mapping[str, str],
 ) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
     """Start the worker in bubblewrap, seeing only its runtime, its code and its dataset."""
-    import confide
-
-    roots = (Path(agent.__file__).resolve().parent, Path(confide.__file__).resolve().parent)
+    roots = (worker_package_dir(), Path(confide.__file__).resolve().parent)
     spec = SandboxSpec(
         interpreter=Path(command[0]),
         runtime=runtime_paths(roots),
@@ -99,6 +130,7 @@ class Worker:
         proc: the child process (stdin/stdout pipes).
         job_id: the job it serves, for messages.
         timeout: seconds an op may take before the worker is killed.
+        init_timeout: seconds ``init`` may take (torch import, data load).
         max_body_bytes: largest reply body accepted.
         cleanup: called once the child has exited (removes a sandboxed worker's cgroup).
     """
@@ -109,6 +141,7 @@ class Worker:
         *,
         job_id: str,
         timeout: float,
+        init_timeout: float = 180.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         cleanup: Callable[[], None] | None = None,
     ) -> None:
@@ -116,6 +149,7 @@ class Worker:
         self._cleanup = cleanup
         self.job_id = job_id
         self.timeout = timeout
+        self.init_timeout = init_timeout
         self.max_body_bytes = max_body_bytes
         self.info: WorkerInfo | None = None
         self._lock = threading.Lock()
@@ -139,7 +173,7 @@ class Worker:
         *,
         job: common_pb2.JobSpec,
         job_id: str,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         device: str = "auto",
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
@@ -168,7 +202,7 @@ class Worker:
         """
         child_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(Path(agent.__file__).resolve().parent.parent),
+            "PYTHONPATH": str(worker_package_dir().parent),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
@@ -176,7 +210,7 @@ class Worker:
             if key in os.environ:
                 child_env[key] = os.environ[key]
         child_env.update(env or {})
-        command = [python, "-m", "agent.worker.main"]
+        command = [python, "-m", WORKER_PACKAGE]
         cleanup: Callable[[], None] | None = None
         try:
             if sandbox is None:
@@ -192,27 +226,37 @@ class Worker:
                 proc, cleanup = _start_sandboxed(command, sandbox, job_id, dataset, child_env)
         except OSError as exc:
             raise WorkerFailed(f"job {job_id}: cannot start worker: {exc}") from exc
-        worker = cls(proc, job_id=job_id, timeout=timeout, cleanup=cleanup)
-        header = {
-            "op": "init",
-            "job_id": job_id,
-            "dataset": config_to_json(dataset),
-            "device": device,
-        }
+        worker = cls(
+            proc, job_id=job_id, timeout=timeout, init_timeout=init_timeout, cleanup=cleanup
+        )
         try:
-            reply, _ = worker._call(header, [job.SerializeToString()], timeout=init_timeout)
-            with worker._parsing("init"):
-                worker.info = WorkerInfo(
-                    pid=_count(reply, "pid"),
-                    num_train=_count(reply, "num_train"),
-                    num_holdout=_count(reply, "num_holdout"),
-                    num_features=_count(reply, "num_features"),
-                    device=_text(reply, "device"),
-                )
+            worker.init(job, job_id=job_id, dataset=dataset, device=device)
         except ConfideError:
             worker.stop()
             raise
         return worker
+
+    def init(
+        self, job: common_pb2.JobSpec, *, job_id: str, dataset: DatasetDescription, device: str
+    ) -> WorkerInfo:
+        """Have the worker build the job's model and load its data; sets ``info``.
+
+        Args:
+            job: the job spec (model, dataset schema, training parameters).
+            job_id: the job's id, for the worker's messages.
+            dataset: the dataset to read, already checked with ``check_schema``.
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+        Raises:
+            PolicyRefusal: the data does not match the declared schema.
+            WorkerFailed: init failed (reason from the worker, e.g. ``unavailable`` for a
+                missing dataset file), timed out, or its reply is malformed.
+        """
+        request = InitRequest(job=job, job_id=job_id, dataset=dataset, device=device)
+        reply, body = self._call(*request.to_frame(), timeout=self.init_timeout)
+        with self._parsing(Op.INIT):
+            self.info = decode_info(reply, body)
+        return self.info
 
     @property
     def pid(self) -> int:
@@ -235,15 +279,10 @@ class Worker:
         Raises:
             WorkerFailed: the worker died, timed out or failed the op.
         """
-        specs, buffers = pack_arrays(weights)
-        header = {"op": "evaluate", "tensors": specs, "loss_clip": loss_clip}
-        reply, _ = self._call(header, buffers)
-        with self._parsing("evaluate"):
-            return EvalResult(
-                accuracy=_amount(reply, "accuracy"),
-                loss=_amount(reply, "loss"),
-                num_samples=_count(reply, "num_samples"),
-            )
+        request = EvaluateRequest(weights=weights, loss_clip=loss_clip)
+        reply, body = self._call(*request.to_frame())
+        with self._parsing(Op.EVALUATE):
+            return decode_eval_result(reply, body)
 
     def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
         """Train one round from ``weights``; the delta's arrays are views of one fresh buffer.
@@ -256,30 +295,14 @@ class Worker:
         Raises:
             WorkerFailed: the worker died, timed out or failed the op (e.g. training_failed).
         """
-        specs, buffers = pack_arrays(weights)
-        header = {
-            "op": "train",
-            "tensors": specs,
-            "round": int(round),
-            "dp": None if dp is None else dp.to_json(),
-        }
-        reply, body = self._call(header, buffers)
-        with self._parsing("train"):
-            metrics = reply.get("metrics")
-            if metrics is None:
-                metrics = {}
-            if not isinstance(metrics, dict):
-                raise MalformedMessage("'metrics' is not an object")
-            return TrainResult(
-                delta=unpack_arrays(reply.get("tensors"), body),
-                num_samples=_count(reply, "num_samples"),
-                steps=_count(reply, "steps"),
-                metrics={str(k): _amount(metrics, k) for k in metrics},
-            )
+        request = TrainRequest(weights=weights, dp=dp, round=round)
+        reply, body = self._call(*request.to_frame())
+        with self._parsing(Op.TRAIN):
+            return decode_train_result(reply, body)
 
     def ping(self) -> dict[str, Any]:
         """The worker's ``pid`` and whether it has imported torch (``torch_loaded``)."""
-        reply, _ = self._call({"op": "ping"}, [])
+        reply, _ = self._call({"op": Op.PING.value}, [])
         return reply
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -289,7 +312,7 @@ class Worker:
             acquired = self._lock.acquire(timeout=timeout)
             try:
                 if acquired:
-                    write_frame(self._in, {"op": "shutdown"})
+                    write_frame(self._in, {"op": Op.SHUTDOWN.value})
             except (OSError, ValueError):
                 pass
             finally:
@@ -328,7 +351,7 @@ class Worker:
         stream.close()
 
     @contextlib.contextmanager
-    def _parsing(self, op: str) -> Iterator[None]:
+    def _parsing(self, op: Op) -> Iterator[None]:
         """Turn a malformed ``op`` reply into ``WorkerFailed(malformed)``; the worker is broken.
 
         A worker that answers out of protocol cannot be trusted with the next op either, so
@@ -337,9 +360,9 @@ class Worker:
         try:
             yield
         except MalformedMessage as exc:
-            self._broken = self._broken or f"malformed {op} reply"
+            self._broken = self._broken or f"malformed {op.value} reply"
             raise WorkerFailed(
-                f"job {self.job_id}: worker sent a malformed {op} reply: {exc}",
+                f"job {self.job_id}: worker sent a malformed {op.value} reply: {exc}",
                 reason=Reason.MALFORMED,
             ) from exc
 
@@ -357,8 +380,8 @@ class Worker:
         return WorkerFailed(msg + (f"; stderr tail:\n{tail}" if tail else ""))
 
     def _call(
-        self, header: dict[str, Any], buffers: list[Any], *, timeout: float | None = None
-    ) -> tuple[dict[str, Any], Any]:
+        self, header: dict[str, Any], buffers: list[Buffer], *, timeout: float | None = None
+    ) -> Frame:
         with self._lock:
             if self._broken is not None:
                 raise WorkerFailed(f"job {self.job_id}: worker unusable: {self._broken}")
@@ -398,36 +421,3 @@ class Worker:
             if reason in _POLICY_REASONS:
                 raise PolicyRefusal(message, reason=reason)
             raise WorkerFailed(message, reason=reason)
-
-
-def _field(reply: Mapping[str, Any], key: str) -> Any:
-    if key not in reply:
-        raise MalformedMessage(f"'{key}' is missing")
-    return reply[key]
-
-
-def _count(reply: Mapping[str, Any], key: str) -> int:
-    """A non-negative JSON integer (not a bool, not a float, not NaN)."""
-    value = _field(reply, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise MalformedMessage(f"'{key}' must be a non-negative integer, not {value!r:.40}")
-    return value
-
-
-def _amount(reply: Mapping[str, Any], key: str) -> float:
-    """A finite non-negative JSON number (losses, accuracies and metrics are never negative)."""
-    value = _field(reply, key)
-    number = math.nan
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        with contextlib.suppress(OverflowError):  # an integer beyond float's range
-            number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise MalformedMessage(f"'{key}' must be a finite number >= 0, not {value!r:.40}")
-    return number
-
-
-def _text(reply: Mapping[str, Any], key: str) -> str:
-    value = _field(reply, key)
-    if not isinstance(value, str):
-        raise MalformedMessage(f"'{key}' must be a string, not {value!r:.40}")
-    return value

@@ -14,20 +14,24 @@ from typing import Protocol
 
 import structlog
 
-from agent.data.datasets import DatasetConfig
-from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerInfo
 from agent.workers.sandbox import Isolation, Limits
+from confide.data.datasets import DatasetDescription
 from confide.errors import PolicyRefusal, Reason
 from confide.v1 import common_pb2
-from confide.wire.blob import NamedArrays
+from confide.wire.worker import WorkerContract, WorkerInfo
 
 __all__ = ["WorkerFactory", "WorkerHandle", "WorkerPool", "start_worker", "worker_factory"]
 
 log = structlog.get_logger("confide.agent")
 
 
-class WorkerHandle(Protocol):
-    """What the daemon needs from a job's worker process (``agent.workers.handle.Worker``)."""
+class WorkerHandle(WorkerContract, Protocol):
+    """What the daemon needs from a job's worker process (``agent.workers.handle.Worker``).
+
+    The worker's contract (``init``, ``evaluate``, ``train``; each raises ``WorkerFailed``
+    when the process fails), plus what the daemon sees of the process itself. A factory
+    hands it out already initialised.
+    """
 
     @property
     def info(self) -> WorkerInfo | None:
@@ -37,17 +41,6 @@ class WorkerHandle(Protocol):
     @property
     def alive(self) -> bool:
         """Whether the worker process is still running."""
-        ...
-
-    def evaluate(self, weights: NamedArrays, *, loss_clip: float | None = None) -> EvalResult:
-        """Evaluate weights on the hold-out split (per-record loss clipped to ``loss_clip``).
-
-        Raises ``WorkerFailed``.
-        """
-        ...
-
-    def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
-        """Train one round from ``weights`` and return the delta. Raises ``WorkerFailed``."""
         ...
 
     def stop(self) -> None:
@@ -63,7 +56,7 @@ class WorkerFactory(Protocol):
         *,
         job: common_pb2.JobSpec,
         job_id: str,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         device: str,
         timeout: float,
     ) -> WorkerHandle:
@@ -75,7 +68,7 @@ def start_worker(
     *,
     job: common_pb2.JobSpec,
     job_id: str,
-    dataset: DatasetConfig,
+    dataset: DatasetDescription,
     device: str,
     timeout: float,
 ) -> WorkerHandle:
@@ -117,7 +110,7 @@ def worker_factory(
             *,
             job: common_pb2.JobSpec,
             job_id: str,
-            dataset: DatasetConfig,
+            dataset: DatasetDescription,
             device: str,
             timeout: float,
         ) -> WorkerHandle:
@@ -138,7 +131,7 @@ def worker_factory(
         *,
         job: common_pb2.JobSpec,
         job_id: str,
-        dataset: DatasetConfig,
+        dataset: DatasetDescription,
         device: str,
         timeout: float,
     ) -> WorkerHandle:
@@ -176,7 +169,9 @@ class WorkerPool:
         self._workers: dict[str, WorkerHandle] = {}
         self._lock = threading.Lock()
 
-    def get(self, job_id: str, job: common_pb2.JobSpec, dataset: DatasetConfig) -> WorkerHandle:
+    def get(
+        self, job_id: str, job: common_pb2.JobSpec, dataset: DatasetDescription
+    ) -> WorkerHandle:
         """The job's running worker, started (or restarted after it died) when needed.
 
         Raises:

@@ -3,7 +3,7 @@
 The operator's certificate fetches one global model version from the aggregator (checked
 against its SHA-256 as it arrives) and writes it as safetensors, with the job's spec in the
 file's metadata so a site can rebuild the built-in model around it
-(``agent.training.saved.load_model``, README "Using the trained model").
+(``confide_worker.training.saved.load_model``, README "Using the trained model").
 """
 
 from __future__ import annotations

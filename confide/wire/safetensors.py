@@ -8,7 +8,7 @@ little-endian and row-major. Nothing in it is code, so a file from anywhere is s
 (unlike a pickled ``torch.save``); ``safetensors.torch.load_file`` reads what this writes.
 
 Writing needs no dependency, so the operator's ``confide model download`` works on the
-aggregator's install (no torch); sites load the file with ``agent.training.saved``.
+aggregator's install (no torch); sites load the file with ``confide_worker.training.saved``.
 """
 
 from __future__ import annotations

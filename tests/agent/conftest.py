@@ -13,9 +13,9 @@ import pytest
 
 from agent.admission.rules import DEFAULT_MAX_MODEL_BYTES
 from agent.admission.site_policy import DatasetPolicy
-from agent.data.datasets import DataFormat, DatasetConfig
 from agent.privacy.plan import PrivacyPlan
 from agent.tasks.runner import SiteContext, TaskRunner
+from confide.data.datasets import DataFormat, DatasetDescription
 from confide.lineage import chain_of
 from confide.models import initial_weights
 from confide.pki import Identity, Role, init_ca, issue, load_identity
@@ -176,11 +176,11 @@ def final_task(
 
 
 @pytest.fixture
-def dataset(tmp_path: Path) -> DatasetConfig:
+def dataset(tmp_path: Path) -> DatasetDescription:
     """A real 50-record CSV: the daemon counts a dataset's records itself (q and FedAvg)."""
     path = tmp_path / "data.csv"
     path.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(50)))
-    return DatasetConfig(
+    return DatasetDescription(
         name=DATASET,
         path=path,
         format=DataFormat.CSV,
@@ -204,7 +204,7 @@ def aggregator() -> FakeAggregator:
 
 def make_runner(
     pki: Pki,
-    dataset: DatasetConfig,
+    dataset: DatasetDescription,
     workers: FakeWorkerFactory,
     *,
     privacy: PrivacyPlan | None = None,
@@ -246,5 +246,5 @@ def report_of(pki: Pki, env: common_pb2.Envelope) -> federation_pb2.TaskReport:
 
 
 @pytest.fixture
-def runner(pki: Pki, dataset: DatasetConfig, workers: FakeWorkerFactory) -> TaskRunner:
+def runner(pki: Pki, dataset: DatasetDescription, workers: FakeWorkerFactory) -> TaskRunner:
     return make_runner(pki, dataset, workers)

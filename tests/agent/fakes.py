@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.link.session import Session
-from agent.worker.protocol import DpSgdParams, EvalResult, TrainResult, WorkerFailed, WorkerInfo
+from agent.workers.handle import WorkerFailed
 from confide.errors import ConfideError, InternalError, Reason
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire.blob import NamedArrays, iter_chunks
+from confide.wire.worker import DpSgdParams, EvalResult, TrainResult, WorkerInfo
 
 _END = object()
 
@@ -186,6 +187,10 @@ class FakeWorker:
         self.rounds: list[int] = []
         self.dp: list[DpSgdParams | None] = []
         self.loss_clips: list[float | None] = []
+
+    def init(self, job, *, job_id, dataset, device) -> WorkerInfo:
+        self._maybe_fail()
+        return self.info
 
     def evaluate(self, weights: NamedArrays, *, loss_clip: float | None = None) -> EvalResult:
         self._maybe_fail()

@@ -92,7 +92,7 @@ def test_status_lists_every_version_and_download_writes_the_chosen_one(
 def test_a_downloaded_model_loads_into_pytorch(clients, operator_toml, tmp_path):
     """load_model rebuilds the built-in model from the file's job spec, with its weights."""
     torch = pytest.importorskip("torch")
-    from agent.training.saved import load_model
+    from confide_worker.training.saved import load_model
 
     job_id, _ = _finish_job(clients)
     out = tmp_path / "model.safetensors"

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from agent.data.datasets import dataset_from_config
+from agent.data.declared import dataset_from_config
 from agent.workers.handle import Worker
 from confide.config import Section
 from confide.models import initial_weights

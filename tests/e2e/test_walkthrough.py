@@ -141,7 +141,7 @@ def test_the_readme_walkthrough_runs_with_the_example_files(tmp_path):
         status = json.loads(_run([*cli, "job", "status", job_id, "--json"]))
         assert [v["version"] for v in status["versions"]] == [0, 1, 2]
         _run([*cli, "model", "download", job_id, "--out", str(op / "model.safetensors")])
-        from agent.training.saved import load_model
+        from confide_worker.training.saved import load_model
 
         model, spec = load_model(op / "model.safetensors")
         assert list(spec.dataset.features) == COLUMNS and not model.training

@@ -60,6 +60,10 @@ def test_package_layout(debs: dict[str, Path], lintian, part: str) -> None:
         f"{site}agent/main.py" if part == "agent" else f"{site}aggregator/main.py",
     ):
         assert needed in names, needed
+    # The worker runtime ships with the agent: its package and its script, not in /usr/bin.
+    worker = (f"{site}confide_worker/__main__.py", f"./opt/confide/{part}/bin/confide-worker")
+    assert all((n in names) == (part == "agent") for n in worker), worker
+    assert "./usr/bin/confide-worker" not in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("./var/", "./run/"))]  # state: postinst, systemd
     assert any(n.startswith(f"{site}torch/") for n in names) == (part == "agent")

@@ -7,16 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.data.datasets import (
-    DataFormat,
-    DatasetConfig,
-    check_schema,
-    config_from_json,
-    config_to_json,
-    dataset_from_config,
-    load_arrays,
-)
+from agent.data.declared import check_schema, dataset_from_config
 from confide.config import parse_toml
+from confide.data.datasets import DataFormat, DatasetDescription, load_arrays
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
 from confide.v1 import common_pb2
 
@@ -26,14 +19,14 @@ def _csv(path: Path, rows: list[str]) -> Path:
     return path
 
 
-def _cfg(path: Path, fmt: DataFormat, **kw) -> DatasetConfig:
+def _cfg(path: Path, fmt: DataFormat, **kw) -> DatasetDescription:
     base = {"features": ("a", "b"), "label": "y", "holdout_fraction": 0.25}
     base.update(kw)
-    return DatasetConfig(name="d", path=path, format=fmt, **base)
+    return DatasetDescription(name="d", path=path, format=fmt, **base)
 
 
 def test_config_reads_keys_and_guesses_format(tmp_path):
-    """A [datasets.NAME] table becomes a DatasetConfig, format from the extension."""
+    """A [datasets.NAME] table becomes a DatasetDescription, format from the extension."""
     root = parse_toml(
         '[datasets.bc]\npath = "bc.parquet"\nfeatures = ["a", "b"]\nlabel = "y"\n'
         "input_shape = [2, 1]\nholdout_fraction = 0.1\n",
@@ -42,7 +35,7 @@ def test_config_reads_keys_and_guesses_format(tmp_path):
     cfg = dataset_from_config("bc", root.section("datasets").section("bc"))
     assert cfg.format is DataFormat.PARQUET and cfg.path == tmp_path / "bc.parquet"
     assert cfg.features == ("a", "b") and cfg.input_shape == (2, 1)
-    assert config_from_json(config_to_json(cfg)) == cfg
+    assert DatasetDescription.from_json(cfg.to_json()) == cfg
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,20 @@ import math
 import numpy as np
 import pytest
 
-from agent.data.datasets import DataFormat, DatasetConfig, load_arrays
-from agent.data.standardize import apply, job_statistics, site_statistics
 from confide.config import parse_toml
+from confide.data.datasets import DataFormat, DatasetDescription, load_arrays
+from confide.data.standardize import apply, job_statistics, site_statistics
 from confide.errors import ConfigError
 from confide.jobspec import job_from_toml
 
 
-def _csv(tmp_path, x: np.ndarray, y: np.ndarray, **kw) -> DatasetConfig:
+def _csv(tmp_path, x: np.ndarray, y: np.ndarray, **kw) -> DatasetDescription:
     path = tmp_path / "d.csv"
     rows = "".join(
         ",".join(f"{v:.9g}" for v in (*r, int(lab))) + "\n" for r, lab in zip(x, y, strict=True)
     )
     path.write_text("a,b,y\n" + rows)
-    return DatasetConfig("d", path, DataFormat.CSV, ("a", "b"), "y", **kw)
+    return DatasetDescription("d", path, DataFormat.CSV, ("a", "b"), "y", **kw)
 
 
 def test_site_statistics_come_from_the_training_records_only(tmp_path):
@@ -70,8 +70,8 @@ def test_job_statistics_are_checked_before_signing(extra, key):
 def test_a_built_in_model_learns_badly_scaled_features_once_standardized(tmp_path):
     """A small informative feature beside a huge noisy one: standardized logreg learns it."""
     torch = pytest.importorskip("torch")
-    from agent.training.job import TorchJob
     from confide.models import initial_weights
+    from confide_worker.training.job import TorchJob
 
     rng = np.random.default_rng(1)
     signal_ = rng.normal(0, 0.001, 600)

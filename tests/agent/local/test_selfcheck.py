@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.data.datasets import DataFormat, DatasetConfig
 from agent.local.selfcheck import DatasetBook, check_dataset, check_identity, runtime_problem
 from agent.tasks.runner import TaskOutcome, TaskRunner
+from confide.data.datasets import DataFormat, DatasetDescription
 from confide.errors import ConfigError
 from tests.agent.conftest import report_of, signed_task
 from tests.agent.fakes import FakeTransport
@@ -21,10 +21,10 @@ from tests.agent.fakes import FakeTransport
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _csv(tmp_path: Path, text: str, name: str = "tabular") -> DatasetConfig:
+def _csv(tmp_path: Path, text: str, name: str = "tabular") -> DatasetDescription:
     path = tmp_path / f"{name}.csv"
     path.write_text(text)
-    return DatasetConfig(name, path, DataFormat.CSV, ("a", "b"), "y", holdout_fraction=0.25)
+    return DatasetDescription(name, path, DataFormat.CSV, ("a", "b"), "y", holdout_fraction=0.25)
 
 
 GOOD = "a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(8))

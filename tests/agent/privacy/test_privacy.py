@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from agent.admission.site_policy import DatasetPolicy
-from agent.data.datasets import DataFormat, DatasetConfig, count_train_records
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan, dpsgd_schedule, planned_survivors, protect_update
 from agent.tasks.runner import TaskOutcome, TaskRunner
+from confide.data.datasets import DataFormat, DatasetDescription, count_train_records
 from confide.dp.budget import cumulative_epsilon, discrete_update_cost
 from confide.errors import ConfigError, PolicyRefusal, Reason
 from confide.secagg import job_params
@@ -331,7 +331,7 @@ def test_a_refused_report_does_not_end_the_session(pki, dataset, workers, aggreg
 @pytest.mark.parametrize("fmt", ["csv", "npz", "parquet"])
 def test_the_daemon_counts_training_records_itself(tmp_path, fmt):
     """count_train_records agrees with what the worker trains on, for every file format."""
-    from agent.data.datasets import load_arrays
+    from confide.data.datasets import load_arrays
 
     n = 37
     x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
@@ -351,18 +351,21 @@ def test_the_daemon_counts_training_records_itself(tmp_path, fmt):
 
         pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "y": y}), path)
         features = ("a", "b")
-    cfg = DatasetConfig(name="d", path=path, format=DataFormat(fmt), features=features, label="y")
+    cfg = DatasetDescription(
+        name="d", path=path, format=DataFormat(fmt), features=features, label="y"
+    )
     assert count_train_records(cfg) == len(load_arrays(cfg).y_train) == n - round(n * 0.2)
 
 
 def test_declared_sizes_are_what_the_worker_trains_and_evaluates_on(tmp_path):
     """The sizes a site declares at register match its split; an unreadable dataset is left out."""
-    from agent.data.datasets import declared_sizes, load_arrays
+    from agent.data.declared import declared_sizes
+    from confide.data.datasets import load_arrays
 
     path = tmp_path / "d.csv"
     path.write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(41)))
-    cfg = DatasetConfig(name="d", path=path, format=DataFormat.CSV, features=("a",), label="y")
-    gone = DatasetConfig(
+    cfg = DatasetDescription(name="d", path=path, format=DataFormat.CSV, features=("a",), label="y")
+    gone = DatasetDescription(
         name="gone", path=tmp_path / "no.csv", format=DataFormat.CSV, features=("a",), label="y"
     )
     [size] = declared_sizes([cfg, gone])

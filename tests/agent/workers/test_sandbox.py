@@ -201,7 +201,7 @@ def test_a_sandboxed_worker_trains_and_evaluates(tmp_path):
     """The real worker runs its ops inside the sandbox and still learns."""
     from agent.workers.handle import Sandboxing, Worker
     from confide.models import initial_weights
-    from tests.agent.worker.conftest import add, make_job, write_breast_cancer_csv
+    from tests.confide_worker.conftest import add, make_job, write_breast_cancer_csv
 
     assert BWRAP is not None
     dataset = write_breast_cancer_csv(tmp_path / "bc.csv")

@@ -1,7 +1,11 @@
-"""Site datasets: what the site declares in its config, and loading it into NumPy arrays.
+"""Site datasets: how one is described, counted, read into NumPy arrays and split.
 
-The daemon uses this module to check a job's expected schema against what the site exposes
-(it never imports torch); the worker process uses it to read the file itself.
+The one reader both processes use: the daemon counts records with it (the DP sampling rate
+q = batch / n_train must not come from the worker's word) and checks each exposed dataset at
+start; the worker (``confide_worker``) reads the file with it to train. Both must agree on
+the hold-out split bit for bit, so both import this module and nothing else reads a dataset
+file. The daemon builds a ``DatasetDescription`` from its config (``agent.data.declared``)
+and hands it to the worker in the ``init`` frame (``DatasetDescription.to_json``).
 
 Formats:
 - ``csv``: a header row, then one row per record; ``features`` and ``label`` name columns.
@@ -12,8 +16,9 @@ Formats:
   count must equal ``prod(x.shape[1:])``), so logreg/MLP jobs can name their features.
   ``label`` is a name for the schema check only; the labels are always read from ``y``.
 
-The hold-out split is deterministic: a permutation seeded by SHA-256 of the dataset name, so
-the same records are held out in every round and every job on that dataset.
+The hold-out split is deterministic: ``split_sizes`` records are held out, chosen by a
+permutation seeded by SHA-256 of the dataset name, so the same records are held out in every
+round and every job on that dataset.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import csv
 import enum
 import hashlib
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,27 +34,27 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.data.standardize import Statistics, site_statistics
-from agent.data.standardize import apply as standardize
-from confide.config import Section
+from confide.data.standardize import Statistics, site_statistics
+from confide.data.standardize import apply as standardize
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
-from confide.v1 import common_pb2, federation_pb2
 
 __all__ = [
+    "FEATURE_TYPES",
+    "LABEL_TYPES",
     "DataFormat",
-    "DatasetConfig",
+    "DatasetDescription",
     "LoadedData",
-    "check_schema",
-    "config_from_json",
-    "config_to_json",
+    "count_records",
     "count_train_records",
-    "dataset_from_config",
-    "declared_sizes",
+    "format_from_path",
     "load_arrays",
+    "split_sizes",
 ]
 
-_FEATURE_TYPES = ("float32", "float64")
-_LABEL_TYPES = ("int64", "int32")
+FEATURE_TYPES = ("float32", "float64")
+"""The feature types a dataset may declare (the model always trains in float32)."""
+LABEL_TYPES = ("int64", "int32")
+"""The label types a dataset may declare."""
 
 
 class DataFormat(enum.Enum):
@@ -62,13 +66,17 @@ class DataFormat(enum.Enum):
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
-    """One dataset a site exposes, as declared in ``[datasets.NAME]``.
+class DatasetDescription:
+    """One dataset a site exposes: where its file is and how to read it.
+
+    The daemon builds it from its ``[datasets.NAME]`` table (``agent.data.declared``) and
+    sends it to the worker in the ``init`` frame (``to_json``); nothing else of the daemon's
+    config reaches the worker.
 
     Args:
-        name: the dataset name jobs ask for.
+        name: the dataset name jobs ask for (it also seeds the hold-out split).
         path: the file.
-        format: file format; ``dataset_from_config`` defaults it from the extension.
+        format: file format (the daemon's config defaults it from the extension).
         features: feature column names, in model input order.
         label: label column name (class index per record).
         feature_type: ``float32`` or ``float64`` (the model always trains in float32).
@@ -76,7 +84,7 @@ class DatasetConfig:
         holdout_fraction: fraction of records kept for evaluation, in [0, 1).
         input_shape: when not empty, each record's features are reshaped to it (CNN).
         standardize: centre and scale each feature by its mean and standard deviation over
-            this site's training records (``agent.data.standardize``).
+            this site's training records (``confide.data.standardize``).
     """
 
     name: str
@@ -90,6 +98,46 @@ class DatasetConfig:
     input_shape: tuple[int, ...] = field(default=())
     standardize: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form carried in the worker's ``init`` frame."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "format": self.format.value,
+            "features": list(self.features),
+            "label": self.label,
+            "feature_type": self.feature_type,
+            "label_type": self.label_type,
+            "holdout_fraction": self.holdout_fraction,
+            "input_shape": list(self.input_shape),
+            "standardize": self.standardize,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> DatasetDescription:
+        """The inverse of ``to_json``.
+
+        Raises:
+            ConfigError: a field is missing or of the wrong type (key ``dataset.FIELD``).
+        """
+        try:
+            return cls(
+                name=str(data["name"]),
+                path=Path(str(data["path"])),
+                format=DataFormat(data["format"]),
+                features=tuple(str(f) for f in data["features"]),
+                label=str(data["label"]),
+                feature_type=str(data["feature_type"]),
+                label_type=str(data["label_type"]),
+                holdout_fraction=float(data["holdout_fraction"]),
+                input_shape=tuple(int(d) for d in data["input_shape"]),
+                standardize=bool(data.get("standardize", False)),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"dataset.{exc.args[0]}", "is required but missing") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError("dataset", f"invalid dataset description: {exc}") from None
+
 
 @dataclass(frozen=True)
 class LoadedData:
@@ -101,7 +149,8 @@ class LoadedData:
     y_holdout: npt.NDArray[np.int64]
 
 
-def _format_from_path(path: Path) -> DataFormat | None:
+def format_from_path(path: Path) -> DataFormat | None:
+    """The format a file's extension names (``.csv``, ``.parquet``/``.pq``, ``.npz``), or None."""
     suffix = path.suffix.lower().lstrip(".")
     return {
         "csv": DataFormat.CSV,
@@ -111,157 +160,17 @@ def _format_from_path(path: Path) -> DataFormat | None:
     }.get(suffix)
 
 
-def dataset_from_config(name: str, section: Section) -> DatasetConfig:
-    """Read one ``[datasets.NAME]`` table.
+def split_sizes(total: int, *, holdout_fraction: float) -> tuple[int, int]:
+    """(training, hold-out) record counts of a dataset of ``total`` records.
 
-    Args:
-        name: the table's name, which jobs use as the dataset name.
-        section: the table.
-
-    Raises:
-        ConfigError: a key is missing or invalid; names the key, e.g. ``datasets.NAME.path``.
+    The hold-out set is ``round(total * holdout_fraction)`` records (Python's round: half to
+    even); ``load_arrays`` holds out exactly that many and the daemon counts with it.
     """
-    path: Path = section.path("path")
-    if section.has("format"):
-        fmt: DataFormat = section.choice("format", DataFormat)
-    else:
-        guessed = _format_from_path(path)
-        if guessed is None:
-            raise ConfigError(
-                section.key("format"), f"cannot tell the format of {path.name}; set csv|parquet|npz"
-            )
-        fmt = guessed
-    features = section.str_list("features")
-    if not features or any(not f for f in features):
-        raise ConfigError(section.key("features"), "must list at least one non-empty name")
-    if len(set(features)) != len(features):
-        raise ConfigError(section.key("features"), "must not repeat a name")
-    label: str = section.str("label")
-    if label in features:
-        raise ConfigError(section.key("label"), "must not also be a feature")
-    feature_type: str = section.str("feature_type", "float32")
-    if feature_type not in _FEATURE_TYPES:
-        raise ConfigError(
-            section.key("feature_type"), f"must be one of {', '.join(_FEATURE_TYPES)}"
-        )
-    label_type: str = section.str("label_type", "int64")
-    if label_type not in _LABEL_TYPES:
-        raise ConfigError(section.key("label_type"), f"must be one of {', '.join(_LABEL_TYPES)}")
-    holdout: float = section.float("holdout_fraction", 0.2, min=0.0, max=1.0, max_exclusive=True)
-    shape_raw: Any = section.value("input_shape", [])
-    if not isinstance(shape_raw, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape_raw
-    ):
-        raise ConfigError(section.key("input_shape"), "must be a list of positive integers")
-    standardize: bool = section.bool("standardize", False)
-    section.done()
-    return DatasetConfig(
-        name=name,
-        path=path,
-        format=fmt,
-        features=tuple(features),
-        label=label,
-        feature_type=feature_type,
-        label_type=label_type,
-        holdout_fraction=holdout,
-        input_shape=tuple(shape_raw),
-        standardize=standardize,
-    )
+    holdout = round(total * holdout_fraction)
+    return total - holdout, holdout
 
 
-def check_schema(cfg: DatasetConfig, spec: common_pb2.DatasetSpec) -> None:
-    """Refuse a job whose expected schema differs from the one the site declared.
-
-    Raises:
-        PolicyRefusal: ``SCHEMA_MISMATCH`` naming the first difference.
-    """
-    job_features = tuple(spec.features)
-    if job_features != cfg.features:
-        missing = [f for f in job_features if f not in cfg.features]
-        detail = (
-            f"unknown feature {missing[0]!r}" if missing else "features differ in number or order"
-        )
-        raise PolicyRefusal(
-            f"dataset {cfg.name!r}: {detail}", reason=Reason.SCHEMA_MISMATCH, public=True
-        )
-    if spec.label != cfg.label:
-        raise PolicyRefusal(
-            f"dataset {cfg.name!r}: label is {cfg.label!r}, job expects {spec.label!r}",
-            reason=Reason.SCHEMA_MISMATCH,
-            public=True,
-        )
-    if cfg.input_shape and tuple(spec.input_shape) and tuple(spec.input_shape) != cfg.input_shape:
-        raise PolicyRefusal(
-            f"dataset {cfg.name!r}: input_shape is {list(cfg.input_shape)}, "
-            f"job expects {list(spec.input_shape)}",
-            reason=Reason.SCHEMA_MISMATCH,
-            public=True,
-        )
-
-
-def config_to_json(cfg: DatasetConfig) -> dict[str, Any]:
-    """A JSON-able form of a dataset config, to hand to the worker process."""
-    return {
-        "name": cfg.name,
-        "path": str(cfg.path),
-        "format": cfg.format.value,
-        "features": list(cfg.features),
-        "label": cfg.label,
-        "feature_type": cfg.feature_type,
-        "label_type": cfg.label_type,
-        "holdout_fraction": cfg.holdout_fraction,
-        "input_shape": list(cfg.input_shape),
-        "standardize": cfg.standardize,
-    }
-
-
-def config_from_json(data: dict[str, Any]) -> DatasetConfig:
-    """The inverse of ``config_to_json``.
-
-    Raises:
-        ConfigError: a field is missing or of the wrong type (key ``dataset.FIELD``).
-    """
-    try:
-        return DatasetConfig(
-            name=str(data["name"]),
-            path=Path(str(data["path"])),
-            format=DataFormat(data["format"]),
-            features=tuple(str(f) for f in data["features"]),
-            label=str(data["label"]),
-            feature_type=str(data["feature_type"]),
-            label_type=str(data["label_type"]),
-            holdout_fraction=float(data["holdout_fraction"]),
-            input_shape=tuple(int(d) for d in data["input_shape"]),
-            standardize=bool(data.get("standardize", False)),
-        )
-    except KeyError as exc:
-        raise ConfigError(f"dataset.{exc.args[0]}", "is required but missing") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("dataset", f"invalid dataset config: {exc}") from None
-
-
-def declared_sizes(configs: Iterable[DatasetConfig]) -> list[federation_pb2.DatasetSize]:
-    """Training and hold-out record counts of each readable dataset, declared at register.
-
-    A dataset that cannot be read now is left out (nothing is declared for it) rather than
-    keeping the site from connecting; its tasks fail on their own.
-    """
-    out: list[federation_pb2.DatasetSize] = []
-    for cfg in configs:
-        try:
-            train = count_train_records(cfg)
-        except InternalError:
-            continue
-        total = _count_all(cfg)
-        out.append(
-            federation_pb2.DatasetSize(
-                name=cfg.name, train_records=train, holdout_records=total - train
-            )
-        )
-    return out
-
-
-def count_train_records(cfg: DatasetConfig) -> int:
+def count_train_records(cfg: DatasetDescription) -> int:
     """How many records the worker trains on, counted by the daemon itself.
 
     The daemon's privacy accounting depends on the sampling rate q = batch / n_train; it must
@@ -271,12 +180,12 @@ def count_train_records(cfg: DatasetConfig) -> int:
     Raises:
         InternalError: ``UNAVAILABLE``: the file is missing or unreadable.
     """
-    n = _count_all(cfg)
-    return n - round(n * cfg.holdout_fraction)
+    train, _ = split_sizes(count_records(cfg), holdout_fraction=cfg.holdout_fraction)
+    return train
 
 
-def _count_all(cfg: DatasetConfig) -> int:
-    """Every record in the dataset's file (training and hold-out).
+def count_records(cfg: DatasetDescription) -> int:
+    """Every record in the dataset's file (training and hold-out), reading no feature values.
 
     Raises:
         InternalError: ``UNAVAILABLE``: the file is missing or unreadable.
@@ -301,11 +210,12 @@ def _count_all(cfg: DatasetConfig) -> int:
     return n
 
 
-def load_arrays(cfg: DatasetConfig, *, stats: Statistics | None = None) -> LoadedData:
+def load_arrays(cfg: DatasetDescription, *, stats: Statistics | None = None) -> LoadedData:
     """Read the dataset file, check its columns and values, and split off the hold-out set.
 
     Features are standardized with ``stats`` (the job's) when given, else with the site's
-    own training statistics when the dataset declares ``standardize`` (``agent.data.standardize``).
+    own training statistics when the dataset declares ``standardize``
+    (``confide.data.standardize``).
 
     Raises:
         PolicyRefusal: ``SCHEMA_MISMATCH``: a declared column is missing, or a value is not a
@@ -347,7 +257,7 @@ def load_arrays(cfg: DatasetConfig, *, stats: Statistics | None = None) -> Loade
         x = x.reshape((x.shape[0], *cfg.input_shape))
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     n = x32.shape[0]
-    n_hold = round(n * cfg.holdout_fraction)
+    _, n_hold = split_sizes(n, holdout_fraction=cfg.holdout_fraction)
     seed = int.from_bytes(hashlib.sha256(cfg.name.encode()).digest()[:8], "big")
     perm = np.random.default_rng(seed).permutation(n)
     hold = np.sort(perm[:n_hold])
@@ -362,7 +272,7 @@ def load_arrays(cfg: DatasetConfig, *, stats: Statistics | None = None) -> Loade
     return LoadedData(x32[train], y[train], x32[hold], y[hold])
 
 
-def _mismatch(cfg: DatasetConfig, detail: str) -> PolicyRefusal:
+def _mismatch(cfg: DatasetDescription, detail: str) -> PolicyRefusal:
     """A schema refusal; ``detail`` names columns, counts and row numbers, never a value, so
     it is public and may be logged."""
     return PolicyRefusal(
@@ -370,7 +280,7 @@ def _mismatch(cfg: DatasetConfig, detail: str) -> PolicyRefusal:
     )
 
 
-def _labels(cfg: DatasetConfig, raw: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+def _labels(cfg: DatasetDescription, raw: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     if raw.dtype.kind not in "iuf":
         raise _mismatch(cfg, f"label column {cfg.label!r} is not numeric")
     as_float = raw.astype(np.float64, copy=False)
@@ -382,7 +292,7 @@ def _labels(cfg: DatasetConfig, raw: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     return as_float.astype(np.int64)
 
 
-def _read_csv(cfg: DatasetConfig) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+def _read_csv(cfg: DatasetDescription) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     with cfg.path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         try:
@@ -419,7 +329,7 @@ def _read_csv(cfg: DatasetConfig) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     return values[:, :-1], values[:, -1]
 
 
-def _read_parquet(cfg: DatasetConfig) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+def _read_parquet(cfg: DatasetDescription) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     import pyarrow.parquet as pq  # lazily: only parquet sites need pyarrow
 
     names = set(pq.read_schema(cfg.path).names)
@@ -441,7 +351,7 @@ def _read_parquet(cfg: DatasetConfig) -> tuple[npt.NDArray[Any], npt.NDArray[Any
     return x, arrays[-1]
 
 
-def _read_npz(cfg: DatasetConfig) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+def _read_npz(cfg: DatasetDescription) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     with np.load(cfg.path, allow_pickle=False) as npz:
         for key in ("x", "y"):
             if key not in npz.files:

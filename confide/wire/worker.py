@@ -1,11 +1,15 @@
-"""Operations between the daemon and the worker: their parameters and results (no torch).
+"""What the worker offers the daemon: its contract, parameters and results (no torch).
+
+The agent daemon (``agent.workers.handle``) and its worker process (``confide_worker``) share
+this module: ``WorkerContract`` is implemented on both sides, and its values travel in frames
+(``confide.wire.frames``) encoded by ``confide.wire.worker_ops``.
 
 Ops (header ``"op"``) and their frames, each answered by one reply frame whose header has
 ``"ok": true`` or ``"ok": false, "reason": <confide.errors.Reason value>, "message": ...``:
 
-- ``init``: header ``job_id``, ``dataset`` (``agent.data.datasets.config_to_json``), ``device``;
-  body = serialized ``JobSpec``. Reply: ``pid``, ``num_train``, ``num_holdout``,
-  ``num_features``, ``device``, ``torch_loaded``.
+- ``init``: header ``job_id``, ``dataset`` (``confide.data.datasets.DatasetDescription``
+  as JSON), ``device``; body = serialized ``JobSpec``. Reply: ``pid``, ``num_train``,
+  ``num_holdout``, ``num_features``, ``device``, ``torch_loaded``.
 - ``evaluate``: header ``tensors``, ``loss_clip`` (L > 0: each record's loss is clipped to L,
   or null); body = weights. Reply: ``accuracy``, ``loss`` (mean clipped loss),
   ``num_samples`` (hold-out records).
@@ -18,21 +22,14 @@ Ops (header ``"op"``) and their frames, each answered by one reply frame whose h
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from confide.errors import InternalError, MalformedMessage, Reason
+from confide.data.datasets import DatasetDescription
+from confide.errors import MalformedMessage
+from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 
-__all__ = ["DpSgdParams", "EvalResult", "TrainResult", "WorkerFailed", "WorkerInfo"]
-
-
-class WorkerFailed(InternalError):
-    """The worker process died, timed out, broke the protocol or failed an op.
-
-    The message carries the tail of the worker's stderr when the process died.
-    """
-
-    default_reason = Reason.WORKER_FAILED
+__all__ = ["DpSgdParams", "EvalResult", "TrainResult", "WorkerContract", "WorkerInfo"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +118,40 @@ class TrainResult:
     num_samples: int
     steps: int
     metrics: dict[str, float]
+
+
+class WorkerContract(Protocol):
+    """What a job's worker offers: ``init`` once, then ``evaluate`` and ``train`` (later: export).
+
+    Implemented twice, checked by mypy: in the worker process by
+    ``confide_worker.runtime.Runtime`` (the real work, torch), and in the daemon by
+    ``agent.workers.handle.Worker``, which sends each call as a frame to that process and
+    decodes its reply (``confide.wire.worker_ops``). Calls run one at a time.
+    """
+
+    def init(
+        self, job: common_pb2.JobSpec, *, job_id: str, dataset: DatasetDescription, device: str
+    ) -> WorkerInfo:
+        """Build the job's model and load its dataset (``InitRequest``).
+
+        Raises:
+            PolicyRefusal: the data does not match its declared schema.
+            ConfideError: the model spec, device or dataset file is unusable.
+        """
+        ...
+
+    def evaluate(self, weights: NamedArrays, *, loss_clip: float | None = None) -> EvalResult:
+        """Evaluate ``weights`` on the hold-out records (``EvaluateRequest``).
+
+        Raises:
+            ConfideError: the weights do not fit the model, or evaluation failed.
+        """
+        ...
+
+    def train(self, weights: NamedArrays, *, dp: DpSgdParams | None, round: int) -> TrainResult:
+        """Train one round from ``weights`` and return the delta (``TrainRequest``).
+
+        Raises:
+            ConfideError: the weights do not fit the model, or training failed.
+        """
+        ...

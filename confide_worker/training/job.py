@@ -6,16 +6,16 @@ import os
 
 import torch
 
-from agent.data.datasets import DatasetConfig, load_arrays
-from agent.data.standardize import job_statistics
-from agent.training.device import resolve_device
-from agent.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
-from agent.training.models import build_model, load_weights, weights_delta
-from agent.training.train import evaluate, train_plain
-from agent.worker.protocol import DpSgdParams
+from confide.data.datasets import DatasetDescription, load_arrays
+from confide.data.standardize import job_statistics
 from confide.errors import MalformedMessage
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
+from confide.wire.worker import DpSgdParams
+from confide_worker.training.device import torch_device
+from confide_worker.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
+from confide_worker.training.models import build_model, load_weights, weights_delta
+from confide_worker.training.train import evaluate, train_plain
 
 __all__ = ["TorchJob"]
 
@@ -35,13 +35,13 @@ class TorchJob:
         InternalError: the dataset file is unreadable.
     """
 
-    def __init__(self, job: common_pb2.JobSpec, dataset: DatasetConfig, device: str) -> None:
+    def __init__(self, job: common_pb2.JobSpec, dataset: DatasetDescription, device: str) -> None:
         t = job.training
         # The daemon sends a validated, normalized job: no default is substituted here.
         if not (t.learning_rate > 0 and t.batch_size >= 1 and t.local_epochs >= 1):
             raise MalformedMessage("training needs learning_rate > 0, batch_size and epochs >= 1")
         self.job = job
-        self.device = resolve_device(device)
+        self.device = torch_device(device)
         ds = job.dataset
         stats = job_statistics(ds.feature_mean, ds.feature_scale) if ds.feature_mean else None
         data = load_arrays(dataset, stats=stats)

@@ -1,4 +1,4 @@
-"""Resolve a job's or a site's device string to a torch device."""
+"""The torch device a job's or a site's device string names, checked against this host."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import torch
 
 from confide.errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["torch_device"]
 
 _CUDA = re.compile(r"^cuda(:(\d+))?$")
 
 
-def resolve_device(spec: str) -> torch.device:
+def torch_device(spec: str) -> torch.device:
     """``auto`` → ``cuda`` when available, else ``cpu``; ``cpu``; ``cuda``; ``cuda:N``.
 
     Raises:

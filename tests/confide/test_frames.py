@@ -9,14 +9,14 @@ import struct
 import numpy as np
 import pytest
 
-from agent.worker.frames import (
+from confide.errors import MalformedMessage, OversizedMessage
+from confide.wire.frames import (
     MAX_HEADER_BYTES,
     pack_arrays,
     read_frame,
     unpack_arrays,
     write_frame,
 )
-from confide.errors import MalformedMessage, OversizedMessage
 
 
 def _roundtrip(header, buffers=(), **kw):

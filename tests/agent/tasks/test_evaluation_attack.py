@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from agent.admission.site_policy import DatasetPolicy
-from agent.data.datasets import DatasetConfig, load_arrays
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
 from agent.tasks.runner import SiteContext, TaskOutcome, TaskRunner
+from confide.data.datasets import DatasetDescription, load_arrays
 from confide.lineage import chain_of
 from confide.models import initial_weights
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
 from tests.agent.conftest import FEDERATION, Pki, report_of, sha_of, signed_task
 from tests.agent.fakes import FakeAggregator, FakeTransport
-from tests.agent.worker.conftest import FEATURES, make_job
+from tests.confide_worker.conftest import FEATURES, make_job, write_breast_cancer_csv
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,12 @@ def _weights(w1: np.ndarray, bias: tuple[float, float]) -> list[tuple[str, np.nd
 
 
 @pytest.fixture(scope="module")
+def bc_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetDescription:
+    """The breast_cancer CSV the worker tests use, written once for this module."""
+    return write_breast_cancer_csv(tmp_path_factory.mktemp("bc") / "bc.csv")
+
+
+@pytest.fixture(scope="module")
 def workers():
     """One worker pool for both runs, so the (slow) worker process starts once: it only
     evaluates and trains; what may leave is decided in the daemon, per run."""
@@ -48,7 +54,7 @@ def workers():
 
 def _attack(
     pki: Pki,
-    dataset: DatasetConfig,
+    dataset: DatasetDescription,
     tmp_path,
     workers: dict[str, TaskRunner],
     *,
@@ -122,7 +128,7 @@ def _attack(
     return means, count, charged
 
 
-def _truth(dataset: DatasetConfig) -> tuple[np.ndarray, int]:
+def _truth(dataset: DatasetDescription) -> tuple[np.ndarray, int]:
     data = load_arrays(dataset)
     x, y = data.x_holdout.astype(np.float64), data.y_holdout
     return (x[y == 0].sum(0) - x[y == 1].sum(0)) / len(y), int((y == 1).sum())

@@ -1,15 +1,15 @@
 """Load a downloaded model (``confide model download``) back into PyTorch at a site.
 
 The file is safetensors: the weights by parameter name, and in its metadata the job's spec,
-from which the built-in model is rebuilt (``agent.training.models.build_model``), so no code
-travels with the weights::
+from which the built-in model is rebuilt (``confide_worker.training.models.build_model``), so
+no code travels with the weights::
 
-    from agent.training.saved import load_model
+    from confide_worker.training.saved import load_model
     model, spec = load_model("model.safetensors")      # an nn.Module in eval mode
     probabilities = model(torch.as_tensor(x, dtype=torch.float32)).softmax(dim=-1)
 
 ``x`` holds ``spec.dataset.features`` in that order, read and standardized as the site's
-dataset declares (``agent.data.datasets.load_arrays`` does both).
+dataset declares (``confide.data.datasets.load_arrays`` does both).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 from google.protobuf import json_format
 from torch import nn
 
-from agent.training.models import build_model, load_weights
 from confide.errors import MalformedMessage
 from confide.v1 import common_pb2
 from confide.wire.safetensors import read_safetensors
+from confide_worker.training.models import build_model, load_weights
 
 __all__ = ["load_model"]
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from agent.privacy.plan import dpsgd_schedule
-from agent.worker.protocol import DpSgdParams
 from agent.workers.handle import Worker, WorkerFailed
 from confide.errors import MalformedMessage, PolicyRefusal, Reason
 from confide.models import initial_weights, parameter_shapes
 from confide.v1 import common_pb2
-from tests.agent.worker.conftest import add, make_job
+from confide.wire.worker import DpSgdParams
+from tests.confide_worker.conftest import add, make_job
 
 pytestmark = pytest.mark.slow
 
@@ -168,8 +168,9 @@ def test_hung_worker_times_out(bc_dataset, tmp_path):
 def test_daemon_side_imports_leave_torch_unloaded():
     """Importing the worker handle and the dataset module in a fresh process loads no torch."""
     code = (
-        "import sys, agent.workers.handle, agent.worker.frames, agent.worker.protocol, "
-        "agent.data.datasets; print('torch' in sys.modules, 'opacus' in sys.modules)"
+        "import sys, agent.workers.handle, confide.wire.frames, confide.wire.worker, "
+        "confide.data.datasets, agent.data.declared; "
+        "print('torch' in sys.modules, 'opacus' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -329,7 +330,7 @@ def test_the_worker_substitutes_no_training_default(bc_dataset, field):
     """A training block without a batch size, learning rate or epochs (the daemon sends a
     validated job) is refused MALFORMED, never run with a default of the worker's own."""
     pytest.importorskip("torch")
-    from agent.training.job import TorchJob
+    from confide_worker.training.job import TorchJob
 
     job = make_job()
     job.training.ClearField(field)

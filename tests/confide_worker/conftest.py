@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from agent.data.datasets import DataFormat, DatasetConfig
+from confide.data.datasets import DataFormat, DatasetDescription
 from confide.v1 import common_pb2
 
 FEATURES = tuple(f"f{i}" for i in range(30))
 
 
-def write_breast_cancer_csv(path: Path) -> DatasetConfig:
+def write_breast_cancer_csv(path: Path) -> DatasetDescription:
     """Write scikit-learn's breast_cancer (standardized) as CSV and return its config."""
     data = load_breast_cancer()
     x = (data.data - data.data.mean(0)) / data.data.std(0)
@@ -24,7 +24,7 @@ def write_breast_cancer_csv(path: Path) -> DatasetConfig:
         w.writerow([*FEATURES, "label"])
         for row, y in zip(x, data.target, strict=True):
             w.writerow([*(f"{v:.6g}" for v in row), int(y)])
-    return DatasetConfig("bc", path, DataFormat.CSV, FEATURES, "label")
+    return DatasetDescription("bc", path, DataFormat.CSV, FEATURES, "label")
 
 
 def make_job(kind: int = common_pb2.MODEL_KIND_MLP, **training: float) -> common_pb2.JobSpec:
@@ -46,7 +46,7 @@ def make_job(kind: int = common_pb2.MODEL_KIND_MLP, **training: float) -> common
 
 
 @pytest.fixture(scope="session")
-def bc_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetConfig:
+def bc_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetDescription:
     """The breast_cancer CSV, written once per session."""
     return write_breast_cancer_csv(tmp_path_factory.mktemp("bc") / "bc.csv")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from agent.training.dpsgd import DpTrainer, GradSampleMode
-from agent.training.models import build_model, load_weights, weights_delta
 from confide.models import initial_weights, parameter_shapes
 from confide.v1 import common_pb2
+from confide_worker.training.dpsgd import DpTrainer, GradSampleMode
+from confide_worker.training.models import build_model, load_weights, weights_delta
 
 
 def _specs(kind):

@@ -26,7 +26,7 @@ cnn         15,590     10,278   20,397   12,927   29,488   42,081  fused (1.43)
 
 Of Opacus's own modes ``ew`` is fastest here, but every Opacus mode costs 2.1-3.5x plain SGD
 on these small models: its per-step Python (hooks, per-parameter clip/noise loops) dominates.
-``fused`` (``agent.training.fused``) computes the same clipped sum (tests check it against
+``fused`` (``confide_worker.training.fused``) computes the same clipped sum (tests check it against
 ``hooks``) with one backward and a few batched products, so it is the default for all three.
 """
 
@@ -42,9 +42,9 @@ from opacus.optimizers import get_optimizer_class
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
-from agent.training.fused import FusedDpSgd
-from agent.training.train import RoundStats
 from confide.v1 import common_pb2
+from confide_worker.training.fused import FusedDpSgd
+from confide_worker.training.train import RoundStats
 
 __all__ = ["DEFAULT_MODES", "DpTrainer", "GradSampleMode"]
 
@@ -57,7 +57,8 @@ class GradSampleMode(enum.Enum):
     EW = "ew"
     GHOST = "ghost"
     FUSED = "fused"
-    """Not Opacus: ``agent.training.fused`` (ghost norms, one backward), checked against hooks."""
+    """Not Opacus: ``confide_worker.training.fused`` (ghost norms, one backward), checked
+    against hooks."""
 
 
 DEFAULT_MODES: dict[int, GradSampleMode] = {
