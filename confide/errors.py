@@ -95,6 +95,12 @@ class Reason(enum.Enum):
     OUTSIDE_TIME_WINDOW = "outside_time_window"  # the site trains only at set hours: later
     UNTIED_MODEL = "untied_model"  # a model the site cannot tie to the job's version chain
     EVALUATION_CAP = "evaluation_cap"  # the job's hold-out evaluations at this site are spent
+    # code bundles (confide.bundle): each refusal of an archive has its own reason
+    BUNDLE_MISMATCH = "bundle_mismatch"  # its bytes do not hash to the signed code_sha256
+    BUNDLE_UNSAFE_PATH = "bundle_unsafe_path"  # an absolute path, "..", or a non-canonical name
+    BUNDLE_SPECIAL_FILE = "bundle_special_file"  # a link, device, FIFO: only regular files
+    BUNDLE_TOO_LARGE = "bundle_too_large"  # too many entries, or too many bytes
+    MODEL_UNSUPPORTED = "model_unsupported"  # DP-SGD cannot train a layer of the bundle's model
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"
