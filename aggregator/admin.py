@@ -4,7 +4,9 @@ Only ``operator`` certificates may call it (a site certificate gets PERMISSION_D
 submitted job is an operator-signed ``Envelope[JOB, JobSpec]``; it is validated (by
 ``confide.jobspec.validate_job``, the one check ``confide job check`` also runs), stored with
 the envelope and the signer's certificate (which go into every Task so sites can check who
-asked), and its version-0 model is drawn from the job's seed.
+asked), and its version-0 model is drawn from the job's seed, or, for a job that brings its
+own code, is the initial model the operator uploaded with it (``aggregator.bundles``:
+``UploadBlob`` before ``SubmitJob``; the code is stored, never run).
 
 Every listing is paged and every reply bounded in bytes (``aggregator.pages``): ListJobs,
 ListSites, ListAudit and ListRounds take a page size and token; GetJob carries a job's latest
@@ -21,6 +23,7 @@ import grpc
 
 from aggregator import pages
 from aggregator.audit import AuditEntry
+from aggregator.bundles import check_bundle_job, receive_blob
 from aggregator.coordinator import Coordinator
 from aggregator.failures import add_failures, waiting_line
 from aggregator.guard import Guard, decode
@@ -115,11 +118,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             # The one check of a job, the same function ``confide job check`` runs locally.
             validate_job(spec)
             check_model_size(spec, max_bytes=self.max_model_bytes)
+            if spec.model.kind == common_pb2.MODEL_KIND_BUNDLE:
+                sha = check_bundle_job(spec, self.blobs)
+            else:
+                sha, _ = self.blobs.put(
+                    initial_weights(spec.model, spec.dataset, seed=int(spec.training.seed))
+                )
             job_id = self.new_id()
             call.bind(job=job_id)
-            sha, _ = self.blobs.put(
-                initial_weights(spec.model, spec.dataset, seed=int(spec.training.seed))
-            )
             now = self.guard.clock()
             self.store.add_job(
                 JobRow(
@@ -145,6 +151,27 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 self.coord.fail_stored_job(job_id, exc)
                 raise
             return admin_pb2.SubmitJobReply(job_id=job_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def UploadBlob(
+        self, request_iterator: Iterator[admin_pb2.BlobUpload], context: grpc.ServicerContext
+    ) -> admin_pb2.UploadBlobReply:
+        """Store a bundle job's code archive or initial weights by hash (never run)."""
+        with self.guard.handling(context, "upload_refused") as call:
+            info = self.guard.peer(context, call, Role.OPERATOR)
+            kind, sha = receive_blob(
+                request_iterator, self.blobs, max_model_bytes=self.max_model_bytes
+            )
+            self.store.audit(
+                AuditNote(
+                    event="blob_uploaded",
+                    actor=info.name,
+                    at=self.guard.clock(),
+                    detail=f"{admin_pb2.BlobKind.Name(kind).removeprefix('BLOB_KIND_').lower()} "
+                    f"{sha}",
+                )
+            )
+            return admin_pb2.UploadBlobReply(sha256=sha)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def GetJob(

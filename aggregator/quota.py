@@ -36,7 +36,7 @@ class CallClass(enum.Enum):
     CALL = "call"
     """Short federation calls: Register, Report, SecAgg."""
     TRANSFER = "transfer"
-    """Model-sized streams: Upload, Download, the operator's DownloadModel."""
+    """Model-sized streams: Upload, Download(Bundle), the operator's DownloadModel, UploadBlob."""
     TASKS = "tasks"
     """Long-lived streams: a site's task stream (and health watches)."""
 
@@ -46,6 +46,8 @@ _CLASSES = {
     "/confide.v1.Federation/OpenTasks": CallClass.TASKS,
     "/confide.v1.Federation/Upload": CallClass.TRANSFER,
     "/confide.v1.Federation/Download": CallClass.TRANSFER,
+    "/confide.v1.Federation/DownloadBundle": CallClass.TRANSFER,
+    "/confide.v1.Admin/UploadBlob": CallClass.TRANSFER,
     "/confide.v1.Admin/DownloadModel": CallClass.TRANSFER,
     "/grpc.health.v1.Health/Watch": CallClass.TASKS,
 }

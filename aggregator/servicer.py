@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import grpc
 import structlog
 
+from aggregator.bundles import bundle_parts
 from aggregator.coordinator import Coordinator, UploadTarget
 from aggregator.guard import Guard, check_figures, decode
 from aggregator.quota import Quotas
@@ -150,6 +151,18 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
             self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id)
             parts = model_parts(self.guard.store, self.blobs, request)
+            first = next(parts)
+        yield first
+        yield from self.guard.streaming(context, "download_refused", call, parts)
+
+    def DownloadBundle(
+        self, request: federation_pb2.BundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[federation_pb2.BlobPart]:
+        """Stream a job's code archive: header (size, hash), then chunks (never run here)."""
+        with self.guard.handling(context, "download_refused") as call:
+            self.guard.peer(context, call, Role.SITE)
+            call.bind(job=request.job_id)
+            parts = bundle_parts(self.guard.store, self.coord.blobs, request.job_id)
             first = next(parts)
         yield first
         yield from self.guard.streaming(context, "download_refused", call, parts)

@@ -282,7 +282,9 @@ def read_folder(root: Path, *, key: str = "model.code") -> Entries:
         here = Path(dirpath)
         for name in dirnames:
             if (here / name).is_symlink():
-                raise ConfigError(key, f"{here / name} is a link: a bundle holds only regular files")
+                raise ConfigError(
+                    key, f"{here / name} is a link: a bundle holds only regular files"
+                )
         dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
         for name in sorted(filenames):
             p = here / name

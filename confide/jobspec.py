@@ -9,20 +9,24 @@ e.g. ``privacy.sample.delta``; every table refuses keys it does not know, so a t
 
 A key that would be accepted and then do nothing is refused the same way, on the wire too:
 ``training.device`` (each site trains where its own ``worker.device`` says),
-``target_accuracy`` (acceptance criteria are not implemented) and ``model.code_sha256``
-(code bundles are not supported yet); and a ``JobSpec`` carrying a field this version does
-not know (a newer operator's key) is refused, never ignored.
+``target_accuracy`` (acceptance criteria are not implemented); the code-bundle fields on a
+built-in model; and a ``JobSpec`` carrying a field this version does not know (a newer
+operator's key) is refused, never ignored.
 
 ::
 
     name = "breast-cancer"        rounds = 5        min_sites = 3      round_timeout_s = 120
     max_round_attempts = 3    max_job_retries = 2 # what a site pays for (defaults shown)
     [model]       kind = "logreg|mlp|cnn|fixed_delta"   hidden = [32]   fixed_delta_params = N
+          or:     code = "bundles/digits_cnn"   # the job's own code (confide.bundle), with
+                  initial_weights = "digits_cnn.safetensors"   # from confide job init-weights
+                  # (both relative to the job file; read by confide.jobfile.load_job)
     [dataset]     name = "breast_cancer"  features = [...]  label = "target"  num_classes = 2
                   input_shape = [1, 8, 8]         # cnn only
                   feature_mean = [...]  feature_scale = [...]   # standardization (optional)
     [training]    local_epochs = 1  batch_size = 32  learning_rate = 0.1  seed = 0
                   server_optimizer = "fedavg|fedadam"  server_learning_rate = 1.0
+                  fix_unsupported_layers = false   # bundle + DP-SGD: Opacus's ModuleValidator.fix
     [privacy.sample]   # record-level DP-SGD in the worker (absent: none)
                   noise_multiplier = 1.1 | target_epsilon = 3.0   max_grad_norm = 1.0
                   delta = 1e-5   accountant = "rdp|prv"
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -66,10 +71,12 @@ __all__ = [
     "DEFAULT_STAGE_TIMEOUT_S",
     "HELD_UPDATES_MAX_BYTES",
     "MAX_ROUNDS",
+    "JobFile",
     "ModelName",
     "attempt_limits",
     "job_from_toml",
     "normalize",
+    "read_job",
     "validate_aggregation",
     "validate_job",
 ]
@@ -159,8 +166,41 @@ _MECHANISM = {
 }
 
 
+@dataclass(frozen=True)
+class JobFile:
+    """A parsed job file: its spec and, for a bundle job, the files it names.
+
+    Args:
+        spec: the job. A bundle job's ``model.code_sha256``, ``parameters`` and
+            ``initial_sha256`` are still empty: they come from the files
+            (``confide.jobfile.load_job``), and only then is it validated.
+        code: ``model.code`` as written (a folder, relative to the job file), or None.
+        initial_weights: ``model.initial_weights`` as written (a safetensors file), or None.
+    """
+
+    spec: common_pb2.JobSpec
+    code: str | None = None
+    initial_weights: str | None = None
+
+
 def job_from_toml(root: Section) -> common_pb2.JobSpec:
-    """Build a ``JobSpec`` from a parsed job file and validate it.
+    """Build a ``JobSpec`` from a parsed job file of a built-in model and validate it.
+
+    Raises:
+        ConfigError: a key is missing, unknown or invalid; names the key; ``model.code`` for a
+            bundle job, whose files ``confide.jobfile.load_job`` reads.
+    """
+    job = read_job(root)
+    if job.code is not None:
+        raise ConfigError(
+            "model.code", "a bundle job is read with its files (confide.jobfile.load_job)"
+        )
+    validate_job(job.spec)
+    return job.spec
+
+
+def read_job(root: Section) -> JobFile:
+    """Read a parsed job file; a built-in job's spec is validated, a bundle job's not yet.
 
     Raises:
         ConfigError: a key is missing, unknown or invalid; names the key.
@@ -173,7 +213,7 @@ def job_from_toml(root: Section) -> common_pb2.JobSpec:
         raise
 
 
-def _job_from_toml(root: Section) -> common_pb2.JobSpec:
+def _job_from_toml(root: Section) -> JobFile:
     spec = common_pb2.JobSpec(
         name=root.str("name"),
         rounds=root.int("rounds", min=1, max=MAX_ROUNDS),
@@ -187,7 +227,18 @@ def _job_from_toml(root: Section) -> common_pb2.JobSpec:
     if root.has("max_job_retries"):
         spec.attempts.max_job_retries = root.int("max_job_retries", min=0, max=MAX_JOB_RETRIES)
     m = root.section("model", required=True)
-    spec.model.kind = _MODEL_KIND[m.choice("kind", ModelName)]
+    code: str | None = None
+    initial: str | None = None
+    if m.has("code"):
+        if m.has("kind"):
+            raise ConfigError(m.key("kind"), "give either kind (a built-in model) or code")
+        spec.model.kind = common_pb2.MODEL_KIND_BUNDLE
+        code = m.str("code")
+        initial = m.str("initial_weights")
+        if not code.strip():
+            raise ConfigError(m.key("code"), "must name the bundle's folder")
+    else:
+        spec.model.kind = _MODEL_KIND[m.choice("kind", ModelName)]
     spec.model.hidden.extend(_uint_list(m, "hidden"))
     spec.model.fixed_delta_params = m.int("fixed_delta_params", 0, min=0)
     m.done()
@@ -215,6 +266,7 @@ def _job_from_toml(root: Section) -> common_pb2.JobSpec:
         "server_learning_rate", 1.0, min=0.0, min_exclusive=True
     )
     spec.training.seed = t.int("seed", 0, min=0)
+    spec.training.fix_unsupported_layers = t.bool("fix_unsupported_layers", False)
     t.done()
 
     p = root.section("privacy")
@@ -262,8 +314,9 @@ def _job_from_toml(root: Section) -> common_pb2.JobSpec:
     _aggregation_from_toml(root.section("aggregation"), spec.aggregation)
     _evaluation_from_toml(root.section("evaluation"), spec)
     root.done()  # every table above, read or not: an unknown key anywhere is refused
-    validate_job(spec)
-    return spec
+    if code is None:
+        validate_job(spec)
+    return JobFile(spec=spec, code=code, initial_weights=initial)
 
 
 _RETIRED = {
@@ -283,10 +336,6 @@ _RETIRED_FIELDS = {
     ("confide.v1.JobSpec", 11): "target_accuracy",
 }
 """The reserved ``common.proto`` field numbers of the retired keys."""
-
-_CODE_BUNDLES_UNSUPPORTED = (
-    "code bundles are not supported yet; a job runs a built-in model (model.kind)"
-)
 
 _TABLE_OF_FIELD = {"record_privacy": "privacy.sample", "update_privacy": "privacy.update"}
 """Job-file tables whose JobSpec field has another name; the others share theirs."""
@@ -454,8 +503,6 @@ def validate_job(spec: common_pb2.JobSpec, *, signed_before_upgrade: bool = Fals
         ConfigError: the first invalid field, named as in the job file.
     """
     _refuse_unknown_fields(spec, "", retired_ok=signed_before_upgrade)
-    if spec.model.code_sha256:
-        raise ConfigError("model.code_sha256", _CODE_BUNDLES_UNSUPPORTED)
     if not spec.name.strip():
         raise ConfigError("name", "must not be empty")
     if not 1 <= spec.rounds <= MAX_ROUNDS:
@@ -465,6 +512,7 @@ def validate_job(spec: common_pb2.JobSpec, *, signed_before_upgrade: bool = Fals
     if not spec.dataset.name.strip():
         raise ConfigError("dataset.name", "must not be empty")
     _finite_positive("round_timeout_s", spec.round_timeout_s)
+    _validate_model(spec)
     parameter_shapes(spec.model, spec.dataset)
     _validate_standardization(spec.dataset)
     if spec.model.kind != common_pb2.MODEL_KIND_FIXED_DELTA and not spec.dataset.label:
@@ -487,6 +535,32 @@ def validate_job(spec: common_pb2.JobSpec, *, signed_before_upgrade: bool = Fals
     _validate_secagg(spec)
     validate_aggregation(spec)
     _validate_evaluation(spec)
+
+
+def _validate_model(spec: common_pb2.JobSpec) -> None:
+    """A bundle's code and initial-model hashes; the bundle-only fields on no other model."""
+    m = spec.model
+    if m.kind != common_pb2.MODEL_KIND_BUNDLE:
+        for key, present in (
+            ("model.code", bool(m.code_sha256)),
+            ("model.initial_weights", bool(m.parameters) or bool(m.initial_sha256)),
+            ("training.fix_unsupported_layers", spec.training.fix_unsupported_layers),
+        ):
+            if present:
+                raise ConfigError(key, "applies only to a bundle model (model.code)")
+        return
+    if len(m.code_sha256) != 32:
+        raise ConfigError("model.code", "a bundle job names its code by a 32-byte SHA-256")
+    if len(m.initial_sha256) != 32:
+        raise ConfigError(
+            "model.initial_weights", "a bundle job names its initial model by a 32-byte SHA-256"
+        )
+    if m.hidden or m.fixed_delta_params:
+        raise ConfigError("model.hidden", "applies only to the built-in models")
+    if int(spec.dataset.num_classes) < 2:
+        raise ConfigError("dataset.num_classes", "must be >= 2")
+    if not spec.dataset.features:
+        raise ConfigError("dataset.features", "must list at least one feature column")
 
 
 def _finite_positive(key: str, v: float) -> None:

@@ -1,8 +1,9 @@
 """A job's model versions as a hash chain, and the initial model a signed job defines.
 
 Version 0 of a job is not the aggregator's choice: it is ``confide.models.initial_weights`` of
-the signed spec's model, dataset and seed, so a site recomputes its SHA-256 and accepts no other
-model as version 0. Each later version k is the aggregator's claim: a site cannot recompute an
+the signed spec's model, dataset and seed (for a bundle job: the operator's initial weights,
+whose SHA-256 the signed spec holds), so a site knows its SHA-256 and accepts no other model as
+version 0. Each later version k is the aggregator's claim: a site cannot recompute an
 aggregate it saw only its own part of. The chain makes the claim one linear history::
 
     anchor   = SHA-256("confide/v1/model-chain/anchor" || u32be(len(job_id)) || job_id
@@ -73,9 +74,14 @@ def chain_of(*, job_id: str, signed_job: common_pb2.Envelope, shas: Sequence[str
 def initial_model_sha(spec: common_pb2.JobSpec) -> str:
     """The hex SHA-256 of the job's version 0, as the aggregator's blob store names it.
 
+    A bundle job's version 0 is the operator's file, named in the signed spec
+    (``model.initial_sha256``); a built-in model's is drawn from the spec's seed.
+
     Raises:
         ConfigError: the spec's model does not fit its dataset.
     """
+    if spec.model.kind == common_pb2.MODEL_KIND_BUNDLE:
+        return spec.model.initial_sha256.hex()
     weights: NamedArrays = list(
         initial_weights(spec.model, spec.dataset, seed=int(spec.training.seed))
     )

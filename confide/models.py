@@ -12,21 +12,27 @@ Architectures (C = classes, F = features, input_shape = [c, h, w] for the CNN):
   ``features.3`` Conv2d(16, 32, 3, padding=1), ReLU, AdaptiveAvgPool2d(1), Flatten,
   ``head`` Linear(32, C).
 - fixed_delta (benchmarks): one float32 vector ``delta`` of ``fixed_delta_params`` zeros.
+- bundle: the job's own code (``confide.bundle``); its float32 parameters are the ones the
+  operator signed in ``model.parameters`` (found by ``confide job init-weights``), and its
+  initial weights are the operator's (``model.initial_sha256``), never drawn here.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from confide.errors import ConfigError
 from confide.v1 import common_pb2
+from confide.wire.bounds import MAX_NAME_BYTES, MAX_RANK, MAX_TENSORS
 
 __all__ = [
     "CNN_CHANNELS",
     "DEFAULT_MLP_HIDDEN",
+    "BundleSpec",
     "initial_weights",
     "parameter_bytes",
     "parameter_shapes",
@@ -45,10 +51,45 @@ def _linear(name: str, fan_in: int, fan_out: int) -> list[tuple[str, Shape]]:
     return [(f"{name}.weight", (fan_out, fan_in)), (f"{name}.bias", (fan_out,))]
 
 
+@dataclass(frozen=True)
+class BundleSpec:
+    """What a bundle's ``build_model(spec)`` is told about the job (plain values, no protobuf).
+
+    Args:
+        features: the dataset's feature column names, in order.
+        label: the label column.
+        num_classes: classes of the label (the model's output width for classification).
+        input_shape: the shape of one record's features as the model receives them, e.g.
+            ``(1, 8, 8)``; ``(len(features),)`` for flat features.
+        seed: the job's seed (``training.seed``).
+    """
+
+    features: tuple[str, ...]
+    label: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    seed: int
+
+    @classmethod
+    def of(cls, job: common_pb2.JobSpec) -> BundleSpec:
+        """The values of a job spec."""
+        ds = job.dataset
+        shape = tuple(int(d) for d in ds.input_shape) or (len(ds.features),)
+        return cls(
+            features=tuple(ds.features),
+            label=ds.label,
+            num_classes=int(ds.num_classes),
+            input_shape=shape,
+            seed=int(job.training.seed),
+        )
+
+
 def parameter_shapes(
     model: common_pb2.ModelSpec, dataset: common_pb2.DatasetSpec
 ) -> list[tuple[str, Shape]]:
-    """The ordered (name, shape) list of a built-in model's parameters.
+    """The ordered (name, shape) list of a model's float32 parameters.
+
+    A built-in model's follow from the spec; a bundle's are the signed ``model.parameters``.
 
     Raises:
         ConfigError: the model kind is unknown or does not fit the dataset spec.
@@ -56,6 +97,8 @@ def parameter_shapes(
     classes = int(dataset.num_classes)
     features = len(dataset.features)
     kind = model.kind
+    if kind == common_pb2.MODEL_KIND_BUNDLE:
+        return _bundle_shapes(model)
     if kind == common_pb2.MODEL_KIND_FIXED_DELTA:
         if model.fixed_delta_params < 1:
             raise ConfigError("model.fixed_delta_params", "must be >= 1")
@@ -89,6 +132,30 @@ def parameter_shapes(
     raise ConfigError("model.kind", f"unknown built-in model {kind}")
 
 
+def _bundle_shapes(model: common_pb2.ModelSpec) -> list[tuple[str, Shape]]:
+    """A bundle's signed parameter list, checked: float32, unique names, bounded count and rank."""
+    key = "model.initial_weights"
+    params = list(model.parameters)
+    if not 1 <= len(params) <= MAX_TENSORS:
+        raise ConfigError(
+            key, f"a bundle model has 1 to {MAX_TENSORS} parameters, not {len(params)}"
+        )
+    seen: set[str] = set()
+    out: list[tuple[str, Shape]] = []
+    for p in params:
+        if not p.name or len(p.name.encode()) > MAX_NAME_BYTES or p.name in seen:
+            raise ConfigError(key, f"parameter name {p.name[:40]!r} is empty, too long or repeated")
+        seen.add(p.name)
+        if p.dtype != common_pb2.DTYPE_FLOAT32:
+            raise ConfigError(key, f"parameter {p.name!r} must be float32")
+        if len(p.shape) > MAX_RANK or any(d < 1 for d in p.shape):
+            raise ConfigError(
+                key, f"parameter {p.name!r} must have 0 to {MAX_RANK} dimensions, each >= 1"
+            )
+        out.append((p.name, tuple(int(d) for d in p.shape)))
+    return out
+
+
 def parameter_bytes(model: common_pb2.ModelSpec, dataset: common_pb2.DatasetSpec) -> int:
     """Bytes of a built-in model's float32 parameters, from its shapes (allocates nothing).
 
@@ -110,7 +177,16 @@ def initial_weights(
 
     Args:
         seed: the job's seed, so a job's first model is reproducible.
+
+    Raises:
+        ConfigError: the model is a bundle (its initial weights are the operator's file), or
+            does not fit the dataset spec.
     """
+    if model.kind == common_pb2.MODEL_KIND_BUNDLE:
+        raise ConfigError(
+            "model.initial_weights",
+            "a bundle job's initial weights come from confide job init-weights, not a seed",
+        )
     rng = np.random.default_rng(seed)
     out: list[tuple[str, npt.NDArray[np.float32]]] = []
     weight_fan_in: dict[str, int] = {}

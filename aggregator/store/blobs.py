@@ -1,7 +1,8 @@
 """The ``BlobStore`` on a local disk: ``blobs/ab/abcdef...`` plus its header next to it.
 
 A blob file holds the raw concatenated little-endian tensor bytes (what travels in chunks);
-``<sha>.header`` holds the serialized ``BlobHeader``. Files are written to a temporary name,
+``<sha>.header`` holds the serialized ``BlobHeader``. A raw blob (a code bundle) is the file
+alone, with no header. Files are written to a temporary name,
 fsynced, then renamed (and the folder fsynced), so a blob that exists is complete: the store
 marks a round done only after its model blob is durable. Whatever the ``Store`` backend,
 blobs live here, in the state folder, until another ``BlobStore`` is written.
@@ -9,6 +10,7 @@ blobs live here, in the state folder, until another ``BlobStore`` is written.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import tempfile
@@ -97,6 +99,45 @@ class FileBlobStore:
         with open(self._path(sha_hex), "rb") as f:
             while chunk := f.read(chunk_bytes):
                 yield chunk
+
+    def put_bytes(self, data: bytes) -> str:
+        """Write raw bytes durably under their hex SHA-256 (once).
+
+        Raises:
+            OSError: the disk refused the write.
+        """
+        sha_hex = hashlib.sha256(data).hexdigest()
+        path = self._path(sha_hex)
+        if path.exists():
+            return sha_hex
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(self.root)
+        _atomic_write(path, [memoryview(data)])
+        return sha_hex
+
+    def has_bytes(self, sha_hex: str) -> bool:
+        """Whether bytes named ``sha_hex`` are on disk."""
+        try:
+            return self._path(sha_hex).exists()
+        except InternalError:
+            return False
+
+    def read_bytes(self, sha_hex: str, *, max_bytes: int) -> bytes:
+        """The bytes named ``sha_hex``, refused when over ``max_bytes`` or altered on disk.
+
+        Raises:
+            FileNotFoundError: no such blob.
+            InternalError: not a blob name, too large, or the bytes no longer match the name.
+        """
+        path = self._path(sha_hex)
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise InternalError(f"blob {sha_hex} is over {max_bytes} bytes")
+        if hashlib.sha256(data).hexdigest() != sha_hex:
+            raise InternalError(f"blob {sha_hex} no longer hashes to its name")
+        return data
 
 
 def _atomic_write(path: Path, buffers: list[memoryview]) -> None:

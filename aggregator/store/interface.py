@@ -271,10 +271,13 @@ class Store(Protocol):
 
 
 class BlobStore(Protocol):
-    """Model versions, content-addressed by the hex SHA-256 of their tensor bytes.
+    """Model versions and code bundles, content-addressed by the hex SHA-256 of their bytes.
 
-    A blob that ``has`` reports is complete and durable (header and bytes); a name that is
-    not 64 lowercase hex digits names no blob.
+    A model blob (tensors) has a header beside its bytes; a raw blob (a job's code archive,
+    ``confide.bundle``) is bytes alone, stored and served but never imported or run. Both live
+    in one address space: a name is the SHA-256 of the bytes stored under it. A blob that
+    ``has`` (or ``has_bytes``) reports is complete and durable; a name that is not 64
+    lowercase hex digits names no blob.
     """
 
     def has(self, sha_hex: str) -> bool:
@@ -314,5 +317,27 @@ class BlobStore(Protocol):
         Raises:
             FileNotFoundError: no such blob.
             InternalError: ``sha_hex`` is not a blob name (reason ``UNKNOWN_JOB``).
+        """
+        ...
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store raw bytes durably (once); returns their hex SHA-256.
+
+        Raises:
+            OSError: the storage refused the write.
+        """
+        ...
+
+    def has_bytes(self, sha_hex: str) -> bool:
+        """Whether bytes with this hex SHA-256 are stored (a model blob's bytes count too)."""
+        ...
+
+    def read_bytes(self, sha_hex: str, *, max_bytes: int) -> bytes:
+        """The stored bytes named ``sha_hex``, checked against their name.
+
+        Raises:
+            FileNotFoundError: no such blob.
+            InternalError: ``sha_hex`` is not a blob name (reason ``UNKNOWN_JOB``), the bytes
+                are over ``max_bytes`` or no longer hash to their name.
         """
         ...

@@ -1,4 +1,10 @@
-"""``confide job check|submit|status|list|cancel`` and ``confide sites``: the operator's view.
+"""``confide job check|submit|init-weights|status|list|cancel`` and ``confide sites``.
+
+A job that names its own code (``[model] code``, ``confide.bundle``) is submitted in three
+calls: the code archive and the initial weights are uploaded first (``UploadBlob``, stored by
+hash), then the signed job names both by SHA-256. ``init-weights`` makes the initial weights
+on the operator's machine by running the bundle's ``build_model`` (it needs torch; the
+aggregator never runs job code).
 
 Listings are paged by the aggregator (each reply stays far below the gRPC message limit
 whatever sites sent); these commands follow ``next_page_token`` until the listing ends, so
@@ -16,16 +22,25 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from confide.config import load_toml
-from confide.jobspec import attempt_limits, job_from_toml, validate_job
+from confide.jobfile import LoadedJob, load_job
+from confide.jobspec import attempt_limits, validate_job
 from confide.v1 import admin_pb2, common_pb2
+from confide.wire.blob import encode_tensors, iter_chunks
 from confide.wire.envelope import seal
 
 from .operator import connect, load_operator_config
 
-__all__ = ["all_pages", "format_job", "job_summary", "register", "with_all_rounds"]
+__all__ = [
+    "all_pages",
+    "format_job",
+    "job_summary",
+    "register",
+    "upload_bundle_files",
+    "with_all_rounds",
+]
 
 _TIMEOUT_S = 30
+_UPLOAD_TIMEOUT_S = 600
 
 
 def register(subparsers: Any) -> None:
@@ -37,9 +52,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("job_file", type=Path)
     p.set_defaults(func=_check)
-    p = jsub.add_parser("submit", help="sign and submit a job file")
+    p = jsub.add_parser("submit", help="sign and submit a job file (uploading its code bundle)")
     p.add_argument("job_file", type=Path)
     p.set_defaults(func=_submit)
+    p = jsub.add_parser(
+        "init-weights",
+        help="run a code bundle's build_model here (needs torch) and write its initial weights",
+    )
+    p.add_argument("job_file", type=Path)
+    p.add_argument(
+        "--out", type=Path, help="where to write them (default: the job's model.initial_weights)"
+    )
+    p.set_defaults(func=_init_weights)
     p = jsub.add_parser("status", help="rounds so far with metrics and epsilon")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -61,20 +85,57 @@ def _check(args: argparse.Namespace) -> int:
     ``validate_job``, the very function the aggregator runs at SubmitJob: a file that passes
     here is not refused there for its content. A bad key exits 2 (``confide.cli.main``).
     """
-    spec = job_from_toml(load_toml(args.job_file))
+    job = load_job(args.job_file)
+    spec = job.spec
     validate_job(common_pb2.JobSpec.FromString(spec.SerializeToString()))
     per_round, retries = attempt_limits(spec)
+    code = f"; code bundle sha256 {spec.model.code_sha256.hex()}" if job.bundle else ""
     print(
         f"{args.job_file}: ok: job {spec.name!r}, {spec.rounds} rounds, min_sites "
         f"{spec.min_sites}; a site pays for at most {per_round} attempts of a round and "
-        f"{spec.rounds + retries} in the job"
+        f"{spec.rounds + retries} in the job{code}"
     )
     return 0
 
 
+def _init_weights(args: argparse.Namespace) -> int:
+    """Build the bundle's model here and write its initial weights (``confide.jobfile``)."""
+    from confide.cli.init_weights import write_initial_weights
+
+    out = write_initial_weights(args.job_file, out=args.out)
+    print(f"{out}: initial weights written; confide job submit uploads them")
+    return 0
+
+
+def upload_bundle_files(stub: Any, job: LoadedJob) -> None:
+    """Upload a bundle job's code archive and initial weights before the job names them."""
+    if job.bundle is None or job.initial is None:
+        return
+    archive = memoryview(job.bundle)
+    header = common_pb2.BlobHeader(total_bytes=len(job.bundle), sha256=job.spec.model.code_sha256)
+    _upload(stub, admin_pb2.BLOB_KIND_CODE_BUNDLE, header, [archive])
+    blob, buffers = encode_tensors(job.initial)
+    _upload(stub, admin_pb2.BLOB_KIND_MODEL, blob, buffers)
+
+
+def _upload(
+    stub: Any,
+    kind: Any,
+    header: common_pb2.BlobHeader,
+    buffers: list[memoryview],
+) -> None:
+    def parts() -> Iterator[admin_pb2.BlobUpload]:
+        yield admin_pb2.BlobUpload(header=admin_pb2.BlobUploadHeader(kind=kind, blob=header))
+        for chunk in iter_chunks(buffers):
+            yield admin_pb2.BlobUpload(chunk=chunk)
+
+    stub.UploadBlob(parts(), timeout=_UPLOAD_TIMEOUT_S)
+
+
 def _submit(args: argparse.Namespace) -> int:
     cfg = load_operator_config(args.config)
-    spec = job_from_toml(load_toml(args.job_file))
+    job = load_job(args.job_file)
+    spec = job.spec
     env = seal(
         signing_key=cfg.identity.signing_key,
         federation=cfg.federation,
@@ -85,6 +146,7 @@ def _submit(args: argparse.Namespace) -> int:
     )
     channel, stub = connect(cfg)
     with channel:
+        upload_bundle_files(stub, job)
         reply = stub.SubmitJob(env, timeout=30)
     print(reply.job_id)
     return 0

@@ -17,12 +17,21 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_DONE: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+
+class BlobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BLOB_KIND_UNSPECIFIED: _ClassVar[BlobKind]
+    BLOB_KIND_CODE_BUNDLE: _ClassVar[BlobKind]
+    BLOB_KIND_MODEL: _ClassVar[BlobKind]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_DONE: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+BLOB_KIND_UNSPECIFIED: BlobKind
+BLOB_KIND_CODE_BUNDLE: BlobKind
+BLOB_KIND_MODEL: BlobKind
 
 class SubmitJobReply(_message.Message):
     __slots__ = ("job_id",)
@@ -259,3 +268,25 @@ class AuditList(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class BlobUploadHeader(_message.Message):
+    __slots__ = ("kind", "blob")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    kind: BlobKind
+    blob: _common_pb2.BlobHeader
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., blob: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ...) -> None: ...
+
+class BlobUpload(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: BlobUploadHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[BlobUploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadBlobReply(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...

@@ -76,6 +76,11 @@ class AdminStub:
                 request_serializer=confide_dot_v1_dot_admin__pb2.ListRoundsRequest.SerializeToString,
                 response_deserializer=confide_dot_v1_dot_admin__pb2.RoundList.FromString,
                 _registered_method=True)
+        self.UploadBlob = channel.stream_unary(
+                '/confide.v1.Admin/UploadBlob',
+                request_serializer=confide_dot_v1_dot_admin__pb2.BlobUpload.SerializeToString,
+                response_deserializer=confide_dot_v1_dot_admin__pb2.UploadBlobReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -130,6 +135,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadBlob(self, request_iterator, context):
+        """Upload a job's code bundle or initial model before SubmitJob names it: the first part is
+        the header, then raw chunks. Stored content-addressed; never imported or run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +185,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListRounds,
                     request_deserializer=confide_dot_v1_dot_admin__pb2.ListRoundsRequest.FromString,
                     response_serializer=confide_dot_v1_dot_admin__pb2.RoundList.SerializeToString,
+            ),
+            'UploadBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadBlob,
+                    request_deserializer=confide_dot_v1_dot_admin__pb2.BlobUpload.FromString,
+                    response_serializer=confide_dot_v1_dot_admin__pb2.UploadBlobReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +408,33 @@ class Admin:
             '/confide.v1.Admin/ListRounds',
             confide_dot_v1_dot_admin__pb2.ListRoundsRequest.SerializeToString,
             confide_dot_v1_dot_admin__pb2.RoundList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/confide.v1.Admin/UploadBlob',
+            confide_dot_v1_dot_admin__pb2.BlobUpload.SerializeToString,
+            confide_dot_v1_dot_admin__pb2.UploadBlobReply.FromString,
             options,
             channel_credentials,
             insecure,

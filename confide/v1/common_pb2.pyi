@@ -48,6 +48,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_MLP: _ClassVar[ModelKind]
     MODEL_KIND_CNN: _ClassVar[ModelKind]
     MODEL_KIND_FIXED_DELTA: _ClassVar[ModelKind]
+    MODEL_KIND_BUNDLE: _ClassVar[ModelKind]
 
 class ServerOptimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -104,6 +105,7 @@ MODEL_KIND_LOGREG: ModelKind
 MODEL_KIND_MLP: ModelKind
 MODEL_KIND_CNN: ModelKind
 MODEL_KIND_FIXED_DELTA: ModelKind
+MODEL_KIND_BUNDLE: ModelKind
 SERVER_OPTIMIZER_UNSPECIFIED: ServerOptimizer
 SERVER_OPTIMIZER_FEDAVG: ServerOptimizer
 SERVER_OPTIMIZER_FEDADAM: ServerOptimizer
@@ -160,16 +162,20 @@ class Envelope(_message.Message):
     def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., issued_at_ms: _Optional[int] = ..., payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "hidden", "fixed_delta_params", "code_sha256")
+    __slots__ = ("kind", "hidden", "fixed_delta_params", "code_sha256", "parameters", "initial_sha256")
     KIND_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     FIXED_DELTA_PARAMS_FIELD_NUMBER: _ClassVar[int]
     CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_SHA256_FIELD_NUMBER: _ClassVar[int]
     kind: ModelKind
     hidden: _containers.RepeatedScalarFieldContainer[int]
     fixed_delta_params: int
     code_sha256: bytes
-    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., hidden: _Optional[_Iterable[int]] = ..., fixed_delta_params: _Optional[int] = ..., code_sha256: _Optional[bytes] = ...) -> None: ...
+    parameters: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    initial_sha256: bytes
+    def __init__(self, kind: _Optional[_Union[ModelKind, str]] = ..., hidden: _Optional[_Iterable[int]] = ..., fixed_delta_params: _Optional[int] = ..., code_sha256: _Optional[bytes] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., initial_sha256: _Optional[bytes] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
     __slots__ = ("name", "features", "label", "num_classes", "input_shape", "feature_mean", "feature_scale")
@@ -244,20 +250,22 @@ class EvaluationSpec(_message.Message):
     def __init__(self, max_evaluations: _Optional[int] = ..., noise_multiplier: _Optional[float] = ..., loss_clip: _Optional[float] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "server_optimizer", "server_learning_rate", "seed")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "server_optimizer", "server_learning_rate", "seed", "fix_unsupported_layers")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SERVER_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     SERVER_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    FIX_UNSUPPORTED_LAYERS_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
     server_optimizer: ServerOptimizer
     server_learning_rate: float
     seed: int
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., server_optimizer: _Optional[_Union[ServerOptimizer, str]] = ..., server_learning_rate: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    fix_unsupported_layers: bool
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., server_optimizer: _Optional[_Union[ServerOptimizer, str]] = ..., server_learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., fix_unsupported_layers: _Optional[bool] = ...) -> None: ...
 
 class AttemptLimits(_message.Message):
     __slots__ = ("max_round_attempts", "max_job_retries")

@@ -153,6 +153,12 @@ class DownloadRequest(_message.Message):
     model_version: str
     def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class BundleRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
 class BlobPart(_message.Message):
     __slots__ = ("header", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,11 @@ class FederationStub:
                 request_serializer=confide_dot_v1_dot_common__pb2.Envelope.SerializeToString,
                 response_deserializer=confide_dot_v1_dot_federation__pb2.Ack.FromString,
                 _registered_method=True)
+        self.DownloadBundle = channel.unary_stream(
+                '/confide.v1.Federation/DownloadBundle',
+                request_serializer=confide_dot_v1_dot_federation__pb2.BundleRequest.SerializeToString,
+                response_deserializer=confide_dot_v1_dot_federation__pb2.BlobPart.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -127,6 +132,15 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadBundle(self, request, context):
+        """Chunked download of a job's code bundle (first part: a header with no tensors, holding
+        the archive's size and SHA-256; then chunks). The site checks the bytes against the
+        signed job's model.code_sha256, not against this header.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +178,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SecAgg,
                     request_deserializer=confide_dot_v1_dot_common__pb2.Envelope.FromString,
                     response_serializer=confide_dot_v1_dot_federation__pb2.Ack.SerializeToString,
+            ),
+            'DownloadBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadBundle,
+                    request_deserializer=confide_dot_v1_dot_federation__pb2.BundleRequest.FromString,
+                    response_serializer=confide_dot_v1_dot_federation__pb2.BlobPart.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +374,33 @@ class Federation:
             '/confide.v1.Federation/SecAgg',
             confide_dot_v1_dot_common__pb2.Envelope.SerializeToString,
             confide_dot_v1_dot_federation__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/confide.v1.Federation/DownloadBundle',
+            confide_dot_v1_dot_federation__pb2.BundleRequest.SerializeToString,
+            confide_dot_v1_dot_federation__pb2.BlobPart.FromString,
             options,
             channel_credentials,
             insecure,

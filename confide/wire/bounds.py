@@ -27,6 +27,7 @@ __all__ = [
     "MAX_METRICS",
     "MAX_NAME_BYTES",
     "MAX_PEERS",
+    "MAX_RANK",
     "MAX_REASON_BYTES",
     "MAX_RECORDS",
     "MAX_SHARE_BYTES",

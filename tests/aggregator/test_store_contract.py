@@ -8,6 +8,7 @@ tested in ``test_store_sqlite.py``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import signal
@@ -612,3 +613,23 @@ def test_a_missing_blob_is_not_found(store_factory):
     for read in (blobs.header, blobs.load, lambda n: list(blobs.chunks(n))):
         with pytest.raises(FileNotFoundError):
             read("0" * 64)
+
+
+def test_raw_bytes_round_trip_stored_once_and_refused_when_altered_or_too_large(store_factory):
+    """A code bundle's bytes are stored under their hash, read back checked, and bounded."""
+    blobs = store_factory.blobs()
+    data = b"ustar archive bytes" * 10
+    sha = blobs.put_bytes(data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert blobs.has_bytes(sha) and blobs.put_bytes(data) == sha
+    assert not blobs.has(sha)  # bytes alone, no tensor header
+    assert blobs.read_bytes(sha, max_bytes=len(data)) == data
+    assert b"".join(blobs.chunks(sha, chunk_bytes=7)) == data
+    with pytest.raises(InternalError):
+        blobs.read_bytes(sha, max_bytes=len(data) - 1)
+    for name in ("0" * 64, "../" * 8 + "etc/passwd"):
+        assert not blobs.has_bytes(name)
+    with pytest.raises(FileNotFoundError):
+        blobs.read_bytes("0" * 64, max_bytes=10)
+    with pytest.raises(InternalError):
+        blobs.read_bytes("g" * 64, max_bytes=10)

@@ -327,14 +327,15 @@ def test_a_retired_key_in_a_job_file_is_refused_saying_why(old, new, key, why):
     assert err.value.reason is Reason.UNKNOWN_KEY
 
 
-def test_a_code_bundle_is_refused_until_bundles_are_supported():
-    """A JobSpec naming a code bundle by hash is refused, saying bundles are not supported."""
+def test_a_code_hash_on_a_built_in_model_is_refused():
+    """A built-in model naming a code bundle by hash is refused: the hash would do nothing
+    (a bundle job is MODEL_KIND_BUNDLE, tests/confide/test_jobfile.py)."""
     spec = _job()
     spec.model.code_sha256 = bytes(range(32))
     with pytest.raises(ConfigError) as err:
         validate_job(spec)
-    assert err.value.key == "model.code_sha256"
-    assert "code bundles are not supported yet" in err.value.problem
+    assert err.value.key == "model.code"
+    assert "only to a bundle model" in err.value.problem
 
 
 def _with_raw_field(spec: common_pb2.JobSpec, path: str, raw: bytes) -> common_pb2.JobSpec:
