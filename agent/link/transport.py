@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, Protocol
 
 import grpc
 
 from agent.admission.rules import DEFAULT_MAX_MODEL_BYTES
-from confide.errors import ConfideError, InternalError, MalformedMessage, Reason
+from confide.bundle import MAX_BUNDLE_BYTES
+from confide.errors import ConfideError, InternalError, MalformedMessage, OversizedMessage, Reason
 from confide.pki import Identity, channel_credentials
 from confide.pki.tls import TARGET_NAME_OVERRIDE
 from confide.v1 import common_pb2, federation_pb2, federation_pb2_grpc
@@ -83,6 +84,14 @@ class Transport(Protocol):
 
         Bounded by a deadline (``DOWNLOAD_TIMEOUT_S`` for ``GrpcTransport``); ``close()`` from
         another thread ends it with reason ``unavailable``.
+        """
+        ...
+
+    def download_bundle(self, job_id: str) -> bytes:
+        """Fetch a job's code archive, at most ``confide.bundle.MAX_BUNDLE_BYTES``.
+
+        The bytes are not checked here: the caller compares them with the signed job's
+        ``model.code_sha256`` before anything else (``agent.workers.bundles``).
         """
         ...
 
@@ -250,34 +259,77 @@ class GrpcTransport:
             MalformedMessage: the parts are out of order or do not match their header.
         """
         req = federation_pb2.DownloadRequest(job_id=job_id, model_version=model_version)
+        assembler: BlobAssembler | None = None
+        parts = self._parts(lambda: self._stub.Download(req, timeout=timeout))
+        with contextlib.closing(parts):  # an error here cancels the call at once
+            for part in parts:
+                which = part.WhichOneof("part")
+                if which == "header":
+                    if assembler is not None:
+                        raise MalformedMessage("download sent a second blob header")
+                    assembler = BlobAssembler(part.header, max_bytes=self._max_model_bytes)
+                elif which == "chunk":
+                    if assembler is None:
+                        raise MalformedMessage("download sent a chunk before the header")
+                    assembler.add(part.chunk)
+                else:
+                    raise MalformedMessage("download sent an empty part")
+        if assembler is None:
+            raise MalformedMessage("download ended without a blob header")
+        return assembler.finish()
+
+    def download_bundle(self, job_id: str, *, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
+        """Fetch a job's code archive within ``timeout`` seconds, at most ``MAX_BUNDLE_BYTES``.
+
+        Raises:
+            ConfideError: the aggregator refused; ``unavailable`` as for ``download``.
+            OversizedMessage: the archive is announced or sent larger than the bound (refused
+                before its bytes are kept).
+            MalformedMessage: the parts are out of order or not the size announced.
+        """
+        req = federation_pb2.BundleRequest(job_id=job_id)
+        total: int | None = None
+        buf = bytearray()
+        parts = self._parts(lambda: self._stub.DownloadBundle(req, timeout=timeout))
+        with contextlib.closing(parts):
+            for part in parts:
+                which = part.WhichOneof("part")
+                if which == "header" and total is None:
+                    total = int(part.header.total_bytes)
+                    if total > MAX_BUNDLE_BYTES:
+                        raise OversizedMessage(
+                            f"the code bundle is announced at {total} bytes, "
+                            f"over {MAX_BUNDLE_BYTES}",
+                            reason=Reason.BUNDLE_TOO_LARGE,
+                        )
+                elif which == "chunk" and total is not None:
+                    if len(buf) + len(part.chunk) > total:
+                        raise OversizedMessage(
+                            "the code bundle's chunks exceed its size",
+                            reason=Reason.BUNDLE_TOO_LARGE,
+                        )
+                    buf += part.chunk
+                else:
+                    raise MalformedMessage("bundle download parts are out of order")
+        if total is None or len(buf) != total:
+            raise MalformedMessage("bundle download ended early")
+        return bytes(buf)
+
+    def _parts(self, start: Callable[[], Any]) -> Generator[federation_pb2.BlobPart, None, None]:
+        """The parts of a download stream ``start()`` opens, cancelled by ``close()``."""
         with self._lock:  # so close() either sees this call or refuses it
             if self._closed:
                 raise _closed_error()
             with _mapped():
-                call = self._stub.Download(req, timeout=timeout)
+                call = start()
             self._calls.add(call)
-        assembler: BlobAssembler | None = None
         try:
             with _mapped():
-                for part in call:
-                    which = part.WhichOneof("part")
-                    if which == "header":
-                        if assembler is not None:
-                            raise MalformedMessage("download sent a second blob header")
-                        assembler = BlobAssembler(part.header, max_bytes=self._max_model_bytes)
-                    elif which == "chunk":
-                        if assembler is None:
-                            raise MalformedMessage("download sent a chunk before the header")
-                        assembler.add(part.chunk)
-                    else:
-                        raise MalformedMessage("download sent an empty part")
+                yield from call
         finally:
             call.cancel()  # a no-op when the stream ended; stops the server after an error
             with self._lock:
                 self._calls.discard(call)
-        if assembler is None:
-            raise MalformedMessage("download ended without a blob header")
-        return assembler.finish()
 
     def upload(
         self, header: common_pb2.Envelope, buffers: Sequence[memoryview]
