@@ -557,6 +557,10 @@ def _validate_model(spec: common_pb2.JobSpec) -> None:
         )
     if m.hidden or m.fixed_delta_params:
         raise ConfigError("model.hidden", "applies only to the built-in models")
+    if spec.training.fix_unsupported_layers and not spec.record_privacy.enabled:
+        raise ConfigError(
+            "training.fix_unsupported_layers", "applies only with record-level DP-SGD"
+        )
     if int(spec.dataset.num_classes) < 2:
         raise ConfigError("dataset.num_classes", "must be >= 2")
     if not spec.dataset.features:

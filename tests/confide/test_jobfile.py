@@ -83,9 +83,18 @@ def test_a_bundle_job_file_needs_its_files_and_no_kind(tmp_path):
 
 
 def test_fix_unsupported_layers_is_read_and_refused_on_built_in_models(tmp_path):
-    """The Opacus fix is a bundle option: set on a built-in model it is an error, not ignored."""
-    path, _ = _folder(tmp_path, training="fix_unsupported_layers = true")
+    """The Opacus fix is a bundle DP option: set where it does nothing it is an error."""
+    path, _ = _folder(
+        tmp_path,
+        training="fix_unsupported_layers = true\n[privacy.sample]\nnoise_multiplier = 1.0",
+    )
     assert load_job(path).spec.training.fix_unsupported_layers
+    without_dp = common_pb2.JobSpec()
+    without_dp.CopyFrom(load_job(path).spec)
+    without_dp.ClearField("record_privacy")
+    with pytest.raises(ConfigError) as exc:
+        validate_job(without_dp)
+    assert exc.value.key == "training.fix_unsupported_layers"
     builtin = common_pb2.JobSpec()
     builtin.CopyFrom(load_job(path).spec)
     builtin.model.Clear()
