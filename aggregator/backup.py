@@ -30,7 +30,7 @@ from aggregator.config import AggregatorConfig, load_config
 from aggregator.store import open_blobs, open_store
 from aggregator.store.blobs import FileBlobStore
 from aggregator.store.factory import restore_store, schema_version, store_in_use
-from aggregator.store.interface import BlobStore
+from aggregator.store.interface import BlobStore, bundle_blobs
 from confide import __version__
 from confide.backup import (
     BackupKind,
@@ -44,6 +44,7 @@ from confide.backup import (
     staging_dir,
     write_manifest,
 )
+from confide.bundle import MAX_BUNDLE_BYTES
 from confide.errors import InternalError, Reason
 from confide.statefiles import private_dir
 
@@ -211,6 +212,13 @@ def _check(config: AggregatorConfig, stage: Path) -> int:
                 f"the restored audit chain does not verify: {exc}", reason=Reason.BACKUP_DAMAGED
             ) from exc
         for job in store.jobs():
+            code = bundle_blobs([job.spec])
+            for sha in code:
+                if not blobs.has_bytes(sha):
+                    raise InternalError(
+                        f"job {job.id} names code bundle {sha}, which the backup does not hold",
+                        reason=Reason.BACKUP_DAMAGED,
+                    )
             for model in store.models(job.id):
                 for sha in (model.sha256, model.optimizer_state):
                     if sha and not blobs.has(sha):
@@ -231,6 +239,14 @@ def _copy_blobs(src: BlobStore, dest: BlobStore, names: frozenset[str], *, where
         InternalError: a blob is missing from ``src`` or its bytes hash to another name.
     """
     for sha in sorted(names):
+        if not src.has(sha) and src.has_bytes(sha):  # a code archive: bytes, no header
+            try:
+                dest.put_bytes(src.read_bytes(sha, max_bytes=MAX_BUNDLE_BYTES))
+            except InternalError as exc:
+                raise InternalError(
+                    f"code bundle {sha} in {where} is damaged: {exc}", reason=Reason.BACKUP_DAMAGED
+                ) from exc
+            continue
         try:
             arrays = src.load(sha)
         except FileNotFoundError:

@@ -26,12 +26,13 @@ The contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy.typing as npt
+from google.protobuf.message import DecodeError
 
 from aggregator.audit import AuditEntry
 from aggregator.store.rows import (
@@ -46,7 +47,7 @@ from aggregator.store.rows import (
 from confide.v1 import common_pb2
 from confide.wire.blob import CHUNK_BYTES, NamedArrays
 
-__all__ = ["Arrays", "BlobStore", "Store", "StoreBackup"]
+__all__ = ["Arrays", "BlobStore", "Store", "StoreBackup", "bundle_blobs"]
 
 Arrays = Sequence[tuple[str, npt.NDArray[Any]]]
 """Named tensors, in model order."""
@@ -59,13 +60,31 @@ class StoreBackup:
     Args:
         files: the files it wrote, relative to the backup's folder.
         schema: the schema version of the copy (the backend's, e.g. SQLite's ``user_version``).
-        blobs: the hex SHA-256 of every blob the copied rows name (model versions and
-            optimizer states): the blobs a restore needs.
+        blobs: the hex SHA-256 of every blob the copied rows name (model versions,
+            optimizer states and bundle jobs' code archives, ``bundle_blobs``): the blobs a
+            restore needs.
     """
 
     files: tuple[str, ...]
     schema: int
     blobs: frozenset[str]
+
+
+def bundle_blobs(specs: Iterable[bytes]) -> frozenset[str]:
+    """The code archives (hex SHA-256) that stored job specs name.
+
+    A backup holds them with the model blobs (``StoreBackup.blobs``): a restored bundle job
+    must still be able to serve its code to sites.
+    """
+    out: set[str] = set()
+    for raw in specs:
+        try:
+            spec = common_pb2.JobSpec.FromString(raw)
+        except DecodeError:  # not a job this release wrote: it names no code
+            continue
+        if spec.model.kind == common_pb2.MODEL_KIND_BUNDLE:
+            out.add(spec.model.code_sha256.hex())
+    return frozenset(out)
 
 
 class Store(Protocol):

@@ -2,7 +2,8 @@
 
 ``SqliteStore.backup`` copies its open connection's database with SQLite's backup API
 (``confide.statecopy.copy_connection``: one step, one read transaction, so one instant) and
-reads from the copy, not the live file, which blobs its rows name. ``restore_sqlite`` puts a
+reads from the copy, not the live file, which blobs its rows name (model versions, optimizer
+states, and the code archives of bundle jobs). ``restore_sqlite`` puts a
 copy back as a new database file, refusing one whose schema is newer than this code's;
 opening it afterwards upgrades an older one (``aggregator.store.sqlite_schema``).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from aggregator.store.interface import StoreBackup
+from aggregator.store.interface import StoreBackup, bundle_blobs
 from aggregator.store.sqlite_schema import SCHEMA_VERSION
 from confide.errors import InternalError, Reason
 from confide.statecopy import copy_connection, copy_database, database_in_use, user_version
@@ -32,11 +33,14 @@ def backup_sqlite(source: sqlite3.Connection, *, into: Path, name: str) -> Store
         copy = sqlite3.connect(f"file:{dest}?mode=ro", uri=True)
         try:
             rows = copy.execute("SELECT sha256, optimizer_state FROM model_versions").fetchall()
+            specs = copy.execute("SELECT spec FROM jobs").fetchall()
         finally:
             copy.close()
     except sqlite3.Error as exc:
         raise InternalError(f"cannot read the copy {dest}: {exc}") from exc
-    blobs = frozenset(str(sha) for row in rows for sha in row if sha)
+    blobs = frozenset(str(sha) for row in rows for sha in row if sha) | bundle_blobs(
+        bytes(spec) for (spec,) in specs
+    )
     return StoreBackup(files=(name,), schema=schema, blobs=blobs)
 
 

@@ -18,8 +18,10 @@ from aggregator.main import main
 from aggregator.store import AuditNote, JobRow, ModelRow, SiteRoundRow, open_blobs, open_store
 from aggregator.store.factory import DB_FILE
 from aggregator.store.sqlite_schema import SCHEMA_VERSION
+from confide import bundle
 from confide.backup import MANIFEST
 from confide.errors import InternalError, Reason
+from confide.v1 import common_pb2
 from tests.aggregator.conftest import make_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -342,3 +344,31 @@ def test_a_backup_of_nothing_is_refused(pki, tmp_path):
     with pytest.raises(InternalError):
         backup_state(make_config(pki, tmp_path / "state"), tmp_path / "b", now=1.0e9)
     assert not (tmp_path / "state" / DB_FILE).exists()
+
+
+def test_a_bundle_jobs_code_archive_is_backed_up_and_restored(pki, live, tmp_path):
+    """A restored aggregator can still serve a bundle job's code: the archive is in the backup."""
+    data = bundle.pack({"model.py": b"def build_model(spec): ...\n"})
+    sha = live.blobs.put_bytes(data)
+    spec = common_pb2.JobSpec(
+        model=common_pb2.ModelSpec(
+            kind=common_pb2.MODEL_KIND_BUNDLE, code_sha256=bytes.fromhex(sha)
+        )
+    )
+    row = JobRow(
+        id="b",
+        spec=spec.SerializeToString(),
+        signed_job=b"env",
+        signer_cert=b"pem",
+        state="running",
+        error="",
+        submitted_by="op",
+        created=2.0,
+    )
+    v0 = ModelRow(job="b", version_no=0, sha256=live.last, optimizer_state="", created=2.0)
+    live.store.add_job(row, v0, audit=_note(9))
+    backup_state(make_config(pki, tmp_path / "state"), tmp_path / "b", now=1.0e9)
+    assert (tmp_path / "b" / "blobs" / sha[:2] / sha).read_bytes() == data
+    config, _ = _restored(pki, tmp_path / "b", tmp_path / "new")
+    blobs = open_blobs(config.store, state_dir=config.state_dir)
+    assert blobs.read_bytes(sha, max_bytes=len(data)) == data
