@@ -1,4 +1,4 @@
-"""DP-SGD with Opacus for the built-in models, with exactly the steps the daemon accounts for.
+"""DP-SGD with Opacus, with exactly the steps the daemon accounts for.
 
 Algorithm (Abadi et al. 2016, "Deep Learning with Differential Privacy", Alg. 1): each of
 ``steps`` steps draws a Poisson sample B of the N local records (each kept independently with
@@ -26,8 +26,13 @@ cnn         15,590     10,278   20,397   12,927   29,488   42,081  fused (1.43)
 
 Of Opacus's own modes ``ew`` is fastest here, but every Opacus mode costs 2.1-3.5x plain SGD
 on these small models: its per-step Python (hooks, per-parameter clip/noise loops) dominates.
-``fused`` (``confide_worker.training.fused``) computes the same clipped sum (tests check it against
-``hooks``) with one backward and a few batched products, so it is the default for all three.
+``fused`` (``confide_worker.training.fused``) computes the same clipped sum (tests check it
+against ``hooks``) with one backward and a few batched products, so it is the default for all three.
+
+A code bundle's model (``confide_worker.bundle``) is any module, with its own loss: it trains
+in ``hooks`` mode, Opacus's ``GradSampleModule``, which computes per-record gradients for
+every layer Opacus knows (and through functorch for others); layers that mix records
+(BatchNorm, ...) are refused or fixed before (``confide_worker.bundle.dp_ready``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from torch import nn
 
 from confide.v1 import common_pb2
 from confide_worker.training.fused import FusedDpSgd
-from confide_worker.training.train import RoundStats
+from confide_worker.training.train import Loss, RoundStats
 
 __all__ = ["DEFAULT_MODES", "DpTrainer", "GradSampleMode"]
 
@@ -77,16 +82,26 @@ class DpTrainer:
     optimizer/criterion for the round's parameters.
 
     Args:
-        module: a fresh built-in model on its device, used only for DP training.
+        module: a fresh model on its device, used only for DP training.
         mode: the per-sample-gradient mode.
         lr: SGD learning rate.
+        loss: a code bundle's batch-mean loss (cross-entropy when None); not with ``fused``
+            or ``ghost``, which are built for cross-entropy.
+
+    Raises:
+        ValueError: a loss with the fused or ghost mode.
     """
 
-    def __init__(self, module: nn.Module, *, mode: GradSampleMode, lr: float) -> None:
+    def __init__(
+        self, module: nn.Module, *, mode: GradSampleMode, lr: float, loss: Loss | None = None
+    ) -> None:
         self.module = module
         self.mode = mode
         self.lr = lr
+        self.loss = loss
         self._fused: FusedDpSgd | None = None
+        if loss is not None and mode in (GradSampleMode.FUSED, GradSampleMode.GHOST):
+            raise ValueError(f"the {mode.value} mode trains cross-entropy only")
         if mode is GradSampleMode.FUSED:
             self._fused = FusedDpSgd(module, lr=lr)
             return
@@ -147,7 +162,7 @@ class DpTrainer:
             loss_reduction="mean",
             generator=noise_generator,
         )
-        base_loss = nn.CrossEntropyLoss(reduction="mean")
+        base_loss: Any = self.loss or nn.CrossEntropyLoss(reduction="mean")
         criterion: Any = (
             DPLossFastGradientClipping(self._gsm, opt, base_loss, "mean") if ghost else base_loss
         )
@@ -240,8 +255,8 @@ class DpTrainer:
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    per_record = nn.functional.cross_entropy(logits.detach(), yb, reduction="sum")
-                stats.add(logits.detach(), yb, per_record)
+                    batch_loss = (self.loss or nn.functional.cross_entropy)(logits.detach(), yb)
+                stats.add(logits.detach(), yb, batch_loss * yb.shape[0])
             stats.steps += 1
 
 

@@ -3,39 +3,59 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from confide.data.datasets import DatasetDescription, load_arrays
 from confide.data.standardize import job_statistics
 from confide.errors import MalformedMessage
+from confide.models import BundleSpec, parameter_shapes
 from confide.v1 import common_pb2
 from confide.wire.blob import NamedArrays
 from confide.wire.worker import DpSgdParams
 from confide_worker.training.device import torch_device
 from confide_worker.training.dpsgd import DEFAULT_MODES, DpTrainer, GradSampleMode
 from confide_worker.training.models import build_model, load_weights, weights_delta
-from confide_worker.training.train import evaluate, train_plain
+from confide_worker.training.train import Loss, evaluate, train_plain
 
 __all__ = ["TorchJob"]
 
 
 class TorchJob:
-    """A built-in model and its site data, kept for the job's rounds (built once per job).
+    """A job's model and its site data, kept for the job's rounds (built once per job).
+
+    A built-in model comes from ``agent.training.models``; a code bundle's from its own
+    ``build_model`` (``confide_worker.bundle``), checked against the signed parameters, with
+    its ``transform`` applied to the data once and its ``loss`` used in training. With
+    DP-SGD a bundle's model is checked for layers Opacus cannot train per record (and fixed
+    when the job asks) before anything trains.
 
     Args:
         job: the job spec.
         dataset: the site's dataset config (already checked against the job's schema).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        bundle: the unpacked, read-only folder of a bundle job's code (None: built-in).
 
     Raises:
         ConfigError: the model spec or device is invalid.
         MalformedMessage: the training block lacks a learning rate, batch size or epochs.
-        PolicyRefusal: the data does not match its declared schema.
+        PolicyRefusal: the data does not match its declared schema; a bundle that does not
+            load or keep its promises (``invalid_job``), or has layers DP-SGD cannot train
+            (``model_unsupported``).
         InternalError: the dataset file is unreadable.
     """
 
-    def __init__(self, job: common_pb2.JobSpec, dataset: DatasetDescription, device: str) -> None:
+    def __init__(
+        self,
+        job: common_pb2.JobSpec,
+        dataset: DatasetDescription,
+        device: str,
+        *,
+        bundle: Path | None = None,
+    ) -> None:
         t = job.training
         # The daemon sends a validated, normalized job: no default is substituted here.
         if not (t.learning_rate > 0 and t.batch_size >= 1 and t.local_epochs >= 1):
@@ -53,12 +73,39 @@ class TorchJob:
         self.y_train = torch.from_numpy(data.y_train).to(dev)
         self.x_holdout = torch.from_numpy(data.x_holdout).to(dev)
         self.y_holdout = torch.from_numpy(data.y_holdout).to(dev)
-        self.model = build_model(job.model, job.dataset).to(dev)
+        self.loss: Loss | None = None
+        self._new_model: Callable[[], nn.Module] = lambda: build_model(job.model, job.dataset)
+        if job.model.kind == common_pb2.MODEL_KIND_BUNDLE:
+            if bundle is None:
+                raise MalformedMessage("a bundle job's worker was started without its bundle")
+            self._bundle_model(job, bundle)
+        self.model = self._new_model().to(dev)
         self._dp: DpTrainer | None = None
         self.lr = float(t.learning_rate)
         self.batch_size = int(t.batch_size)
         self.epochs = int(t.local_epochs)
         self.seed = int(t.seed)
+
+    def _bundle_model(self, job: common_pb2.JobSpec, folder: Path) -> None:
+        """Load the bundle, transform the data with it, and check the model it builds."""
+        from confide_worker.bundle import check_parameters, dp_ready, load_bundle
+
+        code = load_bundle(folder)
+        self.x_train = code.features(self.x_train)
+        self.x_holdout = code.features(self.x_holdout)
+        self.num_features = int(self.x_train[0].numel()) if self.num_train else 0
+        self.loss = code.loss
+        spec, shapes = BundleSpec.of(job), parameter_shapes(job.model, job.dataset)
+        dp, fix = job.record_privacy.enabled, job.training.fix_unsupported_layers
+
+        def new_model() -> nn.Module:
+            module = code.model(spec)
+            if dp:
+                module = dp_ready(module.train(), fix=fix)
+            check_parameters(module, shapes)
+            return module
+
+        self._new_model = new_model
 
     def evaluate(
         self, weights: NamedArrays, *, loss_clip: float | None = None
@@ -94,12 +141,15 @@ class TorchJob:
                 epochs=self.epochs,
                 batch_size=self.batch_size,
                 generator=gen,
+                **({"loss_fn": self.loss} if self.loss is not None else {}),
             )
             return weights_delta(self.model, weights), stats.steps, stats.metrics()
+        # A bundle trains in hooks mode (Opacus's GradSampleModule); the fused fast path is
+        # for the built-in models only.
         chosen = mode or DEFAULT_MODES.get(self.job.model.kind, GradSampleMode.HOOKS)
         if self._dp is None or self._dp.mode is not chosen:
-            module = build_model(self.job.model, self.job.dataset).to(self.device)
-            self._dp = DpTrainer(module, mode=chosen, lr=self.lr)
+            module = self._new_model().to(self.device)
+            self._dp = DpTrainer(module, mode=chosen, lr=self.lr, loss=self.loss)
         load_weights(self._dp.module, weights)
         sample_gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
         noise_gen = torch.Generator(device=self.device).manual_seed(

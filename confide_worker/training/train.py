@@ -1,4 +1,8 @@
-"""Local training without record-level privacy: SGD on cross-entropy, and evaluation.
+"""Local training without record-level privacy: SGD on a loss, and evaluation.
+
+The loss is cross-entropy, or a code bundle's own ``loss(outputs, labels)`` (the batch mean of
+a per-record loss, ``confide_worker.bundle``); evaluation is always accuracy and cross-entropy,
+so every job reports the same figures.
 
 The data is used as the site gives it: nothing is standardized implicitly. Batches are drawn
 by indexing tensors already on the device (no DataLoader), which is several times faster
@@ -7,13 +11,17 @@ than a DataLoader for the small tabular and image sets built-in models train on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["RoundStats", "evaluate", "train_plain"]
+__all__ = ["Loss", "RoundStats", "evaluate", "train_plain"]
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A batch's mean loss from (outputs, labels)."""
 
 
 @dataclass
@@ -46,6 +54,7 @@ def train_plain(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
+    loss_fn: Loss = F.cross_entropy,
 ) -> RoundStats:
     """Minibatch SGD for ``epochs`` passes over shuffled data; returns the round's stats.
 
@@ -57,6 +66,7 @@ def train_plain(
         epochs: passes over the data.
         batch_size: records per step (the last batch of an epoch may be smaller).
         generator: CPU generator for the shuffles.
+        loss_fn: the batch's mean loss (a bundle's own, or cross-entropy).
     """
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -69,7 +79,7 @@ def train_plain(
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = loss_fn(logits, yb)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             stats.add(logits.detach(), yb, loss.detach() * yb.shape[0])
