@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
@@ -37,6 +38,7 @@ from agent.privacy.plan import PrivacyPlan
 from agent.tasks.evaluation import Evaluations
 from agent.tasks.runner import SiteContext, TaskRunner
 from agent.tasks.secure import install as install_secure_aggregation
+from agent.workers.bundles import SiteBundles
 from agent.workers.pool import WorkerFactory, WorkerHandle, worker_factory
 from agent.workers.sandbox import Isolation
 from agent.workers.sandbox import probe as probe_sandbox
@@ -196,6 +198,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         start_worker=_policy_workers(isolation, holder),
         policy=holder,
         evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy, audit=audit),
+        bundles=SiteBundles(cfg.state_dir / "bundles"),
         trust=identities.trust,
         metrics=metrics,
     )
@@ -389,6 +392,7 @@ def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory
         dataset: DatasetDescription,
         device: str,
         timeout: float,
+        bundle: Path | None = None,
     ) -> WorkerHandle:
         sandbox = holder.current().sandbox
         factory = worker_factory(
@@ -397,7 +401,9 @@ def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory
             gpus=sandbox.gpus,
             allow_unsandboxed=sandbox.allow_unsandboxed,
         )
-        return factory(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
+        return factory(
+            job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout, bundle=bundle
+        )
 
     return start
 

@@ -55,7 +55,11 @@ class _Server:
         if op is Op.INIT:
             init = InitRequest.from_frame(header, body)
             info = contract.init(
-                init.job, job_id=init.job_id, dataset=init.dataset, device=init.device
+                init.job,
+                job_id=init.job_id,
+                dataset=init.dataset,
+                device=init.device,
+                bundle=init.bundle,
             )
             reply, buffers = encode_reply(info)
             reply["torch_loaded"] = "torch" in sys.modules

@@ -10,6 +10,7 @@ vector of ``1e-3``, written straight from its memory, so the figure measures the
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,7 +53,13 @@ class Runtime:
         return self._fixed is not None or self._torch is not None
 
     def init(
-        self, job: common_pb2.JobSpec, *, job_id: str, dataset: DatasetDescription, device: str
+        self,
+        job: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        dataset: DatasetDescription,
+        device: str,
+        bundle: str | None = None,
     ) -> WorkerInfo:
         """Build the job's model and load its data (imports torch unless fixed_delta).
 
@@ -72,7 +79,9 @@ class Runtime:
             )
         from confide_worker.training.job import TorchJob  # torch is paid for here, once per job
 
-        tj = self._torch = TorchJob(job, dataset, device)
+        tj = self._torch = TorchJob(
+            job, dataset, device, bundle=None if bundle is None else Path(bundle)
+        )
         return WorkerInfo(
             pid=os.getpid(),
             num_train=tj.num_train,

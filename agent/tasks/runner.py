@@ -8,7 +8,10 @@ down. Policy refusals (untrusted signer, bad job signature, unknown dataset, sch
 ``REFUSED``; everything else (worker crash, download failure) is ``FAILED``.
 
 The worker process is started on a job's first task and reused for every later round; it is
-stopped on JOB_DONE, on shutdown, or after it failed (the next task starts a fresh one).
+stopped on JOB_DONE, on shutdown, or after it failed (the next task starts a fresh one). A job
+that brings its own code gets, as its worker starts, a fresh read-only copy of the archive the
+signed job names: downloaded once, checked against the signed hash before anything else, and
+unpacked with every check (``agent.workers.bundles``).
 
 Models and evaluation (``agent.admission.lineage``, ``agent.tasks.evaluation``): a task's
 model is pinned to its version of the job before it is downloaded, and refused unless the
@@ -64,6 +67,7 @@ from agent.local.metrics import AgentMetrics
 from agent.privacy.plan import Charge, PrivacyPlan, RoundPrivacy, Unmetered, protect_update
 from agent.tasks.evaluation import Evaluations
 from agent.tasks.types import Handler, JobEpsilon, SecureUpdate, SiteContext, TaskOutcome
+from agent.workers.bundles import SiteBundles
 from agent.workers.handle import WorkerFailed
 from agent.workers.pool import WorkerFactory, WorkerHandle, WorkerPool, start_worker
 from confide.data.datasets import DatasetDescription, count_train_records
@@ -124,6 +128,8 @@ class TaskRunner:
             reloaded CRL refuses a revoked job signer from the next task on; None: ``site``'s.
         metrics: where task outcomes, worker starts and training times are counted
             (default: a registry of its own, read by nobody).
+        bundles: where code bundles are checked and unpacked for workers (the daemon's
+            ``<state>/bundles``); None: bundle jobs are refused ``code_not_allowed``.
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class TaskRunner:
         rng: Callable[[], float] = random.random,
         trust: Callable[[], tuple[bytes, bytes | None]] | None = None,
         metrics: AgentMetrics | None = None,
+        bundles: SiteBundles | None = None,
     ) -> None:
         self.site = site
         self.trust = trust
@@ -151,6 +158,7 @@ class TaskRunner:
         self.audit = audit if audit is not None else SiteAudit(":memory:")
         self.approvals = approvals
         self.evaluations = evaluations or Evaluations(privacy=privacy, audit=self.audit)
+        self.bundles = bundles
         self._clock = clock
         self._rng = rng
         self._busy_until = 0.0  # the running task's deadline for transfers refused busy
@@ -300,14 +308,33 @@ class TaskRunner:
         return job, dataset
 
     def worker_for(
-        self, task: federation_pb2.Task, job: VerifiedJob, dataset: DatasetDescription
+        self,
+        task: federation_pb2.Task,
+        job: VerifiedJob,
+        dataset: DatasetDescription,
+        transport: Transport,
     ) -> WorkerHandle:
         """The job's running worker, started (or restarted after a crash) when needed.
 
         Raises:
             WorkerFailed: the worker could not start.
+            PolicyRefusal: a code bundle that is not the signed one or is unsafe, or this
+                agent runs no bundles.
         """
-        return self.workers.get(task.job_id, job.spec, dataset)
+        if job.spec.model.kind != common_pb2.MODEL_KIND_BUNDLE:
+            return self.workers.get(task.job_id, job.spec, dataset)
+        bundles, code = self.bundles, job.spec.model.code_sha256
+        if bundles is None:
+            raise PolicyRefusal(
+                "this agent runs no code bundles", reason=Reason.CODE_NOT_ALLOWED, public=True
+            )
+
+        def fetch() -> bytes:
+            return self.served("bundle download", lambda: transport.download_bundle(task.job_id))
+
+        return self.workers.get(
+            task.job_id, job.spec, dataset, bundle=lambda: bundles.unpacked(code, fetch)
+        )
 
     def served(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, a transfer, tried again while the aggregator answers ``server_busy``.
@@ -379,7 +406,7 @@ class TaskRunner:
         model = self.evaluations.pin(task, spec=job.spec, purpose=Purpose.TRAIN)
         weights = self._download(task, transport)
         self._check_abandon()
-        worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
+        worker = self._guarded(task, lambda: self.worker_for(task, job, dataset, transport))
         # FedAvg weights and the sampling rate q (so ε) rest on this count: the daemon counts
         # the records itself rather than taking the worker's word for it.
         num_train = count_train_records(dataset)
@@ -512,7 +539,7 @@ class TaskRunner:
         def evaluate(clip: float) -> EvalResult:  # only for a model with no stored release
             weights = self._download(task, transport)
             self._check_abandon()
-            worker = self._guarded(task, lambda: self.worker_for(task, job, dataset))
+            worker = self._guarded(task, lambda: self.worker_for(task, job, dataset, transport))
             return self._guarded(task, lambda: worker.evaluate(weights, loss_clip=clip))
 
         ev = self.evaluations.release(

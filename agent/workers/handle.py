@@ -60,6 +60,7 @@ _POLICY_REASONS = {
     Reason.UNKNOWN_DATASET,
     Reason.INVALID_JOB,
     Reason.UNSAFE_REQUEST,
+    Reason.MODEL_UNSUPPORTED,
 }
 _STDERR_TAIL = 8192
 _PASS_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TMPDIR", "LANG")
@@ -105,13 +106,16 @@ def _start_sandboxed(
     job_id: str,
     dataset: DatasetDescription,
     env: Mapping[str, str],
+    bundle: Path | None,
 ) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
-    """Start the worker in bubblewrap, seeing only its runtime, its code and its dataset."""
+    """Start the worker in bubblewrap, seeing only its runtime, its code, its dataset and its
+    job's unpacked code bundle (read-only)."""
     roots = (worker_package_dir(), Path(confide.__file__).resolve().parent)
     spec = SandboxSpec(
         interpreter=Path(command[0]),
         runtime=runtime_paths(roots),
         dataset=Path(dataset.path).absolute(),
+        bundle=bundle,
         gpus=sandbox.gpus,
         env={k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"},
         limits=sandbox.limits,
@@ -180,6 +184,7 @@ class Worker:
         timeout: float = 600.0,
         init_timeout: float = 180.0,
         sandbox: Sandboxing | None = None,
+        bundle: Path | None = None,
     ) -> Worker:
         """Spawn a worker for a job and wait until it has built the model and loaded the data.
 
@@ -194,6 +199,8 @@ class Worker:
             init_timeout: seconds ``init`` may take (torch import, data load).
             sandbox: run the worker inside bubblewrap with these limits (``agent.workers.sandbox``);
                 None runs it as a plain child process.
+            bundle: a bundle job's checked, unpacked code (``agent.workers.bundles``), bound
+                read-only into the sandbox; the caller removes it after ``stop``.
 
         Raises:
             PolicyRefusal: the data does not match the declared schema.
@@ -223,21 +230,35 @@ class Worker:
                     close_fds=True,
                 )
             else:
-                proc, cleanup = _start_sandboxed(command, sandbox, job_id, dataset, child_env)
+                proc, cleanup = _start_sandboxed(
+                    command, sandbox, job_id, dataset, child_env, bundle
+                )
         except OSError as exc:
             raise WorkerFailed(f"job {job_id}: cannot start worker: {exc}") from exc
         worker = cls(
             proc, job_id=job_id, timeout=timeout, init_timeout=init_timeout, cleanup=cleanup
         )
         try:
-            worker.init(job, job_id=job_id, dataset=dataset, device=device)
+            worker.init(
+                job,
+                job_id=job_id,
+                dataset=dataset,
+                device=device,
+                bundle=None if bundle is None else str(bundle.absolute()),
+            )
         except ConfideError:
             worker.stop()
             raise
         return worker
 
     def init(
-        self, job: common_pb2.JobSpec, *, job_id: str, dataset: DatasetDescription, device: str
+        self,
+        job: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        dataset: DatasetDescription,
+        device: str,
+        bundle: str | None = None,
     ) -> WorkerInfo:
         """Have the worker build the job's model and load its data; sets ``info``.
 
@@ -246,13 +267,14 @@ class Worker:
             job_id: the job's id, for the worker's messages.
             dataset: the dataset to read, already checked with ``check_schema``.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+            bundle: a bundle job's unpacked code folder, or None.
 
         Raises:
             PolicyRefusal: the data does not match the declared schema.
             WorkerFailed: init failed (reason from the worker, e.g. ``unavailable`` for a
                 missing dataset file), timed out, or its reply is malformed.
         """
-        request = InitRequest(job=job, job_id=job_id, dataset=dataset, device=device)
+        request = InitRequest(job=job, job_id=job_id, dataset=dataset, device=device, bundle=bundle)
         reply, body = self._call(*request.to_frame(), timeout=self.init_timeout)
         with self._parsing(Op.INIT):
             self.info = decode_info(reply, body)

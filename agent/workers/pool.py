@@ -3,6 +3,9 @@
 A job's worker (``agent.workers.handle.Worker``) is started on the job's first task and reused
 for all its rounds (starting one imports torch and loads the data: seconds). It is stopped on
 JOB_DONE, on shutdown, or after it failed; the next task then starts a fresh one.
+
+A bundle job's worker gets a fresh checked copy of its code (``agent.workers.bundles``) when it
+starts; the pool removes that copy once the worker has stopped (or failed to start).
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import structlog
 
+from agent.workers.bundles import remove_copy
 from agent.workers.sandbox import Isolation, Limits
 from confide.data.datasets import DatasetDescription
 from confide.errors import PolicyRefusal, Reason
@@ -59,8 +64,11 @@ class WorkerFactory(Protocol):
         dataset: DatasetDescription,
         device: str,
         timeout: float,
+        bundle: Path | None = None,
     ) -> WorkerHandle:
-        """Start a worker for ``job`` on ``dataset``. Raises ``WorkerFailed``."""
+        """Start a worker for ``job`` on ``dataset`` (with its unpacked ``bundle``, if any).
+
+        Raises ``WorkerFailed``."""
         ...
 
 
@@ -71,6 +79,7 @@ def start_worker(
     dataset: DatasetDescription,
     device: str,
     timeout: float,
+    bundle: Path | None = None,
 ) -> WorkerHandle:
     """Start the real worker process for a job, without a sandbox (tests and trusted code).
 
@@ -87,7 +96,9 @@ def start_worker(
     # itself imports no torch (tests/agent/test_imports.py checks it in a fresh process).
     from agent.workers.handle import Worker
 
-    return Worker.start(job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout)
+    return Worker.start(
+        job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout, bundle=bundle
+    )
 
 
 def worker_factory(
@@ -113,6 +124,7 @@ def worker_factory(
             dataset: DatasetDescription,
             device: str,
             timeout: float,
+            bundle: Path | None = None,
         ) -> WorkerHandle:
             return Worker.start(
                 job=job,
@@ -121,6 +133,7 @@ def worker_factory(
                 device=device,
                 timeout=timeout,
                 sandbox=sandbox,
+                bundle=bundle,
             )
 
         return sandboxed
@@ -134,6 +147,7 @@ def worker_factory(
         dataset: DatasetDescription,
         device: str,
         timeout: float,
+        bundle: Path | None = None,
     ) -> WorkerHandle:
         raise PolicyRefusal(
             f"job {job_id}: this site runs workers only in a sandbox and cannot build one: "
@@ -167,15 +181,26 @@ class WorkerPool:
         self._device = device
         self._timeout = timeout
         self._workers: dict[str, WorkerHandle] = {}
+        self._bundles: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     def get(
-        self, job_id: str, job: common_pb2.JobSpec, dataset: DatasetDescription
+        self,
+        job_id: str,
+        job: common_pb2.JobSpec,
+        dataset: DatasetDescription,
+        *,
+        bundle: Callable[[], Path] | None = None,
     ) -> WorkerHandle:
         """The job's running worker, started (or restarted after it died) when needed.
 
+        Args:
+            bundle: makes a fresh checked copy of a bundle job's code; called only when a
+                worker starts, and the copy is removed when that worker stops.
+
         Raises:
             WorkerFailed: the worker could not start.
+            PolicyRefusal: the bundle was refused (``agent.workers.bundles``).
         """
         with self._lock:
             worker = self._workers.get(job_id)
@@ -184,13 +209,26 @@ class WorkerPool:
         if worker is not None:
             log.warning("worker_restart", reason="worker_not_alive")
             self.drop(job_id)
+        copy = bundle() if bundle is not None else None
         began = time.monotonic()
-        worker = self._start(
-            job=job, job_id=job_id, dataset=dataset, device=self._device, timeout=self._timeout
-        )
+        try:
+            worker = self._start(
+                job=job,
+                job_id=job_id,
+                dataset=dataset,
+                device=self._device,
+                timeout=self._timeout,
+                bundle=copy,
+            )
+        except BaseException:
+            if copy is not None:
+                remove_copy(copy)
+            raise
         seconds = time.monotonic() - began
         with self._lock:
             self._workers[job_id] = worker
+            if copy is not None:
+                self._bundles[job_id] = copy
         if self._on_started is not None:
             self._on_started(seconds)
         info = worker.info
@@ -208,15 +246,21 @@ class WorkerPool:
         """Stop and forget the job's worker, if any."""
         with self._lock:
             worker = self._workers.pop(job_id, None)
+            copy = self._bundles.pop(job_id, None)
         if worker is not None:
             _stop_quietly(worker)
+        if copy is not None:
+            remove_copy(copy)
 
     def stop_all(self) -> None:
         """Stop every worker (idempotent)."""
         with self._lock:
             workers, self._workers = list(self._workers.values()), {}
+            copies, self._bundles = list(self._bundles.values()), {}
         for w in workers:
             _stop_quietly(w)
+        for copy in copies:
+            remove_copy(copy)
 
     @property
     def jobs(self) -> list[str]:

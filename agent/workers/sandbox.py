@@ -6,7 +6,8 @@ started inside ``bwrap`` (Debian's ``bubblewrap``) with:
 - new user, mount, PID, IPC, UTS, cgroup and network namespaces (``--unshare-all``): no network
   at all, not even the host's loopback;
 - a filesystem built from nothing: the Python runtime and the worker's code read-only, the one
-  dataset file read-only, a private size-bounded ``/tmp``, a minimal ``/dev`` and its own
+  dataset file read-only, a code bundle's unpacked folder read-only
+  (``agent.workers.bundles``), a private size-bounded ``/tmp``, a minimal ``/dev`` and its own
   ``/proc``. No ``/etc`` beyond the dynamic loader's cache, no ``/usr/bin`` (no shell, no curl),
   none of the agent's state, keys, config, ledger or other datasets;
 - the seccomp filter of ``agent.workers.seccomp`` (refuses inet sockets, ptrace, mount, bpf, new
@@ -86,6 +87,7 @@ class SandboxSpec:
         interpreter: the Python executable (its real path is bound).
         runtime: directories bound read-only (interpreter prefix, site-packages, worker code).
         dataset: the dataset file, bound read-only at the same path (None: no data).
+        bundle: a job's unpacked code bundle, bound read-only at the same path (None: none).
         gpus: GPU ids whose device nodes are bound; empty for none.
         env: the worker's whole environment (nothing is inherited).
         limits: resource limits.
@@ -94,6 +96,7 @@ class SandboxSpec:
     interpreter: Path
     runtime: tuple[Path, ...]
     dataset: Path | None
+    bundle: Path | None = None
     gpus: tuple[int, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
@@ -214,6 +217,9 @@ def bwrap_argv(spec: SandboxSpec, *, bwrap: str, seccomp: int, command: Sequence
     if spec.dataset is not None:
         # The file itself, at the path the worker was told (a link's target, not the link).
         args += ["--ro-bind", str(spec.dataset.resolve()), str(spec.dataset.absolute())]
+    if spec.bundle is not None:
+        # Read-only whatever the files' modes: the job cannot change the code it was checked as.
+        args += ["--ro-bind", str(spec.bundle.resolve()), str(spec.bundle.absolute())]
     args += ["--chdir", "/tmp", "--seccomp", str(seccomp)]
     env = dict(spec.env)
     env.setdefault("HOME", "/tmp")

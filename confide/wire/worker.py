@@ -130,9 +130,18 @@ class WorkerContract(Protocol):
     """
 
     def init(
-        self, job: common_pb2.JobSpec, *, job_id: str, dataset: DatasetDescription, device: str
+        self,
+        job: common_pb2.JobSpec,
+        *,
+        job_id: str,
+        dataset: DatasetDescription,
+        device: str,
+        bundle: str | None = None,
     ) -> WorkerInfo:
         """Build the job's model and load its dataset (``InitRequest``).
+
+        ``bundle`` is a bundle job's checked, unpacked, read-only code folder (a path the
+        worker can read; ``confide_worker.bundle``), None for a built-in model.
 
         Raises:
             PolicyRefusal: the data does not match its declared schema.

@@ -64,12 +64,14 @@ class InitRequest:
         job_id: the job's id, for messages.
         dataset: the dataset to read, already checked against the job's schema.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        bundle: a bundle job's unpacked code folder (read-only in the sandbox), or None.
     """
 
     job: common_pb2.JobSpec
     job_id: str
     dataset: DatasetDescription
     device: str
+    bundle: str | None = None
 
     def to_frame(self) -> Encoded:
         """The request frame (op ``init``)."""
@@ -78,6 +80,7 @@ class InitRequest:
             "job_id": self.job_id,
             "dataset": self.dataset.to_json(),
             "device": self.device,
+            "bundle": self.bundle,
         }
         return header, [self.job.SerializeToString()]
 
@@ -86,9 +89,12 @@ class InitRequest:
         """Decode a request.
 
         Raises:
-            MalformedMessage: the job spec does not parse.
+            MalformedMessage: the job spec does not parse, or ``bundle`` is not a path or null.
             ConfigError: the dataset description is incomplete (key ``dataset.FIELD``).
         """
+        bundle = header.get("bundle")
+        if bundle is not None and not isinstance(bundle, str):
+            raise MalformedMessage("'bundle' must be a path or null")
         job = common_pb2.JobSpec()
         try:
             job.ParseFromString(body.tobytes())
@@ -99,6 +105,7 @@ class InitRequest:
             job_id=str(header.get("job_id") or ""),
             dataset=DatasetDescription.from_json(header.get("dataset") or {}),
             device=str(header.get("device") or "auto"),
+            bundle=bundle,
         )
 
 

@@ -218,9 +218,11 @@ class FakeWorkerFactory:
 
     def __init__(self) -> None:
         self.started: list[FakeWorker] = []
+        self.bundles: list = []  # the code folder each worker was started with (None: built-in)
         self.fail_next = False
 
-    def __call__(self, *, job, job_id, dataset, device, timeout) -> FakeWorker:
+    def __call__(self, *, job, job_id, dataset, device, timeout, bundle=None) -> FakeWorker:
+        self.bundles.append(bundle)
         w = FakeWorker(fail=self.fail_next)
         self.fail_next = False
         self.started.append(w)

@@ -27,6 +27,7 @@ def _inside(
     limits: Limits | None = None,
     timeout: float = 60,
     may_die: bool = False,
+    bundle: Path | None = None,
 ) -> dict[str, object]:
     """Run ``script`` in the sandbox; it prints one JSON object as its last line.
 
@@ -37,6 +38,7 @@ def _inside(
         interpreter=Path(sys.executable),
         runtime=runtime_paths(),
         dataset=dataset,
+        bundle=bundle,
         env={"PATH": "/usr/bin:/bin"},
         limits=limits or Limits(),
     )
@@ -144,6 +146,32 @@ def test_the_filesystem_holds_only_the_runtime_and_the_dataset(site):
     assert out["other"] == out["key"] == out["ledger"] == "ENOENT"
     assert out["write_dataset"] == "EROFS" and out["write_runtime"] == "EROFS"
     assert out["sh"] == out["curl"] == out["passwd"] == "ENOENT"
+
+
+def test_the_bundle_is_readable_but_nothing_in_it_can_change(site, tmp_path):
+    """The unpacked code is bound read-only: no write, chmod, unlink, rename or new file."""
+    from agent.workers.bundles import SiteBundles
+    from confide import bundle
+
+    archive = bundle.pack({"model.py": b"X = 1\n", "nets/a.py": b"A = 1\n"})
+    copy = SiteBundles(tmp_path / "bundles").unpacked(bundle.digest(archive), lambda: archive)
+    model = copy / "model.py"
+    out = _inside(
+        "import errno, json, os\nout = {}\n"
+        + _try("read", f"open({str(model)!r}).read()")
+        + _try("write", f"open({str(model)!r}, 'a').write('x')")
+        + _try("chmod", f"os.chmod({str(model)!r}, 0o777)")
+        + _try("unlink", f"os.unlink({str(model)!r})")
+        + _try("rename", f"os.rename({str(model)!r}, {str(copy / 'x.py')!r})")
+        + _try("create", f"open({str(copy / 'nets' / 'b.py')!r}, 'w')")
+        + "print(json.dumps(out))",
+        dataset=site["data"] / "exposed.csv",
+        bundle=copy,
+    )
+    assert out["read"] == "ok"
+    assert out["chmod"] == "EROFS"  # the bind, not the files' modes: their owner could chmod
+    assert {out[k] for k in ("write", "unlink", "rename", "create")} <= {"EROFS", "EACCES"}
+    assert model.read_bytes() == b"X = 1\n"
 
 
 def test_ptrace_namespaces_and_mounts_are_refused(site):

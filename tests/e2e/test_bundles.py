@@ -1,0 +1,102 @@
+"""The example code bundles trained across three real agents, each worker in its sandbox."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from confide.cli.init_weights import write_initial_weights
+from confide.cli.jobs import upload_bundle_files
+from confide.jobfile import load_job
+from confide.v1 import admin_pb2
+
+from .conftest import site_setup
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "bundles"
+SITES = ["site-1", "site-2", "site-3"]
+
+
+def _digits(directory: Path, *, sites: int, per_site: int) -> list[Path]:
+    """One npz of digits per site: x as stored (0..16, records x 1 x 8 x 8), y the digit."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.data.reshape(-1, 1, 8, 8).astype(np.float32)
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(sites):
+        idx = order[i * per_site : (i + 1) * per_site]
+        path = directory / f"digits_site{i + 1}.npz"
+        np.savez(path, x=x[idx], y=y[idx])
+        paths.append(path)
+    return paths
+
+
+def _job(tmp_path: Path, name: str, *, rounds: int, epochs: int) -> Path:
+    """A copy of an example bundle and its job file (fewer rounds, more epochs), weights made."""
+    shutil.copytree(EXAMPLES / name, tmp_path / name)
+    text = (EXAMPLES / f"{name}.toml").read_text().replace("rounds = 5", f"rounds = {rounds}")
+    text = re.sub(r"local_epochs = \d+", f"local_epochs = {epochs}", text)
+    (tmp_path / f"{name}.toml").write_text(text)
+    return write_initial_weights(tmp_path / f"{name}.toml").with_suffix(".toml")
+
+
+def test_both_example_bundles_train_across_three_agents(federation, bc3, tmp_path):
+    """A CNN with a transform and a DP-SGD net with its own loss: both jobs finish, every
+    round sums three updates, and each site keeps the archive it checked, no unpacked copy."""
+    digits = _digits(tmp_path / "digits", sites=3, per_site=200)
+    federation.make_pki(SITES)
+    federation.start_aggregator()
+    for i, name in enumerate(SITES):
+        site = site_setup(name, bc3, i)
+        site.datasets["digits"] = {
+            "path": str(digits[i]),
+            "features": ["x"],
+            "label": "y",
+            "input_shape": [1, 8, 8],
+            "holdout_fraction": 0.25,
+        }
+        site.policy["datasets"]["digits"] = {"max_epsilon": math.inf, "exact_evaluation": True}
+        site.policy["allowed_bundles"] = ["trusted-signers"]
+        federation.start_agent(site)
+    federation.wait_for_sites(3)
+
+    jobs = {}
+    for name in ("digits_cnn", "tabular_net"):
+        job = load_job(_job(tmp_path, name, rounds=2, epochs=4).with_name(f"{name}.toml"))
+        job.spec.evaluation.noise_multiplier = 0  # the sites allow exact figures (public data)
+        upload_bundle_files(federation.admin(), job)
+        jobs[name] = (job, federation.submit(job.spec))
+
+    for name, (_, job_id) in jobs.items():
+        status = federation.wait_job(job_id, timeout=600)
+        assert status.state == admin_pb2.JOB_STATE_DONE, (name, status.error)
+        done = [r for r in status.rounds if r.state == "done"]
+        assert len(done) == 2 and all(r.aggregated == 3 for r in done), name
+        assert status.final_eval_samples > 0
+        if name == "digits_cnn":
+            assert status.final_accuracy > 0.3  # ten classes: chance is 0.1
+        else:
+            assert all(eps > 0 for eps in status.epsilon_by_site.values())  # DP-SGD charged
+            assert len(status.epsilon_by_site) == 3
+    for name in SITES:
+        root = federation.site_dirs[name] / "state" / "bundles"
+        kept = {p.name for p in root.glob("*.tar")}
+        for job, _ in jobs.values():
+            assert f"{job.spec.model.code_sha256.hex()}.tar" in kept
+        federation.wait_for(
+            lambda root=root: not any((root / "run").iterdir()),
+            timeout=60,
+            what=f"{name}'s unpacked copies to go with its workers",
+        )
+    codes = federation.stop()
+    assert set(codes.values()) == {0}
