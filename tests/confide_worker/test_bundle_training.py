@@ -81,9 +81,7 @@ def test_a_bundle_trains_with_its_own_loss_and_the_delta_fits_the_signed_paramet
     assert all(np.isfinite(d).all() for _, d in dp_delta)
 
 
-def test_batch_norm_under_dp_sgd_is_refused_naming_it_unless_the_job_fixes_it(
-    tmp_path, bc_dataset
-):
+def test_batch_norm_under_dp_sgd_is_refused_naming_it_unless_the_job_fixes_it(tmp_path, bc_dataset):
     """BatchNorm mixes records: refused model_unsupported with its name, or GroupNorm'd."""
     folder = _folder(tmp_path, _BN)
     job, _ = _job(folder)
@@ -121,9 +119,7 @@ def test_a_bundle_that_breaks_its_promises_is_refused_invalid_job(tmp_path, bc_d
     assert exc.value.reason is Reason.INVALID_JOB
 
 
-def test_the_worker_process_loads_the_bundle_and_refuses_what_it_cannot_train(
-    tmp_path, bc_dataset
-):
+def test_the_worker_process_loads_the_bundle_and_refuses_what_it_cannot_train(tmp_path, bc_dataset):
     """Through the real worker: a bundle job trains; its refusals arrive as PolicyRefusal."""
     folder = _folder(tmp_path)
     job, weights = _job(folder)
