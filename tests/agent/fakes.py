@@ -66,6 +66,8 @@ class FakeAggregator:
     """Records the agent's messages; ``fail_connects`` makes that many connects raise."""
 
     models: dict[tuple[str, str], NamedArrays] = field(default_factory=dict)
+    bundles: dict[str, bytes] = field(default_factory=dict)  # a job's code archive, as served
+    bundle_downloads: int = 0
     fail_connects: int = 0
     heartbeat_interval_s: float = 3600.0
     registers: list[common_pb2.Envelope] = field(default_factory=list)
@@ -132,6 +134,13 @@ class FakeTransport:
             return self.agg.models[(job_id, model_version)]
         except KeyError:
             raise ConfideError("no such model", reason=Reason.UNKNOWN_JOB) from None
+
+    def download_bundle(self, job_id):
+        self.agg.bundle_downloads += 1
+        try:
+            return self.agg.bundles[job_id]
+        except KeyError:
+            raise ConfideError("no such job", reason=Reason.UNKNOWN_JOB) from None
 
     def upload(self, header, buffers):
         self.agg.record(self.agg.uploads, Upload(header, b"".join(iter_chunks(buffers))))
