@@ -32,7 +32,7 @@ def _bad(field: str):
     elif field == "secure_aggregation.threshold":
         spec.secure_aggregation.enabled = True
         spec.secure_aggregation.threshold = 5.0
-    elif field == "model.code_sha256":
+    elif field == "model.code":  # a code hash on a built-in model would do nothing
         spec.model.code_sha256 = bytes(32)
     elif field == "training.device":  # the retired field 6, as an older client still sends it
         spec.training.MergeFromString(b"\x32\x03cpu")
@@ -47,7 +47,7 @@ def _bad(field: str):
         "max_round_attempts",
         "training.server_optimizer",
         "secure_aggregation.threshold",
-        "model.code_sha256",
+        "model.code",
         "training.device",
         "target_accuracy",
     ],
