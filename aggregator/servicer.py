@@ -162,7 +162,7 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):  # type: ignor
         with self.guard.handling(context, "download_refused") as call:
             self.guard.peer(context, call, Role.SITE)
             call.bind(job=request.job_id)
-            parts = bundle_parts(self.guard.store, self.coord.blobs, request.job_id)
+            parts = bundle_parts(self.guard.store, self.blobs, request.job_id)
             first = next(parts)
         yield first
         yield from self.guard.streaming(context, "download_refused", call, parts)
