@@ -46,6 +46,7 @@ from confide.errors import (
     OversizedMessage,
     Reason,
 )
+from confide.models import ENTRY_MODULE
 
 __all__ = [
     "ENTRY_MODULE",
@@ -61,9 +62,6 @@ __all__ = [
     "unpack",
     "write_folder",
 ]
-
-ENTRY_MODULE = "model.py"
-"""The module of a bundle that defines ``build_model`` (and ``loss``, ``transform``)."""
 
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 """The largest archive accepted anywhere: by ``pack``, the aggregator's upload, a site."""

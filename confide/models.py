@@ -32,11 +32,15 @@ from confide.wire.bounds import MAX_NAME_BYTES, MAX_RANK, MAX_TENSORS
 __all__ = [
     "CNN_CHANNELS",
     "DEFAULT_MLP_HIDDEN",
+    "ENTRY_MODULE",
     "BundleSpec",
     "initial_weights",
     "parameter_bytes",
     "parameter_shapes",
 ]
+
+ENTRY_MODULE = "model.py"
+"""The module of a code bundle that defines ``build_model`` (and ``loss``, ``transform``)."""
 
 DEFAULT_MLP_HIDDEN = (32,)
 CNN_CHANNELS = (16, 32)

@@ -35,9 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from confide.bundle import ENTRY_MODULE
 from confide.errors import PolicyRefusal, Reason
-from confide.models import BundleSpec
+from confide.models import ENTRY_MODULE, BundleSpec
 
 __all__ = [
     "PACKAGE",
