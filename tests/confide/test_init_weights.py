@@ -98,3 +98,21 @@ def test_code_that_does_not_build_is_named_by_key(tmp_path, source):
     with pytest.raises(ConfigError) as exc:
         write_initial_weights(tmp_path / "job.toml")
     assert exc.value.key == "model.code" and exc.value.reason is Reason.INVALID_JOB
+
+
+def test_the_commands_make_weights_then_check_names_the_code_hash(tmp_path, capsys):
+    """`confide job init-weights` then `job check`: exit 0 with the code's SHA-256; check
+    without the weights exits 2 naming model.initial_weights."""
+    from confide.cli.main import main
+
+    shutil.copytree(EXAMPLES / "tabular_net", tmp_path / "tabular_net")
+    shutil.copy(EXAMPLES / "tabular_net.toml", tmp_path / "tabular_net.toml")
+    job_file = str(tmp_path / "tabular_net.toml")
+    assert main(["job", "check", job_file]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("confide: config key 'model.initial_weights'")
+    assert main(["job", "init-weights", job_file]) == 0
+    capsys.readouterr()
+    assert main(["job", "check", job_file]) == 0
+    sha = load_job(tmp_path / "tabular_net.toml").spec.model.code_sha256.hex()
+    assert f"code bundle sha256 {sha}" in capsys.readouterr().out
