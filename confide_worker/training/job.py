@@ -27,7 +27,7 @@ __all__ = ["TorchJob"]
 class TorchJob:
     """A job's model and its site data, kept for the job's rounds (built once per job).
 
-    A built-in model comes from ``agent.training.models``; a code bundle's from its own
+    A built-in model comes from ``confide_worker.training.models``; a code bundle's from its own
     ``build_model`` (``confide_worker.bundle``), checked against the signed parameters, with
     its ``transform`` applied to the data once and its ``loss`` used in training. With
     DP-SGD a bundle's model is checked for layers Opacus cannot train per record (and fixed
