@@ -46,6 +46,7 @@ class Part:
     depends: tuple[str, ...]
     commands: tuple[str, ...]  # linked into /usr/bin
     internal: tuple[str, ...]  # kept in the venv only, not linked: what the daemon itself runs
+    drop: tuple[str, ...]  # packages of the project's wheel this part never runs
     config: str  # examples/<config>, installed as /etc/confide/<config>
     settings: tuple[tuple[str, str, str], ...]  # (section, key, value) set in the conffile
     docs: tuple[tuple[Path, str], ...]  # (source, name under /usr/share/doc/<pkg>/examples)
@@ -79,6 +80,7 @@ PARTS = {
         # The worker runtime's script (package confide_worker, which the daemon starts per job
         # as `python -m confide_worker` inside the sandbox): in the venv, not in /usr/bin.
         internal=("confide-worker",),
+        drop=(),
         config="agent.toml",
         settings=(
             ("state", "dir", "/var/lib/confide/agent"),
@@ -99,6 +101,7 @@ PARTS = {
         depends=_BASE_DEPENDS,
         commands=("confide-aggregator", "confide"),
         internal=(),
+        drop=("confide_worker",),  # the aggregator never starts a worker
         config="aggregator.toml",
         settings=(("state", "dir", "/var/lib/confide/aggregator"),),
         docs=(),
@@ -277,6 +280,7 @@ def stage(part: Part, *, wheel: Path, work: Path, ver: str, arch: str) -> Path:
         work=work,
         keep_commands=part.commands,
         internal_commands=part.internal,
+        drop_packages=part.drop,
     )
 
     for cmd in part.commands:

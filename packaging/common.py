@@ -160,6 +160,7 @@ def build_venv(
     work: Path,
     keep_commands: Sequence[str],
     internal_commands: Sequence[str] = (),
+    drop_packages: Sequence[str] = (),
 ) -> str:
     """Build ``PREFIX/part`` (a venv of Debian's python3.11) into ``stage``; returns the prefix.
 
@@ -177,6 +178,8 @@ def build_venv(
         keep_commands: the console scripts this part ships (others are removed).
         internal_commands: console scripts kept in the venv that are no user command (no
             ``--help`` run, no manual page): the agent's worker runtime, ``confide-worker``.
+        drop_packages: top-level packages of the project's wheel this part never runs (the
+            aggregator has no worker): removed from the venv and from the wheel's RECORD.
     """
     target = f"{PREFIX}/{part}"
     stage.mkdir(parents=True, exist_ok=True)
@@ -213,16 +216,21 @@ def build_venv(
     )
     unshare = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     run([*unshare, "sh", "-c", script])
-    _scrub_venv(stage, keep_commands=(*keep_commands, *internal_commands))
+    _scrub_venv(
+        stage, keep_commands=(*keep_commands, *internal_commands), drop_packages=drop_packages
+    )
     return target
 
 
-def _scrub_venv(venv: Path, *, keep_commands: Sequence[str]) -> None:
+def _scrub_venv(
+    venv: Path, *, keep_commands: Sequence[str], drop_packages: Sequence[str] = ()
+) -> None:
     """Tidy a venv for shipping: no bytecode, no build paths, no stray execute bits.
 
     - ``__pycache__``: Debian packages ship no bytecode (postinst compiles it);
     - the project's ``direct_url.json`` names the build host's wheel path;
     - console scripts other than ``keep_commands`` (a venv holds one part's commands);
+    - ``drop_packages``: the project's packages this part never runs, with their RECORD lines;
     - execute bits on shared libraries and on files that are neither ELF nor ``#!`` scripts
       (wheels carry some: numpy.libs/*.so, protobuf's *.py); nothing executes them, and
       ELF executables (torch_shm_manager) and scripts keep theirs.
@@ -234,6 +242,16 @@ def _scrub_venv(venv: Path, *, keep_commands: Sequence[str]) -> None:
         kept = [ln for ln in record.read_text().splitlines() if "/direct_url.json," not in ln]
         record.write_text("\n".join(kept) + "\n")
         direct.unlink()
+    for site in venv.glob("lib/python3.*/site-packages"):
+        for package in drop_packages:
+            shutil.rmtree(site / package, ignore_errors=True)
+        for record in site.glob("confide-*.dist-info/RECORD"):
+            kept = [
+                ln
+                for ln in record.read_text().splitlines()
+                if ln.split("/", 1)[0] not in drop_packages
+            ]
+            record.write_text("\n".join(kept) + "\n")
     for script in ("confide", "confide-agent", "confide-aggregator", "confide-worker"):
         if script not in keep_commands:
             (venv / "bin" / script).unlink(missing_ok=True)

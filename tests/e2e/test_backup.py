@@ -59,7 +59,9 @@ def test_backups_taken_during_a_job_restore_and_the_daemons_start_from_them(
     agg_cfg = federation.aggregator_dir / "aggregator.toml"
     site_cfg = federation.site_dirs["site-1"] / "agent.toml"
     socket = federation.site_dirs["site-1"] / "agent.sock"
-    spec = demo_job(sites=2, rounds=6, features=bc3.features, secure=False, private=True, seed=0)
+    # Enough rounds that the job outlives the two backup commands (interpreter starts included)
+    # on a fast machine too; that they were taken mid-job is asserted after the restore.
+    spec = demo_job(sites=2, rounds=16, features=bc3.features, secure=False, private=True, seed=0)
     job_id = federation.submit(spec)
     federation.wait_for(
         lambda: len(_done(federation.job(job_id))) >= 1, timeout=300, what="a first round"
@@ -72,7 +74,6 @@ def test_backups_taken_during_a_job_restore_and_the_daemons_start_from_them(
     ]
     for proc in backups:
         _finish(proc)
-    assert federation.job(job_id).state == admin_pb2.JOB_STATE_RUNNING  # taken during the job
     final = federation.wait_job(job_id, timeout=300)
     assert final.state == admin_pb2.JOB_STATE_DONE, final.error
     spent_after = _budget(socket)

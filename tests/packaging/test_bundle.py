@@ -45,7 +45,8 @@ def _wheel_packages(bundle: Path, member: str) -> set[str]:
 
 def test_bundle_is_complete_and_pinned(bundle: Path) -> None:
     """The archive's SHA256SUMS cover every file, its wheels are exactly the pinned versions,
-    and the project's wheel holds confide, agent and aggregator only (no bench, no harness)."""
+    and the project's wheel holds confide, confide_worker, agent and aggregator only (no bench,
+    no harness)."""
     sidecar = bundle.with_name(bundle.name + ".sha256").read_text().split()
     assert sidecar == [hashlib.sha256(bundle.read_bytes()).hexdigest(), bundle.name]
     top = f"confide-{VERSION}/"
@@ -71,6 +72,7 @@ def test_bundle_is_complete_and_pinned(bundle: Path) -> None:
     (confide_wheel,) = [w for w in wheels if w.startswith(f"confide-{VERSION}-")]
     assert _wheel_packages(bundle, top + "wheelhouse/" + confide_wheel) == {
         "confide",
+        "confide_worker",
         "agent",
         "aggregator",
     }
