@@ -97,7 +97,8 @@ def test_sigint_sent_to_the_demo_alone_stops_its_processes():
         assert proc.stdout is not None
         root = Path(proc.stdout.readline().rsplit(" ", 1)[-1].strip())
         _read_until(proc, "site-2:")
-        assert len(_descendants(proc.pid)) == 3
+        # The aggregator and two agents; a worker may already train on a fast machine.
+        assert len(_descendants(proc.pid)) >= 3
         _stop_and_check(proc, signal.SIGINT, root)
     finally:
         _cleanup(proc)

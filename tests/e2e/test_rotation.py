@@ -59,7 +59,7 @@ def test_rotating_the_aggregator_and_a_site_during_a_job(federation, bc3):
     ca, site_dir = fed.ca_dir, fed.site_dirs["site-1"]
     agg_crt, site_crt = ca / "aggregator.crt", site_dir / "site-1.crt"
     old_site_pem = site_crt.read_bytes()
-    rounds = 4
+    rounds = 16  # enough that a fast machine is still mid-job when both reloads are done
     spec = demo_job(
         sites=2, rounds=rounds, features=bc3.features, secure=False, private=False, seed=0
     )
