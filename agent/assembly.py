@@ -195,7 +195,7 @@ def build_agent(cfg: AgentConfig, *, identity: Identity, book: DatasetBook) -> A
         job_bindings=JobBindings(cfg.state_dir / "ledger.db"),
         audit=audit,
         approvals=approvals,
-        start_worker=_policy_workers(isolation, holder),
+        start_worker=_policy_workers(isolation, holder, stderr_dir=cfg.state_dir / "workers"),
         policy=holder,
         evaluations=Evaluations(cfg.state_dir / "ledger.db", privacy=privacy, audit=audit),
         bundles=SiteBundles(cfg.state_dir / "bundles"),
@@ -382,8 +382,11 @@ def reload_identity(identities: IdentityHolder, *, audit: SiteAudit, now: float)
     return new
 
 
-def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory:
-    """Start workers under the sandbox settings of the policy in force when each starts."""
+def _policy_workers(
+    isolation: Isolation, holder: PolicyHolder, *, stderr_dir: Path
+) -> WorkerFactory:
+    """Start workers under the sandbox settings of the policy in force when each starts,
+    each worker's stderr to its job's file under ``stderr_dir``."""
 
     def start(
         *,
@@ -400,6 +403,7 @@ def _policy_workers(isolation: Isolation, holder: PolicyHolder) -> WorkerFactory
             limits=sandbox.limits,
             gpus=sandbox.gpus,
             allow_unsandboxed=sandbox.allow_unsandboxed,
+            stderr_dir=stderr_dir,
         )
         return factory(
             job=job, job_id=job_id, dataset=dataset, device=device, timeout=timeout, bundle=bundle

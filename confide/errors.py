@@ -101,6 +101,7 @@ class Reason(enum.Enum):
     BUNDLE_SPECIAL_FILE = "bundle_special_file"  # a link, device, FIFO: only regular files
     BUNDLE_TOO_LARGE = "bundle_too_large"  # too many entries, or too many bytes
     MODEL_UNSUPPORTED = "model_unsupported"  # DP-SGD cannot train a layer of the bundle's model
+    RESOURCE_LIMIT = "resource_limit"  # a worker stopped at a site limit (memory, time, output)
     # internal
     INTERNAL = "internal"
     WORKER_FAILED = "worker_failed"

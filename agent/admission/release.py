@@ -9,19 +9,28 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from confide.dp.evaluation import ReleasedEvaluation
 from confide.errors import InternalError, PeerError, Reason
 from confide.wire.blob import NamedArrays, check_finite
 from confide.wire.worker import TrainResult
 
-__all__ = ["TRAIN_METRICS", "check_delta", "released_metrics"]
+__all__ = ["MAX_DELTA_ABS", "TRAIN_METRICS", "check_delta", "released_metrics"]
+
+MAX_DELTA_ABS = 1e6
+"""The largest change one round may make to any one weight. Far beyond what training does
+(weights are O(1) to O(100)); a delta past it is a diverged run or job code trying to swamp
+the aggregate (or to overflow float32 sums at the aggregator), and is refused rather than sent
+even when clipping would shrink it."""
 
 TRAIN_METRICS = ("loss", "accuracy")
 """Training figures a non-record-private job may report (as ``train_<name>``)."""
 
 
 def check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
-    """Refuse a worker's delta unless it matches the model: names, shapes, float32, finite.
+    """Refuse a worker's delta unless it matches the model: names, shapes, float32, finite,
+    and no value beyond ``MAX_DELTA_ABS``.
 
     Raises:
         InternalError: ``TRAINING_FAILED`` naming the first difference.
@@ -41,6 +50,14 @@ def check_delta(delta: NamedArrays, weights: NamedArrays) -> None:
         check_finite(delta)
     except PeerError as exc:
         raise InternalError(str(exc), reason=Reason.TRAINING_FAILED) from exc
+    for name, arr in delta:
+        if arr.size and float(np.max(np.abs(arr))) > MAX_DELTA_ABS:
+            raise InternalError(
+                f"delta tensor {name!r} changes a weight by more than {MAX_DELTA_ABS:g}: "
+                "a diverged training or job code; nothing was sent",
+                reason=Reason.TRAINING_FAILED,
+                public=True,
+            )
 
 
 def released_metrics(

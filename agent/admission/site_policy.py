@@ -18,6 +18,7 @@ restart. ``policy.toml`` holds the same tables::
     [datasets.NAME]          ...   # agent.data.declared.dataset_from_config reads the table
     [sandbox]     allow_unsandboxed = false  memory_mb = 8192  cpu_seconds = 86400
                   processes = 512  open_files = 1024  threads = 0  tmp_mb = 1024  gpus = [0]
+                  wall_seconds = 3600   output_mb = 64
 
 ``PolicyHolder`` owns the policy in force. Readers take ``current()`` once per task, so a
 task runs under one policy from admission to its answer; ``reload()`` parses and checks the
@@ -294,6 +295,7 @@ def _sandbox(table: Section) -> SandboxConfig:
     defaults = Limits()
     memory_mb: int | None = table.int("memory_mb", None, min=64)
     cpu_seconds: int | None = table.int("cpu_seconds", None, min=1)
+    wall_seconds: float | None = table.float("wall_seconds", None, min=1.0)
     gpus: list[int] = table.value("gpus", [])
     if not isinstance(gpus, list) or any(
         isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus
@@ -309,6 +311,8 @@ def _sandbox(table: Section) -> SandboxConfig:
             file_bytes=table.int("file_mb", defaults.file_bytes // mib, min=1) * mib,
             tmp_bytes=table.int("tmp_mb", defaults.tmp_bytes // mib, min=1) * mib,
             threads=table.int("threads", defaults.threads, min=0),
+            wall_seconds=wall_seconds,
+            output_bytes=table.int("output_mb", defaults.output_bytes // mib, min=1) * mib,
         ),
         gpus=tuple(sorted(set(gpus))),
     )

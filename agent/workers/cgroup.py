@@ -47,6 +47,21 @@ class WorkerCgroup:
             finally:
                 os.close(fd)
 
+    def limits_hit(self) -> tuple[str, ...]:
+        """Which caps the kernel enforced so far: ``memory`` (an OOM kill inside) and
+        ``processes`` (a fork refused at ``pids.max``), from the groups' event counters."""
+        hit: list[str] = []
+        for d in self.dirs:
+            if _counter(d / "pids.events", "max") > 0:
+                hit.append("processes")
+            oom = max(
+                _counter(d / "memory.events", "oom_kill"),
+                _counter(d / "memory.oom_control", "oom_kill"),
+            )
+            if oom > 0:
+                hit.append("memory")
+        return tuple(dict.fromkeys(hit))
+
     def close(self, *, timeout: float = 5.0) -> None:
         """Kill whatever is left inside, wait until it is gone, remove the directories."""
         deadline = time.monotonic() + timeout
@@ -68,6 +83,19 @@ class WorkerCgroup:
                 time.sleep(0.01)  # exits are asynchronous; the deadline bounds the wait
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+def _counter(path: Path, key: str) -> int:
+    """The value of ``key`` in a cgroup ``key value`` file; 0 where either is missing."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def _own_path(controller: str, proc_cgroup: str) -> str | None:

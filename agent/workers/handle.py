@@ -9,11 +9,22 @@ failed inside it) surfaces as a ``ConfideError`` with a reason, never as a trace
 daemon stays up:
 
 - ``PolicyRefusal`` when the worker refused for a policy reason (``schema_mismatch``, ...);
+- ``WorkerFailed`` with reason ``resource_limit`` when the worker was stopped at one of the
+  site's limits: wall time (the op's timeout), output (``Limits.output_bytes`` of stdout and
+  stderr), memory or processes (the cgroup's event counters say which); its one-line detail
+  names the limit and quotes nothing the worker wrote, so it may reach the aggregator;
 - ``WorkerFailed`` (an ``InternalError``) otherwise, carrying the worker's reason
-  (``training_failed``, ``unavailable``, ``malformed``, ...) or ``worker_failed`` when the
-  process died or timed out, with the tail of its stderr in the message;
+  (``training_failed``, ``unavailable``, ``malformed``, ...: only reasons a worker may give;
+  any other becomes ``worker_failed``, so job code cannot pass as, say, a budget refusal) or
+  ``worker_failed`` when the process died;
 - ``WorkerFailed`` with reason ``malformed`` when a reply lacks a field or holds one of the
   wrong type, a non-finite number or a negative count; the worker is then unusable.
+
+What the worker writes to stderr (job code can write anything there, records included) is
+read in chunks, never by line, so a flood without a newline costs the daemon no memory. With
+``stderr_file`` set (the daemon sets it), it goes to that file (0600, its first MiB and last
+8 KiB) and the daemon's log names the file rather than quoting it; without, the failure
+message quotes its last 8 KiB (tests and tools).
 """
 
 from __future__ import annotations
@@ -27,12 +38,12 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import confide
-from agent.workers.sandbox import Limits, SandboxSpec, runtime_paths
+from agent.workers.sandbox import Confinement, Limits, SandboxSpec, runtime_paths
 from agent.workers.sandbox import start as start_sandbox
 from confide.data.datasets import DatasetDescription
 from confide.errors import ConfideError, InternalError, MalformedMessage, PolicyRefusal, Reason
@@ -62,7 +73,17 @@ _POLICY_REASONS = {
     Reason.UNSAFE_REQUEST,
     Reason.MODEL_UNSUPPORTED,
 }
+_WORKER_REASONS = _POLICY_REASONS | {
+    Reason.TRAINING_FAILED,
+    Reason.UNAVAILABLE,
+    Reason.MALFORMED,
+    Reason.NON_FINITE,
+    Reason.OVERSIZED,
+}
+"""The reasons a worker's error frame may give; any other is recorded as ``worker_failed``."""
 _STDERR_TAIL = 8192
+_STDERR_FILE_HEAD = 1024 * 1024
+_MiB = 1024 * 1024
 _PASS_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TMPDIR", "LANG")
 
 
@@ -107,7 +128,7 @@ def _start_sandboxed(
     dataset: DatasetDescription,
     env: Mapping[str, str],
     bundle: Path | None,
-) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+) -> tuple[subprocess.Popen[bytes], Confinement]:
     """Start the worker in bubblewrap, seeing only its runtime, its code, its dataset and its
     job's unpacked code bundle (read-only)."""
     roots = (worker_package_dir(), Path(confide.__file__).resolve().parent)
@@ -136,7 +157,11 @@ class Worker:
         timeout: seconds an op may take before the worker is killed.
         init_timeout: seconds ``init`` may take (torch import, data load).
         max_body_bytes: largest reply body accepted.
-        cleanup: called once the child has exited (removes a sandboxed worker's cgroup).
+        confinement: a sandboxed worker's cgroup (which caps it hit; closed once the child
+            has exited).
+        limits: the limits it runs under (output bytes enforced here; all named in messages).
+        stderr_file: where its stderr goes (see the module docstring); None keeps a tail in
+            memory for messages.
     """
 
     def __init__(
@@ -147,10 +172,14 @@ class Worker:
         timeout: float,
         init_timeout: float = 180.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        cleanup: Callable[[], None] | None = None,
+        confinement: Confinement | None = None,
+        limits: Limits | None = None,
+        stderr_file: Path | None = None,
     ) -> None:
         self._proc = proc
-        self._cleanup = cleanup
+        self._confinement = confinement
+        self.limits = limits if limits is not None else Limits()
+        self.stderr_file = stderr_file
         self.job_id = job_id
         self.timeout = timeout
         self.init_timeout = init_timeout
@@ -159,6 +188,9 @@ class Worker:
         self._lock = threading.Lock()
         self._stderr: collections.deque[bytes] = collections.deque()
         self._stderr_len = 0
+        self._output_seen = 0
+        self._output_flood = threading.Event()
+        self._timed_out = False
         self._broken: str | None = None
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self._in: IO[bytes] = proc.stdin
@@ -185,6 +217,7 @@ class Worker:
         init_timeout: float = 180.0,
         sandbox: Sandboxing | None = None,
         bundle: Path | None = None,
+        stderr_file: Path | None = None,
     ) -> Worker:
         """Spawn a worker for a job and wait until it has built the model and loaded the data.
 
@@ -201,6 +234,8 @@ class Worker:
                 None runs it as a plain child process.
             bundle: a bundle job's checked, unpacked code (``agent.workers.bundles``), bound
                 read-only into the sandbox; the caller removes it after ``stop``.
+            stderr_file: where the worker's stderr goes (module docstring); None: a tail in
+                memory, quoted in failure messages.
 
         Raises:
             PolicyRefusal: the data does not match the declared schema.
@@ -218,7 +253,11 @@ class Worker:
                 child_env[key] = os.environ[key]
         child_env.update(env or {})
         command = [python, "-m", WORKER_PACKAGE]
-        cleanup: Callable[[], None] | None = None
+        confinement: Confinement | None = None
+        limits = sandbox.limits if sandbox is not None else Limits()
+        if limits.wall_seconds is not None:
+            timeout = min(timeout, limits.wall_seconds)
+            init_timeout = min(init_timeout, limits.wall_seconds)
         try:
             if sandbox is None:
                 proc = subprocess.Popen(
@@ -230,13 +269,19 @@ class Worker:
                     close_fds=True,
                 )
             else:
-                proc, cleanup = _start_sandboxed(
+                proc, confinement = _start_sandboxed(
                     command, sandbox, job_id, dataset, child_env, bundle
                 )
         except OSError as exc:
             raise WorkerFailed(f"job {job_id}: cannot start worker: {exc}") from exc
         worker = cls(
-            proc, job_id=job_id, timeout=timeout, init_timeout=init_timeout, cleanup=cleanup
+            proc,
+            job_id=job_id,
+            timeout=timeout,
+            init_timeout=init_timeout,
+            confinement=confinement,
+            limits=limits,
+            stderr_file=stderr_file,
         )
         try:
             worker.init(
@@ -356,21 +401,74 @@ class Worker:
         self._release()
 
     def _release(self) -> None:
-        cleanup, self._cleanup = self._cleanup, None
-        if cleanup is not None:
-            cleanup()
+        confinement, self._confinement = self._confinement, None
+        if confinement is not None:
+            confinement.close()
 
     def stderr_tail(self) -> str:
         """The last few KiB the worker wrote to stderr."""
         return b"".join(self._stderr).decode("utf-8", "replace")[-_STDERR_TAIL:]
 
     def _drain_stderr(self, stream: IO[bytes]) -> None:
-        for line in iter(stream.readline, b""):
-            self._stderr.append(line)
-            self._stderr_len += len(line)
-            while self._stderr_len > _STDERR_TAIL and len(self._stderr) > 1:
-                self._stderr_len -= len(self._stderr.popleft())
-        stream.close()
+        """Read stderr in chunks to its end: keep a tail, copy to ``stderr_file``, and kill
+        the worker once it has written more than ``limits.output_bytes``."""
+        sink = self._open_stderr_file()
+        written = 0
+        try:
+            fd = stream.fileno()
+            while chunk := os.read(fd, 65536):
+                self._output_seen += len(chunk)
+                if self._output_seen > self.limits.output_bytes and not self._output_flood.is_set():
+                    self._output_flood.set()
+                    with contextlib.suppress(OSError):
+                        self._proc.kill()
+                self._stderr.append(chunk)
+                self._stderr_len += len(chunk)
+                while self._stderr_len - len(self._stderr[0]) >= _STDERR_TAIL:
+                    self._stderr_len -= len(self._stderr.popleft())
+                if sink is not None and written < _STDERR_FILE_HEAD:
+                    part = chunk[: _STDERR_FILE_HEAD - written]
+                    with contextlib.suppress(OSError):
+                        sink.write(part)
+                    written += len(part)
+        except OSError:
+            pass
+        finally:
+            stream.close()
+            if sink is not None:
+                with contextlib.suppress(OSError):
+                    if self._output_seen > written:
+                        sink.write(
+                            f"\n[... {self._output_seen - written} bytes not kept; "
+                            "the last of them:]\n".encode()
+                        )
+                        sink.write(b"".join(self._stderr)[-_STDERR_TAIL:])
+                    sink.close()
+
+    def _open_stderr_file(self) -> IO[bytes] | None:
+        if self.stderr_file is None:
+            return None
+        try:
+            self.stderr_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.stderr_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError:
+            return None
+        return os.fdopen(fd, "wb")
+
+    def _limit_hit(self) -> str | None:
+        """The site limit that stopped the worker, as a sentence quoting nothing it wrote."""
+        lim = self.limits
+        if self._output_flood.is_set():
+            return f"wrote more than {lim.output_bytes / _MiB:g} MiB to its output"
+        hit = () if self._confinement is None else self._confinement.limits_hit()
+        if "memory" in hit:
+            mib = "" if lim.memory_bytes is None else f" ({lim.memory_bytes / _MiB:g} MiB)"
+            return f"passed the site's memory limit{mib}"
+        if "processes" in hit:
+            return f"reached the site's process limit ({lim.processes})"
+        if self._proc.returncode == -24:  # SIGXCPU: RLIMIT_CPU
+            return f"passed the site's CPU time limit ({lim.cpu_seconds} s)"
+        return None
 
     @contextlib.contextmanager
     def _parsing(self, op: Op) -> Iterator[None]:
@@ -395,11 +493,23 @@ class Worker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=5.0)
         self._drain.join(timeout=1.0)
+        limit = self._limit_hit()  # before the cgroup and its counters go
         self._release()
-        tail = self.stderr_tail().strip()
         code = self._proc.returncode
-        msg = f"job {self.job_id}: worker {what} (exit status {code})"
-        return WorkerFailed(msg + (f"; stderr tail:\n{tail}" if tail else ""))
+        if limit is None and self._timed_out:
+            limit = what
+        if self.stderr_file is not None:
+            where = f"; its stderr is in {self.stderr_file}"
+        else:
+            tail = self.stderr_tail().strip()
+            where = f"; stderr tail:\n{tail}" if tail else ""
+        if limit is not None:
+            return WorkerFailed(
+                f"job {self.job_id}: worker {limit} and was killed (exit status {code}){where}",
+                reason=Reason.RESOURCE_LIMIT,
+                public=f"the worker {limit} and was killed",
+            )
+        return WorkerFailed(f"job {self.job_id}: worker {what} (exit status {code}){where}")
 
     def _call(
         self, header: dict[str, Any], buffers: list[Buffer], *, timeout: float | None = None
@@ -414,6 +524,7 @@ class Worker:
 
             def _kill() -> None:
                 timed_out.set()
+                self._timed_out = True
                 self._proc.kill()
 
             timer = threading.Timer(limit, _kill)
@@ -424,13 +535,14 @@ class Worker:
                 frame: Frame | None = read_frame(self._out, max_body_bytes=self.max_body_bytes)
             except (OSError, ValueError, ConfideError) as exc:
                 if timed_out.is_set():
-                    raise self._failed(f"timed out after {limit:g}s in {header['op']}") from exc
+                    what = f"ran past its wall time ({limit:g} s in {header['op']})"
+                    raise self._failed(what) from exc
                 raise self._failed(f"broke the stream in {header['op']}: {exc}") from exc
             finally:
                 timer.cancel()
             if frame is None:
                 if timed_out.is_set():
-                    raise self._failed(f"timed out after {limit:g}s in {header['op']}")
+                    raise self._failed(f"ran past its wall time ({limit:g} s in {header['op']})")
                 raise self._failed(f"exited during {header['op']}")
             reply, body = frame
             if reply.get("ok") is True:
@@ -438,6 +550,8 @@ class Worker:
             try:
                 reason = Reason(reply.get("reason"))
             except ValueError:
+                reason = Reason.WORKER_FAILED
+            if reason not in _WORKER_REASONS:
                 reason = Reason.WORKER_FAILED
             message = f"job {self.job_id}: {header['op']} failed: {reply.get('message', '')}"
             if reason in _POLICY_REASONS:

@@ -10,6 +10,7 @@ starts; the pool removes that copy once the worker has stopped (or failed to sta
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,14 @@ from confide.errors import PolicyRefusal, Reason
 from confide.v1 import common_pb2
 from confide.wire.worker import WorkerContract, WorkerInfo
 
-__all__ = ["WorkerFactory", "WorkerHandle", "WorkerPool", "start_worker", "worker_factory"]
+__all__ = [
+    "WorkerFactory",
+    "WorkerHandle",
+    "WorkerPool",
+    "start_worker",
+    "stderr_file",
+    "worker_factory",
+]
 
 log = structlog.get_logger("confide.agent")
 
@@ -101,8 +109,19 @@ def start_worker(
     )
 
 
+def stderr_file(stderr_dir: Path, job_id: str) -> Path:
+    """Where a job's worker writes its stderr: a name derived from the job id by hash, since
+    the id comes from the aggregator and may hold any character."""
+    return stderr_dir / f"{hashlib.sha256(job_id.encode()).hexdigest()[:24]}.stderr"
+
+
 def worker_factory(
-    isolation: Isolation, *, limits: Limits, gpus: tuple[int, ...], allow_unsandboxed: bool
+    isolation: Isolation,
+    *,
+    limits: Limits,
+    gpus: tuple[int, ...],
+    allow_unsandboxed: bool,
+    stderr_dir: Path | None = None,
 ) -> WorkerFactory:
     """How the daemon starts workers on this host: in the sandbox, or as the policy allows.
 
@@ -111,8 +130,13 @@ def worker_factory(
         limits: resource limits per worker.
         gpus: GPU ids a worker may use.
         allow_unsandboxed: run workers unisolated where the sandbox cannot be built.
+        stderr_dir: where workers' stderr goes, one file per job (``stderr_file``), so the
+            daemon's log never quotes what job code wrote; None keeps it in memory.
     """
     from agent.workers.handle import Sandboxing, Worker
+
+    def stderr_for(job_id: str) -> Path | None:
+        return None if stderr_dir is None else stderr_file(stderr_dir, job_id)
 
     if isolation.sandboxed and isolation.bwrap is not None:
         sandbox = Sandboxing(bwrap=isolation.bwrap, limits=limits, gpus=gpus)
@@ -134,11 +158,32 @@ def worker_factory(
                 timeout=timeout,
                 sandbox=sandbox,
                 bundle=bundle,
+                stderr_file=stderr_for(job_id),
             )
 
         return sandboxed
     if allow_unsandboxed:
-        return start_worker
+
+        def unsandboxed(
+            *,
+            job: common_pb2.JobSpec,
+            job_id: str,
+            dataset: DatasetDescription,
+            device: str,
+            timeout: float,
+            bundle: Path | None = None,
+        ) -> WorkerHandle:
+            return Worker.start(
+                job=job,
+                job_id=job_id,
+                dataset=dataset,
+                device=device,
+                timeout=timeout,
+                bundle=bundle,
+                stderr_file=stderr_for(job_id),
+            )
+
+        return unsandboxed
 
     def refuse(
         *,

@@ -32,7 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from agent.workers.cgroup import WorkerCgroup
 from agent.workers.seccomp import build_filter
 
 __all__ = [
+    "Confinement",
     "Isolation",
     "Limits",
     "SandboxSpec",
@@ -68,6 +69,11 @@ class Limits:
         file_bytes: largest file the worker may write (RLIMIT_FSIZE), e.g. in its /tmp.
         tmp_bytes: size of its private /tmp.
         threads: CPU threads (OMP/MKL/torch), passed as environment.
+        wall_seconds: the longest one worker operation (start included) may take before the
+            worker is killed; None leaves the agent's ``[worker] task_timeout_s``.
+        output_bytes: the most the worker may write to its stdout and stderr together; past
+            it, it is killed (the daemon reads every byte, so a flood costs it CPU, not
+            memory, and is cut short).
     """
 
     memory_bytes: int | None = None
@@ -77,6 +83,8 @@ class Limits:
     file_bytes: int = 1024 * _MiB
     tmp_bytes: int = 512 * _MiB
     threads: int = 0
+    wall_seconds: float | None = None
+    output_bytes: int = 64 * _MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,27 @@ class Isolation:
     sandboxed: bool
     bwrap: str | None
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """A started sandbox's resources: which caps the kernel enforced, and their removal.
+
+    Args:
+        group: the worker's cgroup, or None where the host gives none (rlimits only).
+    """
+
+    group: WorkerCgroup | None = None
+
+    def limits_hit(self) -> tuple[str, ...]:
+        """The cgroup caps the worker ran into so far (``memory``, ``processes``); call it
+        before ``close``."""
+        return () if self.group is None else self.group.limits_hit()
+
+    def close(self) -> None:
+        """Kill whatever is left inside and remove the cgroup; safe to call twice."""
+        if self.group is not None:
+            self.group.close()
 
 
 def runtime_paths(code_roots: Sequence[Path] = ()) -> tuple[Path, ...]:
@@ -276,7 +305,7 @@ def launcher(limits: Limits, *, cgroup: WorkerCgroup | None = None) -> list[str]
 
 def start(
     spec: SandboxSpec, *, bwrap: str, command: Sequence[str], name: str
-) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+) -> tuple[subprocess.Popen[bytes], Confinement]:
     """Start ``command`` in the sandbox with stdin/stdout/stderr pipes.
 
     Args:
@@ -286,7 +315,7 @@ def start(
         name: unique among this daemon's running workers (names its cgroup).
 
     Returns:
-        The process, and a cleanup to call once it has exited (removes its cgroup).
+        The process, and its confinement: ``close`` it once the process has exited.
 
     Raises:
         OSError: bwrap could not be started.
@@ -311,11 +340,7 @@ def start(
         raise
     finally:
         os.close(fd)
-    return proc, (group.close if group is not None else _nothing)
-
-
-def _nothing() -> None:
-    return None
+    return proc, Confinement(group)
 
 
 def probe(*, bwrap: str | None = None, timeout: float = 10.0) -> Isolation:

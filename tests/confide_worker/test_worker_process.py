@@ -14,6 +14,7 @@ import pytest
 
 from agent.privacy.plan import dpsgd_schedule
 from agent.workers.handle import Worker, WorkerFailed
+from agent.workers.sandbox import Limits
 from confide.errors import MalformedMessage, PolicyRefusal, Reason
 from confide.models import initial_weights, parameter_shapes
 from confide.v1 import common_pb2
@@ -156,13 +157,14 @@ def test_worker_that_dies_at_start_reports_its_stderr(bc_dataset, tmp_path):
 
 
 def test_hung_worker_times_out(bc_dataset, tmp_path):
-    """A worker that never answers init is killed after init_timeout."""
+    """A worker that never answers init is killed after init_timeout: a site limit, named."""
     python = _fake_python(tmp_path, "exec sleep 60")
-    with pytest.raises(WorkerFailed, match="timed out") as info:
+    with pytest.raises(WorkerFailed, match="ran past its wall time") as info:
         Worker.start(
             job=make_job(), job_id="job-hung", dataset=bc_dataset, python=python, init_timeout=1
         )
-    assert info.value.reason is Reason.WORKER_FAILED
+    assert info.value.reason is Reason.RESOURCE_LIMIT
+    assert info.value.public == "the worker ran past its wall time (1 s in init) and was killed"
 
 
 def test_daemon_side_imports_leave_torch_unloaded():
@@ -336,3 +338,77 @@ def test_the_worker_substitutes_no_training_default(bc_dataset, field):
     job.training.ClearField(field)
     with pytest.raises(MalformedMessage):
         TorchJob(job, bc_dataset, "cpu")
+
+
+def _fake_worker(tmp_path, body: str) -> subprocess.Popen[bytes]:
+    """A Python child speaking the frame protocol as ``body`` says (a hostile worker)."""
+    script = tmp_path / "fake_worker.py"
+    script.write_text(
+        "import sys\nfrom confide.wire.frames import read_frame, write_frame\n"
+        "out = sys.stdout.buffer\n" + body
+    )
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_an_output_flood_without_newlines_is_cut_at_the_limit(tmp_path):
+    """GBs on stderr in one line cost the daemon no memory: past the limit the worker is
+    killed and the failure names the limit, not the output."""
+    proc = _fake_worker(
+        tmp_path,
+        "chunk = b'x' * (1 << 20)\nwhile True:\n    sys.stderr.buffer.write(chunk)\n",
+    )
+    worker = Worker(
+        proc, job_id="job-flood", timeout=60, limits=Limits(output_bytes=8 * 1024 * 1024)
+    )
+    with pytest.raises(WorkerFailed) as info:
+        worker.ping()
+    assert info.value.reason is Reason.RESOURCE_LIMIT
+    assert info.value.public == "the worker wrote more than 8 MiB to its output and was killed"
+    assert len(worker.stderr_tail()) <= 8192  # only a tail was ever kept
+    worker.stop()
+
+
+def test_the_workers_stderr_goes_to_its_file_not_into_the_message(tmp_path):
+    """With a stderr file the failure names the file (0600) and quotes none of the output."""
+    proc = _fake_worker(
+        tmp_path, "sys.stderr.write('patient 4711: secret\\n')\nsys.stderr.flush()\nsys.exit(3)\n"
+    )
+    path = tmp_path / "workers" / "job.stderr"
+    worker = Worker(proc, job_id="job-leak", timeout=60, stderr_file=path)
+    with pytest.raises(WorkerFailed) as info:
+        worker.ping()
+    assert "secret" not in str(info.value) and str(path) in str(info.value)
+    assert info.value.reason is Reason.WORKER_FAILED
+    assert path.read_text() == "patient 4711: secret\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    worker.stop()
+
+
+@pytest.mark.parametrize(
+    ("claimed", "recorded"),
+    [
+        ("budget_exceeded", Reason.WORKER_FAILED),
+        ("signer_untrusted", Reason.WORKER_FAILED),
+        ("no_such_reason", Reason.WORKER_FAILED),
+        ("training_failed", Reason.TRAINING_FAILED),
+    ],
+)
+def test_a_worker_cannot_pass_its_failure_off_as_a_site_decision(tmp_path, claimed, recorded):
+    """Job code in the worker can forge an error frame; only worker reasons are believed."""
+    proc = _fake_worker(
+        tmp_path,
+        "read_frame(sys.stdin.buffer, max_body_bytes=1 << 20)\n"
+        f"write_frame(out, {{'ok': False, 'reason': {claimed!r}, 'message': 'x'}})\n"
+        "out.flush()\nsys.stdin.read()\n",
+    )
+    worker = Worker(proc, job_id="job-forge", timeout=60)
+    with pytest.raises(WorkerFailed) as info:
+        worker.ping()
+    assert info.value.reason is recorded
+    worker.stop()

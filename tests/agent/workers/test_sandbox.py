@@ -42,7 +42,7 @@ def _inside(
         env={"PATH": "/usr/bin:/bin"},
         limits=limits or Limits(),
     )
-    proc, cleanup = start(
+    proc, confinement = start(
         spec,
         bwrap=BWRAP,
         command=[sys.executable, "-c", textwrap.dedent(script)],
@@ -53,7 +53,7 @@ def _inside(
     finally:
         proc.kill()
         proc.wait()
-        cleanup()
+        confinement.close()
     assert not _leftover_cgroups(), "a worker's cgroup outlived it"
     lines = stdout.decode().strip().splitlines()
     if may_die and not lines:
