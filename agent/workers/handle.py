@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import confide
-from agent.workers.sandbox import Confinement, Limits, SandboxSpec, runtime_paths
+from agent.workers.sandbox import BUNDLE_MOUNT, Confinement, Limits, SandboxSpec, runtime_paths
 from agent.workers.sandbox import start as start_sandbox
 from confide.data.datasets import DatasetDescription
 from confide.errors import ConfideError, InternalError, MalformedMessage, PolicyRefusal, Reason
@@ -146,6 +146,13 @@ def _start_sandboxed(
 
 
 _WORKER_SEQ = itertools.count(1)
+
+
+def _bundle_path(bundle: Path | None, *, sandboxed: bool) -> str | None:
+    """Where the worker finds its bundle: the sandbox's fixed mount, or the folder itself."""
+    if bundle is None:
+        return None
+    return BUNDLE_MOUNT if sandboxed else str(bundle.absolute())
 
 
 class Worker:
@@ -289,7 +296,7 @@ class Worker:
                 job_id=job_id,
                 dataset=dataset,
                 device=device,
-                bundle=None if bundle is None else str(bundle.absolute()),
+                bundle=_bundle_path(bundle, sandboxed=sandbox is not None),
             )
         except ConfideError:
             worker.stop()
@@ -554,6 +561,16 @@ class Worker:
             if reason not in _WORKER_REASONS:
                 reason = Reason.WORKER_FAILED
             message = f"job {self.job_id}: {header['op']} failed: {reply.get('message', '')}"
+            hit = self._limit_hit()
+            if hit is not None:
+                # E.g. a fork refused at the process cap, answered as an ordinary error: the
+                # limit is the reason, and a worker that met one is not used again.
+                self._broken = self._broken or hit
+                raise WorkerFailed(
+                    f"{message} (the worker {hit})",
+                    reason=Reason.RESOURCE_LIMIT,
+                    public=f"the worker {hit}",
+                )
             if reason in _POLICY_REASONS:
                 raise PolicyRefusal(message, reason=reason)
             raise WorkerFailed(message, reason=reason)

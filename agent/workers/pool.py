@@ -10,6 +10,7 @@ starts; the pool removes that copy once the worker has stopped (or failed to sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -109,9 +110,18 @@ def start_worker(
     )
 
 
+KEPT_STDERR_FILES = 64
+"""How many jobs' worker stderr files a site keeps (the newest; each at most ~1 MiB)."""
+
+
 def stderr_file(stderr_dir: Path, job_id: str) -> Path:
     """Where a job's worker writes its stderr: a name derived from the job id by hash, since
-    the id comes from the aggregator and may hold any character."""
+    the id comes from the aggregator and may hold any character. Older jobs' files past
+    ``KEPT_STDERR_FILES`` are removed, so the folder stays bounded."""
+    with contextlib.suppress(OSError):
+        files = sorted(stderr_dir.glob("*.stderr"), key=lambda p: p.stat().st_mtime)
+        for old in files[: max(0, len(files) - KEPT_STDERR_FILES + 1)]:
+            old.unlink(missing_ok=True)
     return stderr_dir / f"{hashlib.sha256(job_id.encode()).hexdigest()[:24]}.stderr"
 
 

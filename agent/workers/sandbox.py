@@ -6,10 +6,12 @@ started inside ``bwrap`` (Debian's ``bubblewrap``) with:
 - new user, mount, PID, IPC, UTS, cgroup and network namespaces (``--unshare-all``): no network
   at all, not even the host's loopback;
 - a filesystem built from nothing: the Python runtime and the worker's code read-only, the one
-  dataset file read-only, a code bundle's unpacked folder read-only
-  (``agent.workers.bundles``), a private size-bounded ``/tmp``, a minimal ``/dev`` and its own
-  ``/proc``. No ``/etc`` beyond the dynamic loader's cache, no ``/usr/bin`` (no shell, no curl),
-  none of the agent's state, keys, config, ledger or other datasets;
+  dataset file read-only, a code bundle's unpacked folder read-only at ``BUNDLE_MOUNT``
+  (``agent.workers.bundles``; not at its path in the agent's state, which the worker never
+  learns), a private size-bounded ``/tmp``, a minimal ``/dev`` and its own
+  ``/proc``; the root and ``/dev`` are remounted read-only, so ``/tmp`` is the one place it
+  can write. No ``/etc`` beyond the dynamic loader's cache, no ``/usr/bin`` (no shell, no
+  curl), none of the agent's state, keys, config, ledger or other datasets;
 - the seccomp filter of ``agent.workers.seccomp`` (refuses inet sockets, ptrace, mount, bpf, new
   namespaces, ...);
 - ``--die-with-parent`` and ``--new-session`` (a dying daemon takes its worker with it; the
@@ -41,6 +43,7 @@ from agent.workers.cgroup import WorkerCgroup
 from agent.workers.seccomp import build_filter
 
 __all__ = [
+    "BUNDLE_MOUNT",
     "Confinement",
     "Isolation",
     "Limits",
@@ -54,6 +57,9 @@ __all__ = [
 ]
 
 _MiB = 1024 * 1024
+
+BUNDLE_MOUNT = "/bundle"
+"""Where a sandboxed worker finds its job's code bundle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +101,7 @@ class SandboxSpec:
         interpreter: the Python executable (its real path is bound).
         runtime: directories bound read-only (interpreter prefix, site-packages, worker code).
         dataset: the dataset file, bound read-only at the same path (None: no data).
-        bundle: a job's unpacked code bundle, bound read-only at the same path (None: none).
+        bundle: a job's unpacked code bundle, bound read-only at ``BUNDLE_MOUNT`` (None: none).
         gpus: GPU ids whose device nodes are bound; empty for none.
         env: the worker's whole environment (nothing is inherited).
         limits: resource limits.
@@ -248,7 +254,11 @@ def bwrap_argv(spec: SandboxSpec, *, bwrap: str, seccomp: int, command: Sequence
         args += ["--ro-bind", str(spec.dataset.resolve()), str(spec.dataset.absolute())]
     if spec.bundle is not None:
         # Read-only whatever the files' modes: the job cannot change the code it was checked as.
-        args += ["--ro-bind", str(spec.bundle.resolve()), str(spec.bundle.absolute())]
+        args += ["--ro-bind", str(spec.bundle.resolve()), BUNDLE_MOUNT]
+    # Last: the root and /dev that bwrap built are tmpfs the worker could otherwise write to
+    # (and fill); read-only, only its own size-bounded /tmp takes writes (device nodes still
+    # work: the flag is the file system's, not the devices').
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     args += ["--chdir", "/tmp", "--seccomp", str(seccomp)]
     env = dict(spec.env)
     env.setdefault("HOME", "/tmp")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.workers.sandbox import Limits, SandboxSpec, probe, runtime_paths, start
+from agent.workers.sandbox import BUNDLE_MOUNT, Limits, SandboxSpec, probe, runtime_paths, start
 
 BWRAP = shutil.which("bwrap")
 pytestmark = pytest.mark.skipif(
@@ -156,19 +156,22 @@ def test_the_bundle_is_readable_but_nothing_in_it_can_change(site, tmp_path):
     archive = bundle.pack({"model.py": b"X = 1\n", "nets/a.py": b"A = 1\n"})
     copy = SiteBundles(tmp_path / "bundles").unpacked(bundle.digest(archive), lambda: archive)
     model = copy / "model.py"
+    inside = Path(BUNDLE_MOUNT)
     out = _inside(
         "import errno, json, os\nout = {}\n"
-        + _try("read", f"open({str(model)!r}).read()")
-        + _try("write", f"open({str(model)!r}, 'a').write('x')")
-        + _try("chmod", f"os.chmod({str(model)!r}, 0o777)")
-        + _try("unlink", f"os.unlink({str(model)!r})")
-        + _try("rename", f"os.rename({str(model)!r}, {str(copy / 'x.py')!r})")
-        + _try("create", f"open({str(copy / 'nets' / 'b.py')!r}, 'w')")
+        + _try("read", f"open({str(inside / 'model.py')!r}).read()")
+        + _try("host_path", f"open({str(model)!r}).read()")
+        + _try("write", f"open({str(inside / 'model.py')!r}, 'a').write('x')")
+        + _try("chmod", f"os.chmod({str(inside / 'model.py')!r}, 0o777)")
+        + _try("unlink", f"os.unlink({str(inside / 'model.py')!r})")
+        + _try("rename", f"os.rename({str(inside / 'model.py')!r}, {str(inside / 'x.py')!r})")
+        + _try("create", f"open({str(inside / 'nets' / 'b.py')!r}, 'w')")
         + "print(json.dumps(out))",
         dataset=site["data"] / "exposed.csv",
         bundle=copy,
     )
     assert out["read"] == "ok"
+    assert out["host_path"] == "ENOENT"  # where the agent keeps it is not in the worker's world
     assert out["chmod"] == "EROFS"  # the bind, not the files' modes: their owner could chmod
     assert {out[k] for k in ("write", "unlink", "rename", "create")} <= {"EROFS", "EACCES"}
     assert model.read_bytes() == b"X = 1\n"
