@@ -24,7 +24,9 @@ What the worker writes to stderr (job code can write anything there, records inc
 read in chunks, never by line, so a flood without a newline costs the daemon no memory. With
 ``stderr_file`` set (the daemon sets it), it goes to that file (0600, its first MiB and last
 8 KiB) and the daemon's log names the file rather than quoting it; without, the failure
-message quotes its last 8 KiB (tests and tools).
+message quotes its last 8 KiB (tests and tools). A bundle job's worker's error messages are
+job code's text too: with ``stderr_file``, they stay in that file (the worker prints each
+there) and the exception names the file.
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ class Worker:
         limits: the limits it runs under (output bytes enforced here; all named in messages).
         stderr_file: where its stderr goes (see the module docstring); None keeps a tail in
             memory for messages.
+        runs_job_code: it has a job's code bundle loaded; with ``stderr_file``, its error
+            messages (job code's text) are left in that file, not put in exceptions.
     """
 
     def __init__(
@@ -182,8 +186,10 @@ class Worker:
         confinement: Confinement | None = None,
         limits: Limits | None = None,
         stderr_file: Path | None = None,
+        runs_job_code: bool = False,
     ) -> None:
         self._proc = proc
+        self.runs_job_code = runs_job_code
         self._confinement = confinement
         self.limits = limits if limits is not None else Limits()
         self.stderr_file = stderr_file
@@ -289,6 +295,7 @@ class Worker:
             confinement=confinement,
             limits=limits,
             stderr_file=stderr_file,
+            runs_job_code=bundle is not None,
         )
         try:
             worker.init(
@@ -561,6 +568,13 @@ class Worker:
             if reason not in _WORKER_REASONS:
                 reason = Reason.WORKER_FAILED
             message = f"job {self.job_id}: {header['op']} failed: {reply.get('message', '')}"
+            if self.runs_job_code and self.stderr_file is not None:
+                # Job code wrote it and may have put records in it: the worker printed it to
+                # its stderr file, and the daemon's log names the file instead.
+                message = (
+                    f"job {self.job_id}: {header['op']} failed ({reason.value}); "
+                    f"the worker's message is in {self.stderr_file}"
+                )
             hit = self._limit_hit()
             if hit is not None:
                 # E.g. a fork refused at the process cap, answered as an ordinary error: the

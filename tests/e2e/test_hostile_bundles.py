@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import textwrap
@@ -202,9 +203,22 @@ def _attack(
     ]
     failed = [e for e in events if e.get("event") == "task_failed"]
     assert failed, stage.fed.log_tail(SITE)
+    logged = failed[-1]["error"]
+    found = re.search(r"the worker's message is in (\S+\.stderr)", logged)
+    if found:
+        # Job code's own words stay out of the daemon's log: they are in the worker's file.
+        assert "Error" not in logged, logged
+        path = Path(found.group(1))
+        assert path.parent == stage.fed.site_dirs[SITE] / "state" / "workers"
+        stage.fed.wait_for(
+            lambda: "worker: op 'init' failed" in path.read_text(errors="replace"),
+            timeout=30,
+            what="the worker's message in its stderr file",
+        )
+        logged = path.read_text(errors="replace")
     kept = stage.fed.site_dirs[SITE] / "state" / "bundles" / f"{code_hash}.tar"
     assert hashlib.sha256(kept.read_bytes()).hexdigest() == code_hash
-    return status, printed, failed[-1]["error"]
+    return status, printed, logged
 
 
 def _site_row(status: admin_pb2.JobStatus) -> admin_pb2.SiteRound:
