@@ -31,6 +31,7 @@ from pathlib import Path
 
 from agent.admission.rules import RuleRefusal
 from agent.local.audit import SiteAudit, code_hash
+from agent.privacy.counted import uncounted_note
 from confide.errors import ConfideError, InternalError, Reason
 from confide.statefiles import open_database
 from confide.v1 import common_pb2, federation_pb2
@@ -130,8 +131,9 @@ def job_digest(signed_job: common_pb2.Envelope) -> str:
     return hashlib.sha256(signed_job.SerializeToString(deterministic=True)).hexdigest()
 
 
-def planned_privacy(spec: common_pb2.JobSpec) -> str:
-    """The job's signed privacy parameters in a line (what the operator approves)."""
+def planned_privacy(spec: common_pb2.JobSpec, *, trust_bundle_dp_sgd: bool = False) -> str:
+    """The job's signed privacy parameters in a line (what the operator approves), with what
+    this site would not count (``agent.privacy.counted``; ``trust_bundle_dp_sgd`` as there)."""
     parts = []
     rp = spec.record_privacy
     if rp.enabled:
@@ -142,6 +144,9 @@ def planned_privacy(spec: common_pb2.JobSpec) -> str:
     up = spec.update_privacy
     if up.clip_norm > 0:
         parts.append(f"update clip {up.clip_norm:g}, noise z {up.noise_multiplier:g}")
+    note = uncounted_note(spec, trust_bundle_dp_sgd=trust_bundle_dp_sgd)
+    if note:
+        parts.append(note)
     return "; ".join(parts) or "no privacy protection"
 
 
@@ -179,9 +184,18 @@ class Approvals:
         self._expires_s = value
 
     def check(
-        self, task: federation_pb2.Task, spec: common_pb2.JobSpec, *, signer: str, now: float
+        self,
+        task: federation_pb2.Task,
+        spec: common_pb2.JobSpec,
+        *,
+        signer: str,
+        now: float,
+        trust_bundle_dp_sgd: bool = False,
     ) -> None:
         """Let the task through only if its signed job was approved; file a request if new.
+
+        ``trust_bundle_dp_sgd`` (the site's policy) decides what the request's planned
+        privacy cost says is not counted (``planned_privacy``).
 
         Raises:
             RuleRefusal: (rule ``policy.approval``) ``APPROVAL_PENDING`` while nobody has
@@ -203,7 +217,7 @@ class Approvals:
                         signer,
                         code_hash(spec.model),
                         spec.dataset.name,
-                        planned_privacy(spec),
+                        planned_privacy(spec, trust_bundle_dp_sgd=trust_bundle_dp_sgd),
                         spec.rounds,
                         now,
                         now + self._expires_s,

@@ -17,6 +17,12 @@ refused, before anything is trained or reserved, when (``check_charge``):
 - for a ``target_epsilon`` job, the job's record-level ε at the job's δ, with this task in,
   would exceed the target (``BUDGET_EXCEEDED``).
 
+Each refusal names the rule that refused (``RuleRefusal.rule``, in the site's audit trail and
+the report to the aggregator): the signed job's key, ``job.rounds``,
+``job.max_round_attempts``, ``job.max_job_retries`` or ``job.privacy.sample.target_epsilon``
+(the job file's keys), or the site's ``policy.max_round_attempts`` / ``policy.max_job_retries``
+where the site's cap is what lowered the limit.
+
 "Charged" means counted by the ledger (reserved or sent, never released): the ledger runs
 ``check_charge`` inside the same write transaction that reserves the cost, so the count is
 durable across restarts and crashes and two tasks cannot race past a cap.
@@ -33,10 +39,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.admission.rules import RuleRefusal
 from agent.admission.site_policy import AttemptCaps
 from confide.dp.accountant import AccountantKind, epsilon
 from confide.dp.budget import RoundCost, cumulative_epsilon
-from confide.errors import PolicyRefusal, Reason
+from confide.errors import Reason
 from confide.jobspec import attempt_limits
 from confide.types import JobId
 from confide.v1 import common_pb2
@@ -61,6 +68,9 @@ class JobLimits:
             a noise multiplier instead (then the caps alone bound its spend).
         target_delta: the δ the target is stated at (``privacy.sample.delta``).
         accountant: the accountant the job's σ was planned with.
+        round_attempts_rule: the rule ``max_round_attempts`` comes from: the job's key, or
+            the site's where its cap lowered it.
+        job_retries_rule: the same for ``max_job_retries``.
     """
 
     job_id: JobId
@@ -70,6 +80,8 @@ class JobLimits:
     target_epsilon: float | None = None
     target_delta: float = 1e-5
     accountant: AccountantKind = AccountantKind.RDP
+    round_attempts_rule: str = "job.max_round_attempts"
+    job_retries_rule: str = "job.max_job_retries"
 
     @property
     def max_job_attempts(self) -> int:
@@ -80,10 +92,11 @@ class JobLimits:
 def job_limits(spec: common_pb2.JobSpec, *, job_id: JobId, caps: AttemptCaps) -> JobLimits:
     """The limits of a verified job at this site: the signed ones, lowered by the site's caps."""
     per_round, retries = attempt_limits(spec)
-    if caps.max_round_attempts is not None:
-        per_round = min(per_round, caps.max_round_attempts)
-    if caps.max_job_retries is not None:
-        retries = min(retries, caps.max_job_retries)
+    per_round_rule, retries_rule = "job.max_round_attempts", "job.max_job_retries"
+    if caps.max_round_attempts is not None and caps.max_round_attempts < per_round:
+        per_round, per_round_rule = caps.max_round_attempts, "policy.max_round_attempts"
+    if caps.max_job_retries is not None and caps.max_job_retries < retries:
+        retries, retries_rule = caps.max_job_retries, "policy.max_job_retries"
     rp = spec.record_privacy
     target = float(rp.target_epsilon) if rp.enabled and rp.target_epsilon > 0 else None
     kind = AccountantKind.PRV if rp.accountant == common_pb2.ACCOUNTANT_PRV else AccountantKind.RDP
@@ -95,6 +108,8 @@ def job_limits(spec: common_pb2.JobSpec, *, job_id: JobId, caps: AttemptCaps) ->
         target_epsilon=target,
         target_delta=float(rp.delta) if target is not None else 1e-5,
         accountant=kind,
+        round_attempts_rule=per_round_rule,
+        job_retries_rule=retries_rule,
     )
 
 
@@ -102,10 +117,12 @@ def check_round(limits: JobLimits, round: int) -> None:
     """Refuse a round the signed job does not have.
 
     Raises:
-        PolicyRefusal: ROUND_NOT_SIGNED when ``round`` is not in 1..rounds.
+        RuleRefusal: ROUND_NOT_SIGNED (rule ``job.rounds``) when ``round`` is not in
+            1..rounds.
     """
     if not 1 <= round <= limits.rounds:
-        raise PolicyRefusal(
+        raise RuleRefusal(
+            "job.rounds",
             f"job {limits.job_id} was signed for rounds 1..{limits.rounds}; round {round} "
             "is not one of them",
             reason=Reason.ROUND_NOT_SIGNED,
@@ -128,19 +145,22 @@ def check_charge(
         cost: what this task would cost.
 
     Raises:
-        PolicyRefusal: ROUND_NOT_SIGNED, ATTEMPTS_EXCEEDED or BUDGET_EXCEEDED.
+        RuleRefusal: ROUND_NOT_SIGNED, ATTEMPTS_EXCEEDED or BUDGET_EXCEEDED, naming the rule
+            (see the module docstring).
     """
     check_round(limits, round)
     in_round = sum(1 for r, _ in charged if r == round)
     if in_round >= limits.max_round_attempts:
-        raise PolicyRefusal(
+        raise RuleRefusal(
+            limits.round_attempts_rule,
             f"job {limits.job_id}: round {round} was already charged {in_round} times; this "
             f"site pays for at most {limits.max_round_attempts} attempts of a round",
             reason=Reason.ATTEMPTS_EXCEEDED,
         )
     retries = len(charged) - len({r for r, _ in charged})
     if in_round > 0 and retries >= limits.max_job_retries:
-        raise PolicyRefusal(
+        raise RuleRefusal(
+            limits.job_retries_rule,
             f"job {limits.job_id}: {retries} retries were already charged; this site pays "
             f"for at most {limits.max_job_retries} in the job",
             reason=Reason.ATTEMPTS_EXCEEDED,
@@ -150,9 +170,18 @@ def check_charge(
     costs = [c for _, c in charged]
     eps = job_epsilon([*costs, cost], kind=limits.accountant, delta=limits.target_delta)
     if not eps <= limits.target_epsilon * (1.0 + _FLOAT_SLACK):
-        raise PolicyRefusal(
+        # A target job whose round cost holds no DP-SGD: the site does not count it
+        # (agent.privacy.counted), and the update-level layer alone cannot meet the target.
+        why = (
+            "; its record-level DP-SGD runs in the job's code and is not counted here "
+            "(policy.trust_bundle_dp_sgd)"
+            if cost.record is None and not cost.evaluation
+            else ""
+        )
+        raise RuleRefusal(
+            "job.privacy.sample.target_epsilon",
             f"job {limits.job_id}: this round would make the job's ε {eps:.4g}, past the "
-            f"{limits.target_epsilon:.4g} it was signed for (δ={limits.target_delta:g})",
+            f"{limits.target_epsilon:.4g} it was signed for (δ={limits.target_delta:g}){why}",
             reason=Reason.BUDGET_EXCEEDED,
         )
 

@@ -25,6 +25,7 @@ __all__ = [
     "check_model_size",
     "check_signer",
     "check_time_window",
+    "dataset_rule",
     "exposed_dataset",
 ]
 
@@ -56,6 +57,15 @@ class RuleRefusal(PolicyRefusal):
     ) -> None:
         super().__init__(message, reason=reason, public=public)
         self.rule = rule
+
+
+def dataset_rule(dataset: str, key: str) -> str:
+    """The dotted policy key of one dataset's limit, e.g. ``policy.datasets.heart.max_epsilon``.
+
+    A limit a dataset's table leaves out still refuses under this name: its default applies
+    there (``agent.admission.site_policy.DatasetPolicy``), and that line is where to change it.
+    """
+    return f"policy.datasets.{dataset}.{key}"
 
 
 def check_signer(signer: CertInfo, *, trusted_signers: Collection[str]) -> None:

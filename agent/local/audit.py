@@ -74,7 +74,8 @@ class SiteEntry:
         job_epsilon: the job's cumulative record-level ε at this site after this task.
         started: unix seconds the task arrived (task_ended only).
         ended: unix seconds it was answered (task_ended only).
-        detail: free text for humans (the operator's reason for a denial).
+        detail: free text for humans (the operator's reason for a denial; for a task, what
+            ran but was not counted in ``epsilon``, e.g. a bundle's DP-SGD).
         prev_hash: the previous entry's hash.
         hash: this entry's hash.
     """
@@ -129,6 +130,7 @@ class _Facts:
     dataset: str = ""
     epsilon: float = 0.0
     job_epsilon: float = 0.0
+    detail: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -204,12 +206,18 @@ class SiteAudit:
             if facts is not None:
                 facts.signer, facts.code_sha256, facts.dataset = signer, code_sha256, dataset
 
-    def charged(self, task_id: str, *, epsilon: float, job_epsilon: float) -> None:
-        """The task counted ``epsilon`` against its dataset for good."""
+    def charged(self, task_id: str, *, epsilon: float, job_epsilon: float, note: str = "") -> None:
+        """The task counted ``epsilon`` against its dataset for good.
+
+        Args:
+            note: what ran but was not counted (``agent.privacy.counted``), written as the
+                ``task_ended`` entry's detail; "" when everything was.
+        """
         with self._lock:
             facts = self._open.get(task_id)
             if facts is not None:
                 facts.epsilon, facts.job_epsilon = epsilon, job_epsilon
+                facts.detail = note
 
     def ended(
         self, task_id: str, *, outcome: str, reason: str = "", rule: str = "", now: float
@@ -241,6 +249,7 @@ class SiteAudit:
             job_epsilon=facts.job_epsilon,
             started=facts.started,
             ended=now,
+            detail=facts.detail,
         )
 
     # ----- the chain -----

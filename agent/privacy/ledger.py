@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, NewType, Protocol
 
 from agent.admission.limits import JobLimits, check_charge
+from agent.admission.rules import RuleRefusal, dataset_rule
 from confide.dp.budget import RecordCost, RoundCost, UpdateCost, cumulative_epsilon
 from confide.errors import ConfigError, InternalError, PolicyRefusal, Reason
 from confide.statefiles import private_file
@@ -275,11 +276,14 @@ class Ledger:
                 the job's round entries (``job_id``, that of ``limits``) are counted against.
 
         Raises:
-            PolicyRefusal: BUDGET_EXCEEDED when a cap (the dataset's, or the job's signed ε
-                target) would be crossed; DENIED when this task (round, or evaluated model)
-                of this job is already reserved or sent for the dataset; ROUND_NOT_SIGNED or
+            RuleRefusal: BUDGET_EXCEEDED when a cap would be crossed, naming its rule: the
+                dataset's (``policy.datasets.<dataset>.max_epsilon``, also when the ledger's
+                default applies; ``...max_update_epsilon``) or the job's signed ε target
+                (``job.privacy.sample.target_epsilon``); ROUND_NOT_SIGNED or
                 ATTEMPTS_EXCEEDED when the job's signed rounds or the attempts it may be
-                charged do not allow it.
+                charged do not allow it (``agent.admission.limits.check_charge``).
+            PolicyRefusal: DENIED when this task (round, or evaluated model)
+                of this job is already reserved or sent for the dataset.
             ValueError: ``limits`` are for another job than ``job_id``.
         """
         if limits is not None and limits.job_id != job_id:
@@ -317,14 +321,16 @@ class Ledger:
             eps, upd_eps = cumulative_epsilon([*costs, layer_costs], delta=at)
             if not eps <= cap:
                 spent, _ = cumulative_epsilon(costs, delta=at)
-                raise PolicyRefusal(
+                raise RuleRefusal(
+                    dataset_rule(dataset, "max_epsilon"),
                     f"dataset '{dataset}': privacy budget exceeded: spent ε={spent:.4g}, this "
                     f"round would make it {_fmt(eps)}, cap {cap:.4g} (δ={at:g})",
                     reason=Reason.BUDGET_EXCEEDED,
                     public=True,
                 )
             if max_update_epsilon is not None and not upd_eps <= max_update_epsilon:
-                raise PolicyRefusal(
+                raise RuleRefusal(
+                    dataset_rule(dataset, "max_update_epsilon"),
                     f"dataset '{dataset}': update-level budget exceeded: this round would make "
                     f"ε={_fmt(upd_eps)}, cap {max_update_epsilon:.4g} (δ={at:g})",
                     reason=Reason.BUDGET_EXCEEDED,

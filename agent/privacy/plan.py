@@ -23,14 +23,22 @@ Two layers, both decided here by the trusted daemon and never by job code:
   provably cannot cut it. A floor cannot be met by one site alone here (the sum carries the
   other sites' shares of the job's z), so a secure job below the floor is refused.
 
-The round's cost (both layers) is reserved in the ledger, durably, before the worker trains,
-and marked sent just before the update leaves; a worker that fails before producing an
-update releases it. A crash in between leaves it counted: never undercounted.
+What is counted (``agent.privacy.counted``): both layers for a built-in model. A code-bundle
+job's DP-SGD runs next to the job's own code, so unless the policy says
+``trust_bundle_dp_sgd`` the round costs what the update layer alone guarantees: its
+record-level curve drops the DP-SGD bound (``confide.dp.budget.record_curve`` with no
+``RecordCost``), and the ledger, the caps, the job's signed ε target and the ε reported to the
+aggregator all see that cost. The worker still runs the DP-SGD the job asks for.
+
+The round's counted cost is reserved in the ledger, durably, before the worker trains, and
+marked sent just before the update leaves; a worker that fails before producing an update
+releases it. A crash in between leaves it counted: never undercounted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +46,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.admission.limits import JobLimits
+from agent.admission.rules import RuleRefusal, dataset_rule
 from agent.admission.site_policy import DatasetPolicy
+from agent.privacy.counted import RECORD_NOT_COUNTED, counts_record_layer
 from agent.privacy.ledger import Ledger, ReservationId
 from confide.dp.accountant import AccountantKind, noise_multiplier_for
 from confide.dp.budget import (
@@ -51,7 +61,7 @@ from confide.dp.budget import (
     update_cost,
 )
 from confide.dp.update import add_noise, clip, noise_std, system_rng
-from confide.errors import ConfigError, PolicyRefusal, Reason
+from confide.errors import ConfigError, Reason
 from confide.jobspec import attempt_limits
 from confide.secagg.encoding import Mechanism, secure_encoding
 from confide.secagg.params import job_params
@@ -81,12 +91,15 @@ class RoundPrivacy:
         clip_norm: C for the update, or None when the job sets no update privacy.
         noise_std: the std of the continuous Gaussian noise ``protect_update`` adds (0 for
             the discrete mechanism, whose noise is added when the update is encoded).
+        not_counted: what runs but is not in ``cost`` (``agent.privacy.counted``), for the
+            site's records; "" when everything that runs is counted.
     """
 
     dp: DpSgdParams | None
     cost: RoundCost
     clip_norm: float | None
     noise_std: float
+    not_counted: str = ""
 
 
 def planned_survivors(spec: common_pb2.JobSpec) -> int:
@@ -144,11 +157,14 @@ def _check_delta_fits(delta: float, *, n: int) -> None:
         )
 
 
-def _update_noise(spec: common_pb2.JobSpec, *, min_update_noise: float) -> tuple[float, UpdateCost]:
+def _update_noise(
+    spec: common_pb2.JobSpec, *, min_update_noise: float, floor_rule: str
+) -> tuple[float, UpdateCost]:
     """The continuous noise std ``protect_update`` adds, and the round's update-level cost.
 
     Raises:
-        PolicyRefusal: UNSAFE_REQUEST: a secure job's z is below ``min_update_noise``.
+        RuleRefusal: UNSAFE_REQUEST, rule ``floor_rule``: a secure job's z is below
+            ``min_update_noise``.
         ConfigError: the job's secure-aggregation encoding is invalid.
     """
     up = spec.update_privacy
@@ -159,7 +175,8 @@ def _update_noise(spec: common_pb2.JobSpec, *, min_update_noise: float) -> tuple
         upd = update_cost(noise_multiplier=z, sites_survived=m, min_sites=m, distributed=False)
         return std, upd
     if up.noise_multiplier < min_update_noise:
-        raise PolicyRefusal(
+        raise RuleRefusal(
+            floor_rule,
             f"the job's update noise z = {up.noise_multiplier:g} is below this dataset's floor "
             f"{min_update_noise:g}; under secure aggregation one site cannot make it up alone",
             reason=Reason.UNSAFE_REQUEST,
@@ -193,18 +210,32 @@ class PrivacyPlan:
         num_train: int,
         min_update_noise: float,
         attempts: int | None = None,
+        count_record: bool = True,
+        dataset: str = "",
     ) -> RoundPrivacy:
         """Decide a round's DP-SGD parameters, update noise and cost.
+
+        With ``count_record`` False (a bundle job's DP-SGD at a site that does not trust it,
+        ``agent.privacy.counted``) the worker is still told to run the DP-SGD the job asks
+        for, σ included: a ``target_epsilon`` job still gets the σ planned for its target,
+        since the code may be honest and the operator's model was tuned for that noise. Only
+        the cost leaves the DP-SGD out. The job's signed target is then checked against the
+        counted (update-level) ε (``agent.admission.limits.check_charge``), so a site never
+        reports more than the target it could not vouch for: with too little update noise
+        for the target, the job is refused there.
 
         Args:
             attempts: A, the attempts the job may be charged at this site, which a
                 ``target_epsilon`` is spread over (``JobLimits.max_job_attempts``); None:
                 the signed job's own ``rounds + max_job_retries``.
+            count_record: whether the record-level DP-SGD is in the round's cost.
+            dataset: the dataset's name, for the policy rule a refusal names.
 
         Raises:
             ConfigError: the job's privacy parameters do not fit this dataset (e.g. δ not
                 below 1/n), naming the job-file key.
-            PolicyRefusal: UNSAFE_REQUEST: a secure job's z is below ``min_update_noise``.
+            RuleRefusal: UNSAFE_REQUEST: a secure job's z is below ``min_update_noise``
+                (rule ``policy.datasets.<dataset>.min_update_noise``).
         """
         record: RecordCost | None = None
         dp: DpSgdParams | None = None
@@ -223,21 +254,26 @@ class PrivacyPlan:
             )
             # The ledger charges exactly what the worker is told to run: the cost is read
             # back from ``dp``, never recomputed.
-            record = RecordCost(
-                sample_rate=dp.sample_rate,
-                noise_multiplier=dp.noise_multiplier,
-                steps=dp.steps,
-                delta=rp.delta,
-            )
+            if count_record:
+                record = RecordCost(
+                    sample_rate=dp.sample_rate,
+                    noise_multiplier=dp.noise_multiplier,
+                    steps=dp.steps,
+                    delta=rp.delta,
+                )
         up = spec.update_privacy
         clip_norm: float | None = None
         std = 0.0
         upd = None
         if up.clip_norm > 0:
             clip_norm = up.clip_norm
-            std, upd = _update_noise(spec, min_update_noise=min_update_noise)
+            floor_rule = (
+                dataset_rule(dataset, "min_update_noise") if dataset else "min_update_noise"
+            )
+            std, upd = _update_noise(spec, min_update_noise=min_update_noise, floor_rule=floor_rule)
         cost = round_cost(record=record, update=upd, delta=self.job_delta(spec))
-        return RoundPrivacy(dp=dp, cost=cost, clip_norm=clip_norm, noise_std=std)
+        note = RECORD_NOT_COUNTED if rp.enabled and not count_record else ""
+        return RoundPrivacy(dp=dp, cost=cost, clip_norm=clip_norm, noise_std=std, not_counted=note)
 
     def _noise_multiplier(
         self,
@@ -278,28 +314,59 @@ class PrivacyPlan:
         num_train: int,
         policy: DatasetPolicy,
         attempts: int | None = None,
+        trust_bundle_dp_sgd: bool = False,
     ) -> RoundPrivacy:
         """``plan`` under the site's policy for ``dataset`` (``attempts`` as in ``plan``).
 
+        Args:
+            trust_bundle_dp_sgd: the site's ``policy.trust_bundle_dp_sgd``: whether a code
+                bundle's DP-SGD is counted (``agent.privacy.counted``).
+
         Raises:
-            PolicyRefusal: UNSAFE_REQUEST when the policy sets a noise floor and the job sets
-                no update clipping (so no update noise at all).
+            RuleRefusal: UNSAFE_REQUEST when the policy sets a noise floor and the job sets
+                no update clipping (so no update noise at all), or a secure job's z is below
+                it (rule ``policy.datasets.<dataset>.min_update_noise``); BUDGET_EXCEEDED
+                (rule ``policy.trust_bundle_dp_sgd``) when the job's only record-level
+                protection is a DP-SGD this site does not count and the dataset's cap is
+                finite.
             ConfigError: the job's privacy parameters do not fit this dataset.
         """
         if policy.min_update_noise > 0 and spec.update_privacy.clip_norm <= 0:
-            raise PolicyRefusal(
+            raise RuleRefusal(
+                dataset_rule(dataset, "min_update_noise"),
                 f"dataset {dataset!r} requires update noise z >= {policy.min_update_noise}, "
                 "and this job sets no update clipping",
                 reason=Reason.UNSAFE_REQUEST,
                 public=True,
             )
-        return self.plan(
+        counted = counts_record_layer(spec, trust_bundle_dp_sgd=trust_bundle_dp_sgd)
+        plan = self.plan(
             spec,
             job_id=job_id,
             num_train=num_train,
             min_update_noise=policy.min_update_noise,
             attempts=attempts,
+            count_record=counted,
+            dataset=dataset,
         )
+        cap = self.ledger.default_max_epsilon if policy.max_epsilon is None else policy.max_epsilon
+        if plan.not_counted and not math.isfinite(plan.cost.epsilon) and math.isfinite(cap):
+            # The ledger would refuse it too, as over the cap; this says why and what to do.
+            raise RuleRefusal(
+                "policy.trust_bundle_dp_sgd",
+                f"dataset {dataset!r} caps record-level ε at {cap:g}, and this code-bundle "
+                "job's only record-level protection is its DP-SGD, which runs in the job's "
+                "own code: this site does not count it, so a round's ε is ∞. To run here, "
+                "the job adds update-level noise ([privacy.update] clip_norm and "
+                "noise_multiplier > 0), or the site sets policy.trust_bundle_dp_sgd = true "
+                "after reviewing the bundle's code",
+                reason=Reason.BUDGET_EXCEEDED,
+                # The aggregator's line is short (confide.disclose); the rule follows it.
+                public="bundle DP-SGD is not counted here (it runs in job code): ε = ∞ over "
+                "the cap; add [privacy.update] noise to the job, or the site sets "
+                "trust_bundle_dp_sgd = true",
+            )
+        return plan
 
     @contextlib.contextmanager
     def charge(

@@ -71,7 +71,7 @@ from agent.workers.bundles import SiteBundles
 from agent.workers.handle import WorkerFailed
 from agent.workers.pool import WorkerFactory, WorkerHandle, WorkerPool, start_worker
 from confide.data.datasets import DatasetDescription, count_train_records
-from confide.disclose import one_line, public_detail
+from confide.disclose import MAX_DETAIL, one_line, public_detail
 from confide.errors import (
     ConfideError,
     InternalError,
@@ -303,7 +303,13 @@ class TaskRunner:
         if self.job_bindings is not None:
             self.job_bindings.bind(task.signed_job, task.job_id)
         if self.approvals is not None and self.site.approval is ApprovalMode.MANUAL:
-            self.approvals.check(task, job.spec, signer=job.signer.name, now=self._clock())
+            self.approvals.check(
+                task,
+                job.spec,
+                signer=job.signer.name,
+                now=self._clock(),
+                trust_bundle_dp_sgd=self.site.trust_bundle_dp_sgd,
+            )
         self.audit.admitted(task.task_id, **facts)
         return job, dataset
 
@@ -406,11 +412,13 @@ class TaskRunner:
         model = self.evaluations.pin(task, spec=job.spec, purpose=Purpose.TRAIN)
         weights = self._download(task, transport)
         self._check_abandon()
-        worker = self._guarded(task, lambda: self.worker_for(task, job, dataset, transport))
         # FedAvg weights and the sampling rate q (so ε) rest on this count: the daemon counts
         # the records itself rather than taking the worker's word for it.
         num_train = count_train_records(dataset)
+        # Planned before the worker starts: a job this site's privacy policy refuses never
+        # has its code fetched or run.
         plan = self._plan(task, job, dataset, num_train, attempts=limits.max_job_attempts)
+        worker = self._guarded(task, lambda: self.worker_for(task, job, dataset, transport))
         with self._charge(task, dataset, plan, limits) as charge:
             ev = self.evaluations.for_update(
                 spec=job.spec,
@@ -430,8 +438,10 @@ class TaskRunner:
             check_delta(tr.delta, weights)
             delta = protect_update(tr.delta, plan) if plan is not None else tr.delta
             # Training figures are exact functions of the training records: they leave only
-            # when the site claims no finite record-level ε for the round (either layer's
-            # noise gives one; confide.dp.budget), or that ε would not cover them.
+            # when the site claims no finite record-level ε for the round (either counted
+            # layer's noise gives one; confide.dp.budget), or that ε would not cover them.
+            # ``plan.cost`` holds only the counted layers (agent.privacy.counted): a bundle's
+            # uncounted DP-SGD claims nothing here either.
             claims_dp = plan is not None and math.isfinite(plan.cost.epsilon)
             metrics = released_metrics(ev, tr, record_private=claims_dp)
             # Counted before anything leaves: from here on the cost can never be released.
@@ -441,6 +451,7 @@ class TaskRunner:
                 task.task_id,
                 epsilon=plan.cost.epsilon if plan is not None else 0.0,
                 job_epsilon=spent.epsilon,
+                note=plan.not_counted if plan is not None else "",
             )
         if secure and self.secure_update is not None:
             self.secure_update(
@@ -506,6 +517,7 @@ class TaskRunner:
             num_train=num_train,
             policy=self._policy(dataset),
             attempts=attempts,
+            trust_bundle_dp_sgd=self.site.trust_bundle_dp_sgd,
         )
 
     def _charge(
@@ -625,9 +637,12 @@ class TaskRunner:
 
 
 def _detail(err: ConfideError, rule: str, *, fallback: str) -> str:
-    """The report's one line: the error's public text with the refusing rule, or ``fallback``."""
+    """The report's one line: the error's public text with the refusing rule, or ``fallback``.
+
+    A long text is cut to leave room for the rule, so the rule always reaches the aggregator.
+    """
     if not err.public:
         return public_detail(err, fallback=fallback)
-    return one_line(
-        f"{public_detail(err, fallback=fallback)}" + (f" (rule {rule})" if rule else "")
-    )
+    suffix = f" (rule {rule})" if rule else ""
+    text = one_line(public_detail(err, fallback=fallback), limit=MAX_DETAIL - len(suffix))
+    return one_line(text + suffix)

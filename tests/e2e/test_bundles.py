@@ -55,7 +55,8 @@ def _job(tmp_path: Path, name: str, *, rounds: int, epochs: int) -> Path:
 
 def test_both_example_bundles_train_across_three_agents(federation, bc3, tmp_path, capsys):
     """A CNN with a transform and a DP-SGD net with its own loss: both jobs finish, every
-    round sums three updates, and each site keeps the archive it checked, no unpacked copy."""
+    round sums three updates, the sites that trust bundle DP-SGD report a finite ε, and each
+    site keeps the archive it checked, no unpacked copy."""
     digits = _digits(tmp_path / "digits", sites=3, per_site=200)
     federation.make_pki(SITES)
     federation.start_aggregator()
@@ -70,6 +71,9 @@ def test_both_example_bundles_train_across_three_agents(federation, bc3, tmp_pat
         }
         site.policy["datasets"]["digits"] = {"max_epsilon": math.inf, "exact_evaluation": True}
         site.policy["allowed_bundles"] = ["trusted-signers"]
+        # These sites reviewed the example bundles, so they count tabular_net's DP-SGD (by
+        # default a bundle's DP-SGD runs in its own code and is not counted: ε would be ∞).
+        site.policy["trust_bundle_dp_sgd"] = True
         federation.start_agent(site)
     federation.wait_for_sites(3)
 
@@ -90,7 +94,9 @@ def test_both_example_bundles_train_across_three_agents(federation, bc3, tmp_pat
         if name == "digits_cnn":
             assert status.final_accuracy > 0.3  # ten classes: chance is 0.1
         else:
-            assert all(eps > 0 for eps in status.epsilon_by_site.values())  # DP-SGD charged
+            # DP-SGD charged, and counted: the job has no update noise, so only the trusted
+            # DP-SGD makes the ε finite.
+            assert all(0 < eps < math.inf for eps in status.epsilon_by_site.values())
             assert len(status.epsilon_by_site) == 3
     for name in SITES:
         root = federation.site_dirs[name] / "state" / "bundles"

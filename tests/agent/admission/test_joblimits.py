@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from agent.admission.binding import JobBindings
 from agent.admission.limits import JobLimits, check_charge, job_epsilon, job_limits
+from agent.admission.rules import RuleRefusal
 from agent.admission.site_policy import AttemptCaps, DatasetPolicy
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
@@ -260,6 +261,67 @@ def test_a_ledger_from_before_job_limits_keeps_counting_its_jobs_attempts(tmp_pa
 
 def _cost(sigma: float, *, q: float = 0.5, steps: int = 10) -> RoundCost:
     return round_cost(record=RecordCost(q, sigma, steps, 1e-5), update=None, delta=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("caps", "round", "charged", "cost", "reason", "rule"),
+    [
+        (AttemptCaps(), 3, [], 4.0, Reason.ROUND_NOT_SIGNED, "job.rounds"),
+        (AttemptCaps(), 1, [1, 1], 4.0, Reason.ATTEMPTS_EXCEEDED, "job.max_round_attempts"),
+        (
+            AttemptCaps(max_round_attempts=1),
+            1,
+            [1],
+            4.0,
+            Reason.ATTEMPTS_EXCEEDED,
+            "policy.max_round_attempts",
+        ),
+        (AttemptCaps(), 2, [1, 1, 2], 4.0, Reason.ATTEMPTS_EXCEEDED, "job.max_job_retries"),
+        (
+            AttemptCaps(max_job_retries=0),
+            1,
+            [1],
+            4.0,
+            Reason.ATTEMPTS_EXCEEDED,
+            "policy.max_job_retries",
+        ),
+        (AttemptCaps(), 1, [], 0.3, Reason.BUDGET_EXCEEDED, "job.privacy.sample.target_epsilon"),
+    ],
+)
+def test_each_refusal_names_the_signed_key_or_the_site_cap_that_refused(
+    caps, round, charged, cost, reason, rule
+):
+    """Rounds, attempts, retries and the ε target refuse naming the job file's key, or the
+    site's policy key where the site's cap is what lowered the limit."""
+    spec = _private_spec(rounds=2, max_round_attempts=2, max_job_retries=1)
+    limits = job_limits(spec, job_id="j", caps=caps)
+    done = [(r, _cost(4.0)) for r in charged]
+    with pytest.raises(RuleRefusal) as err:
+        check_charge(limits, round=round, charged=done, cost=_cost(cost))
+    assert (err.value.reason, err.value.rule) == (reason, rule)
+
+
+def test_a_round_over_the_datasets_cap_names_the_rule_in_the_report_and_the_audit_trail(
+    pki, dataset, workers, aggregator, tmp_path
+):
+    """A TRAIN round that would pass the dataset's max_epsilon is refused budget_exceeded; the
+    aggregator's report and the site's audit trail both name policy.datasets.NAME.max_epsilon."""
+    spec = job_spec()
+    spec.record_privacy.CopyFrom(
+        common_pb2.RecordPrivacy(enabled=True, noise_multiplier=0.3, max_grad_norm=1.0, delta=1e-5)
+    )
+    runner = _site(pki, dataset, workers, tmp_path / "ledger.db")
+    capped = {DATASET: DatasetPolicy(max_epsilon=0.5)}
+    runner.site = dataclasses.replace(runner.site, policies=capped)
+    assert runner.run(signed_task(pki.alice, spec=spec), FakeTransport(aggregator)) is (
+        TaskOutcome.REFUSED
+    )
+    rule = f"policy.datasets.{DATASET}.max_epsilon"
+    rep = report_of(pki, aggregator.reports[-1])
+    assert rep.reason == "budget_exceeded" and rep.message.endswith(f"(rule {rule})")
+    [ended] = [e for e in runner.audit.entries() if e.event == "task_ended"]
+    assert (ended.decision, ended.reason, ended.rule) == ("refused", "budget_exceeded", rule)
+    assert not aggregator.uploads and not runner.privacy.ledger.entries(DATASET)
 
 
 def test_the_epsilon_check_catches_what_the_plan_did_not_foresee():

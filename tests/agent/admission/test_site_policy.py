@@ -19,7 +19,15 @@ from agent.local.audit import SiteAudit
 from agent.tasks.runner import SiteContext, TaskOutcome, TaskRunner
 from confide.errors import ConfigError, Reason
 from confide.v1 import common_pb2
-from tests.agent.conftest import DATASET, FEDERATION, Pki, job_spec, report_of, signed_task
+from tests.agent.conftest import (
+    DATASET,
+    FEDERATION,
+    Pki,
+    job_spec,
+    make_runner,
+    report_of,
+    signed_task,
+)
 from tests.agent.fakes import FakeAggregator, FakeTransport, FakeWorkerFactory
 
 AGENT = """
@@ -45,6 +53,7 @@ max_job_retries = 1
 max_model_bytes = 4096
 approval = "manual"
 approval_expires_s = 60
+trust_bundle_dp_sgd = true
 [policy.datasets.tabular]
 max_epsilon = 8.0
 min_update_noise = 0.5
@@ -81,7 +90,7 @@ def test_every_policy_key_is_read_from_the_policy_file(tmp_path):
     assert [w.text for w in p.time_windows] == ["Mon-Fri 20:00-06:00", "Sat,Sun 00:00-24:00"]
     assert (p.attempt_caps.max_round_attempts, p.attempt_caps.max_job_retries) == (2, 1)
     assert p.max_model_bytes == 4096 and p.approval is ApprovalMode.MANUAL
-    assert p.approval_expires_s == 60
+    assert p.approval_expires_s == 60 and p.trust_bundle_dp_sgd is True
     assert p.dataset_policies["tabular"].max_epsilon == 8.0
     assert p.dataset_policies["tabular"].min_update_noise == 0.5
     assert p.datasets["tabular"].path == tmp_path / "data.csv"
@@ -109,6 +118,7 @@ def test_every_policy_key_is_read_from_the_policy_file(tmp_path):
         (("gpus = [1, 0]", "gpus = [-1]"), "sandbox.gpus"),
         (("memory_mb = 512", "memory_mb = 1"), "sandbox.memory_mb"),
         (('approval = "manual"', 'approval = "sometimes"'), "policy.approval"),
+        (("dp_sgd = true", 'dp_sgd = "yes"'), "policy.trust_bundle_dp_sgd"),
         (('label = "y"', 'label = "y"\ncolour = 1'), "datasets.tabular.colour"),
         (("[sandbox]", "[sandbox]\nmystery = 1"), "sandbox.mystery"),
     ],
@@ -167,6 +177,26 @@ def test_reload_swaps_the_whole_policy_or_keeps_the_old_one(tmp_path):
         holder.reload()
     assert exc.value.key == "policy.trusted_signers"
     assert holder.current().trusted_signers == ("bob",)
+
+
+def test_trusting_bundle_dp_sgd_is_off_unless_said_and_a_bad_value_keeps_the_old_policy(
+    pki, dataset, tmp_path
+):
+    """Without the key a bundle's DP-SGD is not trusted; a reload turns it on for the next
+    task's site context; a reload with a non-boolean is refused naming the key, the old stays."""
+    _files(tmp_path, POLICY.replace("trust_bundle_dp_sgd = true\n", ""))
+    holder = PolicyHolder(load_policy(tmp_path / "policy.toml"), path=tmp_path / "policy.toml")
+    site = make_runner(pki, dataset, FakeWorkerFactory()).site
+    assert holder.current().trust_bundle_dp_sgd is False
+    assert site.with_policy(holder.current()).trust_bundle_dp_sgd is False
+    (tmp_path / "policy.toml").write_text(POLICY)
+    assert holder.reload().trust_bundle_dp_sgd is True
+    assert site.with_policy(holder.current()).trust_bundle_dp_sgd is True
+    (tmp_path / "policy.toml").write_text(POLICY.replace("= true\n[policy.d", "= 1\n[policy.d"))
+    with pytest.raises(ConfigError) as exc:
+        holder.reload()
+    assert exc.value.key == "policy.trust_bundle_dp_sgd"
+    assert holder.current().trust_bundle_dp_sgd is True
 
 
 def test_reload_policy_logs_and_audits_both_outcomes(tmp_path):

@@ -73,6 +73,7 @@ def test_refuses_the_round_that_would_cross_the_cap(ledger):
             dataset="ds", job_id="j", task_id="t", round=n + 1, layer_costs=COST, max_epsilon=cap
         )
     assert info.value.reason is Reason.BUDGET_EXCEEDED
+    assert getattr(info.value, "rule", "") == "policy.datasets.ds.max_epsilon"
     assert "ds" in str(info.value) and "1.5" in str(info.value)
     assert ledger.spent("ds") == before
     assert before.rounds == n and before.epsilon <= cap
@@ -139,6 +140,7 @@ def test_update_level_cap(ledger):
             max_update_epsilon=COST.update_epsilon / 2,
         )
     assert info.value.reason is Reason.BUDGET_EXCEEDED
+    assert getattr(info.value, "rule", "") == "policy.datasets.ds.max_update_epsilon"
 
 
 _CHILD = """

@@ -122,6 +122,7 @@ def test_a_secure_job_below_the_noise_floor_is_refused(tmp_path):
     with pytest.raises(PolicyRefusal) as err:
         planner.plan_for_site(_noisy_secure_spec(0.4), **args)
     assert err.value.reason is Reason.UNSAFE_REQUEST
+    assert getattr(err.value, "rule", "") == "policy.datasets.d.min_update_noise"
     planner.plan_for_site(_noisy_secure_spec(0.5), **args)  # at the floor: planned
     plain = job_spec()
     plain.update_privacy.CopyFrom(_noisy_secure_spec(0.4).update_privacy)
@@ -212,7 +213,9 @@ def test_noise_floor_cannot_be_skipped_by_omitting_update_clipping(
     )
     t = FakeTransport(aggregator)
     assert runner.run(signed_task(pki.alice, spec=spec), t) is TaskOutcome.REFUSED
-    assert report_of(pki, aggregator.reports[-1]).reason == "unsafe_request"
+    rep = report_of(pki, aggregator.reports[-1])
+    assert rep.reason == "unsafe_request"
+    assert f"(rule policy.datasets.{DATASET}.min_update_noise)" in rep.message
     assert not aggregator.uploads
 
 

@@ -238,13 +238,18 @@ def test_exact_figures_need_the_policy(pki, site_with, aggregator):
 
 
 def test_an_evaluation_over_the_budget_is_refused_and_releases_nothing(pki, site_with, aggregator):
-    """A job signing little noise (z = 0.05) cannot buy figures past the dataset's cap."""
+    """A job signing little noise (z = 0.05) cannot buy figures past the dataset's cap; the
+    refusal names the cap's rule in the aggregator's report and the site's audit trail."""
     site = site_with(DatasetPolicy(max_epsilon=10.0))
     h = History(pki, aggregator, _spec(z=0.05, private=True))
     assert site.run(h.train(3)) is TaskOutcome.OK
     assert "eval_accuracy" not in site.header(0).metrics
     assert site.run(h.evaluate(3, "final")) is TaskOutcome.REFUSED
+    rule = f"policy.datasets.{DATASET}.max_epsilon"
     assert site.report().reason == "budget_exceeded"
+    assert site.report().message.endswith(f"(rule {rule})")
+    ended = site.audited("task_ended")[-1]
+    assert (ended.outcome, ended.reason, ended.rule) == ("refused", "budget_exceeded", rule)
     assert not site.charged() and not site.evals.released("job-1")
 
 
