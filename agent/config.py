@@ -35,7 +35,7 @@ file at fault).
                   max_model_bytes = 536870912    # refuse jobs with larger models (default)
                   approval = "auto"   # manual: a local operator approves each job
                   approval_expires_s = 604800   # an unanswered request expires after this
-                  trust_bundle_dp_sgd = false   # true: count a code bundle's DP-SGD
+                  trust_bundle_dp = false   # true: count a code bundle's DP-SGD
     [policy.datasets.NAME]   (P) max_epsilon = 8.0   min_update_noise = 0.5
     [log]         level = "info"   json = true   # json absent: JSON unless stderr is a TTY
     [metrics]     listen = "127.0.0.1:9465"   # optional: Prometheus endpoint (off by default)

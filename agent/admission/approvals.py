@@ -131,9 +131,9 @@ def job_digest(signed_job: common_pb2.Envelope) -> str:
     return hashlib.sha256(signed_job.SerializeToString(deterministic=True)).hexdigest()
 
 
-def planned_privacy(spec: common_pb2.JobSpec, *, trust_bundle_dp_sgd: bool = False) -> str:
+def planned_privacy(spec: common_pb2.JobSpec, *, trust_bundle_dp: bool = False) -> str:
     """The job's signed privacy parameters in a line (what the operator approves), with what
-    this site would not count (``agent.privacy.counted``; ``trust_bundle_dp_sgd`` as there)."""
+    this site would not count (``agent.privacy.counted``; ``trust_bundle_dp`` as there)."""
     parts = []
     rp = spec.record_privacy
     if rp.enabled:
@@ -144,7 +144,7 @@ def planned_privacy(spec: common_pb2.JobSpec, *, trust_bundle_dp_sgd: bool = Fal
     up = spec.update_privacy
     if up.clip_norm > 0:
         parts.append(f"update clip {up.clip_norm:g}, noise z {up.noise_multiplier:g}")
-    note = uncounted_note(spec, trust_bundle_dp_sgd=trust_bundle_dp_sgd)
+    note = uncounted_note(spec, trust_bundle_dp=trust_bundle_dp)
     if note:
         parts.append(note)
     return "; ".join(parts) or "no privacy protection"
@@ -190,11 +190,11 @@ class Approvals:
         *,
         signer: str,
         now: float,
-        trust_bundle_dp_sgd: bool = False,
+        trust_bundle_dp: bool = False,
     ) -> None:
         """Let the task through only if its signed job was approved; file a request if new.
 
-        ``trust_bundle_dp_sgd`` (the site's policy) decides what the request's planned
+        ``trust_bundle_dp`` (the site's policy) decides what the request's planned
         privacy cost says is not counted (``planned_privacy``).
 
         Raises:
@@ -217,7 +217,7 @@ class Approvals:
                         signer,
                         code_hash(spec.model),
                         spec.dataset.name,
-                        planned_privacy(spec, trust_bundle_dp_sgd=trust_bundle_dp_sgd),
+                        planned_privacy(spec, trust_bundle_dp=trust_bundle_dp),
                         spec.rounds,
                         now,
                         now + self._expires_s,

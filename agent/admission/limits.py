@@ -174,7 +174,7 @@ def check_charge(
         # (agent.privacy.counted), and the update-level layer alone cannot meet the target.
         why = (
             "; its record-level DP-SGD runs in the job's code and is not counted here "
-            "(policy.trust_bundle_dp_sgd)"
+            "(policy.trust_bundle_dp)"
             if cost.record is None and not cost.evaluation
             else ""
         )

@@ -13,7 +13,7 @@ restart. ``policy.toml`` holds the same tables::
                   time_windows = ["Mon-Fri 20:00-06:00", "Sat,Sun 00:00-24:00"]  # local time
                   max_round_attempts = 2   max_job_retries = 1   max_model_bytes = 536870912
                   approval = "auto"   approval_expires_s = 604800
-                  trust_bundle_dp_sgd = false   # count a code bundle's DP-SGD (see below)
+                  trust_bundle_dp = false   # count a code bundle's DP-SGD (see below)
     [policy.datasets.NAME]   max_epsilon = 8.0   min_update_noise = 0.5
                              max_evaluations = 50   exact_evaluation = false   # per job
     [datasets.NAME]          ...   # agent.data.declared.dataset_from_config reads the table
@@ -21,7 +21,7 @@ restart. ``policy.toml`` holds the same tables::
                   processes = 512  open_files = 1024  threads = 0  tmp_mb = 1024  gpus = [0]
                   wall_seconds = 3600   output_mb = 64
 
-``trust_bundle_dp_sgd``: a code bundle's record-level DP-SGD runs in the worker next to the
+``trust_bundle_dp``: a code bundle's record-level DP-SGD runs in the worker next to the
 job's own code, which could skip the per-record clipping and noise; by default the site counts
 only the update-level layer the daemon applies itself for such jobs (``agent.privacy.counted``).
 ``true`` counts the bundle's DP-SGD as for a built-in model; set it only after reviewing the
@@ -157,7 +157,7 @@ class SitePolicy:
         allowed_bundles: code bundles (hex SHA-256) jobs may name; ``ANY_TRUSTED_BUNDLE``
             admits any bundle of a job signed by a trusted signer; empty = no bundle.
         time_windows: when training may run (local time); empty = any time.
-        trust_bundle_dp_sgd: count the record-level DP-SGD of code-bundle jobs (it runs in
+        trust_bundle_dp: count the record-level DP-SGD of code-bundle jobs (it runs in
             the job's code); False counts only their update-level layer.
     """
 
@@ -172,7 +172,7 @@ class SitePolicy:
     allowed_models: frozenset[str] | None = None
     allowed_bundles: frozenset[str] = frozenset()
     time_windows: tuple[TimeWindow, ...] = ()
-    trust_bundle_dp_sgd: bool = False
+    trust_bundle_dp: bool = False
 
 
 def load_policy(path: str | Path) -> SitePolicy:
@@ -227,7 +227,7 @@ def policy_from_section(root: Section) -> SitePolicy:
     allowed_models = _allowed_models(policy)
     allowed_bundles = _allowed_bundles(policy)
     windows = _time_windows(policy)
-    trust_bundle_dp_sgd: bool = policy.bool("trust_bundle_dp_sgd", False)
+    trust_bundle_dp: bool = policy.bool("trust_bundle_dp", False)
     pol_ds = policy.section("datasets")
     policies = {name: _dataset_policy(table) for name, table in pol_ds.tables().items()}
     for name in policies:
@@ -247,7 +247,7 @@ def policy_from_section(root: Section) -> SitePolicy:
         allowed_models=allowed_models,
         allowed_bundles=allowed_bundles,
         time_windows=windows,
-        trust_bundle_dp_sgd=trust_bundle_dp_sgd,
+        trust_bundle_dp=trust_bundle_dp,
     )
 
 

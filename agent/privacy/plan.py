@@ -25,7 +25,7 @@ Two layers, both decided here by the trusted daemon and never by job code:
 
 What is counted (``agent.privacy.counted``): both layers for a built-in model. A code-bundle
 job's DP-SGD runs next to the job's own code, so unless the policy says
-``trust_bundle_dp_sgd`` the round costs what the update layer alone guarantees: its
+``trust_bundle_dp`` the round costs what the update layer alone guarantees: its
 record-level curve drops the DP-SGD bound (``confide.dp.budget.record_curve`` with no
 ``RecordCost``), and the ledger, the caps, the job's signed ε target and the ε reported to the
 aggregator all see that cost. The worker still runs the DP-SGD the job asks for.
@@ -314,19 +314,19 @@ class PrivacyPlan:
         num_train: int,
         policy: DatasetPolicy,
         attempts: int | None = None,
-        trust_bundle_dp_sgd: bool = False,
+        trust_bundle_dp: bool = False,
     ) -> RoundPrivacy:
         """``plan`` under the site's policy for ``dataset`` (``attempts`` as in ``plan``).
 
         Args:
-            trust_bundle_dp_sgd: the site's ``policy.trust_bundle_dp_sgd``: whether a code
+            trust_bundle_dp: the site's ``policy.trust_bundle_dp``: whether a code
                 bundle's DP-SGD is counted (``agent.privacy.counted``).
 
         Raises:
             RuleRefusal: UNSAFE_REQUEST when the policy sets a noise floor and the job sets
                 no update clipping (so no update noise at all), or a secure job's z is below
                 it (rule ``policy.datasets.<dataset>.min_update_noise``); BUDGET_EXCEEDED
-                (rule ``policy.trust_bundle_dp_sgd``) when the job's only record-level
+                (rule ``policy.trust_bundle_dp``) when the job's only record-level
                 protection is a DP-SGD this site does not count and the dataset's cap is
                 finite.
             ConfigError: the job's privacy parameters do not fit this dataset.
@@ -339,7 +339,7 @@ class PrivacyPlan:
                 reason=Reason.UNSAFE_REQUEST,
                 public=True,
             )
-        counted = counts_record_layer(spec, trust_bundle_dp_sgd=trust_bundle_dp_sgd)
+        counted = counts_record_layer(spec, trust_bundle_dp=trust_bundle_dp)
         plan = self.plan(
             spec,
             job_id=job_id,
@@ -353,18 +353,18 @@ class PrivacyPlan:
         if plan.not_counted and not math.isfinite(plan.cost.epsilon) and math.isfinite(cap):
             # The ledger would refuse it too, as over the cap; this says why and what to do.
             raise RuleRefusal(
-                "policy.trust_bundle_dp_sgd",
+                "policy.trust_bundle_dp",
                 f"dataset {dataset!r} caps record-level ε at {cap:g}, and this code-bundle "
                 "job's only record-level protection is its DP-SGD, which runs in the job's "
                 "own code: this site does not count it, so a round's ε is ∞. To run here, "
                 "the job adds update-level noise ([privacy.update] clip_norm and "
-                "noise_multiplier > 0), or the site sets policy.trust_bundle_dp_sgd = true "
+                "noise_multiplier > 0), or the site sets policy.trust_bundle_dp = true "
                 "after reviewing the bundle's code",
                 reason=Reason.BUDGET_EXCEEDED,
                 # The aggregator's line is short (confide.disclose); the rule follows it.
                 public="bundle DP-SGD is not counted here (it runs in job code): ε = ∞ over "
                 "the cap; add [privacy.update] noise to the job, or the site sets "
-                "trust_bundle_dp_sgd = true",
+                "trust_bundle_dp = true",
             )
         return plan
 

@@ -15,6 +15,10 @@ round's input model that travel with an update):
   its cost is reserved in the privacy ledger (record level, under the dataset's cap, at the
   job's δ) before they leave; z = 0 (exact figures, ε = ∞) only where the dataset's policy
   sets ``exact_evaluation = true``, and then outside the ledger;
+- a code-bundle job's noised figures only where the site trusts bundle code's privacy
+  mechanisms (``policy.trust_bundle_dp``, ``agent.privacy.counted``): its code runs next to
+  the counting and could make the counts depend on every record; refused ``unsafe_request``
+  otherwise (exact figures stay a matter of ``exact_evaluation``);
 - a model asked again gets the very figures released the first time (durably stored), at no
   further cost: fresh noise on a repeated question would average away.
 
@@ -39,9 +43,11 @@ from pathlib import Path
 import structlog
 
 from agent.admission.lineage import ModelVersions, PinnedModel, Purpose
+from agent.admission.rules import RuleRefusal
 from agent.admission.site_policy import DatasetPolicy
 from agent.data.declared import declared_sizes
 from agent.local.audit import SiteAudit
+from agent.privacy.counted import runs_job_code
 from agent.privacy.plan import PrivacyPlan
 from confide.data.datasets import DatasetDescription
 from confide.dp.evaluation import (
@@ -159,6 +165,7 @@ class Evaluations:
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
+        trust_bundle_dp: bool = False,
     ) -> ReleasedEvaluation | None:
         """``release`` for the figures a TRAIN sends with its update; None when withheld
         (the job asks for none, or the gate refuses: the round trains on without them).
@@ -170,7 +177,12 @@ class Evaluations:
             return None
         try:
             return self.release(
-                spec=spec, dataset=dataset, policy=policy, model=model, evaluate=evaluate
+                spec=spec,
+                dataset=dataset,
+                policy=policy,
+                model=model,
+                evaluate=evaluate,
+                trust_bundle_dp=trust_bundle_dp,
             )
         except PolicyRefusal as exc:
             log.info("evaluation_withheld", reason=exc.reason.value, error=exc.message)
@@ -184,6 +196,7 @@ class Evaluations:
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
+        trust_bundle_dp: bool = False,
     ) -> ReleasedEvaluation:
         """The figures this site may release for ``model``, computed, noised and charged once.
 
@@ -195,6 +208,7 @@ class Evaluations:
             model: the pinned model (``ModelVersions.pin``).
             evaluate: runs the worker's hold-out evaluation with the given loss clip L; called
                 only when the model has no stored release.
+            trust_bundle_dp: the site's ``policy.trust_bundle_dp``.
 
         Raises:
             PolicyRefusal: EVALUATION_CAP (the job asks for none, or its evaluations here are
@@ -204,7 +218,7 @@ class Evaluations:
         """
         with self._job_locks[model.job_id]:
             try:
-                return self._release(spec, dataset, policy, model, evaluate)
+                return self._release(spec, dataset, policy, model, evaluate, trust_bundle_dp)
             except PolicyRefusal as exc:
                 self._log(
                     model.job_id,
@@ -251,6 +265,7 @@ class Evaluations:
         policy: DatasetPolicy,
         model: PinnedModel,
         evaluate: Callable[[float], EvalResult],
+        trust_bundle_dp: bool,
     ) -> ReleasedEvaluation:
         stored = self.released(model.job_id)
         if model.sha256 in stored:
@@ -275,6 +290,15 @@ class Evaluations:
                 f"the job asks for exact hold-out figures; the policy of dataset {dataset.name!r} "
                 "allows only noised ones (exact_evaluation = false)",
                 reason=Reason.UNSAFE_REQUEST,
+            )
+        if z > 0 and runs_job_code(spec) and not trust_bundle_dp:
+            raise RuleRefusal(
+                "policy.trust_bundle_dp",
+                "the job's code bundle runs next to the hold-out counting and could make the "
+                "counts depend on every record, so noise would not cover them; this site "
+                "releases a bundle job's noised figures only with trust_bundle_dp = true",
+                reason=Reason.UNSAFE_REQUEST,
+                public=True,
             )
         if z > 0 and self._privacy is None:
             raise PolicyRefusal(

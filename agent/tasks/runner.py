@@ -308,7 +308,7 @@ class TaskRunner:
                 job.spec,
                 signer=job.signer.name,
                 now=self._clock(),
-                trust_bundle_dp_sgd=self.site.trust_bundle_dp_sgd,
+                trust_bundle_dp=self.site.trust_bundle_dp,
             )
         self.audit.admitted(task.task_id, **facts)
         return job, dataset
@@ -428,6 +428,7 @@ class TaskRunner:
                 evaluate=lambda clip: self._guarded(
                     task, lambda: worker.evaluate(weights, loss_clip=clip)
                 ),
+                trust_bundle_dp=self.site.trust_bundle_dp,
             )
             self._check_abandon()
             dp = plan.dp if plan is not None else None
@@ -517,7 +518,7 @@ class TaskRunner:
             num_train=num_train,
             policy=self._policy(dataset),
             attempts=attempts,
-            trust_bundle_dp_sgd=self.site.trust_bundle_dp_sgd,
+            trust_bundle_dp=self.site.trust_bundle_dp,
         )
 
     def _charge(
@@ -560,6 +561,7 @@ class TaskRunner:
             policy=self._policy(dataset),
             model=model,
             evaluate=evaluate,
+            trust_bundle_dp=self.site.trust_bundle_dp,
         )
         self.report(
             task,

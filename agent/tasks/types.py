@@ -56,8 +56,8 @@ class SiteContext:
         allowed_bundles: code bundles jobs may name (``agent.admission.site_policy.SitePolicy``).
         time_windows: when training may run, local time; empty = any time.
         approval: with an approvals store, MANUAL asks the local operator; AUTO does not.
-        trust_bundle_dp_sgd: count a code bundle's record-level DP-SGD, which runs in the
-            job's code (``policy.trust_bundle_dp_sgd``, ``agent.privacy.counted``).
+        trust_bundle_dp: count a code bundle's record-level DP-SGD, which runs in the
+            job's code (``policy.trust_bundle_dp``, ``agent.privacy.counted``).
         check_dataset: raises the problem of a dataset that is unusable now (the daemon's
             ``agent.local.selfcheck.DatasetBook.require``), so the task is refused with a public
             reason before any worker starts; None: no check.
@@ -79,7 +79,7 @@ class SiteContext:
     allowed_bundles: frozenset[str] = frozenset()
     time_windows: tuple[TimeWindow, ...] = ()
     approval: ApprovalMode = ApprovalMode.MANUAL
-    trust_bundle_dp_sgd: bool = False
+    trust_bundle_dp: bool = False
     check_dataset: Callable[[DatasetDescription], None] | None = None
 
     def with_policy(self, policy: SitePolicy) -> SiteContext:
@@ -95,7 +95,7 @@ class SiteContext:
             allowed_bundles=policy.allowed_bundles,
             time_windows=policy.time_windows,
             approval=policy.approval,
-            trust_bundle_dp_sgd=policy.trust_bundle_dp_sgd,
+            trust_bundle_dp=policy.trust_bundle_dp,
         )
 
     def with_identity(self, identity: Identity) -> SiteContext:

@@ -73,7 +73,7 @@ def test_both_example_bundles_train_across_three_agents(federation, bc3, tmp_pat
         site.policy["allowed_bundles"] = ["trusted-signers"]
         # These sites reviewed the example bundles, so they count tabular_net's DP-SGD (by
         # default a bundle's DP-SGD runs in its own code and is not counted: ε would be ∞).
-        site.policy["trust_bundle_dp_sgd"] = True
+        site.policy["trust_bundle_dp"] = True
         federation.start_agent(site)
     federation.wait_for_sites(3)
 

@@ -53,7 +53,7 @@ max_job_retries = 1
 max_model_bytes = 4096
 approval = "manual"
 approval_expires_s = 60
-trust_bundle_dp_sgd = true
+trust_bundle_dp = true
 [policy.datasets.tabular]
 max_epsilon = 8.0
 min_update_noise = 0.5
@@ -90,7 +90,7 @@ def test_every_policy_key_is_read_from_the_policy_file(tmp_path):
     assert [w.text for w in p.time_windows] == ["Mon-Fri 20:00-06:00", "Sat,Sun 00:00-24:00"]
     assert (p.attempt_caps.max_round_attempts, p.attempt_caps.max_job_retries) == (2, 1)
     assert p.max_model_bytes == 4096 and p.approval is ApprovalMode.MANUAL
-    assert p.approval_expires_s == 60 and p.trust_bundle_dp_sgd is True
+    assert p.approval_expires_s == 60 and p.trust_bundle_dp is True
     assert p.dataset_policies["tabular"].max_epsilon == 8.0
     assert p.dataset_policies["tabular"].min_update_noise == 0.5
     assert p.datasets["tabular"].path == tmp_path / "data.csv"
@@ -118,7 +118,7 @@ def test_every_policy_key_is_read_from_the_policy_file(tmp_path):
         (("gpus = [1, 0]", "gpus = [-1]"), "sandbox.gpus"),
         (("memory_mb = 512", "memory_mb = 1"), "sandbox.memory_mb"),
         (('approval = "manual"', 'approval = "sometimes"'), "policy.approval"),
-        (("dp_sgd = true", 'dp_sgd = "yes"'), "policy.trust_bundle_dp_sgd"),
+        (("dp_sgd = true", 'dp_sgd = "yes"'), "policy.trust_bundle_dp"),
         (('label = "y"', 'label = "y"\ncolour = 1'), "datasets.tabular.colour"),
         (("[sandbox]", "[sandbox]\nmystery = 1"), "sandbox.mystery"),
     ],
@@ -184,19 +184,19 @@ def test_trusting_bundle_dp_sgd_is_off_unless_said_and_a_bad_value_keeps_the_old
 ):
     """Without the key a bundle's DP-SGD is not trusted; a reload turns it on for the next
     task's site context; a reload with a non-boolean is refused naming the key, the old stays."""
-    _files(tmp_path, POLICY.replace("trust_bundle_dp_sgd = true\n", ""))
+    _files(tmp_path, POLICY.replace("trust_bundle_dp = true\n", ""))
     holder = PolicyHolder(load_policy(tmp_path / "policy.toml"), path=tmp_path / "policy.toml")
     site = make_runner(pki, dataset, FakeWorkerFactory()).site
-    assert holder.current().trust_bundle_dp_sgd is False
-    assert site.with_policy(holder.current()).trust_bundle_dp_sgd is False
+    assert holder.current().trust_bundle_dp is False
+    assert site.with_policy(holder.current()).trust_bundle_dp is False
     (tmp_path / "policy.toml").write_text(POLICY)
-    assert holder.reload().trust_bundle_dp_sgd is True
-    assert site.with_policy(holder.current()).trust_bundle_dp_sgd is True
+    assert holder.reload().trust_bundle_dp is True
+    assert site.with_policy(holder.current()).trust_bundle_dp is True
     (tmp_path / "policy.toml").write_text(POLICY.replace("= true\n[policy.d", "= 1\n[policy.d"))
     with pytest.raises(ConfigError) as exc:
         holder.reload()
-    assert exc.value.key == "policy.trust_bundle_dp_sgd"
-    assert holder.current().trust_bundle_dp_sgd is True
+    assert exc.value.key == "policy.trust_bundle_dp"
+    assert holder.current().trust_bundle_dp is True
 
 
 def test_reload_policy_logs_and_audits_both_outcomes(tmp_path):

@@ -99,7 +99,7 @@ class Site:
         self.runner.site = dataclasses.replace(
             self.runner.site,
             allowed_bundles=frozenset({"trusted-signers"}),
-            trust_bundle_dp_sgd=trust,
+            trust_bundle_dp=trust,
         )
         self.runner.bundles = SiteBundles(path / "bundles")
 
@@ -137,19 +137,19 @@ def site(pki, dataset, tmp_path):
 @pytest.mark.parametrize("max_epsilon", [8.0, None])
 def test_a_bundles_dp_sgd_alone_is_refused_at_a_finite_cap_naming_the_rule(site, max_epsilon):
     """DP-SGD only, not trusted: ε = ∞ against the dataset's cap (set, or the default 10), so
-    the task is refused budget_exceeded, rule policy.trust_bundle_dp_sgd, with what to do, in
+    the task is refused budget_exceeded, rule policy.trust_bundle_dp, with what to do, in
     the report and the audit trail, before the bundle is fetched or a worker starts."""
     s = site(DatasetPolicy(max_epsilon=max_epsilon))
     assert s.run(_bundle_spec()) is TaskOutcome.REFUSED
     rep = s.report()
     assert rep.reason == "budget_exceeded"
-    assert "(rule policy.trust_bundle_dp_sgd)" in rep.message
-    assert "[privacy.update] noise" in rep.message and "trust_bundle_dp_sgd = true" in rep.message
+    assert "(rule policy.trust_bundle_dp)" in rep.message
+    assert "[privacy.update] noise" in rep.message and "trust_bundle_dp = true" in rep.message
     end = s.ended()
     assert (end.decision, end.reason, end.rule) == (
         "refused",
         "budget_exceeded",
-        "policy.trust_bundle_dp_sgd",
+        "policy.trust_bundle_dp",
     )
     assert not s.workers.started and s.aggregator.bundle_downloads == 0
     assert not s.ledger.entries(DATASET)
@@ -179,7 +179,7 @@ def test_an_untrusted_bundle_is_charged_its_update_layer_alone(site):
 
 
 def test_a_trusted_bundle_is_counted_like_a_built_in_model(site):
-    """With trust_bundle_dp_sgd the bundle job costs what the same privacy costs a built-in
+    """With trust_bundle_dp the bundle job costs what the same privacy costs a built-in
     model (which no setting changes): both layers, less than the update layer alone."""
     spec = dict(sigma=1.0, z=2.0)
     trusted = site(DatasetPolicy(max_epsilon=100.0), trust=True)
@@ -239,6 +239,6 @@ def test_the_planned_privacy_an_operator_approves_says_what_is_not_counted(pki, 
     assert req.privacy == (
         f"record noise sigma 1 at delta 1e-05; update clip 1, noise z 2; {RECORD_NOT_COUNTED}"
     )
-    assert RECORD_NOT_COUNTED in planned_privacy(_bundle_spec(), trust_bundle_dp_sgd=False)
-    assert RECORD_NOT_COUNTED not in planned_privacy(_bundle_spec(), trust_bundle_dp_sgd=True)
-    assert RECORD_NOT_COUNTED not in planned_privacy(_builtin_spec(), trust_bundle_dp_sgd=False)
+    assert RECORD_NOT_COUNTED in planned_privacy(_bundle_spec(), trust_bundle_dp=False)
+    assert RECORD_NOT_COUNTED not in planned_privacy(_bundle_spec(), trust_bundle_dp=True)
+    assert RECORD_NOT_COUNTED not in planned_privacy(_builtin_spec(), trust_bundle_dp=False)

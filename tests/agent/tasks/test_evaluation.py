@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from agent.admission.lineage import PinnedModel
+from agent.admission.rules import RuleRefusal
 from agent.admission.site_policy import DatasetPolicy
 from agent.privacy.ledger import Ledger
 from agent.privacy.plan import PrivacyPlan
@@ -13,9 +15,11 @@ from agent.tasks.evaluation import Evaluations
 from agent.tasks.runner import TaskOutcome
 from confide.dp.budget import cumulative_epsilon
 from confide.dp.evaluation import evaluation_cost
+from confide.errors import Reason
 from confide.lineage import chain_of
 from confide.v1 import common_pb2, federation_pb2
 from confide.wire import Binding, open_envelope
+from confide.wire.worker import EvalResult
 from tests.agent.conftest import (
     DATASET,
     FEDERATION,
@@ -288,3 +292,56 @@ def test_a_charge_left_by_a_crash_is_not_charged_twice(pki, site_with, aggregato
     assert site.run(h.train(3)) is TaskOutcome.OK
     [entry] = site.charged()
     assert entry.state == "sent" and "eval_accuracy" in site.header(0).metrics
+
+
+def _bundle(spec: common_pb2.JobSpec) -> common_pb2.JobSpec:
+    spec.model.kind = common_pb2.MODEL_KIND_BUNDLE
+    spec.model.code_sha256 = bytes(32)
+    return spec
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_bundles_noised_figures_need_the_site_to_trust_bundle_code(dataset, tmp_path, trusted):
+    """A bundle's code runs next to the counting, so its noised figures are refused (rule
+    named, nothing evaluated or charged) unless the policy trusts bundle code's privacy."""
+    ledger = Ledger.open(tmp_path / "state.db")
+    evals = Evaluations(tmp_path / "state.db", privacy=PrivacyPlan(ledger))
+    model = PinnedModel(job_id="job-1", version=0, sha256="ab" * 32, chain=b"", final=False)
+    asked: list[float] = []
+
+    def evaluate(clip: float) -> EvalResult:
+        asked.append(clip)
+        return EvalResult(accuracy=0.5, loss=0.7, num_samples=10)
+
+    def release() -> object:
+        return evals.release(
+            spec=_bundle(_spec(z=1.0)),
+            dataset=dataset,
+            policy=DatasetPolicy(max_epsilon=OPEN),
+            model=model,
+            evaluate=evaluate,
+            trust_bundle_dp=trusted,
+        )
+
+    if trusted:
+        assert release() is not None and len(asked) == 1
+        assert [e for e in ledger.entries(DATASET) if e.cost.evaluation]
+        return
+    with pytest.raises(RuleRefusal) as info:
+        release()
+    assert (info.value.rule, info.value.reason) == ("policy.trust_bundle_dp", Reason.UNSAFE_REQUEST)
+    assert asked == [] and not ledger.entries(DATASET)
+
+
+def test_a_bundles_exact_figures_follow_the_exact_evaluation_policy_alone(dataset, tmp_path):
+    """Exact figures claim no ε, so a bundle gets them where the policy allows exact ones."""
+    evals = Evaluations(tmp_path / "state.db", privacy=PrivacyPlan(Ledger.open(tmp_path / "l.db")))
+    model = PinnedModel(job_id="job-1", version=0, sha256="cd" * 32, chain=b"", final=False)
+    released = evals.release(
+        spec=_bundle(_spec(z=0.0)),
+        dataset=dataset,
+        policy=DatasetPolicy(max_epsilon=OPEN, exact_evaluation=True),
+        model=model,
+        evaluate=lambda clip: EvalResult(accuracy=0.5, loss=0.7, num_samples=10),
+    )
+    assert released.noise_multiplier == 0.0 and released.accuracy == 0.5
