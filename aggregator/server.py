@@ -177,7 +177,11 @@ def build(
         )
 
     interceptor = QuotaInterceptor(
-        quotas, make_pools(quotas), on_refused=audit_refused, metrics=metrics
+        quotas,
+        make_pools(quotas),
+        on_refused=audit_refused,
+        metrics=metrics,
+        count_bytes=config.metrics is not None,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),

@@ -15,7 +15,7 @@ so two daemons built in one process (the tests) never collide.
 ``CertificateCollector`` reports the certificate in force at each scrape with the functions
 the doctor and the logs use: seconds left (``confide.pki.seconds_until_expiry``), and
 whether it is valid, expiring (less than 14 days left: renew), expired or not yet valid
-(``confide.doctor.expiry``, whose 14 days are ``confide.pki.expiry.EXPIRY_WARNING``).
+(``confide.pki.expiry.expiry``, 14 days).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric, StateSetMetricFamily
 
 from confide.config import Section
-from confide.doctor.expiry import Validity, expiry
 from confide.errors import ConfigError
 from confide.pki import seconds_until_expiry
+from confide.pki.expiry import Validity, expiry
 
 __all__ = [
     "ADDRESS_FILE",
@@ -196,7 +196,7 @@ class CertificateCollector:
 
     Exposes ``<namespace>_certificate_expiry_seconds`` (negative once expired) and
     ``<namespace>_certificate_validity`` (a state set: valid, expiring, expired,
-    not_yet_valid), by ``confide.doctor.expiry``'s rule.
+    not_yet_valid), by ``confide.pki.expiry.expiry``'s rule.
 
     Args:
         namespace: the metric name prefix (``confide_aggregator``, ``confide_agent``).

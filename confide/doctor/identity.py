@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from confide.doctor.checklist import Finding
-from confide.doctor.expiry import EXPIRY_WARN_DAYS, Validity, expiry
 from confide.errors import ConfideError
 from confide.pki import files
 from confide.pki.certinfo import BadCertificate, CertInfo, cert_info, verify_certificate
+from confide.pki.expiry import EXPIRY_WARN_DAYS, Validity, expiry
 
 __all__ = [
     "IdentityPaths",

@@ -10,9 +10,10 @@ rule 3), so tests move the clock instead of waiting for it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -22,19 +23,27 @@ from confide.pki.certinfo import CertificateExpired, CertInfo
 
 __all__ = [
     "EXPIRY_WARNING",
+    "EXPIRY_WARN_DAYS",
     "REMIND_EVERY",
     "RENEW_FIX",
     "Certificate",
     "CertificateExpired",
     "CertificateExpiresSoon",
+    "Expiry",
     "ExpiryNotice",
     "ExpiryReminder",
+    "Validity",
     "check_expiry",
+    "expiry",
     "seconds_until_expiry",
 ]
 
 EXPIRY_WARNING = timedelta(days=14)
 """A certificate with less than this left is warned about (logs, doctor, metrics alerts)."""
+
+EXPIRY_WARN_DAYS = EXPIRY_WARNING.days
+"""The same window in days, as the doctor and metrics say it. Two weeks leaves time for a CSR
+round trip to the operator (``confide pki renew``) over holidays."""
 
 REMIND_EVERY = timedelta(days=1)
 """A running daemon repeats the warning this often while it holds."""
@@ -65,6 +74,62 @@ class CertificateExpiresSoon(ConfideError):
     def __init__(self, message: str, *, not_after: datetime) -> None:
         super().__init__(message)
         self.not_after = not_after
+
+
+class Validity(enum.Enum):
+    """Where a moment falls in a certificate's validity window."""
+
+    VALID = "valid"
+    EXPIRING = "expiring"  # valid, but less than the warning window left
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A certificate's validity at one moment.
+
+    Args:
+        validity: where ``now`` falls.
+        seconds_left: seconds until ``not_after`` (negative once expired); what a metric shows.
+        not_after: the end of validity.
+    """
+
+    validity: Validity
+    seconds_left: float
+    not_after: datetime
+
+    @property
+    def days_left(self) -> int:
+        """Whole days left (0 on the last day; negative once expired)."""
+        return int(self.seconds_left // 86400)
+
+
+def expiry(
+    *, not_before: datetime, not_after: datetime, now: datetime, within: timedelta = EXPIRY_WARNING
+) -> Expiry:
+    """Classify ``now`` against the window ``[not_before, not_after]``: the one rule that the
+    doctor, the daemons' logs and reminders, metrics and ``check_expiry`` all apply.
+
+    Expired once ``now`` is past ``not_after``; expiring with less than ``within`` left (the
+    last valid instant included); not yet valid before ``not_before``.
+
+    Args:
+        not_before: the certificate's start of validity, timezone-aware.
+        not_after: its end of validity, timezone-aware.
+        now: the moment to judge, timezone-aware.
+        within: the warning window (default 14 days).
+    """
+    left = not_after - now
+    if now < not_before:
+        validity = Validity.NOT_YET_VALID
+    elif now > not_after:
+        validity = Validity.EXPIRED
+    elif left < within:
+        validity = Validity.EXPIRING
+    else:
+        validity = Validity.VALID
+    return Expiry(validity=validity, seconds_left=left.total_seconds(), not_after=not_after)
 
 
 def _not_after(cert: Certificate) -> datetime:
@@ -98,8 +163,7 @@ def seconds_until_expiry(cert: Certificate, *, now: datetime) -> float:
 def check_expiry(cert: Certificate, *, now: datetime, within: timedelta = EXPIRY_WARNING) -> None:
     """Pass when ``cert`` stays valid for at least ``within`` after ``now``.
 
-    The doctor's classification (``confide.doctor.expiry``) draws the same lines: expiring
-    with less than ``within`` left, expired once ``now`` is past ``not_after``.
+    Judged by ``expiry`` (a certificate not yet valid passes here: TLS reports that).
 
     Args:
         cert: a parsed certificate or the ``CertInfo`` of a verified one.
@@ -111,18 +175,21 @@ def check_expiry(cert: Certificate, *, now: datetime, within: timedelta = EXPIRY
         CertificateExpiresSoon: it ends within ``within`` of ``now``.
     """
     end = _not_after(cert)
-    left = end - now
-    if now > end:
+    verdict = expiry(not_before=_EPOCH, not_after=end, now=now, within=within)
+    if verdict.validity is Validity.EXPIRED:
         raise CertificateExpired(
             f"certificate of {_name(cert)!r} expired on {end:%Y-%m-%d %H:%M} UTC; {RENEW_FIX}",
             not_after=end,
         )
-    if left < within:
+    if verdict.validity is Validity.EXPIRING:
         raise CertificateExpiresSoon(
             f"certificate of {_name(cert)!r} expires on {end:%Y-%m-%d %H:%M} UTC, in "
-            f"{left.days} days; {RENEW_FIX}",
+            f"{verdict.days_left} days; {RENEW_FIX}",
             not_after=end,
         )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -186,10 +253,13 @@ class ExpiryReminder:
         """
         notices = []
         for which, cert in certs.items():
-            left = seconds_until_expiry(cert, now=now)
-            if left >= self.within.total_seconds():
+            verdict = expiry(
+                not_before=_EPOCH, not_after=_not_after(cert), now=now, within=self.within
+            )
+            if verdict.validity is Validity.VALID:
                 continue
-            event = "certificate_expired" if left < 0 else "certificate_expiring"
+            expired = verdict.validity is Validity.EXPIRED
+            event = "certificate_expired" if expired else "certificate_expiring"
             key = (which, _serial(cert), event)
             last = self._said.get(key)
             if last is not None and now - last < self.every:
@@ -201,7 +271,7 @@ class ExpiryReminder:
                     which=which,
                     name=_name(cert),
                     not_after=_not_after(cert),
-                    seconds_left=left,
+                    seconds_left=verdict.seconds_left,
                 )
             )
         return notices

@@ -307,3 +307,24 @@ def test_the_certificate_figures_follow_a_sighup_reload(tmp_path):
         assert after.get(f"{A}_certificate_expiry_seconds") == pytest.approx(5 * 86400, abs=120)
     finally:
         agg.stop(grace=0)
+
+
+def test_without_an_endpoint_no_message_is_sized(pki, tmp_path):
+    """With no [metrics], a round's uploads are not serialized again just to count bytes,
+    while what the counters exist for (refusals) still counts."""
+    agg, port = build(make_config(pki, tmp_path / "state"))
+    op = Operator(pki, "alice", port)
+    sites = [FakeSite(pki, name, port) for name in ("site-1", "site-2")]
+    try:
+        for s in sites:
+            s.connect()
+        job_id = op.submit(tiny_spec())
+        assert _round(sites, job_id) > 0
+        registry = agg.metrics.registry
+        assert not registry.get_sample_value(f"{A}_received_bytes_total", {"method": UPLOAD})
+        assert not registry.get_sample_value(f"{A}_sent_bytes_total", {"method": DOWNLOAD})
+    finally:
+        for s in sites:
+            s.close()
+        op.close()
+        agg.stop(grace=0)

@@ -118,7 +118,7 @@ def test_every_policy_key_is_read_from_the_policy_file(tmp_path):
         (("gpus = [1, 0]", "gpus = [-1]"), "sandbox.gpus"),
         (("memory_mb = 512", "memory_mb = 1"), "sandbox.memory_mb"),
         (('approval = "manual"', 'approval = "sometimes"'), "policy.approval"),
-        (("dp_sgd = true", 'dp_sgd = "yes"'), "policy.trust_bundle_dp"),
+        (("trust_bundle_dp = true", 'trust_bundle_dp = "yes"'), "policy.trust_bundle_dp"),
         (('label = "y"', 'label = "y"\ncolour = 1'), "datasets.tabular.colour"),
         (("[sandbox]", "[sandbox]\nmystery = 1"), "sandbox.mystery"),
     ],

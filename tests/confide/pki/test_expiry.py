@@ -9,10 +9,9 @@ import pytest
 from cryptography import x509
 
 from confide import pki
-from confide.doctor.expiry import Validity, expiry
 from confide.errors import ConfigError
 from confide.pki.crl import check_crl
-from confide.pki.expiry import ExpiryReminder, check_expiry
+from confide.pki.expiry import ExpiryReminder, Validity, check_expiry, expiry
 from tests.confide.pki.conftest import Federation
 
 
@@ -155,7 +154,7 @@ def test_check_crl_refuses_garbage_foreign_and_older_lists(
 
 
 def test_the_doctor_and_the_daemons_draw_the_same_lines(op: x509.Certificate) -> None:
-    """confide.doctor.expiry and check_expiry agree on either side of 14 days and of the end."""
+    """expiry (the doctor's) and check_expiry agree on either side of 14 days and of the end."""
     end = op.not_valid_after_utc
     classes = {
         Validity.VALID: None,
