@@ -84,6 +84,8 @@ _WORKER_REASONS = _POLICY_REASONS | {
 }
 """The reasons a worker's error frame may give; any other is recorded as ``worker_failed``."""
 _STDERR_TAIL = 8192
+_SMALL_REPLY_BYTES = 1024 * 1024
+"""The largest body of a reply that carries no tensors (init, evaluate, ping): none does."""
 _STDERR_FILE_HEAD = 1024 * 1024
 _MiB = 1024 * 1024
 _PASS_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TMPDIR", "LANG")
@@ -377,7 +379,10 @@ class Worker:
             WorkerFailed: the worker died, timed out or failed the op (e.g. training_failed).
         """
         request = TrainRequest(weights=weights, dp=dp, round=round)
-        reply, body = self._call(*request.to_frame())
+        # A delta is the model's size in float32: a larger body is refused as it is announced,
+        # so a worker cannot make the daemon hold more than one model's worth of its bytes.
+        expected = sum(int(a.size) * 4 for _, a in weights)
+        reply, body = self._call(*request.to_frame(), max_body=expected)
         with self._parsing(Op.TRAIN):
             return decode_train_result(reply, body)
 
@@ -526,7 +531,12 @@ class Worker:
         return WorkerFailed(f"job {self.job_id}: worker {what} (exit status {code}){where}")
 
     def _call(
-        self, header: dict[str, Any], buffers: list[Buffer], *, timeout: float | None = None
+        self,
+        header: dict[str, Any],
+        buffers: list[Buffer],
+        *,
+        timeout: float | None = None,
+        max_body: int = _SMALL_REPLY_BYTES,
     ) -> Frame:
         with self._lock:
             if self._broken is not None:
@@ -546,7 +556,9 @@ class Worker:
             timer.start()
             try:
                 write_frame(self._in, header, buffers)
-                frame: Frame | None = read_frame(self._out, max_body_bytes=self.max_body_bytes)
+                frame: Frame | None = read_frame(
+                    self._out, max_body_bytes=min(self.max_body_bytes, max_body)
+                )
             except (OSError, ValueError, ConfideError) as exc:
                 if timed_out.is_set():
                     what = f"ran past its wall time ({limit:g} s in {header['op']})"

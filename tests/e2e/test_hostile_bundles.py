@@ -478,7 +478,7 @@ runtime.Runtime.train = train
             "[(n, np.zeros((a.size + 1,), np.float32)) for n, a in delta]",
             "does not match the model's tensors",
         ),
-        ("dtype", "[(n, a.astype(np.float64)) for n, a in delta]", "is float64, not float32"),
+        ("dtype", "[(n, a.astype(np.float16)) for n, a in delta]", "is float16, not float32"),
         ("nan", "[(n, np.full_like(a, np.nan)) for n, a in delta]", "holds NaN or infinity"),
         ("huge", "[(n, np.full_like(a, 3e38)) for n, a in delta]", "by more than 1e+06"),
     ],
@@ -494,6 +494,21 @@ def test_a_forged_delta_never_leaves_the_site(stage, capsys, name, forge, said):
     assert f"{SITE}: training_failed (failed)" in printed
     assert status.rounds[0].aggregated == 0
     assert said in error
+
+
+def test_a_delta_larger_than_the_model_is_refused_as_it_is_announced(stage, capsys):
+    """float64 doubles the bytes: the daemon refuses the frame by its declared length, before
+    holding a byte of it, and drops the worker whose stream it can no longer trust."""
+    attack = (
+        _PATCH_TRAIN
+        + "def forge(delta):\n    return [(n, a.astype(np.float64)) for n, a in delta]\n"
+    )
+    status, printed, error = _attack(stage, capsys, "delta_oversized", attack)
+    row = _site_row(status)
+    assert (row.outcome, row.reason) == (common_pb2.OUTCOME_FAILED, "worker_failed")
+    assert f"{SITE}: worker_failed (failed)" in printed
+    assert status.rounds[0].aggregated == 0
+    assert "frame body of" in error and "exceeds" in error
 
 
 def test_the_bundle_cannot_change_its_own_code(stage, capsys):
