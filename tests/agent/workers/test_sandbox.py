@@ -139,10 +139,17 @@ def test_the_filesystem_holds_only_the_runtime_and_the_dataset(site):
         + _try("sh", "os.execv('/bin/sh', ['sh', '-c', 'true'])")
         + _try("curl", "os.execv('/usr/bin/curl', ['curl', 'http://127.0.0.1'])")
         + _try("passwd", "open('/etc/passwd').read()")
+        + _try("root", "open('/evil', 'w').write('x')")
+        + _try("dev", "open('/dev/evil', 'w').write('x')")
+        + _try("shm", "os.makedirs('/dev/shm', exist_ok=True); open('/dev/shm/x', 'w')")
+        + _try("devnull", "open('/dev/null', 'w').write('x')")
         + "print(json.dumps(out))",
         dataset=data / "exposed.csv",
     )
     assert out["dataset"] == "ok" and out["tmp"] == "ok"
+    # bwrap's root and /dev are tmpfs: read-only, so /tmp (bounded) is the one writable place;
+    # device nodes still work.
+    assert out["root"] == out["dev"] == out["shm"] == "EROFS" and out["devnull"] == "ok"
     assert out["other"] == out["key"] == out["ledger"] == "ENOENT"
     assert out["write_dataset"] == "EROFS" and out["write_runtime"] == "EROFS"
     assert out["sh"] == out["curl"] == out["passwd"] == "ENOENT"
