@@ -2,9 +2,11 @@
 
 A backup is taken online, while the aggregator runs: the store copies its rows as of one
 instant (``Store.backup``; SQLite's backup API), then every blob those rows name (model
-versions, optimizer states) is copied through the ``BlobStore``. Blobs are written durably
-before the rows that name them and never change, so each one the copy names exists and is
-whole. The backup folder::
+versions, optimizer states, bundle jobs' code archives and initial weights: the one list in
+``aggregator.store.refs``, which the blob collection keeps too) is copied through the
+``BlobStore``. Blobs are written durably before the rows that name them, never change, and
+are never collected while a row names them, so each one the copy names exists and is whole.
+The backup folder::
 
     DIR/manifest.json     every file's SHA-256 (``confide.backup``), written last
     DIR/store/...         what Store.backup wrote (SQLite: aggregator.db)
@@ -13,7 +15,7 @@ whole. The backup folder::
 ``restore`` runs with the aggregator stopped. It checks every file against the manifest and
 the store's schema against this release before it touches the state folder; builds the
 store and blobs in a staging folder inside it; opens the store there (which upgrades an
-older schema), verifies its audit chain and that every model version's blob is present;
+older schema), verifies its audit chain and that every blob its rows name is present;
 and only then moves the result into place. The state folder must be empty, or ``--force``
 moves what is there aside (into ``<state>.replaced-<time>``; nothing is deleted).
 """
@@ -30,7 +32,7 @@ from aggregator.config import AggregatorConfig, load_config
 from aggregator.store import open_blobs, open_store
 from aggregator.store.blobs import FileBlobStore
 from aggregator.store.factory import restore_store, schema_version, store_in_use
-from aggregator.store.interface import BlobStore, bundle_blobs
+from aggregator.store.interface import BlobStore
 from confide import __version__
 from confide.backup import (
     BackupKind,
@@ -120,7 +122,7 @@ def backup_state(config: AggregatorConfig, into: Path, *, now: float) -> Manifes
     _copy_blobs(
         open_blobs(config.store, state_dir=config.state_dir),
         FileBlobStore(folder / _BLOBS),
-        snap.blobs,
+        snap.blobs.names,
         where=config.state_dir,
     )
     return write_manifest(
@@ -200,8 +202,8 @@ def _build(config: AggregatorConfig, manifest: Manifest, source: Path, stage: Pa
 
 
 def _check(config: AggregatorConfig, stage: Path) -> int:
-    """Open the restored store (upgrading it), verify its audit chain and that every model
-    version's blobs are there; returns the number of audit entries."""
+    """Open the restored store (upgrading it), verify its audit chain and that every blob its
+    rows name is there (``Store.blob_refs``); returns the number of audit entries."""
     store = open_store(config.store, state_dir=stage)
     blobs = open_blobs(config.store, state_dir=stage)
     try:
@@ -211,22 +213,18 @@ def _check(config: AggregatorConfig, stage: Path) -> int:
             raise InternalError(
                 f"the restored audit chain does not verify: {exc}", reason=Reason.BACKUP_DAMAGED
             ) from exc
-        for job in store.jobs():
-            code = bundle_blobs([job.spec])
-            for sha in code:
-                if not blobs.has_bytes(sha):
-                    raise InternalError(
-                        f"job {job.id} names code bundle {sha}, which the backup does not hold",
-                        reason=Reason.BACKUP_DAMAGED,
-                    )
-            for model in store.models(job.id):
-                for sha in (model.sha256, model.optimizer_state):
-                    if sha and not blobs.has(sha):
-                        raise InternalError(
-                            f"job {job.id} version {model.version_no} names blob {sha}, "
-                            "which the backup does not hold",
-                            reason=Reason.BACKUP_DAMAGED,
-                        )
+        refs = store.blob_refs()
+        missing = sorted(
+            [("model blob", sha) for sha in refs.models if not blobs.has(sha)]
+            + [("code bundle", sha) for sha in refs.archives if not blobs.has_bytes(sha)]
+        )
+        if missing:
+            what, sha = missing[0]
+            raise InternalError(
+                f"the restored store names {what} {sha}, which the backup does not hold "
+                f"({len(missing)} blobs missing in all)",
+                reason=Reason.BACKUP_DAMAGED,
+            )
     finally:
         store.close()
     return entries

@@ -6,7 +6,9 @@ spec: the code archive (``model.code_sha256``) and its initial weights
 operator uploads both before submitting (``Admin.UploadBlob``); they are stored by hash in the
 ``BlobStore``. The aggregator checks the archive's structure with ``confide.bundle.unpack``
 (pure parsing, so a hostile archive is refused before any site downloads it) but never
-writes it out, imports or runs it: it has no Python environment for job code at all.
+writes it out, imports or runs it: it has no Python environment for job code at all. An
+upload that no job ever names (a refused or abandoned submit) is removed by
+``aggregator.blob_collection`` once it is older than ``[store] unreferenced_blob_grace_s``.
 
 Uploads are bounded before a byte is kept: an archive by ``confide.bundle.MAX_BUNDLE_BYTES``,
 weights by ``limits.max_model_bytes``; the buffer grows with the bytes received, never with the
@@ -89,20 +91,23 @@ def _receive_bytes(parts: Iterator[admin_pb2.BlobUpload], head: common_pb2.BlobH
 
 
 def check_bundle_job(spec: common_pb2.JobSpec, blobs: BlobStore) -> str:
-    """A bundle job's version-0 model (hex SHA-256), once its uploaded files check out.
+    """A bundle job's version-0 model (hex SHA-256), once its uploaded files check out; both
+    files' age restarts, so the blob collection keeps them until the job's row names them.
 
     Raises:
         ConfigError: ``model.code`` when the archive was not uploaded;
             ``model.initial_weights`` when the weights were not, or their tensors differ from
             the signed ``model.parameters``.
     """
+    # ``refresh``, not ``has``: the job's row is about to name both files, so a blob
+    # collection that chose them as old and unnamed must keep them (``BlobStore``).
     code = spec.model.code_sha256.hex()
-    if not blobs.has_bytes(code):
+    if not blobs.refresh(code):
         raise ConfigError(
             "model.code", f"code bundle {code} was not uploaded (confide job submit uploads it)"
         )
     initial = spec.model.initial_sha256.hex()
-    if not blobs.has(initial):
+    if not (blobs.refresh(initial) and blobs.has(initial)):
         raise ConfigError(
             "model.initial_weights",
             f"initial model {initial} was not uploaded (confide job submit uploads it)",

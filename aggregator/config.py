@@ -21,6 +21,7 @@ Example::
 
     [store]
     backend = "sqlite"             # the Store implementation (only sqlite today)
+    unreferenced_blob_grace_s = 86400  # a blob no job names is removed this long after its upload
 
     [rounds]
     heartbeat_interval_s = 5
@@ -60,6 +61,7 @@ from pathlib import Path
 
 from aggregator.quota import CALL_POOL, Limits
 from aggregator.store import StoreBackend, StoreConfig
+from aggregator.store.factory import MIN_UNREFERENCED_BLOB_GRACE_S, UNREFERENCED_BLOB_GRACE_S
 from confide.config import Section, load_toml, parse_toml
 from confide.errors import ConfigError, Reason
 from confide.metrics import MetricsConfig, metrics_config
@@ -166,6 +168,11 @@ def _from_section(root: Section) -> AggregatorConfig:
     state.done()
     store = root.section("store")
     backend = store.choice("backend", StoreBackend, StoreBackend.SQLITE)
+    blob_grace = store.float(
+        "unreferenced_blob_grace_s",
+        UNREFERENCED_BLOB_GRACE_S,
+        min=MIN_UNREFERENCED_BLOB_GRACE_S,
+    )
     store.done()
     rounds = root.section("rounds")
     hb = rounds.float("heartbeat_interval_s", 5.0, min=0.0, min_exclusive=True)
@@ -203,7 +210,7 @@ def _from_section(root: Section) -> AggregatorConfig:
         log_json=log_json,
         max_model_bytes=max_model_bytes,
         limits=limits,
-        store=StoreConfig(backend=backend),
+        store=StoreConfig(backend=backend, unreferenced_blob_grace_s=blob_grace),
         metrics=metrics,
     )
 

@@ -13,6 +13,9 @@ aggregator --dns HOST``): like a site's, its private keys never leave that machi
 ``confide-aggregator doctor --config FILE`` checks the config, identity files, listening
 address, disk and state without starting (``aggregator.doctor``; exit 1: a check failed).
 
+Once it listens it removes the blobs no job or model version names that are older than
+``[store] unreferenced_blob_grace_s``, then hourly (``aggregator.blob_collection``).
+
 ``confide-aggregator backup --to DIR --config FILE`` copies the state online (while the
 aggregator runs); ``confide-aggregator restore --from DIR --config FILE [--force]`` puts it
 back while it is stopped (``aggregator.backup``).
@@ -173,6 +176,8 @@ def _main(argv: list[str] | None) -> int:
     log.info("aggregator_listening", address=f"{host}:{port}", federation=config.federation)
     if agg.metrics_server is not None:
         log.info("metrics_listening", address=agg.metrics_server.address)
+    if agg.collector is not None:
+        agg.collector.start()  # unnamed blobs past their grace: now, then hourly
     status = f"serving federation {config.federation} on {host}:{port}"
     notify = sdnotify.from_environ()
     notify.ready(status)

@@ -12,6 +12,10 @@ before the server starts, so a bad address stops the start (exit 2) rather than 
 server running without the metrics the operator asked for; its bound address is written to
 ``<state.dir>/metrics-address``.
 
+Blobs that no row names are removed once past ``[store] unreferenced_blob_grace_s`` by
+``Aggregator.collector`` (``aggregator.blob_collection``), a thread of its own that
+``confide-aggregator`` starts once it logs that it listens; ``stop`` ends it.
+
 Every call goes through ``QuotaInterceptor`` (per-peer limits, one handler pool per class
 of call, idle streams cancelled). The HTTP/2 option ``grpc.max_concurrent_streams`` bounds
 the streams one connection may have open at the server, so a peer that queues thousands of
@@ -31,6 +35,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.admin import AdminServicer
+from aggregator.blob_collection import BlobCollector
 from aggregator.config import AggregatorConfig
 from aggregator.coordinator import Coordinator
 from aggregator.credentials import ServerTls
@@ -59,7 +64,11 @@ MAX_STREAMS_PER_CONNECTION = 16
 
 @dataclass
 class Aggregator:
-    """The running parts, for a graceful stop."""
+    """The running parts, for a graceful stop.
+
+    ``collector`` is built but not started: the daemon starts it (``aggregator.main``), so an
+    in-process test server collects only when its test asks.
+    """
 
     server: grpc.Server
     coordinator: Coordinator
@@ -68,6 +77,7 @@ class Aggregator:
     tls: ServerTls
     metrics: AggregatorMetrics
     metrics_server: MetricsServer | None = None
+    collector: BlobCollector | None = None
 
     def reload_tls(self) -> bool:
         """Reload certificate, keys, CA and CRL (SIGHUP); False: refused, the old stay."""
@@ -79,6 +89,8 @@ class Aggregator:
         self.server.stop(grace).wait()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.collector is not None:
+            self.collector.stop()  # a no-op when it was never started
         self.interceptor.stop()
         self.store.close()
 
@@ -128,7 +140,7 @@ def build(
     if identity is None:
         identity = load()
     store = open_store(config.store, state_dir=config.state_dir)
-    blobs = open_blobs(config.store, state_dir=config.state_dir)
+    blobs = open_blobs(config.store, state_dir=config.state_dir, clock=clock)
     metrics = AggregatorMetrics()
     coord = Coordinator(
         store,
@@ -225,9 +237,13 @@ def build(
     server.start()
     for service in ("", "confide.v1.Federation", "confide.v1.Admin"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    collector = BlobCollector(
+        store, blobs, grace_s=config.store.unreferenced_blob_grace_s, clock=clock
+    )
     host = config.listen.rpartition(":")[0]
     _write_atomic(config.state_dir / "address", f"{host}:{port}\n")
-    return Aggregator(server, coord, store, interceptor, tls, metrics, metrics_server), port
+    agg = Aggregator(server, coord, store, interceptor, tls, metrics, metrics_server, collector)
+    return agg, port
 
 
 def _write_atomic(path: os.PathLike[str], text: str) -> None:

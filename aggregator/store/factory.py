@@ -8,6 +8,8 @@ new backend (PostgreSQL for a hosted, multi-replica aggregator) is a new member 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -23,6 +25,8 @@ from confide.statefiles import private_dir
 
 __all__ = [
     "DB_FILE",
+    "MIN_UNREFERENCED_BLOB_GRACE_S",
+    "UNREFERENCED_BLOB_GRACE_S",
     "StoreBackend",
     "StoreConfig",
     "open_blobs",
@@ -36,6 +40,13 @@ DB_FILE = "aggregator.db"
 """The SQLite backend's file in the state folder."""
 
 BLOBS_DIR = "blobs"
+
+UNREFERENCED_BLOB_GRACE_S = 86400.0
+"""The default ``[store] unreferenced_blob_grace_s``: a day, far longer than an upload takes
+to be followed by its submit, or a model blob by the row that names it."""
+
+MIN_UNREFERENCED_BLOB_GRACE_S = 3600.0
+"""The least grace ``[store] unreferenced_blob_grace_s`` accepts: an hour."""
 
 
 class StoreBackend(Enum):
@@ -51,9 +62,12 @@ class StoreConfig:
 
     Args:
         backend: the ``Store`` implementation.
+        unreferenced_blob_grace_s: a blob no row names is removed only once it was last
+            stored this long ago (``aggregator.blob_collection``).
     """
 
     backend: StoreBackend = StoreBackend.SQLITE
+    unreferenced_blob_grace_s: float = UNREFERENCED_BLOB_GRACE_S
 
 
 def open_store(config: StoreConfig, *, state_dir: Path, create: bool = True) -> Store:
@@ -118,16 +132,19 @@ def restore_store(config: StoreConfig, *, source: Path, files: list[str], state_
             assert_never(config.backend)
 
 
-def open_blobs(config: StoreConfig, *, state_dir: Path) -> BlobStore:
+def open_blobs(
+    config: StoreConfig, *, state_dir: Path, clock: Callable[[], float] = time.time
+) -> BlobStore:
     """Open the blob store: files under ``<state_dir>/blobs`` whatever ``config.backend``
     (a hosted backend keeps its blobs on the state volume until it brings its own).
 
     Args:
         config: the ``[store]`` table.
         state_dir: the aggregator's state folder (``[state].dir``).
+        clock: unix seconds: when each blob is stored (its age, for the collection).
 
     Raises:
         OSError: the folder cannot be created.
     """
     del config  # one blob store today; the argument keeps callers unchanged when there are two
-    return FileBlobStore(state_dir / BLOBS_DIR)
+    return FileBlobStore(state_dir / BLOBS_DIR, clock=clock)

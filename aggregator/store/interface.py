@@ -26,15 +26,15 @@ The contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy.typing as npt
-from google.protobuf.message import DecodeError
 
 from aggregator.audit import AuditEntry
+from aggregator.store.refs import BlobRefs
 from aggregator.store.rows import (
     AuditNote,
     FailureRow,
@@ -47,7 +47,7 @@ from aggregator.store.rows import (
 from confide.v1 import common_pb2
 from confide.wire.blob import CHUNK_BYTES, NamedArrays
 
-__all__ = ["Arrays", "BlobStore", "Store", "StoreBackup", "bundle_blobs"]
+__all__ = ["Arrays", "BlobStore", "Store", "StoreBackup", "StoredBlob"]
 
 Arrays = Sequence[tuple[str, npt.NDArray[Any]]]
 """Named tensors, in model order."""
@@ -60,31 +60,28 @@ class StoreBackup:
     Args:
         files: the files it wrote, relative to the backup's folder.
         schema: the schema version of the copy (the backend's, e.g. SQLite's ``user_version``).
-        blobs: the hex SHA-256 of every blob the copied rows name (model versions,
-            optimizer states and bundle jobs' code archives, ``bundle_blobs``): the blobs a
+        blobs: every blob the copied rows name (``aggregator.store.refs``): the blobs a
             restore needs.
     """
 
     files: tuple[str, ...]
     schema: int
-    blobs: frozenset[str]
+    blobs: BlobRefs
 
 
-def bundle_blobs(specs: Iterable[bytes]) -> frozenset[str]:
-    """The code archives (hex SHA-256) that stored job specs name.
+@dataclass(frozen=True, kw_only=True)
+class StoredBlob:
+    """One blob as ``BlobStore.stored`` lists it.
 
-    A backup holds them with the model blobs (``StoreBackup.blobs``): a restored bundle job
-    must still be able to serve its code to sites.
+    Args:
+        name: its hex SHA-256.
+        size: the bytes it takes in the store (a model blob's header included).
+        stored_at: the store's clock (unix seconds) when it was last put or refreshed.
     """
-    out: set[str] = set()
-    for raw in specs:
-        try:
-            spec = common_pb2.JobSpec.FromString(raw)
-        except DecodeError:  # not a job this release wrote: it names no code
-            continue
-        if spec.model.kind == common_pb2.MODEL_KIND_BUNDLE:
-            out.add(spec.model.code_sha256.hex())
-    return frozenset(out)
+
+    name: str
+    size: int
+    stored_at: float
 
 
 class Store(Protocol):
@@ -107,6 +104,14 @@ class Store(Protocol):
 
         Raises:
             InternalError: the copy cannot be written.
+        """
+        ...
+
+    def blob_refs(self) -> BlobRefs:
+        """The blobs the rows name (``aggregator.store.refs``), as of one instant.
+
+        What a blob collection must keep and a backup must hold. A row is written only after
+        the blob it names is durable and is never deleted, so a blob named once stays named.
         """
         ...
 
@@ -297,6 +302,17 @@ class BlobStore(Protocol):
     in one address space: a name is the SHA-256 of the bytes stored under it. A blob that
     ``has`` (or ``has_bytes``) reports is complete and durable; a name that is not 64
     lowercase hex digits names no blob.
+
+    Collection (``aggregator.blob_collection``): each blob has a ``stored_at``, the store's
+    clock when it was last put (``put`` or ``put_bytes``, also of bytes already stored) or
+    ``refresh``ed. ``remove(name, stored_before=t)`` takes a blob only if its ``stored_at``
+    is before ``t``, and that check and the removal are atomic with respect to ``put``,
+    ``put_bytes`` and ``refresh`` in this process. So whoever writes a row naming a blob
+    puts or refreshes it first, and a collection that chose a blob from an older listing
+    cannot take it from under that row: either the refresh comes first and the blob is
+    kept, or the removal comes first and the refresh answers False (the writer refuses, or
+    ``put`` writes the blob again). Storage that an interrupted write left behind is never
+    a blob: ``stored`` does not list it and only ``discard_partial`` removes it.
     """
 
     def has(self, sha_hex: str) -> bool:
@@ -358,5 +374,50 @@ class BlobStore(Protocol):
             FileNotFoundError: no such blob.
             InternalError: ``sha_hex`` is not a blob name (reason ``UNKNOWN_JOB``), the bytes
                 are over ``max_bytes`` or no longer hash to their name.
+        """
+        ...
+
+    def stored(self) -> Iterator[StoredBlob]:
+        """Every complete blob in the store, in no particular order, with its size and age.
+
+        A blob put or removed meanwhile may or may not be listed. Anything in the storage
+        that is not a blob (another name, an interrupted write) is not listed.
+
+        Raises:
+            OSError: the storage cannot be listed.
+        """
+        ...
+
+    def refresh(self, sha_hex: str) -> bool:
+        """Whether bytes named ``sha_hex`` are stored; if so, their ``stored_at`` becomes now.
+
+        Called before writing a row that names a blob the caller did not just put, so a
+        collection in progress keeps it (a name that is not a blob name: False).
+
+        Raises:
+            OSError: the storage refused the update.
+        """
+        ...
+
+    def remove(self, sha_hex: str, *, stored_before: float) -> bool:
+        """Remove the blob (bytes and header) if it was last stored before ``stored_before``.
+
+        Returns whether it was removed: False when there is no such blob or it was put or
+        refreshed at or after ``stored_before``. It does not ask whether a row names it: that
+        is the caller's question (``Store.blob_refs``).
+
+        Raises:
+            OSError: the storage refused the removal (the blob may be gone or whole; never a
+                header without its bytes).
+            InternalError: ``sha_hex`` is not a blob name (reason ``UNKNOWN_JOB``).
+        """
+        ...
+
+    def discard_partial(self, *, before: float) -> tuple[int, int]:
+        """Remove what interrupted writes left behind, last changed before ``before``; a write
+        in progress in this process is never touched. Returns (files, bytes) removed.
+
+        Raises:
+            OSError: the storage refused a removal.
         """
         ...

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aggregator.audit import GENESIS, AuditEntry, verify_chain
 from aggregator.store.interface import StoreBackup
+from aggregator.store.refs import BlobRefs
 from aggregator.store.rows import (
     AuditNote,
     FailureRow,
@@ -28,7 +29,7 @@ from aggregator.store.rows import (
     SiteRoundRow,
     SiteRow,
 )
-from aggregator.store.sqlite_backup import backup_sqlite
+from aggregator.store.sqlite_backup import backup_sqlite, named_blobs
 from aggregator.store.sqlite_rows import (
     AUDIT,
     FAILURES,
@@ -118,6 +119,11 @@ class SqliteStore:
         API); writers in other processes go on meanwhile, this store's wait for the copy."""
         with self._lock:
             return backup_sqlite(self._db, into=into, name=self._path.name)
+
+    def blob_refs(self) -> BlobRefs:
+        """The blobs the rows name, read in one transaction."""
+        with self._lock:
+            return named_blobs(self._db)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
