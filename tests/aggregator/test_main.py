@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from aggregator.config import DEFAULT_MAX_MODEL_BYTES, parse_config
 from aggregator.main import main
 from aggregator.quota import Limits
 from aggregator.store import StoreBackend, StoreConfig
+from aggregator.store.blobs import FileBlobStore
 from confide.errors import ConfigError, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,8 @@ def test_config_defaults(pki, tmp_path):
         ("bogus = 1", "state.bogus"),
         ("[store]\nbackend = 'postgresql'", "store.backend"),
         ("[store]\nbackend = 1", "store.backend"),
+        ("[store]\nunreferenced_blob_grace_s = 3599", "store.unreferenced_blob_grace_s"),
+        ("[store]\nunreferenced_blob_grace_s = 'a day'", "store.unreferenced_blob_grace_s"),
     ],
 )
 def test_config_errors_name_the_key(pki, tmp_path, extra, key):
@@ -60,6 +64,13 @@ def test_config_errors_name_the_key(pki, tmp_path, extra, key):
     with pytest.raises(ConfigError) as err:
         parse_config(_toml(pki, tmp_path, extra))
     assert err.value.key == key
+
+
+def test_unreferenced_blob_grace_defaults_to_a_day_and_takes_an_hour_or_more(pki, tmp_path):
+    """[store] unreferenced_blob_grace_s: a day when left out; 3600 (the least) is taken."""
+    assert parse_config(_toml(pki, tmp_path)).store.unreferenced_blob_grace_s == 86400.0
+    cfg = parse_config(_toml(pki, tmp_path, "[store]\nunreferenced_blob_grace_s = 3600"))
+    assert cfg.store.unreferenced_blob_grace_s == 3600.0
 
 
 def test_config_bad_listen(pki, tmp_path):
@@ -224,3 +235,39 @@ def test_state_is_private_under_umask_0(pki, tmp_path):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_the_process_collects_an_old_unnamed_blob_after_it_listens(pki, tmp_path):
+    """A blob no row names, stored long ago, is removed once the daemon listens, and the
+    removal is in its log and its audit chain."""
+    state = tmp_path / "state"
+    old = FileBlobStore(state / "blobs", clock=lambda: 1000.0).put_bytes(b"abandoned upload")
+    young = FileBlobStore(state / "blobs").put_bytes(b"an upload whose submit is coming")
+    (tmp_path / "a.toml").write_text(_toml(pki, state))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aggregator.main", "--config", str(tmp_path / "a.toml")],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    try:
+        assert '"aggregator_listening"' in proc.stderr.readline()
+        blobs = FileBlobStore(state / "blobs")
+        deadline = time.monotonic() + 30
+        while blobs.has_bytes(old):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert blobs.has_bytes(young)
+    assert '"blob_collected"' in err and old in err and '"blob_collection_done"' in err
+    with sqlite3.connect(state / "aggregator.db") as db:
+        rows = db.execute("SELECT detail FROM audit WHERE event = 'blob_collected'").fetchall()
+    assert rows == [(f"{old} {len(b'abandoned upload')} bytes",)]

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +41,9 @@ from aggregator.store import (
     open_store,
 )
 from aggregator.store.factory import DB_FILE
+from confide import bundle
 from confide.errors import InternalError
+from confide.v1 import common_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,9 +89,9 @@ class StoreFactory:
         self.opened.append(store)
         return store
 
-    def blobs(self) -> BlobStore:
-        """The blob store beside it."""
-        return open_blobs(self.backend.config, state_dir=self.state_dir)
+    def blobs(self, clock: Callable[[], float] = time.time) -> BlobStore:
+        """The blob store beside it, dating blobs by ``clock``."""
+        return open_blobs(self.backend.config, state_dir=self.state_dir, clock=clock)
 
     def tamper(self, statement: str) -> None:
         """Change the stored data behind the store's back."""
@@ -633,3 +636,158 @@ def test_raw_bytes_round_trip_stored_once_and_refused_when_altered_or_too_large(
         blobs.read_bytes("0" * 64, max_bytes=10)
     with pytest.raises(InternalError):
         blobs.read_bytes("g" * 64, max_bytes=10)
+
+
+# ----- what the rows name, and the blob store's collection half -----
+
+
+class _Clock:
+    """A settable clock for the blob store (unix seconds)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def _bundle_spec(code: str, initial: str) -> bytes:
+    model = common_pb2.ModelSpec(
+        kind=common_pb2.MODEL_KIND_BUNDLE,
+        code_sha256=bytes.fromhex(code),
+        initial_sha256=bytes.fromhex(initial),
+    )
+    return common_pb2.JobSpec(name="b", model=model).SerializeToString()
+
+
+def test_blob_refs_name_every_version_optimizer_round_and_bundle_file_in_any_job_state(
+    store_factory,
+):
+    """Every model version, optimizer state, round model and bundle file is named, whatever
+    the job's state; a built-in job's spec and a spec that does not decode name nothing."""
+    st = store_factory()
+    code, initial, v1, opt, v2 = (f"{i:064x}" for i in range(10, 15))
+    bundle_job = replace(_job("b"), spec=_bundle_spec(code, initial))
+    st.add_job(bundle_job, replace(_model(job_id="b"), sha256=initial), audit=_note(0))
+    st.start_round("b", 1, attempt=1, model_in=initial, at=2.0, audit=_note(1))
+    st.complete_round(
+        "b",
+        1,
+        model=replace(_model(1, job_id="b"), sha256=v1, optimizer_state=opt),
+        metrics={},
+        audit=_note(2),
+    )
+    st.set_job_state("b", "cancelled", audit=_note(3))
+    builtin = replace(_job("i"), spec=common_pb2.JobSpec(name="i").SerializeToString())
+    st.add_job(builtin, replace(_model(job_id="i"), sha256=v2), audit=_note(4))
+    st.set_job_state("i", "failed", error="boom", audit=_note(5))
+    st.add_job(replace(_job("x"), spec=b"\xff\xff"), _model(job_id="x"), audit=_note(6))
+    st.start_round("x", 1, attempt=1, model_in="not a blob name", at=2.0, audit=_note(7))
+    refs = st.blob_refs()
+    assert refs.archives == {code}
+    assert refs.models == {initial, v1, opt, v2, _model().sha256}
+    assert refs.names == refs.models | {code}
+    assert store_factory().blob_refs() == refs  # a reopened store names the same
+
+
+def test_stored_lists_each_blob_with_its_size_and_when_it_was_stored(store_factory):
+    """``stored`` lists model and raw blobs with the bytes they take and the clock at put."""
+    clock = _Clock(1000.0)
+    blobs = store_factory.blobs(clock)
+    assert list(blobs.stored()) == []
+    sha, header = blobs.put([("w", np.ones(4, np.float32))])
+    clock.at = 2000.0
+    raw = blobs.put_bytes(b"archive")
+    got = {b.name: b for b in blobs.stored()}
+    assert set(got) == {sha, raw}
+    assert (got[sha].stored_at, got[raw].stored_at) == (1000.0, 2000.0)
+    assert got[raw].size == len(b"archive")
+    assert got[sha].size >= header.total_bytes == 16  # its header is counted too
+
+
+def test_storing_or_refreshing_a_blob_again_restarts_its_age(store_factory):
+    """A put, put_bytes or refresh of a stored blob makes it young; refresh of nothing: False."""
+    clock = _Clock(100.0)
+    blobs = store_factory.blobs(clock)
+    sha, _ = blobs.put([("w", np.ones(2, np.float32))])
+    raw = blobs.put_bytes(b"code")
+
+    def ages() -> dict[str, float]:
+        return {b.name: b.stored_at for b in blobs.stored()}
+
+    clock.at = 200.0
+    blobs.put([("w", np.ones(2, np.float32))])
+    assert ages() == {sha: 200.0, raw: 100.0}
+    clock.at = 300.0
+    blobs.put_bytes(b"code")
+    assert ages() == {sha: 200.0, raw: 300.0}
+    clock.at = 400.0
+    assert blobs.refresh(sha) and blobs.refresh(raw)
+    assert ages() == {sha: 400.0, raw: 400.0}
+    for name in ("0" * 64, "../" * 8 + "etc/passwd", "A" * 64):
+        assert not blobs.refresh(name)
+    assert set(ages()) == {sha, raw}  # a refresh of nothing creates nothing
+
+
+def test_remove_takes_a_blob_stored_before_the_cutoff_and_nothing_else(store_factory):
+    """A blob stored at the cutoff stays; before it, bytes and header go; a bad name raises."""
+    blobs = store_factory.blobs(_Clock(100.0))
+    sha, _ = blobs.put([("w", np.ones(2, np.float32))])
+    raw = blobs.put_bytes(b"code")
+    assert not blobs.remove(sha, stored_before=100.0)
+    assert not blobs.remove(raw, stored_before=50.0)
+    assert blobs.has(sha) and blobs.has_bytes(raw)
+    assert blobs.remove(sha, stored_before=101.0)
+    assert not blobs.has(sha) and not blobs.has_bytes(sha)
+    with pytest.raises(FileNotFoundError):
+        blobs.header(sha)
+    assert [b.name for b in blobs.stored()] == [raw]
+    assert not blobs.remove(sha, stored_before=101.0)  # gone already
+    assert not blobs.remove("0" * 64, stored_before=1e12)
+    with pytest.raises(InternalError):
+        blobs.remove("../" * 8 + "etc/passwd", stored_before=1e12)
+    assert blobs.read_bytes(raw, max_bytes=10) == b"code"
+    assert blobs.discard_partial(before=1e12) == (0, 0)  # blobs are never partial writes
+    assert blobs.has_bytes(raw)
+
+
+def test_a_blob_put_again_after_a_listing_is_not_removed_by_that_listings_run(store_factory):
+    """A collection that listed a blob as old cannot take it once it is put or refreshed."""
+    clock = _Clock(100.0)
+    blobs = store_factory.blobs(clock)
+    sha, _ = blobs.put([("w", np.ones(2, np.float32))])
+    raw = blobs.put_bytes(b"code")
+    listed = {b.name: b.stored_at for b in blobs.stored()}
+    assert listed == {sha: 100.0, raw: 100.0}
+    clock.at = 10_000.0
+    blobs.put([("w", np.ones(2, np.float32))])
+    assert blobs.refresh(raw)
+    for name in listed:
+        assert not blobs.remove(name, stored_before=5_000.0)
+    assert blobs.has(sha) and blobs.has_bytes(raw)
+
+
+def test_a_refresh_racing_a_removal_either_keeps_the_blob_or_reports_it_gone(store_factory):
+    """Across threads a refresh and a removal never both win: a True refresh means the blob is
+    there afterwards, a False one means the removal took it first."""
+    old = store_factory.blobs(_Clock(100.0))
+    young = store_factory.blobs(_Clock(10_000.0))
+    data = bundle.pack({"model.py": b"x = 1\n"})
+    for _ in range(200):
+        sha = old.put_bytes(data)  # (again) dated 100
+        start = threading.Barrier(2)
+        got: dict[str, bool] = {}
+        t = threading.Thread(target=_refresh_at, args=(start, young, sha, got))
+        t.start()
+        start.wait()
+        got["remove"] = old.remove(sha, stored_before=5_000.0)
+        t.join()
+        assert got["refresh"] != got["remove"]
+        assert young.has_bytes(sha) == got["refresh"]
+        if got["refresh"]:  # kept and young: age it again for the next turn
+            assert old.remove(sha, stored_before=20_000.0)
+
+
+def _refresh_at(start: threading.Barrier, blobs: BlobStore, sha: str, got: dict[str, bool]) -> None:
+    start.wait()
+    got["refresh"] = blobs.refresh(sha)

@@ -1,11 +1,14 @@
 """The SQLite store and the blob files beyond the contract: schema upgrades, columns read by
-name, the factory's choice, fsyncs. The contract itself is ``test_store_contract.py``."""
+name, the factory's choice, fsyncs, what in the blob folder is not a blob. The contract
+itself is ``test_store_contract.py``."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +216,102 @@ def test_rows_are_read_by_column_name_whatever_the_tables_column_order(tmp_path)
     assert db.execute(
         "SELECT site, num_samples, weight, clipped FROM round_sites WHERE site = 'u'"
     ).fetchall() == [("u", 6, 7.0, 1)]
+
+
+# ----- the blob folder: what is not a blob, and interrupted writes -----
+
+
+def test_names_in_the_blob_folder_that_are_not_blobs_are_never_listed_or_removed(tmp_path):
+    """Foreign names (another name, a wrong shard, upper case, a link, a folder, a header
+    alone) are not blobs: never listed, never removed, a link's target never touched."""
+    blobs = FileBlobStore(tmp_path / "blobs", clock=lambda: 100.0)
+    real = blobs.put_bytes(b"code")
+    root = blobs.root
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"outside the store")
+    linked = "ab" + "1" * 62
+    (root / "ab").mkdir()
+    foreign = [
+        root / "README",
+        root / "ab" / "notablob",
+        root / "ab" / ("cd" + "2" * 62),  # a blob name in the wrong shard
+        root / "ab" / ("AB" + "3" * 62),
+        root / "ab" / ("ab" + "4" * 62 + ".header"),  # a header without its bytes
+        root / "zz" / ("zz" + "5" * 62),
+    ]
+    for path in foreign:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x")
+    (root / "ab" / linked).symlink_to(victim)
+    (root / "ab" / ("ab" + "6" * 62)).mkdir()
+    for path in [*foreign, victim]:
+        os.utime(path, (1.0, 1.0))
+    assert [b.name for b in blobs.stored()] == [real]
+    for name in (linked, "ab" + "6" * 62, "ab" + "4" * 62):
+        assert not blobs.remove(name, stored_before=1e12)
+    assert blobs.discard_partial(before=1e12) == (0, 0)
+    assert all(p.exists() for p in foreign) and (root / "ab" / linked).is_symlink()
+    assert victim.read_bytes() == b"outside the store"
+
+
+def test_an_interrupted_writes_temporary_file_is_discarded_once_old(tmp_path):
+    """A ``.tmp-`` file older than the cutoff goes; a younger one stays; blobs are untouched."""
+    blobs = FileBlobStore(tmp_path / "blobs", clock=lambda: 100.0)
+    sha = blobs.put_bytes(b"code")
+    shard = blobs.root / sha[:2]
+    old, young = shard / ".tmp-old", shard / ".tmp-young"
+    old.write_bytes(b"half a blob")
+    young.write_bytes(b"half")
+    os.utime(old, (50.0, 50.0))
+    os.utime(young, (150.0, 150.0))
+    assert blobs.discard_partial(before=100.0) == (1, len(b"half a blob"))
+    assert not old.exists() and young.exists() and blobs.has_bytes(sha)
+
+
+def test_a_write_in_progress_is_never_discarded(tmp_path, monkeypatch):
+    """A temporary file this process is writing stays, however old its cutoff says it is, and
+    its put completes into a readable blob."""
+    blobs = FileBlobStore(tmp_path / "blobs", clock=lambda: 100.0)
+    blobs.put_bytes(b"first")  # the shard folders exist; the next write is mid-way below
+    writing, release = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def slow(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(".tmp-"):
+            writing.set()
+            assert release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr("aggregator.store.blobs.os.fsync", slow)
+    data = b"a large upload" * 1000
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(blobs.put_bytes(data)))
+    t.start()
+    try:
+        assert writing.wait(10)
+        assert blobs.discard_partial(before=1e12) == (0, 0)
+    finally:
+        release.set()
+        t.join(10)
+    assert blobs.read_bytes(done[0], max_bytes=len(data)) == data
+
+
+def test_a_removal_cut_short_leaves_bytes_without_a_header_never_the_reverse(tmp_path, monkeypatch):
+    """The header goes first: a removal that fails between the two leaves bytes alone, still
+    listed, and the next removal finishes it."""
+    blobs = FileBlobStore(tmp_path / "blobs", clock=lambda: 100.0)
+    sha, _ = blobs.put([("w", np.ones(3, np.float32))])
+    real = Path.unlink
+
+    def refuse_bytes(self: Path, missing_ok: bool = False) -> None:
+        if self.name == sha:
+            raise PermissionError("refused")
+        real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_bytes)
+    with pytest.raises(OSError):
+        blobs.remove(sha, stored_before=200.0)
+    monkeypatch.undo()
+    assert not blobs.has(sha) and blobs.has_bytes(sha)
+    assert [b.name for b in blobs.stored()] == [sha]
+    assert blobs.remove(sha, stored_before=200.0) and not blobs.has_bytes(sha)
