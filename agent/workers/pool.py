@@ -145,13 +145,12 @@ def worker_factory(
     """
     from agent.workers.handle import Sandboxing, Worker
 
-    def stderr_for(job_id: str) -> Path | None:
-        return None if stderr_dir is None else stderr_file(stderr_dir, job_id)
-
+    sandbox: Sandboxing | None = None
     if isolation.sandboxed and isolation.bwrap is not None:
         sandbox = Sandboxing(bwrap=isolation.bwrap, limits=limits, gpus=gpus)
+    if sandbox is not None or allow_unsandboxed:
 
-        def sandboxed(
+        def start(
             *,
             job: common_pb2.JobSpec,
             job_id: str,
@@ -168,32 +167,10 @@ def worker_factory(
                 timeout=timeout,
                 sandbox=sandbox,
                 bundle=bundle,
-                stderr_file=stderr_for(job_id),
+                stderr_file=None if stderr_dir is None else stderr_file(stderr_dir, job_id),
             )
 
-        return sandboxed
-    if allow_unsandboxed:
-
-        def unsandboxed(
-            *,
-            job: common_pb2.JobSpec,
-            job_id: str,
-            dataset: DatasetDescription,
-            device: str,
-            timeout: float,
-            bundle: Path | None = None,
-        ) -> WorkerHandle:
-            return Worker.start(
-                job=job,
-                job_id=job_id,
-                dataset=dataset,
-                device=device,
-                timeout=timeout,
-                bundle=bundle,
-                stderr_file=stderr_for(job_id),
-            )
-
-        return unsandboxed
+        return start
 
     def refuse(
         *,
